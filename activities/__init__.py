@@ -1,0 +1,1 @@
+"""Activities: all I/O of the product, one module per outside system."""

@@ -1,0 +1,53 @@
+"""The one activity that ever holds the admin password in plaintext.
+
+It spans three systems on purpose: generating the password, setting it in MailU
+and encrypting it must happen inside a single activity, because anything an
+activity returns is written to workflow history. What leaves here is the
+encrypted envelope only.
+
+Order matters for retries: the envelope is sealed before MailU is touched, so a
+Vault outage fails the attempt without changing the server; a crash after MailU
+accepted the password just makes the next attempt set a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.crypto import generate_password, seal
+from activities.mailu import MailuActivities, MailuCommandError
+from activities.vault import Vault, VaultError, vault_failure
+from workflows.contracts import (
+    MailuTarget,
+    SealedCredentials,
+    admin_username_for,
+    vault_secret_path_for,
+)
+
+
+class CredentialsActivities:
+    def __init__(self, vault: Vault, mailu: MailuActivities) -> None:
+        self._vault = vault
+        self._mailu = mailu
+
+    @activity.defn(name="create_admin_credentials")
+    async def create_admin_credentials(self, target: MailuTarget) -> SealedCredentials:
+        username = admin_username_for(target.domain)
+        vault_path = f"{self._vault.settings.kv_mount}/{vault_secret_path_for(target.tenant_id)}"
+        password = generate_password()
+        try:
+            data_key = await asyncio.to_thread(self._vault.generate_data_key, target.tenant_id)
+        except VaultError as err:
+            raise vault_failure(err) from None
+        envelope = seal(password, data_key, target.tenant_id, vault_path)
+        conn, mailu = await self._mailu.open(target)
+        async with conn:
+            try:
+                await mailu.set_admin(username, password)
+            except MailuCommandError as err:
+                raise ApplicationError(str(err), type="MailuCommandFailed") from None
+        activity.logger.info("admin credentials set and sealed", extra={"username": username})
+        return SealedCredentials(username=username, password_envelope=envelope)

@@ -1,0 +1,142 @@
+"""SSH trust for new servers: pinned host keys delivered through cloud-init.
+
+A freshly created VPS has no host key anyone could know in advance, so trust on
+first use would accept a man in the middle. Instead the worker makes the server's
+ed25519 host key itself, hands it to the server in cloud-init `user_data`, and
+pins the public half for every later connection (`known_hosts=None` is never used).
+
+The host key is derived (HKDF) from the worker's SSH identity and the server
+name, not drawn at random: a create call retried after a crash must present the
+same key the first attempt gave the server it may already have made, and the
+private key must not pass through workflow history to get there.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+HOST_KEY_INFO = b"mail-provisioning/host-key/v1:"
+
+
+class HostKeyMismatch(Exception):
+    """The server did not present the pinned host key: possible interception."""
+
+
+@dataclass(frozen=True)
+class SshIdentity:
+    """The worker's login key (ed25519), authorised on every server it creates."""
+
+    private_key: Ed25519PrivateKey
+
+    @classmethod
+    def from_file(cls, path: Path) -> SshIdentity:
+        key = serialization.load_ssh_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path}: the worker's SSH key must be ed25519")
+        return cls(key)
+
+    @classmethod
+    def generate(cls) -> SshIdentity:
+        return cls(Ed25519PrivateKey.generate())
+
+    def write(self, path: Path) -> None:
+        """Write the private key (0600) and `<path>.pub`."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        path.write_bytes(_openssh_private(self.private_key))
+        path.with_suffix(path.suffix + ".pub").write_text(self.public_key + "\n")
+
+    @property
+    def public_key(self) -> str:
+        return _openssh_public(self.private_key, comment="mail-provisioning-worker")
+
+    def asyncssh_key(self) -> asyncssh.SSHKey:
+        return asyncssh.import_private_key(_openssh_private(self.private_key))
+
+    def host_key_for(self, server_name: str) -> Ed25519PrivateKey:
+        """The host key a server of this name gets; same inputs, same key."""
+        seed = self.private_key.private_bytes(
+            serialization.Encoding.Raw,
+            serialization.PrivateFormat.Raw,
+            serialization.NoEncryption(),
+        )
+        derived = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=HOST_KEY_INFO + server_name.encode(),
+        ).derive(seed)
+        return Ed25519PrivateKey.from_private_bytes(derived)
+
+    def cloud_init_for(self, server_name: str) -> tuple[str, str]:
+        """Cloud-init user_data for a new server, and the host public key to pin.
+
+        Emitted as JSON, which is valid YAML and so a valid `#cloud-config` body,
+        without a YAML dependency. `ssh_keys` and `ssh_authorized_keys` are the
+        documented cloud-init keys for preset host keys and login keys.
+        """
+        host_key = self.host_key_for(server_name)
+        host_public = _openssh_public(host_key)
+        config = {
+            "ssh_keys": {
+                "ed25519_private": _openssh_private(host_key).decode(),
+                "ed25519_public": host_public,
+            },
+            "ssh_deletekeys": True,
+            "ssh_genkeytypes": [],
+            "ssh_authorized_keys": [self.public_key],
+            "disable_root": False,
+        }
+        return "#cloud-config\n" + json.dumps(config, indent=1) + "\n", host_public
+
+
+async def connect_pinned(
+    host: str,
+    host_public_key: str,
+    identity: SshIdentity,
+    *,
+    port: int = 22,
+    username: str = "root",
+    connect_timeout: float = 20.0,
+) -> asyncssh.SSHClientConnection:
+    """Open an SSH connection that only succeeds if the host key is the pinned one."""
+    pinned = asyncssh.import_public_key(host_public_key)
+    try:
+        return await asyncssh.connect(
+            host,
+            port=port,
+            username=username,
+            client_keys=[identity.asyncssh_key()],
+            known_hosts=([pinned], [], []),
+            connect_timeout=connect_timeout,
+            agent_path=None,
+            config=None,
+        )
+    except asyncssh.HostKeyNotVerifiable as err:
+        raise HostKeyMismatch(
+            f"{host}:{port} presented a host key other than the one pinned at creation"
+        ) from err
+
+
+def _openssh_private(key: Ed25519PrivateKey) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.OpenSSH,
+        serialization.NoEncryption(),
+    )
+
+
+def _openssh_public(key: Ed25519PrivateKey, comment: str = "") -> str:
+    line = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH)
+        .decode()
+    )
+    return f"{line} {comment}".strip()

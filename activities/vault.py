@@ -1,0 +1,198 @@
+"""Vault (OpenBao): Transit for data keys, KV v2 at `smtp` for the credentials record.
+
+hvac is synchronous, so activities call it in a thread. Permission errors are
+final (a token without the policy will not get it by retrying); sealed or
+unreachable Vault is retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import requests
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.crypto import DataKey
+from workflows.contracts import (
+    ROTATION_POLICY,
+    VAULT_KV_MOUNT,
+    StoreCredentialsRequest,
+    StoredCredentials,
+    vault_secret_path_for,
+)
+
+CREDENTIAL_FIELDS = (
+    "username",
+    "password",
+    "webmail_url",
+    "created_at",
+    "last_rotated",
+    "rotation_policy",
+)
+
+
+class VaultError(Exception):
+    """Vault refused or failed. `retryable` says whether another attempt may work."""
+
+    def __init__(self, message: str, *, retryable: bool) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+
+
+class CasConflict(VaultError):
+    def __init__(self, path: str) -> None:
+        super().__init__(f"{path} changed while writing (check-and-set)", retryable=True)
+
+
+@dataclass(frozen=True)
+class VaultSettings:
+    url: str
+    token: str
+    kv_mount: str = VAULT_KV_MOUNT
+    transit_mount: str = "transit"
+    transit_key: str = "mail-credentials"
+
+
+@dataclass(frozen=True)
+class CredentialsRecord:
+    data: dict[str, str]
+    version: int
+
+
+class Vault:
+    """The three Vault operations the product needs, with errors made explicit."""
+
+    def __init__(self, settings: VaultSettings) -> None:
+        self.settings = settings
+        self._client = hvac.Client(url=settings.url, token=settings.token, timeout=15)
+
+    @property
+    def kek(self) -> str:
+        return f"{self.settings.transit_mount}/{self.settings.transit_key}"
+
+    def generate_data_key(self, tenant_id: str) -> DataKey:
+        """A fresh AES-256 key, returned in plaintext and wrapped under the tenant's derived key."""
+        response = self._call(
+            "transit datakey",
+            self._client.secrets.transit.generate_data_key,
+            name=self.settings.transit_key,
+            key_type="plaintext",
+            context=_context(tenant_id),
+            bits=256,
+            mount_point=self.settings.transit_mount,
+        )
+        data = response["data"]
+        return DataKey(base64.b64decode(data["plaintext"]), data["ciphertext"], self.kek)
+
+    def unwrap_data_key(self, tenant_id: str, wrapped: str) -> bytes:
+        response = self._call(
+            "transit decrypt",
+            self._client.secrets.transit.decrypt_data,
+            name=self.settings.transit_key,
+            ciphertext=wrapped,
+            context=_context(tenant_id),
+            mount_point=self.settings.transit_mount,
+        )
+        return base64.b64decode(response["data"]["plaintext"])
+
+    def read_credentials(self, tenant_id: str) -> CredentialsRecord | None:
+        path = vault_secret_path_for(tenant_id)
+        try:
+            response = self._call(
+                "kv read",
+                self._client.secrets.kv.v2.read_secret_version,
+                path=path,
+                mount_point=self.settings.kv_mount,
+                raise_on_deleted_version=False,
+            )
+        except hvac.exceptions.InvalidPath:
+            return None
+        data = response["data"]
+        if data.get("data") is None:  # latest version deleted
+            return None
+        return CredentialsRecord(dict(data["data"]), int(data["metadata"]["version"]))
+
+    def write_credentials(self, tenant_id: str, record: dict[str, str], cas: int) -> int:
+        """Write with check-and-set: `cas=0` only creates, `cas=N` only replaces version N."""
+        path = vault_secret_path_for(tenant_id)
+        if set(record) != set(CREDENTIAL_FIELDS):
+            raise ValueError(f"credentials record must have exactly {CREDENTIAL_FIELDS}")
+        try:
+            response = self._call(
+                "kv write",
+                self._client.secrets.kv.v2.create_or_update_secret,
+                path=path,
+                secret=record,
+                cas=cas,
+                mount_point=self.settings.kv_mount,
+            )
+        except hvac.exceptions.InvalidRequest as err:
+            if "check-and-set" in str(err):
+                raise CasConflict(f"{self.settings.kv_mount}/{path}") from None
+            raise VaultError(f"kv write refused: {err}", retryable=False) from None
+        return int(response["data"]["version"])
+
+    def _call(self, what: str, method: Any, **kwargs: Any) -> Any:
+        try:
+            return method(**kwargs)
+        except hvac.exceptions.InvalidPath:
+            raise
+        except hvac.exceptions.InvalidRequest:
+            raise
+        except hvac.exceptions.Forbidden:
+            raise VaultError(f"{what}: permission denied for this token", retryable=False) from None
+        except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError) as err:
+            raise VaultError(f"{what}: vault unavailable: {err}", retryable=True) from None
+        except requests.RequestException as err:
+            raise VaultError(
+                f"{what}: cannot reach vault: {type(err).__name__}", retryable=True
+            ) from None
+
+
+def _context(tenant_id: str) -> str:
+    return base64.b64encode(tenant_id.encode()).decode()
+
+
+def vault_failure(err: VaultError) -> ApplicationError:
+    return ApplicationError(str(err), type=type(err).__name__, non_retryable=not err.retryable)
+
+
+class VaultActivities:
+    def __init__(self, vault: Vault) -> None:
+        self._vault = vault
+
+    @activity.defn(name="store_credentials")
+    async def store_credentials(self, request: StoreCredentialsRequest) -> StoredCredentials:
+        """Write the record once: a retry finds its own envelope and adds no version."""
+        try:
+            return await asyncio.to_thread(self._store, request)
+        except VaultError as err:
+            raise vault_failure(err) from None
+
+    def _store(self, request: StoreCredentialsRequest) -> StoredCredentials:
+        tenant = request.tenant_id
+        vault_path = f"{self._vault.settings.kv_mount}/{vault_secret_path_for(tenant)}"
+        current = self._vault.read_credentials(tenant)
+        if current and current.data.get("password") == request.credentials.password_envelope:
+            return StoredCredentials(vault_path, current.version, current.data["created_at"])
+        now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        record = {
+            "username": request.credentials.username,
+            "password": request.credentials.password_envelope,
+            "webmail_url": request.webmail_url,
+            # A tenant provisioned again keeps its first creation date; this is a rotation.
+            "created_at": current.data.get("created_at", now) if current else now,
+            "last_rotated": now,
+            "rotation_policy": ROTATION_POLICY,
+        }
+        version = self._vault.write_credentials(
+            tenant, record, cas=current.version if current else 0
+        )
+        return StoredCredentials(vault_path, version, record["created_at"])

@@ -1,0 +1,1 @@
+"""Production deployment helpers: Vault bootstrap and policies."""

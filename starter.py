@@ -1,0 +1,270 @@
+"""Start, watch and query purchases: the CLI a back end or an operator uses.
+
+    python starter.py start --purchase-id p-1 --tenant-id acme --domain acme.example \\
+        --plan starter --requested-by shop --wait
+    python starter.py start --file purchase.json --wait
+    python starter.py status p-1
+    python starter.py result p-1
+
+Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
+stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
+or configuration, 3 not found.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+from dataclasses import asdict
+from typing import Any
+
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows.contracts import (
+    DEFAULT_TASK_QUEUE,
+    STEPS,
+    WORKFLOW_TYPE,
+    InvalidPurchaseRequest,
+    ProvisionResult,
+    ProvisionStatus,
+    PurchaseRequest,
+    workflow_id_for,
+)
+
+
+class StarterError(Exception):
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+async def start_purchase(
+    client: Client, request: PurchaseRequest, task_queue: str
+) -> tuple[WorkflowHandle[Any, Any], bool]:
+    """Start (or join) the purchase's workflow. Returns the handle and whether it is new.
+
+    USE_EXISTING makes a repeated start while it runs return the running one;
+    REJECT_DUPLICATE makes a finished purchase impossible to provision twice.
+    """
+    workflow_id = workflow_id_for(request.purchase_id)
+    try:
+        handle = await client.start_workflow(
+            WORKFLOW_TYPE,
+            asdict(request),
+            id=workflow_id,
+            task_queue=task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            result_type=ProvisionResult,
+            static_summary=f"mail server for {request.tenant_id} ({request.domain})",
+        )
+    except WorkflowAlreadyStartedError:
+        return client.get_workflow_handle(workflow_id, result_type=ProvisionResult), False
+    # With USE_EXISTING the server answers with the running run and `started=False`;
+    # the SDK keeps that answer on the handle but exposes no public accessor for it.
+    response = getattr(handle, "_start_workflow_response", None)
+    return handle, bool(getattr(response, "started", True))
+
+
+async def query_status(handle: WorkflowHandle[Any, Any]) -> ProvisionStatus:
+    status: ProvisionStatus = await handle.query("status", result_type=ProvisionStatus)
+    return status
+
+
+async def watch(handle: WorkflowHandle[Any, Any], interval: float = 1.0) -> ProvisionResult:
+    """Show each step as it starts and ends until the run finishes, then return its result."""
+    result_task = asyncio.ensure_future(handle.result())
+    shown: dict[tuple[str, int], str] = {}
+    try:
+        while True:
+            try:
+                status = await query_status(handle)
+            except RPCError:
+                status = None  # no worker has picked it up yet, or it just closed
+            if status:
+                for index, step in enumerate(status.steps):
+                    if shown.get((step.name, index)) != step.state:
+                        shown[(step.name, index)] = step.state
+                        position = (
+                            f"{STEPS.index(step.name) + 1}/{len(STEPS)}"
+                            if (step.name in STEPS)
+                            else "cleanup"
+                        )
+                        say(f"  [{position}] {step.name:<26} {step.state}")
+            done, _ = await asyncio.wait({result_task}, timeout=interval)
+            if done:
+                result: ProvisionResult = result_task.result()
+                return result
+    finally:
+        result_task.cancel()
+
+
+def web_ui_link(
+    ui_url: str | None, namespace: str, workflow_id: str, run_id: str | None
+) -> str | None:
+    if not ui_url:
+        return None
+    base = f"{ui_url.rstrip('/')}/namespaces/{namespace}/workflows/{workflow_id}"
+    return f"{base}/{run_id}/history" if run_id else base
+
+
+def describe_failure(err: WorkflowFailureError) -> str:
+    cause: BaseException | None = err.cause
+    messages = []
+    while cause is not None:
+        messages.append(str(cause))
+        cause = cause.__cause__ if cause.__cause__ is not cause else None
+    return messages[-1] if messages else str(err)
+
+
+def _request_from_args(args: argparse.Namespace) -> PurchaseRequest:
+    if args.file:
+        try:
+            with open(args.file) as handle:
+                raw = json.load(handle)
+        except (OSError, json.JSONDecodeError) as err:
+            raise StarterError(f"cannot read {args.file}: {err}", 2) from None
+    else:
+        raw = {
+            "purchase_id": args.purchase_id,
+            "tenant_id": args.tenant_id,
+            "domain": args.domain,
+            "plan": args.plan,
+            "requested_by": args.requested_by,
+        }
+        if args.notify_url:
+            raw["notify_url"] = args.notify_url
+        raw = {k: v for k, v in raw.items() if v is not None}
+    try:
+        return PurchaseRequest.parse(raw)
+    except InvalidPurchaseRequest as err:
+        raise StarterError(str(err), 2) from None
+
+
+async def _connect(args: argparse.Namespace) -> Client:
+    try:
+        return await Client.connect(args.address, namespace=args.namespace)
+    except RuntimeError as err:
+        raise StarterError(f"cannot connect to Temporal at {args.address}: {err}", 2) from None
+
+
+def _print_result(result: ProvisionResult) -> None:
+    print(json.dumps(asdict(result), indent=2), flush=True)
+
+
+async def cmd_start(args: argparse.Namespace) -> int:
+    request = _request_from_args(args)
+    client = await _connect(args)
+    handle, is_new = await start_purchase(client, request, args.task_queue)
+    description = await handle.describe()
+    link = web_ui_link(args.ui_url, args.namespace, handle.id, description.run_id)
+    if is_new:
+        say(f"started {handle.id} (run {description.run_id})")
+    elif description.status and description.status.name == "RUNNING":
+        say(f"{handle.id} is already running: joined it, nothing new started")
+    else:
+        state = description.status.name.lower() if description.status else "closed"
+        say(f"{handle.id} already ran ({state}): a purchase is never provisioned twice")
+    if link:
+        say(f"web ui: {link}")
+    if not args.wait and is_new:
+        return 0
+    return await _finish(handle, watch_progress=bool(args.wait))
+
+
+async def _finish(handle: WorkflowHandle[Any, Any], watch_progress: bool) -> int:
+    try:
+        result = await watch(handle) if watch_progress else await handle.result()
+    except WorkflowFailureError as err:
+        say(f"FAILED {handle.id}: {describe_failure(err)}")
+        return 1
+    _print_result(result)
+    return 0
+
+
+async def cmd_status(args: argparse.Namespace) -> int:
+    client = await _connect(args)
+    handle = client.get_workflow_handle(workflow_id_for(args.purchase_id))
+    try:
+        status = await query_status(handle)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise StarterError(f"no purchase {args.purchase_id!r} ({handle.id})", 3) from None
+        raise
+    print(json.dumps(asdict(status), indent=2), flush=True)
+    return 0
+
+
+async def cmd_result(args: argparse.Namespace) -> int:
+    client = await _connect(args)
+    handle = client.get_workflow_handle(
+        workflow_id_for(args.purchase_id), result_type=ProvisionResult
+    )
+    try:
+        await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise StarterError(f"no purchase {args.purchase_id!r} ({handle.id})", 3) from None
+        raise
+    return await _finish(handle, watch_progress=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--address", default=os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"))
+    parser.add_argument("--namespace", default=os.environ.get("TEMPORAL_NAMESPACE", "default"))
+    parser.add_argument(
+        "--task-queue", default=os.environ.get("MAILPROV_TASK_QUEUE", DEFAULT_TASK_QUEUE)
+    )
+    parser.add_argument(
+        "--ui-url",
+        default=os.environ.get("TEMPORAL_UI_URL"),
+        help="Temporal Web UI base URL, to print a link to the run",
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    start = commands.add_parser("start", help="start (or join) a purchase's provisioning")
+    start.add_argument("--file", help="JSON file with the purchase request")
+    start.add_argument("--purchase-id")
+    start.add_argument("--tenant-id")
+    start.add_argument("--domain")
+    start.add_argument("--plan")
+    start.add_argument("--requested-by")
+    start.add_argument("--notify-url")
+    start.add_argument("--wait", action="store_true", help="show progress until it finishes")
+    start.set_defaults(func=cmd_start)
+
+    status = commands.add_parser("status", help="current step and steps done")
+    status.add_argument("purchase_id")
+    status.set_defaults(func=cmd_status)
+
+    result = commands.add_parser("result", help="wait for and print the result")
+    result.add_argument("purchase_id")
+    result.set_defaults(func=cmd_result)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(asyncio.run(args.func(args)))
+    except StarterError as err:
+        say(f"error: {err}")
+        return err.exit_code
+    except KeyboardInterrupt:
+        say("interrupted: the workflow keeps running; `starter.py status` shows it")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

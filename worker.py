@@ -1,0 +1,196 @@
+"""The worker process: hosts ProvisionMailTenant and its activities.
+
+Configuration comes from the environment only (see Settings.from_env). SIGTERM or
+SIGINT stops polling for new tasks and lets running activities finish for up to
+MAILPROV_DRAIN_SECONDS before exiting, so a deploy never cuts an SSH session in
+half; anything still running after that is retried by Temporal on another worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
+from temporalio.worker import Worker
+
+from activities.audit import AuditActivities, SqliteAuditStore
+from activities.credentials import CredentialsActivities
+from activities.hetzner import DEFAULT_API_URL, HetznerClient
+from activities.logs import configure_logging, get_logger
+from activities.mailu import MailuActivities, SshSettings
+from activities.notify import NotifyActivities
+from activities.ssh import SshIdentity
+from activities.vault import Vault, VaultActivities, VaultSettings
+from activities.vps_provider import VpsActivities
+from workflows.contracts import DEFAULT_TASK_QUEUE
+from workflows.provision import ProvisionMailTenant
+
+log = get_logger("worker")
+
+
+class ConfigError(Exception):
+    """A missing or malformed setting; the message names the variable."""
+
+
+@dataclass(frozen=True)
+class Settings:
+    temporal_address: str
+    temporal_namespace: str
+    task_queue: str
+    hcloud_api_url: str
+    hcloud_token: str
+    ssh_key_file: Path
+    ssh_port: int
+    vault: VaultSettings
+    audit_db: Path
+    metrics_bind: str | None
+    drain_seconds: float
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        return cls(
+            temporal_address=env.get("TEMPORAL_ADDRESS", "localhost:7233"),
+            temporal_namespace=env.get("TEMPORAL_NAMESPACE", "default"),
+            task_queue=env.get("MAILPROV_TASK_QUEUE", DEFAULT_TASK_QUEUE),
+            hcloud_api_url=env.get("HCLOUD_API_URL", DEFAULT_API_URL),
+            hcloud_token=_secret(env, "HCLOUD_TOKEN"),
+            ssh_key_file=Path(_required(env, "MAILPROV_SSH_KEY_FILE")),
+            ssh_port=_int(env, "MAILPROV_SSH_PORT", 22),
+            vault=VaultSettings(
+                url=_required(env, "VAULT_ADDR"),
+                token=_secret(env, "VAULT_TOKEN"),
+                kv_mount=env.get("MAILPROV_KV_MOUNT", "smtp"),
+                transit_mount=env.get("MAILPROV_TRANSIT_MOUNT", "transit"),
+                transit_key=env.get("MAILPROV_TRANSIT_KEY", "mail-credentials"),
+            ),
+            audit_db=Path(env.get("MAILPROV_AUDIT_DB", "audit.db")),
+            metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
+            drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
+        )
+
+
+def _required(env: Mapping[str, str], name: str) -> str:
+    value = env.get(name, "").strip()
+    if not value:
+        raise ConfigError(f"{name} is required but not set")
+    return value
+
+
+def _secret(env: Mapping[str, str], name: str) -> str:
+    """A secret from NAME, or from the file named by NAME_FILE (preferred: not in `ps e`)."""
+    path = env.get(f"{name}_FILE", "").strip()
+    if path:
+        try:
+            value = Path(path).read_text().strip()
+        except OSError as err:
+            raise ConfigError(f"{name}_FILE={path}: {err.strerror}") from None
+        if not value:
+            raise ConfigError(f"{name}_FILE={path} is empty")
+        return value
+    if env.get(name, "").strip():
+        return env[name].strip()
+    raise ConfigError(f"{name} or {name}_FILE is required but not set")
+
+
+def _int(env: Mapping[str, str], name: str, default: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{name} must be a whole number, got {raw!r}")
+    return int(raw)
+
+
+@asynccontextmanager
+async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
+    """Every activity of the product, wired to its outside system."""
+    try:
+        identity = SshIdentity.from_file(settings.ssh_key_file)
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"MAILPROV_SSH_KEY_FILE={settings.ssh_key_file}: {err}") from None
+    hetzner = HetznerClient(settings.hcloud_token, settings.hcloud_api_url)
+    vault = Vault(settings.vault)
+    mailu = MailuActivities(identity, SshSettings(port=settings.ssh_port))
+    vps = VpsActivities(hetzner, identity)
+    try:
+        yield [
+            vps.create_server,
+            vps.wait_for_server,
+            vps.delete_server,
+            mailu.configure_mailu,
+            CredentialsActivities(vault, mailu).create_admin_credentials,
+            VaultActivities(vault).store_credentials,
+            AuditActivities(SqliteAuditStore(settings.audit_db)).record_audit_event,
+            NotifyActivities().notify_customer,
+        ]
+    finally:
+        await hetzner.aclose()
+
+
+async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
+    runtime = None
+    if settings.metrics_bind:
+        runtime = Runtime(
+            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_bind))
+        )
+    client = await Client.connect(
+        settings.temporal_address, namespace=settings.temporal_namespace, runtime=runtime
+    )
+    async with build_activities(settings) as activities:
+        worker = Worker(
+            client,
+            task_queue=settings.task_queue,
+            workflows=[ProvisionMailTenant],
+            activities=activities,
+            graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
+        )
+        async with worker:
+            log.info(
+                "worker ready",
+                task_queue=settings.task_queue,
+                temporal=settings.temporal_address,
+                metrics=settings.metrics_bind,
+            )
+            await stop.wait()
+            log.info(
+                "draining: no new tasks, finishing running activities",
+                drain_seconds=settings.drain_seconds,
+            )
+    log.info("worker stopped")
+
+
+def main() -> int:
+    configure_logging()
+    try:
+        settings = Settings.from_env()
+    except ConfigError as err:
+        log.error("configuration error", error=str(err))
+        return 2
+    stop = asyncio.Event()
+
+    async def serve() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_worker(settings, stop)
+
+    try:
+        asyncio.run(serve())
+    except ConfigError as err:
+        log.error("configuration error", error=str(err))
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,327 @@
+"""The data contracts of the ProvisionMailTenant workflow.
+
+Everything here is plain data and pure functions: it is imported by the workflow
+(which runs in Temporal's deterministic sandbox), by the activities, by the
+starter, and it describes the JSON a non-Python back end sends and receives.
+Field names are the JSON keys, so renaming one is a breaking change.
+
+No secret ever appears in these types: the admin password only exists inside
+the activity that generates it; what travels is the encrypted envelope.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+WORKFLOW_TYPE = "ProvisionMailTenant"
+DEFAULT_TASK_QUEUE = "mail-provisioning"
+VAULT_KV_MOUNT = "smtp"
+ROTATION_POLICY = "180_days"
+AUDIT_USER_ID = "system"
+
+
+def workflow_id_for(purchase_id: str) -> str:
+    """One workflow per purchase: the id is what makes starts idempotent."""
+    return f"purchase-{purchase_id}"
+
+
+# --------------------------------------------------------------------------- plans
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a plan buys at the provider (names from the Hetzner Cloud catalog)."""
+
+    server_type: str
+    image: str
+    location: str
+
+
+PLAN_CATALOG: dict[str, Plan] = {
+    "starter": Plan(server_type="cx22", image="debian-12", location="fsn1"),
+    "business": Plan(server_type="cx32", image="debian-12", location="nbg1"),
+    "enterprise": Plan(server_type="cx42", image="debian-12", location="hel1"),
+}
+
+
+# --------------------------------------------------------------------------- input
+
+
+class InvalidPurchaseRequest(ValueError):
+    """Bad input, found before anything is created. Names the field and the rule."""
+
+    def __init__(self, field_name: str, rule: str) -> None:
+        super().__init__(f"invalid purchase request: field '{field_name}' {rule}")
+        self.field = field_name
+        self.rule = rule
+
+
+# Tenant ids become Vault paths, server names and labels: one safe alphabet for all.
+TENANT_ID_RULE = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+# Purchase ids become label values and the workflow id: Hetzner's label-value alphabet.
+PURCHASE_ID_RULE = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?")
+DOMAIN_LABEL_RULE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
+MAX_REQUESTED_BY = 200
+MAX_URL = 2048
+
+
+@dataclass(frozen=True)
+class PurchaseRequest:
+    """The workflow input: one mail-hosting purchase."""
+
+    purchase_id: str
+    tenant_id: str
+    domain: str
+    plan: str
+    requested_by: str
+    notify_url: str | None = None
+
+    @classmethod
+    def parse(cls, raw: Any) -> PurchaseRequest:
+        """Validate untrusted JSON (from any client language) into a request.
+
+        Raises InvalidPurchaseRequest naming the first field that breaks a rule.
+        """
+        if not isinstance(raw, dict):
+            raise InvalidPurchaseRequest("(input)", "must be a JSON object")
+        known = {"purchase_id", "tenant_id", "domain", "plan", "requested_by", "notify_url"}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InvalidPurchaseRequest(unknown[0], "is not a known field")
+        values: dict[str, str | None] = {}
+        for name in sorted(known):
+            value = raw.get(name)
+            if value is None and name == "notify_url":
+                values[name] = None
+                continue
+            if value is None:
+                raise InvalidPurchaseRequest(name, "is required")
+            if not isinstance(value, str):
+                raise InvalidPurchaseRequest(name, "must be a string")
+            values[name] = value
+        request = cls(**values)  # type: ignore[arg-type]
+        request.validate()
+        return request
+
+    def validate(self) -> None:
+        """Check every rule; the order is the order of the fields in the contract."""
+        if not PURCHASE_ID_RULE.fullmatch(self.purchase_id):
+            raise InvalidPurchaseRequest(
+                "purchase_id",
+                "must be 1-63 characters of [A-Za-z0-9_.-], starting and ending alphanumeric",
+            )
+        if not TENANT_ID_RULE.fullmatch(self.tenant_id):
+            raise InvalidPurchaseRequest("tenant_id", "must match [a-z0-9][a-z0-9-]{0,62}")
+        validate_domain(self.domain)
+        if self.plan not in PLAN_CATALOG:
+            raise InvalidPurchaseRequest(
+                "plan", f"must be one of the catalog plans: {', '.join(sorted(PLAN_CATALOG))}"
+            )
+        if not self.requested_by.strip() or len(self.requested_by) > MAX_REQUESTED_BY:
+            raise InvalidPurchaseRequest(
+                "requested_by", f"must be 1-{MAX_REQUESTED_BY} characters, not blank"
+            )
+        if any(not ch.isprintable() for ch in self.requested_by):
+            raise InvalidPurchaseRequest("requested_by", "must not contain control characters")
+        if self.notify_url is not None:
+            validate_notify_url(self.notify_url)
+
+
+def validate_domain(domain: str) -> None:
+    """A lowercase IDNA (A-label) FQDN: <= 253 chars, >= 2 labels, labels <= 63."""
+    if domain != domain.lower():
+        raise InvalidPurchaseRequest("domain", "must be lowercase")
+    if not domain.isascii():
+        raise InvalidPurchaseRequest("domain", "must be in IDNA ASCII form (xn--...), not Unicode")
+    if len(domain) > 253:
+        raise InvalidPurchaseRequest("domain", "must be at most 253 characters")
+    labels = domain.split(".")
+    if len(labels) < 2:
+        raise InvalidPurchaseRequest("domain", "must be a fully qualified name with >= 2 labels")
+    for label in labels:
+        if not DOMAIN_LABEL_RULE.fullmatch(label):
+            raise InvalidPurchaseRequest(
+                "domain",
+                f"label '{label}' must be 1-63 characters of [a-z0-9-], "
+                "not starting or ending with '-'",
+            )
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                raise InvalidPurchaseRequest(
+                    "domain", f"label '{label}' is not valid IDNA punycode"
+                ) from None
+    if labels[-1].isdigit():
+        raise InvalidPurchaseRequest("domain", "top-level label must not be numeric")
+
+
+def validate_notify_url(url: str) -> None:
+    """An absolute http(s) URL; the worker POSTs the 'VPS ready' event to it."""
+    if len(url) > MAX_URL:
+        raise InvalidPurchaseRequest("notify_url", f"must be at most {MAX_URL} characters")
+    parts = urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        raise InvalidPurchaseRequest("notify_url", "must be an absolute http(s) URL")
+    if parts.username or parts.password:
+        raise InvalidPurchaseRequest("notify_url", "must not embed credentials")
+
+
+# --------------------------------------------------------------------------- derived names
+
+
+def server_name_for(request: PurchaseRequest) -> str:
+    """Deterministic, unique per purchase, a valid hostname (<= 63 chars).
+
+    Deterministic so that a retried create meets Hetzner's uniqueness_error and
+    adopts the server it already made instead of buying a second one.
+    """
+    digest = hashlib.sha256(request.purchase_id.encode()).hexdigest()[:10]
+    return f"mail-{request.tenant_id[:46].rstrip('-')}-{digest}"
+
+
+def admin_username_for(domain: str) -> str:
+    return f"admin@{domain}"
+
+
+def webmail_url_for(domain: str) -> str:
+    return f"https://mail.{domain}"
+
+
+def vault_secret_path_for(tenant_id: str) -> str:
+    """The KV v2 path (inside the `smtp` mount) of a tenant's admin credentials."""
+    return f"{tenant_id}/admin"
+
+
+# --------------------------------------------------------------------------- activity I/O
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    name: str
+    server_type: str
+    image: str
+    location: str
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class ServerHandle:
+    """A server at the provider, with the SSH host key pinned at creation."""
+
+    server_id: int
+    name: str
+    host_public_key: str
+    adopted: bool = False
+
+
+@dataclass(frozen=True)
+class ServerAddress:
+    server_id: int
+    ipv4: str
+
+
+@dataclass(frozen=True)
+class MailuTarget:
+    """Where and what to configure; the host key makes the SSH connection trusted."""
+
+    tenant_id: str
+    domain: str
+    ipv4: str
+    host_public_key: str
+
+
+@dataclass(frozen=True)
+class SealedCredentials:
+    """The admin credentials after encryption. `password_envelope` is ciphertext."""
+
+    username: str
+    password_envelope: str
+
+
+@dataclass(frozen=True)
+class StoreCredentialsRequest:
+    tenant_id: str
+    credentials: SealedCredentials
+    webmail_url: str
+
+
+@dataclass(frozen=True)
+class StoredCredentials:
+    vault_path: str
+    version: int
+    created_at: str
+
+
+@dataclass(frozen=True)
+class AuditEvent:
+    """One append-only audit row. `event_key` makes a retried write a no-op."""
+
+    event_key: str
+    event: str
+    tenant_id: str
+    details: dict[str, str]
+    user_id: str = AUDIT_USER_ID
+
+
+@dataclass(frozen=True)
+class Notification:
+    url: str
+    idempotency_key: str
+    payload: dict[str, Any]
+
+
+# --------------------------------------------------------------------------- output
+
+
+@dataclass(frozen=True)
+class ProvisionResult:
+    """What the back end gets when the mail server is ready. Never a secret."""
+
+    purchase_id: str
+    tenant_id: str
+    server_id: int
+    server_name: str
+    ipv4: str
+    webmail_url: str
+    vault_path: str
+    vault_version: int
+    notified: bool
+
+
+# --------------------------------------------------------------------------- progress
+
+STEPS: tuple[str, ...] = (
+    "validate_input",
+    "create_server",
+    "wait_for_server",
+    "configure_mailu",
+    "create_admin_credentials",
+    "store_credentials",
+    "audit",
+    "notify",
+)
+
+
+@dataclass
+class StepProgress:
+    name: str
+    state: str  # "running" | "done" | "failed" | "skipped"
+    started_at: str
+    finished_at: str | None = None
+
+
+@dataclass
+class ProvisionStatus:
+    """Answer of the `status` query: what the progress display and the Web UI show."""
+
+    purchase_id: str | None
+    tenant_id: str | None
+    state: str  # "running" | "completed" | "failed" | "compensating"
+    current_step: str | None
+    steps: list[StepProgress] = field(default_factory=list)
+    error: str | None = None

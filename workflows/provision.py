@@ -1,0 +1,299 @@
+"""ProvisionMailTenant: one purchase becomes a running mail server with stored credentials.
+
+    validate input ─► create_server ─► wait_for_server ─► configure_mailu
+        ─► create_admin_credentials ─► store_credentials ─► audit ─► notify
+                  └──────────── on failure / cancel: delete_server, audit failure
+
+Each arrow is an activity with a timeout and retry policy chosen for what it
+talks to (see the policies below). The workflow itself only sequences them: no
+I/O, no clocks but workflow.now(), no secrets (the password lives and dies inside
+create_admin_credentials; only its encrypted envelope passes through here).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+from workflows.contracts import (
+    PLAN_CATALOG,
+    AuditEvent,
+    InvalidPurchaseRequest,
+    MailuTarget,
+    Notification,
+    ProvisionResult,
+    ProvisionStatus,
+    PurchaseRequest,
+    ServerHandle,
+    ServerSpec,
+    StepProgress,
+    StoreCredentialsRequest,
+    server_name_for,
+    webmail_url_for,
+    workflow_id_for,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from activities.audit import AuditActivities
+    from activities.credentials import CredentialsActivities
+    from activities.mailu import MailuActivities
+    from activities.notify import NotifyActivities
+    from activities.vault import VaultActivities
+    from activities.vps_provider import VpsActivities
+
+
+def _policy(
+    initial: float,
+    maximum: float,
+    attempts: int = 0,
+    backoff: float = 2.0,
+    final: tuple[str, ...] = (),
+) -> RetryPolicy:
+    return RetryPolicy(
+        initial_interval=timedelta(seconds=initial),
+        backoff_coefficient=backoff,
+        maximum_interval=timedelta(seconds=maximum),
+        maximum_attempts=attempts,
+        non_retryable_error_types=list(final),
+    )
+
+
+# Provider API calls are quick; rate limits and 5xx clear within minutes. Adoption on
+# uniqueness_error makes a retried create safe.
+CREATE_SERVER = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 60, 8))
+# Infrequent polling: each attempt is one GET; the retry policy is the poll loop, so no
+# worker slot is held while the server boots. Gives up after 15 minutes.
+WAIT_FOR_SERVER = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(minutes=15),
+    retry_policy=_policy(3, 3, backoff=1.0),
+)
+# Image pulls and MailU's first start take minutes: long timeout, heartbeats prove life.
+CONFIGURE_MAILU = dict(
+    start_to_close_timeout=timedelta(minutes=20),
+    heartbeat_timeout=timedelta(minutes=2),
+    retry_policy=_policy(15, 120, 5),
+)
+# One Transit call and one SSH command; a retry sets a fresh password, which is harmless.
+CREATE_CREDENTIALS = dict(
+    start_to_close_timeout=timedelta(minutes=2), retry_policy=_policy(5, 60, 5)
+)
+# Vault writes are fast; outages (sealed, leader election) are short. CAS makes retries safe.
+STORE_CREDENTIALS = dict(
+    start_to_close_timeout=timedelta(seconds=30), retry_policy=_policy(1, 30, 10)
+)
+# The audit row must not be lost: retry for up to a day (unique key keeps it to one row).
+AUDIT = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=_policy(1, 60),
+)
+# The customer's webhook may be down for a while; the mail server is ready regardless.
+NOTIFY = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(hours=6),
+    retry_policy=_policy(5, 300),
+)
+# Compensation must finish: a leaked server costs money every hour.
+DELETE_SERVER = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=_policy(5, 300),
+)
+
+
+@workflow.defn(name="ProvisionMailTenant")
+class ProvisionMailTenant:
+    def __init__(self) -> None:
+        self._status = ProvisionStatus(
+            purchase_id=None, tenant_id=None, state="running", current_step=None
+        )
+
+    @workflow.query(name="status")
+    def status(self) -> ProvisionStatus:
+        return self._status
+
+    @workflow.run
+    async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
+        request = self._validate(raw_request)
+        plan = PLAN_CATALOG[request.plan]
+        spec = ServerSpec(
+            name=server_name_for(request),
+            server_type=plan.server_type,
+            image=plan.image,
+            location=plan.location,
+            labels={
+                "purchase": request.purchase_id,
+                "tenant": request.tenant_id,
+                "managed-by": "mail-provisioning",
+            },
+        )
+        server: ServerHandle = await self._step(
+            "create_server", VpsActivities.create_server, spec, CREATE_SERVER
+        )
+        try:
+            address = await self._step(
+                "wait_for_server", VpsActivities.wait_for_server, server.server_id, WAIT_FOR_SERVER
+            )
+            target = MailuTarget(
+                request.tenant_id, request.domain, address.ipv4, server.host_public_key
+            )
+            await self._step(
+                "configure_mailu", MailuActivities.configure_mailu, target, CONFIGURE_MAILU
+            )
+            credentials = await self._step(
+                "create_admin_credentials",
+                CredentialsActivities.create_admin_credentials,
+                target,
+                CREATE_CREDENTIALS,
+            )
+            stored = await self._step(
+                "store_credentials",
+                VaultActivities.store_credentials,
+                StoreCredentialsRequest(
+                    request.tenant_id, credentials, webmail_url_for(request.domain)
+                ),
+                STORE_CREDENTIALS,
+            )
+        except (ActivityError, asyncio.CancelledError) as err:
+            await self._compensate(request, server, err)
+            raise
+
+        await self._step(
+            "audit",
+            AuditActivities.record_audit_event,
+            self._audit_event(
+                "smtp_credentials_stored",
+                request.tenant_id,
+                {"username": credentials.username, "webmail_url": webmail_url_for(request.domain)},
+            ),
+            AUDIT,
+        )
+        result = ProvisionResult(
+            purchase_id=request.purchase_id,
+            tenant_id=request.tenant_id,
+            server_id=server.server_id,
+            server_name=server.name,
+            ipv4=address.ipv4,
+            webmail_url=webmail_url_for(request.domain),
+            vault_path=stored.vault_path,
+            vault_version=stored.version,
+            notified=False,
+        )
+        notified = await self._notify(request, result)
+        self._status.state = "completed"
+        self._status.current_step = None
+        return ProvisionResult(**{**result.__dict__, "notified": notified})
+
+    # ------------------------------------------------------------------ steps
+
+    def _validate(self, raw_request: dict[str, Any]) -> PurchaseRequest:
+        started = self._begin("validate_input")
+        try:
+            request = PurchaseRequest.parse(raw_request)
+            expected_id = workflow_id_for(request.purchase_id)
+            if workflow.info().workflow_id != expected_id:
+                raise InvalidPurchaseRequest(
+                    "purchase_id", f"must match the workflow id (expected {expected_id!r})"
+                )
+        except InvalidPurchaseRequest as err:
+            self._end(started, "failed", error=str(err))
+            raise ApplicationError(
+                str(err),
+                {"field": err.field, "rule": err.rule},
+                type="InvalidPurchaseRequest",
+                non_retryable=True,
+            ) from None
+        self._status.purchase_id = request.purchase_id
+        self._status.tenant_id = request.tenant_id
+        self._end(started, "done")
+        return request
+
+    async def _step(self, name: str, activity: Any, arg: Any, options: dict[str, Any]) -> Any:
+        started = self._begin(name)
+        try:
+            result = await workflow.execute_activity_method(
+                activity, arg, summary=name.replace("_", " "), **options
+            )
+        except ActivityError as err:
+            self._end(started, "failed", error=_reason(err))
+            raise
+        except asyncio.CancelledError:
+            self._end(started, "failed", error="cancelled")
+            raise
+        self._end(started, "done")
+        return result
+
+    async def _notify(self, request: PurchaseRequest, result: ProvisionResult) -> bool:
+        """The server is ready whether or not the webhook answers: a failure is reported."""
+        if request.notify_url is None:
+            self._status.steps.append(StepProgress("notify", "skipped", self._now(), self._now()))
+            return False
+        payload = {"event": "mail_server_ready", **result.__dict__}
+        payload.pop("notified")
+        notification = Notification(request.notify_url, workflow.info().workflow_id, payload)
+        try:
+            await self._step("notify", NotifyActivities.notify_customer, notification, NOTIFY)
+        except ActivityError:
+            workflow.logger.warning("customer notification failed; provisioning stands")
+            return False
+        return True
+
+    async def _compensate(
+        self, request: PurchaseRequest, server: ServerHandle, err: BaseException
+    ) -> None:
+        """Undo what exists: delete the server, then record why provisioning failed."""
+        reason = _reason(err)
+        self._status.state = "compensating"
+        self._status.error = reason
+        await self._step(
+            "delete_server", VpsActivities.delete_server, server.server_id, DELETE_SERVER
+        )
+        await self._step(
+            "audit_failure",
+            AuditActivities.record_audit_event,
+            self._audit_event(
+                "provisioning_failed",
+                request.tenant_id,
+                {"server_name": server.name, "reason": reason},
+            ),
+            AUDIT,
+        )
+        self._status.state = "failed"
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def _audit_event(self, event: str, tenant_id: str, details: dict[str, str]) -> AuditEvent:
+        info = workflow.info()
+        return AuditEvent(f"{info.workflow_id}/{info.run_id}/{event}", event, tenant_id, details)
+
+    def _now(self) -> str:
+        return workflow.now().isoformat(timespec="seconds")
+
+    def _begin(self, name: str) -> StepProgress:
+        step = StepProgress(name, "running", self._now())
+        self._status.steps.append(step)
+        self._status.current_step = name
+        return step
+
+    def _end(self, step: StepProgress, state: str, error: str | None = None) -> None:
+        step.state = state
+        step.finished_at = self._now()
+        if error:
+            self._status.error = error
+            if self._status.state == "running":
+                self._status.state = "failed"
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost message: for an ActivityError, the activity's own error."""
+    while isinstance(err, ActivityError) and err.cause is not None:
+        err = err.cause
+    if isinstance(err, asyncio.CancelledError):
+        return "workflow cancelled"
+    return str(err) or type(err).__name__
