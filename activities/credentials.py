@@ -13,11 +13,18 @@ accepted the password just makes the next attempt set a new one.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.crypto import generate_password, seal
+from activities.crypto import (
+    EnvelopeError,
+    generate_password,
+    open_envelope,
+    parse_envelope,
+    seal,
+)
 from activities.mailu import MailuActivities, MailuCommandError
 from activities.vault import Vault, VaultError, vault_failure
 from workflows.contracts import (
@@ -51,3 +58,39 @@ class CredentialsActivities:
                 raise ApplicationError(str(err), type="MailuCommandFailed") from None
         activity.logger.info("admin credentials set and sealed", extra={"username": username})
         return SealedCredentials(username=username, password_envelope=envelope)
+
+
+@dataclass(frozen=True, repr=False)
+class AdminCredentials:
+    """Decrypted credentials for the mail-sending side. repr hides the password."""
+
+    username: str
+    password: str
+    webmail_url: str
+    vault_version: int
+
+
+class CredentialsNotFound(LookupError):
+    pass
+
+
+def read_admin_credentials(vault: Vault, tenant_id: str) -> AdminCredentials:
+    """Read a tenant's record and open its envelope (needs the reader role's token).
+
+    Raises CredentialsNotFound, EnvelopeError (tampered or another tenant's
+    envelope), or VaultError (e.g. permission denied).
+    """
+    record = vault.read_credentials(tenant_id)
+    if record is None:
+        raise CredentialsNotFound(f"no credentials stored for tenant {tenant_id!r}")
+    vault_path = f"{vault.settings.kv_mount}/{vault_secret_path_for(tenant_id)}"
+    envelope = parse_envelope(record.data["password"])
+    if envelope.kek != vault.kek:
+        raise EnvelopeError(f"envelope key {envelope.kek!r} is not this Vault's {vault.kek!r}")
+    data_key = vault.unwrap_data_key(tenant_id, envelope.wrapped_key)
+    return AdminCredentials(
+        username=record.data["username"],
+        password=open_envelope(envelope, data_key, tenant_id, vault_path),
+        webmail_url=record.data["webmail_url"],
+        vault_version=record.version,
+    )

@@ -19,7 +19,7 @@ import requests
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.crypto import DataKey
+from activities.crypto import DataKey, EnvelopeError
 from workflows.contracts import (
     ROTATION_POLICY,
     VAULT_KV_MOUNT,
@@ -92,14 +92,20 @@ class Vault:
         return DataKey(base64.b64decode(data["plaintext"]), data["ciphertext"], self.kek)
 
     def unwrap_data_key(self, tenant_id: str, wrapped: str) -> bytes:
-        response = self._call(
-            "transit decrypt",
-            self._client.secrets.transit.decrypt_data,
-            name=self.settings.transit_key,
-            ciphertext=wrapped,
-            context=_context(tenant_id),
-            mount_point=self.settings.transit_mount,
-        )
+        try:
+            response = self._call(
+                "transit decrypt",
+                self._client.secrets.transit.decrypt_data,
+                name=self.settings.transit_key,
+                ciphertext=wrapped,
+                context=_context(tenant_id),
+                mount_point=self.settings.transit_mount,
+            )
+        except hvac.exceptions.InvalidRequest:
+            # Transit answers 400 when the derived key (tenant context) does not fit.
+            raise EnvelopeError(
+                f"data key does not unwrap for tenant {tenant_id!r}: tampered or another tenant's"
+            ) from None
         return base64.b64decode(response["data"]["plaintext"])
 
     def read_credentials(self, tenant_id: str) -> CredentialsRecord | None:

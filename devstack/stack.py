@@ -110,7 +110,7 @@ class StackInfo:
 
 
 class Stack:
-    """Start with `await stack.start()`, always `stack.stop()`; or use `async with`."""
+    """`async with Stack(dir) as stack: await stack.start()`: stopped on any exit."""
 
     def __init__(self, state_dir: Path, *, web_ui: bool = False, worker: bool = True) -> None:
         self.info = StackInfo(state_dir=state_dir.resolve())
@@ -120,11 +120,6 @@ class Stack:
         (self.info.state_dir / "logs").mkdir(parents=True, exist_ok=True)
 
     async def __aenter__(self) -> Stack:
-        try:
-            await self.start()
-        except BaseException:
-            self.stop()
-            raise
         return self
 
     async def __aexit__(self, *_: object) -> None:

@@ -1,0 +1,32 @@
+# The two commands of the README, plus helpers. Needs python3 >= 3.11; no root.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+
+.PHONY: demo up test lint install clean
+
+demo: install          ## one purchase end to end on the local stack, then stop it all
+	$(PY) -m devstack.demo
+
+up: install            ## start the local stack (Web UI on) and keep it running
+	$(PY) -m devstack.demo --up
+
+test: install          ## every test: unit, workflow (time-skipping), end to end, replay
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "python >= 3.11 is required")'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

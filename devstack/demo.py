@@ -1,0 +1,177 @@
+"""`make demo`: one purchase, end to end, on the local stack; `make up` keeps the stack.
+
+1. starts the real Temporal dev server (Web UI on), OpenBao (+ bootstrap), the local
+   cloud and a worker;
+2. starts a purchase with starter.py (the same CLI a back end uses) and shows progress;
+3. proves the result: reads the Vault record with the reader token, decrypts the
+   password, and logs in over SMTP AUTH (STARTTLS) to the new local VPS;
+4. submits the same purchase again and shows nothing was provisioned twice;
+5. stops everything it started, also on Ctrl-C or failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import smtplib
+import ssl
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+import httpx
+
+from activities.credentials import read_admin_credentials
+from activities.vault import Vault, VaultSettings
+from devstack.stack import ROOT, Stack, StackInfo
+from workflows.contracts import workflow_id_for
+
+
+def say(message: str) -> None:
+    print(message, flush=True)
+
+
+def run_starter(info: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
+    """Run starter.py as a user would; its progress (stderr) streams to the terminal."""
+    command = [sys.executable, str(ROOT / "starter.py"), "--address", info.temporal_address]
+    if info.temporal_ui_url:
+        command += ["--ui-url", info.temporal_ui_url]
+    return subprocess.run(
+        [*command, *args], stdout=subprocess.PIPE, stderr=None, text=True, check=False
+    )
+
+
+def smtp_login(host: str, port: int, cafile: Path, username: str, password: str) -> str:
+    """STARTTLS (certificate checked against the VPS's own) then AUTH; returns the reply."""
+    context = ssl.create_default_context(cafile=str(cafile))
+    context.check_hostname = False  # the local VPS is reached by IP; the chain is still verified
+    with smtplib.SMTP(host, port, timeout=15) as smtp:
+        smtp.starttls(context=context)
+        code, reply = smtp.login(username, password)
+    return f"{code} {reply.decode(errors='replace')}"
+
+
+def prove_credentials(info: StackInfo, result: dict[str, object]) -> None:
+    reader = Vault(
+        VaultSettings(url=info.vault_addr, token=info.reader_token_file.read_text().strip())
+    )
+    tenant = str(result["tenant_id"])
+    record = reader.read_credentials(tenant)
+    assert record is not None
+    say(f"  vault {result['vault_path']} v{record.version}: keys {sorted(record.data)}")
+    say(f"  stored password field is an envelope: {record.data['password'][:24]}...")
+    credentials = read_admin_credentials(reader, tenant)
+    cloud = info.cloud_url.removesuffix("/v1")
+    cert = httpx.get(f"{cloud}/_devstack/servers/{result['server_id']}/tls-cert", timeout=10)
+    cert.raise_for_status()
+    cafile = info.state_dir / f"vps-{result['server_id']}-cert.pem"
+    cafile.write_text(cert.text)
+    reply = smtp_login(
+        str(result["ipv4"]), info.smtp_port, cafile, credentials.username, credentials.password
+    )
+    say(f"  SMTP AUTH as {credentials.username} at {result['ipv4']}:{info.smtp_port}: {reply}")
+
+
+def count_servers(info: StackInfo, purchase_id: str) -> int:
+    token = (info.state_dir / "cloud.token").read_text().strip()
+    response = httpx.get(
+        f"{info.cloud_url}/servers",
+        params={"label_selector": f"purchase={purchase_id}"},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+    response.raise_for_status()
+    return len(response.json()["servers"])
+
+
+async def demo(state_dir: Path) -> int:
+    purchase_id = f"demo-{uuid.uuid4().hex[:8]}"
+    async with Stack(state_dir, web_ui=True) as stack:
+        info = await stack.start(progress=lambda step: say(f"stack: {step}"))
+        say(
+            f"stack: ready (Temporal {info.temporal_address}, Web UI {info.temporal_ui_url}, "
+            f"OpenBao {info.vault_addr}, cloud {info.cloud_url})\n"
+        )
+        request = [
+            "start",
+            "--purchase-id",
+            purchase_id,
+            "--tenant-id",
+            "demo-tenant",
+            "--domain",
+            "demo-tenant.example",
+            "--plan",
+            "starter",
+            "--requested-by",
+            "make-demo",
+            "--notify-url",
+            info.notify_url,
+            "--wait",
+        ]
+        say(f"purchase {purchase_id}: starter.py {' '.join(request)}")
+        first = run_starter(info, *request)
+        if first.returncode != 0:
+            say(
+                f"demo FAILED: the workflow did not succeed (exit {first.returncode}); "
+                f"logs in {info.state_dir / 'logs'}"
+            )
+            return 1
+        result = json.loads(first.stdout)
+        say("result:\n" + json.dumps(result, indent=2))
+        if info.temporal_ui_url:
+            say(
+                f"web ui: {info.temporal_ui_url}/namespaces/default/workflows/"
+                f"{workflow_id_for(purchase_id)}"
+            )
+
+        say("\nproving the stored credentials work:")
+        prove_credentials(info, result)
+
+        say(f"\nsubmitting purchase {purchase_id} again:")
+        again = run_starter(info, *request)
+        second = json.loads(again.stdout) if again.returncode == 0 else None
+        servers = count_servers(info, purchase_id)
+        say(f"  same result: {second == result}; servers for this purchase at the cloud: {servers}")
+        if second != result or servers != 1:
+            say("demo FAILED: the second submission was not deduplicated")
+            return 1
+        say("\ndemo OK: provisioned once, credentials in Vault work for SMTP login")
+        return 0
+
+
+async def up(state_dir: Path) -> int:
+    async with Stack(state_dir, web_ui=True) as stack:
+        info = await stack.start(progress=lambda step: say(f"stack: {step}"))
+        say(
+            f"\nstack is up (Ctrl-C stops it). Web UI: {info.temporal_ui_url}\n"
+            f"  export TEMPORAL_ADDRESS={info.temporal_address}\n"
+            f"  python starter.py start --purchase-id p-1 --tenant-id acme "
+            f"--domain acme.example --plan starter --requested-by me --wait\n"
+            f"  notify sink: {info.notify_url}   logs: {info.state_dir / 'logs'}"
+        )
+        while True:
+            await asyncio.sleep(3600)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="run the demo on the local stack")
+    parser.add_argument("--up", action="store_true", help="start the stack and keep it running")
+    parser.add_argument("--state-dir", type=Path, help="default: a fresh temp dir")
+    args = parser.parse_args()
+    state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="mailprov-demo-"))
+    started = time.monotonic()
+    try:
+        code = asyncio.run(up(state_dir) if args.up else demo(state_dir))
+    except KeyboardInterrupt:
+        say("\ninterrupted: everything the demo started has been stopped")
+        return 130
+    say(f"(took {time.monotonic() - started:.0f}s; state and logs in {state_dir})")
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())
