@@ -246,6 +246,9 @@ class Stack:
         await self._wait(process, lambda: _log_says(process.log_path, "worker ready"), 30)
         return process
 
+    def processes(self, name: str) -> list[Process]:
+        return [process for process in self._processes if process.name == name]
+
     def stop_process(self, process: Process) -> None:
         process.stop()
         self._processes.remove(process)

@@ -1,0 +1,132 @@
+"""The real local stack for end-to-end tests: one per session, torn down at the end.
+
+Temporal dev server, OpenBao (bootstrapped by the project's own code), the local
+cloud with its SSH/SMTP VPSes, and a worker process, exactly as `make demo` runs.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from temporalio.client import Client
+
+from activities.vault import Vault, VaultSettings
+from devstack.stack import Stack, StackInfo
+
+
+class CloudControl:
+    """The local cloud's Hetzner API (with the worker's token) and its test hooks."""
+
+    def __init__(self, info: StackInfo) -> None:
+        self.api = httpx.Client(
+            base_url=info.cloud_url + "/",
+            headers={
+                "Authorization": "Bearer " + (info.state_dir / "cloud.token").read_text().strip()
+            },
+            timeout=10,
+        )
+        self.devstack = httpx.Client(
+            base_url=info.cloud_url.removesuffix("/v1") + "/_devstack/", timeout=10
+        )
+
+    def servers(self, **params: str) -> list[dict[str, Any]]:
+        response = self.api.get("servers", params=params)
+        response.raise_for_status()
+        return list(response.json()["servers"])
+
+    def servers_of(self, purchase_id: str) -> list[dict[str, Any]]:
+        return self.servers(label_selector=f"purchase={purchase_id}")
+
+    def inject(self, **rule: Any) -> None:
+        self.devstack.post("faults", json=rule).raise_for_status()
+
+    def clear_faults(self) -> None:
+        self.devstack.delete("faults").raise_for_status()
+
+    def notifications(self) -> list[dict[str, Any]]:
+        response = self.devstack.get("notifications")
+        response.raise_for_status()
+        body = response.json()
+        return list(body["notifications"] if isinstance(body, dict) else body)
+
+    def commands(self, server_id: int) -> list[dict[str, Any]]:
+        response = self.devstack.get(f"servers/{server_id}/commands")
+        response.raise_for_status()
+        body = response.json()
+        return list(body["commands"] if isinstance(body, dict) else body)
+
+    def tls_cert(self, server_id: int) -> str:
+        response = self.devstack.get(f"servers/{server_id}/tls-cert")
+        response.raise_for_status()
+        return response.text
+
+
+@pytest.fixture(scope="session")
+def stack_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="mailprov-e2e-") as directory:
+        yield Path(directory)
+
+
+@pytest.fixture(scope="session")
+async def stack(stack_dir: Path) -> AsyncIterator[Stack]:
+    async with Stack(stack_dir) as running:
+        await running.start()
+        yield running
+
+
+@pytest.fixture(scope="session")
+def info(stack: Stack) -> StackInfo:
+    return stack.info
+
+
+@pytest.fixture(scope="session")
+async def client(info: StackInfo) -> Client:
+    return await Client.connect(info.temporal_address)
+
+
+@pytest.fixture(scope="session")
+def cloud(info: StackInfo) -> Iterator[CloudControl]:
+    control = CloudControl(info)
+    yield control
+    control.api.close()
+    control.devstack.close()
+
+
+@pytest.fixture(autouse=True)
+def _no_leftover_faults(request: pytest.FixtureRequest) -> Iterator[None]:
+    yield
+    if "cloud" in request.fixturenames:
+        request.getfixturevalue("cloud").clear_faults()
+
+
+@pytest.fixture(scope="session")
+def reader_vault(info: StackInfo) -> Vault:
+    return Vault(
+        VaultSettings(url=info.vault_addr, token=info.reader_token_file.read_text().strip())
+    )
+
+
+@pytest.fixture(scope="session")
+def worker_vault(info: StackInfo) -> Vault:
+    token = (info.state_dir / "vault" / "worker.token").read_text().strip()
+    return Vault(VaultSettings(url=info.vault_addr, token=token))
+
+
+@pytest.fixture
+def purchase(info: StackInfo) -> dict[str, Any]:
+    """A fresh purchase (own tenant, so Vault paths never collide between tests)."""
+    suffix = uuid.uuid4().hex[:8]
+    return {
+        "purchase_id": f"e2e-{suffix}",
+        "tenant_id": f"tenant-{suffix}",
+        "domain": f"t{suffix}.example",
+        "plan": "starter",
+        "requested_by": "e2e-tests",
+        "notify_url": info.notify_url,
+    }

@@ -1,0 +1,257 @@
+"""A purchase on the real stack: Temporal dev server, OpenBao, local cloud, SSH, SMTP."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import smtplib
+import ssl
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+
+from activities.audit import SqliteAuditStore
+from activities.credentials import read_admin_credentials
+from activities.crypto import ENVELOPE_PREFIX
+from activities.vault import CREDENTIAL_FIELDS, Vault
+from devstack.stack import Stack, StackInfo, tool
+from starter import start_purchase
+from tests.e2e.conftest import CloudControl
+from workflows.contracts import ProvisionResult, PurchaseRequest, workflow_id_for
+
+
+async def provision(client: Client, raw: dict[str, Any]) -> ProvisionResult:
+    handle, is_new = await start_purchase(client, PurchaseRequest.parse(raw), "mail-provisioning")
+    assert is_new
+    result: ProvisionResult = await handle.result()
+    return result
+
+
+def smtp_auth(host: str, port: int, cert_pem: str, tmp: Path, user: str, password: str) -> int:
+    cafile = tmp / "vps-cert.pem"
+    cafile.write_text(cert_pem)
+    context = ssl.create_default_context(cafile=str(cafile))
+    context.check_hostname = False
+    with smtplib.SMTP(host, port, timeout=15) as smtp:
+        smtp.starttls(context=context)
+        code, _ = smtp.login(user, password)
+    return code
+
+
+def audit_rows(info: StackInfo, workflow_id: str) -> list[Any]:
+    return [
+        r for r in SqliteAuditStore(info.audit_db).rows() if r.event_key.startswith(workflow_id)
+    ]
+
+
+async def test_purchase_is_provisioned_and_stored_credentials_log_in_over_smtp(
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    purchase: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    result = await provision(client, purchase)
+
+    assert result.webmail_url == f"https://mail.{purchase['domain']}"
+    assert result.vault_path == f"smtp/{purchase['tenant_id']}/admin"
+    assert result.vault_version == 1
+    assert result.notified
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert server["id"] == result.server_id
+    assert server["status"] == "running"
+    assert server["public_net"]["ipv4"]["ip"] == result.ipv4
+    assert server["labels"]["tenant"] == purchase["tenant_id"]
+
+    record = reader_vault.read_credentials(purchase["tenant_id"])
+    assert record is not None
+    assert set(record.data) == set(CREDENTIAL_FIELDS)
+    assert record.data["username"] == f"admin@{purchase['domain']}"
+    assert record.data["password"].startswith(ENVELOPE_PREFIX)
+    assert record.data["rotation_policy"] == "180_days"
+    assert record.data["created_at"].endswith("Z")
+
+    credentials = read_admin_credentials(reader_vault, purchase["tenant_id"])
+    code = smtp_auth(
+        result.ipv4,
+        info.smtp_port,
+        cloud.tls_cert(result.server_id),
+        tmp_path,
+        credentials.username,
+        credentials.password,
+    )
+    assert code == 235
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        smtp_auth(
+            result.ipv4,
+            info.smtp_port,
+            cloud.tls_cert(result.server_id),
+            tmp_path,
+            credentials.username,
+            credentials.password[::-1],
+        )
+
+    workflow_id = workflow_id_for(purchase["purchase_id"])
+    [row] = audit_rows(info, workflow_id)
+    assert (row.event, row.tenant_id, row.user_id) == (
+        "smtp_credentials_stored",
+        purchase["tenant_id"],
+        "system",
+    )
+    assert row.details == {"username": credentials.username, "webmail_url": result.webmail_url}
+    sent = [n for n in cloud.notifications() if n["headers"].get("Idempotency-Key") == workflow_id]
+    assert len(sent) == 1
+    assert sent[0]["body"]["ipv4"] == result.ipv4
+
+
+async def test_second_start_while_running_joins_and_after_finish_is_rejected(
+    client: Client, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    request = PurchaseRequest.parse(purchase)
+    first, first_new = await start_purchase(client, request, "mail-provisioning")
+    joined, joined_new = await start_purchase(client, request, "mail-provisioning")
+    assert first_new and not joined_new
+    assert (await joined.describe()).run_id == (await first.describe()).run_id
+    result = await first.result()
+    again, again_new = await start_purchase(client, request, "mail-provisioning")
+    assert not again_new
+    assert await again.result() == result
+    assert len(cloud.servers_of(purchase["purchase_id"])) == 1
+
+
+async def test_a_non_python_client_starts_a_purchase_with_plain_json(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    workflow_id = workflow_id_for(purchase["purchase_id"])
+    completed = subprocess.run(
+        [
+            tool("temporal"),
+            "workflow",
+            "start",
+            "--address",
+            info.temporal_address,
+            "--type",
+            "ProvisionMailTenant",
+            "--task-queue",
+            "mail-provisioning",
+            "--workflow-id",
+            workflow_id,
+            "--id-reuse-policy",
+            "RejectDuplicate",
+            "--id-conflict-policy",
+            "UseExisting",
+            "--input",
+            json.dumps(purchase),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert completed.returncode == 0, completed.stderr
+    result = await client.get_workflow_handle(workflow_id, result_type=ProvisionResult).result()
+    assert result.tenant_id == purchase["tenant_id"]
+    assert [s["id"] for s in cloud.servers_of(purchase["purchase_id"])] == [result.server_id]
+
+
+async def test_bad_input_from_any_client_fails_fast_and_creates_nothing(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    purchase["tenant_id"] = "Not/A/Tenant"
+    handle = await client.start_workflow(
+        "ProvisionMailTenant",
+        purchase,
+        id=workflow_id_for(purchase["purchase_id"]),
+        task_queue="mail-provisioning",
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert "tenant_id" in str(failure.value.cause)
+    assert cloud.servers_of(purchase["purchase_id"]) == []
+    assert audit_rows(info, handle.id) == []
+
+
+async def test_lost_create_response_is_retried_and_adopts_the_created_server(
+    client: Client, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    cloud.inject(
+        method="POST",
+        path="/v1/servers",
+        status=503,
+        code="unavailable",
+        message="lost response",
+        times=1,
+        after_effect=True,
+    )
+    result = await provision(client, purchase)
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert server["id"] == result.server_id
+
+
+async def test_rate_limit_is_waited_out(
+    client: Client, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    cloud.inject(
+        method="POST",
+        path="/v1/servers",
+        status=429,
+        code="rate_limit_exceeded",
+        message="limit",
+        times=2,
+    )
+    result = await provision(client, purchase)
+    assert len(cloud.servers_of(purchase["purchase_id"])) == 1
+    assert result.vault_version == 1
+
+
+async def test_provider_refusal_fails_at_once_without_leftovers(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    cloud.inject(
+        method="POST",
+        path="/v1/servers",
+        status=403,
+        code="resource_limit_exceeded",
+        message="server limit reached",
+        times=1,
+    )
+    handle, _ = await start_purchase(client, PurchaseRequest.parse(purchase), "mail-provisioning")
+    with pytest.raises(WorkflowFailureError) as failure:
+        await handle.result()
+    assert "resource_limit_exceeded" in str(failure.value.cause.cause)  # type: ignore[union-attr]
+    assert cloud.servers_of(purchase["purchase_id"]) == []
+
+
+async def test_worker_killed_mid_run_is_survived_without_duplicates(
+    stack: Stack,
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    purchase: dict[str, Any],
+) -> None:
+    # A second worker takes over after the first is killed (SIGKILL: no drain).
+    spare = await stack.start_worker()
+    handle, _ = await start_purchase(client, PurchaseRequest.parse(purchase), "mail-provisioning")
+    # Killed while the server boots: the workflow's state lives in Temporal, not the worker.
+    for _ in range(300):
+        status = await handle.query("status")
+        if status["current_step"] == "wait_for_server":
+            break
+        await asyncio.sleep(0.05)
+    victims = [p for p in stack.processes("worker") if p is not spare]
+    for victim in victims:
+        victim.popen.kill()
+    result = await handle.result()
+    for victim in victims:
+        stack.stop_process(victim)
+    await stack.start_worker()
+    stack.stop_process(spare)
+    assert len(cloud.servers_of(purchase["purchase_id"])) == 1
+    record = reader_vault.read_credentials(purchase["tenant_id"])
+    assert record is not None and record.version == result.vault_version == 1
+    assert len(audit_rows(info, handle.id)) == 1
