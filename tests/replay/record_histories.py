@@ -1,4 +1,4 @@
-"""Record the workflow histories that tests/replay replays: `python -m tests.replay.record_histories`.
+"""Record the histories that tests/replay replays: `python -m tests.replay.record_histories`.
 
 Run it when a change to the workflow is *meant* to be incompatible (and then version
 the workflow with workflow.patched instead of breaking running purchases), or to
