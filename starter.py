@@ -21,7 +21,12 @@ import sys
 from dataclasses import asdict
 from typing import Any
 
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowQueryFailedError,
+)
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -84,29 +89,30 @@ async def query_status(handle: WorkflowHandle[Any, Any]) -> ProvisionStatus:
 async def watch(handle: WorkflowHandle[Any, Any], interval: float = 1.0) -> ProvisionResult:
     """Show each step as it starts and ends until the run finishes, then return its result."""
     result_task = asyncio.ensure_future(handle.result())
-    shown: dict[tuple[str, int], str] = {}
+    shown: dict[int, str] = {}
     try:
         while True:
-            try:
-                status = await query_status(handle)
-            except RPCError:
-                status = None  # no worker has picked it up yet, or it just closed
-            if status:
-                for index, step in enumerate(status.steps):
-                    if shown.get((step.name, index)) != step.state:
-                        shown[(step.name, index)] = step.state
-                        position = (
-                            f"{STEPS.index(step.name) + 1}/{len(STEPS)}"
-                            if (step.name in STEPS)
-                            else "cleanup"
-                        )
-                        say(f"  [{position}] {step.name:<26} {step.state}")
             done, _ = await asyncio.wait({result_task}, timeout=interval)
+            await _show_new_progress(handle, shown)
             if done:
                 result: ProvisionResult = result_task.result()
                 return result
     finally:
         result_task.cancel()
+
+
+async def _show_new_progress(handle: WorkflowHandle[Any, Any], shown: dict[int, str]) -> None:
+    try:
+        status = await query_status(handle)
+    except (RPCError, WorkflowQueryFailedError):
+        return  # no worker has picked the run up yet; the next poll will tell
+    for index, step in enumerate(status.steps):
+        if shown.get(index) != step.state:
+            shown[index] = step.state
+            position = (
+                f"{STEPS.index(step.name) + 1}/{len(STEPS)}" if step.name in STEPS else "undo"
+            )
+            say(f"  [{position}] {step.name:<26} {step.state}")
 
 
 def web_ui_link(

@@ -28,7 +28,6 @@ import httpx
 from activities.credentials import read_admin_credentials
 from activities.vault import Vault, VaultSettings
 from devstack.stack import ROOT, Stack, StackInfo
-from workflows.contracts import workflow_id_for
 
 
 def say(message: str) -> None:
@@ -122,11 +121,6 @@ async def demo(state_dir: Path) -> int:
             return 1
         result = json.loads(first.stdout)
         say("result:\n" + json.dumps(result, indent=2))
-        if info.temporal_ui_url:
-            say(
-                f"web ui: {info.temporal_ui_url}/namespaces/default/workflows/"
-                f"{workflow_id_for(purchase_id)}"
-            )
 
         say("\nproving the stored credentials work:")
         prove_credentials(info, result)

@@ -20,6 +20,7 @@ from activities.vault import CREDENTIAL_FIELDS, Vault
 from devstack.stack import Stack, StackInfo, tool
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl
+from tests.helpers import activity_failure_reason
 from workflows.contracts import ProvisionResult, PurchaseRequest, workflow_id_for
 
 
@@ -222,7 +223,7 @@ async def test_provider_refusal_fails_at_once_without_leftovers(
     handle, _ = await start_purchase(client, PurchaseRequest.parse(purchase), "mail-provisioning")
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
-    assert "resource_limit_exceeded" in str(failure.value.cause.cause)  # type: ignore[union-attr]
+    assert "resource_limit_exceeded" in activity_failure_reason(failure.value)
     assert cloud.servers_of(purchase["purchase_id"]) == []
 
 
