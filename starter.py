@@ -19,6 +19,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import (
@@ -31,6 +32,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.codec import CodecKeyError, KeyRing, data_converter
 from workflows.contracts import (
     DEFAULT_TASK_QUEUE,
     STEPS,
@@ -158,8 +160,16 @@ def _request_from_args(args: argparse.Namespace) -> PurchaseRequest:
 
 
 async def _connect(args: argparse.Namespace) -> Client:
+    if not args.codec_keys_file:
+        raise StarterError("--codec-keys-file or MAILPROV_CODEC_KEYS_FILE is required", 2)
     try:
-        return await Client.connect(args.address, namespace=args.namespace)
+        keyring = KeyRing.from_file(Path(args.codec_keys_file))
+    except CodecKeyError as err:
+        raise StarterError(f"codec keys: {err}", 2) from None
+    try:
+        return await Client.connect(
+            args.address, namespace=args.namespace, data_converter=data_converter(keyring)
+        )
     except RuntimeError as err:
         raise StarterError(f"cannot connect to Temporal at {args.address}: {err}", 2) from None
 

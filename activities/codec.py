@@ -1,0 +1,142 @@
+"""AES-256-GCM encryption of every Temporal payload, with key ids for rotation.
+
+Temporal stores workflow inputs, results, activity arguments, query answers and
+failures in its history, forever, and shows them to whoever can reach the server.
+This codec encrypts each payload before it leaves the process; the server only
+ever holds ciphertext. The key id travels in the payload metadata, so after a
+rotation the new key encrypts while older keys still decrypt old histories.
+Failures are encoded too (DefaultFailureConverterWithEncodedAttributes moves
+messages and stack traces into an encrypted payload).
+
+Keys come from a key-ring file (MAILPROV_CODEC_KEYS_FILE), never from code:
+
+    {"current": "2026-11", "keys": {"2026-11": "<base64 32 bytes>", "2026-05": "..."}}
+
+The worker, the starter and the codec server all use `data_converter(keyring)`.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import temporalio.converter
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from temporalio.api.common.v1 import Payload
+
+ENCODING = b"binary/encrypted"
+KEY_ID_METADATA = "encryption-key-id"
+CIPHER_METADATA = "encryption-cipher"
+CIPHER = b"AES-256-GCM"
+NONCE_BYTES = 12
+
+
+class CodecKeyError(Exception):
+    """The key ring is unusable, or a payload names a key we do not have."""
+
+
+@dataclass(frozen=True, repr=False)
+class KeyRing:
+    """The current key (encrypts) and every key still needed to decrypt."""
+
+    current_id: str
+    keys: dict[str, bytes]
+
+    def __post_init__(self) -> None:
+        if self.current_id not in self.keys:
+            raise CodecKeyError(f"current key id {self.current_id!r} is not in the key ring")
+        for key_id, key in self.keys.items():
+            if len(key) != 32:
+                raise CodecKeyError(f"key {key_id!r} must be 32 bytes (AES-256)")
+
+    @classmethod
+    def generate(cls, key_id: str) -> KeyRing:
+        return cls(key_id, {key_id: secrets.token_bytes(32)})
+
+    @classmethod
+    def from_file(cls, path: Path) -> KeyRing:
+        try:
+            document = json.loads(path.read_text())
+            keys = {str(k): base64.b64decode(v, validate=True) for k, v in document["keys"].items()}
+            return cls(str(document["current"]), keys)
+        except OSError as err:
+            raise CodecKeyError(f"{path}: {err.strerror}") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise CodecKeyError(
+                f"{path}: expected {{'current': id, 'keys': {{id: base64}}}} ({type(err).__name__})"
+            ) from None
+
+    def rotated(self, new_id: str) -> KeyRing:
+        """A ring whose new current key encrypts; every old key still decrypts."""
+        if new_id in self.keys:
+            raise CodecKeyError(f"key id {new_id!r} already exists")
+        return KeyRing(new_id, {**self.keys, new_id: secrets.token_bytes(32)})
+
+    def write(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.touch(mode=0o600, exist_ok=True)
+        document = {
+            "current": self.current_id,
+            "keys": {k: base64.b64encode(v).decode() for k, v in self.keys.items()},
+        }
+        path.write_text(json.dumps(document, indent=1) + "\n")
+
+
+class EncryptionCodec(temporalio.converter.PayloadCodec):
+    def __init__(self, keyring: KeyRing) -> None:
+        self._keyring = keyring
+
+    async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        key_id = self._keyring.current_id
+        aead = AESGCM(self._keyring.keys[key_id])
+        encoded = []
+        for payload in payloads:
+            nonce = secrets.token_bytes(NONCE_BYTES)
+            # The key id is bound as associated data: relabelling a payload breaks it.
+            ciphertext = aead.encrypt(nonce, payload.SerializeToString(), key_id.encode())
+            encoded.append(
+                Payload(
+                    metadata={
+                        "encoding": ENCODING,
+                        KEY_ID_METADATA: key_id.encode(),
+                        CIPHER_METADATA: CIPHER,
+                    },
+                    data=nonce + ciphertext,
+                )
+            )
+        return encoded
+
+    async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
+        return [self._decode_one(payload) for payload in payloads]
+
+    def _decode_one(self, payload: Payload) -> Payload:
+        if payload.metadata.get("encoding") != ENCODING:
+            return payload  # written before encryption was on, or by a codec-less client
+        key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode()
+        key = self._keyring.keys.get(key_id)
+        if key is None:
+            raise CodecKeyError(f"payload encrypted with unknown key id {key_id!r}")
+        nonce, ciphertext = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
+        try:
+            plaintext = AESGCM(key).decrypt(nonce, ciphertext, key_id.encode())
+        except InvalidTag:
+            raise CodecKeyError(f"payload under key {key_id!r} does not authenticate") from None
+        return Payload.FromString(plaintext)
+
+
+def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
+    return dataclasses.replace(
+        temporalio.converter.default(),
+        payload_codec=EncryptionCodec(keyring),
+        failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
+    )
+
+
+def key_ids(payloads: Iterable[Payload]) -> set[str]:
+    return {p.metadata.get(KEY_ID_METADATA, b"").decode() for p in payloads}

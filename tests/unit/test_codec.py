@@ -1,0 +1,80 @@
+"""Payload codec: AES-256-GCM per payload, key id in metadata, old keys still decrypt."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.api.common.v1 import Payload
+from temporalio.api.failure.v1 import Failure
+from temporalio.exceptions import ApplicationError
+
+from activities.codec import (
+    ENCODING,
+    KEY_ID_METADATA,
+    CodecKeyError,
+    EncryptionCodec,
+    KeyRing,
+    data_converter,
+)
+
+SECRETISH = b'"envelope-or-anything-else"'
+
+
+def payload() -> Payload:
+    return Payload(metadata={"encoding": b"json/plain"}, data=SECRETISH)
+
+
+async def test_encode_hides_data_and_names_the_key() -> None:
+    ring = KeyRing.generate("k1")
+    [encoded] = await EncryptionCodec(ring).encode([payload()])
+    assert encoded.metadata["encoding"] == ENCODING
+    assert encoded.metadata[KEY_ID_METADATA] == b"k1"
+    assert SECRETISH not in encoded.data
+    assert await EncryptionCodec(ring).decode([encoded]) == [payload()]
+
+
+async def test_rotation_keeps_old_payloads_readable_and_encrypts_with_the_new_key() -> None:
+    old = KeyRing.generate("k1")
+    [under_old] = await EncryptionCodec(old).encode([payload()])
+    new = old.rotated("k2")
+    [under_new] = await EncryptionCodec(new).encode([payload()])
+    assert under_new.metadata[KEY_ID_METADATA] == b"k2"
+    assert await EncryptionCodec(new).decode([under_old, under_new]) == [payload(), payload()]
+    with pytest.raises(CodecKeyError, match="unknown key id 'k2'"):
+        await EncryptionCodec(old).decode([under_new])
+
+
+async def test_relabelled_or_tampered_payload_does_not_decrypt() -> None:
+    ring = KeyRing.generate("k1").rotated("k2")
+    [encoded] = await EncryptionCodec(ring).encode([payload()])
+    relabelled = Payload(metadata={**encoded.metadata, KEY_ID_METADATA: b"k1"}, data=encoded.data)
+    with pytest.raises(CodecKeyError, match="does not authenticate"):
+        await EncryptionCodec(ring).decode([relabelled])
+    flipped = encoded.data[:-1] + bytes([encoded.data[-1] ^ 1])
+    tampered = Payload(metadata=dict(encoded.metadata), data=flipped)
+    with pytest.raises(CodecKeyError):
+        await EncryptionCodec(ring).decode([tampered])
+
+
+def test_key_ring_file_round_trip_and_clear_errors(tmp_path: Path) -> None:
+    ring = KeyRing.generate("k1").rotated("k2")
+    path = tmp_path / "keys.json"
+    ring.write(path)
+    assert path.stat().st_mode & 0o077 == 0
+    loaded = KeyRing.from_file(path)
+    assert loaded.current_id == "k2" and loaded.keys == ring.keys
+    path.write_text('{"current": "k9", "keys": {}}')
+    with pytest.raises(CodecKeyError, match="'k9' is not in the key ring"):
+        KeyRing.from_file(path)
+    with pytest.raises(CodecKeyError, match="expected"):
+        path.write_text("[]")
+        KeyRing.from_file(path)
+
+
+async def test_failures_are_encoded_too() -> None:
+    converter = data_converter(KeyRing.generate("k1"))
+    failure = Failure()
+    await converter.encode_failure(ApplicationError("host 203.0.113.7 refused"), failure)
+    assert "203.0.113.7" not in failure.message
+    assert failure.encoded_attributes.metadata["encoding"] == ENCODING

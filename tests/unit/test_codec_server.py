@@ -1,0 +1,104 @@
+"""The codec server over real HTTP: token required, CORS only for the Web UI origin."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+
+import httpx
+import pytest
+
+from activities.codec import EncryptionCodec, KeyRing
+from codec_server import CodecServer
+
+UI = "http://127.0.0.1:8233"
+TOKEN = "test-token-123"
+
+
+def serve(trust_ui_origin: bool = False) -> Iterator[CodecServer]:
+    server = CodecServer(
+        ("127.0.0.1", 0), EncryptionCodec(KeyRing.generate("k1")), TOKEN, UI, trust_ui_origin
+    )
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def server() -> Iterator[CodecServer]:
+    yield from serve()
+
+
+def body(data: bytes) -> dict[str, object]:
+    return {
+        "payloads": [
+            {
+                "metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+                "data": base64.b64encode(data).decode(),
+            }
+        ]
+    }
+
+
+def test_encode_then_decode_round_trips_with_the_token(server: CodecServer) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    encoded = httpx.post(f"{server.url}/encode", json=body(b'"hello"'), headers=auth)
+    assert encoded.status_code == 200
+    payload = encoded.json()["payloads"][0]
+    assert base64.b64decode(payload["metadata"]["encoding"]) == b"binary/encrypted"
+    assert b"hello" not in base64.b64decode(payload["data"])
+    decoded = httpx.post(f"{server.url}/decode", json=encoded.json(), headers=auth)
+    assert base64.b64decode(decoded.json()["payloads"][0]["data"]) == b'"hello"'
+
+
+@pytest.mark.parametrize("headers", [{}, {"Authorization": "Bearer wrong"}, {"Origin": UI}])
+def test_requests_without_the_token_are_refused(
+    server: CodecServer, headers: dict[str, str]
+) -> None:
+    response = httpx.post(f"{server.url}/decode", json=body(b"x"), headers=headers)
+    assert response.status_code == 401
+
+
+def test_cors_is_answered_for_the_web_ui_origin_only(server: CodecServer) -> None:
+    ui = httpx.options(f"{server.url}/decode", headers={"Origin": UI})
+    assert ui.headers["Access-Control-Allow-Origin"] == UI
+    assert "X-Namespace" in ui.headers["Access-Control-Allow-Headers"]
+    other = httpx.options(f"{server.url}/decode", headers={"Origin": "https://evil.example"})
+    assert "Access-Control-Allow-Origin" not in other.headers
+
+
+def test_dev_mode_trusts_the_ui_origin_but_nothing_else() -> None:
+    for server in serve(trust_ui_origin=True):
+        assert (
+            httpx.post(f"{server.url}/encode", json=body(b"1"), headers={"Origin": UI}).status_code
+            == 200
+        )
+        assert (
+            httpx.post(
+                f"{server.url}/encode", json=body(b"1"), headers={"Origin": "https://evil.example"}
+            ).status_code
+            == 401
+        )
+
+
+def test_bad_bodies_and_paths_get_clear_errors(server: CodecServer) -> None:
+    auth = {"Authorization": f"Bearer {TOKEN}"}
+    assert httpx.post(f"{server.url}/decode", content=b"{", headers=auth).status_code == 400
+    assert httpx.post(f"{server.url}/other", json={}, headers=auth).status_code == 404
+    foreign = {
+        "payloads": [
+            {
+                "metadata": {
+                    "encoding": base64.b64encode(b"binary/encrypted").decode(),
+                    "encryption-key-id": base64.b64encode(b"nope").decode(),
+                },
+                "data": "",
+            }
+        ]
+    }
+    response = httpx.post(f"{server.url}/decode", json=foreign, headers=auth)
+    assert response.status_code == 422
+    assert "unknown key id 'nope'" in response.json()["error"]
