@@ -5,6 +5,7 @@
     python starter.py start --file purchase.json --wait
     python starter.py status p-1
     python starter.py result p-1
+    python starter.py credentials acme     # reader role: VAULT_ADDR, VAULT_TOKEN(_FILE)
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
 stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
@@ -33,6 +34,9 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.codec import CodecKeyError, KeyRing, data_converter
+from activities.credentials import CredentialsNotFound, read_admin_credentials
+from activities.crypto import EnvelopeError
+from activities.vault import Vault, VaultError, VaultSettings
 from workflows.contracts import (
     DEFAULT_TASK_QUEUE,
     STEPS,
@@ -235,6 +239,49 @@ async def cmd_result(args: argparse.Namespace) -> int:
     return await _finish(handle, watch_progress=False)
 
 
+async def cmd_credentials(args: argparse.Namespace) -> int:
+    """Read a tenant's admin credentials back (needs the reader role's Vault token)."""
+    try:
+        vault = Vault(VaultSettings(url=_env_required("VAULT_ADDR"), token=_vault_token_from_env()))
+        credentials = await asyncio.to_thread(read_admin_credentials, vault, args.tenant_id)
+    except CredentialsNotFound as err:
+        raise StarterError(str(err), 3) from None
+    except EnvelopeError as err:
+        raise StarterError(f"refusing the stored envelope: {err}", 1) from None
+    except VaultError as err:
+        raise StarterError(f"vault: {err}", 2) from None
+    print(
+        json.dumps(
+            {
+                "username": credentials.username,
+                "password": credentials.password,
+                "webmail_url": credentials.webmail_url,
+                "vault_version": credentials.vault_version,
+            },
+            indent=2,
+        ),
+        flush=True,
+    )
+    return 0
+
+
+def _env_required(name: str) -> str:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        raise StarterError(f"{name} is required", 2)
+    return value
+
+
+def _vault_token_from_env() -> str:
+    path = os.environ.get("VAULT_TOKEN_FILE", "").strip()
+    if path:
+        try:
+            return Path(path).read_text().strip()
+        except OSError as err:
+            raise StarterError(f"VAULT_TOKEN_FILE={path}: {err.strerror}", 2) from None
+    return _env_required("VAULT_TOKEN")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--address", default=os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"))
@@ -267,6 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     result = commands.add_parser("result", help="wait for and print the result")
     result.add_argument("purchase_id")
     result.set_defaults(func=cmd_result)
+
+    credentials = commands.add_parser(
+        "credentials",
+        help="print a tenant's decrypted admin credentials (VAULT_ADDR, reader VAULT_TOKEN)",
+    )
+    credentials.add_argument("tenant_id")
+    credentials.set_defaults(func=cmd_credentials)
     return parser
 
 

@@ -1,0 +1,292 @@
+"""Least privilege and read-back against the real OpenBao server.
+
+The worker may write records and get wrapped data keys, nothing more: it can never
+decrypt. The reader (the mail-sending side) may read and decrypt, nothing more.
+Every allowed and every denied capability is exercised against the real server.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import hvac
+import hvac.exceptions
+import pytest
+
+from activities.credentials import CredentialsNotFound, read_admin_credentials
+from activities.crypto import ENVELOPE_PREFIX, DataKey, EnvelopeError, seal
+from activities.vault import Vault, VaultError
+from devstack.stack import ROOT, StackInfo
+
+TENANT = "policy-tenant"
+CONTEXT = base64.b64encode(TENANT.encode()).decode()
+
+
+def client(info: StackInfo, token_file: str) -> hvac.Client:
+    token = (info.state_dir / "vault" / token_file).read_text().strip()
+    return hvac.Client(url=info.vault_addr, token=token)
+
+
+@pytest.fixture(scope="module")
+def root(info: StackInfo) -> hvac.Client:
+    return client(info, "root.token")
+
+
+@pytest.fixture(scope="module")
+def worker(info: StackInfo) -> hvac.Client:
+    return client(info, "worker.token")
+
+
+@pytest.fixture(scope="module")
+def reader(info: StackInfo) -> hvac.Client:
+    return client(info, "reader.token")
+
+
+def record(envelope: str = ENVELOPE_PREFIX + "x") -> dict[str, str]:
+    return {
+        "username": "admin@p.example",
+        "password": envelope,
+        "webmail_url": "https://mail.p.example",
+        "created_at": "2026-01-01T00:00:00Z",
+        "last_rotated": "2026-01-01T00:00:00Z",
+        "rotation_policy": "180_days",
+    }
+
+
+def kv_write(c: hvac.Client, path: str = f"{TENANT}/admin") -> Any:
+    return c.secrets.kv.v2.create_or_update_secret(path=path, secret=record(), mount_point="smtp")
+
+
+def kv_read(c: hvac.Client, path: str = f"{TENANT}/admin") -> Any:
+    return c.secrets.kv.v2.read_secret_version(
+        path=path, mount_point="smtp", raise_on_deleted_version=False
+    )
+
+
+def datakey(c: hvac.Client, key: str = "mail-credentials") -> Any:
+    return c.secrets.transit.generate_data_key(name=key, key_type="plaintext", context=CONTEXT)
+
+
+def decrypt(c: hvac.Client, wrapped: str) -> Any:
+    return c.secrets.transit.decrypt_data(
+        name="mail-credentials", ciphertext=wrapped, context=CONTEXT
+    )
+
+
+@pytest.fixture(scope="module")
+def wrapped_key(root: hvac.Client) -> str:
+    return str(datakey(root)["data"]["ciphertext"])
+
+
+def test_worker_allowed_capabilities(worker: hvac.Client, root: hvac.Client) -> None:
+    assert kv_write(worker)["data"]["version"] >= 1
+    assert kv_read(worker)["data"]["data"]["rotation_policy"] == "180_days"
+    assert datakey(worker)["data"]["ciphertext"].startswith("vault:v")
+
+
+DENIED_FOR_WORKER: dict[str, Callable[[hvac.Client, str], Any]] = {
+    "transit decrypt": lambda c, w: decrypt(c, w),
+    "transit encrypt": lambda c, w: c.secrets.transit.encrypt_data(
+        name="mail-credentials", plaintext="eA==", context=CONTEXT
+    ),
+    "datakey of another key": lambda c, w: datakey(c, "other-key"),
+    "transit key export": lambda c, w: c.secrets.transit.export_key(
+        name="mail-credentials", key_type="encryption-key"
+    ),
+    "kv write outside tenant/admin": lambda c, w: kv_write(c, f"{TENANT}/other"),
+    "kv read outside tenant/admin": lambda c, w: kv_read(c, f"{TENANT}/other"),
+    "kv delete": lambda c, w: c.secrets.kv.v2.delete_latest_version_of_secret(
+        path=f"{TENANT}/admin", mount_point="smtp"
+    ),
+    "kv destroy metadata": lambda c, w: c.secrets.kv.v2.delete_metadata_and_all_versions(
+        path=f"{TENANT}/admin", mount_point="smtp"
+    ),
+    "kv list tenants": lambda c, w: c.secrets.kv.v2.list_secrets(path="", mount_point="smtp"),
+    "read policies": lambda c, w: c.sys.read_policy("mail-credentials-reader"),
+    "create tokens": lambda c, w: c.auth.token.create(policies=["mail-credentials-reader"]),
+    "mount engines": lambda c, w: c.sys.enable_secrets_engine("kv", path="x"),
+}
+
+
+@pytest.mark.parametrize("capability", sorted(DENIED_FOR_WORKER))
+def test_worker_denied_capabilities(worker: hvac.Client, wrapped_key: str, capability: str) -> None:
+    with pytest.raises(hvac.exceptions.Forbidden):
+        DENIED_FOR_WORKER[capability](worker, wrapped_key)
+
+
+def test_reader_allowed_capabilities(
+    reader: hvac.Client, root: hvac.Client, wrapped_key: str
+) -> None:
+    kv_write(root)
+    assert kv_read(reader)["data"]["data"]["username"] == "admin@p.example"
+    assert len(base64.b64decode(decrypt(reader, wrapped_key)["data"]["plaintext"])) == 32
+
+
+DENIED_FOR_READER: dict[str, Callable[[hvac.Client], Any]] = {
+    "kv write": kv_write,
+    "datakey": datakey,
+    "kv delete": lambda c: c.secrets.kv.v2.delete_latest_version_of_secret(
+        path=f"{TENANT}/admin", mount_point="smtp"
+    ),
+    "kv list tenants": lambda c: c.secrets.kv.v2.list_secrets(path="", mount_point="smtp"),
+    "transit key export": lambda c: c.secrets.transit.export_key(
+        name="mail-credentials", key_type="encryption-key"
+    ),
+    "create tokens": lambda c: c.auth.token.create(policies=["mail-provisioning-worker"]),
+}
+
+
+@pytest.mark.parametrize("capability", sorted(DENIED_FOR_READER))
+def test_reader_denied_capabilities(reader: hvac.Client, capability: str) -> None:
+    with pytest.raises(hvac.exceptions.Forbidden):
+        DENIED_FOR_READER[capability](reader)
+
+
+# ------------------------------------------------------------------ read-back
+
+
+def store_envelope(root: hvac.Client, tenant: str, password: str, for_tenant: str) -> str:
+    """Seal `password` the way the worker does, for `for_tenant`, into `tenant`'s record."""
+    context = base64.b64encode(for_tenant.encode()).decode()
+    data = root.secrets.transit.generate_data_key(
+        name="mail-credentials", key_type="plaintext", context=context
+    )["data"]
+    key = DataKey(
+        base64.b64decode(data["plaintext"]), data["ciphertext"], "transit/mail-credentials"
+    )
+    envelope = seal(password, key, for_tenant, f"smtp/{for_tenant}/admin")
+    root.secrets.kv.v2.create_or_update_secret(
+        path=f"{tenant}/admin", secret=record(envelope), mount_point="smtp"
+    )
+    return envelope
+
+
+def tamper(envelope: str, field: str, value: Any) -> str:
+    body = json.loads(base64.urlsafe_b64decode(envelope[len(ENVELOPE_PREFIX) :]))
+    body[field] = value(body[field]) if callable(value) else value
+    return ENVELOPE_PREFIX + base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
+
+
+def flip_b64(text: str) -> str:
+    raw = bytearray(base64.b64decode(text))
+    raw[0] ^= 1
+    return base64.b64encode(bytes(raw)).decode()
+
+
+def test_read_back_returns_the_password(root: hvac.Client, reader_vault: Vault) -> None:
+    password = base64.b64encode(secrets.token_bytes(32)).decode()
+    store_envelope(root, "rb-ok", password, "rb-ok")
+    credentials = read_admin_credentials(reader_vault, "rb-ok")
+    assert credentials.password == password
+    assert password not in repr(credentials)
+
+
+def test_read_back_missing_tenant(reader_vault: Vault) -> None:
+    with pytest.raises(CredentialsNotFound, match="no-such-tenant"):
+        read_admin_credentials(reader_vault, "no-such-tenant")
+
+
+def test_read_back_refuses_another_tenants_envelope(root: hvac.Client, reader_vault: Vault) -> None:
+    store_envelope(root, "rb-victim", "pw", for_tenant="rb-attacker")
+    with pytest.raises(EnvelopeError):
+        read_admin_credentials(reader_vault, "rb-victim")
+
+
+@pytest.mark.parametrize(
+    ("field", "change"),
+    [
+        ("ciphertext", flip_b64),
+        ("nonce", flip_b64),
+        ("kek", "transit/other-key"),
+        ("wrapped_key", lambda w: w[:-4] + "AAAA"),
+        ("alg", "AES-128-GCM"),
+    ],
+)
+def test_read_back_refuses_a_tampered_envelope(
+    root: hvac.Client, reader_vault: Vault, field: str, change: Any
+) -> None:
+    envelope = store_envelope(root, "rb-tamper", "pw", "rb-tamper")
+    root.secrets.kv.v2.create_or_update_secret(
+        path="rb-tamper/admin", secret=record(tamper(envelope, field, change)), mount_point="smtp"
+    )
+    with pytest.raises(EnvelopeError):
+        read_admin_credentials(reader_vault, "rb-tamper")
+
+
+def test_read_back_refuses_an_envelope_moved_to_another_path(
+    root: hvac.Client, reader_vault: Vault
+) -> None:
+    # Same tenant, so the data key unwraps; the associated data (path) still does not fit.
+    envelope = store_envelope(root, "rb-moved", "pw", "rb-moved")
+    body = json.loads(base64.urlsafe_b64decode(envelope[len(ENVELOPE_PREFIX) :]))
+    key = base64.b64decode(
+        root.secrets.transit.decrypt_data(
+            name="mail-credentials",
+            ciphertext=body["wrapped_key"],
+            context=base64.b64encode(b"rb-moved").decode(),
+        )["data"]["plaintext"]
+    )
+    moved = seal(
+        "pw", DataKey(key, body["wrapped_key"], body["kek"]), "rb-moved", "smtp/rb-moved/elsewhere"
+    )
+    root.secrets.kv.v2.create_or_update_secret(
+        path="rb-moved/admin", secret=record(moved), mount_point="smtp"
+    )
+    with pytest.raises(EnvelopeError, match="not for this tenant and path"):
+        read_admin_credentials(reader_vault, "rb-moved")
+
+
+def test_read_back_refuses_an_unknown_envelope_version(
+    root: hvac.Client, reader_vault: Vault
+) -> None:
+    envelope = store_envelope(root, "rb-version", "pw", "rb-version")
+    root.secrets.kv.v2.create_or_update_secret(
+        path="rb-version/admin",
+        secret=record(envelope.replace("mpenc:v1:", "mpenc:v9:")),
+        mount_point="smtp",
+    )
+    with pytest.raises(EnvelopeError, match="'v9'"):
+        read_admin_credentials(reader_vault, "rb-version")
+
+
+def test_read_back_with_a_worker_token_is_denied(root: hvac.Client, worker_vault: Vault) -> None:
+    store_envelope(root, "rb-denied", "pw", "rb-denied")
+    with pytest.raises(VaultError, match="permission denied"):
+        read_admin_credentials(worker_vault, "rb-denied")
+
+
+def test_credentials_command_prints_them_and_fails_clearly(
+    root: hvac.Client, info: StackInfo
+) -> None:
+    password = base64.b64encode(secrets.token_bytes(32)).decode()
+    store_envelope(root, "rb-cli", password, "rb-cli")
+    env = {
+        "VAULT_ADDR": info.vault_addr,
+        "VAULT_TOKEN_FILE": str(info.reader_token_file),
+        "PATH": "/usr/bin:/bin",
+    }
+    ok = subprocess.run(
+        [sys.executable, str(ROOT / "starter.py"), "credentials", "rb-cli"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout)["password"] == password
+    assert password not in ok.stderr
+    missing = subprocess.run(
+        [sys.executable, str(ROOT / "starter.py"), "credentials", "rb-nobody"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+    )
+    assert missing.returncode == 3
+    assert "no credentials stored for tenant 'rb-nobody'" in missing.stderr
