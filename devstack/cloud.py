@@ -1,0 +1,905 @@
+"""Local cloud: the subset of the Hetzner Cloud API v1 the provider client uses.
+
+Creating a server here starts a real process (:mod:`devstack.vps`) on the server's own
+loopback address, so the product's SSH, SFTP and SMTP code runs against real servers
+and only the cloud's bookkeeping is simulated. Status codes, error bodies, rate-limit
+headers, label selectors and pagination follow https://docs.hetzner.cloud/; anything
+Hetzner does not have lives under ``/_devstack/`` (fault injection, a notification
+sink, introspection for tests) and needs no token.
+
+Run standalone for the demo::
+
+    python -m devstack.cloud --state-dir D --token-file F --port P
+
+which prints one JSON line (``base_url``, ``ssh_port``, ``smtp_port``, ``subnet``) once
+it serves, and removes every server process it started on SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import ctypes
+import errno
+import hmac
+import ipaddress
+import itertools
+import json
+import logging
+import os
+import random
+import signal
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from devstack import hetzner
+from devstack.faults import FaultBook, FaultRule, FaultSpecError
+from devstack.hetzner import ApiError, invalid_input, iso
+from devstack.mailu import MailuStore
+
+log = logging.getLogger("devstack.cloud")
+
+VPS_READY_TIMEOUT = 30.0
+VPS_STOP_TIMEOUT = 5.0
+QUICK_ACTION_SECONDS = 0.2  # how long dns-ptr changes and deletes stay "running"
+_FIRST_SERVER_ID = 42_000_001
+_PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+# --- process helpers ---------------------------------------------------------------------
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    """Runs in the child before exec: the kernel sends SIGTERM if the cloud dies.
+
+    Without it a crashed cloud (or a killed test run) would leave SSH servers behind
+    holding the ports the next run wants.
+    """
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _bindable(ip: str, port: int) -> bool:
+    """True unless something already listens on ip:port (TIME_WAIT does not count)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((ip, port))
+        except OSError as exc:
+            if exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL):
+                return False
+            raise
+    return True
+
+
+def pick_subnet(ports: tuple[int, ...]) -> ipaddress.IPv4Network:
+    """A random 127.X.Y.0/24 whose first address is free on our ports.
+
+    Random, so the demo's cloud and a test run's cloud on one machine do not hand out
+    the same addresses.
+    """
+    rng = random.SystemRandom()
+    for _ in range(100):
+        net = ipaddress.IPv4Network(f"127.{rng.randint(2, 250)}.{rng.randint(2, 250)}.0/24")
+        first = str(net.network_address + 2)
+        if all(_bindable(first, p) for p in ports):
+            return net
+    raise RuntimeError("no free loopback /24 found for the local cloud")
+
+
+def parse_subnet(text: str) -> ipaddress.IPv4Network:
+    net = ipaddress.IPv4Network(text if "/" in text else f"{text}/24", strict=False)
+    if net.prefixlen != 24 or not net.subnet_of(ipaddress.IPv4Network("127.0.0.0/8")):
+        raise ValueError(f"subnet {text!r} must be a /24 inside 127.0.0.0/8")
+    return net
+
+
+# --- model -------------------------------------------------------------------------------
+
+
+@dataclass
+class Action:
+    """A Hetzner action: progress is derived from time so polling sees it move."""
+
+    id: int
+    command: str
+    resources: list[int]
+    expected_seconds: float
+    started: float = field(default_factory=time.time)
+    started_mono: float = field(default_factory=time.monotonic)
+    status: str = "running"
+    finished: float | None = None
+    error: dict[str, str] | None = None
+
+    def succeed(self) -> None:
+        if self.status == "running":
+            self.status, self.finished = "success", time.time()
+
+    def fail(self, code: str, message: str) -> None:
+        if self.status == "running":
+            self.status, self.finished = "error", time.time()
+            self.error = {"code": code, "message": message}
+
+    def to_json(self) -> dict[str, Any]:
+        if self.status == "running":
+            elapsed = time.monotonic() - self.started_mono
+            progress = (
+                min(99, int(100 * elapsed / self.expected_seconds))
+                if self.expected_seconds > 0
+                else 0
+            )
+        else:
+            progress = 100
+        return {
+            "id": self.id,
+            "command": self.command,
+            "status": self.status,
+            "progress": progress,
+            "started": iso(self.started),
+            "finished": iso(self.finished) if self.finished is not None else None,
+            "resources": [{"id": rid, "type": "server"} for rid in self.resources],
+            "error": self.error,
+        }
+
+
+@dataclass
+class Server:
+    id: int
+    name: str
+    server_type: str
+    image: str
+    location: str
+    labels: dict[str, str]
+    user_data: str | None
+    ip: str
+    dns_ptr: str
+    state_dir: Path
+    created: float = field(default_factory=time.time)
+    status: str = "initializing"
+    process: asyncio.subprocess.Process | None = None
+    boot_task: asyncio.Task[None] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "created": iso(self.created),
+            "public_net": {
+                "ipv4": {
+                    "id": self.id + 1_000_000,
+                    "ip": self.ip,
+                    "blocked": False,
+                    "dns_ptr": self.dns_ptr,
+                },
+                "ipv6": None,
+                "floating_ips": [],
+                "firewalls": [],
+            },
+            "private_net": [],
+            "server_type": hetzner.server_type_json(self.server_type),
+            "datacenter": hetzner.datacenter_json(self.location),
+            "image": hetzner.image_json(self.image),
+            "iso": None,
+            "rescue_enabled": False,
+            "locked": False,
+            "backup_window": None,
+            "outgoing_traffic": 0,
+            "ingoing_traffic": 0,
+            "included_traffic": 21990232555520,
+            "protection": {"delete": False, "rebuild": False},
+            "labels": dict(self.labels),
+            "volumes": [],
+            "load_balancers": [],
+            "primary_disk_size": hetzner.SERVER_TYPES[self.server_type]["disk"],
+            "placement_group": None,
+        }
+
+
+class BootFailed(Exception):
+    """The server's process did not come up; the message is shown in the action."""
+
+
+class RateLimiter:
+    """Hetzner's bucket: 3600 requests, one more every second, per token."""
+
+    def __init__(self, limit: int = hetzner.RATE_LIMIT) -> None:
+        self.limit = limit
+        self._remaining = float(limit)
+        self._last = time.monotonic()
+
+    def _refill(self) -> None:
+        now = time.monotonic()
+        self._remaining = min(float(self.limit), self._remaining + (now - self._last))
+        self._last = now
+
+    def consume(self) -> bool:
+        self._refill()
+        if self._remaining < 1:
+            return False
+        self._remaining -= 1
+        return True
+
+    def headers(self) -> dict[str, str]:
+        self._refill()
+        remaining = int(self._remaining)
+        reset = int(time.time() + (self.limit - self._remaining))
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(remaining),
+            "RateLimit-Reset": str(reset),
+        }
+
+
+# --- the cloud ----------------------------------------------------------------------------
+
+
+class LocalCloud:
+    """A Hetzner Cloud project on this machine, serving the API over aiohttp."""
+
+    def __init__(
+        self,
+        state_dir: Path,
+        token: str,
+        ssh_port: int,
+        smtp_port: int,
+        subnet: str | None = None,
+        boot_seconds: float = 1.0,
+    ) -> None:
+        self.state_dir = Path(state_dir)
+        self._token = token
+        self.ssh_port = ssh_port
+        self.smtp_port = smtp_port
+        self.subnet = parse_subnet(subnet) if subnet else pick_subnet((ssh_port, smtp_port))
+        self.boot_seconds = boot_seconds
+        self.faults = FaultBook()
+        self._rate = RateLimiter()
+        self._servers: dict[int, Server] = {}
+        self._actions: dict[int, Action] = {}
+        self._action_ids = itertools.count(1)
+        self._server_ids = itertools.count(self._first_free_id())
+        self._ip_cursor = 1
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._notifications: list[dict[str, Any]] = []
+        self._notify_keys: set[str] = set()
+        self._runner: web.AppRunner | None = None
+        self._stopping = False
+        self.base_url = ""
+
+    def _first_free_id(self) -> int:
+        """Never reuse a server directory left by an earlier run in the same state_dir."""
+        servers = self.state_dir / "servers"
+        used = (
+            [int(p.name) for p in servers.glob("*") if p.name.isdigit()] if servers.is_dir() else []
+        )
+        return max([_FIRST_SERVER_ID - 1, *used]) + 1
+
+    # --- lifecycle -------------------------------------------------------------------
+
+    async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        app = web.Application(middlewares=[self._envelope, self._inject_faults, self._auth])
+        self._routes(app)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, host, port)
+        await site.start()
+        bound = self._runner.addresses[0]
+        self.base_url = f"http://{host}:{bound[1]}/v1"
+        log.info("local cloud on %s, servers in %s", self.base_url, self.subnet)
+        return self.base_url
+
+    async def stop(self) -> None:
+        self._stopping = True
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        servers = list(self._servers.values())
+        for server in servers:
+            if server.boot_task is not None:
+                server.boot_task.cancel()
+        await asyncio.gather(*(self._kill(s) for s in servers), return_exceptions=True)
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._servers.clear()
+
+    def _spawn_task(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        task: asyncio.Task[Any] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    # --- middlewares -------------------------------------------------------------------
+
+    @web.middleware
+    async def _envelope(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        """Every error in Hetzner's shape and every response with RateLimit headers."""
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = self._error_response(exc)
+        except web.HTTPException as exc:
+            if exc.status in (404, 405):
+                response = self._error_response(ApiError("not_found", "not found"))
+            else:
+                response = self._error_response(
+                    ApiError("invalid_input", exc.reason, status=exc.status)
+                )
+        except Exception:
+            log.exception("unhandled error serving %s %s", request.method, request.path)
+            response = self._error_response(ApiError("server_error", "internal server error"))
+        for name, value in self._rate.headers().items():
+            response.headers.setdefault(name, value)
+        return response
+
+    @staticmethod
+    def _error_response(exc: ApiError) -> web.Response:
+        response = web.json_response(exc.body(), status=exc.status)
+        response.headers.update(exc.headers)
+        return response
+
+    @web.middleware
+    async def _inject_faults(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        rule = self.faults.take(request.method, request.path)
+        if rule is None:
+            return await handler(request)
+        if rule.after_effect:
+            # The request really happens, only its answer is lost: what a client sees
+            # when a proxy times out after the server committed.
+            with contextlib.suppress(ApiError, web.HTTPException):
+                await handler(request)
+        raise self._fault_error(rule)
+
+    @staticmethod
+    def _fault_error(rule: FaultRule) -> ApiError:
+        headers: dict[str, str] = {}
+        if rule.status == 429:
+            headers = {
+                "RateLimit-Limit": str(hetzner.RATE_LIMIT),
+                "RateLimit-Remaining": "0",
+                "RateLimit-Reset": str(int(time.time()) + 1),
+            }
+        headers.update(rule.headers)
+        return ApiError(
+            rule.code, rule.message, dict(rule.details), status=rule.status, headers=headers
+        )
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        if not request.path.startswith("/v1"):
+            return await handler(request)
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme != "Bearer" or not hmac.compare_digest(
+            presented.strip().encode(), self._token.encode()
+        ):
+            raise ApiError("unauthorized", "unable to authenticate")
+        if not self._rate.consume():
+            raise ApiError("rate_limit_exceeded", "limit of 3600 requests per hour reached")
+        return await handler(request)
+
+    # --- routes -----------------------------------------------------------------------
+
+    def _routes(self, app: web.Application) -> None:
+        app.router.add_post("/v1/servers", self._create_server)
+        app.router.add_get("/v1/servers", self._list_servers)
+        app.router.add_get("/v1/servers/{id}", self._get_server)
+        app.router.add_delete("/v1/servers/{id}", self._delete_server)
+        app.router.add_post("/v1/servers/{id}/actions/change_dns_ptr", self._change_dns_ptr)
+        app.router.add_post("/v1/servers/{id}/actions/poweron", self._poweron)
+        app.router.add_get("/v1/servers/{id}/actions/{action_id}", self._get_server_action)
+        app.router.add_get("/v1/actions/{id}", self._get_action)
+        app.router.add_post("/_devstack/faults", self._add_fault)
+        app.router.add_get("/_devstack/faults", self._list_faults)
+        app.router.add_delete("/_devstack/faults", self._clear_faults)
+        app.router.add_post("/_devstack/boot-failures", self._add_boot_failures)
+        app.router.add_post("/_devstack/notify/{name}", self._notify)
+        app.router.add_get("/_devstack/notifications", self._list_notifications)
+        app.router.add_get("/_devstack/servers/{id}", self._dev_server)
+        app.router.add_get("/_devstack/servers/{id}/commands", self._dev_commands)
+        app.router.add_get("/_devstack/servers/{id}/tls-cert", self._dev_tls_cert)
+        app.router.add_get("/_devstack/servers/{id}/mailu", self._dev_mailu)
+
+    @staticmethod
+    async def _json_body(request: web.Request) -> dict[str, Any]:
+        raw = await request.read()
+        if not raw.strip():
+            return {}
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError("json_error", "unable to parse request body as JSON") from None
+        if not isinstance(body, dict):
+            raise ApiError("invalid_input", "request body must be a JSON object")
+        return body
+
+    def _server(self, request: web.Request) -> Server:
+        raw = request.match_info["id"]
+        server = self._servers.get(int(raw)) if raw.isdigit() else None
+        if server is None:
+            raise ApiError("not_found", f"server with ID '{raw}' not found")
+        return server
+
+    def _new_action(self, command: str, server_id: int, expected: float) -> Action:
+        action = Action(next(self._action_ids), command, [server_id], expected)
+        self._actions[action.id] = action
+        return action
+
+    # --- /v1/servers -------------------------------------------------------------------
+
+    async def _create_server(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        problems: dict[str, list[str]] = {}
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            problems["name"] = ["Missing data for required field."]
+        elif not hetzner.is_valid_hostname(name):
+            problems["name"] = ["name must be a valid hostname (RFC 1123)"]
+        server_type = body.get("server_type")
+        if server_type is None:
+            problems["server_type"] = ["Missing data for required field."]
+        elif server_type not in hetzner.SERVER_TYPES:
+            problems["server_type"] = [f"server type {server_type!r} not found"]
+        image = body.get("image")
+        if image is None:
+            problems["image"] = ["Missing data for required field."]
+        elif image not in hetzner.IMAGES:
+            problems["image"] = [f"image {image!r} not found"]
+        location = body.get("location")
+        if location is not None and location not in hetzner.LOCATIONS:
+            problems["location"] = [f"location {location!r} not found"]
+        labels = body.get("labels", {})
+        if label_problems := hetzner.validate_labels(labels):
+            problems["labels"] = label_problems
+        user_data = body.get("user_data")
+        if user_data is not None and not isinstance(user_data, str):
+            problems["user_data"] = ["user_data must be a string"]
+        elif user_data and len(user_data.encode()) > hetzner.USER_DATA_MAX_BYTES:
+            problems["user_data"] = ["user_data must not exceed 32 KiB"]
+        start_after_create = body.get("start_after_create", True)
+        if not isinstance(start_after_create, bool):
+            problems["start_after_create"] = ["Not a valid boolean."]
+        if body.get("ssh_keys"):
+            # This project holds no SSH keys; keys travel in user_data instead.
+            problems["ssh_keys"] = ["ssh key not found"]
+        if problems:
+            raise invalid_input(problems)
+        assert isinstance(name, str) and isinstance(user_data, (str, type(None)))
+        if any(s.name == name for s in self._servers.values()):
+            raise ApiError(
+                "uniqueness_error", "server name is already used", {"fields": [{"name": "name"}]}
+            )
+        ip = self._allocate_ip()
+        server_id = next(self._server_ids)
+        server = Server(
+            id=server_id,
+            name=name,
+            server_type=str(server_type),
+            image=str(image),
+            location=str(location or hetzner.DEFAULT_LOCATION),
+            labels=dict(labels),
+            user_data=user_data,
+            ip=ip,
+            dns_ptr=hetzner.default_dns_ptr(ip),
+            state_dir=self.state_dir / "servers" / str(server_id),
+        )
+        self._servers[server.id] = server
+        create = self._new_action("create_server", server.id, self.boot_seconds)
+        next_actions: list[Action] = []
+        if start_after_create:
+            start = self._new_action("start_server", server.id, self.boot_seconds)
+            next_actions.append(start)
+            server.boot_task = self._spawn_task(self._boot(server, [create, start]))
+        else:
+            server.status = "off"
+            create.succeed()
+        log.info("server %s (%s) created on %s", server.id, server.name, server.ip)
+        return web.json_response(
+            {
+                "server": server.to_json(),
+                "action": create.to_json(),
+                "next_actions": [a.to_json() for a in next_actions],
+                "root_password": None,
+            },
+            status=201,
+        )
+
+    def _allocate_ip(self) -> str:
+        """Hand out addresses round-robin so a deleted server's IP is not reused soon."""
+        in_use = {s.ip for s in self._servers.values()}
+        base = self.subnet.network_address
+        for step in range(1, 254):
+            host = (self._ip_cursor + step - 2) % 253 + 2  # cycles through .2 .. .254
+            ip = str(base + host)
+            if ip in in_use:
+                continue
+            if not (_bindable(ip, self.ssh_port) and _bindable(ip, self.smtp_port)):
+                continue
+            self._ip_cursor = host
+            return ip
+        raise ApiError("resource_limit_exceeded", "server limit exceeded")
+
+    async def _list_servers(self, request: web.Request) -> web.Response:
+        servers = sorted(self._servers.values(), key=lambda s: s.id)
+        name = request.query.get("name")
+        if name is not None:
+            servers = [s for s in servers if s.name == name]
+        selector = request.query.get("label_selector", "").strip()
+        if selector:
+            try:
+                requirements = hetzner.parse_label_selector(selector)
+            except hetzner.SelectorError as exc:
+                raise invalid_input({"label_selector": [str(exc)]}) from None
+            servers = [s for s in servers if hetzner.selector_matches(requirements, s.labels)]
+        statuses = request.query.getall("status", [])
+        if statuses:
+            servers = [s for s in servers if s.status in statuses]
+        page, meta = hetzner.paginate(
+            servers, request.query.get("page"), request.query.get("per_page")
+        )
+        return web.json_response({"servers": [s.to_json() for s in page], "meta": meta})
+
+    async def _get_server(self, request: web.Request) -> web.Response:
+        return web.json_response({"server": self._server(request).to_json()})
+
+    async def _delete_server(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        if server.status == "deleting":
+            raise ApiError("locked", "server is locked by a running delete_server action")
+        server.status = "deleting"
+        action = self._new_action("delete_server", server.id, QUICK_ACTION_SECONDS)
+        self._spawn_task(self._finish_delete(server, action))
+        return web.json_response({"action": action.to_json()})
+
+    async def _finish_delete(self, server: Server, action: Action) -> None:
+        if server.boot_task is not None and not server.boot_task.done():
+            server.boot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server.boot_task
+        await self._kill(server)
+        await asyncio.sleep(QUICK_ACTION_SECONDS)
+        self._servers.pop(server.id, None)
+        action.succeed()
+        log.info("server %s (%s) deleted", server.id, server.name)
+
+    async def _change_dns_ptr(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        body = await self._json_body(request)
+        problems: dict[str, list[str]] = {}
+        ip = body.get("ip")
+        if not isinstance(ip, str) or not hetzner.is_ipv4(ip):
+            problems["ip"] = ["ip must be a valid IP address"]
+        elif ip != server.ip:
+            problems["ip"] = [f"ip {ip} is not assigned to this server"]
+        if "dns_ptr" not in body:
+            problems["dns_ptr"] = ["Missing data for required field."]
+        dns_ptr = body.get("dns_ptr")
+        if dns_ptr is not None and (
+            not isinstance(dns_ptr, str) or not hetzner.is_valid_hostname(dns_ptr)
+        ):
+            problems["dns_ptr"] = ["dns_ptr must be a valid hostname"]
+        if problems:
+            raise invalid_input(problems)
+        if server.status == "deleting":
+            raise ApiError("locked", "server is locked by a running delete_server action")
+        server.dns_ptr = dns_ptr if isinstance(dns_ptr, str) else hetzner.default_dns_ptr(server.ip)
+        action = self._new_action("change_dns_ptr", server.id, QUICK_ACTION_SECONDS)
+        asyncio.get_running_loop().call_later(QUICK_ACTION_SECONDS, action.succeed)
+        return web.json_response({"action": action.to_json()}, status=201)
+
+    async def _poweron(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        if server.status == "deleting":
+            raise ApiError("locked", "server is locked by a running delete_server action")
+        action = self._new_action("start_server", server.id, self.boot_seconds)
+        if server.status == "off" and (server.boot_task is None or server.boot_task.done()):
+            server.status = "initializing"
+            server.boot_task = self._spawn_task(self._boot(server, [action]))
+        else:
+            action.succeed()
+        return web.json_response({"action": action.to_json()}, status=201)
+
+    async def _get_action(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        action = self._actions.get(int(raw)) if raw.isdigit() else None
+        if action is None:
+            raise ApiError("not_found", f"action with ID '{raw}' not found")
+        return web.json_response({"action": action.to_json()})
+
+    async def _get_server_action(self, request: web.Request) -> web.Response:
+        # Deliberately not _server(): a delete_server action stays readable through
+        # the server's URL while the delete completes.
+        raw_server = request.match_info["id"]
+        raw = request.match_info["action_id"]
+        action = self._actions.get(int(raw)) if raw.isdigit() else None
+        if action is None or not raw_server.isdigit() or int(raw_server) not in action.resources:
+            raise ApiError("not_found", f"action with ID '{raw}' not found")
+        return web.json_response({"action": action.to_json()})
+
+    # --- booting and killing servers ----------------------------------------------------
+
+    async def _boot(self, server: Server, actions: list[Action]) -> None:
+        t0 = time.monotonic()
+        try:
+            if self.faults.take_boot_failure():
+                await asyncio.sleep(min(self.boot_seconds, QUICK_ACTION_SECONDS))
+                raise BootFailed("injected boot failure")
+            await self._spawn(server)
+            await asyncio.sleep(max(0.0, t0 + self.boot_seconds / 2 - time.monotonic()))
+            server.status = "starting"
+            await asyncio.sleep(max(0.0, t0 + self.boot_seconds - time.monotonic()))
+            server.status = "running"
+            for action in actions:
+                action.succeed()
+            log.info("server %s (%s) running", server.id, server.name)
+        except Exception as exc:  # any failure to boot ends the actions, never hangs them
+            log.warning("server %s (%s) failed to boot: %s", server.id, server.name, exc)
+            await self._kill(server)
+            if server.status != "deleting":
+                server.status = "off"
+            for action in actions:
+                action.fail("action_failed", f"server boot failed: {exc}")
+        except asyncio.CancelledError:
+            for action in actions:
+                action.fail("action_failed", "server was deleted while booting")
+            raise
+
+    async def _spawn(self, server: Server) -> None:
+        server.state_dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
+        )
+        config = {
+            "ip": server.ip,
+            "ssh_port": self.ssh_port,
+            "smtp_port": self.smtp_port,
+            "state_dir": str(server.state_dir),
+            "user_data": server.user_data,
+            "server_name": server.name,
+        }
+        with (server.state_dir / "vps.log").open("ab") as vps_log:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "devstack.vps",
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=vps_log,
+                cwd=server.state_dir,
+                env=env,
+                preexec_fn=_die_with_parent,
+            )
+        server.process = process
+        assert process.stdin is not None and process.stdout is not None
+        # The config carries the host private key, hence stdin rather than argv/file.
+        process.stdin.write(json.dumps(config).encode())
+        await process.stdin.drain()
+        process.stdin.close()
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), VPS_READY_TIMEOUT)
+        except TimeoutError:
+            raise BootFailed(f"no READY within {VPS_READY_TIMEOUT:.0f}s") from None
+        text = line.decode(errors="replace").strip()
+        if text != "READY":
+            reason = (
+                text[len("FAILED ") :]
+                if text.startswith("FAILED ")
+                else f"server process exited (see {server.state_dir / 'vps.log'})"
+            )
+            raise BootFailed(reason)
+        self._spawn_task(self._watch(server, process))
+
+    async def _watch(self, server: Server, process: asyncio.subprocess.Process) -> None:
+        """Drain stdout so the pipe never fills, and notice a crashed server."""
+        assert process.stdout is not None
+        while await process.stdout.read(4096):
+            pass
+        await process.wait()
+        if server.process is process and server.status != "deleting" and not self._stopping:
+            log.warning(
+                "server %s (%s) process exited with %s", server.id, server.name, process.returncode
+            )
+            server.status = "off"
+
+    async def _kill(self, server: Server) -> None:
+        process = server.process
+        if process is None or process.returncode is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            process.terminate()
+        try:
+            await asyncio.wait_for(process.wait(), VPS_STOP_TIMEOUT)
+        except TimeoutError:
+            with contextlib.suppress(ProcessLookupError):
+                process.kill()
+            await process.wait()
+
+    # --- /_devstack ---------------------------------------------------------------------
+
+    async def _add_fault(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        try:
+            rule = self.faults.add(body)
+        except FaultSpecError as exc:
+            raise invalid_input({exc.field_name: [exc.detail]}) from None
+        return web.json_response({"fault": rule.to_json()}, status=201)
+
+    async def _list_faults(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "faults": [r.to_json() for r in self.faults.rules()],
+                "boot_failures": self.faults.pending_boot_failures,
+            }
+        )
+
+    async def _clear_faults(self, request: web.Request) -> web.Response:
+        self.faults.clear()
+        return web.json_response({"faults": [], "boot_failures": 0})
+
+    async def _add_boot_failures(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        times = body.get("times", 1)
+        if not isinstance(times, int) or isinstance(times, bool) or times < 1:
+            raise invalid_input({"times": ["times must be an integer >= 1"]})
+        return web.json_response({"boot_failures": self.faults.add_boot_failures(times)})
+
+    async def _notify(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        key = request.headers.get("Idempotency-Key")
+        if key is not None and key in self._notify_keys:
+            # Stripe-style idempotency: a replayed key is acknowledged, not re-delivered.
+            return web.json_response({"received": True, "duplicate": True})
+        if key is not None:
+            self._notify_keys.add(key)
+        self._notifications.append(
+            {
+                "name": request.match_info["name"],
+                "headers": {
+                    "Idempotency-Key": key,
+                    "Content-Type": request.headers.get("Content-Type"),
+                    "User-Agent": request.headers.get("User-Agent"),
+                },
+                "body": body,
+                "received_at": iso(time.time()),
+            }
+        )
+        return web.json_response({"received": True, "duplicate": False})
+
+    async def _list_notifications(self, request: web.Request) -> web.Response:
+        return web.json_response({"notifications": list(self._notifications)})
+
+    async def _dev_server(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        process = server.process
+        return web.json_response(
+            {
+                "server": {
+                    "id": server.id,
+                    "name": server.name,
+                    "status": server.status,
+                    "ip": server.ip,
+                    "ssh_port": self.ssh_port,
+                    "smtp_port": self.smtp_port,
+                    "state_dir": str(server.state_dir),
+                    "pid": process.pid
+                    if process is not None and process.returncode is None
+                    else None,
+                }
+            }
+        )
+
+    async def _dev_commands(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        path = server.state_dir / "commands.jsonl"
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        return web.json_response({"commands": [json.loads(line) for line in lines if line]})
+
+    async def _dev_tls_cert(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        path = server.state_dir / "tls" / "cert.pem"
+        if not path.exists():
+            raise ApiError("not_found", "server has not booted; no certificate yet")
+        return web.Response(
+            text=path.read_text(encoding="ascii"), content_type="application/x-pem-file"
+        )
+
+    async def _dev_mailu(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        return web.json_response(MailuStore(server.state_dir / "mailu.json").summary())
+
+
+# --- CLI ------------------------------------------------------------------------------------
+
+
+def _parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m devstack.cloud",
+        description="Local stand-in for the Hetzner Cloud API (demo and tests only).",
+    )
+    parser.add_argument("--state-dir", required=True, type=Path)
+    parser.add_argument(
+        "--token-file",
+        required=True,
+        type=Path,
+        help="file holding the API token (never pass tokens in argv)",
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--ssh-port", type=int, default=None)
+    parser.add_argument("--smtp-port", type=int, default=None)
+    parser.add_argument("--subnet", default=None, help="a 127.X.Y.0/24; random if omitted")
+    parser.add_argument("--boot-seconds", type=float, default=1.0)
+    return parser.parse_args(argv)
+
+
+async def _serve(args: argparse.Namespace, token: str) -> None:
+    ssh_port = args.ssh_port or free_port()
+    smtp_port = args.smtp_port or free_port()
+    while smtp_port == ssh_port:
+        smtp_port = free_port()
+    cloud = LocalCloud(
+        args.state_dir,
+        token,
+        ssh_port,
+        smtp_port,
+        subnet=args.subnet,
+        boot_seconds=args.boot_seconds,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    base_url = await cloud.start(args.host, args.port)
+    try:
+        print(
+            json.dumps(
+                {
+                    "base_url": base_url,
+                    "ssh_port": ssh_port,
+                    "smtp_port": smtp_port,
+                    "subnet": str(cloud.subnet),
+                }
+            ),
+            flush=True,
+        )
+        await stop.wait()
+    finally:
+        await cloud.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    token = args.token_file.read_text(encoding="utf-8").strip()
+    if not token:
+        print(f"{args.token_file}: empty token file", file=sys.stderr)
+        return 2
+    asyncio.run(_serve(args, token))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,439 @@
+"""One local "server": ``python -m devstack.vps``, started by the local cloud.
+
+It plays the machine a Hetzner server would be once cloud-init has run:
+
+* an SSH server (asyncssh) on the server's own loopback address, presenting the host
+  key from the ``ssh_keys`` of the cloud-config ``user_data`` and admitting ``root``
+  with the ``ssh_authorized_keys`` from it, public-key auth only;
+* SFTP confined to ``<state_dir>/root``, which plays the VPS's ``/``;
+* exec requests answered by :class:`devstack.compose.Shell` (Docker Compose + MailU),
+  each one logged to ``<state_dir>/commands.jsonl`` as the exact command line plus
+  whether stdin carried anything, never the stdin itself;
+* an SMTP submission server (aiosmtpd) with STARTTLS on a certificate made at start,
+  AUTH PLAIN/LOGIN only after TLS, checked against the MailU users.
+
+The configuration arrives as JSON on stdin, never in argv (visible to every local
+user through ``ps``) or in a file (it carries the private host key). ``READY`` on
+stdout tells the cloud the server has booted; ``FAILED <reason>`` that it will not.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import ipaddress
+import json
+import logging
+import os
+import signal
+import ssl
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from devstack.compose import Shell
+from devstack.mailu import MailuStore
+
+log = logging.getLogger("devstack.vps")
+
+HOST_KEY_PUB_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
+STDIN_GRACE_SECONDS = 0.1
+
+
+class BootError(Exception):
+    """The server cannot boot; the message is safe to show (it never quotes secrets)."""
+
+
+@dataclass
+class CloudConfig:
+    """The parts of a cloud-config document this machine acts on."""
+
+    host_key: asyncssh.SSHKey
+    host_public_line: str
+    authorized_keys: list[str]
+    document: dict[str, Any]
+
+
+def parse_user_data(user_data: str | None) -> CloudConfig:
+    """Read cloud-init user data: ``#cloud-config`` then a document, here JSON.
+
+    JSON is valid YAML, and it is what the product emits; anything that is not a JSON
+    object after the header is refused with a reason rather than half-understood.
+    Without user data the server still boots, with a fresh host key and no way in,
+    as a real one without SSH keys would.
+    """
+    if not user_data:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        return CloudConfig(key, _public_line(key), [], {})
+    header, _, body = user_data.partition("\n")
+    if header.strip() != "#cloud-config":
+        raise BootError(
+            "user_data: first line must be '#cloud-config' (other cloud-init "
+            "formats are not supported by the local VPS)"
+        )
+    try:
+        document = json.loads(body)
+    except json.JSONDecodeError as exc:
+        raise BootError(
+            f"user_data: cloud-config body is not JSON (line {exc.lineno}, "
+            f"column {exc.colno}); the local VPS parses YAML's JSON subset "
+            "only"
+        ) from None
+    if not isinstance(document, dict):
+        raise BootError("user_data: cloud-config body must be a mapping")
+
+    ssh_keys = document.get("ssh_keys", {})
+    if not isinstance(ssh_keys, dict):
+        raise BootError("user_data: ssh_keys must be a mapping")
+    private = ssh_keys.get("ed25519_private")
+    if private is None:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        public_line = _public_line(key)
+    else:
+        if not isinstance(private, str):
+            raise BootError("user_data: ssh_keys.ed25519_private must be a string")
+        try:
+            key = asyncssh.import_private_key(private)
+        except (asyncssh.KeyImportError, ValueError):
+            raise BootError(
+                "user_data: ssh_keys.ed25519_private is not a valid unencrypted OpenSSH private key"
+            ) from None
+        if key.algorithm != b"ssh-ed25519":
+            raise BootError("user_data: ssh_keys.ed25519_private is not an ed25519 key")
+        given_public = ssh_keys.get("ed25519_public")
+        # cloud-init writes the given public half verbatim next to the private one.
+        public_line = given_public.strip() if isinstance(given_public, str) else _public_line(key)
+
+    authorized = document.get("ssh_authorized_keys", [])
+    if not isinstance(authorized, list) or not all(isinstance(k, str) for k in authorized):
+        raise BootError("user_data: ssh_authorized_keys must be a list of strings")
+    for line in authorized:
+        try:
+            asyncssh.import_authorized_keys(line)
+        except (asyncssh.KeyImportError, ValueError):
+            raise BootError(
+                "user_data: an ssh_authorized_keys entry is not an OpenSSH public key line"
+            ) from None
+    return CloudConfig(key, public_line, list(authorized), document)
+
+
+def _public_line(key: asyncssh.SSHKey) -> str:
+    return key.export_public_key("openssh").decode("ascii").strip()
+
+
+def make_tls_certificate(server_name: str, ip: str, tls_dir: Path) -> tuple[Path, Path]:
+    """Self-signed certificate for the server's name and address, made at each boot.
+
+    Clients pin it (the cloud serves it under ``/_devstack``), so it only needs to be
+    verifiable by hostname/IP, the way MailU's ``TLS_FLAVOR=cert`` would present one.
+    The key file is 0600 because ``ssl`` can only load keys from files.
+    """
+    tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, server_name)])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=30))
+        .add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName(server_name), x509.IPAddress(ipaddress.IPv4Address(ip))]
+            ),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                key_cert_sign=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = tls_dir / "cert.pem"
+    key_path = tls_dir / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+    return cert_path, key_path
+
+
+# --- SSH ------------------------------------------------------------------------------
+
+
+class CommandLog:
+    """Append-only record of exec requests: what ran, never what was fed to it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def record(self, command: str | None, stdin_supplied: bool, exit_status: int) -> None:
+        """``command`` is None for an interactive shell request, which is refused."""
+        entry = {
+            "time": dt.datetime.now(dt.UTC).isoformat(),
+            "command": command,
+            "stdin": stdin_supplied,
+            "exit_status": exit_status,
+        }
+        with self.path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+
+
+class _StdinPump:
+    """Drains the channel's stdin from the start of the request.
+
+    Reading eagerly lets the log say whether the client sent stdin even to a command
+    that ignores it, and never lets a client block on a full window.
+    """
+
+    def __init__(self, reader: asyncssh.SSHReader[str]) -> None:
+        self._reader = reader
+        self._chunks: list[str] = []
+        self._task = asyncio.create_task(self._pump())
+
+    async def _pump(self) -> None:
+        while True:
+            chunk = await self._reader.read(65536)
+            if not chunk:
+                return
+            self._chunks.append(chunk)
+
+    async def read_all(self) -> str:
+        await asyncio.shield(self._task)
+        return "".join(self._chunks)
+
+    @property
+    def supplied(self) -> bool:
+        return any(self._chunks)
+
+    async def settle(self, started: float) -> None:
+        """Give input already in flight a moment to arrive before the channel closes.
+
+        A client that sends stdin right after opening the channel (asyncssh's
+        ``run(input=...)`` does) would otherwise race a command that exits without
+        reading it and get a broken pipe instead of the exit status, which on a real
+        host only happens when the command is slower than the network.
+        """
+        remaining = started + STDIN_GRACE_SECONDS - asyncio.get_running_loop().time()
+        if remaining > 0 and not self._task.done():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._task), remaining)
+
+    def close(self) -> None:
+        self._task.cancel()
+
+
+class _RootOnlyServer(asyncssh.SSHServer):
+    """Only ``root`` has keys; every other user fails public-key auth."""
+
+    def __init__(self, authorized: asyncssh.SSHAuthorizedKeys | None) -> None:
+        self._authorized = authorized
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+
+    def begin_auth(self, username: str) -> bool:
+        if username == "root" and self._authorized is not None and self._conn is not None:
+            self._conn.set_authorized_keys(self._authorized)
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return False
+
+    def kbdint_auth_supported(self) -> bool:
+        return False
+
+
+class Machine:
+    """Everything one server runs, wired together and shut down together."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.ip: str = config["ip"]
+        self.ssh_port: int = int(config["ssh_port"])
+        self.smtp_port: int = int(config["smtp_port"])
+        self.state_dir = Path(config["state_dir"])
+        self.server_name: str = config.get("server_name") or self.ip
+        self.cloud = parse_user_data(config.get("user_data"))
+        self.root = self.state_dir / "root"
+        self.store = MailuStore(self.state_dir / "mailu.json")
+        self.shell = Shell(self.root, self.store)
+        self.commands = CommandLog(self.state_dir / "commands.jsonl")
+        self._ssh: asyncssh.SSHAcceptor | None = None
+        self._smtp: asyncio.AbstractServer | None = None
+
+    def _prepare_root(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        pub = self.shell.host_path(HOST_KEY_PUB_PATH)
+        pub.parent.mkdir(parents=True, exist_ok=True)
+        pub.write_text(self.cloud.host_public_line + "\n", encoding="ascii")
+        # Keep the accepted cloud-config for inspection minus the private host key.
+        redacted = dict(self.cloud.document)
+        if isinstance(redacted.get("ssh_keys"), dict):
+            redacted["ssh_keys"] = {
+                k: ("<redacted>" if "private" in k else v) for k, v in redacted["ssh_keys"].items()
+            }
+        (self.state_dir / "cloud-config.json").write_text(json.dumps(redacted, indent=2))
+
+    async def start(self) -> None:
+        os.umask(0o022)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._prepare_root()
+        authorized = (
+            asyncssh.import_authorized_keys("\n".join(self.cloud.authorized_keys))
+            if self.cloud.authorized_keys
+            else None
+        )
+        root = str(self.root)
+        self._ssh = await asyncssh.create_server(
+            lambda: _RootOnlyServer(authorized),
+            host=self.ip,
+            port=self.ssh_port,
+            server_host_keys=[self.cloud.host_key],
+            process_factory=self._handle_exec,
+            sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
+            allow_scp=False,
+            agent_forwarding=False,
+            x11_forwarding=False,
+            allow_pty=False,
+            reuse_address=True,
+        )
+        cert_path, key_path = make_tls_certificate(
+            self.server_name, self.ip, self.state_dir / "tls"
+        )
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(cert_path, key_path)
+        loop = asyncio.get_running_loop()
+        self._smtp = await loop.create_server(
+            lambda: SMTP(
+                _AcceptingHandler(),
+                hostname=self.server_name,
+                tls_context=tls,
+                auth_require_tls=True,
+                authenticator=self._authenticate,
+                loop=loop,
+            ),
+            host=self.ip,
+            port=self.smtp_port,
+            reuse_address=True,
+        )
+
+    async def stop(self) -> None:
+        if self._ssh is not None:
+            self._ssh.close()
+            await self._ssh.wait_closed()
+        if self._smtp is not None:
+            self._smtp.close()
+            await self._smtp.wait_closed()
+
+    async def _handle_exec(self, process: asyncssh.SSHServerProcess[str]) -> None:
+        command = process.command
+        if command is None:
+            # An interactive shell has nothing to talk to here; say so and close.
+            process.stderr.write("This local VPS accepts exec requests only.\n")
+            self.commands.record(None, False, 1)
+            process.exit(1)
+            return
+        started = asyncio.get_running_loop().time()
+        stdin = _StdinPump(process.stdin)
+        try:
+            result = await self.shell.run(command, stdin.read_all)
+            await stdin.settle(started)
+        except Exception:
+            log.exception("exec failed")  # the traceback names code, not stdin
+            process.stderr.write("devstack VPS: internal error\n")
+            self.commands.record(command, stdin.supplied, 255)
+            process.exit(255)
+            return
+        finally:
+            stdin.close()
+        self.commands.record(command, stdin.supplied, result.exit_status)
+        if result.stdout:
+            process.stdout.write(result.stdout)
+        if result.stderr:
+            process.stderr.write(result.stderr)
+        process.exit(result.exit_status)
+
+    def _authenticate(
+        self,
+        server: SMTP,
+        session: Session,
+        envelope: Envelope,
+        mechanism: str,
+        auth_data: Any,
+    ) -> AuthResult:
+        if not isinstance(auth_data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = auth_data.login.decode("utf-8", errors="replace")
+        password = auth_data.password.decode("utf-8", errors="replace")
+        return AuthResult(success=self.store.check_login(login, password), handled=False)
+
+
+class _AcceptingHandler:
+    """Accepts mail from authenticated senders and keeps only the envelope."""
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        if not session.authenticated:
+            return "530 5.7.0 Authentication required"
+        return "250 2.0.0 Ok: queued"
+
+
+async def _main() -> int:
+    logging.basicConfig(
+        level=logging.WARNING,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    try:
+        machine = Machine(json.loads(sys.stdin.read()))
+        await machine.start()
+    except (BootError, OSError, KeyError, ValueError) as exc:
+        reason = str(exc) if isinstance(exc, BootError) else f"{type(exc).__name__}: {exc}"
+        print(f"FAILED {reason}", flush=True)
+        return 2
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print("READY", flush=True)
+    await stop.wait()
+    await machine.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(asyncio.run(_main()))

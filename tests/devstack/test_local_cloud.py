@@ -1,0 +1,503 @@
+"""The local cloud and its VPSes behave like the documented real things.
+
+These tests drive the stand-ins only through their wire protocols (HTTP, SSH, SFTP,
+SMTP), so a green run means a client written against Hetzner's and MailU's documents
+will also work against the stand-ins, and vice versa for the failures they fake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import smtplib
+import ssl
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+import httpx
+import pytest
+import pytest_asyncio
+
+from devstack.cloud import LocalCloud, free_port
+from devstack.hetzner import parse_label_selector, selector_matches
+
+TOKEN = "devstack-test-token"
+COMPOSE = "docker compose -p mailu -f /mailu/docker-compose.yml"
+CONFIG_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -u -"
+MAILU_ENV = (
+    "SECRET_KEY=0123456789abcdef0123\nDOMAIN=example.org\nHOSTNAMES=mail.example.org\n"
+    "POSTMASTER=admin\nTLS_FLAVOR=cert\n"
+)
+COMPOSE_FILE = (
+    "services:\n  redis:\n    image: redis:alpine\n  admin:\n"
+    "    image: ghcr.io/mailu/admin:2024.06\n    env_file: mailu.env\n"
+)
+
+
+@dataclass
+class Env:
+    cloud: LocalCloud
+    api: httpx.AsyncClient  # authenticated Hetzner API, base .../v1/
+    dev: httpx.AsyncClient  # /_devstack/, no auth
+
+
+@dataclass
+class Keys:
+    host: asyncssh.SSHKey
+    client: asyncssh.SSHKey
+
+    def user_data(self) -> str:
+        document = {
+            "ssh_keys": {
+                "ed25519_private": self.host.export_private_key("openssh").decode(),
+                "ed25519_public": self.host.export_public_key("openssh").decode().strip(),
+            },
+            "ssh_authorized_keys": [self.client.export_public_key("openssh").decode().strip()],
+            "package_update": False,
+        }
+        return "#cloud-config\n" + json.dumps(document)
+
+
+def new_keys() -> Keys:
+    return Keys(
+        asyncssh.generate_private_key("ssh-ed25519"),
+        asyncssh.generate_private_key("ssh-ed25519"),
+    )
+
+
+@pytest_asyncio.fixture
+async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    ssh_port = free_port()
+    smtp_port = free_port()
+    cloud = LocalCloud(tmp_path / "cloud", TOKEN, ssh_port, smtp_port, boot_seconds=0.2)
+    base = await cloud.start()
+    api = httpx.AsyncClient(
+        base_url=base + "/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
+    )
+    dev = httpx.AsyncClient(base_url=base.removesuffix("/v1") + "/_devstack/", timeout=20)
+    try:
+        yield Env(cloud, api, dev)
+    finally:
+        await api.aclose()
+        await dev.aclose()
+        await cloud.stop()
+
+
+async def create(env: Env, name: str, keys: Keys | None = None, **extra: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "server_type": "cx22", "image": "debian-12", **extra}
+    if keys is not None:
+        body["user_data"] = keys.user_data()
+    response = await env.api.post("servers", json=body)
+    assert response.status_code == 201, response.text
+    return dict(response.json())
+
+
+async def wait_action(env: Env, action_id: int, timeout: float = 20.0) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = await env.api.get(f"actions/{action_id}")
+        assert response.status_code == 200, response.text
+        action = dict(response.json()["action"])
+        assert 0 <= action["progress"] <= 100
+        if action["status"] != "running":
+            return action
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"action {action_id} still running after {timeout}s")
+
+
+async def boot(env: Env, name: str, keys: Keys, **extra: Any) -> dict[str, Any]:
+    created = await create(env, name, keys, **extra)
+    action = await wait_action(env, created["action"]["id"])
+    assert action["status"] == "success", action
+    response = await env.api.get(f"servers/{created['server']['id']}")
+    return dict(response.json()["server"])
+
+
+async def ssh(env: Env, server: dict[str, Any], keys: Keys) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        server["public_net"]["ipv4"]["ip"],
+        port=env.cloud.ssh_port,
+        username="root",
+        client_keys=[keys.client],
+        known_hosts=([keys.host.convert_to_public()], [], []),
+    )
+
+
+def smtp_login(host: str, port: int, cafile: Path, user: str, password: str) -> int:
+    context = ssl.create_default_context(cafile=str(cafile))
+    with smtplib.SMTP(host, port, timeout=10) as smtp:
+        smtp.ehlo()
+        smtp.starttls(context=context)
+        smtp.ehlo()
+        smtp.user, smtp.password = user, password
+        code, _ = smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)
+        return code
+
+
+@pytest.mark.asyncio
+async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path: Path) -> None:
+    keys = new_keys()
+    created = await create(env, "mail-t1", keys, labels={"tenant": "t1"})
+    assert created["server"]["status"] == "initializing"
+    assert created["action"]["command"] == "create_server"
+    assert [a["command"] for a in created["next_actions"]] == ["start_server"]
+    assert created["root_password"] is None
+    action = await wait_action(env, created["action"]["id"])
+    assert action["status"] == "success" and action["progress"] == 100
+    assert action["resources"] == [{"id": created["server"]["id"], "type": "server"}]
+
+    server = (await env.api.get(f"servers/{created['server']['id']}")).json()["server"]
+    assert server["status"] == "running"
+    ip = server["public_net"]["ipv4"]["ip"]
+    assert ip.startswith("127.") and ip != "127.0.0.1"
+    assert server["public_net"]["ipv4"]["dns_ptr"].endswith(".clients.your-server.de")
+    assert server["server_type"]["name"] == "cx22"
+    assert server["datacenter"]["location"]["name"] == "fsn1"
+    server_id = server["id"]
+    state_dir = Path((await env.dev.get(f"servers/{server_id}")).json()["server"]["state_dir"])
+
+    password = "S3cret-" + os.urandom(8).hex()
+    async with await ssh(env, server, keys) as conn:
+        async with conn.start_sftp_client() as sftp:
+            await sftp.mkdir("/mailu")
+            async with sftp.open(
+                "/mailu/mailu.env", "w", asyncssh.SFTPAttrs(permissions=0o600)
+            ) as handle:
+                await handle.write(MAILU_ENV)
+            async with sftp.open("/mailu/docker-compose.yml", "w") as handle:
+                await handle.write(COMPOSE_FILE)
+        assert (state_dir / "root/mailu/mailu.env").stat().st_mode & 0o777 == 0o600
+
+        pub = await conn.run("cat /etc/ssh/ssh_host_ed25519_key.pub", check=True)
+        assert str(pub.stdout).strip() == keys.host.export_public_key("openssh").decode().strip()
+
+        not_up = await conn.run(f"{CONFIG_IMPORT}", input="{}")
+        assert not_up.exit_status == 1
+        assert 'service "admin" is not running' in str(not_up.stderr)
+
+        up = await conn.run(f"{COMPOSE} up -d")
+        assert up.exit_status == 0, up.stderr
+        assert "Container mailu-admin-1  Started" in str(up.stderr)
+        again = await conn.run(f"{COMPOSE} up -d")
+        assert again.exit_status == 0 and "Running" in str(again.stderr)
+
+        healths = []
+        for _ in range(100):
+            ps = await conn.run(f"{COMPOSE} ps --format json admin", check=True)
+            row = json.loads(str(ps.stdout).splitlines()[0])
+            assert row["Service"] == "admin" and row["Project"] == "mailu"
+            healths.append(row["Health"])
+            if row["Health"] == "healthy":
+                break
+            await asyncio.sleep(0.1)
+        # "starting" first unless this machine is slow enough to miss the ~1 s window.
+        assert set(healths) <= {"starting", "healthy"} and healths[-1] == "healthy"
+
+        document = {
+            "domain": [{"name": "example.org"}],
+            "user": [
+                {
+                    "email": "admin@example.org",
+                    "password": password,
+                    "hash_password": True,
+                    "global_admin": True,
+                }
+            ],
+        }
+        imported = await conn.run(CONFIG_IMPORT, input=json.dumps(document))
+        assert imported.exit_status == 0, imported.stderr
+        assert "Created: domain(1) user(1)" in str(imported.stdout)
+        assert password not in str(imported.stdout) + str(imported.stderr)
+        repeat = await conn.run(CONFIG_IMPORT, input=json.dumps(document))
+        assert "No changes." in str(repeat.stdout)
+
+        missing = await conn.run(
+            CONFIG_IMPORT,
+            input=json.dumps(
+                {"user": [{"email": "x@nowhere.test", "password": "p", "hash_password": True}]}
+            ),
+        )
+        assert missing.exit_status == 1
+        assert "domain 'nowhere.test' not found" in str(missing.stderr)
+
+        unknown = await conn.run("rm -rf /mailu")
+        assert unknown.exit_status == 127 and "sh: 1: rm: not found" in str(unknown.stderr)
+
+    summary = (await env.dev.get(f"servers/{server_id}/mailu")).json()
+    assert summary == {
+        "domains": ["example.org"],
+        "users": [{"email": "admin@example.org", "global_admin": True}],
+    }
+    assert (state_dir / "mailu.json").stat().st_mode & 0o777 == 0o600
+    assert password not in (state_dir / "mailu.json").read_text()
+
+    cafile = tmp_path / "vps.pem"
+    cafile.write_text((await env.dev.get(f"servers/{server_id}/tls-cert")).text)
+    smtp_port = env.cloud.smtp_port
+    code = await asyncio.to_thread(smtp_login, ip, smtp_port, cafile, "admin@example.org", password)
+    assert code == 235
+    with pytest.raises(smtplib.SMTPAuthenticationError) as wrong:
+        await asyncio.to_thread(
+            smtp_login, ip, smtp_port, cafile, "admin@example.org", password + "x"
+        )
+    assert wrong.value.smtp_code == 535
+
+    commands = (await env.dev.get(f"servers/{server_id}/commands")).json()["commands"]
+    assert {"command": CONFIG_IMPORT, "stdin": True} in [
+        {"command": c["command"], "stdin": c["stdin"]} for c in commands
+    ]
+    assert any(c["command"] == "rm -rf /mailu" and c["exit_status"] == 127 for c in commands)
+    for path in state_dir.rglob("*"):
+        if path.is_file():
+            assert password.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.asyncio
+async def test_delete_removes_server_and_its_process(env: Env) -> None:
+    keys = new_keys()
+    server = await boot(env, "doomed", keys)
+    pid = (await env.dev.get(f"servers/{server['id']}")).json()["server"]["pid"]
+    os.kill(pid, 0)  # alive
+
+    deleted = await env.api.delete(f"servers/{server['id']}")
+    assert deleted.status_code == 200
+    assert deleted.json()["action"]["command"] == "delete_server"
+    assert (await wait_action(env, deleted.json()["action"]["id"]))["status"] == "success"
+
+    gone = await env.api.get(f"servers/{server['id']}")
+    assert gone.status_code == 404
+    assert gone.json()["error"]["code"] == "not_found"
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    with pytest.raises(OSError):
+        await ssh(env, server, keys)
+    # The name is free again once the server is gone.
+    await create(env, "doomed")
+
+
+@pytest.mark.asyncio
+async def test_wrong_pinned_host_key_is_rejected(env: Env) -> None:
+    keys = new_keys()
+    server = await boot(env, "pinned", keys)
+    impostor = asyncssh.generate_private_key("ssh-ed25519").convert_to_public()
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        await asyncssh.connect(
+            server["public_net"]["ipv4"]["ip"],
+            port=env.cloud.ssh_port,
+            username="root",
+            client_keys=[keys.client],
+            known_hosts=([impostor], [], []),
+        )
+    with pytest.raises(asyncssh.PermissionDenied):
+        await asyncssh.connect(
+            server["public_net"]["ipv4"]["ip"],
+            port=env.cloud.ssh_port,
+            username="root",
+            client_keys=[asyncssh.generate_private_key("ssh-ed25519")],
+            known_hosts=([keys.host.convert_to_public()], [], []),
+        )
+
+
+@pytest.mark.asyncio
+async def test_duplicate_name_is_a_uniqueness_error(env: Env) -> None:
+    await create(env, "twin")
+    response = await env.api.post(
+        "servers", json={"name": "twin", "server_type": "cx22", "image": "debian-12"}
+    )
+    assert response.status_code == 409
+    assert response.json() == {
+        "error": {
+            "code": "uniqueness_error",
+            "message": "server name is already used",
+            "details": {"fields": [{"name": "name"}]},
+        }
+    }
+
+
+@pytest.mark.asyncio
+async def test_invalid_input_names_every_bad_field(env: Env) -> None:
+    response = await env.api.post(
+        "servers",
+        json={
+            "name": "not_a_hostname",
+            "server_type": "cx99",
+            "image": "debian-12",
+            "location": "mars1",
+        },
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    assert {f["name"] for f in error["details"]["fields"]} == {"name", "server_type", "location"}
+    bad_json = await env.api.post("servers", content=b"{nope")
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "json_error"
+
+
+@pytest.mark.asyncio
+async def test_name_and_label_selector_filters_and_pagination(env: Env) -> None:
+    await create(env, "a1", labels={"tenant": "a", "env": "prod"})
+    await create(env, "a2", labels={"tenant": "a", "env": "dev"})
+    await create(env, "b1", labels={"tenant": "b"})
+
+    async def names(**params: str) -> list[str]:
+        response = await env.api.get("servers", params=params)
+        assert response.status_code == 200, response.text
+        return [s["name"] for s in response.json()["servers"]]
+
+    assert await names(name="a2") == ["a2"]
+    assert await names(name="a") == []
+    assert await names(label_selector="tenant=a") == ["a1", "a2"]
+    assert await names(label_selector="tenant==a,env!=prod") == ["a2"]
+    assert await names(label_selector="env") == ["a1", "a2"]
+    assert await names(label_selector="!env") == ["b1"]
+    assert await names(label_selector="env in (dev,test)") == ["a2"]
+    bad = await env.api.get("servers", params={"label_selector": "tenant=a=b"})
+    assert bad.status_code == 400 and bad.json()["error"]["code"] == "invalid_input"
+
+    page = (await env.api.get("servers", params={"per_page": "2", "page": "2"})).json()
+    assert [s["name"] for s in page["servers"]] == ["b1"]
+    assert page["meta"]["pagination"] == {
+        "page": 2,
+        "per_page": 2,
+        "previous_page": 1,
+        "next_page": None,
+        "last_page": 2,
+        "total_entries": 3,
+    }
+
+
+def test_label_selector_grammar() -> None:
+    labels = {"tenant": "t1", "example.com/role": "mail"}
+    assert selector_matches(parse_label_selector("tenant=t1,example.com/role==mail"), labels)
+    assert selector_matches(parse_label_selector("tier!=db, !tier"), labels)
+    assert not selector_matches(parse_label_selector("tenant notin (t1,t2)"), labels)
+
+
+@pytest.mark.asyncio
+async def test_bad_token_is_unauthorized_and_rate_headers_are_always_sent(env: Env) -> None:
+    response = await env.api.get("servers", headers={"Authorization": "Bearer wrong"})
+    assert response.status_code == 401
+    assert response.json() == {
+        "error": {"code": "unauthorized", "message": "unable to authenticate", "details": {}}
+    }
+    missing = await env.api.get("servers", headers={"Authorization": ""})
+    assert missing.status_code == 401
+    for r in (response, await env.api.get("servers"), await env.api.get("nothing/here")):
+        assert r.headers["RateLimit-Limit"] == "3600"
+        assert int(r.headers["RateLimit-Remaining"]) <= 3600
+        assert int(r.headers["RateLimit-Reset"]) >= int(time.time())
+    unknown = await env.api.get("nothing/here")
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.asyncio
+async def test_injected_rate_limit_hits_only_the_next_matching_request(env: Env) -> None:
+    armed = await env.dev.post(
+        "faults",
+        json={
+            "method": "POST",
+            "path": "/v1/servers",
+            "status": 429,
+            "code": "rate_limit_exceeded",
+            "message": "limit of 3600 requests per hour reached",
+            "times": 1,
+        },
+    )
+    assert armed.status_code == 201
+    assert (await env.api.get("servers")).status_code == 200  # GET does not match
+    body = {"name": "limited", "server_type": "cx22", "image": "debian-12"}
+    limited = await env.api.post("servers", json=body)
+    assert limited.status_code == 429
+    assert limited.json()["error"]["code"] == "rate_limit_exceeded"
+    assert limited.headers["RateLimit-Remaining"] == "0"
+    assert int(limited.headers["RateLimit-Reset"]) <= int(time.time()) + 2
+    assert (await env.api.get("servers", params={"name": "limited"})).json()["servers"] == []
+    assert (await env.api.post("servers", json=body)).status_code == 201
+
+
+@pytest.mark.asyncio
+async def test_after_effect_fault_loses_the_response_not_the_request(env: Env) -> None:
+    await env.dev.post(
+        "faults",
+        json={
+            "method": "POST",
+            "path": "/v1/servers*",
+            "status": 503,
+            "code": "unavailable",
+            "message": "service unavailable",
+            "after_effect": True,
+        },
+    )
+    body = {"name": "ghost", "server_type": "cx22", "image": "debian-12"}
+    lost = await env.api.post("servers", json=body)
+    assert lost.status_code == 503 and lost.json()["error"]["code"] == "unavailable"
+    retry = await env.api.post("servers", json=body)
+    assert retry.status_code == 409 and retry.json()["error"]["code"] == "uniqueness_error"
+    found = (await env.api.get("servers", params={"name": "ghost"})).json()["servers"]
+    assert len(found) == 1
+
+    await env.dev.post(
+        "faults", json={"path": "/v1/*", "status": 500, "code": "server_error", "times": 2}
+    )
+    assert (await env.dev.delete("faults")).status_code == 200
+    assert (await env.api.get("servers")).status_code == 200
+
+
+@pytest.mark.asyncio
+async def test_boot_failure_ends_the_action_in_error(env: Env) -> None:
+    assert (await env.dev.post("boot-failures", json={"times": 1})).status_code == 200
+    created = await create(env, "unlucky", new_keys())
+    action = await wait_action(env, created["action"]["id"])
+    assert action["status"] == "error"
+    assert action["error"]["code"] == "action_failed"
+    bad_user_data = await create(env, "bad-ud", user_data="#!/bin/sh\necho hi\n")
+    action = await wait_action(env, bad_user_data["action"]["id"])
+    assert action["status"] == "error" and "cloud-config" in action["error"]["message"]
+
+
+@pytest.mark.asyncio
+async def test_dns_ptr_can_be_changed(env: Env) -> None:
+    server = (await create(env, "ptr"))["server"]
+    ip = server["public_net"]["ipv4"]["ip"]
+    changed = await env.api.post(
+        f"servers/{server['id']}/actions/change_dns_ptr",
+        json={"ip": ip, "dns_ptr": "mail.example.org"},
+    )
+    assert changed.status_code == 201
+    assert changed.json()["action"]["command"] == "change_dns_ptr"
+    assert (await wait_action(env, changed.json()["action"]["id"]))["status"] == "success"
+    got = (await env.api.get(f"servers/{server['id']}")).json()["server"]
+    assert got["public_net"]["ipv4"]["dns_ptr"] == "mail.example.org"
+    wrong = await env.api.post(
+        f"servers/{server['id']}/actions/change_dns_ptr",
+        json={"ip": "not-an-ip", "dns_ptr": "x.example.org"},
+    )
+    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.asyncio
+async def test_notification_sink_is_idempotent_and_can_fail_on_demand(env: Env) -> None:
+    headers = {"Idempotency-Key": "purchase-42"}
+    await env.dev.post(
+        "faults",
+        json={
+            "method": "POST",
+            "path": "/_devstack/notify/*",
+            "status": 503,
+            "code": "unavailable",
+            "times": 1,
+        },
+    )
+    assert (await env.dev.post("notify/demo", json={"n": 1}, headers=headers)).status_code == 503
+    for _ in range(2):
+        sent = await env.dev.post("notify/demo", json={"n": 1}, headers=headers)
+        assert sent.status_code == 200
+    listed = (await env.dev.get("notifications")).json()["notifications"]
+    assert len(listed) == 1
+    assert listed[0]["headers"]["Idempotency-Key"] == "purchase-42"
+    assert listed[0]["body"] == {"n": 1}
