@@ -27,7 +27,7 @@ from activities.audit import AuditActivities, SqliteAuditStore
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
-from activities.logs import configure_logging, get_logger
+from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities, SshSettings
 from activities.notify import NotifyActivities
 from activities.ssh import SshIdentity
@@ -125,14 +125,18 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
     vault = Vault(settings.vault)
     mailu = MailuActivities(identity, SshSettings(port=settings.ssh_port))
     vps = VpsActivities(hetzner, identity)
+    vault_activities = VaultActivities(vault)
     try:
         yield [
             vps.create_server,
             vps.wait_for_server,
+            vps.set_reverse_dns,
             vps.delete_server,
+            mailu.rotate_host_key,
             mailu.configure_mailu,
             CredentialsActivities(vault, mailu).create_admin_credentials,
-            VaultActivities(vault).store_credentials,
+            vault_activities.store_credentials,
+            vault_activities.remove_credentials,
             AuditActivities(SqliteAuditStore(settings.audit_db)).record_audit_event,
             NotifyActivities().notify_customer,
         ]
@@ -162,6 +166,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             task_queue=settings.task_queue,
             workflows=[ProvisionMailTenant],
             activities=activities,
+            interceptors=[LogContextInterceptor()],
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
         )
         async with worker:

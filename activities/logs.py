@@ -15,6 +15,8 @@ from collections.abc import MutableMapping
 from typing import Any
 
 import structlog
+from temporalio import activity
+from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 SECRET_KEYS = frozenset(
     {"password", "secret", "secret_key", "token", "api_token", "plaintext", "data_key"}
@@ -52,6 +54,31 @@ def flatten_temporal_context(
                 if their in context:
                     event_dict.setdefault(ours, context[their])
     return event_dict
+
+
+class LogContextInterceptor(Interceptor):
+    """Binds workflow id, run id, activity and tenant to every log line of an activity.
+
+    Each activity argument carries `tenant_id` (see workflows/contracts.py), so the
+    tenant is known before the activity's own code runs.
+    """
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _ActivityLogContext(next)
+
+
+class _ActivityLogContext(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        info = activity.info()
+        tenant = next((arg.tenant_id for arg in input.args if hasattr(arg, "tenant_id")), None)
+        with structlog.contextvars.bound_contextvars(
+            workflow_id=info.workflow_id,
+            run_id=info.workflow_run_id,
+            activity=info.activity_type,
+            attempt=info.attempt,
+            tenant_id=tenant,
+        ):
+            return await self.next.execute_activity(input)
 
 
 def configure_logging(level: int = logging.INFO, stream: Any = None) -> None:

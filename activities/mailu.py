@@ -16,20 +16,22 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from string import Template
 
 import asyncssh
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.ssh import HostKeyMismatch, SshIdentity, connect_pinned
+from activities.ssh import HostKeyMismatch, SshIdentity, connect_pinned, host_key_files
 from workflows.contracts import MailuTarget
 
 MAILU_VERSION = "2024.06"
 MAILU_DIR = "/mailu"
 COMPOSE = f"docker compose -p mailu -f {MAILU_DIR}/docker-compose.yml"
 CONFIG_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -u -"
+HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
 
 
 class MailuCommandError(Exception):
@@ -121,12 +123,14 @@ class MailuActivities:
         self._identity = identity
         self._settings = settings
 
-    async def open(self, target: MailuTarget) -> tuple[asyncssh.SSHClientConnection, MailuHost]:
+    async def open(
+        self, target: MailuTarget, also_trust: Sequence[str] = ()
+    ) -> tuple[asyncssh.SSHClientConnection, MailuHost]:
         """Connect to the VPS with its pinned host key; translates trust failures."""
         try:
             conn = await connect_pinned(
                 target.ipv4,
-                target.host_public_key,
+                [target.host_public_key, *also_trust],
                 self._identity,
                 port=self._settings.port,
                 username=self._settings.username,
@@ -138,6 +142,39 @@ class MailuActivities:
                 f"ssh to {target.ipv4}:{self._settings.port} failed: {err}", type="SshUnavailable"
             ) from None
         return conn, MailuHost(conn, self._settings)
+
+    @activity.defn(name="rotate_host_key")
+    async def rotate_host_key(self, target: MailuTarget) -> str:
+        """Replace the host key the provider saw in user_data; return the new one to pin.
+
+        The new key is derived (generation 2), so a retry after a crash mid-rotation
+        trusts either key, finds the rotation done or redoes it, and returns the same
+        answer. It reaches the server only over the channel authenticated by the
+        generation-1 key, and the provider never stores it.
+        """
+        new_key, new_public = host_key_files(self._identity.host_key_for(target.server_name, 2))
+        conn, mailu = await self.open(target, also_trust=[new_public])
+        async with conn:
+            presented = conn.get_server_host_key()
+            if presented is not None and _same_key(presented, new_public):
+                return new_public
+            try:
+                async with conn.start_sftp_client() as sftp:
+                    await _sftp_write(sftp, HOST_KEY_PATH + ".new", new_key.decode(), 0o600)
+                    await _sftp_write(sftp, HOST_KEY_PATH + ".pub.new", new_public + "\n", 0o644)
+                    await sftp.posix_rename(HOST_KEY_PATH + ".new", HOST_KEY_PATH)
+                    await sftp.posix_rename(HOST_KEY_PATH + ".pub.new", HOST_KEY_PATH + ".pub")
+                # sshd reads host keys per new connection after a reload; this session stays.
+                await mailu.run("systemctl reload ssh")
+            except (MailuCommandError, asyncssh.SFTPError) as err:
+                raise ApplicationError(
+                    f"host key rotation failed: {err}", type="HostKeyRotation"
+                ) from None
+        # Prove the server now presents the new key before anything relies on it.
+        check, _ = await self.open(replace(target, host_public_key=new_public))
+        check.close()
+        activity.logger.info("host key rotated and re-pinned")
+        return new_public
 
     @activity.defn(name="configure_mailu")
     async def configure_mailu(self, target: MailuTarget) -> None:
@@ -151,6 +188,10 @@ class MailuActivities:
                 await mailu.ensure_domain(target.domain)
             except MailuCommandError as err:
                 raise ApplicationError(str(err), type="MailuCommandFailed") from None
+
+
+def _same_key(presented: asyncssh.SSHKey, public_line: str) -> bool:
+    return bool(presented.public_data == asyncssh.import_public_key(public_line).public_data)
 
 
 async def _sftp_write(sftp: asyncssh.SFTPClient, path: str, content: str, mode: int) -> None:

@@ -14,6 +14,7 @@ private key must not pass through workflow history to get there.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,8 +61,13 @@ class SshIdentity:
     def asyncssh_key(self) -> asyncssh.SSHKey:
         return asyncssh.import_private_key(_openssh_private(self.private_key))
 
-    def host_key_for(self, server_name: str) -> Ed25519PrivateKey:
-        """The host key a server of this name gets; same inputs, same key."""
+    def host_key_for(self, server_name: str, generation: int = 1) -> Ed25519PrivateKey:
+        """The host key a server of this name gets; same inputs, same key.
+
+        Generation 1 goes into cloud-init user_data (which the provider keeps);
+        generation 2 replaces it over the first trusted SSH session and is never
+        given to the provider.
+        """
         seed = self.private_key.private_bytes(
             serialization.Encoding.Raw,
             serialization.PrivateFormat.Raw,
@@ -71,7 +77,7 @@ class SshIdentity:
             algorithm=hashes.SHA256(),
             length=32,
             salt=None,
-            info=HOST_KEY_INFO + server_name.encode(),
+            info=HOST_KEY_INFO + f"{server_name}#{generation}".encode(),
         ).derive(seed)
         return Ed25519PrivateKey.from_private_bytes(derived)
 
@@ -97,31 +103,36 @@ class SshIdentity:
         return "#cloud-config\n" + json.dumps(config, indent=1) + "\n", host_public
 
 
+def host_key_files(key: Ed25519PrivateKey) -> tuple[bytes, str]:
+    """The OpenSSH private key file and public key line of a host key."""
+    return _openssh_private(key), _openssh_public(key)
+
+
 async def connect_pinned(
     host: str,
-    host_public_key: str,
+    host_public_keys: Sequence[str],
     identity: SshIdentity,
     *,
     port: int = 22,
     username: str = "root",
     connect_timeout: float = 20.0,
 ) -> asyncssh.SSHClientConnection:
-    """Open an SSH connection that only succeeds if the host key is the pinned one."""
-    pinned = asyncssh.import_public_key(host_public_key)
+    """Open an SSH connection that only succeeds if the host key is a pinned one."""
+    pinned = [asyncssh.import_public_key(key) for key in host_public_keys]
     try:
         return await asyncssh.connect(
             host,
             port=port,
             username=username,
             client_keys=[identity.asyncssh_key()],
-            known_hosts=([pinned], [], []),
+            known_hosts=(pinned, [], []),
             connect_timeout=connect_timeout,
             agent_path=None,
             config=None,
         )
     except asyncssh.HostKeyNotVerifiable as err:
         raise HostKeyMismatch(
-            f"{host}:{port} presented a host key other than the one pinned at creation"
+            f"{host}:{port} presented a host key other than the one pinned for it"
         ) from err
 
 

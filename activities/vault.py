@@ -23,6 +23,7 @@ from activities.crypto import DataKey, EnvelopeError
 from workflows.contracts import (
     ROTATION_POLICY,
     VAULT_KV_MOUNT,
+    RemoveCredentialsRequest,
     StoreCredentialsRequest,
     StoredCredentials,
     vault_secret_path_for,
@@ -145,6 +146,16 @@ class Vault:
             raise VaultError(f"kv write refused: {err}", retryable=False) from None
         return int(response["data"]["version"])
 
+    def delete_version(self, tenant_id: str, version: int) -> None:
+        """Soft-delete one version (an operator can still undelete it: nothing is lost)."""
+        self._call(
+            "kv delete version",
+            self._client.secrets.kv.v2.delete_secret_versions,
+            path=vault_secret_path_for(tenant_id),
+            versions=[version],
+            mount_point=self.settings.kv_mount,
+        )
+
     def _call(self, what: str, method: Any, **kwargs: Any) -> Any:
         try:
             return method(**kwargs)
@@ -181,6 +192,24 @@ class VaultActivities:
             return await asyncio.to_thread(self._store, request)
         except VaultError as err:
             raise vault_failure(err) from None
+
+    @activity.defn(name="remove_credentials")
+    async def remove_credentials(self, request: RemoveCredentialsRequest) -> bool:
+        """Compensation: withdraw the version this run wrote, if it is still the current one.
+
+        A newer version means someone provisioned or rotated since; it is left alone.
+        """
+        try:
+            return await asyncio.to_thread(self._remove, request)
+        except VaultError as err:
+            raise vault_failure(err) from None
+
+    def _remove(self, request: RemoveCredentialsRequest) -> bool:
+        current = self._vault.read_credentials(request.tenant_id)
+        if current is None or current.version != request.version:
+            return False
+        self._vault.delete_version(request.tenant_id, request.version)
+        return True
 
     def _store(self, request: StoreCredentialsRequest) -> StoredCredentials:
         tenant = request.tenant_id

@@ -1,29 +1,105 @@
-"""Activities that buy, watch and delete the customer's VPS.
+"""Activities that buy, watch, name and delete the customer's VPS.
 
-The provider is Hetzner Cloud (activities/hetzner.py). Every error is translated
-here into what Temporal should do with it: retry (with the provider's own
-RateLimit-Reset as the next delay), or stop for good (bad input, no permission,
-no quota), so the workflow's retry policies stay simple.
+The provider is behind the `VpsProvider` protocol: Hetzner Cloud today
+(activities/hetzner.py); another provider is one more module implementing these
+six calls and mapping its errors onto `ProviderError`. Here every provider error
+becomes what Temporal should do with it: retry (after the provider's own
+rate-limit reset, or a capped exponential backoff with jitter), or stop for good.
 """
 
 from __future__ import annotations
 
+import random
+from collections.abc import Awaitable
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Protocol, TypeVar
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.hetzner import HetznerClient, HetznerError
 from activities.ssh import SshIdentity
-from workflows.contracts import ServerAddress, ServerHandle, ServerSpec
+from workflows.contracts import ReverseDnsRequest, ServerAddress, ServerHandle, ServerSpec
 
-# Labels the workflow sets on every server; adoption trusts only a server carrying ours.
+# Adoption trusts only a server that carries this purchase's label.
 PURCHASE_LABEL = "purchase"
+BACKOFF_BASE_SECONDS = 2.0
+BACKOFF_CAP_SECONDS = 60.0
+T = TypeVar("T")
+
+
+class ProviderError(Exception):
+    """A provider answer other than success, in provider-neutral terms."""
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        retryable: bool,
+        status: int | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(f"{code}: {message}" + (f" (HTTP {status})" if status else ""))
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        self.status = status
+        self.retry_after = retry_after
+
+    @property
+    def name_taken(self) -> bool:
+        return self.code == "uniqueness_error"
+
+    @property
+    def not_found(self) -> bool:
+        return self.code == "not_found"
+
+
+@dataclass(frozen=True)
+class Server:
+    id: int
+    name: str
+    status: str  # "initializing" | "starting" | "running" | "off" | "deleting" | ...
+    ipv4: str | None
+    dns_ptr: str | None
+    labels: dict[str, str]
+
+
+@dataclass(frozen=True)
+class Action:
+    id: int
+    command: str
+    status: str  # "running" | "success" | "error"
+    error: str | None = None
+
+
+class VpsProvider(Protocol):
+    async def create_server(
+        self,
+        *,
+        name: str,
+        server_type: str,
+        image: str,
+        location: str,
+        labels: dict[str, str],
+        user_data: str,
+    ) -> tuple[Server, Action]: ...
+
+    async def get_server(self, server_id: int) -> Server | None: ...
+
+    async def find_servers(self, *, name: str) -> list[Server]: ...
+
+    async def delete_server(self, server_id: int) -> Action | None: ...
+
+    async def get_action(self, action_id: int) -> Action: ...
+
+    async def change_dns_ptr(self, server_id: int, ip: str, dns_ptr: str) -> Action: ...
 
 
 class VpsActivities:
-    def __init__(self, client: HetznerClient, identity: SshIdentity) -> None:
-        self._client = client
+    def __init__(self, provider: VpsProvider, identity: SshIdentity) -> None:
+        self._provider = provider
         self._identity = identity
 
     @activity.defn(name="create_server")
@@ -31,7 +107,7 @@ class VpsActivities:
         """Create the server, or adopt the one an earlier attempt already created."""
         user_data, host_public_key = self._identity.cloud_init_for(spec.name)
         try:
-            server, _ = await self._client.create_server(
+            server, action = await self._provider.create_server(
                 name=spec.name,
                 server_type=spec.server_type,
                 image=spec.image,
@@ -40,16 +116,18 @@ class VpsActivities:
                 user_data=user_data,
             )
             activity.logger.info("server created", extra={"server_id": server.id})
-            return ServerHandle(server.id, server.name, host_public_key)
-        except HetznerError as err:
-            if err.code != "uniqueness_error":
+            return ServerHandle(spec.tenant_id, server.id, server.name, host_public_key, action.id)
+        except ProviderError as err:
+            if not err.name_taken:
                 raise provider_failure(err) from None
         # The name is deterministic per purchase, so "already used" almost always
         # means our own earlier attempt succeeded and its answer was lost.
-        for server in await self._lookup(spec.name):
+        for server in await self._call(self._provider.find_servers(name=spec.name)):
             if server.labels.get(PURCHASE_LABEL) == spec.labels[PURCHASE_LABEL]:
                 activity.logger.info("adopted existing server", extra={"server_id": server.id})
-                return ServerHandle(server.id, server.name, host_public_key, adopted=True)
+                return ServerHandle(
+                    spec.tenant_id, server.id, server.name, host_public_key, adopted=True
+                )
         raise ApplicationError(
             f"server name {spec.name!r} is taken by a server of another purchase",
             type="ServerNameTaken",
@@ -57,52 +135,80 @@ class VpsActivities:
         )
 
     @activity.defn(name="wait_for_server")
-    async def wait_for_server(self, server_id: int) -> ServerAddress:
+    async def wait_for_server(self, server: ServerHandle) -> ServerAddress:
         """One look at the server; raises ServerNotReady until it is running.
 
         This is Temporal's "infrequent polling" pattern: the retry policy is the
         poll loop, so no worker slot is held while a server boots for minutes.
         """
-        try:
-            server = await self._client.get_server(server_id)
-        except HetznerError as err:
-            raise provider_failure(err) from None
-        if server is None:
+        if server.create_action_id is not None:
+            action = await self._call(self._provider.get_action(server.create_action_id))
+            if action.status == "error":
+                raise ApplicationError(
+                    f"server {server.server_id} failed to boot: {action.error}",
+                    type="ServerBootFailed",
+                    non_retryable=True,
+                )
+        current = await self._call(self._provider.get_server(server.server_id))
+        if current is None:
             raise ApplicationError(
-                f"server {server_id} no longer exists at the provider",
+                f"server {server.server_id} no longer exists at the provider",
                 type="ServerGone",
                 non_retryable=True,
             )
-        if server.status != "running" or not server.ipv4:
+        if current.status != "running" or not current.ipv4:
             raise ApplicationError(
-                f"server {server_id} is {server.status!r}, not running yet",
+                f"server {server.server_id} is {current.status!r}, not running yet",
                 type="ServerNotReady",
             )
-        return ServerAddress(server.id, server.ipv4)
+        return ServerAddress(current.id, current.ipv4)
+
+    @activity.defn(name="set_reverse_dns")
+    async def set_reverse_dns(self, request: ReverseDnsRequest) -> None:
+        """Point the IPv4 PTR record at the mail hostname; a no-op when it already does."""
+        current = await self._call(self._provider.get_server(request.server_id))
+        if current is not None and current.dns_ptr == request.dns_ptr:
+            return
+        action = await self._call(
+            self._provider.change_dns_ptr(request.server_id, request.ipv4, request.dns_ptr)
+        )
+        if action.status == "error":
+            raise ApplicationError(
+                f"reverse DNS for {request.ipv4} failed: {action.error}", type="ReverseDnsFailed"
+            )
 
     @activity.defn(name="delete_server")
-    async def delete_server(self, server_id: int) -> bool:
+    async def delete_server(self, server: ServerHandle) -> bool:
         """Compensation: delete the server. True if deleted, False if already gone."""
-        try:
-            action = await self._client.delete_server(server_id)
-        except HetznerError as err:
-            raise provider_failure(err) from None
-        activity.logger.info("server deleted", extra={"server_id": server_id})
+        action = await self._call(self._provider.delete_server(server.server_id))
+        activity.logger.info("server deleted", extra={"server_id": server.server_id})
         return action is not None
 
-    async def _lookup(self, name: str) -> list:  # type: ignore[type-arg]
+    async def _call(self, call: Awaitable[T]) -> T:
         try:
-            return await self._client.find_servers(name=name)
-        except HetznerError as err:
+            return await call
+        except ProviderError as err:
             raise provider_failure(err) from None
 
 
-def provider_failure(err: HetznerError) -> ApplicationError:
-    """Map a provider error onto Temporal's retry semantics."""
-    delay = timedelta(seconds=err.retry_after) if err.retry_after else None
+def provider_failure(err: ProviderError) -> ApplicationError:
+    """Map a provider error onto Temporal's retry semantics.
+
+    Retryable errors carry their own next delay: the provider's RateLimit-Reset
+    when it gave one, else capped exponential backoff with full jitter, so many
+    workflows hitting one rate limit do not retry in lockstep.
+    """
+    delay = None
+    if err.retryable:
+        if err.retry_after:
+            delay = err.retry_after
+        else:
+            attempt = activity.info().attempt if activity.in_activity() else 1
+            ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
+            delay = random.uniform(BACKOFF_BASE_SECONDS / 2, ceiling)  # noqa: S311 - jitter
     return ApplicationError(
         str(err),
-        type=f"Hetzner.{err.code}",
+        type=f"Provider.{err.code}",
         non_retryable=not err.retryable,
-        next_retry_delay=delay,
+        next_retry_delay=timedelta(seconds=delay) if delay else None,
     )

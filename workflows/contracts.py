@@ -79,6 +79,8 @@ class PurchaseRequest:
     plan: str
     requested_by: str
     notify_url: str | None = None
+    # For debugging a failed provisioning: skip deleting the server in compensation.
+    keep_server_on_failure: bool = False
 
     @classmethod
     def parse(cls, raw: Any) -> PurchaseRequest:
@@ -88,12 +90,15 @@ class PurchaseRequest:
         """
         if not isinstance(raw, dict):
             raise InvalidPurchaseRequest("(input)", "must be a JSON object")
-        known = {"purchase_id", "tenant_id", "domain", "plan", "requested_by", "notify_url"}
-        unknown = sorted(set(raw) - known)
+        strings = {"purchase_id", "tenant_id", "domain", "plan", "requested_by", "notify_url"}
+        unknown = sorted(set(raw) - strings - {"keep_server_on_failure"})
         if unknown:
             raise InvalidPurchaseRequest(unknown[0], "is not a known field")
+        keep = raw.get("keep_server_on_failure", False)
+        if not isinstance(keep, bool):
+            raise InvalidPurchaseRequest("keep_server_on_failure", "must be true or false")
         values: dict[str, str | None] = {}
-        for name in sorted(known):
+        for name in sorted(strings):
             value = raw.get(name)
             if value is None and name == "notify_url":
                 values[name] = None
@@ -103,7 +108,7 @@ class PurchaseRequest:
             if not isinstance(value, str):
                 raise InvalidPurchaseRequest(name, "must be a string")
             values[name] = value
-        request = cls(**values)  # type: ignore[arg-type]
+        request = cls(**values, keep_server_on_failure=keep)  # type: ignore[arg-type]
         request.validate()
         return request
 
@@ -184,12 +189,16 @@ def server_name_for(request: PurchaseRequest) -> str:
     return f"mail-{request.tenant_id[:46].rstrip('-')}-{digest}"
 
 
+def mail_hostname_for(domain: str) -> str:
+    return f"mail.{domain}"
+
+
 def admin_username_for(domain: str) -> str:
     return f"admin@{domain}"
 
 
 def webmail_url_for(domain: str) -> str:
-    return f"https://mail.{domain}"
+    return f"https://{mail_hostname_for(domain)}"
 
 
 def vault_secret_path_for(tenant_id: str) -> str:
@@ -200,8 +209,12 @@ def vault_secret_path_for(tenant_id: str) -> str:
 # --------------------------------------------------------------------------- activity I/O
 
 
+# Every activity argument carries `tenant_id`, so every log line can name the tenant.
+
+
 @dataclass(frozen=True)
 class ServerSpec:
+    tenant_id: str
     name: str
     server_type: str
     image: str
@@ -213,9 +226,11 @@ class ServerSpec:
 class ServerHandle:
     """A server at the provider, with the SSH host key pinned at creation."""
 
+    tenant_id: str
     server_id: int
     name: str
     host_public_key: str
+    create_action_id: int | None = None
     adopted: bool = False
 
 
@@ -226,11 +241,22 @@ class ServerAddress:
 
 
 @dataclass(frozen=True)
+class ReverseDnsRequest:
+    """Mail from an address without a matching PTR record is treated as spam."""
+
+    tenant_id: str
+    server_id: int
+    ipv4: str
+    dns_ptr: str
+
+
+@dataclass(frozen=True)
 class MailuTarget:
     """Where and what to configure; the host key makes the SSH connection trusted."""
 
     tenant_id: str
     domain: str
+    server_name: str
     ipv4: str
     host_public_key: str
 
@@ -258,6 +284,14 @@ class StoredCredentials:
 
 
 @dataclass(frozen=True)
+class RemoveCredentialsRequest:
+    """Compensation: withdraw the record version this run wrote (nothing older)."""
+
+    tenant_id: str
+    version: int
+
+
+@dataclass(frozen=True)
 class AuditEvent:
     """One append-only audit row. `event_key` makes a retried write a no-op."""
 
@@ -270,6 +304,7 @@ class AuditEvent:
 
 @dataclass(frozen=True)
 class Notification:
+    tenant_id: str
     url: str
     idempotency_key: str
     payload: dict[str, Any]
@@ -299,6 +334,8 @@ STEPS: tuple[str, ...] = (
     "validate_input",
     "create_server",
     "wait_for_server",
+    "set_reverse_dns",
+    "rotate_host_key",
     "configure_mailu",
     "create_admin_credentials",
     "store_credentials",

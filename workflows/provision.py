@@ -1,8 +1,10 @@
 """ProvisionMailTenant: one purchase becomes a running mail server with stored credentials.
 
-    validate input ─► create_server ─► wait_for_server ─► configure_mailu
-        ─► create_admin_credentials ─► store_credentials ─► audit ─► notify
-                  └──────────── on failure / cancel: delete_server, audit failure
+    validate input ─► create_server ─► wait_for_server ─► set_reverse_dns
+        ─► rotate_host_key ─► configure_mailu ─► create_admin_credentials
+        ─► store_credentials ─► audit ─► notify
+    on a failure retries cannot fix, or on cancel, after the server exists:
+        remove_credentials (if stored) ─► delete_server ─► audit provisioning_failed
 
 Each arrow is an activity with a timeout and retry policy chosen for what it
 talks to (see the policies below). The workflow itself only sequences them: no
@@ -13,12 +15,13 @@ create_admin_credentials; only its encrypted envelope passes through here).
 from __future__ import annotations
 
 import asyncio
+from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 from workflows.contracts import (
     PLAN_CATALOG,
@@ -29,10 +32,16 @@ from workflows.contracts import (
     ProvisionResult,
     ProvisionStatus,
     PurchaseRequest,
+    RemoveCredentialsRequest,
+    ReverseDnsRequest,
+    SealedCredentials,
+    ServerAddress,
     ServerHandle,
     ServerSpec,
     StepProgress,
     StoreCredentialsRequest,
+    StoredCredentials,
+    mail_hostname_for,
     server_name_for,
     webmail_url_for,
     workflow_id_for,
@@ -99,11 +108,21 @@ NOTIFY = dict(
     schedule_to_close_timeout=timedelta(hours=6),
     retry_policy=_policy(5, 300),
 )
+# One provider call plus its action; same reasoning as create_server.
+SET_REVERSE_DNS = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 60, 8))
+# Two short SSH sessions; a retry trusts the old or the new key, so it is idempotent.
+ROTATE_HOST_KEY = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=_policy(5, 60, 5))
 # Compensation must finish: a leaked server costs money every hour.
 DELETE_SERVER = dict(
     start_to_close_timeout=timedelta(seconds=60),
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(5, 300),
+)
+# Withdrawing a written record is one Vault call; like deletion, it must finish.
+REMOVE_CREDENTIALS = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=_policy(1, 60),
 )
 
 
@@ -121,32 +140,40 @@ class ProvisionMailTenant:
     @workflow.run
     async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
         request = self._validate(raw_request)
-        plan = PLAN_CATALOG[request.plan]
-        spec = ServerSpec(
-            name=server_name_for(request),
-            server_type=plan.server_type,
-            image=plan.image,
-            location=plan.location,
-            labels={
-                "purchase": request.purchase_id,
-                "tenant": request.tenant_id,
-                "managed-by": "mail-provisioning",
-            },
-        )
         server: ServerHandle = await self._step(
-            "create_server", VpsActivities.create_server, spec, CREATE_SERVER
+            "create_server", VpsActivities.create_server, self._server_spec(request), CREATE_SERVER
         )
+        stored: StoredCredentials | None = None
         try:
-            address = await self._step(
-                "wait_for_server", VpsActivities.wait_for_server, server.server_id, WAIT_FOR_SERVER
+            address: ServerAddress = await self._step(
+                "wait_for_server", VpsActivities.wait_for_server, server, WAIT_FOR_SERVER
+            )
+            await self._step(
+                "set_reverse_dns",
+                VpsActivities.set_reverse_dns,
+                ReverseDnsRequest(
+                    request.tenant_id,
+                    server.server_id,
+                    address.ipv4,
+                    mail_hostname_for(request.domain),
+                ),
+                SET_REVERSE_DNS,
             )
             target = MailuTarget(
-                request.tenant_id, request.domain, address.ipv4, server.host_public_key
+                request.tenant_id,
+                request.domain,
+                server.name,
+                address.ipv4,
+                server.host_public_key,
             )
+            new_host_key: str = await self._step(
+                "rotate_host_key", MailuActivities.rotate_host_key, target, ROTATE_HOST_KEY
+            )
+            target = replace(target, host_public_key=new_host_key)
             await self._step(
                 "configure_mailu", MailuActivities.configure_mailu, target, CONFIGURE_MAILU
             )
-            credentials = await self._step(
+            credentials: SealedCredentials = await self._step(
                 "create_admin_credentials",
                 CredentialsActivities.create_admin_credentials,
                 target,
@@ -160,20 +187,25 @@ class ProvisionMailTenant:
                 ),
                 STORE_CREDENTIALS,
             )
+            await self._step(
+                "audit",
+                AuditActivities.record_audit_event,
+                self._audit_event(
+                    "smtp_credentials_stored",
+                    request.tenant_id,
+                    {
+                        "username": credentials.username,
+                        "webmail_url": webmail_url_for(request.domain),
+                    },
+                ),
+                AUDIT,
+            )
         except (ActivityError, asyncio.CancelledError) as err:
-            await self._compensate(request, server, err)
-            raise
+            failure = await self._compensate(request, server, stored, err)
+            if isinstance(err, asyncio.CancelledError):
+                raise
+            raise failure from err
 
-        await self._step(
-            "audit",
-            AuditActivities.record_audit_event,
-            self._audit_event(
-                "smtp_credentials_stored",
-                request.tenant_id,
-                {"username": credentials.username, "webmail_url": webmail_url_for(request.domain)},
-            ),
-            AUDIT,
-        )
         result = ProvisionResult(
             purchase_id=request.purchase_id,
             tenant_id=request.tenant_id,
@@ -185,10 +217,10 @@ class ProvisionMailTenant:
             vault_version=stored.version,
             notified=False,
         )
-        notified = await self._notify(request, result)
+        result = replace(result, notified=await self._notify(request, result))
         self._status.state = "completed"
         self._status.current_step = None
-        return ProvisionResult(**{**result.__dict__, "notified": notified})
+        return result
 
     # ------------------------------------------------------------------ steps
 
@@ -214,6 +246,22 @@ class ProvisionMailTenant:
         self._end(started, "done")
         return request
 
+    @staticmethod
+    def _server_spec(request: PurchaseRequest) -> ServerSpec:
+        plan = PLAN_CATALOG[request.plan]
+        return ServerSpec(
+            tenant_id=request.tenant_id,
+            name=server_name_for(request),
+            server_type=plan.server_type,
+            image=plan.image,
+            location=plan.location,
+            labels={
+                "purchase": request.purchase_id,
+                "tenant": request.tenant_id,
+                "managed-by": "mail-provisioning",
+            },
+        )
+
     async def _step(self, name: str, activity: Any, arg: Any, options: dict[str, Any]) -> Any:
         started = self._begin(name)
         try:
@@ -234,9 +282,11 @@ class ProvisionMailTenant:
         if request.notify_url is None:
             self._status.steps.append(StepProgress("notify", "skipped", self._now(), self._now()))
             return False
-        payload = {"event": "mail_server_ready", **result.__dict__}
+        payload = {"event": "mail_server_ready", **asdict(result)}
         payload.pop("notified")
-        notification = Notification(request.notify_url, workflow.info().workflow_id, payload)
+        notification = Notification(
+            request.tenant_id, request.notify_url, workflow.info().workflow_id, payload
+        )
         try:
             await self._step("notify", NotifyActivities.notify_customer, notification, NOTIFY)
         except ActivityError:
@@ -245,26 +295,55 @@ class ProvisionMailTenant:
         return True
 
     async def _compensate(
-        self, request: PurchaseRequest, server: ServerHandle, err: BaseException
-    ) -> None:
-        """Undo what exists: delete the server, then record why provisioning failed."""
+        self,
+        request: PurchaseRequest,
+        server: ServerHandle,
+        stored: StoredCredentials | None,
+        err: BaseException,
+    ) -> ApplicationError:
+        """Undo what exists, newest first, then record why provisioning failed.
+
+        Runs after a cancel too: Temporal lets a cancelled workflow schedule cleanup.
+        """
+        failed_step = self._status.current_step or "unknown"
         reason = _reason(err)
         self._status.state = "compensating"
         self._status.error = reason
-        await self._step(
-            "delete_server", VpsActivities.delete_server, server.server_id, DELETE_SERVER
-        )
+        if stored is not None:
+            await self._step(
+                "remove_credentials",
+                VaultActivities.remove_credentials,
+                RemoveCredentialsRequest(request.tenant_id, stored.version),
+                REMOVE_CREDENTIALS,
+            )
+        if request.keep_server_on_failure:
+            workflow.logger.warning("keeping the failed server for debugging, as requested")
+        else:
+            await self._step("delete_server", VpsActivities.delete_server, server, DELETE_SERVER)
         await self._step(
             "audit_failure",
             AuditActivities.record_audit_event,
             self._audit_event(
                 "provisioning_failed",
                 request.tenant_id,
-                {"server_name": server.name, "reason": reason},
+                {
+                    "step": failed_step,
+                    "error_type": _error_type(err),
+                    "reason": reason,
+                    "server_name": server.name,
+                    "server_kept": str(request.keep_server_on_failure).lower(),
+                },
             ),
             AUDIT,
         )
         self._status.state = "failed"
+        self._status.current_step = None
+        return ApplicationError(
+            f"provisioning failed at {failed_step}: {reason}",
+            {"step": failed_step, "error_type": _error_type(err)},
+            type="ProvisioningFailed",
+            non_retryable=True,
+        )
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -290,10 +369,24 @@ class ProvisionMailTenant:
                 self._status.state = "failed"
 
 
-def _reason(err: BaseException) -> str:
-    """The innermost message: for an ActivityError, the activity's own error."""
+def _innermost(err: BaseException) -> BaseException:
     while isinstance(err, ActivityError) and err.cause is not None:
         err = err.cause
-    if isinstance(err, asyncio.CancelledError):
+    return err
+
+
+def _reason(err: BaseException) -> str:
+    """The innermost message: for an ActivityError, the activity's own error."""
+    inner = _innermost(err)
+    if isinstance(inner, asyncio.CancelledError):
         return "workflow cancelled"
-    return str(err) or type(err).__name__
+    if isinstance(inner, FailureError):
+        return inner.message or type(inner).__name__
+    return str(inner) or type(inner).__name__
+
+
+def _error_type(err: BaseException) -> str:
+    inner = _innermost(err)
+    if isinstance(inner, ApplicationError) and inner.type:
+        return inner.type
+    return type(inner).__name__

@@ -31,8 +31,8 @@ def scenarios() -> dict[str, ScriptedWorld]:
     )
     compensated = ScriptedWorld(
         failures={
-            "configure_mailu": [
-                ApplicationError("mismatch", type="HostKeyMismatch", non_retryable=True)
+            "record_audit_event": [
+                ApplicationError("audit store gone", type="OperationalError", non_retryable=True)
             ],
         }
     )

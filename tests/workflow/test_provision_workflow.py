@@ -23,11 +23,14 @@ from temporalio.worker import Worker
 from starter import start_purchase
 from tests.helpers import activity_failure_reason
 from workflows.contracts import (
+    STEPS,
     AuditEvent,
     MailuTarget,
     Notification,
     ProvisionResult,
     PurchaseRequest,
+    RemoveCredentialsRequest,
+    ReverseDnsRequest,
     SealedCredentials,
     ServerAddress,
     ServerHandle,
@@ -51,6 +54,9 @@ class ScriptedWorld:
     notifications: list[Notification] = field(default_factory=list)
     specs: list[ServerSpec] = field(default_factory=list)
     deleted: list[int] = field(default_factory=list)
+    removed_versions: list[int] = field(default_factory=list)
+    ptr: list[str] = field(default_factory=list)
+    pinned_keys: list[str] = field(default_factory=list)
 
     def _enter(self, name: str) -> None:
         self.calls[name] += 1
@@ -63,16 +69,28 @@ class ScriptedWorld:
         async def create_server(spec: ServerSpec) -> ServerHandle:
             self._enter("create_server")
             self.specs.append(spec)
-            return ServerHandle(42, spec.name, "ssh-ed25519 AAAAhostkey")
+            return ServerHandle(spec.tenant_id, 42, spec.name, "ssh-ed25519 AAAAfirst", 7)
 
         @activity.defn(name="wait_for_server")
-        async def wait_for_server(server_id: int) -> ServerAddress:
+        async def wait_for_server(server: ServerHandle) -> ServerAddress:
             self._enter("wait_for_server")
-            return ServerAddress(server_id, "203.0.113.7")
+            return ServerAddress(server.server_id, "203.0.113.7")
+
+        @activity.defn(name="set_reverse_dns")
+        async def set_reverse_dns(request: ReverseDnsRequest) -> None:
+            self._enter("set_reverse_dns")
+            self.ptr.append(request.dns_ptr)
+
+        @activity.defn(name="rotate_host_key")
+        async def rotate_host_key(target: MailuTarget) -> str:
+            self._enter("rotate_host_key")
+            assert target.host_public_key == "ssh-ed25519 AAAAfirst"
+            return "ssh-ed25519 AAAAsecond"
 
         @activity.defn(name="configure_mailu")
         async def configure_mailu(target: MailuTarget) -> None:
             self._enter("configure_mailu")
+            self.pinned_keys.append(target.host_public_key)
 
         @activity.defn(name="create_admin_credentials")
         async def create_admin_credentials(target: MailuTarget) -> SealedCredentials:
@@ -98,14 +116,23 @@ class ScriptedWorld:
             self.notifications.append(notification)
 
         @activity.defn(name="delete_server")
-        async def delete_server(server_id: int) -> bool:
+        async def delete_server(server: ServerHandle) -> bool:
             self._enter("delete_server")
-            self.deleted.append(server_id)
+            self.deleted.append(server.server_id)
+            return True
+
+        @activity.defn(name="remove_credentials")
+        async def remove_credentials(request: RemoveCredentialsRequest) -> bool:
+            self._enter("remove_credentials")
+            self.removed_versions.append(request.version)
             return True
 
         return [
             create_server,
             wait_for_server,
+            set_reverse_dns,
+            rotate_host_key,
+            remove_credentials,
             configure_mailu,
             create_admin_credentials,
             store_credentials,
@@ -189,6 +216,9 @@ async def test_happy_path_runs_every_step_once_and_returns_no_secret(harness: Ha
         "username": "admin@acme.example",
         "webmail_url": "https://mail.acme.example",
     }
+    assert harness.world.ptr == ["mail.acme.example"]
+    # Everything after the rotation trusts only the new host key.
+    assert harness.world.pinned_keys == ["ssh-ed25519 AAAAsecond"]
     [note] = harness.world.notifications
     assert note.idempotency_key == workflow_id_for(raw["purchase_id"])
     assert note.payload["event"] == "mail_server_ready"
@@ -206,16 +236,7 @@ async def test_status_query_lists_every_step_done(harness: Harness) -> None:
         await handle.result()
         status = await handle.query("status")
     assert status["state"] == "completed"
-    assert [s["name"] for s in status["steps"]] == [
-        "validate_input",
-        "create_server",
-        "wait_for_server",
-        "configure_mailu",
-        "create_admin_credentials",
-        "store_credentials",
-        "audit",
-        "notify",
-    ]
+    assert tuple(s["name"] for s in status["steps"]) == STEPS
     assert all(s["state"] == "done" and s["finished_at"] for s in status["steps"])
 
 
@@ -258,6 +279,7 @@ async def test_each_step_is_retried_until_it_succeeds(
         ({"extra": "x"}, "extra", "not a known field"),
         ({"domain": None}, "domain", "required"),
         ({"plan": 3}, "plan", "string"),
+        ({"keep_server_on_failure": "yes"}, "keep_server_on_failure", "true or false"),
     ],
 )
 async def test_bad_input_fails_at_once_naming_field_and_rule_before_any_side_effect(
@@ -283,23 +305,64 @@ async def test_workflow_id_must_belong_to_the_purchase(harness: Harness) -> None
     assert sum(harness.world.calls.values()) == 0
 
 
-async def test_failure_after_server_exists_deletes_it_and_audits_the_reason(
-    harness: Harness,
+COMPENSATED_STEPS = [
+    ("wait_for_server", "ServerBootFailed"),
+    ("set_reverse_dns", "Provider.invalid_input"),
+    ("rotate_host_key", "HostKeyMismatch"),
+    ("configure_mailu", "MailuCommandFailed"),
+    ("create_admin_credentials", "VaultError"),
+    ("store_credentials", "VaultError"),
+    ("record_audit_event", "IntegrityError"),
+]
+
+
+@pytest.mark.parametrize(("step", "error_type"), COMPENSATED_STEPS)
+async def test_final_failure_after_the_server_exists_is_compensated(
+    harness: Harness, step: str, error_type: str
 ) -> None:
-    harness.world.failures["configure_mailu"] = [
-        ApplicationError(
-            "host key mismatch at 203.0.113.7", type="HostKeyMismatch", non_retryable=True
-        )
+    harness.world.failures[step] = [
+        ApplicationError(f"{step} broke for good", type=error_type, non_retryable=True)
     ]
     with pytest.raises(WorkflowFailureError) as failure:
         await harness.run(purchase())
-    assert "host key mismatch" in activity_failure_reason(failure.value)
+
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ProvisioningFailed"
+    step_name = "audit" if step == "record_audit_event" else step
+    assert cause.message == f"provisioning failed at {step_name}: {step} broke for good"
+    assert cause.details[0] == {"step": step_name, "error_type": error_type}
     assert harness.world.deleted == [42]
-    assert "create_admin_credentials" not in harness.world.calls
-    [event] = harness.world.audit
-    assert event.event == "provisioning_failed"
-    assert "host key mismatch" in event.details["reason"]
+    # Only a record this run wrote is withdrawn: it exists only once store succeeded.
+    stored = step == "record_audit_event"
+    assert harness.world.removed_versions == ([1] if stored else [])
+    [event] = [e for e in harness.world.audit if e.event == "provisioning_failed"]
+    assert event.details["step"] == step_name
+    assert event.details["error_type"] == error_type
+    assert event.details["reason"] == f"{step} broke for good"
     assert harness.world.notifications == []
+
+
+async def test_keep_server_on_failure_skips_deletion_but_still_audits(harness: Harness) -> None:
+    harness.world.failures["configure_mailu"] = [
+        ApplicationError("compose up failed", type="MailuCommandFailed", non_retryable=True)
+    ]
+    with pytest.raises(WorkflowFailureError):
+        await harness.run(purchase(keep_server_on_failure=True))
+    assert harness.world.deleted == []
+    [event] = harness.world.audit
+    assert event.details["server_kept"] == "true"
+
+
+async def test_failure_before_the_server_exists_needs_no_cleanup(harness: Harness) -> None:
+    harness.world.failures["create_server"] = [
+        ApplicationError("limit", type="Provider.resource_limit_exceeded", non_retryable=True)
+    ]
+    with pytest.raises(WorkflowFailureError) as failure:
+        await harness.run(purchase())
+    assert "resource_limit_exceeded" in activity_failure_reason(failure.value) or (
+        "limit" in activity_failure_reason(failure.value)
+    )
+    assert harness.world.deleted == [] and harness.world.audit == []
 
 
 async def test_notify_failure_does_not_undo_a_ready_server(harness: Harness) -> None:

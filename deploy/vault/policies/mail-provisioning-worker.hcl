@@ -1,8 +1,14 @@
 # The provisioning worker: write each tenant's admin record and get fresh wrapped
-# data keys. It can read a record back (to make a retried write a no-op), but what
+# data keys. It reads a record back only to make a retried write a no-op, and what
 # it reads is an envelope it cannot open: it has no Transit decrypt.
 path "smtp/data/+/admin" {
   capabilities = ["create", "update", "read"]
+}
+
+# Compensation withdraws (soft-deletes) the version a failed run wrote; an
+# operator can undelete it. No destroy, no metadata delete, no list.
+path "smtp/delete/+/admin" {
+  capabilities = ["update"]
 }
 
 path "transit/datakey/plaintext/mail-credentials" {
