@@ -33,6 +33,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.audit import first_broken_row, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsNotFound, read_admin_credentials
 from activities.crypto import EnvelopeError
@@ -265,6 +266,25 @@ async def cmd_credentials(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Check the audit log's hash chain; name the first row that does not fit."""
+    location = args.audit or os.environ.get("MAILPROV_AUDIT_DSN") or os.environ.get(
+        "MAILPROV_AUDIT_DB"
+    )
+    if not location:
+        raise StarterError("--audit, MAILPROV_AUDIT_DSN or MAILPROV_AUDIT_DB is required", 2)
+    rows = await asyncio.to_thread(lambda: open_audit_store(location).rows())
+    broken = first_broken_row(rows)
+    if broken is not None:
+        say(
+            f"BROKEN: audit row seq={broken.seq} (event_key {broken.event_key!r}) does not "
+            "match the chain: it or the row before it was changed, inserted or removed"
+        )
+        return 1
+    say(f"ok: {len(rows)} audit rows, hash chain intact")
+    return 0
+
+
 def _env_required(name: str) -> str:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -321,6 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     credentials.add_argument("tenant_id")
     credentials.set_defaults(func=cmd_credentials)
+
+    verify = commands.add_parser("audit-verify", help="check the audit log's hash chain")
+    verify.add_argument("--audit", help="SQLite path or postgresql:// DSN")
+    verify.set_defaults(func=cmd_audit_verify)
     return parser
 
 

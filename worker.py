@@ -23,7 +23,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
-from activities.audit import AuditActivities, SqliteAuditStore
+from activities.audit import AuditActivities, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
@@ -53,7 +53,7 @@ class Settings:
     ssh_key_file: Path
     ssh_port: int
     vault: VaultSettings
-    audit_db: Path
+    audit_store: str
     codec_keys_file: Path
     metrics_bind: str | None
     drain_seconds: float
@@ -75,7 +75,9 @@ class Settings:
                 transit_mount=env.get("MAILPROV_TRANSIT_MOUNT", "transit"),
                 transit_key=env.get("MAILPROV_TRANSIT_KEY", "mail-credentials"),
             ),
-            audit_db=Path(env.get("MAILPROV_AUDIT_DB", "audit.db")),
+            audit_store=(
+                env.get("MAILPROV_AUDIT_DSN") or env.get("MAILPROV_AUDIT_DB") or "audit.db"
+            ),
             codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
@@ -137,7 +139,7 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
             CredentialsActivities(vault, mailu).create_admin_credentials,
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
-            AuditActivities(SqliteAuditStore(settings.audit_db)).record_audit_event,
+            AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
             NotifyActivities().notify_customer,
         ]
     finally:

@@ -6,8 +6,9 @@ breaks the chain and `verify()` names the first broken one. Rows are keyed by
 finds its row already there and writes nothing, so each event is logged once
 per run.
 
-SQLite is the default store (one worker host); the store is a small protocol so
-a PostgreSQL store for multi-worker deployments can stand beside it.
+SQLite is the default store (one worker host); PostgreSQL serves deployments with
+several workers (MAILPROV_AUDIT_DSN=postgresql://...). Both enforce append-only
+with triggers, so even a bug in this code cannot rewrite history quietly.
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import asyncio
 import hashlib
 import json
 import sqlite3
+from collections.abc import Sequence
 from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 from temporalio import activity
 
@@ -28,7 +30,7 @@ from workflows.contracts import AuditEvent
 
 GENESIS_HASH = "0" * 64
 
-SCHEMA = """
+SQLITE_SCHEMA = """
 CREATE TABLE IF NOT EXISTS audit_events (
     seq        INTEGER PRIMARY KEY AUTOINCREMENT,
     event_key  TEXT NOT NULL UNIQUE,
@@ -44,6 +46,26 @@ CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_event
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
+"""
+
+POSTGRES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq        BIGSERIAL PRIMARY KEY,
+    event_key  TEXT NOT NULL UNIQUE,
+    event      TEXT NOT NULL,
+    tenant_id  TEXT NOT NULL,
+    user_id    TEXT NOT NULL,
+    timestamp  TEXT NOT NULL,
+    details    TEXT NOT NULL,
+    prev_hash  TEXT NOT NULL,
+    row_hash   TEXT NOT NULL
+);
+CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger
+LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit log is append-only'; END $$;
+CREATE OR REPLACE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events
+FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
+CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
+FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
 """
 
 
@@ -84,12 +106,64 @@ class AuditStore(Protocol):
     def rows(self) -> list[AuditRow]: ...
 
 
+COLUMNS = "seq, event_key, event, tenant_id, user_id, timestamp, details, prev_hash, row_hash"
+INSERT_ROW = (
+    "INSERT INTO audit_events (event_key, event, tenant_id, user_id, timestamp, details,"
+    " prev_hash, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _append_chained(cursor: Any, mark: str, event: AuditEvent, timestamp: str) -> bool:
+    """The append itself, shared by both stores; the caller holds the chain lock.
+
+    `mark` is the driver's parameter placeholder ("?" for sqlite3, "%s" for psycopg).
+    """
+    # Only constant placeholders and column lists are interpolated into SQL here.
+    cursor.execute(f"SELECT 1 FROM audit_events WHERE event_key = {mark}", (event.event_key,))  # noqa: S608
+    if cursor.fetchone():
+        return False
+    cursor.execute("SELECT row_hash FROM audit_events ORDER BY seq DESC LIMIT 1")
+    last = cursor.fetchone()
+    prev = last[0] if last else GENESIS_HASH
+    insert = INSERT_ROW.replace("?", mark)
+    cursor.execute(
+        insert,
+        (
+            event.event_key,
+            event.event,
+            event.tenant_id,
+            event.user_id,
+            timestamp,
+            json.dumps(event.details, sort_keys=True),
+            prev,
+            row_hash(prev, event, timestamp),
+        ),
+    )
+    return True
+
+
+def _row(record: Sequence[Any]) -> AuditRow:
+    return AuditRow(
+        int(record[0]),
+        record[1],
+        record[2],
+        record[3],
+        record[4],
+        record[5],
+        json.loads(record[6]),
+        record[7],
+        record[8],
+    )
+
+
 class SqliteAuditStore:
+    """The default: one file, for a single worker host."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
-            db.executescript(SCHEMA)
+            db.executescript(SQLITE_SCHEMA)
 
     def _connect(self) -> sqlite3.Connection:
         # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE,
@@ -100,45 +174,47 @@ class SqliteAuditStore:
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")
             try:
-                if db.execute(
-                    "SELECT 1 FROM audit_events WHERE event_key = ?", (event.event_key,)
-                ).fetchone():
-                    db.execute("ROLLBACK")
-                    return False
-                last = db.execute(
-                    "SELECT row_hash FROM audit_events ORDER BY seq DESC LIMIT 1"
-                ).fetchone()
-                prev = last[0] if last else GENESIS_HASH
-                db.execute(
-                    "INSERT INTO audit_events (event_key, event, tenant_id, user_id, timestamp,"
-                    " details, prev_hash, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (
-                        event.event_key,
-                        event.event,
-                        event.tenant_id,
-                        event.user_id,
-                        timestamp,
-                        json.dumps(event.details, sort_keys=True),
-                        prev,
-                        row_hash(prev, event, timestamp),
-                    ),
-                )
-                db.execute("COMMIT")
-                return True
+                written = _append_chained(db.cursor(), "?", event, timestamp)
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            db.execute("COMMIT")
+            return written
 
     def rows(self) -> list[AuditRow]:
         with closing(self._connect()) as db:
-            cursor = db.execute(
-                "SELECT seq, event_key, event, tenant_id, user_id, timestamp, details,"
-                " prev_hash, row_hash FROM audit_events ORDER BY seq"
-            )
-            return [
-                AuditRow(r[0], r[1], r[2], r[3], r[4], r[5], json.loads(r[6]), r[7], r[8])
-                for r in cursor.fetchall()
-            ]
+            cursor = db.execute(f"SELECT {COLUMNS} FROM audit_events ORDER BY seq")  # noqa: S608
+            return [_row(r) for r in cursor]
+
+
+class PostgresAuditStore:
+    """For several workers: one shared, append-only table in PostgreSQL."""
+
+    def __init__(self, dsn: str) -> None:
+        import psycopg  # only deployments that use PostgreSQL need the driver loaded
+
+        self._psycopg = psycopg
+        self.dsn = dsn
+        with psycopg.connect(dsn) as db:
+            db.execute(POSTGRES_SCHEMA)
+
+    def append(self, event: AuditEvent, timestamp: str) -> bool:
+        with self._psycopg.connect(self.dsn) as db, db.transaction(), db.cursor() as cursor:
+            # One chain, one writer at a time, across every worker.
+            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('audit_events_chain'))")
+            return _append_chained(cursor, "%s", event, timestamp)
+
+    def rows(self) -> list[AuditRow]:
+        with self._psycopg.connect(self.dsn) as db:
+            cursor = db.execute(f"SELECT {COLUMNS} FROM audit_events ORDER BY seq")  # noqa: S608
+            return [_row(r) for r in cursor.fetchall()]
+
+
+def open_audit_store(location: str) -> AuditStore:
+    """`postgresql://...` selects PostgreSQL; anything else is a SQLite file path."""
+    if location.startswith(("postgresql://", "postgres://")):
+        return PostgresAuditStore(location)
+    return SqliteAuditStore(Path(location))
 
 
 def first_broken_row(rows: list[AuditRow]) -> AuditRow | None:
