@@ -41,7 +41,7 @@ from typing import Any
 from aiohttp import web
 
 from devstack import hetzner
-from devstack.faults import FaultBook, FaultRule, FaultSpecError
+from devstack.faults import FaultBook, FaultRule, FaultSpecError, VpsFaults
 from devstack.hetzner import ApiError, invalid_input, iso
 from devstack.mailu import MailuStore
 
@@ -417,6 +417,11 @@ class LocalCloud:
         app.router.add_get("/_devstack/servers/{id}/commands", self._dev_commands)
         app.router.add_get("/_devstack/servers/{id}/tls-cert", self._dev_tls_cert)
         app.router.add_get("/_devstack/servers/{id}/mailu", self._dev_mailu)
+        for kind in ("command-faults", "ssh-faults"):
+            path = f"/_devstack/servers/{{id}}/{kind}"
+            app.router.add_post(path, self._add_vps_fault)
+            app.router.add_get(path, self._list_vps_faults)
+            app.router.add_delete(path, self._clear_vps_faults)
 
     @staticmethod
     async def _json_body(request: web.Request) -> dict[str, Any]:
@@ -753,7 +758,46 @@ class LocalCloud:
 
     async def _clear_faults(self, request: web.Request) -> web.Response:
         self.faults.clear()
+        for server in self._servers.values():
+            VpsFaults(server.state_dir).clear()
         return web.json_response({"faults": [], "boot_failures": 0})
+
+    @staticmethod
+    def _vps_fault_kind(request: web.Request) -> str:
+        """``command_faults`` or ``ssh_faults``, from the last path segment."""
+        return request.path.rsplit("/", 1)[-1].replace("-", "_")
+
+    async def _add_vps_fault(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        kind = self._vps_fault_kind(request)
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ApiError("json_error", "unable to parse request body as JSON") from None
+        faults = VpsFaults(server.state_dir)
+        try:
+            rule = (
+                faults.add_command_fault(body)
+                if kind == "command_faults"
+                else faults.add_ssh_fault(body)
+            )
+        except FaultSpecError as exc:
+            raise invalid_input({exc.field_name: [exc.detail]}) from None
+        return web.json_response({kind.removesuffix("s"): rule.to_json()}, status=201)
+
+    async def _list_vps_faults(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        kind = self._vps_fault_kind(request)
+        faults = VpsFaults(server.state_dir)
+        rules = faults.command_faults() if kind == "command_faults" else faults.ssh_faults()
+        return web.json_response({kind: [r.to_json() for r in rules]})
+
+    async def _clear_vps_faults(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        kind = self._vps_fault_kind(request)
+        VpsFaults(server.state_dir).clear(kind)
+        return web.json_response({kind: []})
 
     async def _add_boot_failures(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)

@@ -15,6 +15,7 @@ Supported (after ``shlex`` splitting):
   (``config-import``, ``domain``, ``admin``; see :mod:`devstack.mailu`)
 * ``docker compose version``
 * ``cat FILE...`` for files under the VPS root, e.g. ``/etc/ssh/ssh_host_ed25519_key.pub``
+* ``systemctl reload UNIT`` for the units the machine registers (``ssh``/``sshd``)
 """
 
 from __future__ import annotations
@@ -26,12 +27,15 @@ import posixpath
 import re
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
 from devstack.mailu import ExecResult, MailuCli, MailuStore, StdinReader
+
+# What ``systemctl reload UNIT`` runs for a unit the machine provides.
+ReloadHandler = Callable[[], Awaitable[ExecResult]]
 
 MAILU_VERSION = "2024.06"
 COMPOSE_VERSION = "v2.29.1"
@@ -159,8 +163,11 @@ class Shell:
         store: MailuStore,
         clock: Callable[[], float] = time.monotonic,
         healthy_after: float = ADMIN_HEALTHY_AFTER,
+        units: dict[str, ReloadHandler] | None = None,
     ) -> None:
         self.root = root
+        # systemd units by name (without ".service"; aliases are entries of their own)
+        self.units: dict[str, ReloadHandler] = dict(units or {})
         self.mailu = MailuCli(store)
         self.clock = clock
         self.healthy_after = healthy_after
@@ -194,6 +201,8 @@ class Shell:
             return await self._cat(argv[1:], read_stdin)
         if program == "docker":
             return await self._docker(argv[1:], read_stdin)
+        if program == "systemctl":
+            return await self._systemctl(argv[1:])
         return _fail(f"sh: 1: {program}: not found", 127)
 
     async def _cat(self, files: list[str], read_stdin: StdinReader) -> ExecResult:
@@ -210,6 +219,40 @@ class Shell:
             else:
                 out.append(path.read_text(encoding="utf-8", errors="replace"))
         return ExecResult(1 if errors else 0, "".join(out), "".join(f"{e}\n" for e in errors))
+
+    # --- systemctl --------------------------------------------------------------
+
+    async def _systemctl(self, args: list[str]) -> ExecResult:
+        """``systemctl [-q] reload UNIT...``, in systemd 252's (Debian 12's) words."""
+        words = [a for a in args if a not in ("-q", "--quiet", "--no-pager")]
+        flags = [a for a in words if a.startswith("-")]
+        if flags:
+            return _fail(f"devstack: systemctl option {flags[0]} is not supported")
+        if not words:
+            return _fail("Too few arguments.")
+        verb, units = words[0], words[1:]
+        known_verbs = {
+            "start", "stop", "restart", "reload", "try-restart", "reload-or-restart",
+            "try-reload-or-restart", "status", "is-active", "enable", "disable",
+        }  # fmt: skip
+        if verb not in known_verbs:
+            return _fail(f"Unknown command verb '{verb}'.")
+        if verb != "reload":
+            return _fail(
+                f"devstack: 'systemctl {verb}' is not supported by the local VPS; "
+                "only 'systemctl reload UNIT' is"
+            )
+        if not units:
+            return _fail("Too few arguments.")
+        for unit in units:
+            name = unit.removesuffix(".service")
+            handler = self.units.get(name)
+            if handler is None:
+                return _fail(f"Failed to reload {name}.service: Unit {name}.service not found.", 5)
+            result = await handler()
+            if result.exit_status != 0:
+                return result
+        return ExecResult(0)
 
     # --- docker compose ---------------------------------------------------------
 

@@ -2,13 +2,23 @@
 
 It plays the machine a Hetzner server would be once cloud-init has run:
 
+* ``<state_dir>/root`` plays the VPS's ``/``; on first boot cloud-init's work is done
+  there: the ``ssh_keys`` of the cloud-config ``user_data`` become
+  ``/etc/ssh/ssh_host_ed25519_key`` (0600) and ``.pub`` (0644), once per instance, so
+  a rotated key survives a reboot as it would on a real server;
 * an SSH server (asyncssh) on the server's own loopback address, presenting the host
-  key from the ``ssh_keys`` of the cloud-config ``user_data`` and admitting ``root``
-  with the ``ssh_authorized_keys`` from it, public-key auth only;
-* SFTP confined to ``<state_dir>/root``, which plays the VPS's ``/``;
+  key sshd loaded from ``/etc/ssh/ssh_host_ed25519_key`` and admitting ``root`` with
+  the ``ssh_authorized_keys`` of the cloud-config, public-key auth only.
+  ``systemctl reload ssh`` re-reads the key file as OpenSSH's reload does: new
+  connections present the new key, existing sessions carry on, and a missing or
+  unusable key fails the reload and keeps the old one;
+* SFTP confined to that root (``posix-rename@openssh.com`` included);
 * exec requests answered by :class:`devstack.compose.Shell` (Docker Compose + MailU),
   each one logged to ``<state_dir>/commands.jsonl`` as the exact command line plus
   whether stdin carried anything, never the stdin itself;
+* faults armed by the cloud in ``<state_dir>/faults.json`` (see
+  :class:`devstack.faults.VpsFaults`): exec requests that fail without running, and
+  TCP connections to the SSH port cut off at accept;
 * an SMTP submission server (aiosmtpd) with STARTTLS on a certificate made at start,
   AUTH PLAIN/LOGIN only after TLS, checked against the MailU users.
 
@@ -27,8 +37,12 @@ import json
 import logging
 import os
 import signal
+import socket
 import ssl
+import stat
+import struct
 import sys
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -41,12 +55,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devstack.compose import Shell
-from devstack.mailu import MailuStore
+from devstack.faults import CommandFault, VpsFaults
+from devstack.mailu import ExecResult, MailuStore
 
 log = logging.getLogger("devstack.vps")
 
-HOST_KEY_PUB_PATH = "/etc/ssh/ssh_host_ed25519_key.pub"
+HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
+HOST_KEY_PUB_PATH = HOST_KEY_PATH + ".pub"
+# cloud-init's per-instance semaphore for its ssh module: present = keys already written.
+CLOUD_INIT_SSH_SEM = "/var/lib/cloud/instance/sem/config_ssh"
 STDIN_GRACE_SECONDS = 0.1
+INJECTED_STDIN_TIMEOUT = 5.0  # how long an injected failure waits for the client's EOF
+SSH_UNIT_NAMES = ("ssh", "sshd")  # Debian's ssh.service and its alias
 
 
 class BootError(Exception):
@@ -130,6 +150,44 @@ def _public_line(key: asyncssh.SSHKey) -> str:
     return key.export_public_key("openssh").decode("ascii").strip()
 
 
+class HostKeyError(Exception):
+    """sshd cannot use the host key file; the message is sshd's log line for it."""
+
+
+def load_host_key(path: Path, shown: str = HOST_KEY_PATH) -> asyncssh.SSHKey:
+    """Load a host key the way sshd does, with its refusals, for ed25519 keys only.
+
+    sshd ignores a private key that group or others can read (OpenSSH's
+    ``sshkey_perm_ok``), and this machine's sshd has no other key type to fall back on.
+    """
+    try:
+        mode = path.stat().st_mode
+        data = path.read_bytes()
+    except OSError as exc:
+        raise HostKeyError(f'Unable to load host key "{shown}": {exc.strerror}') from None
+    if not stat.S_ISREG(mode):
+        raise HostKeyError(f'Unable to load host key "{shown}": not a regular file')
+    if mode & 0o077:
+        raise HostKeyError(
+            f"Permissions 0{stat.S_IMODE(mode):o} for '{shown}' are too open.\n"
+            "It is required that your private key files are NOT accessible by others.\n"
+            "This private key will be ignored.\n"
+            f'Unable to load host key "{shown}": bad permissions'
+        )
+    if not data.lstrip().startswith(b"-----BEGIN OPENSSH PRIVATE KEY-----"):
+        raise HostKeyError(f'Unable to load host key "{shown}": invalid format')
+    try:
+        key = asyncssh.import_private_key(data)
+    except (asyncssh.KeyImportError, ValueError):
+        raise HostKeyError(f'Unable to load host key "{shown}": invalid format') from None
+    if key.algorithm != b"ssh-ed25519":
+        raise HostKeyError(
+            f'Unable to load host key "{shown}": {key.algorithm.decode()} is not an '
+            "ed25519 key (the devstack sshd serves ed25519 only)"
+        )
+    return key
+
+
 def make_tls_certificate(server_name: str, ip: str, tls_dir: Path) -> tuple[Path, Path]:
     """Self-signed certificate for the server's name and address, made at each boot.
 
@@ -201,13 +259,19 @@ class CommandLog:
     def __init__(self, path: Path) -> None:
         self.path = path
 
-    def record(self, command: str | None, stdin_supplied: bool, exit_status: int) -> None:
-        """``command`` is None for an interactive shell request, which is refused."""
+    def record(
+        self, command: str | None, stdin_supplied: bool, exit_status: int, injected: bool = False
+    ) -> None:
+        """``command`` is None for an interactive shell request, which is refused.
+
+        ``injected`` marks a request answered by an armed fault instead of being run.
+        """
         entry = {
             "time": dt.datetime.now(dt.UTC).isoformat(),
             "command": command,
             "stdin": stdin_supplied,
             "exit_status": exit_status,
+            "injected": injected,
         }
         with self.path.open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
@@ -291,16 +355,31 @@ class Machine:
         self.cloud = parse_user_data(config.get("user_data"))
         self.root = self.state_dir / "root"
         self.store = MailuStore(self.state_dir / "mailu.json")
-        self.shell = Shell(self.root, self.store)
+        self.shell = Shell(
+            self.root, self.store, units=dict.fromkeys(SSH_UNIT_NAMES, self._reload_sshd)
+        )
         self.commands = CommandLog(self.state_dir / "commands.jsonl")
-        self._ssh: asyncssh.SSHAcceptor | None = None
+        self.faults = VpsFaults(self.state_dir)
+        # Options for connections accepted from now on; replaced on "systemctl reload".
+        self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
+        self._ssh_listener: socket.socket | None = None
+        self._accept_task: asyncio.Task[None] | None = None
+        self._ssh_tasks: set[asyncio.Task[None]] = set()
+        self._ssh_conns: set[asyncssh.SSHServerConnection] = set()
         self._smtp: asyncio.AbstractServer | None = None
 
     def _prepare_root(self) -> None:
+        """Do cloud-init's part of the first boot; later boots find it done."""
         self.root.mkdir(parents=True, exist_ok=True)
-        pub = self.shell.host_path(HOST_KEY_PUB_PATH)
-        pub.parent.mkdir(parents=True, exist_ok=True)
-        pub.write_text(self.cloud.host_public_line + "\n", encoding="ascii")
+        sem = self.shell.host_path(CLOUD_INIT_SSH_SEM)
+        if not sem.exists():
+            key = self.shell.host_path(HOST_KEY_PATH)
+            key.parent.mkdir(parents=True, exist_ok=True)
+            _write_file(key, self.cloud.host_key.export_private_key("openssh"), 0o600)
+            pub = self.shell.host_path(HOST_KEY_PUB_PATH)
+            _write_file(pub, (self.cloud.host_public_line + "\n").encode("ascii"), 0o644)
+            sem.parent.mkdir(parents=True, exist_ok=True)
+            sem.write_text(f"{dt.datetime.now(dt.UTC).isoformat()}\n", encoding="ascii")
         # Keep the accepted cloud-config for inspection minus the private host key.
         redacted = dict(self.cloud.document)
         if isinstance(redacted.get("ssh_keys"), dict):
@@ -313,25 +392,41 @@ class Machine:
         os.umask(0o022)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self._prepare_root()
+        try:
+            host_key = load_host_key(self.shell.host_path(HOST_KEY_PATH))
+        except HostKeyError as exc:
+            raise BootError(f"sshd: {exc}; sshd: no hostkeys available -- exiting.") from None
         authorized = (
             asyncssh.import_authorized_keys("\n".join(self.cloud.authorized_keys))
             if self.cloud.authorized_keys
             else None
         )
         root = str(self.root)
-        self._ssh = await asyncssh.create_server(
-            lambda: _RootOnlyServer(authorized),
-            host=self.ip,
-            port=self.ssh_port,
-            server_host_keys=[self.cloud.host_key],
+        self._ssh_options = asyncssh.SSHServerConnectionOptions(
+            server_factory=lambda: _RootOnlyServer(authorized),
+            server_host_keys=[host_key],
             process_factory=self._handle_exec,
             sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
             allow_scp=False,
             agent_forwarding=False,
             x11_forwarding=False,
             allow_pty=False,
-            reuse_address=True,
         )
+        # Accepting by hand (rather than asyncssh.listen) lets armed faults cut a
+        # connection off before any SSH byte is sent, and gives each connection the
+        # options current when it was accepted, as sshd forks per connection.
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            listener.bind((self.ip, self.ssh_port))
+            listener.listen(128)
+            listener.setblocking(False)
+        except OSError:
+            listener.close()
+            raise
+        self._ssh_listener = listener
+        self._accept_task = asyncio.create_task(self._accept_ssh(listener))
+
         cert_path, key_path = make_tls_certificate(
             self.server_name, self.ip, self.state_dir / "tls"
         )
@@ -353,12 +448,119 @@ class Machine:
         )
 
     async def stop(self) -> None:
-        if self._ssh is not None:
-            self._ssh.close()
-            await self._ssh.wait_closed()
+        if self._accept_task is not None:
+            self._accept_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._accept_task
+        if self._ssh_listener is not None:
+            self._ssh_listener.close()
+        for conn in list(self._ssh_conns):
+            conn.close()
+        for task in list(self._ssh_tasks):
+            task.cancel()
+        await asyncio.gather(*self._ssh_tasks, return_exceptions=True)
         if self._smtp is not None:
             self._smtp.close()
             await self._smtp.wait_closed()
+
+    # --- sshd ---------------------------------------------------------------------------
+
+    async def _accept_ssh(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. EMFILE; sshd logs and keeps listening too
+                log.warning("ssh accept failed: %s", exc)
+                await asyncio.sleep(0.1)
+                continue
+            try:
+                fault = self.faults.take_ssh_fault()
+            except (OSError, ValueError):
+                log.exception("cannot read armed faults; accepting the connection")
+                fault = None
+            if fault is not None:
+                if fault.mode == "refuse":
+                    # Linger 0: close() sends RST rather than FIN.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    sock.close()
+                else:
+                    self._track(self._close_gently(sock))
+                continue
+            assert self._ssh_options is not None
+            self._track(self._serve_ssh(sock, self._ssh_options))
+
+    def _track(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._ssh_tasks.add(task)
+        task.add_done_callback(self._ssh_tasks.discard)
+
+    @staticmethod
+    async def _close_gently(sock: socket.socket) -> None:
+        """Send FIN before any banner, then wait for the client to hang up.
+
+        Closing at once would turn into an RST whenever the client's version line has
+        already arrived unread; the client must see "connection closed" every time.
+        """
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        try:
+            sock.shutdown(socket.SHUT_WR)
+            async with asyncio.timeout(5.0):
+                while await loop.sock_recv(sock, 4096):
+                    pass
+        except (OSError, TimeoutError):
+            pass
+        finally:
+            sock.close()
+
+    async def _serve_ssh(
+        self, sock: socket.socket, options: asyncssh.SSHServerConnectionOptions
+    ) -> None:
+        try:
+            conn = await asyncssh.run_server(sock, options=options)
+        except (asyncssh.Error, OSError, TimeoutError) as exc:
+            # A client that distrusts the host key or fails auth; sshd only logs it.
+            # The transport owns (and has closed) the socket by now.
+            log.info("ssh connection not established: %s", exc)
+            return
+        except Exception:
+            log.exception("ssh connection failed")
+            return
+        self._ssh_conns.add(conn)
+        try:
+            await conn.wait_closed()
+        finally:
+            self._ssh_conns.discard(conn)
+
+    async def _reload_sshd(self) -> ExecResult:
+        """``systemctl reload ssh``: Debian's unit runs ``sshd -t``, then SIGHUPs sshd.
+
+        systemctl itself only prints the "Job ... failed" lines; sshd's reasons would be
+        in the journal, which this machine does not have, so they go to stderr first.
+        """
+        try:
+            key = load_host_key(self.shell.host_path(HOST_KEY_PATH))
+        except HostKeyError as exc:
+            log.warning("ssh reload failed: %s", exc)
+            return ExecResult(
+                1,
+                "",
+                f"{exc}\n"
+                "sshd: no hostkeys available -- exiting.\n"
+                "Job for ssh.service failed because the control process exited with "
+                "error code.\n"
+                'See "systemctl status ssh.service" and "journalctl -xeu ssh.service" '
+                "for details.\n",
+            )
+        assert self._ssh_options is not None
+        self._ssh_options = asyncssh.SSHServerConnectionOptions(
+            self._ssh_options, server_host_keys=[key]
+        )
+        log.info("ssh reloaded; new connections present %s", key.get_fingerprint())
+        return ExecResult(0)
+
+    # --- exec ---------------------------------------------------------------------------
 
     async def _handle_exec(self, process: asyncssh.SSHServerProcess[str]) -> None:
         command = process.command
@@ -371,8 +573,12 @@ class Machine:
         started = asyncio.get_running_loop().time()
         stdin = _StdinPump(process.stdin)
         try:
-            result = await self.shell.run(command, stdin.read_all)
-            await stdin.settle(started)
+            fault = self.faults.take_command_fault(command)
+            if fault is not None:
+                result = await self._injected(fault, stdin, started)
+            else:
+                result = await self.shell.run(command, stdin.read_all)
+                await stdin.settle(started)
         except Exception:
             log.exception("exec failed")  # the traceback names code, not stdin
             process.stderr.write("devstack VPS: internal error\n")
@@ -381,12 +587,27 @@ class Machine:
             return
         finally:
             stdin.close()
-        self.commands.record(command, stdin.supplied, result.exit_status)
+        self.commands.record(
+            command, stdin.supplied, result.exit_status, injected=fault is not None
+        )
         if result.stdout:
             process.stdout.write(result.stdout)
         if result.stderr:
             process.stderr.write(result.stderr)
         process.exit(result.exit_status)
+
+    @staticmethod
+    async def _injected(fault: CommandFault, stdin: _StdinPump, started: float) -> ExecResult:
+        """Answer as the armed fault says, after taking in whatever stdin the client sends.
+
+        The command does not run; draining its input keeps a client that streams
+        stdin from seeing a broken pipe instead of the injected exit status.
+        """
+        await stdin.settle(started)
+        if stdin.supplied:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stdin.read_all(), INJECTED_STDIN_TIMEOUT)
+        return ExecResult(fault.exit_status, fault.stdout, fault.stderr)
 
     def _authenticate(
         self,
@@ -401,6 +622,16 @@ class Machine:
         login = auth_data.login.decode("utf-8", errors="replace")
         password = auth_data.password.decode("utf-8", errors="replace")
         return AuthResult(success=self.store.check_login(login, password), handled=False)
+
+
+def _write_file(path: Path, data: bytes, mode: int) -> None:
+    """Create (or replace) a file that is never more open than ``mode``, as cloud-init does."""
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(data)
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
 
 
 class _AcceptingHandler:

@@ -477,7 +477,31 @@ async def test_dns_ptr_can_be_changed(env: Env) -> None:
         f"servers/{server['id']}/actions/change_dns_ptr",
         json={"ip": "not-an-ip", "dns_ptr": "x.example.org"},
     )
-    assert wrong.status_code == 400 and wrong.json()["error"]["code"] == "invalid_input"
+    assert field_names(wrong) == {"ip"}
+    other_ip = await env.api.post(
+        f"servers/{server['id']}/actions/change_dns_ptr",
+        json={"ip": "192.0.2.1", "dns_ptr": "x.example.org"},
+    )
+    assert field_names(other_ip) == {"ip"}
+    bad_name = await env.api.post(
+        f"servers/{server['id']}/actions/change_dns_ptr",
+        json={"ip": ip, "dns_ptr": "not a hostname"},
+    )
+    assert field_names(bad_name) == {"dns_ptr"}
+    assert field_names(
+        await env.api.post(f"servers/{server['id']}/actions/change_dns_ptr", json={"ip": ip})
+    ) == {"dns_ptr"}
+    unknown = await env.api.post(
+        "servers/999/actions/change_dns_ptr", json={"ip": ip, "dns_ptr": "x.example.org"}
+    )
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    # null resets the record to the provider's default name.
+    reset = await env.api.post(
+        f"servers/{server['id']}/actions/change_dns_ptr", json={"ip": ip, "dns_ptr": None}
+    )
+    assert reset.status_code == 201
+    got = (await env.api.get(f"servers/{server['id']}")).json()["server"]
+    assert got["public_net"]["ipv4"]["dns_ptr"] == server["public_net"]["ipv4"]["dns_ptr"]
 
 
 @pytest.mark.asyncio
@@ -501,3 +525,242 @@ async def test_notification_sink_is_idempotent_and_can_fail_on_demand(env: Env) 
     assert len(listed) == 1
     assert listed[0]["headers"]["Idempotency-Key"] == "purchase-42"
     assert listed[0]["body"] == {"n": 1}
+
+
+async def state_dir_of(env: Env, server_id: int) -> Path:
+    response = await env.dev.get(f"servers/{server_id}")
+    return Path(response.json()["server"]["state_dir"])
+
+
+async def connect_pinned(
+    env: Env, server: dict[str, Any], client: asyncssh.SSHKey, host: asyncssh.SSHKey
+) -> asyncssh.SSHClientConnection:
+    return await asyncssh.connect(
+        server["public_net"]["ipv4"]["ip"],
+        port=env.cloud.ssh_port,
+        username="root",
+        client_keys=[client],
+        known_hosts=([host.convert_to_public()], [], []),
+        config=None,
+        agent_path=None,
+    )
+
+
+def public_line(key: asyncssh.SSHKey, comment: str = "") -> str:
+    if comment:
+        key.set_comment(comment)
+    return key.export_public_key("openssh").decode().strip()
+
+
+async def sftp_write(sftp: asyncssh.SFTPClient, path: str, data: str, mode: int) -> None:
+    """As the product writes key files: created with the final mode, then chmod'ed."""
+    async with sftp.open(path, "w", asyncssh.SFTPAttrs(permissions=mode)) as handle:
+        await handle.write(data)
+    await sftp.chmod(path, mode)
+
+
+def field_names(response: httpx.Response) -> set[str]:
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["code"] == "invalid_input"
+    return {f["name"] for f in error["details"]["fields"]}
+
+
+KEY = "/etc/ssh/ssh_host_ed25519_key"
+
+
+@pytest.mark.asyncio
+async def test_host_key_is_written_by_cloud_init_and_rotates_on_reload(env: Env) -> None:
+    keys = new_keys()
+    server = await boot(env, "rotate", keys)
+    root = (await state_dir_of(env, server["id"])) / "root"
+    key_a = keys.host
+    key_b = asyncssh.generate_private_key("ssh-ed25519", comment="root@rotate")
+
+    # cloud-init wrote the user_data key pair where sshd reads it.
+    private_file, public_file = root / KEY.lstrip("/"), root / (KEY + ".pub").lstrip("/")
+    assert private_file.stat().st_mode & 0o777 == 0o600
+    assert public_file.stat().st_mode & 0o777 == 0o644
+    assert private_file.read_text().startswith("-----BEGIN OPENSSH PRIVATE KEY-----")
+    on_disk = asyncssh.import_private_key(private_file.read_bytes())
+    assert on_disk.public_data == key_a.public_data
+    assert public_file.read_text() == public_line(key_a) + "\n"
+
+    old = await connect_pinned(env, server, keys.client, key_a)
+    async with old.start_sftp_client() as sftp:
+        await sftp.mkdir("/etc/ssh/sshd_config.d")  # mkdir under /etc/ssh works
+        assert await sftp.isdir("/etc/ssh/sshd_config.d")
+        await sftp_write(sftp, KEY + ".new", key_b.export_private_key().decode(), 0o600)
+        await sftp_write(sftp, KEY + ".pub.new", public_line(key_b) + "\n", 0o644)
+        await sftp.posix_rename(KEY + ".new", KEY)  # overwrites the existing key
+        await sftp.posix_rename(KEY + ".pub.new", KEY + ".pub")
+        assert not await sftp.exists(KEY + ".new")
+    assert private_file.stat().st_mode & 0o777 == 0o600
+    assert asyncssh.import_private_key(private_file.read_bytes()).public_data == key_b.public_data
+
+    # sshd has not re-read its keys yet: still key A for new connections.
+    async with await connect_pinned(env, server, keys.client, key_a):
+        pass
+    reload = await old.run("systemctl reload ssh")
+    assert (reload.exit_status, reload.stdout, reload.stderr) == (0, "", "")
+
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        await connect_pinned(env, server, keys.client, key_a)
+    async with await connect_pinned(env, server, keys.client, key_b) as new:
+        pub = await new.run(f"cat {KEY}.pub", check=True)
+        assert pub.stdout == public_line(key_b) + "\n"
+    # The session opened under key A carries on.
+    still = await old.run(f"cat {KEY}.pub", check=True)
+    assert still.stdout == public_line(key_b) + "\n"
+
+    # A reload that cannot load the key fails as on Debian and keeps serving key B.
+    key_c = asyncssh.generate_private_key("ssh-ed25519")
+    async with old.start_sftp_client() as sftp:
+        await sftp_write(sftp, KEY, key_c.export_private_key().decode(), 0o644)
+        too_open = await old.run("systemctl reload sshd")
+        assert too_open.exit_status == 1
+        assert "Permissions 0644 for '/etc/ssh/ssh_host_ed25519_key' are too open." in str(
+            too_open.stderr
+        )
+        await sftp_write(sftp, KEY, "not a key\n", 0o600)
+        garbage = await old.run("systemctl reload ssh.service")
+        assert garbage.exit_status == 1
+        assert "sshd: no hostkeys available -- exiting." in str(garbage.stderr)
+        assert "Job for ssh.service failed" in str(garbage.stderr)
+        await sftp.remove(KEY)
+        missing = await old.run("systemctl reload ssh")
+        assert missing.exit_status == 1
+        assert "No such file or directory" in str(missing.stderr)
+    async with await connect_pinned(env, server, keys.client, key_b):
+        pass
+    unknown = await old.run("systemctl reload nginx")
+    assert unknown.exit_status == 5
+    assert unknown.stderr == "Failed to reload nginx.service: Unit nginx.service not found.\n"
+    restart = await old.run("systemctl restart ssh")
+    assert restart.exit_status == 1 and "not supported" in str(restart.stderr)
+
+    # cloud-init writes keys once per instance: after a reboot sshd loads what is on
+    # disk (here key B again), not the user_data key.
+    async with old.start_sftp_client() as sftp:
+        await sftp_write(sftp, KEY, key_b.export_private_key().decode(), 0o600)
+    old.close()
+    pid = (await env.dev.get(f"servers/{server['id']}")).json()["server"]["pid"]
+    os.kill(pid, 15)
+    for _ in range(200):
+        if (await env.api.get(f"servers/{server['id']}")).json()["server"]["status"] == "off":
+            break
+        await asyncio.sleep(0.02)
+    poweron = await env.api.post(f"servers/{server['id']}/actions/poweron")
+    assert (await wait_action(env, poweron.json()["action"]["id"]))["status"] == "success"
+    with pytest.raises(asyncssh.HostKeyNotVerifiable):
+        await connect_pinned(env, server, keys.client, key_a)
+    async with await connect_pinned(env, server, keys.client, key_b):
+        pass
+
+
+@pytest.mark.asyncio
+async def test_command_faults_fail_matching_exec_requests_without_running_them(
+    env: Env,
+) -> None:
+    keys = new_keys()
+    server = await boot(env, "cmd-faults", keys)
+    url = f"servers/{server['id']}/command-faults"
+
+    assert field_names(await env.dev.post(url, json={"exit_status": 1})) == {"match"}
+    assert field_names(await env.dev.post(url, json={"match": ""})) == {"match"}
+    assert field_names(await env.dev.post(url, json={"match": "x", "exit_status": "1"})) == {
+        "exit_status"
+    }
+    assert field_names(await env.dev.post(url, json={"match": "x", "exit_status": 256})) == {
+        "exit_status"
+    }
+    assert field_names(await env.dev.post(url, json={"match": "x", "stderr": 1})) == {"stderr"}
+    assert field_names(await env.dev.post(url, json={"match": "x", "times": 0})) == {"times"}
+    assert field_names(await env.dev.post(url, json={"match": "x", "server": "*"})) == {"server"}
+    assert field_names(await env.dev.post(url, json=["match"])) == {"body"}
+    bad_json = await env.dev.post(url, content=b"{nope")
+    assert bad_json.status_code == 400 and bad_json.json()["error"]["code"] == "json_error"
+    unknown = await env.dev.post("servers/1/command-faults", json={"match": "x"})
+    assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+    assert (await env.dev.get(url)).json() == {"command_faults": []}
+
+    armed = await env.dev.post(
+        url,
+        json={"match": "config-import", "exit_status": 1, "stderr": "injected boom\n", "times": 1},
+    )
+    assert armed.status_code == 201, armed.text
+    rule = armed.json()["command_fault"]
+    assert rule["match"] == "config-import" and rule["times"] == 1
+    assert (await env.dev.get(url)).json()["command_faults"] == [rule]
+
+    async with await ssh(env, server, keys) as conn:
+        unrelated = await conn.run(f"cat {KEY}.pub")
+        assert unrelated.exit_status == 0  # does not match, runs
+        big_input = json.dumps({"domain": [{"name": "x" * 60}] * 20_000})  # ~1.5 MB
+        failed = await conn.run(CONFIG_IMPORT, input=big_input)
+        assert (failed.exit_status, failed.stdout, failed.stderr) == (1, "", "injected boom\n")
+        real = await conn.run(CONFIG_IMPORT, input="{}")  # ran: the real failure
+        assert real.exit_status == 1
+        assert "/mailu/docker-compose.yml: no such file" in str(real.stderr)
+        assert (await env.dev.get(url)).json() == {"command_faults": []}
+
+        await env.dev.post(
+            url, json={"match": "compose", "exit_status": 255, "stderr": "x\n", "times": 2}
+        )
+        assert (await conn.run(f"{COMPOSE} version")).exit_status == 255
+        cleared = await env.dev.delete(url)
+        assert cleared.status_code == 200 and cleared.json() == {"command_faults": []}
+        assert (await conn.run(f"{COMPOSE} version")).exit_status == 0
+
+        await env.dev.post(url, json={"match": "compose"})
+        assert (await env.dev.delete("faults")).status_code == 200  # clears servers' too
+        assert (await env.dev.get(url)).json() == {"command_faults": []}
+        assert (await conn.run(f"{COMPOSE} version")).exit_status == 0
+
+    commands = (await env.dev.get(f"servers/{server['id']}/commands")).json()["commands"]
+    imports = [c for c in commands if c["command"] == CONFIG_IMPORT]
+    assert [(c["injected"], c["stdin"], c["exit_status"]) for c in imports] == [
+        (True, True, 1),
+        (False, True, 1),
+    ]
+    assert [c["injected"] for c in commands if c["command"] == f"{COMPOSE} version"] == [
+        True,
+        False,
+        False,
+    ]
+
+
+@pytest.mark.asyncio
+async def test_ssh_faults_cut_off_the_next_connections(env: Env) -> None:
+    keys = new_keys()
+    created = await create(env, "ssh-faults", keys)
+    server = created["server"]
+    url = f"servers/{server['id']}/ssh-faults"
+    # Armed while the server is still booting, as for a host whose sshd is not up.
+    armed = await env.dev.post(url, json={"times": 2, "mode": "refuse"})
+    assert armed.status_code == 201, armed.text
+    assert armed.json()["ssh_fault"] == {"id": 1, "mode": "refuse", "times": 2}
+    assert (await wait_action(env, created["action"]["id"]))["status"] == "success"
+
+    assert field_names(await env.dev.post(url, json={"mode": "explode"})) == {"mode"}
+    assert field_names(await env.dev.post(url, json={"times": "2"})) == {"times"}
+    assert field_names(await env.dev.post(url, json={"match": "x"})) == {"match"}
+    missing = await env.dev.post("servers/1/ssh-faults", json={})
+    assert missing.status_code == 404
+
+    for _ in range(2):
+        with pytest.raises(ConnectionError):  # reset, as ECONNREFUSED is for a closed port
+            await ssh(env, server, keys)
+    async with await ssh(env, server, keys) as conn:
+        assert (await conn.run(f"cat {KEY}.pub")).exit_status == 0
+        await env.dev.post(url, json={"mode": "close"})
+        with pytest.raises(asyncssh.ConnectionLost):
+            await ssh(env, server, keys)
+        # Faults cut off new connections only.
+        assert (await conn.run(f"cat {KEY}.pub")).exit_status == 0
+
+    await env.dev.post(url, json={"times": 5})
+    assert (await env.dev.get(url)).json()["ssh_faults"][0]["mode"] == "refuse"
+    assert (await env.dev.delete(url)).json() == {"ssh_faults": []}
+    async with await ssh(env, server, keys):
+        pass
