@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from string import Template
@@ -95,7 +96,8 @@ class MailuHost:
         raise MailuCommandError(f"{COMPOSE} ps", 0, f"admin container still {health!r}")
 
     async def ensure_domain(self, domain: str) -> None:
-        await self.run(CONFIG_IMPORT, stdin=json.dumps({"domain": [{"name": domain}]}))
+        """`flask mailu domain` creates the domain only if it is missing (manage.py)."""
+        await self.run(f"{COMPOSE} exec -T admin flask mailu domain {shlex.quote(domain)}")
 
     async def set_admin(self, email: str, password: str) -> None:
         """Create or update the global admin; the password travels on stdin only."""

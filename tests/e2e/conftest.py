@@ -47,6 +47,20 @@ class CloudControl:
     def inject(self, **rule: Any) -> None:
         self.devstack.post("faults", json=rule).raise_for_status()
 
+    def inject_command_fault(
+        self,
+        server_id: int,
+        match: str,
+        times: int = 1,
+        exit_status: int = 1,
+        stderr: str = "Error: injected by the test",
+    ) -> None:
+        """The next `times` commands on that VPS containing `match` fail like this."""
+        self.devstack.post(
+            f"servers/{server_id}/command-faults",
+            json={"match": match, "times": times, "exit_status": exit_status, "stderr": stderr},
+        ).raise_for_status()
+
     def clear_faults(self) -> None:
         self.devstack.delete("faults").raise_for_status()
 

@@ -1,0 +1,326 @@
+"""Leak scans: after real runs, the plaintext password appears nowhere it must not.
+
+Three runs on the real stack, each by an in-process worker whose password generator
+is wrapped to remember what it made (in this test's memory only):
+  * a successful run,
+  * a run whose credentials step fails once after generating a password and is retried,
+  * a run that fails after the credentials step (Vault refuses the write) and compensates.
+Every password of every run is searched for raw, base64, hex and URL-encoded in:
+the full history (as stored, and decoded through the codec server like an operator
+sees it), worker and starter logs, audit rows, Vault outside the envelope, the argv
+of every command run on the VPS, and every file under the stack's state directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import subprocess
+import sys
+import urllib.parse
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import hvac
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
+
+import activities.credentials
+import activities.crypto
+from activities.audit import SqliteAuditStore
+from activities.credentials import read_admin_credentials
+from activities.logs import LogContextInterceptor, configure_logging
+from activities.vault import Vault, VaultSettings
+from devstack.stack import ROOT, Stack, StackInfo, tool
+from starter import start_purchase
+from tests.e2e.conftest import CloudControl
+from worker import Settings, build_activities
+from workflows.contracts import PurchaseRequest, workflow_id_for
+from workflows.provision import ProvisionMailTenant
+
+
+def encodings(password: str) -> dict[str, bytes]:
+    raw = base64.b64decode(password)
+    return {
+        "plaintext": password.encode(),
+        "raw bytes": raw,
+        "base64 of plaintext": base64.b64encode(password.encode()),
+        "hex": binascii.hexlify(raw),
+        "HEX": binascii.hexlify(raw).upper(),
+        "url-encoded": urllib.parse.quote(password, safe="").encode(),
+    }
+
+
+def count(blob: bytes, passwords: list[str]) -> int:
+    return sum(blob.count(form) for p in passwords for form in encodings(p).values())
+
+
+@dataclass
+class Capture:
+    passwords: list[str] = field(default_factory=list)
+
+
+@pytest.fixture
+def capture(monkeypatch: pytest.MonkeyPatch) -> Capture:
+    captured = Capture()
+    original = activities.crypto.generate_password
+
+    def remembering() -> str:
+        password = original()
+        captured.passwords.append(password)
+        return password
+
+    monkeypatch.setattr(activities.credentials, "generate_password", remembering)
+    return captured
+
+
+@pytest.fixture
+def worker_log(tmp_path: Path) -> Iterator[Path]:
+    path = tmp_path / "inprocess-worker.log"
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    with path.open("w") as stream:
+        configure_logging(stream=stream)
+        yield path
+    root.handlers[:], _ = saved
+    root.setLevel(saved[1])
+
+
+async def run_worker_and(
+    info: StackInfo,
+    client: Client,
+    task_queue: str,
+    vault_token_file: Path | None,
+    request: PurchaseRequest,
+    while_running: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[str, BaseException | None]:
+    """Run one purchase on an in-process worker; returns (workflow id, failure or None)."""
+    env = dict(info.worker_env)
+    if vault_token_file is not None:
+        env["VAULT_TOKEN_FILE"] = str(vault_token_file)
+    settings = replace(Settings.from_env(env), task_queue=task_queue)
+    async with build_activities(settings) as acts:
+        worker = Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[ProvisionMailTenant],
+            activities=acts,
+            interceptors=[LogContextInterceptor()],
+        )
+        async with worker:
+            handle, _ = await start_purchase(client, request, task_queue)
+            if while_running is not None:
+                await while_running()
+            try:
+                await handle.result()
+            except WorkflowFailureError as err:
+                return handle.id, err
+    return handle.id, None
+
+
+def new_request(info: StackInfo) -> PurchaseRequest:
+    suffix = uuid.uuid4().hex[:8]
+    return PurchaseRequest.parse(
+        {
+            "purchase_id": f"leak-{suffix}",
+            "tenant_id": f"leak-{suffix}",
+            "domain": f"leak{suffix}.example",
+            "plan": "starter",
+            "requested_by": "leak-scan",
+            "notify_url": info.notify_url,
+        }
+    )
+
+
+def write_only_token(info: StackInfo, tmp_path: Path) -> Path:
+    """A token that can get data keys but not write records: the store step must fail."""
+    root = hvac.Client(
+        url=info.vault_addr, token=(info.state_dir / "vault" / "root.token").read_text().strip()
+    )
+    root.sys.create_or_update_policy(
+        "leak-scan-no-kv",
+        (
+            'path "transit/datakey/plaintext/mail-credentials" { capabilities = ["update"] }\n'
+            'path "smtp/data/+/admin" { capabilities = ["read"] }\n'
+        ),
+    )
+    token = root.auth.token.create(policies=["leak-scan-no-kv"], no_default_policy=True, ttl="1h")[
+        "auth"
+    ]["client_token"]
+    path = tmp_path / "no-kv.token"
+    path.write_text(token)
+    return path
+
+
+def history_blobs(info: StackInfo, workflow_id: str) -> dict[str, bytes]:
+    base = [
+        tool("temporal"),
+        "workflow",
+        "show",
+        "--address",
+        info.temporal_address,
+        "-w",
+        workflow_id,
+        "--output",
+        "json",
+    ]
+    stored = subprocess.run(base, capture_output=True, check=True).stdout
+    decoded = subprocess.run(
+        [
+            *base,
+            "--codec-endpoint",
+            info.codec_url,
+            "--codec-auth",
+            "Bearer " + info.codec_token_file.read_text().strip(),
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return {"history (stored)": stored, "history (codec-decoded)": decoded}
+
+
+def vault_outside_envelope(info: StackInfo, tenant_id: str) -> bytes:
+    root = hvac.Client(
+        url=info.vault_addr, token=(info.state_dir / "vault" / "root.token").read_text().strip()
+    )
+    blobs: list[Any] = []
+    try:
+        versions = root.secrets.kv.v2.read_secret_metadata(
+            path=f"{tenant_id}/admin", mount_point="smtp"
+        )["data"]
+        blobs.append(versions)
+        for version in versions["versions"]:
+            data = root.secrets.kv.v2.read_secret_version(
+                path=f"{tenant_id}/admin",
+                version=int(version),
+                mount_point="smtp",
+                raise_on_deleted_version=False,
+            )["data"]
+            blobs.append(data)
+    except hvac.exceptions.InvalidPath:
+        pass
+    return json.dumps(blobs).encode()
+
+
+def files_under(directory: Path) -> bytes:
+    return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
+
+
+async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
+    stack: Stack,
+    info: StackInfo,
+    client: Client,
+    cloud: CloudControl,
+    capture: Capture,
+    worker_log: Path,
+    tmp_path: Path,
+) -> None:
+    task_queue = f"leak-scan-{uuid.uuid4().hex[:6]}"
+    runs: dict[str, tuple[PurchaseRequest, str, BaseException | None]] = {}
+
+    ok = new_request(info)
+    runs["success"] = (ok, *await run_worker_and(info, client, task_queue, None, ok))
+
+    retried = new_request(info)
+
+    async def fail_the_first_admin_import() -> None:
+        # Only the credentials step runs config-import (it carries the password on stdin),
+        # so this fails that step once, after the password exists: it is retried.
+        for _ in range(200):
+            servers = cloud.servers_of(retried.purchase_id)
+            if servers:
+                cloud.inject_command_fault(servers[0]["id"], "config-import", times=1)
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("the retried run never created its server")
+
+    runs["retried credentials"] = (
+        retried,
+        *await run_worker_and(info, client, task_queue, None, retried, fail_the_first_admin_import),
+    )
+
+    failing = new_request(info)
+    runs["failed after credentials"] = (
+        failing,
+        *await run_worker_and(info, client, task_queue, write_only_token(info, tmp_path), failing),
+    )
+
+    assert runs["success"][2] is None
+    assert runs["retried credentials"][2] is None
+    assert isinstance(runs["failed after credentials"][2], WorkflowFailureError)
+    # One password per credentials attempt: 1 + 2 + 1.
+    assert len(capture.passwords) == 4, capture.passwords and len(capture.passwords)
+
+    # The starter, as an operator runs it, on each finished run.
+    starter_output = b""
+    for request, _, _ in runs.values():
+        shown = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "starter.py"),
+                "--address",
+                info.temporal_address,
+                "--codec-keys-file",
+                str(info.codec_keys_file),
+                "result",
+                request.purchase_id,
+            ],
+            capture_output=True,
+            check=False,
+        )
+        starter_output += shown.stdout + shown.stderr
+        status = subprocess.run(
+            [
+                sys.executable,
+                str(ROOT / "starter.py"),
+                "--address",
+                info.temporal_address,
+                "--codec-keys-file",
+                str(info.codec_keys_file),
+                "status",
+                request.purchase_id,
+            ],
+            capture_output=True,
+            check=False,
+        )
+        starter_output += status.stdout + status.stderr
+
+    places: dict[str, bytes] = {}
+    for label, (request, workflow_id, _) in runs.items():
+        for name, blob in history_blobs(info, workflow_id).items():
+            places[f"{name}: {label}"] = blob
+        places[f"vault outside envelope: {label}"] = vault_outside_envelope(info, request.tenant_id)
+    places["worker log (in-process)"] = worker_log.read_bytes()
+    places["worker log (stack)"] = info.worker_log.read_bytes()
+    places["starter output"] = starter_output
+    places["audit rows"] = json.dumps(
+        [r.__dict__ for r in SqliteAuditStore(info.audit_db).rows()]
+    ).encode()
+    places["VPS command argv"] = json.dumps(
+        [cloud.commands(s["id"]) for s in cloud.servers()]
+    ).encode()
+    places["files under the stack state dir"] = files_under(info.state_dir)
+    places["files under the test's temp dir"] = files_under(tmp_path)
+
+    found = {place: count(blob, capture.passwords) for place, blob in places.items()}
+    assert found == dict.fromkeys(places, 0)
+
+    # The scanner itself works: each encoding of a real password is found when present,
+    # and the success run's password is the one that really logs in.
+    probe = capture.passwords[0]
+    for form in encodings(probe).values():
+        assert count(b"..." + form + b"...", [probe]) >= 1
+    stored = read_admin_credentials(
+        Vault(VaultSettings(url=info.vault_addr, token=info.reader_token_file.read_text().strip())),
+        ok.tenant_id,
+    )
+    assert stored.password == capture.passwords[0]
+    assert runs["failed after credentials"][1] == workflow_id_for(failing.purchase_id)
+    assert cloud.servers_of(failing.purchase_id) == []
