@@ -16,7 +16,6 @@ import asyncio
 from dataclasses import dataclass
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.crypto import (
     EnvelopeError,
@@ -25,7 +24,7 @@ from activities.crypto import (
     parse_envelope,
     seal,
 )
-from activities.mailu import MailuActivities, MailuCommandError
+from activities.mailu import MailuActivities, MailuCommandError, mailu_failure
 from activities.vault import Vault, VaultError, vault_failure
 from workflows.contracts import (
     MailuTarget,
@@ -55,7 +54,7 @@ class CredentialsActivities:
             try:
                 await mailu.set_admin(username, password)
             except MailuCommandError as err:
-                raise ApplicationError(str(err), type="MailuCommandFailed") from None
+                raise mailu_failure(err) from None
         activity.logger.info("admin credentials set and sealed", extra={"username": username})
         return SealedCredentials(username=username, password_envelope=envelope)
 

@@ -44,6 +44,20 @@ class MailuCommandError(Exception):
         self.exit_status = exit_status
 
 
+# Exit 126/127: the shell could not run the program (no docker on this image); a
+# retry meets the same server. Anything else (containers starting, DB not ready) may pass.
+FINAL_EXIT_STATUSES = frozenset({126, 127})
+
+
+def mailu_failure(err: MailuCommandError) -> ApplicationError:
+    final = err.exit_status in FINAL_EXIT_STATUSES
+    return ApplicationError(
+        str(err),
+        type="MailuCommandNotFound" if final else "MailuCommandFailed",
+        non_retryable=final,
+    )
+
+
 @dataclass(frozen=True)
 class SshSettings:
     port: int = 22
@@ -189,7 +203,7 @@ class MailuActivities:
                 await mailu.wait_admin_healthy()
                 await mailu.ensure_domain(target.domain)
             except MailuCommandError as err:
-                raise ApplicationError(str(err), type="MailuCommandFailed") from None
+                raise mailu_failure(err) from None
 
 
 def _same_key(presented: asyncssh.SSHKey, public_line: str) -> bool:

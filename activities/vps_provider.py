@@ -9,6 +9,7 @@ rate-limit reset, or a capped exponential backoff with jitter), or stop for good
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -25,6 +26,7 @@ from workflows.contracts import ReverseDnsRequest, ServerAddress, ServerHandle, 
 PURCHASE_LABEL = "purchase"
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 60.0
+ACTION_POLL_SECONDS = 1.0
 T = TypeVar("T")
 
 
@@ -179,10 +181,23 @@ class VpsActivities:
 
     @activity.defn(name="delete_server")
     async def delete_server(self, server: ServerHandle) -> bool:
-        """Compensation: delete the server. True if deleted, False if already gone."""
+        """Compensation: delete the server and wait until the provider says it is gone.
+
+        True if this call deleted it, False if it was already gone (a retry).
+        """
         action = await self._call(self._provider.delete_server(server.server_id))
+        if action is None:
+            return False
+        while action.status == "running":
+            activity.heartbeat(f"deleting server {server.server_id}")
+            await asyncio.sleep(ACTION_POLL_SECONDS)
+            action = await self._call(self._provider.get_action(action.id))
+        if action.status == "error":
+            raise ApplicationError(
+                f"deleting server {server.server_id} failed: {action.error}", type="DeleteFailed"
+            )
         activity.logger.info("server deleted", extra={"server_id": server.server_id})
-        return action is not None
+        return True
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:

@@ -114,7 +114,8 @@ SET_REVERSE_DNS = dict(start_to_close_timeout=timedelta(seconds=60), retry_polic
 ROTATE_HOST_KEY = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=_policy(5, 60, 5))
 # Compensation must finish: a leaked server costs money every hour.
 DELETE_SERVER = dict(
-    start_to_close_timeout=timedelta(seconds=60),
+    start_to_close_timeout=timedelta(minutes=5),
+    heartbeat_timeout=timedelta(seconds=30),
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(5, 300),
 )

@@ -8,17 +8,25 @@ from __future__ import annotations
 
 import tempfile
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import httpx
+import hvac
 import pytest
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.worker import Worker
 
 from activities.codec import KeyRing, data_converter
+from activities.logs import LogContextInterceptor
 from activities.vault import Vault, VaultSettings
 from devstack.stack import Stack, StackInfo
+from starter import start_purchase
+from worker import Settings, build_activities
+from workflows.contracts import PurchaseRequest
+from workflows.provision import ProvisionMailTenant
 
 
 class CloudControl:
@@ -146,3 +154,73 @@ def purchase(info: StackInfo) -> dict[str, Any]:
         "requested_by": "e2e-tests",
         "notify_url": info.notify_url,
     }
+
+
+# ------------------------------------------------------------------ in-process workers
+
+
+async def run_in_process_worker(
+    info: StackInfo,
+    client: Client,
+    task_queue: str,
+    vault_token_file: Path | None,
+    request: PurchaseRequest,
+    while_running: Callable[[], Awaitable[None]] | None = None,
+) -> tuple[str, BaseException | None]:
+    """Run one purchase on an in-process worker; returns (workflow id, failure or None)."""
+    env = dict(info.worker_env)
+    if vault_token_file is not None:
+        env["VAULT_TOKEN_FILE"] = str(vault_token_file)
+    settings = replace(Settings.from_env(env), task_queue=task_queue)
+    async with build_activities(settings) as acts:
+        worker = Worker(
+            client,
+            task_queue=task_queue,
+            workflows=[ProvisionMailTenant],
+            activities=acts,
+            interceptors=[LogContextInterceptor()],
+        )
+        async with worker:
+            handle, _ = await start_purchase(client, request, task_queue)
+            if while_running is not None:
+                await while_running()
+            try:
+                await handle.result()
+            except WorkflowFailureError as err:
+                return handle.id, err
+    return handle.id, None
+
+
+def new_request(info: StackInfo, **overrides: Any) -> PurchaseRequest:
+    suffix = uuid.uuid4().hex[:8]
+    return PurchaseRequest.parse(
+        {
+            "purchase_id": f"run-{suffix}",
+            "tenant_id": f"run-{suffix}",
+            "domain": f"run{suffix}.example",
+            "plan": "starter",
+            "requested_by": "e2e-tests",
+            "notify_url": info.notify_url,
+            **overrides,
+        }
+    )
+
+
+def write_only_token(info: StackInfo, tmp_path: Path) -> Path:
+    """A token that can get data keys but not write records: the store step must fail."""
+    root = hvac.Client(
+        url=info.vault_addr, token=(info.state_dir / "vault" / "root.token").read_text().strip()
+    )
+    root.sys.create_or_update_policy(
+        "leak-scan-no-kv",
+        (
+            'path "transit/datakey/plaintext/mail-credentials" { capabilities = ["update"] }\n'
+            'path "smtp/data/+/admin" { capabilities = ["read"] }\n'
+        ),
+    )
+    token = root.auth.token.create(policies=["leak-scan-no-kv"], no_default_policy=True, ttl="1h")[
+        "auth"
+    ]["client_token"]
+    path = tmp_path / "no-kv.token"
+    path.write_text(token)
+    return path

@@ -22,28 +22,24 @@ import subprocess
 import sys
 import urllib.parse
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import hvac
 import pytest
 from temporalio.client import Client, WorkflowFailureError
-from temporalio.worker import Worker
 
 import activities.credentials
 import activities.crypto
 from activities.audit import SqliteAuditStore
 from activities.credentials import read_admin_credentials
-from activities.logs import LogContextInterceptor, configure_logging
+from activities.logs import configure_logging
 from activities.vault import Vault, VaultSettings
 from devstack.stack import ROOT, Stack, StackInfo, tool
-from starter import start_purchase
-from tests.e2e.conftest import CloudControl
-from worker import Settings, build_activities
+from tests.e2e.conftest import CloudControl, new_request, run_in_process_worker, write_only_token
 from workflows.contracts import PurchaseRequest, workflow_id_for
-from workflows.provision import ProvisionMailTenant
 
 
 def encodings(password: str) -> dict[str, bytes]:
@@ -91,72 +87,6 @@ def worker_log(tmp_path: Path) -> Iterator[Path]:
         yield path
     root.handlers[:], _ = saved
     root.setLevel(saved[1])
-
-
-async def run_worker_and(
-    info: StackInfo,
-    client: Client,
-    task_queue: str,
-    vault_token_file: Path | None,
-    request: PurchaseRequest,
-    while_running: Callable[[], Awaitable[None]] | None = None,
-) -> tuple[str, BaseException | None]:
-    """Run one purchase on an in-process worker; returns (workflow id, failure or None)."""
-    env = dict(info.worker_env)
-    if vault_token_file is not None:
-        env["VAULT_TOKEN_FILE"] = str(vault_token_file)
-    settings = replace(Settings.from_env(env), task_queue=task_queue)
-    async with build_activities(settings) as acts:
-        worker = Worker(
-            client,
-            task_queue=task_queue,
-            workflows=[ProvisionMailTenant],
-            activities=acts,
-            interceptors=[LogContextInterceptor()],
-        )
-        async with worker:
-            handle, _ = await start_purchase(client, request, task_queue)
-            if while_running is not None:
-                await while_running()
-            try:
-                await handle.result()
-            except WorkflowFailureError as err:
-                return handle.id, err
-    return handle.id, None
-
-
-def new_request(info: StackInfo) -> PurchaseRequest:
-    suffix = uuid.uuid4().hex[:8]
-    return PurchaseRequest.parse(
-        {
-            "purchase_id": f"leak-{suffix}",
-            "tenant_id": f"leak-{suffix}",
-            "domain": f"leak{suffix}.example",
-            "plan": "starter",
-            "requested_by": "leak-scan",
-            "notify_url": info.notify_url,
-        }
-    )
-
-
-def write_only_token(info: StackInfo, tmp_path: Path) -> Path:
-    """A token that can get data keys but not write records: the store step must fail."""
-    root = hvac.Client(
-        url=info.vault_addr, token=(info.state_dir / "vault" / "root.token").read_text().strip()
-    )
-    root.sys.create_or_update_policy(
-        "leak-scan-no-kv",
-        (
-            'path "transit/datakey/plaintext/mail-credentials" { capabilities = ["update"] }\n'
-            'path "smtp/data/+/admin" { capabilities = ["read"] }\n'
-        ),
-    )
-    token = root.auth.token.create(policies=["leak-scan-no-kv"], no_default_policy=True, ttl="1h")[
-        "auth"
-    ]["client_token"]
-    path = tmp_path / "no-kv.token"
-    path.write_text(token)
-    return path
 
 
 def history_blobs(info: StackInfo, workflow_id: str) -> dict[str, bytes]:
@@ -226,7 +156,7 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
     runs: dict[str, tuple[PurchaseRequest, str, BaseException | None]] = {}
 
     ok = new_request(info)
-    runs["success"] = (ok, *await run_worker_and(info, client, task_queue, None, ok))
+    runs["success"] = (ok, *await run_in_process_worker(info, client, task_queue, None, ok))
 
     retried = new_request(info)
 
@@ -243,13 +173,17 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
 
     runs["retried credentials"] = (
         retried,
-        *await run_worker_and(info, client, task_queue, None, retried, fail_the_first_admin_import),
+        *await run_in_process_worker(
+            info, client, task_queue, None, retried, fail_the_first_admin_import
+        ),
     )
 
     failing = new_request(info)
     runs["failed after credentials"] = (
         failing,
-        *await run_worker_and(info, client, task_queue, write_only_token(info, tmp_path), failing),
+        *await run_in_process_worker(
+            info, client, task_queue, write_only_token(info, tmp_path), failing
+        ),
     )
 
     assert runs["success"][2] is None
