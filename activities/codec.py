@@ -21,7 +21,8 @@ import base64
 import dataclasses
 import json
 import secrets
-from collections.abc import Iterable, Sequence
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -138,5 +139,28 @@ def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
     )
 
 
-def key_ids(payloads: Iterable[Payload]) -> set[str]:
-    return {p.metadata.get(KEY_ID_METADATA, b"").decode() for p in payloads}
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m activities.codec new|rotate FILE KEY_ID`: manage a key-ring file."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m activities.codec", description=main.__doc__)
+    parser.add_argument("action", choices=["new", "rotate"])
+    parser.add_argument("file", type=Path)
+    parser.add_argument("key_id")
+    args = parser.parse_args(argv)
+    try:
+        if args.action == "new":
+            if args.file.exists():
+                raise CodecKeyError(f"{args.file} exists; use rotate")
+            KeyRing.generate(args.key_id).write(args.file)
+        else:
+            KeyRing.from_file(args.file).rotated(args.key_id).write(args.file)
+    except CodecKeyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{args.file}: current key is now {args.key_id!r}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -78,3 +78,15 @@ async def test_failures_are_encoded_too() -> None:
     await converter.encode_failure(ApplicationError("host 203.0.113.7 refused"), failure)
     assert "203.0.113.7" not in failure.message
     assert failure.encoded_attributes.metadata["encoding"] == ENCODING
+
+
+def test_key_ring_command_creates_and_rotates(tmp_path: Path) -> None:
+    from activities.codec import main
+
+    path = tmp_path / "ring.json"
+    assert main(["new", str(path), "2026-11"]) == 0
+    assert main(["new", str(path), "again"]) == 2
+    assert main(["rotate", str(path), "2027-05"]) == 0
+    ring = KeyRing.from_file(path)
+    assert ring.current_id == "2027-05" and set(ring.keys) == {"2026-11", "2027-05"}
+    assert main(["rotate", str(path), "2027-05"]) == 2
