@@ -268,8 +268,8 @@ async def cmd_credentials(args: argparse.Namespace) -> int:
 
 async def cmd_audit_verify(args: argparse.Namespace) -> int:
     """Check the audit log's hash chain; name the first row that does not fit."""
-    location = args.audit or os.environ.get("MAILPROV_AUDIT_DSN") or os.environ.get(
-        "MAILPROV_AUDIT_DB"
+    location = (
+        args.audit or os.environ.get("MAILPROV_AUDIT_DSN") or os.environ.get("MAILPROV_AUDIT_DB")
     )
     if not location:
         raise StarterError("--audit, MAILPROV_AUDIT_DSN or MAILPROV_AUDIT_DB is required", 2)

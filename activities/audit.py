@@ -30,9 +30,8 @@ from workflows.contracts import AuditEvent
 
 GENESIS_HASH = "0" * 64
 
-SQLITE_SCHEMA = """
-CREATE TABLE IF NOT EXISTS audit_events (
-    seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+# One row layout for both stores; only the key column's type differs.
+ROW_COLUMNS = """
     event_key  TEXT NOT NULL UNIQUE,
     event      TEXT NOT NULL,
     tenant_id  TEXT NOT NULL,
@@ -41,25 +40,20 @@ CREATE TABLE IF NOT EXISTS audit_events (
     details    TEXT NOT NULL,
     prev_hash  TEXT NOT NULL,
     row_hash   TEXT NOT NULL
-);
+"""
+
+SQLITE_SCHEMA = f"""
+CREATE TABLE IF NOT EXISTS audit_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,{ROW_COLUMNS});
 CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 """
 
-POSTGRES_SCHEMA = """
+POSTGRES_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS audit_events (
-    seq        BIGSERIAL PRIMARY KEY,
-    event_key  TEXT NOT NULL UNIQUE,
-    event      TEXT NOT NULL,
-    tenant_id  TEXT NOT NULL,
-    user_id    TEXT NOT NULL,
-    timestamp  TEXT NOT NULL,
-    details    TEXT NOT NULL,
-    prev_hash  TEXT NOT NULL,
-    row_hash   TEXT NOT NULL
-);
+    seq BIGSERIAL PRIMARY KEY,{ROW_COLUMNS});
 CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit log is append-only'; END $$;
 CREATE OR REPLACE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events

@@ -71,14 +71,17 @@ class _ActivityLogContext(ActivityInboundInterceptor):
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
         info = activity.info()
         tenant = next((arg.tenant_id for arg in input.args if hasattr(arg, "tenant_id")), None)
-        with structlog.contextvars.bound_contextvars(
+        # Each activity runs in its own asyncio task, i.e. its own context copy, so the
+        # binding cannot leak into another activity; it is left in place on purpose so the
+        # SDK's own "completing activity as failed" line after us carries it too.
+        structlog.contextvars.bind_contextvars(
             workflow_id=info.workflow_id,
             run_id=info.workflow_run_id,
             activity=info.activity_type,
             attempt=info.attempt,
             tenant_id=tenant,
-        ):
-            return await self.next.execute_activity(input)
+        )
+        return await self.next.execute_activity(input)
 
 
 def configure_logging(level: int = logging.INFO, stream: Any = None) -> None:

@@ -27,7 +27,7 @@ import httpx
 
 from activities.credentials import read_admin_credentials
 from activities.vault import Vault, VaultSettings
-from devstack.stack import ROOT, Stack, StackInfo
+from devstack.stack import Stack, StackInfo
 
 
 def say(message: str) -> None:
@@ -36,18 +36,8 @@ def say(message: str) -> None:
 
 def run_starter(info: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
     """Run starter.py as a user would; its progress (stderr) streams to the terminal."""
-    command = [
-        sys.executable,
-        str(ROOT / "starter.py"),
-        "--address",
-        info.temporal_address,
-        "--codec-keys-file",
-        str(info.codec_keys_file),
-    ]
-    if info.temporal_ui_url:
-        command += ["--ui-url", info.temporal_ui_url]
     return subprocess.run(
-        [*command, *args], stdout=subprocess.PIPE, stderr=None, text=True, check=False
+        info.starter_command(*args), stdout=subprocess.PIPE, stderr=None, text=True, check=False
     )
 
 

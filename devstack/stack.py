@@ -115,6 +115,20 @@ class StackInfo:
     def audit_db(self) -> Path:
         return self.state_dir / "audit.db"
 
+    def starter_command(self, *args: str) -> list[str]:
+        """starter.py as a user runs it against this stack."""
+        command = [
+            sys.executable,
+            str(ROOT / "starter.py"),
+            "--address",
+            self.temporal_address,
+            "--codec-keys-file",
+            str(self.codec_keys_file),
+        ]
+        if self.temporal_ui_url:
+            command += ["--ui-url", self.temporal_ui_url]
+        return [*command, *args]
+
     @property
     def worker_log(self) -> Path:
         return self.state_dir / "logs" / "worker.log"

@@ -56,9 +56,12 @@ async def impersonate_the_server(info: StackInfo, request: PurchaseRequest, ipv4
         agent_path=None,
         config=None,
     ) as conn:
-        async with conn.start_sftp_client() as sftp, sftp.open(
-            "/etc/ssh/ssh_host_ed25519_key", "w", asyncssh.SFTPAttrs(permissions=0o600)
-        ) as handle:
+        async with (
+            conn.start_sftp_client() as sftp,
+            sftp.open(
+                "/etc/ssh/ssh_host_ed25519_key", "w", asyncssh.SFTPAttrs(permissions=0o600)
+            ) as handle,
+        ):
             await handle.write(intruder.export_private_key().decode())
         result = await conn.run("systemctl reload ssh", check=False)
         assert result.exit_status == 0, result.stderr

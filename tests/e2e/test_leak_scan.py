@@ -19,7 +19,6 @@ import binascii
 import json
 import logging
 import subprocess
-import sys
 import urllib.parse
 import uuid
 from collections.abc import Iterator
@@ -37,7 +36,7 @@ from activities.audit import SqliteAuditStore
 from activities.credentials import read_admin_credentials
 from activities.logs import configure_logging
 from activities.vault import Vault, VaultSettings
-from devstack.stack import ROOT, Stack, StackInfo, tool
+from devstack.stack import Stack, StackInfo, tool
 from tests.e2e.conftest import CloudControl, new_request, run_in_process_worker, write_only_token
 from workflows.contracts import PurchaseRequest, workflow_id_for
 
@@ -195,36 +194,13 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
     # The starter, as an operator runs it, on each finished run.
     starter_output = b""
     for request, _, _ in runs.values():
-        shown = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "starter.py"),
-                "--address",
-                info.temporal_address,
-                "--codec-keys-file",
-                str(info.codec_keys_file),
-                "result",
-                request.purchase_id,
-            ],
-            capture_output=True,
-            check=False,
-        )
-        starter_output += shown.stdout + shown.stderr
-        status = subprocess.run(
-            [
-                sys.executable,
-                str(ROOT / "starter.py"),
-                "--address",
-                info.temporal_address,
-                "--codec-keys-file",
-                str(info.codec_keys_file),
-                "status",
-                request.purchase_id,
-            ],
-            capture_output=True,
-            check=False,
-        )
-        starter_output += status.stdout + status.stderr
+        for command in ("result", "status"):
+            shown = subprocess.run(
+                info.starter_command(command, request.purchase_id),
+                capture_output=True,
+                check=False,
+            )
+            starter_output += shown.stdout + shown.stderr
 
     places: dict[str, bytes] = {}
     for label, (request, workflow_id, _) in runs.items():
@@ -245,6 +221,15 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
 
     found = {place: count(blob, capture.passwords) for place, blob in places.items()}
     assert found == dict.fromkeys(places, 0)
+
+    # Every log line an activity wrote is JSON naming its workflow, run, activity and tenant.
+    lines = [json.loads(line) for line in worker_log.read_text().splitlines()]
+    activity_lines = [line for line in lines if "activity" in line]
+    assert len(activity_lines) >= 10
+    tenants = {r.tenant_id for r, _, _ in runs.values()}
+    for line in activity_lines:
+        assert line["workflow_id"].startswith("purchase-run-")
+        assert line["run_id"] and line["tenant_id"] in tenants
 
     # The scanner itself works: each encoding of a real password is found when present,
     # and the success run's password is the one that really logs in.

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import smtplib
-import ssl
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,7 @@ from activities.audit import SqliteAuditStore
 from activities.credentials import read_admin_credentials
 from activities.crypto import ENVELOPE_PREFIX
 from activities.vault import CREDENTIAL_FIELDS, Vault
+from devstack.demo import smtp_login
 from devstack.stack import Stack, StackInfo, tool
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl
@@ -29,17 +30,6 @@ async def provision(client: Client, raw: dict[str, Any]) -> ProvisionResult:
     assert is_new
     result: ProvisionResult = await handle.result()
     return result
-
-
-def smtp_auth(host: str, port: int, cert_pem: str, tmp: Path, user: str, password: str) -> int:
-    cafile = tmp / "vps-cert.pem"
-    cafile.write_text(cert_pem)
-    context = ssl.create_default_context(cafile=str(cafile))
-    context.check_hostname = False
-    with smtplib.SMTP(host, port, timeout=15) as smtp:
-        smtp.starttls(context=context)
-        code, _ = smtp.login(user, password)
-    return code
 
 
 def audit_rows(info: StackInfo, workflow_id: str) -> list[Any]:
@@ -77,24 +67,12 @@ async def test_purchase_is_provisioned_and_stored_credentials_log_in_over_smtp(
     assert record.data["created_at"].endswith("Z")
 
     credentials = read_admin_credentials(reader_vault, purchase["tenant_id"])
-    code = smtp_auth(
-        result.ipv4,
-        info.smtp_port,
-        cloud.tls_cert(result.server_id),
-        tmp_path,
-        credentials.username,
-        credentials.password,
-    )
-    assert code == 235
+    cafile = tmp_path / "vps-cert.pem"
+    cafile.write_text(cloud.tls_cert(result.server_id))
+    login = functools.partial(smtp_login, result.ipv4, info.smtp_port, cafile)
+    assert login(credentials.username, credentials.password).startswith("235 ")
     with pytest.raises(smtplib.SMTPAuthenticationError):
-        smtp_auth(
-            result.ipv4,
-            info.smtp_port,
-            cloud.tls_cert(result.server_id),
-            tmp_path,
-            credentials.username,
-            credentials.password[::-1],
-        )
+        login(credentials.username, credentials.password[::-1])
 
     workflow_id = workflow_id_for(purchase["purchase_id"])
     [row] = audit_rows(info, workflow_id)
