@@ -310,6 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--task-queue", default=os.environ.get("MAILPROV_TASK_QUEUE", DEFAULT_TASK_QUEUE)
     )
     parser.add_argument(
+        "--codec-keys-file",
+        default=os.environ.get("MAILPROV_CODEC_KEYS_FILE"),
+        help="payload encryption key ring, the same as the worker's",
+    )
+    parser.add_argument(
         "--ui-url",
         default=os.environ.get("TEMPORAL_UI_URL"),
         help="Temporal Web UI base URL, to print a link to the run",

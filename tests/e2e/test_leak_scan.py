@@ -193,13 +193,15 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
 
     # The starter, as an operator runs it, on each finished run.
     starter_output = b""
-    for request, _, _ in runs.values():
+    for label, (request, _, failure) in runs.items():
         for command in ("result", "status"):
             shown = subprocess.run(
                 info.starter_command(command, request.purchase_id),
                 capture_output=True,
                 check=False,
             )
+            expected = 1 if command == "result" and failure is not None else 0
+            assert shown.returncode == expected, (label, command, shown.stderr)
             starter_output += shown.stdout + shown.stderr
 
     places: dict[str, bytes] = {}

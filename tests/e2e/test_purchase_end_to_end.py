@@ -244,3 +244,47 @@ async def test_worker_killed_mid_run_is_survived_without_duplicates(
     record = reader_vault.read_credentials(purchase["tenant_id"])
     assert record is not None and record.version == result.vault_version == 1
     assert len(audit_rows(info, handle.id)) == 1
+
+
+def test_starter_cli_shows_progress_and_exits_clearly(
+    info: StackInfo, purchase: dict[str, Any]
+) -> None:
+    def starter(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            info.starter_command(*args), capture_output=True, text=True, timeout=120, check=False
+        )
+
+    flags = [
+        "--purchase-id",
+        purchase["purchase_id"],
+        "--tenant-id",
+        purchase["tenant_id"],
+        "--domain",
+        purchase["domain"],
+        "--plan",
+        "starter",
+        "--requested-by",
+        "cli",
+    ]
+    done = starter("start", *flags, "--wait")
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["tenant_id"] == purchase["tenant_id"]
+    for step in ("validate_input", "create_server", "rotate_host_key", "notify"):
+        assert step in done.stderr
+    assert "[10/10] notify" in done.stderr
+
+    again = starter("start", *flags, "--wait")
+    assert again.returncode == 0
+    assert "never provisioned twice" in again.stderr
+    assert json.loads(again.stdout) == json.loads(done.stdout)
+
+    bad = starter("start", *[f if f != purchase["tenant_id"] else "Bad_Tenant" for f in flags])
+    assert bad.returncode == 2
+    assert "field 'tenant_id'" in bad.stderr
+
+    missing = starter("status", "no-such-purchase")
+    assert missing.returncode == 3
+    assert "no purchase 'no-such-purchase'" in missing.stderr
+
+    status = starter("status", purchase["purchase_id"])
+    assert json.loads(status.stdout)["state"] == "completed"
