@@ -20,9 +20,13 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from temporalio.api.enums.v1 import TaskQueueType
+from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
     WorkflowFailureError,
@@ -48,6 +52,9 @@ from workflows.contracts import (
     PurchaseRequest,
     workflow_id_for,
 )
+
+# A query needs a live worker; do not let a missing one stall the CLI.
+QUERY_TIMEOUT = timedelta(seconds=5)
 
 
 class StarterError(Exception):
@@ -89,7 +96,9 @@ async def start_purchase(
 
 
 async def query_status(handle: WorkflowHandle[Any, Any]) -> ProvisionStatus:
-    status: ProvisionStatus = await handle.query("status", result_type=ProvisionStatus)
+    status: ProvisionStatus = await handle.query(
+        "status", result_type=ProvisionStatus, rpc_timeout=QUERY_TIMEOUT
+    )
     return status
 
 
@@ -217,13 +226,41 @@ async def cmd_status(args: argparse.Namespace) -> int:
     client = await _connect(args)
     handle = client.get_workflow_handle(workflow_id_for(args.purchase_id))
     try:
-        status = await query_status(handle)
+        description = await handle.describe()
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise StarterError(f"no purchase {args.purchase_id!r} ({handle.id})", 3) from None
         raise
-    print(json.dumps(asdict(status), indent=2), flush=True)
+    # Queries are answered by a worker: with none polling, say what the server knows
+    # instead of waiting for an answer that cannot come.
+    problem = None
+    if await _has_workflow_pollers(client, args.namespace, description.task_queue):
+        try:
+            answer: dict[str, Any] = asdict(await query_status(handle))
+        except (RPCError, WorkflowQueryFailedError) as err:
+            problem = str(err)
+    else:
+        problem = f"no worker is polling task queue {description.task_queue!r}"
+    if problem is not None:
+        answer = {
+            "purchase_id": args.purchase_id,
+            "state": description.status.name.lower() if description.status else "unknown",
+            "steps": [],
+            "note": f"no step details: {problem}; state is from the server",
+        }
+    print(json.dumps(answer, indent=2), flush=True)
     return 0
+
+
+async def _has_workflow_pollers(client: Client, namespace: str, task_queue: str) -> bool:
+    response = await client.workflow_service.describe_task_queue(
+        DescribeTaskQueueRequest(
+            namespace=namespace,
+            task_queue=TaskQueue(name=task_queue),
+            task_queue_type=TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW,
+        )
+    )
+    return len(response.pollers) > 0
 
 
 async def cmd_result(args: argparse.Namespace) -> int:
@@ -366,4 +403,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: the Temporal client's Rust threads can abort a
+    # finishing short-lived process (temporalio/sdk-python#300), turning a clean exit
+    # code into SIGABRT. Output is flushed above; nothing else needs tearing down.
+    os._exit(code)

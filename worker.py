@@ -210,4 +210,9 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown: the Temporal client's Rust threads can abort a process
+    # while it finalizes (temporalio/sdk-python#300), turning a clean drain into SIGABRT.
+    os._exit(code)
