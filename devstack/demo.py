@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import smtplib
 import ssl
@@ -22,12 +23,14 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from activities.credentials import read_admin_credentials
 from activities.vault import Vault, VaultSettings
-from devstack.stack import Stack, StackInfo
+from devstack.stack import Stack, StackInfo, tool
+from workflows.contracts import workflow_id_for
 
 
 def say(message: str) -> None:
@@ -70,6 +73,52 @@ def prove_credentials(info: StackInfo, result: dict[str, object]) -> None:
         str(result["ipv4"]), info.smtp_port, cafile, credentials.username, credentials.password
     )
     say(f"  SMTP AUTH as {credentials.username} at {result['ipv4']}:{info.smtp_port}: {reply}")
+
+
+def show_history_encryption(info: StackInfo, workflow_id: str) -> None:
+    """What the Temporal server stores, and what an operator sees through the codec server."""
+    show = [
+        tool("temporal"),
+        "workflow",
+        "show",
+        "--address",
+        info.temporal_address,
+        "-w",
+        workflow_id,
+        "--output",
+        "json",
+    ]
+    stored = json.loads(subprocess.run(show, capture_output=True, check=True).stdout)
+    decoded_run = subprocess.run(
+        [
+            *show,
+            "--codec-endpoint",
+            info.codec_url,
+            "--codec-auth",
+            "Bearer " + info.codec_token_file.read_text().strip(),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    decoded = json.loads(decoded_run.stdout)
+    encodings = [p["metadata"]["encoding"] for p in _payloads(stored)]
+    encrypted = sum(base64.b64decode(e) == b"binary/encrypted" for e in encodings)
+    started = decoded["events"][0]["workflowExecutionStartedEventAttributes"]["input"]
+    first_input = base64.b64decode(started["payloads"][0]["data"]).decode()
+    say(
+        f"  the Temporal server holds {encrypted} of {len(encodings)} payloads encrypted; through "
+        f"the codec server an operator sees the input:\n    {first_input[:110]}..."
+    )
+
+
+def _payloads(node: object) -> list[dict[str, Any]]:
+    if isinstance(node, dict):
+        if "metadata" in node and "encoding" in node.get("metadata", {}):
+            return [node]
+        return [p for value in node.values() for p in _payloads(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _payloads(value)]
+    return []
 
 
 def count_servers(info: StackInfo, purchase_id: str) -> int:
@@ -121,6 +170,9 @@ async def demo(state_dir: Path) -> int:
 
         say("\nproving the stored credentials work:")
         prove_credentials(info, result)
+
+        say("\npayload encryption (temporal workflow show, without and with --codec-endpoint):")
+        show_history_encryption(info, workflow_id_for(purchase_id))
 
         say(f"\nsubmitting purchase {purchase_id} again:")
         again = run_starter(info, *request)
