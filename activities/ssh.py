@@ -3,7 +3,7 @@
 A freshly created VPS has no host key anyone could know in advance, so trust on
 first use would accept a man in the middle. Instead the worker makes the server's
 ed25519 host key itself, hands it to the server in cloud-init `user_data`, and
-pins the public half for every later connection (`known_hosts=None` is never used).
+pins the public half for every later connection: a host key is never left unchecked.
 
 The host key is derived (HKDF) from the worker's SSH identity and the server
 name, not drawn at random: a create call retried after a crash must present the
