@@ -129,9 +129,9 @@ class StackInfo:
             command += ["--ui-url", self.temporal_ui_url]
         return [*command, *args]
 
-    @property
-    def worker_log(self) -> Path:
-        return self.state_dir / "logs" / "worker.log"
+    def worker_logs(self) -> list[Path]:
+        """One file per worker process started (worker.log, worker-2.log, ...)."""
+        return sorted((self.state_dir / "logs").glob("worker*.log"))
 
 
 class Stack:
@@ -311,7 +311,12 @@ class Stack:
         env: dict[str, str] | None = None,
         stdout: int | None = None,
     ) -> Process:
+        # One log per process, so "ready" lines and log scans never mix two processes.
         log_path = self.info.state_dir / "logs" / f"{name}.log"
+        generation = 1
+        while log_path.exists():
+            generation += 1
+            log_path = log_path.with_name(f"{name}-{generation}.log")
         log_file = open(log_path, "ab")  # noqa: SIM115 - closed in Process.stop
         popen = subprocess.Popen(
             args,

@@ -210,7 +210,7 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
             places[f"{name}: {label}"] = blob
         places[f"vault outside envelope: {label}"] = vault_outside_envelope(info, request.tenant_id)
     places["worker log (in-process)"] = worker_log.read_bytes()
-    places["worker log (stack)"] = info.worker_log.read_bytes()
+    places["worker logs (stack)"] = b"".join(p.read_bytes() for p in info.worker_logs())
     places["starter output"] = starter_output
     places["audit rows"] = json.dumps(
         [r.__dict__ for r in SqliteAuditStore(info.audit_db).rows()]

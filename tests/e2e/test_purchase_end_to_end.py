@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import json
+import signal
 import smtplib
 import subprocess
 from pathlib import Path
@@ -244,6 +245,26 @@ async def test_worker_killed_mid_run_is_survived_without_duplicates(
     record = reader_vault.read_credentials(purchase["tenant_id"])
     assert record is not None and record.version == result.vault_version == 1
     assert len(audit_rows(info, handle.id)) == 1
+
+
+async def test_sigterm_drains_the_running_activity_then_exits_cleanly(
+    stack: Stack, client: Client, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    spare = await stack.start_worker()
+    [draining] = [p for p in stack.processes("worker") if p is not spare]
+    handle, _ = await start_purchase(client, PurchaseRequest.parse(purchase), "mail-provisioning")
+    for _ in range(400):
+        if (await handle.query("status"))["current_step"] == "configure_mailu":
+            break
+        await asyncio.sleep(0.05)
+    draining.popen.send_signal(signal.SIGTERM)
+    assert await asyncio.to_thread(draining.popen.wait, 30) == 0
+    assert "draining" in draining.log_tail(50)
+    result = await handle.result()
+    assert [s["id"] for s in cloud.servers_of(purchase["purchase_id"])] == [result.server_id]
+    stack.stop_process(draining)
+    await stack.start_worker()
+    stack.stop_process(spare)
 
 
 def test_starter_cli_shows_progress_and_exits_clearly(
