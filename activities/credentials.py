@@ -30,7 +30,6 @@ from workflows.contracts import (
     MailuTarget,
     SealedCredentials,
     admin_username_for,
-    vault_secret_path_for,
 )
 
 
@@ -42,7 +41,7 @@ class CredentialsActivities:
     @activity.defn(name="create_admin_credentials")
     async def create_admin_credentials(self, target: MailuTarget) -> SealedCredentials:
         username = admin_username_for(target.domain)
-        vault_path = f"{self._vault.settings.kv_mount}/{vault_secret_path_for(target.tenant_id)}"
+        vault_path = self._vault.record_path(target.tenant_id)
         password = generate_password()
         try:
             data_key = await asyncio.to_thread(self._vault.generate_data_key, target.tenant_id)
@@ -82,7 +81,7 @@ def read_admin_credentials(vault: Vault, tenant_id: str) -> AdminCredentials:
     record = vault.read_credentials(tenant_id)
     if record is None:
         raise CredentialsNotFound(f"no credentials stored for tenant {tenant_id!r}")
-    vault_path = f"{vault.settings.kv_mount}/{vault_secret_path_for(tenant_id)}"
+    vault_path = vault.record_path(tenant_id)
     envelope = parse_envelope(record.data["password"])
     if envelope.kek != vault.kek:
         raise EnvelopeError(f"envelope key {envelope.kek!r} is not this Vault's {vault.kek!r}")

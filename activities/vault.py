@@ -74,6 +74,10 @@ class Vault:
         self.settings = settings
         self._client = hvac.Client(url=settings.url, token=settings.token, timeout=15)
 
+    def record_path(self, tenant_id: str) -> str:
+        """The full path of a tenant's record, e.g. `smtp/acme/admin`: bound into the envelope."""
+        return f"{self.settings.kv_mount}/{vault_secret_path_for(tenant_id)}"
+
     @property
     def kek(self) -> str:
         return f"{self.settings.transit_mount}/{self.settings.transit_key}"
@@ -110,21 +114,29 @@ class Vault:
         return base64.b64decode(response["data"]["plaintext"])
 
     def read_credentials(self, tenant_id: str) -> CredentialsRecord | None:
-        path = vault_secret_path_for(tenant_id)
+        """The current record, or None if there is none (never written, or withdrawn)."""
+        data, version = self.latest(tenant_id)
+        return CredentialsRecord(data, version) if data is not None else None
+
+    def latest(self, tenant_id: str) -> tuple[dict[str, str] | None, int]:
+        """The latest version's data (None if soft-deleted) and number (0 if never written).
+
+        Check-and-set must name the latest version even when it was withdrawn,
+        or a tenant whose earlier provisioning was compensated could never be written.
+        """
         try:
             response = self._call(
                 "kv read",
                 self._client.secrets.kv.v2.read_secret_version,
-                path=path,
+                path=vault_secret_path_for(tenant_id),
                 mount_point=self.settings.kv_mount,
                 raise_on_deleted_version=False,
             )
         except hvac.exceptions.InvalidPath:
-            return None
+            return None, 0
         data = response["data"]
-        if data.get("data") is None:  # latest version deleted
-            return None
-        return CredentialsRecord(dict(data["data"]), int(data["metadata"]["version"]))
+        version = int(data["metadata"]["version"])
+        return (dict(data["data"]) if data.get("data") is not None else None), version
 
     def write_credentials(self, tenant_id: str, record: dict[str, str], cas: int) -> int:
         """Write with check-and-set: `cas=0` only creates, `cas=N` only replaces version N."""
@@ -205,29 +217,27 @@ class VaultActivities:
             raise vault_failure(err) from None
 
     def _remove(self, request: RemoveCredentialsRequest) -> bool:
-        current = self._vault.read_credentials(request.tenant_id)
-        if current is None or current.version != request.version:
+        data, version = self._vault.latest(request.tenant_id)
+        if data is None or version != request.version:
             return False
         self._vault.delete_version(request.tenant_id, request.version)
         return True
 
     def _store(self, request: StoreCredentialsRequest) -> StoredCredentials:
         tenant = request.tenant_id
-        vault_path = f"{self._vault.settings.kv_mount}/{vault_secret_path_for(tenant)}"
-        current = self._vault.read_credentials(tenant)
-        if current and current.data.get("password") == request.credentials.password_envelope:
-            return StoredCredentials(vault_path, current.version, current.data["created_at"])
+        vault_path = self._vault.record_path(tenant)
+        current, version = self._vault.latest(tenant)
+        if current and current.get("password") == request.credentials.password_envelope:
+            return StoredCredentials(vault_path, version, current["created_at"])
         now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
         record = {
             "username": request.credentials.username,
             "password": request.credentials.password_envelope,
             "webmail_url": request.webmail_url,
             # A tenant provisioned again keeps its first creation date; this is a rotation.
-            "created_at": current.data.get("created_at", now) if current else now,
+            "created_at": current.get("created_at", now) if current else now,
             "last_rotated": now,
             "rotation_policy": ROTATION_POLICY,
         }
-        version = self._vault.write_credentials(
-            tenant, record, cas=current.version if current else 0
-        )
-        return StoredCredentials(vault_path, version, record["created_at"])
+        written = self._vault.write_credentials(tenant, record, cas=version)
+        return StoredCredentials(vault_path, written, record["created_at"])

@@ -18,11 +18,17 @@ from typing import Any
 import hvac
 import hvac.exceptions
 import pytest
+from temporalio.testing import ActivityEnvironment
 
 from activities.credentials import CredentialsNotFound, read_admin_credentials
 from activities.crypto import ENVELOPE_PREFIX, DataKey, EnvelopeError, seal
-from activities.vault import Vault, VaultError
+from activities.vault import Vault, VaultActivities, VaultError
 from devstack.stack import ROOT, StackInfo
+from workflows.contracts import (
+    RemoveCredentialsRequest,
+    SealedCredentials,
+    StoreCredentialsRequest,
+)
 
 TENANT = "policy-tenant"
 CONTEXT = base64.b64encode(TENANT.encode()).decode()
@@ -290,3 +296,37 @@ def test_credentials_command_prints_them_and_fails_clearly(
     )
     assert missing.returncode == 3
     assert "no credentials stored for tenant 'rb-nobody'" in missing.stderr
+
+
+# ------------------------------------------------------------------ the worker's writes
+
+
+async def test_store_is_idempotent_withdrawable_and_writable_again(
+    worker_vault: Vault, reader_vault: Vault
+) -> None:
+    activities = VaultActivities(worker_vault)
+    env = ActivityEnvironment()
+    tenant = f"cas-{secrets.token_hex(4)}"
+
+    def request(envelope: str) -> StoreCredentialsRequest:
+        return StoreCredentialsRequest(
+            tenant, SealedCredentials("admin@cas.example", envelope), "https://mail.cas.example"
+        )
+
+    first = await env.run(activities.store_credentials, request(ENVELOPE_PREFIX + "one"))
+    assert first.version == 1
+    # A retry of the same write (its answer was lost) adds no version.
+    again = await env.run(activities.store_credentials, request(ENVELOPE_PREFIX + "one"))
+    assert again == first
+    # Compensation withdraws it; the reader then finds nothing.
+    assert await env.run(activities.remove_credentials, RemoveCredentialsRequest(tenant, 1))
+    assert reader_vault.read_credentials(tenant) is None
+    assert not await env.run(activities.remove_credentials, RemoveCredentialsRequest(tenant, 1))
+    # The tenant can be provisioned again after a compensated run.
+    second = await env.run(activities.store_credentials, request(ENVELOPE_PREFIX + "two"))
+    assert second.version == 2
+    record = reader_vault.read_credentials(tenant)
+    assert record is not None and record.data["password"] == ENVELOPE_PREFIX + "two"
+    # A newer version is never withdrawn by an older run's compensation.
+    assert not await env.run(activities.remove_credentials, RemoveCredentialsRequest(tenant, 1))
+    assert reader_vault.read_credentials(tenant) is not None
