@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import ctypes
 import errno
 import hmac
 import ipaddress
@@ -44,6 +43,7 @@ from devstack import hetzner
 from devstack.faults import FaultBook, FaultRule, FaultSpecError, VpsFaults
 from devstack.hetzner import ApiError, invalid_input, iso
 from devstack.mailu import MailuStore
+from devstack.processes import die_with_parent, free_port
 
 log = logging.getLogger("devstack.cloud")
 
@@ -57,24 +57,6 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 # --- process helpers ---------------------------------------------------------------------
-
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:
-    """Runs in the child before exec: the kernel sends SIGTERM if the cloud dies.
-
-    Without it a crashed cloud (or a killed test run) would leave SSH servers behind
-    holding the ports the next run wants.
-    """
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _bindable(ip: str, port: int) -> bool:
@@ -691,7 +673,7 @@ class LocalCloud:
                 stderr=vps_log,
                 cwd=server.state_dir,
                 env=env,
-                preexec_fn=_die_with_parent,
+                preexec_fn=die_with_parent,
             )
         server.process = process
         assert process.stdin is not None and process.stdout is not None

@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import base64
 import json
+import signal
 import smtplib
 import ssl
 import subprocess
@@ -22,6 +23,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -191,14 +193,18 @@ async def up(state_dir: Path) -> int:
         info = await stack.start(progress=lambda step: say(f"stack: {step}"))
         say(
             f"\nstack is up (Ctrl-C stops it). Web UI: {info.temporal_ui_url}\n"
+            "In another terminal:\n"
             f"  export TEMPORAL_ADDRESS={info.temporal_address}"
             f" MAILPROV_CODEC_KEYS_FILE={info.codec_keys_file}\n"
-            f"  python starter.py start --purchase-id p-1 --tenant-id acme "
-            f"--domain acme.example --plan starter --requested-by me --wait\n"
-            f"  temporal workflow show -w purchase-p-1 --address {info.temporal_address}"
+            f"  export VAULT_ADDR={info.vault_addr} VAULT_TOKEN_FILE={info.reader_token_file}\n"
+            "  .venv/bin/python starter.py start --purchase-id p-1 --tenant-id acme"
+            f" --domain acme.example --plan starter --requested-by me"
+            f" --notify-url {info.notify_url} --wait\n"
+            "  .venv/bin/python starter.py credentials acme\n"
+            f"  .venv/bin/temporal workflow show -w purchase-p-1 --address {info.temporal_address}"
             f" --codec-endpoint {info.codec_url}"
             f' --codec-auth "Bearer $(cat {info.codec_token_file})"\n'
-            f"  notify sink: {info.notify_url}   logs: {info.state_dir / 'logs'}"
+            f"logs: {info.state_dir / 'logs'}"
         )
         while True:
             await asyncio.sleep(3600)
@@ -211,13 +217,24 @@ def main() -> int:
     args = parser.parse_args()
     state_dir = args.state_dir or Path(tempfile.mkdtemp(prefix="mailprov-demo-"))
     started = time.monotonic()
-    try:
-        code = asyncio.run(up(state_dir) if args.up else demo(state_dir))
-    except KeyboardInterrupt:
+    code = asyncio.run(until_signalled(up(state_dir) if args.up else demo(state_dir)))
+    if code == 130:
         say("\ninterrupted: everything the demo started has been stopped")
-        return 130
-    say(f"(took {time.monotonic() - started:.0f}s; state and logs in {state_dir})")
+    else:
+        say(f"(took {time.monotonic() - started:.0f}s; state and logs in {state_dir})")
     return code
+
+
+async def until_signalled(run: Coroutine[Any, Any, int]) -> int:
+    """Run the demo; Ctrl-C or SIGTERM cancels it, and `async with Stack` stops everything."""
+    task = asyncio.ensure_future(run)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        return 130
 
 
 if __name__ == "__main__":

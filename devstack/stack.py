@@ -20,7 +20,6 @@ import os
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -36,18 +35,13 @@ from temporalio.client import Client
 from activities.codec import KeyRing
 from activities.ssh import SshIdentity
 from deploy.vault_bootstrap import bootstrap
+from devstack.processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 class StackError(Exception):
     """A part of the stack did not start; the message names it and its log file."""
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def tool(name: str) -> str:
@@ -325,6 +319,7 @@ class Stack:
             stdin=subprocess.DEVNULL,
             stdout=stdout if stdout is not None else log_file,
             stderr=log_file,
+            preexec_fn=die_with_parent,
         )
         process = Process(name, popen, log_path, log_file)
         self._processes.append(process)

@@ -23,8 +23,9 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from devstack.cloud import LocalCloud, free_port
+from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
+from devstack.processes import free_port
 
 TOKEN = "devstack-test-token"
 COMPOSE = "docker compose -p mailu -f /mailu/docker-compose.yml"
