@@ -31,7 +31,7 @@ import httpx
 
 from activities.credentials import read_admin_credentials
 from activities.vault import Vault, VaultSettings
-from devstack.stack import Stack, StackInfo, tool
+from devstack.stack import Stack, StackInfo
 from workflows.contracts import workflow_id_for
 
 
@@ -79,30 +79,8 @@ def prove_credentials(info: StackInfo, result: dict[str, object]) -> None:
 
 def show_history_encryption(info: StackInfo, workflow_id: str) -> None:
     """What the Temporal server stores, and what an operator sees through the codec server."""
-    show = [
-        tool("temporal"),
-        "workflow",
-        "show",
-        "--address",
-        info.temporal_address,
-        "-w",
-        workflow_id,
-        "--output",
-        "json",
-    ]
-    stored = json.loads(subprocess.run(show, capture_output=True, check=True).stdout)
-    decoded_run = subprocess.run(
-        [
-            *show,
-            "--codec-endpoint",
-            info.codec_url,
-            "--codec-auth",
-            "Bearer " + info.codec_token_file.read_text().strip(),
-        ],
-        capture_output=True,
-        check=True,
-    )
-    decoded = json.loads(decoded_run.stdout)
+    stored = json.loads(info.workflow_history(workflow_id, decoded=False))
+    decoded = json.loads(info.workflow_history(workflow_id, decoded=True))
     encodings = [p["metadata"]["encoding"] for p in _payloads(stored)]
     encrypted = sum(base64.b64decode(e) == b"binary/encrypted" for e in encodings)
     started = decoded["events"][0]["workflowExecutionStartedEventAttributes"]["input"]

@@ -123,6 +123,28 @@ class StackInfo:
             command += ["--ui-url", self.temporal_ui_url]
         return [*command, *args]
 
+    def workflow_history(self, workflow_id: str, *, decoded: bool) -> bytes:
+        """`temporal workflow show --output json`, as stored or through the codec server."""
+        command = [
+            tool("temporal"),
+            "workflow",
+            "show",
+            "--address",
+            self.temporal_address,
+            "-w",
+            workflow_id,
+            "--output",
+            "json",
+        ]
+        if decoded:
+            command += [
+                "--codec-endpoint",
+                self.codec_url,
+                "--codec-auth",
+                "Bearer " + self.codec_token_file.read_text().strip(),
+            ]
+        return subprocess.run(command, capture_output=True, check=True).stdout
+
     def worker_logs(self) -> list[Path]:
         """One file per worker process started (worker.log, worker-2.log, ...)."""
         return sorted((self.state_dir / "logs").glob("worker*.log"))

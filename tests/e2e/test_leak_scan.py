@@ -36,7 +36,7 @@ from activities.audit import SqliteAuditStore
 from activities.credentials import read_admin_credentials
 from activities.logs import configure_logging
 from activities.vault import Vault, VaultSettings
-from devstack.stack import Stack, StackInfo, tool
+from devstack.stack import Stack, StackInfo
 from tests.e2e.conftest import CloudControl, new_request, run_in_process_worker, write_only_token
 from workflows.contracts import PurchaseRequest, workflow_id_for
 
@@ -89,30 +89,10 @@ def worker_log(tmp_path: Path) -> Iterator[Path]:
 
 
 def history_blobs(info: StackInfo, workflow_id: str) -> dict[str, bytes]:
-    base = [
-        tool("temporal"),
-        "workflow",
-        "show",
-        "--address",
-        info.temporal_address,
-        "-w",
-        workflow_id,
-        "--output",
-        "json",
-    ]
-    stored = subprocess.run(base, capture_output=True, check=True).stdout
-    decoded = subprocess.run(
-        [
-            *base,
-            "--codec-endpoint",
-            info.codec_url,
-            "--codec-auth",
-            "Bearer " + info.codec_token_file.read_text().strip(),
-        ],
-        capture_output=True,
-        check=True,
-    ).stdout
-    return {"history (stored)": stored, "history (codec-decoded)": decoded}
+    return {
+        "history (stored)": info.workflow_history(workflow_id, decoded=False),
+        "history (codec-decoded)": info.workflow_history(workflow_id, decoded=True),
+    }
 
 
 def vault_outside_envelope(info: StackInfo, tenant_id: str) -> bytes:
