@@ -1,0 +1,64 @@
+"""Worker configuration: every missing or malformed setting is named in the error."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from devstack.stack import ROOT
+from worker import ConfigError, Settings
+
+COMPLETE = {
+    "HCLOUD_TOKEN": "t",
+    "MAILPROV_SSH_KEY_FILE": "/etc/mailprov/id_ed25519",
+    "VAULT_ADDR": "http://127.0.0.1:8200",
+    "VAULT_TOKEN": "v",
+    "MAILPROV_CODEC_KEYS_FILE": "/etc/mailprov/codec-keys.json",
+}
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = Settings.from_env(COMPLETE)
+    assert settings.task_queue == "mail-provisioning"
+    assert settings.temporal_address == "localhost:7233"
+    assert settings.hcloud_api_url == "https://api.hetzner.cloud/v1"
+    assert settings.ssh_port == 22
+    assert settings.vault.kv_mount == "smtp"
+    assert settings.audit_store == "audit.db"
+
+
+@pytest.mark.parametrize("missing", sorted(COMPLETE))
+def test_each_required_setting_is_named_when_missing(missing: str) -> None:
+    env = {k: v for k, v in COMPLETE.items() if k != missing}
+    with pytest.raises(ConfigError, match=missing):
+        Settings.from_env(env)
+
+
+def test_malformed_and_file_settings(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="MAILPROV_SSH_PORT must be a whole number"):
+        Settings.from_env({**COMPLETE, "MAILPROV_SSH_PORT": "twenty-two"})
+    with pytest.raises(ConfigError, match=r"VAULT_TOKEN_FILE=.*No such file"):
+        Settings.from_env({**COMPLETE, "VAULT_TOKEN_FILE": str(tmp_path / "absent")})
+    token = tmp_path / "token"
+    token.write_text("from-file\n")
+    assert Settings.from_env({**COMPLETE, "VAULT_TOKEN_FILE": str(token)}).vault.token == (
+        "from-file"
+    )
+    dsn = "postgresql://audit@db/audit"
+    assert Settings.from_env({**COMPLETE, "MAILPROV_AUDIT_DSN": dsn}).audit_store == dsn
+
+
+def test_worker_exits_2_with_the_variable_named() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "worker.py")],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin"},
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "HCLOUD_TOKEN or HCLOUD_TOKEN_FILE is required" in result.stderr
