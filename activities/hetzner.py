@@ -164,5 +164,11 @@ def _error_from(response: httpx.Response) -> ProviderError:
             retry_after = max(1.0, int(reset) - time.time())
     retryable = code in RETRYABLE_CODES or response.status_code >= 500
     return ProviderError(
-        code, message, retryable=retryable, status=response.status_code, retry_after=retry_after
+        code,
+        message,
+        retryable=retryable,
+        status=response.status_code,
+        retry_after=retry_after,
+        name_taken=code == "uniqueness_error",
+        not_found=code == "not_found",
     )

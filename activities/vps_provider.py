@@ -41,21 +41,17 @@ class ProviderError(Exception):
         retryable: bool,
         status: int | None = None,
         retry_after: float | None = None,
+        name_taken: bool = False,
+        not_found: bool = False,
     ) -> None:
         super().__init__(f"{code}: {message}" + (f" (HTTP {status})" if status else ""))
-        self.code = code
+        self.code = code  # the provider's own code, kept for messages and audit
         self.message = message
         self.retryable = retryable
         self.status = status
         self.retry_after = retry_after
-
-    @property
-    def name_taken(self) -> bool:
-        return self.code == "uniqueness_error"
-
-    @property
-    def not_found(self) -> bool:
-        return self.code == "not_found"
+        self.name_taken = name_taken  # create met an existing server of that name
+        self.not_found = not_found
 
 
 @dataclass(frozen=True)

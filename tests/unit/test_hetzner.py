@@ -57,6 +57,8 @@ async def test_every_documented_error_code_is_classified(code: str) -> None:
     assert err.value.code == code
     assert err.value.retryable is retryable
     assert err.value.status == status
+    assert err.value.name_taken is (code == "uniqueness_error")
+    assert err.value.not_found is (code == "not_found")
     failure = provider_failure(err.value)
     assert failure.non_retryable is (not retryable)
     assert failure.type == f"Provider.{code}"
