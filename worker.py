@@ -28,9 +28,9 @@ from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
-from activities.mailu import MailuActivities, SshSettings
+from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
-from activities.ssh import SshIdentity
+from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
 from activities.vault import Vault, VaultActivities, VaultSettings
 from activities.vps_provider import VpsActivities
 from workflows.contracts import DEFAULT_TASK_QUEUE
@@ -125,7 +125,8 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
         raise ConfigError(f"MAILPROV_SSH_KEY_FILE={settings.ssh_key_file}: {err}") from None
     hetzner = HetznerClient(settings.hcloud_token, settings.hcloud_api_url)
     vault = Vault(settings.vault)
-    mailu = MailuActivities(identity, SshSettings(port=settings.ssh_port))
+    access = ServerAccess(identity, port=settings.ssh_port)
+    mailu = MailuActivities(access)
     vps = VpsActivities(hetzner, identity)
     vault_activities = VaultActivities(vault)
     try:
@@ -134,9 +135,9 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
             vps.wait_for_server,
             vps.set_reverse_dns,
             vps.delete_server,
-            mailu.rotate_host_key,
+            SshTrustActivities(access).rotate_host_key,
             mailu.configure_mailu,
-            CredentialsActivities(vault, mailu).create_admin_credentials,
+            CredentialsActivities(vault, access).create_admin_credentials,
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
             AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,

@@ -24,7 +24,8 @@ from activities.crypto import (
     parse_envelope,
     seal,
 )
-from activities.mailu import MailuActivities, MailuCommandError, mailu_failure
+from activities.mailu import MailuHost
+from activities.ssh import RemoteCommandError, ServerAccess, command_failure
 from activities.vault import Vault, VaultError, vault_failure
 from workflows.contracts import (
     MailuTarget,
@@ -34,9 +35,9 @@ from workflows.contracts import (
 
 
 class CredentialsActivities:
-    def __init__(self, vault: Vault, mailu: MailuActivities) -> None:
+    def __init__(self, vault: Vault, access: ServerAccess) -> None:
         self._vault = vault
-        self._mailu = mailu
+        self._access = access
 
     @activity.defn(name="create_admin_credentials")
     async def create_admin_credentials(self, target: MailuTarget) -> SealedCredentials:
@@ -48,12 +49,11 @@ class CredentialsActivities:
         except VaultError as err:
             raise vault_failure(err) from None
         envelope = seal(password, data_key, target.tenant_id, vault_path)
-        conn, mailu = await self._mailu.open(target)
-        async with conn:
+        async with await self._access.open(target) as conn:
             try:
-                await mailu.set_admin(username, password)
-            except MailuCommandError as err:
-                raise mailu_failure(err) from None
+                await MailuHost(conn).set_admin(username, password)
+            except RemoteCommandError as err:
+                raise command_failure(err) from None
         activity.logger.info("admin credentials set and sealed", extra={"username": username})
         return SealedCredentials(username=username, password_envelope=envelope)
 

@@ -17,51 +17,29 @@ import asyncio
 import json
 import secrets
 import shlex
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from string import Template
 
 import asyncssh
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
-from activities.ssh import HostKeyMismatch, SshIdentity, connect_pinned, host_key_files
+from activities.ssh import (
+    RemoteCommandError,
+    ServerAccess,
+    command_failure,
+    run_remote,
+    sftp_write,
+)
 from workflows.contracts import MailuTarget
 
 MAILU_VERSION = "2024.06"
 MAILU_DIR = "/mailu"
 COMPOSE = f"docker compose -p mailu -f {MAILU_DIR}/docker-compose.yml"
 CONFIG_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -u -"
-HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
-
-
-class MailuCommandError(Exception):
-    """A command on the VPS exited non-zero. Carries no stdin, so no secret."""
-
-    def __init__(self, command: str, exit_status: int | None, stderr: str) -> None:
-        super().__init__(f"`{command}` exited {exit_status}: {stderr.strip()[:500]}")
-        self.command = command
-        self.exit_status = exit_status
-
-
-# Exit 126/127: the shell could not run the program (no docker on this image); a
-# retry meets the same server. Anything else (containers starting, DB not ready) may pass.
-FINAL_EXIT_STATUSES = frozenset({126, 127})
-
-
-def mailu_failure(err: MailuCommandError) -> ApplicationError:
-    final = err.exit_status in FINAL_EXIT_STATUSES
-    return ApplicationError(
-        str(err),
-        type="MailuCommandNotFound" if final else "MailuCommandFailed",
-        non_retryable=final,
-    )
 
 
 @dataclass(frozen=True)
-class SshSettings:
-    port: int = 22
-    username: str = "root"
+class MailuSettings:
     admin_health_timeout: float = 600.0
     poll_interval: float = 2.0
 
@@ -69,9 +47,11 @@ class SshSettings:
 class MailuHost:
     """One MailU installation, reached over an already-trusted SSH connection."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection, settings: SshSettings) -> None:
+    def __init__(
+        self, conn: asyncssh.SSHClientConnection, settings: MailuSettings | None = None
+    ) -> None:
         self._conn = conn
-        self._settings = settings
+        self._settings = settings or MailuSettings()
 
     async def write_config(self, domain: str) -> None:
         """Upload mailu.env (0600: it holds SECRET_KEY) and docker-compose.yml."""
@@ -84,8 +64,8 @@ class MailuHost:
                 async with sftp.open(env_path, "r") as existing:
                     secret_key = _env_value(str(await existing.read()), "SECRET_KEY")
             env = render_mailu_env(domain, secret_key or secrets.token_hex(16))
-            await _sftp_write(sftp, env_path, env, 0o600)
-            await _sftp_write(sftp, f"{MAILU_DIR}/docker-compose.yml", render_compose(), 0o644)
+            await sftp_write(sftp, env_path, env, 0o600)
+            await sftp_write(sftp, f"{MAILU_DIR}/docker-compose.yml", render_compose(), 0o644)
 
     async def compose_up(self) -> None:
         await self.run(f"{COMPOSE} up -d")
@@ -107,7 +87,7 @@ class MailuHost:
             if health == "healthy":
                 return
             await asyncio.sleep(self._settings.poll_interval)
-        raise MailuCommandError(f"{COMPOSE} ps", 0, f"admin container still {health!r}")
+        raise RemoteCommandError(f"{COMPOSE} ps", 0, f"admin container still {health!r}")
 
     async def ensure_domain(self, domain: str) -> None:
         """`flask mailu domain` creates the domain only if it is missing (manage.py)."""
@@ -128,94 +108,26 @@ class MailuHost:
         await self.run(CONFIG_IMPORT, stdin=json.dumps(document))
 
     async def run(self, command: str, stdin: str | None = None) -> str:
-        result = await self._conn.run(command, input=stdin, check=False, timeout=300)
-        if result.exit_status != 0:
-            raise MailuCommandError(command, result.exit_status, str(result.stderr or ""))
-        return str(result.stdout or "")
+        return await run_remote(self._conn, command, stdin)
 
 
 class MailuActivities:
-    def __init__(self, identity: SshIdentity, settings: SshSettings) -> None:
-        self._identity = identity
-        self._settings = settings
-
-    async def open(
-        self, target: MailuTarget, also_trust: Sequence[str] = ()
-    ) -> tuple[asyncssh.SSHClientConnection, MailuHost]:
-        """Connect to the VPS with its pinned host key; translates trust failures."""
-        try:
-            conn = await connect_pinned(
-                target.ipv4,
-                [target.host_public_key, *also_trust],
-                self._identity,
-                port=self._settings.port,
-                username=self._settings.username,
-            )
-        except HostKeyMismatch as err:
-            raise ApplicationError(str(err), type="HostKeyMismatch", non_retryable=True) from None
-        except (OSError, asyncssh.Error) as err:
-            raise ApplicationError(
-                f"ssh to {target.ipv4}:{self._settings.port} failed: {err}", type="SshUnavailable"
-            ) from None
-        return conn, MailuHost(conn, self._settings)
-
-    @activity.defn(name="rotate_host_key")
-    async def rotate_host_key(self, target: MailuTarget) -> str:
-        """Replace the host key the provider saw in user_data; return the new one to pin.
-
-        The new key is derived (generation 2), so a retry after a crash mid-rotation
-        trusts either key, finds the rotation done or redoes it, and returns the same
-        answer. It reaches the server only over the channel authenticated by the
-        generation-1 key, and the provider never stores it.
-        """
-        new_key, new_public = host_key_files(self._identity.host_key_for(target.server_name, 2))
-        conn, mailu = await self.open(target, also_trust=[new_public])
-        async with conn:
-            presented = conn.get_server_host_key()
-            if presented is not None and _same_key(presented, new_public):
-                return new_public
-            try:
-                async with conn.start_sftp_client() as sftp:
-                    await _sftp_write(sftp, HOST_KEY_PATH + ".new", new_key.decode(), 0o600)
-                    await _sftp_write(sftp, HOST_KEY_PATH + ".pub.new", new_public + "\n", 0o644)
-                    await sftp.posix_rename(HOST_KEY_PATH + ".new", HOST_KEY_PATH)
-                    await sftp.posix_rename(HOST_KEY_PATH + ".pub.new", HOST_KEY_PATH + ".pub")
-                # sshd reads host keys per new connection after a reload; this session stays.
-                await mailu.run("systemctl reload ssh")
-            except (MailuCommandError, asyncssh.SFTPError) as err:
-                raise ApplicationError(
-                    f"host key rotation failed: {err}", type="HostKeyRotation"
-                ) from None
-        # Prove the server now presents the new key before anything relies on it.
-        check, _ = await self.open(replace(target, host_public_key=new_public))
-        check.close()
-        activity.logger.info("host key rotated and re-pinned")
-        return new_public
+    def __init__(self, access: ServerAccess, settings: MailuSettings | None = None) -> None:
+        self._access = access
+        self._settings = settings or MailuSettings()
 
     @activity.defn(name="configure_mailu")
     async def configure_mailu(self, target: MailuTarget) -> None:
         """Install MailU's configuration, start it, wait for it, create the domain."""
-        conn, mailu = await self.open(target)
-        async with conn:
+        async with await self._access.open(target) as conn:
+            mailu = MailuHost(conn, self._settings)
             try:
                 await mailu.write_config(target.domain)
                 await mailu.compose_up()
                 await mailu.wait_admin_healthy()
                 await mailu.ensure_domain(target.domain)
-            except MailuCommandError as err:
-                raise mailu_failure(err) from None
-
-
-def _same_key(presented: asyncssh.SSHKey, public_line: str) -> bool:
-    return bool(presented.public_data == asyncssh.import_public_key(public_line).public_data)
-
-
-async def _sftp_write(sftp: asyncssh.SFTPClient, path: str, content: str, mode: int) -> None:
-    # Open with the final mode so the file is never readable by others, not even briefly.
-    attrs = asyncssh.SFTPAttrs(permissions=mode)
-    async with sftp.open(path, "w", attrs) as handle:
-        await handle.write(content)
-    await sftp.chmod(path, mode)
+            except RemoteCommandError as err:
+                raise command_failure(err) from None
 
 
 def _env_value(env: str, key: str) -> str | None:

@@ -9,21 +9,32 @@ The host key is derived (HKDF) from the worker's SSH identity and the server
 name, not drawn at random: a create call retried after a crash must present the
 same key the first attempt gave the server it may already have made, and the
 private key must not pass through workflow history to get there.
+
+Because the provider keeps user_data, the first trusted session replaces that key
+with a second derived one the provider never sees (`rotate_host_key`).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import asyncssh
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from workflows.contracts import MailuTarget
 
 HOST_KEY_INFO = b"mail-provisioning/host-key/v1:"
+HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
+# Exit 126/127: the shell could not run the program (say, no docker on this image);
+# a retry meets the same server. Any other failure (containers starting) may pass.
+FINAL_EXIT_STATUSES = frozenset({126, 127})
 
 
 class HostKeyMismatch(Exception):
@@ -134,6 +145,111 @@ async def connect_pinned(
         raise HostKeyMismatch(
             f"{host}:{port} presented a host key other than the one pinned for it"
         ) from err
+
+
+class RemoteCommandError(Exception):
+    """A command on the server exited non-zero. Carries no stdin, so no secret."""
+
+    def __init__(self, command: str, exit_status: int | None, stderr: str) -> None:
+        super().__init__(f"`{command}` exited {exit_status}: {stderr.strip()[:500]}")
+        self.command = command
+        self.exit_status = exit_status
+
+
+def command_failure(err: RemoteCommandError) -> ApplicationError:
+    final = err.exit_status in FINAL_EXIT_STATUSES
+    return ApplicationError(
+        str(err),
+        type="RemoteCommandNotFound" if final else "RemoteCommandFailed",
+        non_retryable=final,
+    )
+
+
+async def run_remote(
+    conn: asyncssh.SSHClientConnection, command: str, stdin: str | None = None
+) -> str:
+    """Run one command; secrets go in `stdin`, never in `command` (argv is public)."""
+    result = await conn.run(command, input=stdin, check=False, timeout=300)
+    if result.exit_status != 0:
+        raise RemoteCommandError(command, result.exit_status, str(result.stderr or ""))
+    return str(result.stdout or "")
+
+
+async def sftp_write(sftp: asyncssh.SFTPClient, path: str, content: str, mode: int) -> None:
+    # Open with the final mode so the file is never readable by others, not even briefly.
+    attrs = asyncssh.SFTPAttrs(permissions=mode)
+    async with sftp.open(path, "w", attrs) as handle:
+        await handle.write(content)
+    await sftp.chmod(path, mode)
+
+
+class ServerAccess:
+    """Trusted SSH sessions to the servers we provision, as Temporal errors on failure."""
+
+    def __init__(self, identity: SshIdentity, port: int = 22, username: str = "root") -> None:
+        self.identity = identity
+        self.port = port
+        self.username = username
+
+    async def open(
+        self, target: MailuTarget, also_trust: Sequence[str] = ()
+    ) -> asyncssh.SSHClientConnection:
+        try:
+            return await connect_pinned(
+                target.ipv4,
+                [target.host_public_key, *also_trust],
+                self.identity,
+                port=self.port,
+                username=self.username,
+            )
+        except HostKeyMismatch as err:
+            raise ApplicationError(str(err), type="HostKeyMismatch", non_retryable=True) from None
+        except (OSError, asyncssh.Error) as err:
+            raise ApplicationError(
+                f"ssh to {target.ipv4}:{self.port} failed: {err}", type="SshUnavailable"
+            ) from None
+
+
+class SshTrustActivities:
+    def __init__(self, access: ServerAccess) -> None:
+        self._access = access
+
+    @activity.defn(name="rotate_host_key")
+    async def rotate_host_key(self, target: MailuTarget) -> str:
+        """Replace the host key the provider saw in user_data; return the new one to pin.
+
+        The new key is derived (generation 2), so a retry after a crash mid-rotation
+        trusts either key, finds the rotation done or redoes it, and returns the same
+        answer. It reaches the server only over the channel authenticated by the
+        generation-1 key, and the provider never stores it.
+        """
+        identity = self._access.identity
+        new_key, new_public = host_key_files(identity.host_key_for(target.server_name, 2))
+        async with await self._access.open(target, also_trust=[new_public]) as conn:
+            presented = conn.get_server_host_key()
+            if presented is not None and _same_key(presented, new_public):
+                return new_public
+            try:
+                async with conn.start_sftp_client() as sftp:
+                    await sftp_write(sftp, HOST_KEY_PATH + ".new", new_key.decode(), 0o600)
+                    await sftp_write(sftp, HOST_KEY_PATH + ".pub.new", new_public + "\n", 0o644)
+                    await sftp.posix_rename(HOST_KEY_PATH + ".new", HOST_KEY_PATH)
+                    await sftp.posix_rename(HOST_KEY_PATH + ".pub.new", HOST_KEY_PATH + ".pub")
+                # sshd reads host keys per new connection after a reload; this session stays.
+                await run_remote(conn, "systemctl reload ssh")
+            except (RemoteCommandError, asyncssh.SFTPError) as err:
+                raise ApplicationError(
+                    f"host key rotation failed: {err}", type="HostKeyRotation"
+                ) from None
+        # Prove the server now presents the new key before anything relies on it.
+        check = await self._access.open(replace(target, host_public_key=new_public))
+        check.close()
+        activity.logger.info("host key rotated and re-pinned")
+        return new_public
+
+
+def _same_key(presented: asyncssh.SSHKey, public_line: str) -> bool:
+    return bool(presented.public_data == asyncssh.import_public_key(public_line).public_data)
 
 
 def _openssh_private(key: Ed25519PrivateKey) -> bytes:

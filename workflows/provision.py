@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.credentials import CredentialsActivities
     from activities.mailu import MailuActivities
     from activities.notify import NotifyActivities
+    from activities.ssh import SshTrustActivities
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
 
@@ -168,7 +169,7 @@ class ProvisionMailTenant:
                 server.host_public_key,
             )
             new_host_key: str = await self._step(
-                "rotate_host_key", MailuActivities.rotate_host_key, target, ROTATE_HOST_KEY
+                "rotate_host_key", SshTrustActivities.rotate_host_key, target, ROTATE_HOST_KEY
             )
             target = replace(target, host_public_key=new_host_key)
             await self._step(

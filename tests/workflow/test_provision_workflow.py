@@ -246,7 +246,7 @@ async def test_status_query_lists_every_step_done(harness: Harness) -> None:
         ("create_server", "Hetzner.rate_limit_exceeded"),
         ("wait_for_server", "ServerNotReady"),
         ("configure_mailu", "SshUnavailable"),
-        ("create_admin_credentials", "MailuCommandFailed"),
+        ("create_admin_credentials", "RemoteCommandFailed"),
         ("store_credentials", "VaultError"),
         ("record_audit_event", "OperationalError"),
         ("notify_customer", "NotifyUnreachable"),
@@ -309,7 +309,7 @@ COMPENSATED_STEPS = [
     ("wait_for_server", "ServerBootFailed"),
     ("set_reverse_dns", "Provider.invalid_input"),
     ("rotate_host_key", "HostKeyMismatch"),
-    ("configure_mailu", "MailuCommandFailed"),
+    ("configure_mailu", "RemoteCommandFailed"),
     ("create_admin_credentials", "VaultError"),
     ("store_credentials", "VaultError"),
     ("record_audit_event", "IntegrityError"),
@@ -344,7 +344,7 @@ async def test_final_failure_after_the_server_exists_is_compensated(
 
 async def test_keep_server_on_failure_skips_deletion_but_still_audits(harness: Harness) -> None:
     harness.world.failures["configure_mailu"] = [
-        ApplicationError("compose up failed", type="MailuCommandFailed", non_retryable=True)
+        ApplicationError("compose up failed", type="RemoteCommandFailed", non_retryable=True)
     ]
     with pytest.raises(WorkflowFailureError):
         await harness.run(purchase(keep_server_on_failure=True))
