@@ -67,6 +67,33 @@ async def impersonate_the_server(info: StackInfo, request: PurchaseRequest, ipv4
         assert result.exit_status == 0, result.stderr
 
 
+def fail_reverse_dns(
+    cloud: CloudControl, server_id: int, status: int, code: str, times: int
+) -> None:
+    cloud.inject(
+        method="POST",
+        path=f"/v1/servers/{server_id}/actions/change_dns_ptr",
+        status=status,
+        code=code,
+        message=f"injected {code}",
+        times=times,
+    )
+
+
+def without_docker(
+    cloud: CloudControl, request: PurchaseRequest, match: str
+) -> Callable[[], Awaitable[None]]:
+    """Once the server exists, its commands containing `match` fail as if docker were missing."""
+
+    async def inject() -> None:
+        server = await server_of(cloud, request.purchase_id)
+        cloud.inject_command_fault(
+            server["id"], match, exit_status=127, stderr="sh: 1: docker: not found"
+        )
+
+    return inject
+
+
 def failure_rows(info: StackInfo, workflow_id: str) -> list[Any]:
     return [
         r
@@ -125,14 +152,7 @@ async def test_reverse_dns_refused(
 
     async def refuse_ptr() -> None:
         server = await server_of(cloud, request.purchase_id)
-        cloud.inject(
-            method="POST",
-            path=f"/v1/servers/{server['id']}/actions/change_dns_ptr",
-            status=400,
-            code="invalid_input",
-            message="dns_ptr not allowed",
-            times=1,
-        )
+        fail_reverse_dns(cloud, server["id"], 400, "invalid_input", times=1)
 
     workflow_id, cause = await provision_expecting_failure(client, request, refuse_ptr)
     assert "invalid_input" in cause.message
@@ -147,14 +167,7 @@ async def test_host_key_mismatch_stops_the_run_and_is_audited(
     async def intercept() -> None:
         server = await server_of(cloud, request.purchase_id)
         # Hold the run before its first SSH login while the intruder takes over.
-        cloud.inject(
-            method="POST",
-            path=f"/v1/servers/{server['id']}/actions/change_dns_ptr",
-            status=503,
-            code="unavailable",
-            message="hold on",
-            times=3,
-        )
+        fail_reverse_dns(cloud, server["id"], 503, "unavailable", times=3)
         running = await server_of(cloud, request.purchase_id, status="running")
         await impersonate_the_server(info, request, running["public_net"]["ipv4"]["ip"])
 
@@ -177,13 +190,9 @@ async def test_mailu_cannot_run(
 ) -> None:
     request = new_request(info)
 
-    async def no_docker() -> None:
-        server = await server_of(cloud, request.purchase_id)
-        cloud.inject_command_fault(
-            server["id"], match, exit_status=127, stderr="sh: 1: docker: not found"
-        )
-
-    workflow_id, cause = await provision_expecting_failure(client, request, no_docker)
+    workflow_id, cause = await provision_expecting_failure(
+        client, request, without_docker(cloud, request, match)
+    )
     assert "docker: not found" in cause.message
     assert_cleaned_up(info, cloud, reader_vault, request, workflow_id, step)
 
@@ -206,13 +215,9 @@ async def test_keep_server_on_failure_leaves_it_for_debugging(
 ) -> None:
     request = new_request(info, keep_server_on_failure=True)
 
-    async def no_docker() -> None:
-        server = await server_of(cloud, request.purchase_id)
-        cloud.inject_command_fault(
-            server["id"], "up -d", exit_status=127, stderr="sh: 1: docker: not found"
-        )
-
-    workflow_id, _ = await provision_expecting_failure(client, request, no_docker)
+    workflow_id, _ = await provision_expecting_failure(
+        client, request, without_docker(cloud, request, "up -d")
+    )
     assert len(cloud.servers_of(request.purchase_id)) == 1
     [row] = failure_rows(info, workflow_id)
     assert row.details["server_kept"] == "true"
