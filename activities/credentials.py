@@ -1,7 +1,8 @@
 """The one activity that ever holds the admin password in plaintext.
 
-It spans three systems on purpose: generating the password, setting it in MailU
-and encrypting it must happen inside a single activity, because anything an
+It spans three systems on purpose: generating the password, setting it in MailU,
+proving it logs in (SMTP AUTH, activities/smtp_proof.py) and encrypting it must
+happen inside a single activity, because anything an
 activity returns is written to workflow history. What leaves here is the
 encrypted envelope only.
 
@@ -25,6 +26,7 @@ from activities.crypto import (
     seal,
 )
 from activities.mailu import MailuHost
+from activities.smtp_proof import prove_smtp_login
 from activities.ssh import RemoteCommandError, ServerAccess, command_failure
 from activities.vault import Vault, VaultError, vault_failure
 from workflows.contracts import (
@@ -54,7 +56,11 @@ class CredentialsActivities:
                 await MailuHost(conn).set_admin(username, password)
             except RemoteCommandError as err:
                 raise command_failure(err) from None
-        activity.logger.info("admin credentials set and sealed", extra={"username": username})
+            # "VPS ready" only with proof: the password must log in before it is stored.
+            await prove_smtp_login(conn, username, password)
+        activity.logger.info(
+            "admin credentials set, proven by SMTP AUTH and sealed", extra={"username": username}
+        )
         return SealedCredentials(username=username, password_envelope=envelope)
 
 

@@ -19,20 +19,25 @@ import secrets
 import shlex
 from dataclasses import dataclass
 from string import Template
+from typing import Any
 
 import asyncssh
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.cloud_init import wait_for_cloud_init
 from activities.ssh import (
     RemoteCommandError,
     ServerAccess,
     command_failure,
     run_remote,
+    run_remote_heartbeating,
     sftp_write,
 )
 from workflows.contracts import MailuTarget
 
 MAILU_VERSION = "2024.06"
+COMPOSE_UP_TIMEOUT = 15 * 60.0
 MAILU_DIR = "/mailu"
 COMPOSE = f"docker compose -p mailu -f {MAILU_DIR}/docker-compose.yml"
 CONFIG_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -u -"
@@ -67,8 +72,28 @@ class MailuHost:
             await sftp_write(sftp, env_path, env, 0o600)
             await sftp_write(sftp, f"{MAILU_DIR}/docker-compose.yml", render_compose(), 0o644)
 
+    async def check_compose(self) -> None:
+        """`docker compose version` must answer before anything else runs.
+
+        127 (no docker) is final via command_failure; Debian's `docker.io` without the
+        Compose v2 plugin answers 125/unknown command, also a broken install.
+        """
+        try:
+            await self.run("docker compose version")
+        except RemoteCommandError as err:
+            if err.exit_status in (125, 1):
+                raise ApplicationError(
+                    f"Docker Compose v2 is not installed on the server: {err}",
+                    type="DockerComposeMissing",
+                    non_retryable=True,
+                ) from None
+            raise
+
     async def compose_up(self) -> None:
-        await self.run(f"{COMPOSE} up -d")
+        """`up -d` pulls every image on first run: minutes on a real server."""
+        await run_remote_heartbeating(
+            self._conn, f"{COMPOSE} up -d", timeout=COMPOSE_UP_TIMEOUT, what="compose up"
+        )
 
     async def wait_admin_healthy(self) -> None:
         """Poll `docker compose ps` until the admin container reports healthy.
@@ -118,10 +143,13 @@ class MailuActivities:
 
     @activity.defn(name="configure_mailu")
     async def configure_mailu(self, target: MailuTarget) -> None:
-        """Install MailU's configuration, start it, wait for it, create the domain."""
+        """Wait for cloud-init, install MailU's configuration, start it, create the domain."""
         async with await self._access.open(target) as conn:
             mailu = MailuHost(conn, self._settings)
             try:
+                # SSH answers before cloud-init's final stage has installed Docker.
+                await wait_for_cloud_init(conn)
+                await mailu.check_compose()
                 await mailu.write_config(target.domain)
                 await mailu.compose_up()
                 await mailu.wait_admin_healthy()
@@ -138,28 +166,51 @@ def _env_value(env: str, key: str) -> str | None:
     return None
 
 
-def _admin_health(ps_output: str) -> str:
-    """Read `docker compose ps --format json`: one JSON object per line (Compose v2)."""
-    for line in ps_output.splitlines():
-        line = line.strip()
-        if not line:
-            continue
+def ps_containers(ps_output: str) -> list[dict[str, Any]]:
+    """Read `docker compose ps --format json` in both shapes Compose v2 has printed.
+
+    Up to v2.20 it is one JSON array of containers; from v2.21 one JSON object per
+    line (docker/compose v2.21.0 release notes, "ps --format json" as NDJSON).
+    """
+    text = ps_output.strip()
+    if text.startswith("["):
+        try:
+            parsed = json.loads(text)
+        except json.JSONDecodeError:
+            return []
+        return [c for c in parsed if isinstance(c, dict)] if isinstance(parsed, list) else []
+    containers = []
+    for line in text.splitlines():
         try:
             container = json.loads(line)
         except json.JSONDecodeError:
             continue
-        if isinstance(container, dict) and container.get("Service") == "admin":
+        if isinstance(container, dict):
+            containers.append(container)
+    return containers
+
+
+def _admin_health(ps_output: str) -> str:
+    for container in ps_containers(ps_output):
+        if container.get("Service") == "admin":
             if container.get("State") != "running":
                 return str(container.get("State") or "absent")
             return str(container.get("Health") or "running")
     return "absent"
 
 
-# MailU's setup utility output for a compose install (setup/flavors/compose/*),
-# reduced to the settings this product chooses; see the MailU 2024.06 docs.
+# MailU's setup utility output for a compose install, as setup/server.py renders
+# setup/flavors/compose/mailu.env and docker-compose.yml (MailU branch 2024.06) for
+# this product's choices. Every difference from those templates, and why, is listed
+# in docs/providers.md ("MailU files"); comments below name the template setting.
+RESOLVER_IP = "192.168.203.254"
+WELCOME_BODY = (  # the template's default text (WELCOME is off, but setup writes it)
+    "Welcome to your new email account, if you can read this, then it is configured properly!"
+)  # server.py: dns = subnet[-2]
 MAILU_ENV = Template(
     """\
-# Generated by mail-provisioning for MailU $version. SECRET_KEY is this server's own.
+# Generated by mail-provisioning for MailU $version (compose flavor, as MailU's setup
+# renders setup/flavors/compose/mailu.env). SECRET_KEY is this server's own.
 SECRET_KEY=$secret_key
 SUBNET=192.168.203.0/24
 DOMAIN=$domain
@@ -180,12 +231,20 @@ MESSAGE_RATELIMIT=200/day
 RELAYNETS=
 RELAYHOST=
 FETCHMAIL_ENABLED=False
+FETCHMAIL_DELAY=600
 RECIPIENT_DELIMITER=+
 DMARC_RUA=admin
 DMARC_RUF=admin
 WELCOME=false
+WELCOME_SUBJECT=Welcome to your new email account
+WELCOME_BODY=$welcome_body
+COMPRESSION=
+COMPRESSION_LEVEL=
+FULL_TEXT_SEARCH=en
+WEBROOT_REDIRECT=/webmail
 WEB_ADMIN=/admin
 WEB_WEBMAIL=/webmail
+WEB_API=/api
 SITENAME=$domain mail
 WEBSITE=https://$domain
 COMPOSE_PROJECT_NAME=mailu
@@ -193,73 +252,206 @@ CREDENTIAL_ROUNDS=12
 REAL_IP_HEADER=
 REAL_IP_FROM=
 REJECT_UNLISTED_RECIPIENT=
-LOG_LEVEL=WARNING
+LOG_LEVEL=INFO
 TZ=Etc/UTC
+DEFAULT_SPAM_THRESHOLD=80
+API_TOKEN=
+FULL_TEXT_SEARCH_ATTACHMENTS=
 """
 )
 
+# Image references keep MailU's own interpolation (DOCKER_ORG, DOCKER_PREFIX,
+# MAILU_VERSION with defaults), so an operator can switch registry or version in
+# mailu.env's neighbour `.env` exactly as MailU documents it.
+_IMAGE = "$${DOCKER_ORG:-ghcr.io/mailu}/$${DOCKER_PREFIX:-}"
 COMPOSE_FILE = Template(
-    """\
-# Generated by mail-provisioning for MailU $version (compose flavor).
+    f"""\
+# Generated by mail-provisioning for MailU $version, as MailU's setup renders
+# setup/flavors/compose/docker-compose.yml for the compose flavor with: root /mailu,
+# resolver on, roundcube, oletools (macro scanning) on, no antivirus, webdav,
+# fetchmail or tika, IPv4 only, ports published on every address.
 services:
+
   redis:
     image: redis:alpine
     restart: always
-    volumes: ["/mailu/redis:/data"]
+    volumes:
+      - "/mailu/redis:/data"
+    depends_on:
+      - resolver
+    dns:
+      - $resolver
+
   front:
-    image: ghcr.io/mailu/nginx:$version
+    image: {_IMAGE}nginx:$${{MAILU_VERSION:-$version}}
     restart: always
     env_file: mailu.env
-    ports: ["80:80", "443:443", "25:25", "465:465", "587:587", "993:993"]
-    volumes: ["/mailu/certs:/certs", "/mailu/overrides/nginx:/overrides:ro"]
-    depends_on: [resolver]
+    logging:
+      driver: journald
+      options:
+        tag: mailu-front
+    ports:
+      - "80:80"
+      - "443:443"
+      - "25:25"
+      - "465:465"
+      - "587:587"
+      - "110:110"
+      - "995:995"
+      - "143:143"
+      - "993:993"
+      - "4190:4190"
+    networks:
+      - default
+      - webmail
+    volumes:
+      - "/mailu/certs:/certs"
+      - "/mailu/overrides/nginx:/overrides:ro"
+    depends_on:
+      - resolver
+    dns:
+      - $resolver
+
   resolver:
-    image: ghcr.io/mailu/unbound:$version
+    image: {_IMAGE}unbound:$${{MAILU_VERSION:-$version}}
     env_file: mailu.env
+    logging:
+      driver: journald
+      options:
+        tag: mailu-resolver
     restart: always
-    networks: {default: {ipv4_address: 192.168.203.254}}
+    networks:
+      default:
+        ipv4_address: $resolver
+
   admin:
-    image: ghcr.io/mailu/admin:$version
+    image: {_IMAGE}admin:$${{MAILU_VERSION:-$version}}
     restart: always
     env_file: mailu.env
-    volumes: ["/mailu/data:/data", "/mailu/dkim:/dkim"]
-    depends_on: [redis, resolver]
+    logging:
+      driver: journald
+      options:
+        tag: mailu-admin
+    volumes:
+      - "/mailu/data:/data"
+      - "/mailu/dkim:/dkim"
+    depends_on:
+      - redis
+      - resolver
+    dns:
+      - $resolver
+
   imap:
-    image: ghcr.io/mailu/dovecot:$version
+    image: {_IMAGE}dovecot:$${{MAILU_VERSION:-$version}}
     restart: always
     env_file: mailu.env
-    volumes: ["/mailu/mail:/mail", "/mailu/overrides/dovecot:/overrides:ro"]
-    depends_on: [front, resolver]
+    logging:
+      driver: journald
+      options:
+        tag: mailu-imap
+    volumes:
+      - "/mailu/mail:/mail"
+      - "/mailu/overrides/dovecot:/overrides:ro"
+    networks:
+      - default
+    depends_on:
+      - front
+      - resolver
+    dns:
+      - $resolver
+
   smtp:
-    image: ghcr.io/mailu/postfix:$version
+    image: {_IMAGE}postfix:$${{MAILU_VERSION:-$version}}
     restart: always
     env_file: mailu.env
-    volumes: ["/mailu/mailqueue:/queue", "/mailu/overrides/postfix:/overrides:ro"]
-    depends_on: [front, resolver]
+    logging:
+      driver: journald
+      options:
+        tag: mailu-smtp
+    volumes:
+      - "/mailu/mailqueue:/queue"
+      - "/mailu/overrides/postfix:/overrides:ro"
+    depends_on:
+      - front
+      - resolver
+    dns:
+      - $resolver
+
+  oletools:
+    image: {_IMAGE}oletools:$${{MAILU_VERSION:-$version}}
+    hostname: oletools
+    logging:
+      driver: journald
+      options:
+        tag: mailu-oletools
+    restart: always
+    networks:
+      - oletools
+    depends_on:
+      - resolver
+    dns:
+      - $resolver
+
   antispam:
-    image: ghcr.io/mailu/rspamd:$version
+    image: {_IMAGE}rspamd:$${{MAILU_VERSION:-$version}}
     hostname: antispam
     restart: always
     env_file: mailu.env
-    volumes: ["/mailu/filter:/var/lib/rspamd", "/mailu/overrides/rspamd:/overrides:ro"]
-    depends_on: [front, redis, resolver]
+    logging:
+      driver: journald
+      options:
+        tag: mailu-antispam
+    networks:
+      - default
+      - oletools
+    volumes:
+      - "/mailu/filter:/var/lib/rspamd"
+      - "/mailu/overrides/rspamd:/overrides:ro"
+    depends_on:
+      - front
+      - redis
+      - oletools
+      - resolver
+    dns:
+      - $resolver
+
   webmail:
-    image: ghcr.io/mailu/webmail:$version
+    image: {_IMAGE}webmail:$${{MAILU_VERSION:-$version}}
     restart: always
     env_file: mailu.env
-    volumes: ["/mailu/webmail:/data", "/mailu/overrides/roundcube:/overrides:ro"]
-    depends_on: [front]
+    logging:
+      driver: journald
+      options:
+        tag: mailu-webmail
+    volumes:
+      - "/mailu/webmail:/data"
+      - "/mailu/overrides/roundcube:/overrides:ro"
+    networks:
+      - webmail
+    depends_on:
+      - front
+
 networks:
   default:
     driver: bridge
-    ipam: {driver: default, config: [{subnet: 192.168.203.0/24}]}
+    ipam:
+      driver: default
+      config:
+        - subnet: 192.168.203.0/24
+  webmail:
+    driver: bridge
+  oletools:
+    driver: bridge
+    internal: true
 """
 )
 
 
 def render_mailu_env(domain: str, secret_key: str) -> str:
-    return MAILU_ENV.substitute(version=MAILU_VERSION, domain=domain, secret_key=secret_key)
+    return MAILU_ENV.substitute(
+        version=MAILU_VERSION, domain=domain, secret_key=secret_key, welcome_body=WELCOME_BODY
+    )
 
 
 def render_compose() -> str:
-    return COMPOSE_FILE.substitute(version=MAILU_VERSION)
+    return COMPOSE_FILE.substitute(version=MAILU_VERSION, resolver=RESOLVER_IP)

@@ -16,10 +16,12 @@ with a second derived one the provider never sees (`rotate_host_key`).
 
 from __future__ import annotations
 
+import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 from cryptography.hazmat.primitives import hashes, serialization
@@ -92,12 +94,17 @@ class SshIdentity:
         ).derive(seed)
         return Ed25519PrivateKey.from_private_bytes(derived)
 
-    def cloud_init_for(self, server_name: str) -> tuple[str, str]:
+    def cloud_init_for(
+        self, server_name: str, extra: Mapping[str, Any] | None = None
+    ) -> tuple[str, str]:
         """Cloud-init user_data for a new server, and the host public key to pin.
 
         Emitted as JSON, which is valid YAML and so a valid `#cloud-config` body,
         without a YAML dependency. `ssh_keys` and `ssh_authorized_keys` are the
-        documented cloud-init keys for preset host keys and login keys.
+        documented cloud-init keys for preset host keys and login keys; `extra`
+        adds further top-level keys (the Docker install, activities/cloud_init.py).
+        No `ssh_genkeytypes`: cloud-init ignores it when `ssh_keys` is given, and
+        cloud-init 22.4.2's schema refuses the empty list (`[] is too short`).
         """
         host_key = self.host_key_for(server_name)
         host_public = _openssh_public(host_key)
@@ -107,9 +114,9 @@ class SshIdentity:
                 "ed25519_public": host_public,
             },
             "ssh_deletekeys": True,
-            "ssh_genkeytypes": [],
             "ssh_authorized_keys": [self.public_key],
             "disable_root": False,
+            **(extra or {}),
         }
         return "#cloud-config\n" + json.dumps(config, indent=1) + "\n", host_public
 
@@ -150,10 +157,13 @@ async def connect_pinned(
 class RemoteCommandError(Exception):
     """A command on the server exited non-zero. Carries no stdin, so no secret."""
 
-    def __init__(self, command: str, exit_status: int | None, stderr: str) -> None:
+    def __init__(
+        self, command: str, exit_status: int | None, stderr: str, stdout: str = ""
+    ) -> None:
         super().__init__(f"`{command}` exited {exit_status}: {stderr.strip()[:500]}")
         self.command = command
         self.exit_status = exit_status
+        self.stdout = stdout
 
 
 def command_failure(err: RemoteCommandError) -> ApplicationError:
@@ -166,13 +176,53 @@ def command_failure(err: RemoteCommandError) -> ApplicationError:
 
 
 async def run_remote(
-    conn: asyncssh.SSHClientConnection, command: str, stdin: str | None = None
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    stdin: str | None = None,
+    timeout: float = 300.0,
 ) -> str:
     """Run one command; secrets go in `stdin`, never in `command` (argv is public)."""
-    result = await conn.run(command, input=stdin, check=False, timeout=300)
+    try:
+        result = await conn.run(command, input=stdin, check=False, timeout=timeout)
+    except asyncssh.TimeoutError as err:
+        raise RemoteCommandError(command, None, f"no answer within {timeout:.0f}s") from err
     if result.exit_status != 0:
-        raise RemoteCommandError(command, result.exit_status, str(result.stderr or ""))
+        raise RemoteCommandError(
+            command, result.exit_status, str(result.stderr or ""), str(result.stdout or "")
+        )
     return str(result.stdout or "")
+
+
+HEARTBEAT_EVERY = 20.0
+
+
+async def run_remote_heartbeating(
+    conn: asyncssh.SSHClientConnection,
+    command: str,
+    stdin: str | None = None,
+    *,
+    timeout: float,
+    what: str,
+    every: float = HEARTBEAT_EVERY,
+) -> str:
+    """`run_remote` for commands that take minutes (image pulls, cloud-init's installs).
+
+    The activity heartbeats while the command runs, so Temporal's heartbeat timeout
+    notices a dead worker without cutting off a slow but healthy command.
+    """
+    task = asyncio.create_task(run_remote(conn, command, stdin, timeout))
+    waited = 0.0
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=every)
+            if done:
+                return task.result()
+            waited += every
+            if activity.in_activity():
+                activity.heartbeat(f"{what}: still running after {waited:.0f}s")
+    finally:
+        if not task.done():
+            task.cancel()
 
 
 async def sftp_write(sftp: asyncssh.SFTPClient, path: str, content: str, mode: int) -> None:

@@ -19,6 +19,7 @@ from typing import Protocol, TypeVar
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.cloud_init import DockerInstallError, docker_cloud_config
 from activities.ssh import SshIdentity
 from workflows.contracts import ReverseDnsRequest, ServerAddress, ServerHandle, ServerSpec
 
@@ -103,7 +104,11 @@ class VpsActivities:
     @activity.defn(name="create_server")
     async def create_server(self, spec: ServerSpec) -> ServerHandle:
         """Create the server, or adopt the one an earlier attempt already created."""
-        user_data, host_public_key = self._identity.cloud_init_for(spec.name)
+        try:
+            docker = docker_cloud_config(spec.image, spec.docker_install)
+        except DockerInstallError as err:
+            raise ApplicationError(str(err), type="InvalidPlan", non_retryable=True) from None
+        user_data, host_public_key = self._identity.cloud_init_for(spec.name, docker)
         try:
             server, action = await self._provider.create_server(
                 name=spec.name,

@@ -245,8 +245,11 @@ class LocalCloud:
         smtp_port: int,
         subnet: str | None = None,
         boot_seconds: float = 1.0,
+        cloud_init_seconds: float = 2.0,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # How long each new server's cloud-init takes after SSH is up (devstack/cloudinit.py).
+        self.cloud_init_seconds = cloud_init_seconds
         self._token = token
         self.ssh_port = ssh_port
         self.smtp_port = smtp_port
@@ -662,6 +665,8 @@ class LocalCloud:
             "state_dir": str(server.state_dir),
             "user_data": server.user_data,
             "server_name": server.name,
+            "image": server.image,
+            "cloud_init_seconds": self.cloud_init_seconds,
         }
         with (server.state_dir / "vps.log").open("ab") as vps_log:
             process = await asyncio.create_subprocess_exec(
@@ -874,6 +879,12 @@ def _parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--smtp-port", type=int, default=None)
     parser.add_argument("--subnet", default=None, help="a 127.X.Y.0/24; random if omitted")
     parser.add_argument("--boot-seconds", type=float, default=1.0)
+    parser.add_argument(
+        "--cloud-init-seconds",
+        type=float,
+        default=2.0,
+        help="how long a new server's cloud-init (Docker install) runs after SSH is up",
+    )
     return parser.parse_args(argv)
 
 
@@ -889,6 +900,7 @@ async def _serve(args: argparse.Namespace, token: str) -> None:
         smtp_port,
         subnet=args.subnet,
         boot_seconds=args.boot_seconds,
+        cloud_init_seconds=args.cloud_init_seconds,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

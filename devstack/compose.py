@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from devstack.cloudinit import COMPOSE_PLUGIN, DOCKER_BIN, CloudInitRun
 from devstack.mailu import ExecResult, MailuCli, MailuStore, StdinReader
 
 # What ``systemctl reload UNIT`` runs for a unit the machine provides.
@@ -65,6 +66,10 @@ _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
 def _fail(message: str, status: int = 1) -> ExecResult:
     return ExecResult(status, "", message.rstrip("\n") + "\n")
+
+
+def _version_tuple(version: str) -> tuple[int, ...]:
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
 def _ago(seconds: float) -> str:
@@ -133,6 +138,39 @@ def compose_services(text: str) -> list[str]:
     return sorted(names)
 
 
+def _service_block(text: str, service: str) -> list[str]:
+    """The lines of one service in block-style YAML (two-space service indent)."""
+    lines = text.splitlines()
+    block: list[str] = []
+    inside = False
+    for line in lines:
+        if re.match(rf"^  {re.escape(service)}:\s*$", line):
+            inside = True
+            continue
+        if inside:
+            if line.strip() and (len(line) - len(line.lstrip(" "))) <= 2:
+                break
+            block.append(line)
+    return block
+
+
+def admin_resolver_ok(compose_text: str) -> bool:
+    """Would MailU's admin get past ``test_DNS()`` (core/admin/start.py, 2024.06)?
+
+    start.py loops (logging "Your DNS resolver at ... isn't doing DNSSEC validation")
+    until a DNSSEC-validating resolver answers. MailU's setup gives admin
+    ``dns: [RESOLVER_IP]`` and runs unbound (the ``resolver`` service) at that address;
+    a file without both leaves admin on the host's resolver, which the stand-in takes
+    as not validating, so admin never turns healthy.
+    """
+    resolver = "\n".join(_service_block(compose_text, "resolver"))
+    admin = "\n".join(_service_block(compose_text, "admin"))
+    address = re.search(r"ipv4_address:\s*([0-9.]+)", resolver)
+    if address is None:
+        return False
+    return re.search(rf"dns:\s*\n\s*-\s*{re.escape(address.group(1))}\b", admin) is not None
+
+
 @dataclass
 class Deployment:
     """One ``docker compose up``'d project: when it started and from which config."""
@@ -143,6 +181,8 @@ class Deployment:
     created_wall: float
     config_digest: str
     container_ids: dict[str, str] = field(default_factory=dict)
+    # False when admin's start.py would loop in test_DNS() forever (see admin_resolver_ok).
+    admin_dns_ok: bool = True
 
 
 @dataclass
@@ -164,8 +204,13 @@ class Shell:
         clock: Callable[[], float] = time.monotonic,
         healthy_after: float = ADMIN_HEALTHY_AFTER,
         units: dict[str, ReloadHandler] | None = None,
+        cloud_init: CloudInitRun | None = None,
+        compose_version: str = COMPOSE_VERSION,
     ) -> None:
         self.root = root
+        # None: a machine whose cloud-init is long done and which has Docker (unit tests).
+        self.cloud_init = cloud_init
+        self.compose_version = compose_version
         # systemd units by name (without ".service"; aliases are entries of their own)
         self.units: dict[str, ReloadHandler] = dict(units or {})
         self.mailu = MailuCli(store)
@@ -186,24 +231,32 @@ class Shell:
         try:
             argv = shlex.split(command)
         except ValueError:
-            return _fail("sh: 1: Syntax error: Unterminated quoted string", 2)
+            return _fail("bash: -c: line 1: unexpected EOF while looking for matching quote", 2)
         if not argv:
             return ExecResult(0)
         operators = [tok for tok in argv if tok in _SHELL_OPERATORS]
         if operators:
             return _fail(
-                f"sh: 1: shell syntax {operators[0]!r} is not supported by the devstack "
+                f"bash: shell syntax {operators[0]!r} is not supported by the devstack "
                 "VPS; run one command per exec request",
                 2,
             )
         program = argv[0]
         if program == "cat":
             return await self._cat(argv[1:], read_stdin)
-        if program == "docker":
+        if program == "docker" and self._installed(DOCKER_BIN):
             return await self._docker(argv[1:], read_stdin)
         if program == "systemctl":
             return await self._systemctl(argv[1:])
-        return _fail(f"sh: 1: {program}: not found", 127)
+        if program == "cloud-init" and self.cloud_init is not None:
+            if argv[1:2] != ["status"]:
+                return _fail(f"devstack: 'cloud-init {' '.join(argv[1:2])}' is not modelled")
+            return await self.cloud_init.status_command(argv[2:])
+        # Debian's bash, run by sshd as `bash -c COMMAND`, for a program not on PATH.
+        return _fail(f"bash: line 1: {program}: command not found", 127)
+
+    def _installed(self, vps_path: str) -> bool:
+        return self.cloud_init is None or self.cloud_init.has(vps_path)
 
     async def _cat(self, files: list[str], read_stdin: StdinReader) -> ExecResult:
         if not files:
@@ -257,6 +310,17 @@ class Shell:
     # --- docker compose ---------------------------------------------------------
 
     async def _docker(self, args: list[str], read_stdin: StdinReader) -> ExecResult:
+        if args[:1] == ["compose"] and not self._installed(COMPOSE_PLUGIN):
+            # Without the plugin the docker CLI parses compose's flags as its own
+            # (Debian's docker.io): `docker compose -p x` -> exit 125.
+            flag = next((a for a in args[1:] if a.startswith("-")), None)
+            if flag is not None:
+                if flag.startswith("--"):
+                    return _fail(f"unknown flag: {flag}\nSee 'docker --help'.", 125)
+                return _fail(
+                    f"unknown shorthand flag: '{flag[1:2]}' in {flag}\nSee 'docker --help'.", 125
+                )
+            return _fail("docker: 'compose' is not a docker command.\nSee 'docker --help'")
         if not args or args[0] != "compose":
             what = args[0] if args else ""
             return _fail(f"docker: '{what}' is not a docker command.\nSee 'docker --help'")
@@ -310,7 +374,7 @@ class Shell:
             )
         subcommand, rest = args[i], args[i + 1 :]
         if subcommand == "version":
-            return ExecResult(0, f"Docker Compose version {COMPOSE_VERSION}\n")
+            return ExecResult(0, f"Docker Compose version {self.compose_version}\n")
         if subcommand not in ("up", "ps", "exec"):
             return _fail(f'unknown docker command: "compose {subcommand}"')
 
@@ -342,6 +406,8 @@ class Shell:
     def _health(self, deployment: Deployment, service: str) -> str:
         if service not in HEALTHCHECKED:
             return ""
+        if service == "admin" and not deployment.admin_dns_ok:
+            return "starting"  # start.py never gets past test_DNS(); gunicorn never starts
         elapsed = self.clock() - deployment.started
         return "healthy" if elapsed >= self.healthy_after else "starting"
 
@@ -433,6 +499,7 @@ class Shell:
                 started=now,
                 created_wall=time.time(),
                 config_digest=digest,
+                admin_dns_ok=admin_resolver_ok(compose_text),
                 container_ids={
                     s: hashlib.sha256(f"{call.project}/{s}/{now}".encode()).hexdigest()
                     for s in services
@@ -489,6 +556,9 @@ class Shell:
         if quiet:
             return ExecResult(0, "".join(f"{r['ID']}\n" for r in rows))
         if fmt == "json":
+            if _version_tuple(self.compose_version) < (2, 21, 0):
+                # Up to v2.20 Compose printed one JSON array (v2.21.0 switched to NDJSON).
+                return ExecResult(0, json.dumps(rows) + "\n")
             return ExecResult(0, "".join(json.dumps(r) + "\n" for r in rows))
         header = ("NAME", "IMAGE", "COMMAND", "SERVICE", "CREATED", "STATUS", "PORTS")
         table = [header] + [

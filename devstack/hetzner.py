@@ -98,6 +98,20 @@ IMAGES: dict[str, dict[str, Any]] = {
         "os_version": "12",
         "description": "Debian 12",
     },
+    "debian-13": {
+        "id": 310557660,
+        "os_flavor": "debian",
+        "os_version": "13",
+        "description": "Debian 13",
+    },
+    # Hetzner's Docker CE app image: an OS image with Docker CE and Compose preinstalled.
+    "docker-ce": {
+        "id": 40093247,
+        "os_flavor": "ubuntu",
+        "os_version": "24.04",
+        "description": "Docker CE",
+        "type": "app",
+    },
     "ubuntu-24.04": {
         "id": 161547269,
         "os_flavor": "ubuntu",
@@ -181,7 +195,7 @@ def image_json(name: str) -> dict[str, Any]:
     spec = IMAGES[name]
     return {
         "id": spec["id"],
-        "type": "system",
+        "type": spec.get("type", "system"),
         "status": "available",
         "name": name,
         "description": spec["description"],

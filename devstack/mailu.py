@@ -2,8 +2,8 @@
 
 The provisioning workflow configures MailU by running ``flask mailu`` inside the admin
 container; the SMTP server then authenticates against the users it created. This
-module keeps that database (``mailu.json``, 0600, passwords only as salted PBKDF2
-hashes in passlib's ``$pbkdf2-sha256$`` format, which MailU itself uses) and answers
+module keeps that database (``mailu.json``, 0600, passwords only as passlib
+``bcrypt_sha256`` hashes, MailU's default scheme) and answers
 the subcommands the way MailU's ``core/admin/mailu/manage.py`` and ``schemas.py`` do:
 same option letters, same messages, same exit codes. Secrets are never echoed: MailU
 masks them too unless asked not to.
@@ -11,20 +11,20 @@ masks them too unless asked not to.
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
-import hmac
 import json
+import logging
 import os
 import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
-PBKDF2_ROUNDS = 29000  # passlib's pbkdf2_sha256 default, as MailU configures it
+import passlib.registry
+from passlib.context import CryptContext
+
 HIDDEN = "<hidden>"
 
 StdinReader = Callable[[], Awaitable[str]]
@@ -40,45 +40,56 @@ class ExecResult:
 
 
 # --- password hashes ---------------------------------------------------------------
+# MailU 2024.06, core/admin/mailu/models.py (User.get_password_context, check_password,
+# set_password): one passlib CryptContext over every crypt handler passlib registers
+# except scrypt and the plaintext ones, default bcrypt_sha256 with CREDENTIAL_ROUNDS
+# (12 in setup/flavors/compose/mailu.env) rounds, deprecated="auto" so a login with an
+# older scheme's hash rewrites it as bcrypt_sha256. Stored hashes may carry an obsolete
+# "{SCHEME}" prefix, which MailU strips before verifying (and schemas.PasswordField on
+# import). The same pinned passlib (1.7.4) does the hashing here.
+
+SCHEME_PREFIXES = ("PBKDF2", "BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT", "CRYPT")
+CREDENTIAL_ROUNDS = 12
+logging.getLogger("passlib").setLevel(logging.ERROR)  # bcrypt 4.1+ lacks __about__ (models.py)
 
 
-def _ab64_encode(data: bytes) -> str:
-    return base64.b64encode(data).decode("ascii").rstrip("=").replace("+", ".")
+@cache
+def password_context(rounds: int = CREDENTIAL_ROUNDS) -> CryptContext:
+    schemes = [
+        scheme
+        for scheme in passlib.registry.list_crypt_handlers()
+        if not (scheme == "scrypt" or scheme.endswith("plaintext"))
+    ]
+    return CryptContext(
+        schemes=schemes,
+        default="bcrypt_sha256",
+        bcrypt_sha256__rounds=rounds,
+        deprecated="auto",
+    )
 
 
-def _ab64_decode(text: str) -> bytes:
-    padded = text.replace(".", "+") + "=" * (-len(text) % 4)
-    return base64.b64decode(padded, validate=True)
+def strip_scheme(hashed: str) -> str:
+    end = hashed.find("}", 1) if hashed.startswith("{") else -1
+    return hashed[end + 1 :] if end >= 0 and hashed[1:end] in SCHEME_PREFIXES else hashed
 
 
-def hash_password(password: str, rounds: int = PBKDF2_ROUNDS) -> str:
-    salt = os.urandom(16)
-    digest = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, rounds, 32)
-    return f"$pbkdf2-sha256${rounds}${_ab64_encode(salt)}${_ab64_encode(digest)}"
+def hash_password(password: str) -> str:
+    return str(password_context().hash(password))
 
 
-def _parse_hash(hashed: str) -> tuple[int, bytes, bytes] | None:
-    parts = hashed.split("$")
-    if len(parts) != 5 or parts[0] != "" or parts[1] != "pbkdf2-sha256":
-        return None
+def verify_and_update(password: str, hashed: str) -> tuple[bool, str | None]:
+    """passlib's verify_and_update; an unidentifiable hash fails the login."""
+    if password == "":
+        return False, None  # User.check_password refuses the empty password first
     try:
-        rounds = int(parts[2])
-        return rounds, _ab64_decode(parts[3]), _ab64_decode(parts[4])
-    except (ValueError, binascii.Error):
-        return None
-
-
-def is_known_hash(hashed: str) -> bool:
-    return _parse_hash(hashed) is not None
+        ok, new_hash = password_context().verify_and_update(password, strip_scheme(hashed))
+    except ValueError:  # "hash could not be identified": MailU's auth errors out
+        return False, None
+    return bool(ok), new_hash
 
 
 def verify_password(password: str, hashed: str) -> bool:
-    parsed = _parse_hash(hashed)
-    if parsed is None:
-        return False
-    rounds, salt, expected = parsed
-    actual = hashlib.pbkdf2_hmac("sha256", password.encode("utf-8"), salt, rounds, len(expected))
-    return hmac.compare_digest(actual, expected)
+    return verify_and_update(password, hashed)[0]
 
 
 # --- the database --------------------------------------------------------------------
@@ -125,11 +136,21 @@ class MailuStore:
         }
 
     def check_login(self, login: str, password: str) -> bool:
-        """SMTP AUTH: re-read on every attempt so a config-import takes effect at once."""
-        user = self.load()["user"].get(login.strip().lower())
+        """SMTP AUTH: re-read on every attempt so a config-import takes effect at once.
+
+        Like User.check_password, a successful login with a deprecated scheme's hash
+        stores the bcrypt_sha256 rehash.
+        """
+        config = self.load()
+        email = login.strip().lower()
+        user = config["user"].get(email)
         if user is None or not user.get("enabled", True):
             return False
-        return verify_password(password, str(user.get("password", "")))
+        ok, new_hash = verify_and_update(password, str(user.get("password", "")))
+        if ok and new_hash:
+            user["password"] = new_hash
+            self.save(config)
+        return ok
 
 
 # --- a sliver of click -----------------------------------------------------------------
@@ -306,8 +327,9 @@ def _shown(item: dict[str, Any]) -> dict[str, Any]:
 class ConfigImport:
     """One run of ``flask mailu config-import``: parse, validate, diff, maybe commit."""
 
-    def __init__(self, existing: Config, update: bool) -> None:
+    def __init__(self, existing: Config, update: bool, verbose: int = 0) -> None:
         self.update = update
+        self.verbose = verbose
         # Without -u MailU clears the existing config first: only the document survives.
         self.result: Config = (
             {s: {k: dict(v) for k, v in existing[s].items()} for s in SECTIONS}
@@ -379,9 +401,9 @@ class ConfigImport:
             if not local or not domain:
                 errors.append((f"{loc}.email", "Not a valid email address."))
                 return
-            if domain not in self.result["domain"]:
-                errors.append((f"{loc}.email", f"domain {domain!r} not found"))
-                return
+            # No check that the domain exists: MailU 2024.06 creates the user anyway
+            # (schemas.UserSchema loads email only; models.User's domain is a plain
+            # relationship, and SQLite does not enforce the foreign key).
         fields = {k: v for k, v in item.items() if k in _FIELDS[section]}
         fields[primary] = key_value
         if section == "user" and not self._user_password(loc, key_value, fields, errors):
@@ -411,18 +433,14 @@ class ConfigImport:
         if hash_it:
             prior = current or self.existing["user"].get(email)
             old = str(prior.get("password", "")) if prior else ""
-            # An unchanged plaintext keeps the old hash, so re-imports report no change.
-            fields["password"] = (
-                old if old and verify_password(password, old) else hash_password(password)
-            )
+            # schemas.BaseSchema._add_instance (update mode only): an unchanged
+            # plaintext gets the stored hash back, so the row does not change.
+            keep = self.update and old and verify_password(password, old)
+            fields["password"] = old if keep else hash_password(password)
             return True
-        stripped = re.sub(r"^\{PBKDF2\}", "", password)
-        if not is_known_hash(stripped):
-            # MailU prints the offending value here; it may be a plaintext sent by
-            # mistake, so the stand-in refuses to echo it.
-            errors.append((f"{loc}.password", f"invalid password hash {HIDDEN}"))
-            return False
-        fields["password"] = stripped
+        # PasswordField._deserialize validates with check_password(''), which returns
+        # False before looking at the hash: any string is stored as the "hash".
+        fields["password"] = strip_scheme(password)
         return True
 
     def _merge(self, section: str, key: str, fields: dict[str, Any]) -> None:
@@ -446,7 +464,10 @@ class ConfigImport:
                 self.log.append(f"Created {section}: {_shown(merged)!r}")
             return
         changed = sorted(k for k in set(merged) | set(before) if merged.get(k) != before.get(k))
-        if changed and not (current is not None and current != before):
+        # schemas.Logger._listen_update stops at the first changed column unless
+        # verbose, before recording it: without -v an update is never counted, so
+        # "config-import -u" of a changed password still says "No changes.".
+        if self.verbose and changed and not (current is not None and current != before):
             self.counter[("Modified", section)] += 1
         for k in changed:
             old, new = before.get(k), merged.get(k)
@@ -549,7 +570,8 @@ class MailuCli:
                 f"Invalid value for '[FILENAME|-]': '{positionals[0]}': No such file or directory"
             )
         text = await read_stdin()
-        job = ConfigImport(self.store.load(), update=bool(opts.get("update")))
+        verbose = 0 if opts.get("quiet") else int(opts.get("verbose") or 0)
+        job = ConfigImport(self.store.load(), update=bool(opts.get("update")), verbose=verbose)
         try:
             job.run(text)
         except ImportFailed as exc:

@@ -42,7 +42,7 @@ import ssl
 import stat
 import struct
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,7 +54,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from devstack.compose import Shell
+from devstack.cloudinit import CloudInitRun
+from devstack.compose import COMPOSE_VERSION, Shell
 from devstack.faults import CommandFault, VpsFaults
 from devstack.mailu import ExecResult, MailuStore
 
@@ -67,6 +68,9 @@ CLOUD_INIT_SSH_SEM = "/var/lib/cloud/instance/sem/config_ssh"
 STDIN_GRACE_SECONDS = 0.1
 INJECTED_STDIN_TIMEOUT = 5.0  # how long an injected failure waits for the client's EOF
 SSH_UNIT_NAMES = ("ssh", "sshd")  # Debian's ssh.service and its alias
+DEFAULT_CLOUD_INIT_SECONDS = 2.0
+CLOUD_INIT_RELEASE = "cloud-init.release"  # created by a test: the installs end now
+SUBMISSION_PORT = 587  # MailU's front publishes it on every host address
 
 
 class BootError(Exception):
@@ -322,11 +326,30 @@ class _StdinPump:
 
 
 class _RootOnlyServer(asyncssh.SSHServer):
-    """Only ``root`` has keys; every other user fails public-key auth."""
+    """Only ``root`` has keys; every other user fails public-key auth.
 
-    def __init__(self, authorized: asyncssh.SSHAuthorizedKeys | None) -> None:
+    TCP forwarding (Debian's sshd default ``AllowTcpForwarding yes``) reaches what the
+    host itself listens on; here that is the submission port MailU's front publishes,
+    once a compose project runs it, mapped to this VPS's SMTP server.
+    """
+
+    def __init__(
+        self,
+        authorized: asyncssh.SSHAuthorizedKeys | None,
+        local_ports: Callable[[], dict[int, tuple[str, int]]] | None = None,
+    ) -> None:
         self._authorized = authorized
+        self._local_ports = local_ports
         self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_requested(
+        self, dest_host: str, dest_port: int, orig_host: str, orig_port: int
+    ) -> Any:
+        ports = self._local_ports() if self._local_ports else {}
+        target = ports.get(dest_port)
+        if dest_host not in ("127.0.0.1", "localhost") or target is None or self._conn is None:
+            raise asyncssh.ChannelOpenError(asyncssh.OPEN_CONNECT_FAILED, "Connection refused")
+        return self._conn.forward_connection(*target)
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
@@ -355,8 +378,20 @@ class Machine:
         self.cloud = parse_user_data(config.get("user_data"))
         self.root = self.state_dir / "root"
         self.store = MailuStore(self.state_dir / "mailu.json")
+        # SSH is up at once; cloud-init's final stage (Docker's install) takes a while.
+        self.cloud_init = CloudInitRun(
+            self.root,
+            self.cloud.document,
+            image=str(config.get("image") or "debian-12"),
+            duration=float(config.get("cloud_init_seconds", DEFAULT_CLOUD_INIT_SECONDS)),
+            release_file=self.state_dir / CLOUD_INIT_RELEASE,
+        )
         self.shell = Shell(
-            self.root, self.store, units=dict.fromkeys(SSH_UNIT_NAMES, self._reload_sshd)
+            self.root,
+            self.store,
+            units=dict.fromkeys(SSH_UNIT_NAMES, self._reload_sshd),
+            cloud_init=self.cloud_init,
+            compose_version=str(config.get("compose_version") or COMPOSE_VERSION),
         )
         self.commands = CommandLog(self.state_dir / "commands.jsonl")
         self.faults = VpsFaults(self.state_dir)
@@ -403,7 +438,7 @@ class Machine:
         )
         root = str(self.root)
         self._ssh_options = asyncssh.SSHServerConnectionOptions(
-            server_factory=lambda: _RootOnlyServer(authorized),
+            server_factory=lambda: _RootOnlyServer(authorized, self._published_ports),
             server_host_keys=[host_key],
             process_factory=self._handle_exec,
             sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
@@ -446,6 +481,12 @@ class Machine:
             port=self.smtp_port,
             reuse_address=True,
         )
+
+    def _published_ports(self) -> dict[int, tuple[str, int]]:
+        """Host ports a running compose project publishes (MailU's front: 587)."""
+        if any("front" in d.services for d in self.shell.deployments.values()):
+            return {SUBMISSION_PORT: (self.ip, self.smtp_port)}
+        return {}
 
     async def stop(self) -> None:
         if self._accept_task is not None:

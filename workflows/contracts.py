@@ -39,6 +39,9 @@ class Plan:
     server_type: str
     image: str
     location: str
+    # How the server gets Docker Engine + Compose v2: "docker-apt" (Docker's apt
+    # repository through cloud-config) or "preinstalled" (an image that ships them).
+    docker_install: str = "docker-apt"
 
 
 PLAN_CATALOG: dict[str, Plan] = {
@@ -220,6 +223,7 @@ class ServerSpec:
     image: str
     location: str
     labels: dict[str, str]
+    docker_install: str = "docker-apt"
 
 
 @dataclass(frozen=True)

@@ -257,6 +257,7 @@ class ProvisionMailTenant:
             server_type=plan.server_type,
             image=plan.image,
             location=plan.location,
+            docker_install=plan.docker_install,
             labels={
                 "purchase": request.purchase_id,
                 "tenant": request.tenant_id,

@@ -23,9 +23,11 @@ import httpx
 import pytest
 import pytest_asyncio
 
+from activities.cloud_init import DOCKER_PACKAGES, docker_cloud_config
 from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.processes import free_port
+from devstack.vps import CLOUD_INIT_RELEASE
 
 TOKEN = "devstack-test-token"
 COMPOSE = "docker compose -p mailu -f /mailu/docker-compose.yml"
@@ -34,9 +36,13 @@ MAILU_ENV = (
     "SECRET_KEY=0123456789abcdef0123\nDOMAIN=example.org\nHOSTNAMES=mail.example.org\n"
     "POSTMASTER=admin\nTLS_FLAVOR=cert\n"
 )
+# The smallest file MailU's admin starts from: test_DNS() needs the resolver as its DNS.
 COMPOSE_FILE = (
-    "services:\n  redis:\n    image: redis:alpine\n  admin:\n"
-    "    image: ghcr.io/mailu/admin:2024.06\n    env_file: mailu.env\n"
+    "services:\n  redis:\n    image: redis:alpine\n  resolver:\n"
+    "    image: ghcr.io/mailu/unbound:2024.06\n    networks:\n      default:\n"
+    "        ipv4_address: 192.168.203.254\n  front:\n    image: ghcr.io/mailu/nginx:2024.06\n"
+    "  admin:\n    image: ghcr.io/mailu/admin:2024.06\n    env_file: mailu.env\n"
+    "    dns:\n      - 192.168.203.254\n"
 )
 
 
@@ -52,7 +58,7 @@ class Keys:
     host: asyncssh.SSHKey
     client: asyncssh.SSHKey
 
-    def user_data(self) -> str:
+    def user_data(self, **extra: Any) -> str:
         document = {
             "ssh_keys": {
                 "ed25519_private": self.host.export_private_key("openssh").decode(),
@@ -60,6 +66,7 @@ class Keys:
             },
             "ssh_authorized_keys": [self.client.export_public_key("openssh").decode().strip()],
             "package_update": False,
+            **extra,
         }
         return "#cloud-config\n" + json.dumps(document)
 
@@ -73,9 +80,28 @@ def new_keys() -> Keys:
 
 @pytest_asyncio.fixture
 async def env(tmp_path: Path) -> AsyncIterator[Env]:
+    async for value in _env(tmp_path, cloud_init_seconds=0.5):
+        yield value
+
+
+@pytest_asyncio.fixture
+async def held_env(tmp_path: Path) -> AsyncIterator[Env]:
+    """Servers whose cloud-init runs until the test releases it (see release_cloud_init)."""
+    async for value in _env(tmp_path, cloud_init_seconds=3600):
+        yield value
+
+
+async def _env(tmp_path: Path, cloud_init_seconds: float) -> AsyncIterator[Env]:
     ssh_port = free_port()
     smtp_port = free_port()
-    cloud = LocalCloud(tmp_path / "cloud", TOKEN, ssh_port, smtp_port, boot_seconds=0.2)
+    cloud = LocalCloud(
+        tmp_path / "cloud",
+        TOKEN,
+        ssh_port,
+        smtp_port,
+        boot_seconds=0.2,
+        cloud_init_seconds=cloud_init_seconds,
+    )
     base = await cloud.start()
     api = httpx.AsyncClient(
         base_url=base + "/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
@@ -89,10 +115,16 @@ async def env(tmp_path: Path) -> AsyncIterator[Env]:
         await cloud.stop()
 
 
-async def create(env: Env, name: str, keys: Keys | None = None, **extra: Any) -> dict[str, Any]:
+async def create(
+    env: Env,
+    name: str,
+    keys: Keys | None = None,
+    cloud_config: dict[str, Any] | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
     body: dict[str, Any] = {"name": name, "server_type": "cx22", "image": "debian-12", **extra}
     if keys is not None:
-        body["user_data"] = keys.user_data()
+        body["user_data"] = keys.user_data(**(cloud_config or {}))
     response = await env.api.post("servers", json=body)
     assert response.status_code == 201, response.text
     return dict(response.json())
@@ -143,7 +175,7 @@ def smtp_login(host: str, port: int, cafile: Path, user: str, password: str) -> 
 @pytest.mark.asyncio
 async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path: Path) -> None:
     keys = new_keys()
-    created = await create(env, "mail-t1", keys, labels={"tenant": "t1"})
+    created = await create(env, "mail-t1", keys, labels={"tenant": "t1"}, image="docker-ce")
     assert created["server"]["status"] == "initializing"
     assert created["action"]["command"] == "create_server"
     assert [a["command"] for a in created["next_actions"]] == ["start_server"]
@@ -173,6 +205,9 @@ async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path:
             async with sftp.open("/mailu/docker-compose.yml", "w") as handle:
                 await handle.write(COMPOSE_FILE)
         assert (state_dir / "root/mailu/mailu.env").stat().st_mode & 0o777 == 0o600
+
+        waited = await conn.run("cloud-init status --wait", check=True)
+        assert str(waited.stdout).rstrip().endswith("status: done")
 
         pub = await conn.run("cat /etc/ssh/ssh_host_ed25519_key.pub", check=True)
         assert str(pub.stdout).strip() == keys.host.export_public_key("openssh").decode().strip()
@@ -215,25 +250,42 @@ async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path:
         assert "Created: domain(1) user(1)" in str(imported.stdout)
         assert password not in str(imported.stdout) + str(imported.stderr)
         repeat = await conn.run(CONFIG_IMPORT, input=json.dumps(document))
-        assert "No changes." in str(repeat.stdout)
+        assert str(repeat.stdout) == "Committing changes. No changes.\n"
 
-        missing = await conn.run(
+        # MailU's Logger counts no update without -v: a new password also says
+        # "No changes.", yet the hash changed (the old password stops working below).
+        old_password, password = password, "S3cret-" + os.urandom(8).hex()
+        document["user"][0]["password"] = password
+        changed = await conn.run(CONFIG_IMPORT, input=json.dumps(document))
+        assert str(changed.stdout) == "Committing changes. No changes.\n"
+        verbose = await conn.run(
+            CONFIG_IMPORT.replace(" -u ", " -v -u "), input=json.dumps(document)
+        )
+        assert "No changes." in str(verbose.stdout)  # same plaintext again: hash kept
+
+        # config-import creates a user whose domain does not exist (no domain check).
+        domainless = await conn.run(
             CONFIG_IMPORT,
             input=json.dumps(
                 {"user": [{"email": "x@nowhere.test", "password": "p", "hash_password": True}]}
             ),
         )
-        assert missing.exit_status == 1
-        assert "domain 'nowhere.test' not found" in str(missing.stderr)
+        assert domainless.exit_status == 0, domainless.stderr
+        assert str(domainless.stdout) == "Committing changes. Created: user(1)\n"
 
         unknown = await conn.run("rm -rf /mailu")
-        assert unknown.exit_status == 127 and "sh: 1: rm: not found" in str(unknown.stderr)
+        assert unknown.exit_status == 127
+        assert str(unknown.stderr) == "bash: line 1: rm: command not found\n"
 
     summary = (await env.dev.get(f"servers/{server_id}/mailu")).json()
     assert summary == {
         "domains": ["example.org"],
-        "users": [{"email": "admin@example.org", "global_admin": True}],
+        "users": [
+            {"email": "admin@example.org", "global_admin": True},
+            {"email": "x@nowhere.test", "global_admin": False},
+        ],
     }
+    assert '"$bcrypt-sha256$v=2,t=2b,r=12$' in (state_dir / "mailu.json").read_text()
     assert (state_dir / "mailu.json").stat().st_mode & 0o777 == 0o600
     assert password not in (state_dir / "mailu.json").read_text()
 
@@ -247,6 +299,10 @@ async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path:
             smtp_login, ip, smtp_port, cafile, "admin@example.org", password + "x"
         )
     assert wrong.value.smtp_code == 535
+    with pytest.raises(smtplib.SMTPAuthenticationError):
+        await asyncio.to_thread(
+            smtp_login, ip, smtp_port, cafile, "admin@example.org", old_password
+        )
 
     commands = (await env.dev.get(f"servers/{server_id}/commands")).json()["commands"]
     assert {"command": CONFIG_IMPORT, "stdin": True} in [
@@ -256,6 +312,7 @@ async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path:
     for path in state_dir.rglob("*"):
         if path.is_file():
             assert password.encode() not in path.read_bytes(), path
+            assert old_password.encode() not in path.read_bytes(), path
 
 
 @pytest.mark.asyncio
@@ -664,7 +721,7 @@ async def test_command_faults_fail_matching_exec_requests_without_running_them(
     env: Env,
 ) -> None:
     keys = new_keys()
-    server = await boot(env, "cmd-faults", keys)
+    server = await boot(env, "cmd-faults", keys, image="docker-ce")
     url = f"servers/{server['id']}/command-faults"
 
     assert field_names(await env.dev.post(url, json={"exit_status": 1})) == {"match"}
@@ -700,6 +757,7 @@ async def test_command_faults_fail_matching_exec_requests_without_running_them(
         big_input = json.dumps({"domain": [{"name": "x" * 60}] * 20_000})  # ~1.5 MB
         failed = await conn.run(CONFIG_IMPORT, input=big_input)
         assert (failed.exit_status, failed.stdout, failed.stderr) == (1, "", "injected boom\n")
+        await conn.run("cloud-init status --wait", check=True)  # Docker installed
         real = await conn.run(CONFIG_IMPORT, input="{}")  # ran: the real failure
         assert real.exit_status == 1
         assert "/mailu/docker-compose.yml: no such file" in str(real.stderr)
@@ -765,3 +823,61 @@ async def test_ssh_faults_cut_off_the_next_connections(env: Env) -> None:
     assert (await env.dev.delete(url)).json() == {"ssh_faults": []}
     async with await ssh(env, server, keys):
         pass
+
+
+async def release_cloud_init(env: Env, server: dict[str, Any]) -> None:
+    state = (await env.dev.get(f"servers/{server['id']}")).json()["server"]["state_dir"]
+    (Path(state) / CLOUD_INIT_RELEASE).touch()
+
+
+@pytest.mark.asyncio
+async def test_fresh_image_has_docker_only_after_cloud_init_installed_it(held_env: Env) -> None:
+    """debian-12 as Hetzner boots it: SSH first, Docker only once cloud-init is done."""
+    env, keys = held_env, new_keys()
+    docker = docker_cloud_config("debian-12", "docker-apt")
+    server = await boot(env, "mail-fresh", keys, cloud_config=docker)
+    async with await ssh(env, server, keys) as conn:
+        early = await conn.run("docker compose version")
+        assert early.exit_status == 127
+        assert str(early.stderr) == "bash: line 1: docker: command not found\n"
+        running = await conn.run("cloud-init status --format json")
+        report = json.loads(str(running.stdout))
+        assert running.exit_status == 0 and report["status"] == "running"
+        assert report["detail"] == "Running in stage: modules-final" and report["errors"] == []
+        assert (await conn.run("cloud-init status")).stdout == "status: running\n"
+
+        await release_cloud_init(env, server)
+        waited = await conn.run("cloud-init status --wait --long", check=True)
+        lines = str(waited.stdout).splitlines()
+        assert set(lines[0]) <= {"."} and lines[1] == "status: done"
+        assert "boot_status_code: enabled-by-generator" in lines
+        assert lines[-2:] == ["detail:", "DataSourceHetzner"]
+        version = await conn.run("docker compose version", check=True)
+        assert str(version.stdout).startswith("Docker Compose version v2.")
+
+    # Debian's own docker.io: a docker CLI without the Compose v2 plugin.
+    debian = await boot(env, "mail-dockerio", keys, cloud_config={"packages": ["docker.io"]})
+    await release_cloud_init(env, debian)
+    async with await ssh(env, debian, keys) as conn:
+        await conn.run("cloud-init status --wait", check=True)
+        no_plugin = await conn.run(f"{COMPOSE} ps")
+        assert no_plugin.exit_status == 125
+        assert str(no_plugin.stderr).startswith("unknown shorthand flag: 'p' in -p")
+
+    # Docker's repository without its key: apt refuses it and cloud-init ends in error.
+    unsigned = {
+        "apt": {
+            "sources": {
+                "docker.list": {"source": docker["apt"]["sources"]["docker.list"]["source"]}
+            }
+        },
+        "packages": list(DOCKER_PACKAGES),
+    }
+    broken = await boot(env, "mail-unsigned", keys, cloud_config=unsigned)
+    await release_cloud_init(env, broken)
+    async with await ssh(env, broken, keys) as conn:
+        failed = await conn.run("cloud-init status --wait --format json")
+        assert failed.exit_status == 1
+        report = json.loads(str(failed.stdout))
+        assert report["status"] == "error" and "NO_PUBKEY" in report["errors"][0]
+        assert (await conn.run("docker compose version")).exit_status == 127

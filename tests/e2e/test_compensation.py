@@ -88,7 +88,7 @@ def without_docker(
     async def inject() -> None:
         server = await server_of(cloud, request.purchase_id)
         cloud.inject_command_fault(
-            server["id"], match, exit_status=127, stderr="sh: 1: docker: not found"
+            server["id"], match, exit_status=127, stderr="bash: line 1: docker: command not found"
         )
 
     return inject
