@@ -48,7 +48,12 @@ def _smtp_login(port: int, username: str, password: str, helo_name: str) -> None
                 raise LoginProofFailed("the submission port offers no STARTTLS")
             s.starttls(context=_tunnel_tls_context())
             s.ehlo()
-            s.login(username, password)
+            if "PLAIN" not in s.esmtp_features.get("auth", "").upper().split():
+                raise LoginProofFailed("the submission port offers no AUTH PLAIN after STARTTLS")
+            # One AUTH PLAIN, not login(): login() retries every offered mechanism, and
+            # each failure counts against MailU's AUTH_RATELIMIT.
+            s.user, s.password = username, password
+            s.auth("PLAIN", s.auth_plain)
     except smtplib.SMTPAuthenticationError as err:
         raise LoginProofFailed(f"SMTP AUTH refused: {err.smtp_code}") from None
     except (smtplib.SMTPException, OSError) as err:

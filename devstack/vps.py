@@ -20,7 +20,11 @@ It plays the machine a Hetzner server would be once cloud-init has run:
   :class:`devstack.faults.VpsFaults`): exec requests that fail without running, and
   TCP connections to the SSH port cut off at accept;
 * an SMTP submission server (aiosmtpd) with STARTTLS on a certificate made at start,
-  AUTH PLAIN/LOGIN only after TLS, checked against the MailU users.
+  AUTH PLAIN/LOGIN only after TLS, checked against the MailU users (each attempt's
+  login and outcome, never the password, in ``<state_dir>/smtp-auth.jsonl``), also
+  reachable as ``127.0.0.1:587`` through SSH TCP forwarding once MailU's front runs;
+* cloud-init's run (:mod:`devstack.cloudinit`): no Docker until its install directives
+  have run, ``cloud-init status`` as cloud-init 22.4.2 answers it.
 
 The configuration arrives as JSON on stdin, never in argv (visible to every local
 user through ``ps``) or in a file (it carries the private host key). ``READY`` on
@@ -70,6 +74,7 @@ INJECTED_STDIN_TIMEOUT = 5.0  # how long an injected failure waits for the clien
 SSH_UNIT_NAMES = ("ssh", "sshd")  # Debian's ssh.service and its alias
 DEFAULT_CLOUD_INIT_SECONDS = 2.0
 CLOUD_INIT_RELEASE = "cloud-init.release"  # created by a test: the installs end now
+SMTP_AUTH_LOG = "smtp-auth.jsonl"  # one line per AUTH attempt: login, mechanism, success
 SUBMISSION_PORT = 587  # MailU's front publishes it on every host address
 
 
@@ -662,7 +667,17 @@ class Machine:
             return AuthResult(success=False, handled=False)
         login = auth_data.login.decode("utf-8", errors="replace")
         password = auth_data.password.decode("utf-8", errors="replace")
-        return AuthResult(success=self.store.check_login(login, password), handled=False)
+        success = self.store.check_login(login, password)
+        # What MailU's front would log for an auth attempt: who and whether, never the secret.
+        entry = {
+            "time": dt.datetime.now(dt.UTC).isoformat(),
+            "login": login,
+            "mechanism": mechanism,
+            "success": success,
+        }
+        with (self.state_dir / SMTP_AUTH_LOG).open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(entry) + "\n")
+        return AuthResult(success=success, handled=False)
 
 
 def _write_file(path: Path, data: bytes, mode: int) -> None:

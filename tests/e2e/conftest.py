@@ -62,11 +62,18 @@ class CloudControl:
         times: int = 1,
         exit_status: int = 1,
         stderr: str = "Error: injected by the test",
+        stdout: str = "",
     ) -> None:
-        """The next `times` commands on that VPS containing `match` fail like this."""
+        """The next `times` commands on that VPS containing `match` answer like this."""
         self.devstack.post(
             f"servers/{server_id}/command-faults",
-            json={"match": match, "times": times, "exit_status": exit_status, "stderr": stderr},
+            json={
+                "match": match,
+                "times": times,
+                "exit_status": exit_status,
+                "stderr": stderr,
+                "stdout": stdout,
+            },
         ).raise_for_status()
 
     def clear_faults(self) -> None:

@@ -193,7 +193,7 @@ async def test_mailu_cannot_run(
     workflow_id, cause = await provision_expecting_failure(
         client, request, without_docker(cloud, request, match)
     )
-    assert "docker: not found" in cause.message
+    assert "docker: command not found" in cause.message
     assert_cleaned_up(info, cloud, reader_vault, request, workflow_id, step)
 
 

@@ -37,6 +37,7 @@ from activities.credentials import read_admin_credentials
 from activities.logs import configure_logging
 from activities.vault import Vault, VaultSettings
 from devstack.stack import Stack, StackInfo
+from devstack.vps import SMTP_AUTH_LOG
 from tests.e2e.conftest import CloudControl, new_request, run_in_process_worker, write_only_token
 from workflows.contracts import PurchaseRequest, workflow_id_for
 
@@ -118,6 +119,17 @@ def vault_outside_envelope(info: StackInfo, tenant_id: str) -> bytes:
     return json.dumps(blobs).encode()
 
 
+def smtp_auth_attempts(cloud: CloudControl, request: PurchaseRequest) -> list[tuple[str, bool]]:
+    """(login, success) per SMTP AUTH the server saw; [] once the server is deleted."""
+    servers = cloud.servers_of(request.purchase_id)
+    if not servers:
+        return []
+    server = cloud.devstack.get(f"servers/{servers[0]['id']}").json()["server"]
+    log = Path(server["state_dir"]) / SMTP_AUTH_LOG
+    lines = log.read_text().splitlines() if log.exists() else []
+    return [(e["login"], e["success"]) for e in map(json.loads, lines)]
+
+
 def files_under(directory: Path) -> bytes:
     return b"".join(p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file())
 
@@ -140,12 +152,20 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
     retried = new_request(info)
 
     async def fail_the_first_admin_import() -> None:
-        # Only the credentials step runs config-import (it carries the password on stdin),
-        # so this fails that step once, after the password exists: it is retried.
+        # Only the credentials step runs config-import (it carries the password on stdin).
+        # The first one answers as MailU does but sets nothing, so the SMTP AUTH proof
+        # fails after the password exists (and went to the server's SMTP): retried.
         for _ in range(200):
             servers = cloud.servers_of(retried.purchase_id)
             if servers:
-                cloud.inject_command_fault(servers[0]["id"], "config-import", times=1)
+                cloud.inject_command_fault(
+                    servers[0]["id"],
+                    "config-import",
+                    times=1,
+                    exit_status=0,
+                    stderr="",
+                    stdout="Committing changes. No changes.\n",
+                )
                 return
             await asyncio.sleep(0.05)
         raise AssertionError("the retried run never created its server")
@@ -170,6 +190,15 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
     assert isinstance(runs["failed after credentials"][2], WorkflowFailureError)
     # One password per credentials attempt: 1 + 2 + 1.
     assert len(capture.passwords) == 4, capture.passwords and len(capture.passwords)
+    # The proof ran against each server's SMTP: a refused first attempt, then success.
+    auth_logs = {
+        label: smtp_auth_attempts(cloud, request) for label, (request, _, _) in runs.items()
+    }
+    assert auth_logs["success"] == [(f"admin@{ok.domain}", True)]
+    assert auth_logs["retried credentials"] == [
+        (f"admin@{retried.domain}", False),
+        (f"admin@{retried.domain}", True),
+    ]
 
     # The starter, as an operator runs it, on each finished run.
     starter_output = b""
