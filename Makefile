@@ -1,4 +1,6 @@
-# The two commands of the README, plus helpers. Needs python3 >= 3.11; no root.
+# The two commands of the README, plus helpers. Needs python3 >= 3.11. As root on
+# Debian (CI), `make test` also apt-installs cloud-init and openssh-server, whose real
+# `cloud-init schema` and `sshd -t` check our artefacts (devstack/test_tools.py).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
@@ -12,6 +14,7 @@ up: install            ## start the local stack (Web UI on) and keep it running
 	$(PY) -m devstack.demo --up
 
 test: install          ## every test: unit, workflow (time-skipping), end to end, replay
+	$(PY) -m devstack.test_tools
 	$(PY) -m pytest
 
 lint: install

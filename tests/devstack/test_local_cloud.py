@@ -22,8 +22,9 @@ import asyncssh
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.exceptions import ApplicationError
 
-from activities.cloud_init import DOCKER_PACKAGES, docker_cloud_config
+from activities.cloud_init import DOCKER_PACKAGES, docker_cloud_config, wait_for_cloud_init
 from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.processes import free_port
@@ -234,7 +235,7 @@ async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path:
         # "starting" first unless this machine is slow enough to miss the ~1 s window.
         assert set(healths) <= {"starting", "healthy"} and healths[-1] == "healthy"
 
-        document = {
+        document: dict[str, list[dict[str, Any]]] = {
             "domain": [{"name": "example.org"}],
             "user": [
                 {
@@ -255,7 +256,7 @@ async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path:
         # MailU's Logger counts no update without -v: a new password also says
         # "No changes.", yet the hash changed (the old password stops working below).
         old_password, password = password, "S3cret-" + os.urandom(8).hex()
-        document["user"][0]["password"] = password
+        document["user"] = [{**document["user"][0], "password": password}]
         changed = await conn.run(CONFIG_IMPORT, input=json.dumps(document))
         assert str(changed.stdout) == "Committing changes. No changes.\n"
         verbose = await conn.run(
@@ -854,6 +855,7 @@ async def test_fresh_image_has_docker_only_after_cloud_init_installed_it(held_en
         assert lines[-2:] == ["detail:", "DataSourceHetzner"]
         version = await conn.run("docker compose version", check=True)
         assert str(version.stdout).startswith("Docker Compose version v2.")
+        await wait_for_cloud_init(conn)  # the activity's wait: done, no error
 
     # Debian's own docker.io: a docker CLI without the Compose v2 plugin.
     debian = await boot(env, "mail-dockerio", keys, cloud_config={"packages": ["docker.io"]})
@@ -880,4 +882,8 @@ async def test_fresh_image_has_docker_only_after_cloud_init_installed_it(held_en
         assert failed.exit_status == 1
         report = json.loads(str(failed.stdout))
         assert report["status"] == "error" and "NO_PUBKEY" in report["errors"][0]
+        with pytest.raises(ApplicationError) as classified:
+            await wait_for_cloud_init(conn)
+        assert classified.value.type == "CloudInitFailed" and classified.value.non_retryable
+        assert "NO_PUBKEY" in classified.value.message
         assert (await conn.run("docker compose version")).exit_status == 127

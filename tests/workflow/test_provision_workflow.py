@@ -247,6 +247,7 @@ async def test_status_query_lists_every_step_done(harness: Harness) -> None:
         ("wait_for_server", "ServerNotReady"),
         ("configure_mailu", "SshUnavailable"),
         ("create_admin_credentials", "RemoteCommandFailed"),
+        ("create_admin_credentials", "AdminLoginProofFailed"),
         ("store_credentials", "VaultError"),
         ("record_audit_event", "OperationalError"),
         ("notify_customer", "NotifyUnreachable"),
@@ -339,6 +340,26 @@ async def test_final_failure_after_the_server_exists_is_compensated(
     assert event.details["step"] == step_name
     assert event.details["error_type"] == error_type
     assert event.details["reason"] == f"{step} broke for good"
+    assert harness.world.notifications == []
+
+
+async def test_failed_login_proof_retries_then_compensates(harness: Harness) -> None:
+    """AdminLoginProofFailed is retryable: 5 attempts (CREATE_CREDENTIALS), then cleanup."""
+    harness.world.failures["create_admin_credentials"] = [
+        ApplicationError("SMTP AUTH refused: 535", type="AdminLoginProofFailed")
+        for _ in range(5)
+    ]
+    with pytest.raises(WorkflowFailureError) as failure:
+        await harness.run(purchase())
+    assert harness.world.calls["create_admin_credentials"] == 5
+    assert harness.world.calls.get("store_credentials", 0) == 0  # never "VPS ready"
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ProvisioningFailed"
+    assert cause.details[0] == {
+        "step": "create_admin_credentials",
+        "error_type": "AdminLoginProofFailed",
+    }
+    assert harness.world.deleted == [42]
     assert harness.world.notifications == []
 
 

@@ -1,0 +1,54 @@
+"""Install the Debian packages whose real tools `make test` runs, where the machine allows.
+
+The tests check our artefacts with the real consumers: `cloud-init schema` (package
+cloud-init) for the user_data, and `sshd -t` (package openssh-server) for the host keys
+we install. CI runs as root on Debian, so `make test` installs them there; on a
+machine where that is impossible this says why, and the tests that need a tool skip
+with that reason (or fail, under CI=true, so CI can never pass without them).
+
+Idempotent and quick: nothing is done when both tools are already present.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+# tool -> Debian package providing it
+TOOLS = {"cloud-init": "cloud-init", "sshd": "openssh-server"}
+SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
+
+
+def missing_tools() -> dict[str, str]:
+    return {
+        tool: pkg for tool, pkg in TOOLS.items() if shutil.which(tool, path=SEARCH_PATH) is None
+    }
+
+
+def main() -> int:
+    missing = missing_tools()
+    if not missing:
+        return 0
+    packages = sorted(set(missing.values()))
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        print(
+            f"test tools missing ({', '.join(missing)}); install the Debian packages "
+            f"{' '.join(packages)} as root to run their checks (they are skipped now)",
+            file=sys.stderr,
+        )
+        return 0
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", *packages]
+    print(f"installing {' '.join(packages)} for the real-tool checks", file=sys.stderr)
+    if subprocess.run(install, env=env, check=False).returncode != 0:
+        # A fresh machine has no package lists yet.
+        subprocess.run(["apt-get", "update", "-q"], env=env, check=False)
+        if subprocess.run(install, env=env, check=False).returncode != 0:
+            print(f"could not install {' '.join(packages)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
