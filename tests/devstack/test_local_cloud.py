@@ -23,8 +23,10 @@ import httpx
 import pytest
 import pytest_asyncio
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities.cloud_init import DOCKER_PACKAGES, docker_cloud_config, wait_for_cloud_init
+from activities.ssh import run_remote_heartbeating
 from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.processes import free_port
@@ -847,7 +849,33 @@ async def test_fresh_image_has_docker_only_after_cloud_init_installed_it(held_en
         assert report["detail"] == "Running in stage: modules-final" and report["errors"] == []
         assert (await conn.run("cloud-init status")).stdout == "status: running\n"
 
-        await release_cloud_init(env, server)
+        # A long remote command heartbeats while it runs: release cloud-init only once
+        # the first heartbeat has arrived, so the wait spans at least one beat.
+        beats: list[object] = []
+        released = asyncio.Event()
+
+        def on_heartbeat(*details: object) -> None:
+            beats.append(details)
+            released.set()
+
+        async def release_after_first_beat() -> None:
+            await released.wait()
+            await release_cloud_init(env, server)
+
+        activity_env = ActivityEnvironment()
+        activity_env.on_heartbeat = on_heartbeat
+        releaser = asyncio.create_task(release_after_first_beat())
+        output = await activity_env.run(
+            run_remote_heartbeating,
+            conn,
+            "cloud-init status --wait",
+            timeout=120.0,
+            what="cloud-init",
+            every=0.05,
+        )
+        await releaser
+        assert output.rstrip().endswith("status: done")
+        assert beats and "cloud-init: still running" in str(beats[0])
         waited = await conn.run("cloud-init status --wait --long", check=True)
         lines = str(waited.stdout).splitlines()
         assert set(lines[0]) <= {"."} and lines[1] == "status: done"

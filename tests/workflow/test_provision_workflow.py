@@ -346,8 +346,7 @@ async def test_final_failure_after_the_server_exists_is_compensated(
 async def test_failed_login_proof_retries_then_compensates(harness: Harness) -> None:
     """AdminLoginProofFailed is retryable: 5 attempts (CREATE_CREDENTIALS), then cleanup."""
     harness.world.failures["create_admin_credentials"] = [
-        ApplicationError("SMTP AUTH refused: 535", type="AdminLoginProofFailed")
-        for _ in range(5)
+        ApplicationError("SMTP AUTH refused: 535", type="AdminLoginProofFailed") for _ in range(5)
     ]
     with pytest.raises(WorkflowFailureError) as failure:
         await harness.run(purchase())
