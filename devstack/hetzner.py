@@ -98,6 +98,7 @@ IMAGES: dict[str, dict[str, Any]] = {
         "os_version": "12",
         "description": "Debian 12",
     },
+    # ids of debian-13 and docker-ce are the stand-in's own, not Hetzner's (unchecked).
     "debian-13": {
         "id": 310557660,
         "os_flavor": "debian",
