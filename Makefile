@@ -1,5 +1,5 @@
 # The two commands of the README, plus helpers. Needs python3 >= 3.11. As root on
-# Debian (CI), `make test` also apt-installs cloud-init and openssh-server, whose real
+# Debian (CI), `make test` also apt-installs cloud-init, openssh-server and gpg, whose real
 # `cloud-init schema` and `sshd -t` check our artefacts (devstack/test_tools.py).
 PYTHON ?= python3
 VENV   ?= .venv

@@ -17,7 +17,7 @@ import subprocess
 import sys
 
 # tool -> Debian package providing it
-TOOLS = {"cloud-init": "cloud-init", "sshd": "openssh-server"}
+TOOLS = {"cloud-init": "cloud-init", "sshd": "openssh-server", "gpg": "gpg"}
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 

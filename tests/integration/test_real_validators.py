@@ -155,7 +155,7 @@ def test_cloud_init_schema_rejects_what_it_should(tmp_path: Path) -> None:
 
 
 def test_docker_release_key_is_dockers(tmp_path: Path) -> None:
-    gpg = tool("gpg", "gnupg")
+    gpg = tool("gpg", "gpg")
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
     key = docker_cloud_config("debian-12", "docker-apt")["apt"]["sources"]["docker.list"]["key"]
