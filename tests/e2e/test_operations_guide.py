@@ -205,6 +205,9 @@ def test_every_section_of_the_guide_with_commands_is_tested() -> None:
 
 
 def test_the_lines_make_up_prints_decode_every_payload(shell: OperatorShell) -> None:
+    # The codec token reaches the CLI through its environment, never a command line.
+    token = shell.info.codec_token_file.read_text().strip()
+    assert not any(token in line for line in operator_environment(shell.info))
     start, credentials, listing, detailed, as_json = operator_examples(shell.info)
     assert '"notified": true' in shell.ok(start)
     assert '"username": "admin@acme.example"' in shell.ok(credentials)

@@ -114,32 +114,31 @@ async def test_node_back_end_starts_joins_queries_and_reads_the_result(
     assert purchase["tenant_id"].encode() not in json.dumps(stored).encode()
 
 
+async def node_error(cli: Path, info: StackInfo, request: dict[str, Any]) -> dict[str, Any]:
+    """Start a purchase from Node and return the typed error its result reports."""
+    await asyncio.to_thread(node, cli, info, "start", stdin=request)
+    code, answer = await asyncio.to_thread(node, cli, info, "result", request["purchase_id"])
+    assert code == 1, answer
+    error: dict[str, Any] = answer["error"]
+    return error
+
+
 async def test_node_back_end_gets_typed_errors(
     ts_client_cli: Path, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
 ) -> None:
-    bad = {**purchase, "domain": "Not_A_Domain"}
-    await asyncio.to_thread(node, ts_client_cli, info, "start", stdin=bad)
-    code, answer = await asyncio.to_thread(
-        node, ts_client_cli, info, "result", purchase["purchase_id"]
-    )
-    assert code == 1
-    assert answer["error"]["name"] == "InvalidPurchaseRequestError"
-    assert answer["error"]["field"] == "domain"
-    assert answer["error"]["rule"] == "must be lowercase"
+    invalid = await node_error(ts_client_cli, info, {**purchase, "domain": "Not_A_Domain"})
+    assert invalid["name"] == "InvalidPurchaseRequestError"
+    assert (invalid["field"], invalid["rule"]) == ("domain", "must be lowercase")
     assert cloud.servers_of(purchase["purchase_id"]) == []
 
     # A failure after the server exists: compensated, reported as ProvisioningFailed.
-    failing = {**purchase, "purchase_id": f"{purchase['purchase_id']}-boot"}
     cloud.devstack.post("boot-failures", json={"times": 1}).raise_for_status()
-    await asyncio.to_thread(node, ts_client_cli, info, "start", stdin=failing)
-    code, answer = await asyncio.to_thread(
-        node, ts_client_cli, info, "result", failing["purchase_id"]
-    )
-    assert code == 1
-    assert answer["error"]["name"] == "ProvisioningFailedError"
-    assert answer["error"]["step"] == "wait_for_server"
-    assert answer["error"]["error_type"] == "ServerBootFailed"
-    assert "failed to boot" in answer["error"]["message"]
+    failing = {**purchase, "purchase_id": f"{purchase['purchase_id']}-boot"}
+    failed = await node_error(ts_client_cli, info, failing)
+    assert failed["name"] == "ProvisioningFailedError"
+    assert (failed["step"], failed["error_type"]) == ("wait_for_server", "ServerBootFailed")
+    assert "failed to boot" in failed["message"]
+    assert cloud.servers_of(failing["purchase_id"]) == []
 
 
 async def test_payloads_round_trip_between_the_python_and_typescript_codecs(
@@ -151,7 +150,8 @@ async def test_payloads_round_trip_between_the_python_and_typescript_codecs(
     old_file, new_file = tmp_path / "old.json", tmp_path / "new.json"
     old_ring.write(old_file)
     new_ring.write(new_file)
-    value = {"purchase": f"p-{uuid.uuid4().hex[:6]}", "text": "grüße", "n": [1, 2.5, None]}
+    text = "grüße"
+    value = {"purchase": f"p-{uuid.uuid4().hex[:6]}", "text": text, "n": [1, 2.5, None]}
 
     # Python -> TypeScript: payloads under the old key, read by a Node process with the new ring.
     python_side = data_converter(old_ring)
@@ -171,7 +171,7 @@ async def test_payloads_round_trip_between_the_python_and_typescript_codecs(
     assert code == 0
     payloads = list(json_format.ParseDict(from_node, Payloads()).payloads)
     assert payloads[0].metadata["encryption-key-id"] == b"ring-2"
-    assert value["text"].encode() not in payloads[0].data
+    assert text.encode() not in payloads[0].data
     assert await data_converter(new_ring).decode(payloads) == [value]
     # The old ring does not have ring-2: the key id, not a guess, decides.
     with pytest.raises(Exception, match="unknown key id 'ring-2'"):

@@ -32,7 +32,7 @@ from temporalio.client import Client, WorkflowHandle
 from activities.codec import KeyRing, data_converter
 from devstack.stack import Stack, StackInfo
 from starter import start_purchase
-from tests.e2e.conftest import CloudControl
+from tests.e2e.conftest import CloudControl, new_request
 from workflows.contracts import ProvisionStatus, PurchaseRequest
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -55,16 +55,13 @@ class Recorder:
         self.cloud = CloudControl(info)
 
     def request(self, scenario: str) -> PurchaseRequest:
-        suffix = uuid.uuid4().hex[:6]
-        return PurchaseRequest.parse(
-            {
-                "purchase_id": f"replay-{scenario}-{suffix}",
-                "tenant_id": f"replay-{scenario}-{suffix}",
-                "domain": f"{scenario}-{suffix}.example",
-                "plan": "starter",
-                "requested_by": "record-histories",
-                "notify_url": self.info.notify_url,
-            }
+        name = f"replay-{scenario}-{uuid.uuid4().hex[:6]}"
+        return new_request(
+            self.info,
+            purchase_id=name,
+            tenant_id=name,
+            domain=f"{name}.example",
+            requested_by="record-histories",
         )
 
     async def run(
