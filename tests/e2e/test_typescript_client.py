@@ -9,9 +9,11 @@ the session's Temporal dev server and worker, with the stack's payload key ring.
 from __future__ import annotations
 
 import asyncio
+import base64
 import hashlib
 import json
 import os
+import secrets
 import shutil
 import subprocess
 import uuid
@@ -19,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 
 from activities.codec import ENCODING, KeyRing, data_converter
 from devstack.stack import ROOT, StackInfo
@@ -163,6 +167,26 @@ async def test_payloads_round_trip_between_the_python_and_typescript_codecs(
     )
     assert code == 0
     assert decoded == {"values": [value]}
+
+    # A payload of the first release (key id bound as associated data) still opens in Node.
+    nonce = secrets.token_bytes(12)
+    [plain] = await DataConverter.default.encode([value])
+    sealed = AESGCM(old_ring.keys["ring-1"]).encrypt(nonce, plain.SerializeToString(), b"ring-1")
+    legacy = {
+        "payloads": [
+            {
+                "metadata": {
+                    "encoding": base64.b64encode(ENCODING).decode(),
+                    "encryption-key-id": base64.b64encode(b"ring-1").decode(),
+                },
+                "data": base64.b64encode(nonce + sealed).decode(),
+            }
+        ]
+    }
+    code, decoded = await asyncio.to_thread(
+        node, ts_client_cli, info, "decode", stdin=legacy, keys_file=new_file
+    )
+    assert (code, decoded) == (0, {"values": [value]})
 
     # TypeScript -> Python: the Node codec encrypts under the current key, Python decodes.
     code, from_node = await asyncio.to_thread(

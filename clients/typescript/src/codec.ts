@@ -114,18 +114,28 @@ export class EncryptionCodec implements PayloadCodec {
         }
         const keyId = decodeText(payload.metadata?.[METADATA_ENCRYPTION_KEY_ID]);
         const data = payload.data ?? new Uint8Array();
-        let opened: ArrayBuffer;
-        try {
-          opened = await webcrypto.subtle.decrypt(
-            { name: 'AES-GCM', iv: data.subarray(0, NONCE_BYTES), tagLength: TAG_BITS },
-            await this.key(keyId),
-            data.subarray(NONCE_BYTES),
-          );
-        } catch (err) {
-          if (err instanceof ValueError) throw err;
-          throw new ValueError(`payload under key '${keyId}' does not authenticate`);
+        const key = await this.key(keyId);
+        // The samples' form first; then, as activities/codec.py does, the first release's
+        // form with the key id as associated data, so old purchases stay readable.
+        for (const additionalData of [undefined, encodeText(keyId)]) {
+          let opened: ArrayBuffer;
+          try {
+            opened = await webcrypto.subtle.decrypt(
+              {
+                name: 'AES-GCM',
+                iv: data.subarray(0, NONCE_BYTES),
+                tagLength: TAG_BITS,
+                ...(additionalData ? { additionalData } : {}),
+              },
+              key,
+              data.subarray(NONCE_BYTES),
+            );
+          } catch {
+            continue; // the tag does not match this form: try the next one
+          }
+          return temporal.api.common.v1.Payload.decode(new Uint8Array(opened));
         }
-        return temporal.api.common.v1.Payload.decode(new Uint8Array(opened));
+        throw new ValueError(`payload under key '${keyId}' does not authenticate`);
       }),
     );
   }
