@@ -136,3 +136,17 @@ def test_bad_bodies_and_paths_get_clear_errors(server: CodecServer) -> None:
     response = httpx.post(f"{server.url}/decode", json=foreign, headers=auth)
     assert response.status_code == 422
     assert "unknown key id 'nope'" in response.json()["error"]
+
+
+def test_a_refused_token_is_not_logged(
+    server: CodecServer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    secretish = "Bearer wrong-token-that-must-not-be-logged"
+    response = httpx.post(
+        f"{server.url}/decode", json=body(b"x"), headers={"Authorization": secretish}
+    )
+    assert response.status_code == 401
+    logged = capfd.readouterr()
+    assert "missing or wrong bearer token" in logged.out + logged.err
+    assert "wrong-token-that-must-not-be-logged" not in logged.out + logged.err
+    assert TOKEN not in logged.out + logged.err
