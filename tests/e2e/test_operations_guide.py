@@ -40,6 +40,8 @@ from workflows.contracts import ProvisionStatus, PurchaseRequest
 GUIDE = ROOT / "docs" / "OPERATIONS.md"
 COMMAND_TIMEOUT = 300
 WAIT_SECONDS = 180
+# 503s before the PTR call succeeds: retries wait 2, 4, 8, 16, 32 s, a window for the test.
+PTR_REFUSALS = 6
 
 
 def guide_blocks() -> dict[str, list[list[str]]]:
@@ -320,10 +322,10 @@ async def test_guide_on_a_purchase_whose_webhook_is_down(
     assert shell.ran_all("Rotate the payload key ring")
 
 
-async def stuck_in_configure_mailu(
+async def held_in_reverse_dns(
     client: Client, cloud: CloudControl, info: StackInfo
 ) -> tuple[PurchaseRequest, WorkflowHandle[Any, Any]]:
-    """A run held in configure_mailu: its first `docker compose` fails, the retry waits 15 s."""
+    """A run whose server exists, held in set_reverse_dns: the provider answers 503 a while."""
     request = new_request(info)
     handle, _ = await start_purchase(client, request, "mail-provisioning")
 
@@ -331,20 +333,26 @@ async def stuck_in_configure_mailu(
         return cloud.servers_of(request.purchase_id)
 
     [created] = await until(server, "the server to exist")
-    cloud.inject_command_fault(created["id"], "docker compose")
-    await until(lambda: pending_attempt(handle, "configure_mailu"), "configure_mailu to run")
+    cloud.inject(
+        method="POST",
+        path=f"/v1/servers/{created['id']}/actions/change_dns_ptr",
+        status=503,
+        code="unavailable",
+        message="injected: provider busy",
+        times=PTR_REFUSALS,
+    )
 
     async def retrying() -> bool:
-        return await pending_attempt(handle, "configure_mailu") >= 2
+        return await pending_attempt(handle, "set_reverse_dns") >= 2
 
-    await until(retrying, "configure_mailu to be retrying")
+    await until(retrying, "set_reverse_dns to be retrying")
     return request, handle
 
 
 async def test_guide_cancel_compensates(
     shell: OperatorShell, client: Client, cloud: CloudControl, reader_vault: Vault
 ) -> None:
-    request, handle = await stuck_in_configure_mailu(client, cloud, shell.info)
+    request, handle = await held_in_reverse_dns(client, cloud, shell.info)
     shell.variables.update(P=request.purchase_id, W=handle.id)
     cancel, result = guide("Cancel a run")
     shell.ok(cancel)
@@ -362,7 +370,7 @@ async def test_guide_cancel_compensates(
 async def test_guide_terminate_leaves_the_server(
     shell: OperatorShell, client: Client, cloud: CloudControl
 ) -> None:
-    request, handle = await stuck_in_configure_mailu(client, cloud, shell.info)
+    request, handle = await held_in_reverse_dns(client, cloud, shell.info)
     shell.variables.update(P=request.purchase_id, W=handle.id)
     [terminate] = guide("Terminate a run")
     shell.ok(terminate)
