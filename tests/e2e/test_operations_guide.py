@@ -206,6 +206,15 @@ def test_every_section_of_the_guide_with_commands_is_tested() -> None:
     assert set(guide_blocks()) == tested
 
 
+def test_no_guide_command_puts_the_codec_token_in_a_command_line() -> None:
+    """Only environment assignments and builtins (printf) may expand $TEMPORAL_CODEC_AUTH."""
+    lines = [c for blocks in guide_blocks().values() for block in blocks for c in block]
+    for line in lines:
+        if re.search(r"\$\{?TEMPORAL_CODEC_AUTH", line):
+            assert line.startswith("printf "), line
+        assert "codec-auth" not in line, line
+
+
 def test_the_lines_make_up_prints_decode_every_payload(shell: OperatorShell) -> None:
     # The codec token reaches the CLI through its environment, never a command line.
     token = shell.info.codec_token_file.read_text().strip()
