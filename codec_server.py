@@ -8,7 +8,10 @@ Implements Temporal's remote codec protocol (POST /encode and /decode with
         --codec-endpoint http://127.0.0.1:8081 --codec-auth "Bearer $(cat codec.token)"
 
 Every request needs `Authorization: Bearer <token>` (MAILPROV_CODEC_SERVER_TOKEN or
-..._FILE). CORS is answered for the Web UI origin only (MAILPROV_CODEC_UI_ORIGIN).
+..._FILE); a missing or wrong one gets 401 with a JSON message saying so. CORS is
+answered for the Web UI origin only (MAILPROV_CODEC_UI_ORIGIN, comma-separated for
+several names); a loopback origin is accepted in each of its spellings (127.0.0.1,
+localhost, [::1]) since a browser sends whichever the operator typed.
 A Web UI without login cannot send a token; for the local demo only,
 MAILPROV_CODEC_TRUST_UI_ORIGIN=1 accepts browser requests from that origin
 without one. In production, put the Web UI behind SSO and enable its
@@ -29,6 +32,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
@@ -38,6 +42,45 @@ from activities.logs import configure_logging, get_logger
 
 log = get_logger("codec_server")
 MAX_BODY = 4 * 1024 * 1024
+LOOPBACK_NAMES = ("127.0.0.1", "localhost", "[::1]")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+UNAUTHORIZED = (
+    "codec server: missing or wrong bearer token; send 'Authorization: Bearer <token>' "
+    "with the token of MAILPROV_CODEC_SERVER_TOKEN(_FILE)"
+)
+
+
+def normalize_origin(origin: str) -> str | None:
+    """`scheme://host:port` in lowercase with the port spelled out, or None if not an origin."""
+    try:
+        parts = urlsplit(origin.strip().rstrip("/"))
+        port = parts.port or DEFAULT_PORTS.get(parts.scheme.lower())
+    except ValueError:
+        return None
+    if not parts.hostname or port is None:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme.lower()}://{host.lower()}:{port}"
+
+
+def allowed_origins(configured: str | None) -> frozenset[str]:
+    """Every spelling a browser may send for the configured Web UI origin(s).
+
+    A UI on the loopback interface is reached as 127.0.0.1, localhost or [::1] (and the
+    dev server binds 127.0.0.1 while people type localhost), so each loopback origin
+    stands for all three; other hosts are listed explicitly, comma-separated.
+    """
+    origins: set[str] = set()
+    for entry in (configured or "").split(","):
+        origin = normalize_origin(entry) if entry.strip() else None
+        if origin is None:
+            continue
+        origins.add(origin)
+        scheme, _, rest = origin.partition("://")
+        host, _, port = rest.rpartition(":")
+        if host in LOOPBACK_NAMES:
+            origins.update(f"{scheme}://{name}:{port}" for name in LOOPBACK_NAMES)
+    return frozenset(origins)
 
 
 class CodecServer(ThreadingHTTPServer):
@@ -54,8 +97,11 @@ class CodecServer(ThreadingHTTPServer):
         super().__init__(address, CodecHandler)
         self.codec = codec
         self.token = token
-        self.ui_origin = ui_origin.rstrip("/") if ui_origin else None
+        self.ui_origins = allowed_origins(ui_origin)
         self.trust_ui_origin = trust_ui_origin
+
+    def is_ui_origin(self, origin: str | None) -> bool:
+        return bool(origin) and normalize_origin(origin or "") in self.ui_origins
 
     @property
     def url(self) -> str:
@@ -78,7 +124,8 @@ class CodecHandler(BaseHTTPRequestHandler):
         if operation is None:
             return self._error(404, "not found: use /encode or /decode")
         if not self._authorized():
-            return self._error(401, "missing or wrong bearer token")
+            log.warning("refused: missing or wrong bearer token", path=self.path)
+            return self._error(401, UNAUTHORIZED)
         length = int(self.headers.get("Content-Length") or 0)
         if length > MAX_BODY:
             return self._error(413, f"body larger than {MAX_BODY} bytes")
@@ -97,10 +144,7 @@ class CodecHandler(BaseHTTPRequestHandler):
         supplied = self.headers.get("Authorization", "")
         if hmac.compare_digest(supplied.encode(), f"Bearer {self.server.token}".encode()):
             return True
-        origin = self.headers.get("Origin")
-        return bool(
-            self.server.trust_ui_origin and origin and origin.rstrip("/") == self.server.ui_origin
-        )
+        return self.server.trust_ui_origin and self.server.is_ui_origin(self.headers.get("Origin"))
 
     def _error(self, status: int, message: str) -> None:
         self._reply(status, json.dumps({"error": message}).encode(), "application/json")
@@ -108,14 +152,16 @@ class CodecHandler(BaseHTTPRequestHandler):
     def _reply(self, status: int, body: bytes, content_type: str | None = None) -> None:
         self.send_response(status)
         origin = self.headers.get("Origin")
-        if origin and self.server.ui_origin and origin.rstrip("/") == self.server.ui_origin:
-            self.send_header("Access-Control-Allow-Origin", origin)
+        if self.server.is_ui_origin(origin):
+            self.send_header("Access-Control-Allow-Origin", str(origin))
             self.send_header("Access-Control-Allow-Credentials", "true")
             self.send_header("Access-Control-Allow-Methods", "POST, OPTIONS")
             self.send_header(
                 "Access-Control-Allow-Headers", "Content-Type, X-Namespace, Authorization"
             )
             self.send_header("Vary", "Origin")
+        if status == 401:
+            self.send_header("WWW-Authenticate", 'Bearer realm="codec-server"')
         if content_type:
             self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -154,7 +200,7 @@ def main() -> int:
         ui_origin=os.environ.get("MAILPROV_CODEC_UI_ORIGIN"),
         trust_ui_origin=os.environ.get("MAILPROV_CODEC_TRUST_UI_ORIGIN") == "1",
     )
-    log.info("codec server ready", url=server.url, ui_origin=server.ui_origin)
+    log.info("codec server ready", url=server.url, ui_origins=sorted(server.ui_origins))
     print(json.dumps({"url": server.url}), flush=True)
     try:
         server.serve_forever()

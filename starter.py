@@ -6,6 +6,7 @@
     python starter.py status p-1
     python starter.py result p-1
     python starter.py credentials acme     # reader role: VAULT_ADDR, VAULT_TOKEN(_FILE)
+    python starter.py replay history.json  # `temporal workflow show -o json` output, encrypted
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
 stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
@@ -31,11 +32,13 @@ from temporalio.client import (
     Client,
     WorkflowFailureError,
     WorkflowHandle,
+    WorkflowHistory,
     WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Replayer, WorkflowReplayResult
 
 from activities.audit import first_broken_row, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
@@ -52,6 +55,7 @@ from workflows.contracts import (
     PurchaseRequest,
     workflow_id_for,
 )
+from workflows.provision import ProvisionMailTenant
 
 # A query needs a live worker; do not let a missing one stall the CLI.
 QUERY_TIMEOUT = timedelta(seconds=5)
@@ -174,18 +178,22 @@ def _request_from_args(args: argparse.Namespace) -> PurchaseRequest:
 
 
 async def _connect(args: argparse.Namespace) -> Client:
-    if not args.codec_keys_file:
-        raise StarterError("--codec-keys-file or MAILPROV_CODEC_KEYS_FILE is required", 2)
-    try:
-        keyring = KeyRing.from_file(Path(args.codec_keys_file))
-    except CodecKeyError as err:
-        raise StarterError(f"codec keys: {err}", 2) from None
+    keyring = _keyring(args)
     try:
         return await Client.connect(
             args.address, namespace=args.namespace, data_converter=data_converter(keyring)
         )
     except RuntimeError as err:
         raise StarterError(f"cannot connect to Temporal at {args.address}: {err}", 2) from None
+
+
+def _keyring(args: argparse.Namespace) -> KeyRing:
+    if not args.codec_keys_file:
+        raise StarterError("--codec-keys-file or MAILPROV_CODEC_KEYS_FILE is required", 2)
+    try:
+        return KeyRing.from_file(Path(args.codec_keys_file))
+    except CodecKeyError as err:
+        raise StarterError(f"codec keys: {err}", 2) from None
 
 
 def _print_result(result: ProvisionResult) -> None:
@@ -322,6 +330,54 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+async def replay_history(
+    history_json: str, keyring: KeyRing, workflow_id: str | None = None
+) -> tuple[WorkflowHistory, WorkflowReplayResult]:
+    """Replay an exported history (encrypted or not) against this workflow code.
+
+    The workflow checks that its id is `purchase-{purchase_id}`, so the id is needed;
+    `temporal workflow show -o json` does not include it, so by default it is read from
+    the (decrypted) input of the first event.
+    """
+    history = WorkflowHistory.from_json(workflow_id or "", history_json)
+    converter = data_converter(keyring)
+    if workflow_id is None:
+        try:
+            started = history.events[0].workflow_execution_started_event_attributes
+            [raw] = await converter.decode(started.input.payloads)
+            workflow_id = workflow_id_for(raw["purchase_id"])
+        except CodecKeyError as err:
+            raise StarterError(f"the key ring cannot decrypt this history: {err}", 2) from None
+        except (IndexError, KeyError, TypeError, ValueError) as err:
+            raise StarterError(
+                f"cannot read the purchase id from the history ({err}); pass --workflow-id", 2
+            ) from None
+        history = WorkflowHistory(workflow_id, history.events)
+    replayer = Replayer(workflows=[ProvisionMailTenant], data_converter=converter)
+    return history, await replayer.replay_workflow(history, raise_on_replay_failure=False)
+
+
+async def cmd_replay(args: argparse.Namespace) -> int:
+    """Replay a downloaded history against the current code: does a deploy break it?"""
+    try:
+        text = Path(args.history).read_text()
+    except OSError as err:
+        raise StarterError(f"cannot read {args.history}: {err.strerror}", 2) from None
+    try:
+        history, result = await replay_history(text, _keyring(args), args.workflow_id)
+    except (ValueError, RuntimeError) as err:  # not JSON, or not a history
+        raise StarterError(f"{args.history} is not a workflow history: {err}", 2) from None
+    if result.replay_failure is not None:
+        say(
+            f"NOT REPLAYABLE {history.workflow_id}: the current workflow code makes other "
+            f"decisions than this history ({result.replay_failure}); running purchases like "
+            "it would break on deploy: guard the change with workflow.patched()"
+        )
+        return 1
+    say(f"ok: {history.workflow_id} ({len(history.events)} events) replays on the current code")
+    return 0
+
+
 def _env_required(name: str) -> str:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -387,6 +443,14 @@ def build_parser() -> argparse.ArgumentParser:
     verify = commands.add_parser("audit-verify", help="check the audit log's hash chain")
     verify.add_argument("--audit", help="SQLite path or postgresql:// DSN")
     verify.set_defaults(func=cmd_audit_verify)
+
+    replay = commands.add_parser(
+        "replay",
+        help="replay a history from `temporal workflow show -o json` against this code",
+    )
+    replay.add_argument("history", help="the exported JSON file (encrypted payloads are fine)")
+    replay.add_argument("--workflow-id", help="default: purchase-{purchase_id of its input}")
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 

@@ -5,6 +5,19 @@ failures in its history, forever, and shows them to whoever can reach the server
 This codec encrypts each payload before it leaves the process; the server only
 ever holds ciphertext. The key id travels in the payload metadata, so after a
 rotation the new key encrypts while older keys still decrypt old histories.
+
+The format is Temporal's samples convention byte for byte, so a codec copied from
+the samples in any language reads and writes our payloads (TypeScript:
+clients/typescript/src/codec.ts; Go: docs/OPERATIONS.md):
+
+    metadata  encoding: binary/encrypted, encryption-key-id: <key id>
+    data      12-byte nonce || AES-256-GCM(Payload.SerializeToString()) with its
+              16-byte tag, no associated data
+
+as in temporalio/samples-python encryption/codec.py and temporalio/samples-typescript
+encryption/src/encryption-codec.ts + crypto.ts. Payloads written by this project's
+first release bound the key id as associated data; decode still accepts them
+(they also carried an `encryption-cipher` metadata entry, ignored); see docs/security.md.
 Failures are encoded too (DefaultFailureConverterWithEncodedAttributes moves
 messages and stack traces into an encrypted payload).
 
@@ -33,8 +46,6 @@ from temporalio.api.common.v1 import Payload
 
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
-CIPHER_METADATA = "encryption-cipher"
-CIPHER = b"AES-256-GCM"
 NONCE_BYTES = 12
 
 
@@ -99,15 +110,12 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         encoded = []
         for payload in payloads:
             nonce = secrets.token_bytes(NONCE_BYTES)
-            # The key id is bound as associated data: relabelling a payload breaks it.
-            ciphertext = aead.encrypt(nonce, payload.SerializeToString(), key_id.encode())
+            # No associated data: the samples' codecs (TypeScript, Go, Python) bind none,
+            # and every other language's back end must be able to open our payloads.
+            ciphertext = aead.encrypt(nonce, payload.SerializeToString(), None)
             encoded.append(
                 Payload(
-                    metadata={
-                        "encoding": ENCODING,
-                        KEY_ID_METADATA: key_id.encode(),
-                        CIPHER_METADATA: CIPHER,
-                    },
+                    metadata={"encoding": ENCODING, KEY_ID_METADATA: key_id.encode()},
                     data=nonce + ciphertext,
                 )
             )
@@ -124,11 +132,17 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         if key is None:
             raise CodecKeyError(f"payload encrypted with unknown key id {key_id!r}")
         nonce, ciphertext = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
-        try:
-            plaintext = AESGCM(key).decrypt(nonce, ciphertext, key_id.encode())
-        except InvalidTag:
-            raise CodecKeyError(f"payload under key {key_id!r} does not authenticate") from None
-        return Payload.FromString(plaintext)
+        aead = AESGCM(key)
+        # The samples' format first (everything written now); then, for histories
+        # written by the first release, the key id as associated data. A payload that
+        # authenticates under neither was changed or was not made with this key.
+        # Drop the second entry once no retained history predates the switch.
+        for associated_data in (None, key_id.encode()):
+            try:
+                return Payload.FromString(aead.decrypt(nonce, ciphertext, associated_data))
+            except InvalidTag:
+                continue
+        raise CodecKeyError(f"payload under key {key_id!r} does not authenticate")
 
 
 def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:

@@ -166,23 +166,43 @@ async def demo(state_dir: Path) -> int:
         return 0
 
 
+def operator_environment(info: StackInfo) -> list[str]:
+    """Shell lines that point `temporal`, starter.py and the TS client at this stack.
+
+    The codec settings go in the environment (TEMPORAL_CODEC_ENDPOINT/_AUTH, read by
+    the temporal CLI), so every `temporal` command decodes and the token is not in argv.
+    """
+    return [
+        f'export PATH="{Path(sys.executable).parent}:$PATH"',
+        f"export TEMPORAL_ADDRESS={info.temporal_address} TEMPORAL_CODEC_ENDPOINT={info.codec_url}",
+        f'export TEMPORAL_CODEC_AUTH="Bearer $(cat {info.codec_token_file})"',
+        f"export MAILPROV_CODEC_KEYS_FILE={info.codec_keys_file}"
+        f" VAULT_ADDR={info.vault_addr} VAULT_TOKEN_FILE={info.reader_token_file}",
+    ]
+
+
+def operator_examples(info: StackInfo) -> list[str]:
+    """What `make up` suggests running (docs/OPERATIONS.md explains each)."""
+    return [
+        "python starter.py start --purchase-id p-1 --tenant-id acme --domain acme.example"
+        f" --plan starter --requested-by me --notify-url {info.notify_url} --wait",
+        "python starter.py credentials acme",
+        "temporal workflow list --query 'WorkflowType=\"ProvisionMailTenant\"'",
+        "temporal workflow show -w purchase-p-1 --detailed   # every payload, decoded",
+        "temporal workflow show -w purchase-p-1 -o json      # the same as JSON",
+    ]
+
+
 async def up(state_dir: Path) -> int:
     async with Stack(state_dir, web_ui=True) as stack:
         info = await stack.start(progress=lambda step: say(f"stack: {step}"))
+        lines = [*operator_environment(info), *operator_examples(info)]
         say(
-            f"\nstack is up (Ctrl-C stops it). Web UI: {info.temporal_ui_url}\n"
-            "In another terminal:\n"
-            f"  export TEMPORAL_ADDRESS={info.temporal_address}"
-            f" MAILPROV_CODEC_KEYS_FILE={info.codec_keys_file}\n"
-            f"  export VAULT_ADDR={info.vault_addr} VAULT_TOKEN_FILE={info.reader_token_file}\n"
-            "  .venv/bin/python starter.py start --purchase-id p-1 --tenant-id acme"
-            f" --domain acme.example --plan starter --requested-by me"
-            f" --notify-url {info.notify_url} --wait\n"
-            "  .venv/bin/python starter.py credentials acme\n"
-            f"  .venv/bin/temporal workflow show -w purchase-p-1 --address {info.temporal_address}"
-            f" --codec-endpoint {info.codec_url}"
-            f' --codec-auth "Bearer $(cat {info.codec_token_file})"\n'
-            f"logs: {info.state_dir / 'logs'}"
+            f"\nstack is up (Ctrl-C stops it). Web UI: {info.temporal_ui_url} (decodes payloads;"
+            " localhost works too)\nIn another terminal, from this directory "
+            "(docs/OPERATIONS.md has the rest):\n"
+            + "".join(f"  {line}\n" for line in lines)
+            + f"logs: {info.state_dir / 'logs'}"
         )
         while True:
             await asyncio.sleep(3600)

@@ -136,14 +136,12 @@ class StackInfo:
             "--output",
             "json",
         ]
+        # The codec settings go in the environment the CLI reads: a token in argv shows in `ps`.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("TEMPORAL_CODEC_")}
         if decoded:
-            command += [
-                "--codec-endpoint",
-                self.codec_url,
-                "--codec-auth",
-                "Bearer " + self.codec_token_file.read_text().strip(),
-            ]
-        return subprocess.run(command, capture_output=True, check=True).stdout
+            env["TEMPORAL_CODEC_ENDPOINT"] = self.codec_url
+            env["TEMPORAL_CODEC_AUTH"] = "Bearer " + self.codec_token_file.read_text().strip()
+        return subprocess.run(command, capture_output=True, check=True, env=env).stdout
 
     def worker_logs(self) -> list[Path]:
         """One file per worker process started (worker.log, worker-2.log, ...)."""

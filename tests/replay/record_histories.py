@@ -1,71 +1,156 @@
-"""Record the histories that tests/replay replays: `python -m tests.replay.record_histories`.
+"""Record the histories tests/replay replays: `.venv/bin/python -m tests.replay.record_histories`.
 
-Run it when a change to the workflow is *meant* to be incompatible (and then version
-the workflow with workflow.patched instead of breaking running purchases), or to
-add a path. Each scenario runs on the time-skipping server with the scripted world
-from the workflow tests, so the histories hold no real secrets or addresses.
+Each scenario is a real run on the local stack (Temporal dev server, worker process,
+OpenBao, local cloud and VPS), exported as an operator would export it:
+`temporal workflow show -o json`, i.e. *encrypted* by the payload codec, exactly what
+the server stores. The stack's key ring is the committed test-only ring
+(tests/replay/histories/TEST-ONLY-codec-keys.json), so CI can decrypt them.
+
+Scenarios: happy (plain success), retried (the provider answers 429 twice, a MailU
+command fails once), compensated (the server fails to boot: compensation runs),
+cancelled (cancelled while MailU is being configured: compensation, ends cancelled).
+
+Re-run it after a change to workflows/ that is *meant* to change the command sequence
+(and guard running purchases with workflow.patched), then commit the new files. It
+takes about a minute and needs nothing but `make install`.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
+import sys
+import tempfile
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
-from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
+from temporalio.client import Client, WorkflowHandle
 
-from devstack.stack import tool
-from tests.workflow.test_provision_workflow import Harness, ScriptedWorld, purchase
-from workflows.contracts import workflow_id_for
+from activities.codec import KeyRing, data_converter
+from devstack.stack import Stack, StackInfo
+from starter import start_purchase
+from tests.e2e.conftest import CloudControl, new_request
+from workflows.contracts import ProvisionStatus, PurchaseRequest
 
 HISTORIES = Path(__file__).parent / "histories"
+TEST_KEYS = HISTORIES / "TEST-ONLY-codec-keys.json"
+TEST_KEY_ID = "replay-TEST-ONLY-not-a-production-key"
+STEP_WAIT_SECONDS = 300
 
 
-def scenarios() -> dict[str, ScriptedWorld]:
-    retried = ScriptedWorld(
-        failures={
-            "create_server": [ApplicationError("429", type="Hetzner.rate_limit_exceeded")],
-            "wait_for_server": [ApplicationError("booting", type="ServerNotReady")] * 3,
+def test_keyring() -> KeyRing:
+    """The committed test-only ring; made once, on the first recording."""
+    if not TEST_KEYS.exists():
+        KeyRing.generate(TEST_KEY_ID).write(TEST_KEYS)
+    return KeyRing.from_file(TEST_KEYS)
+
+
+class Recorder:
+    def __init__(self, info: StackInfo, client: Client) -> None:
+        self.info = info
+        self.client = client
+        self.cloud = CloudControl(info)
+
+    def request(self, scenario: str) -> PurchaseRequest:
+        name = f"replay-{scenario}-{uuid.uuid4().hex[:6]}"
+        return new_request(
+            self.info,
+            purchase_id=name,
+            tenant_id=name,
+            domain=f"{name}.example",
+            requested_by="record-histories",
+        )
+
+    async def run(
+        self,
+        scenario: str,
+        during: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]] | None = None,
+    ) -> Path:
+        handle, _ = await start_purchase(self.client, self.request(scenario), "mail-provisioning")
+        if during is not None:
+            await during(handle)
+        try:
+            await handle.result()
+            outcome = "completed"
+        except Exception as err:  # failed and cancelled scenarios end this way on purpose
+            outcome = type(err).__name__
+        path = HISTORIES / f"{scenario}.json"
+        exported = json.loads(self.info.workflow_history(handle.id, decoded=False))
+        path.write_text(json.dumps(exported, indent=1) + "\n")
+        print(f"{scenario}: {outcome}, {len(exported['events'])} events -> {path}", flush=True)
+        return path
+
+    async def wait_for_step(self, handle: WorkflowHandle[Any, Any], step: str) -> None:
+        for _ in range(STEP_WAIT_SECONDS * 4):
+            try:
+                status: ProvisionStatus = await handle.query("status", result_type=ProvisionStatus)
+                if status.current_step == step:
+                    return
+            except Exception:  # noqa: S110 - not picked up by the worker yet
+                pass
+            await asyncio.sleep(0.25)
+        raise TimeoutError(f"{handle.id} never reached {step}")
+
+    async def record_all(self, only: set[str] | None) -> None:
+        async def fail_one_mailu_command(handle: WorkflowHandle[Any, Any]) -> None:
+            await self.wait_for_step(handle, "rotate_host_key")
+            [server] = self.cloud.servers_of(handle.id.removeprefix("purchase-"))
+            self.cloud.inject_command_fault(server["id"], "docker compose")
+
+        async def cancel_during_mailu(handle: WorkflowHandle[Any, Any]) -> None:
+            await self.wait_for_step(handle, "configure_mailu")
+            await handle.cancel()
+
+        scenarios: dict[str, Callable[[], Awaitable[Path]]] = {
+            "happy": lambda: self.run("happy"),
+            "retried": lambda: self._retried(fail_one_mailu_command),
+            "compensated": lambda: self._compensated(),
+            "cancelled": lambda: self.run("cancelled", cancel_during_mailu),
         }
-    )
-    compensated = ScriptedWorld(
-        failures={
-            "record_audit_event": [
-                ApplicationError("audit store gone", type="OperationalError", non_retryable=True)
-            ],
-        }
-    )
-    return {"happy_path": ScriptedWorld(), "retried_steps": retried, "compensated": compensated}
+        for name, record in scenarios.items():
+            if only is None or name in only:
+                await record()
+
+    async def _retried(self, during: Callable[[WorkflowHandle[Any, Any]], Awaitable[None]]) -> Path:
+        self.cloud.inject(
+            method="POST",
+            path="/v1/servers",
+            status=429,
+            code="rate_limit_exceeded",
+            message="injected by record_histories",
+            times=2,
+        )
+        return await self.run("retried", during)
+
+    async def _compensated(self) -> Path:
+        self.cloud.devstack.post("boot-failures", json={"times": 1}).raise_for_status()
+        return await self.run("compensated")
 
 
-async def record() -> None:
-    HISTORIES.mkdir(exist_ok=True)
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=tool("temporal-test-server")
-    )
-    try:
-        for name, world in scenarios().items():
-            harness = Harness(env, world)
-            raw = purchase(purchase_id=f"replay-{name.replace('_', '-')}")
-            async with harness.worker():
-                handle = await env.client.start_workflow(
-                    "ProvisionMailTenant",
-                    raw,
-                    id=workflow_id_for(raw["purchase_id"]),
-                    task_queue=harness.task_queue,
-                )
-                try:
-                    await handle.result()
-                except Exception as err:  # the compensated scenario fails by design
-                    print(f"{name}: ended with {type(err).__name__}")
-            history = await handle.fetch_history()
-            path = HISTORIES / f"{name}.json"
-            path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
-            print(f"wrote {path}")
-    finally:
-        await env.shutdown()
+async def record(only: set[str] | None) -> None:
+    keyring = test_keyring()
+    with tempfile.TemporaryDirectory(prefix="mailprov-record-") as directory:
+        state = Path(directory)
+        # The stack uses the key ring it finds in its state dir: the test-only one.
+        keyring.write(state / "codec-keys.json")
+        async with Stack(state) as stack:
+            info = await stack.start(progress=lambda step: print(f"stack: {step}", flush=True))
+            client = await Client.connect(
+                info.temporal_address, data_converter=data_converter(keyring)
+            )
+            await Recorder(info, client).record_all(only)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("scenario", nargs="*", help="default: all of them")
+    args = parser.parse_args()
+    asyncio.run(record(set(args.scenario) or None))
+    return 0
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    sys.exit(main())

@@ -1,32 +1,102 @@
-"""Committed histories must replay against today's workflow code.
+"""Committed, encrypted histories of real runs must replay against today's workflow code.
 
-A change that alters the sequence of commands for an existing history (new
-activity in the middle, different order, removed timer) breaks every purchase
-in flight at deploy time; this test makes CI fail on it instead. Re-record with
-`python -m tests.replay.record_histories` only together with workflow.patched().
+A change that alters the sequence of commands for an existing history (new activity in
+the middle, different order, removed timer) breaks every purchase in flight at deploy
+time; this test makes CI fail on it instead. The histories were exported with
+`temporal workflow show -o json` from real runs on the local stack (so every payload is
+ciphertext) and replay through the project's data converter, with the committed
+test-only key ring, via the same function as the operator's `starter.py replay FILE`.
+Re-record with `python -m tests.replay.record_histories` only together with
+workflow.patched().
 """
 
 from __future__ import annotations
 
+import base64
+import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHistory
-from temporalio.worker import Replayer
 
-from workflows.provision import ProvisionMailTenant
+from activities.codec import ENCODING, KeyRing
+from devstack.stack import ROOT
+from starter import StarterError, replay_history
 
-HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+HISTORY_DIR = Path(__file__).parent / "histories"
+HISTORIES = sorted(HISTORY_DIR.glob("*.json"))
+HISTORIES = [p for p in HISTORIES if not p.name.startswith("TEST-ONLY")]
+TEST_KEYS = HISTORY_DIR / "TEST-ONLY-codec-keys.json"
 
 
-def test_histories_are_committed() -> None:
-    assert {p.stem for p in HISTORIES} >= {"happy_path", "retried_steps", "compensated"}
+def payloads(node: Any) -> list[dict[str, Any]]:
+    """Every Payload object in an exported history (they have metadata.encoding)."""
+    if isinstance(node, dict):
+        if "encoding" in node.get("metadata", {}):
+            return [node]
+        return [p for value in node.values() for p in payloads(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in payloads(value)]
+    return []
+
+
+def event_types(path: Path) -> list[str]:
+    return [
+        e["eventType"].removeprefix("EVENT_TYPE_") for e in json.loads(path.read_text())["events"]
+    ]
+
+
+def test_the_four_scenarios_are_committed_and_are_what_they_claim() -> None:
+    assert {p.stem for p in HISTORIES} >= {"happy", "retried", "compensated", "cancelled"}
+    assert event_types(HISTORY_DIR / "happy.json")[-1] == "WORKFLOW_EXECUTION_COMPLETED"
+    retried = json.loads((HISTORY_DIR / "retried.json").read_text())["events"]
+    attempts = [
+        e["activityTaskStartedEventAttributes"].get("attempt", 1)
+        for e in retried
+        if "activityTaskStartedEventAttributes" in e
+    ]
+    assert max(attempts) > 1
+    assert "ACTIVITY_TASK_SCHEDULED" in event_types(HISTORY_DIR / "compensated.json")
+    assert event_types(HISTORY_DIR / "compensated.json")[-1] == "WORKFLOW_EXECUTION_FAILED"
+    assert "WORKFLOW_EXECUTION_CANCEL_REQUESTED" in event_types(HISTORY_DIR / "cancelled.json")
+
+
+@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+def test_every_payload_in_the_history_is_encrypted(path: Path) -> None:
+    found = payloads(json.loads(path.read_text()))
+    assert found
+    assert {base64.b64decode(p["metadata"]["encoding"]) for p in found} == {ENCODING}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
 async def test_history_replays_deterministically(path: Path) -> None:
-    # The recorder names each run purchase-replay-<scenario>; the workflow checks its id.
-    workflow_id = f"purchase-replay-{path.stem.replace('_', '-')}"
-    history = WorkflowHistory.from_json(workflow_id, path.read_text())
-    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
+    history, result = await replay_history(path.read_text(), KeyRing.from_file(TEST_KEYS))
+    assert history.workflow_id.startswith(f"purchase-replay-{path.stem}-")
     assert result.replay_failure is None
+
+
+async def test_a_changed_history_is_reported_as_not_replayable() -> None:
+    changed = (HISTORY_DIR / "happy.json").read_text().replace('"set_reverse_dns"', '"renamed"')
+    _, result = await replay_history(changed, KeyRing.from_file(TEST_KEYS))
+    assert result.replay_failure is not None
+    assert "Nondeterminism" in str(result.replay_failure)
+
+
+async def test_without_the_right_key_ring_replay_stops_with_a_clear_error() -> None:
+    with pytest.raises(StarterError, match="key ring cannot decrypt"):
+        await replay_history((HISTORY_DIR / "happy.json").read_text(), KeyRing.generate("other"))
+
+
+def test_operator_command_replays_a_downloaded_history() -> None:
+    command = [sys.executable, str(ROOT / "starter.py"), "--codec-keys-file", str(TEST_KEYS)]
+    ok = subprocess.run(
+        [*command, "replay", str(HISTORY_DIR / "retried.json")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert "replays on the current code" in ok.stderr

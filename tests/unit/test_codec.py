@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import secrets
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
 from temporalio.exceptions import ApplicationError
@@ -32,6 +34,48 @@ async def test_encode_hides_data_and_names_the_key() -> None:
     assert encoded.metadata[KEY_ID_METADATA] == b"k1"
     assert SECRETISH not in encoded.data
     assert await EncryptionCodec(ring).decode([encoded]) == [payload()]
+
+
+async def test_format_is_the_samples_convention_byte_for_byte() -> None:
+    """temporalio/samples-python encryption/codec.py, samples-typescript encryption/src:
+    exactly two metadata entries, data = 12-byte nonce + AES-GCM(serialized Payload), no AD."""
+    ring = KeyRing.generate("k1")
+    [encoded] = await EncryptionCodec(ring).encode([payload()])
+    assert dict(encoded.metadata) == {"encoding": b"binary/encrypted", "encryption-key-id": b"k1"}
+    nonce, sealed = encoded.data[:12], encoded.data[12:]
+    assert len(sealed) == len(payload().SerializeToString()) + 16  # ciphertext + 16-byte tag
+    opened = AESGCM(ring.keys["k1"]).decrypt(nonce, sealed, None)
+    assert Payload.FromString(opened) == payload()
+
+
+async def test_decodes_what_a_samples_codec_wrote() -> None:
+    ring = KeyRing.generate("k1")
+    nonce = secrets.token_bytes(12)
+    data = nonce + AESGCM(ring.keys["k1"]).encrypt(nonce, payload().SerializeToString(), None)
+    foreign = Payload(
+        metadata={"encoding": b"binary/encrypted", "encryption-key-id": b"k1"}, data=data
+    )
+    assert await EncryptionCodec(ring).decode([foreign]) == [payload()]
+
+
+async def test_payloads_of_the_first_release_with_the_key_id_as_ad_still_decode() -> None:
+    ring = KeyRing.generate("k1")
+    nonce = secrets.token_bytes(12)
+    sealed = AESGCM(ring.keys["k1"]).encrypt(nonce, payload().SerializeToString(), b"k1")
+    legacy = Payload(
+        metadata={
+            "encoding": b"binary/encrypted",
+            "encryption-key-id": b"k1",
+            "encryption-cipher": b"AES-256-GCM",
+        },
+        data=nonce + sealed,
+    )
+    assert await EncryptionCodec(ring).decode([legacy]) == [payload()]
+    # Bound to another key id (associated data) it authenticates under neither form.
+    wrong_ad = AESGCM(ring.keys["k1"]).encrypt(nonce, payload().SerializeToString(), b"k0")
+    moved = Payload(metadata=dict(legacy.metadata), data=nonce + wrong_ad)
+    with pytest.raises(CodecKeyError, match="does not authenticate"):
+        await EncryptionCodec(ring).decode([moved])
 
 
 async def test_rotation_keeps_old_payloads_readable_and_encrypts_with_the_new_key() -> None:

@@ -1,0 +1,124 @@
+#!/usr/bin/env node
+/**
+ * mailprov-client: the package's functions from a shell, JSON in and out.
+ *
+ *   echo '{"purchase_id": ...}' | mailprov-client start     -> {"workflowId", "runId"}
+ *   mailprov-client status PURCHASE_ID                       -> the status query's answer
+ *   mailprov-client result PURCHASE_ID                       -> the result, or {"error": {...}} (exit 1)
+ *   echo '<json value>' | mailprov-client encode             -> {"payloads": [...]} (protobuf JSON)
+ *   echo '{"payloads": [...]}' | mailprov-client decode      -> {"values": [...]}
+ *
+ * Reads TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, MAILPROV_TASK_QUEUE and
+ * MAILPROV_CODEC_KEYS_FILE, as worker.py and starter.py do.
+ */
+import { readFileSync } from 'node:fs';
+import { Payload, defaultPayloadConverter } from '@temporalio/common';
+import {
+  InvalidPurchaseRequestError,
+  MailProvisioningClient,
+  ProvisioningFailedError,
+} from './client';
+import { EncryptionCodec } from './codec';
+
+/** Protobuf JSON of a Payload (as the codec server protocol and `temporal ... -o json` use). */
+interface PayloadJson {
+  metadata?: Record<string, string>;
+  data?: string;
+}
+
+function required(name: string): string {
+  const value = process.env[name]?.trim();
+  if (!value) {
+    throw new Error(`${name} is required`);
+  }
+  return value;
+}
+
+function toJson(payload: Payload): PayloadJson {
+  const metadata: Record<string, string> = {};
+  for (const [key, value] of Object.entries(payload.metadata ?? {})) {
+    metadata[key] = Buffer.from(value).toString('base64');
+  }
+  return { metadata, data: Buffer.from(payload.data ?? new Uint8Array()).toString('base64') };
+}
+
+function fromJson(json: PayloadJson): Payload {
+  const metadata: Record<string, Uint8Array> = {};
+  for (const [key, value] of Object.entries(json.metadata ?? {})) {
+    metadata[key] = Buffer.from(value, 'base64');
+  }
+  return { metadata, data: Buffer.from(json.data ?? '', 'base64') };
+}
+
+function errorJson(err: unknown): Record<string, unknown> {
+  if (err instanceof InvalidPurchaseRequestError) {
+    return { name: err.name, message: err.message, field: err.field, rule: err.rule };
+  }
+  if (err instanceof ProvisioningFailedError) {
+    return { name: err.name, message: err.message, step: err.step, error_type: err.errorType };
+  }
+  const error = err as Error;
+  return { name: error.name, message: error.message };
+}
+
+async function withClient<T>(run: (client: MailProvisioningClient) => Promise<T>): Promise<T> {
+  const client = await MailProvisioningClient.connect({
+    address: required('TEMPORAL_ADDRESS'),
+    namespace: process.env.TEMPORAL_NAMESPACE || undefined,
+    taskQueue: process.env.MAILPROV_TASK_QUEUE || undefined,
+    codecKeysFile: required('MAILPROV_CODEC_KEYS_FILE'),
+  });
+  try {
+    return await run(client);
+  } finally {
+    await client.close();
+  }
+}
+
+async function main(argv: string[]): Promise<number> {
+  const [command, argument] = argv;
+  const stdin = () => JSON.parse(readFileSync(0, 'utf8'));
+  const print = (value: unknown) => process.stdout.write(JSON.stringify(value) + '\n');
+  switch (command) {
+    case 'start':
+      print(await withClient((client) => client.startPurchase(stdin())));
+      return 0;
+    case 'status':
+      print(await withClient((client) => client.status(argument)));
+      return 0;
+    case 'result':
+      try {
+        print(await withClient((client) => client.result(argument)));
+        return 0;
+      } catch (err) {
+        print({ error: errorJson(err) });
+        return 1;
+      }
+    case 'encode': {
+      const codec = EncryptionCodec.fromFile(required('MAILPROV_CODEC_KEYS_FILE'));
+      const encoded = await codec.encode([defaultPayloadConverter.toPayload(stdin())]);
+      print({ payloads: encoded.map(toJson) });
+      return 0;
+    }
+    case 'decode': {
+      const codec = EncryptionCodec.fromFile(required('MAILPROV_CODEC_KEYS_FILE'));
+      const payloads = (stdin() as { payloads: PayloadJson[] }).payloads.map(fromJson);
+      const decoded = await codec.decode(payloads);
+      print({ values: decoded.map((p) => defaultPayloadConverter.fromPayload(p)) });
+      return 0;
+    }
+    default:
+      process.stderr.write('usage: mailprov-client start|status ID|result ID|encode|decode\n');
+      return 2;
+  }
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err: Error) => {
+    process.stderr.write(`error: ${err.message}\n`);
+    process.exitCode = 2;
+  },
+);

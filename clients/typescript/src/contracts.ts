@@ -1,0 +1,67 @@
+/**
+ * The JSON contracts of the ProvisionMailTenant workflow, as TypeScript types.
+ *
+ * Mirrors workflows/contracts.py (the source of truth): field names are the JSON keys,
+ * so a rename there is a breaking change here. The workflow validates every field itself
+ * and answers bad input with an `InvalidPurchaseRequest` failure naming the field and the
+ * rule, so these types are for the compiler, not a second validator.
+ */
+
+export const WORKFLOW_TYPE = 'ProvisionMailTenant';
+export const DEFAULT_TASK_QUEUE = 'mail-provisioning';
+export const STATUS_QUERY = 'status';
+
+/** One workflow per purchase: the id is what makes starts idempotent. */
+export function workflowIdFor(purchaseId: string): string {
+  return `purchase-${purchaseId}`;
+}
+
+/** Plans from the operator's catalog (workflows/contracts.py PLAN_CATALOG). */
+export type Plan = 'starter' | 'business' | 'enterprise';
+
+/** The workflow input (PurchaseRequest). Unknown fields are rejected by the workflow. */
+export interface PurchaseRequest {
+  /** `[A-Za-z0-9_.-]`, 1-63, starts and ends alphanumeric; the workflow id is `purchase-{purchase_id}`. */
+  purchase_id: string;
+  /** `[a-z0-9][a-z0-9-]{0,62}`: becomes the Vault path, server name and labels. */
+  tenant_id: string;
+  /** Lowercase IDNA FQDN (<= 253 chars, labels <= 63, >= 2 labels). */
+  domain: string;
+  plan: Plan;
+  /** Who asked (1-200 printable characters). */
+  requested_by: string;
+  /** Absolute http(s) URL that gets `POST {event: "mail_server_ready", ...}`. */
+  notify_url?: string | null;
+  /** Debugging only: compensation keeps the failed server. */
+  keep_server_on_failure?: boolean;
+}
+
+/** What the back end gets when the mail server is ready (ProvisionResult). Never a secret. */
+export interface ProvisionResult {
+  purchase_id: string;
+  tenant_id: string;
+  server_id: number;
+  server_name: string;
+  ipv4: string;
+  webmail_url: string;
+  vault_path: string;
+  vault_version: number;
+  notified: boolean;
+}
+
+export interface StepProgress {
+  name: string;
+  state: 'running' | 'done' | 'failed' | 'skipped';
+  started_at: string;
+  finished_at: string | null;
+}
+
+/** Answer of the `status` query (ProvisionStatus). */
+export interface ProvisionStatus {
+  purchase_id: string | null;
+  tenant_id: string | null;
+  state: 'running' | 'compensating' | 'completed' | 'failed';
+  current_step: string | null;
+  steps: StepProgress[];
+  error: string | null;
+}

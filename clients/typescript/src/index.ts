@@ -1,0 +1,3 @@
+export * from './contracts';
+export { EncryptionCodec, KeyRing, readKeyRing, ENCODING, METADATA_ENCRYPTION_KEY_ID } from './codec';
+export * from './client';

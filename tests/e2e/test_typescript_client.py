@@ -1,0 +1,210 @@
+"""A Node back end on the real stack: clients/typescript with the real @temporalio/client.
+
+The package is installed from the committed package-lock.json (`npm ci`, once; the
+stamp in node_modules/ keeps later sessions from reinstalling) and compiled by its
+`prepare` script. Each test runs its CLI (lib/cli.js) as a back end would, against
+the session's Temporal dev server and worker, with the stack's payload key ring.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+from temporalio.client import Client
+from temporalio.converter import DataConverter
+
+from activities.codec import ENCODING, KeyRing, data_converter
+from devstack.stack import ROOT, StackInfo
+from tests.e2e.conftest import CloudControl
+from workflows.contracts import ProvisionResult, workflow_id_for
+
+PACKAGE = ROOT / "clients" / "typescript"
+NODE_TIMEOUT = 300
+QUERY_ATTEMPTS = 60
+
+
+@pytest.fixture(scope="session")
+def ts_client_cli() -> Path:
+    """`npm ci` when package-lock.json changed since the last install, then a fresh build."""
+    npm = shutil.which("npm")
+    assert npm and shutil.which("node"), "node >= 20 and npm are needed for clients/typescript"
+    lock = hashlib.sha256((PACKAGE / "package-lock.json").read_bytes()).hexdigest()
+    stamp = PACKAGE / "node_modules" / ".mailprov-lock-sha256"
+    if not stamp.exists() or stamp.read_text() != lock:
+        subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=PACKAGE, check=True, timeout=NODE_TIMEOUT
+        )
+        stamp.write_text(lock)
+    else:
+        subprocess.run([npm, "run", "build"], cwd=PACKAGE, check=True, timeout=NODE_TIMEOUT)
+    return PACKAGE / "lib" / "cli.js"
+
+
+def node(
+    cli: Path, info: StackInfo, *args: str, stdin: Any = None, keys_file: Path | None = None
+) -> tuple[int, Any]:
+    env = {
+        **os.environ,
+        "TEMPORAL_ADDRESS": info.temporal_address,
+        "MAILPROV_CODEC_KEYS_FILE": str(keys_file or info.codec_keys_file),
+    }
+    completed = subprocess.run(
+        ["node", str(cli), *args],
+        input=json.dumps(stdin) if stdin is not None else "",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=NODE_TIMEOUT,
+        check=False,
+    )
+    if not completed.stdout:  # the CLI reports failures to call the server on stderr
+        assert completed.returncode != 0
+        return completed.returncode, {"stderr": completed.stderr}
+    return completed.returncode, json.loads(completed.stdout)
+
+
+async def test_node_back_end_starts_joins_queries_and_reads_the_result(
+    ts_client_cli: Path,
+    info: StackInfo,
+    client: Client,
+    cloud: CloudControl,
+    purchase: dict[str, Any],
+) -> None:
+    code, started = await asyncio.to_thread(node, ts_client_cli, info, "start", stdin=purchase)
+    assert code == 0
+    assert started["workflowId"] == workflow_id_for(purchase["purchase_id"])
+    # A repeated start while it runs joins the running one (USE_EXISTING).
+    _, joined = await asyncio.to_thread(node, ts_client_cli, info, "start", stdin=purchase)
+    assert joined == started
+
+    # A query is answered once the worker has run the first workflow task: allow for that.
+    for _ in range(QUERY_ATTEMPTS):
+        code, status = await asyncio.to_thread(
+            node, ts_client_cli, info, "status", purchase["purchase_id"]
+        )
+        if code == 0:
+            break
+        await asyncio.sleep(0.5)
+    assert code == 0, status
+    assert status["state"] in {"running", "completed"}
+    assert status["steps"][0]["name"] == "validate_input"
+
+    code, result = await asyncio.to_thread(
+        node, ts_client_cli, info, "result", purchase["purchase_id"]
+    )
+    assert code == 0, result
+    # The Python client reads the very same result from the run the Node client started.
+    handle = client.get_workflow_handle(started["workflowId"], result_type=ProvisionResult)
+    assert ProvisionResult(**result) == await handle.result()
+    assert result["webmail_url"] == f"https://mail.{purchase['domain']}"
+    assert (await handle.describe()).run_id == started["runId"]
+
+    # Finished: a new start is refused by the server (REJECT_DUPLICATE) and reports that run.
+    _, again = await asyncio.to_thread(node, ts_client_cli, info, "start", stdin=purchase)
+    assert again == started
+    assert len(cloud.servers_of(purchase["purchase_id"])) == 1
+
+    # What the server stored from the Node client is ciphertext in the samples' format.
+    stored = json.loads(info.workflow_history(started["workflowId"], decoded=False))
+    start_event = stored["events"][0]["workflowExecutionStartedEventAttributes"]
+    [payload] = start_event["input"]["payloads"]
+    assert set(payload["metadata"]) == {"encoding", "encryption-key-id"}
+    assert purchase["tenant_id"].encode() not in json.dumps(stored).encode()
+
+
+async def node_error(cli: Path, info: StackInfo, request: dict[str, Any]) -> dict[str, Any]:
+    """Start a purchase from Node and return the typed error its result reports."""
+    await asyncio.to_thread(node, cli, info, "start", stdin=request)
+    code, answer = await asyncio.to_thread(node, cli, info, "result", request["purchase_id"])
+    assert code == 1, answer
+    error: dict[str, Any] = answer["error"]
+    return error
+
+
+async def test_node_back_end_gets_typed_errors(
+    ts_client_cli: Path, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    invalid = await node_error(ts_client_cli, info, {**purchase, "domain": "Not_A_Domain"})
+    assert invalid["name"] == "InvalidPurchaseRequestError"
+    assert (invalid["field"], invalid["rule"]) == ("domain", "must be lowercase")
+    assert cloud.servers_of(purchase["purchase_id"]) == []
+
+    # A failure after the server exists: compensated, reported as ProvisioningFailed.
+    cloud.devstack.post("boot-failures", json={"times": 1}).raise_for_status()
+    failing = {**purchase, "purchase_id": f"{purchase['purchase_id']}-boot"}
+    failed = await node_error(ts_client_cli, info, failing)
+    assert failed["name"] == "ProvisioningFailedError"
+    assert (failed["step"], failed["error_type"]) == ("wait_for_server", "ServerBootFailed")
+    assert "failed to boot" in failed["message"]
+    assert cloud.servers_of(failing["purchase_id"]) == []
+
+
+async def test_payloads_round_trip_between_the_python_and_typescript_codecs(
+    ts_client_cli: Path, info: StackInfo, tmp_path: Path
+) -> None:
+    """Both directions, across a key rotation: each side reads the other's old and new keys."""
+    old_ring = KeyRing.generate("ring-1")
+    new_ring = old_ring.rotated("ring-2")
+    old_file, new_file = tmp_path / "old.json", tmp_path / "new.json"
+    old_ring.write(old_file)
+    new_ring.write(new_file)
+    text = "grüße"
+    value = {"purchase": f"p-{uuid.uuid4().hex[:6]}", "text": text, "n": [1, 2.5, None]}
+
+    # Python -> TypeScript: payloads under the old key, read by a Node process with the new ring.
+    python_side = data_converter(old_ring)
+    encoded = await python_side.encode([value])
+    assert encoded[0].metadata["encoding"] == ENCODING
+    as_json = json.loads(json_format.MessageToJson(Payloads(payloads=encoded)))
+    code, decoded = await asyncio.to_thread(
+        node, ts_client_cli, info, "decode", stdin=as_json, keys_file=new_file
+    )
+    assert code == 0
+    assert decoded == {"values": [value]}
+
+    # A payload of the first release (key id bound as associated data) still opens in Node.
+    nonce = secrets.token_bytes(12)
+    [plain] = await DataConverter.default.encode([value])
+    sealed = AESGCM(old_ring.keys["ring-1"]).encrypt(nonce, plain.SerializeToString(), b"ring-1")
+    legacy = {
+        "payloads": [
+            {
+                "metadata": {
+                    "encoding": base64.b64encode(ENCODING).decode(),
+                    "encryption-key-id": base64.b64encode(b"ring-1").decode(),
+                },
+                "data": base64.b64encode(nonce + sealed).decode(),
+            }
+        ]
+    }
+    code, decoded = await asyncio.to_thread(
+        node, ts_client_cli, info, "decode", stdin=legacy, keys_file=new_file
+    )
+    assert (code, decoded) == (0, {"values": [value]})
+
+    # TypeScript -> Python: the Node codec encrypts under the current key, Python decodes.
+    code, from_node = await asyncio.to_thread(
+        node, ts_client_cli, info, "encode", stdin=value, keys_file=new_file
+    )
+    assert code == 0
+    payloads = list(json_format.ParseDict(from_node, Payloads()).payloads)
+    assert payloads[0].metadata["encryption-key-id"] == b"ring-2"
+    assert text.encode() not in payloads[0].data
+    assert await data_converter(new_ring).decode(payloads) == [value]
+    # The old ring does not have ring-2: the key id, not a guess, decides.
+    with pytest.raises(Exception, match="unknown key id 'ring-2'"):
+        await data_converter(old_ring).decode(payloads)
