@@ -21,17 +21,24 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.audit import AuditActivities, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
+from activities.heartbeat import HeartbeatInterceptor
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
-from activities.vault import Vault, VaultActivities, VaultSettings
+from activities.vault import (
+    DEFAULT_DENIED_RETRY_SECONDS,
+    Vault,
+    VaultActivities,
+    VaultNotReady,
+    VaultSettings,
+)
 from activities.vps_provider import VpsActivities
 from workflows.contracts import DEFAULT_TASK_QUEUE
 from workflows.provision import ProvisionMailTenant
@@ -70,10 +77,17 @@ class Settings:
             ssh_port=_int(env, "MAILPROV_SSH_PORT", 22),
             vault=VaultSettings(
                 url=_required(env, "VAULT_ADDR"),
-                token=_secret(env, "VAULT_TOKEN"),
+                **_vault_login(env),
                 kv_mount=env.get("MAILPROV_KV_MOUNT", "smtp"),
                 transit_mount=env.get("MAILPROV_TRANSIT_MOUNT", "transit"),
                 transit_key=env.get("MAILPROV_TRANSIT_KEY", "mail-credentials"),
+                denied_retry_seconds=float(
+                    _int(
+                        env,
+                        "MAILPROV_VAULT_DENIED_RETRY_SECONDS",
+                        int(DEFAULT_DENIED_RETRY_SECONDS),
+                    )
+                ),
             ),
             audit_store=(
                 env.get("MAILPROV_AUDIT_DSN") or env.get("MAILPROV_AUDIT_DB") or "audit.db"
@@ -82,6 +96,16 @@ class Settings:
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
         )
+
+
+def _vault_login(env: Mapping[str, str]) -> dict[str, str]:
+    """AppRole (VAULT_ROLE_ID + VAULT_SECRET_ID, or their _FILE forms) if given, else a token."""
+    if any(env.get(name, "").strip() for name in ("VAULT_ROLE_ID", "VAULT_ROLE_ID_FILE")):
+        return {
+            "role_id": _secret(env, "VAULT_ROLE_ID"),
+            "secret_id": _secret(env, "VAULT_SECRET_ID"),
+        }
+    return {"token": _secret(env, "VAULT_TOKEN")}
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -123,8 +147,13 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
         identity = SshIdentity.from_file(settings.ssh_key_file)
     except (OSError, ValueError) as err:
         raise ConfigError(f"MAILPROV_SSH_KEY_FILE={settings.ssh_key_file}: {err}") from None
-    hetzner = HetznerClient(settings.hcloud_token, settings.hcloud_api_url)
     vault = Vault(settings.vault)
+    try:
+        # A Vault without our mounts or key would fail every purchase late: refuse to start.
+        await asyncio.to_thread(vault.check_ready)
+    except VaultNotReady as err:
+        raise ConfigError(f"VAULT_ADDR={settings.vault.url}: {err}") from None
+    hetzner = HetznerClient(settings.hcloud_token, settings.hcloud_api_url)
     access = ServerAccess(identity, port=settings.ssh_port)
     mailu = MailuActivities(access)
     vps = VpsActivities(hetzner, identity)
@@ -145,6 +174,11 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
         ]
     finally:
         await hetzner.aclose()
+
+
+def worker_interceptors() -> list[Interceptor]:
+    """Log context on every activity line; heartbeats so a dead worker is seen in seconds."""
+    return [LogContextInterceptor(), HeartbeatInterceptor()]
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
@@ -169,7 +203,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             task_queue=settings.task_queue,
             workflows=[ProvisionMailTenant],
             activities=activities,
-            interceptors=[LogContextInterceptor()],
+            interceptors=worker_interceptors(),
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
         )
         async with worker:

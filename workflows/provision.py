@@ -73,56 +73,86 @@ def _policy(
     )
 
 
+# Every activity heartbeats from a side task while it runs (activities/heartbeat.py), so a
+# worker that dies mid-attempt is noticed after HEARTBEAT, not after the attempt's
+# start-to-close: with a first retry within 5 s, a purchase resumes within ~20 s of a
+# worker being available (measured by `make faults`, docs/RELIABILITY.md).
+HEARTBEAT = timedelta(seconds=15)
 # Provider API calls are quick; rate limits and 5xx clear within minutes. Adoption on
 # uniqueness_error makes a retried create safe.
-CREATE_SERVER = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 60, 8))
+CREATE_SERVER = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(2, 60, 8),
+)
 # Infrequent polling: each attempt is one GET; the retry policy is the poll loop, so no
-# worker slot is held while the server boots. Gives up after 15 minutes.
+# worker slot is held while a server boots. Gives up after 15 minutes.
 WAIT_FOR_SERVER = dict(
     start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(minutes=15),
     retry_policy=_policy(3, 3, backoff=1.0),
 )
 # Image pulls and MailU's first start take minutes: long timeout, heartbeats prove life.
 CONFIGURE_MAILU = dict(
     start_to_close_timeout=timedelta(minutes=20),
-    heartbeat_timeout=timedelta(minutes=2),
-    retry_policy=_policy(15, 120, 5),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(5, 120, 5),
 )
 # One Transit call and one SSH command; a retry sets a fresh password, which is harmless.
+# No attempt cap: a sealed or denying Vault is retried for a bounded time (10 min,
+# activities/vault.py) and only then final; 15 min overall covers that bound.
 CREATE_CREDENTIALS = dict(
-    start_to_close_timeout=timedelta(minutes=2), retry_policy=_policy(5, 60, 5)
+    start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=HEARTBEAT,
+    schedule_to_close_timeout=timedelta(minutes=15),
+    retry_policy=_policy(2, 30),
 )
-# Vault writes are fast; outages (sealed, leader election) are short. CAS makes retries safe.
+# Vault writes are fast; outages (sealed, leader election, lost policies) are retried as
+# above. CAS makes retries safe.
 STORE_CREDENTIALS = dict(
-    start_to_close_timeout=timedelta(seconds=30), retry_policy=_policy(1, 30, 10)
+    start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
+    schedule_to_close_timeout=timedelta(minutes=15),
+    retry_policy=_policy(1, 30),
 )
 # The audit row must not be lost: retry for up to a day (unique key keeps it to one row).
 AUDIT = dict(
     start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(1, 60),
 )
 # The customer's webhook may be down for a while; the mail server is ready regardless.
 NOTIFY = dict(
     start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(hours=6),
     retry_policy=_policy(5, 300),
 )
 # One provider call plus its action; same reasoning as create_server.
-SET_REVERSE_DNS = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 60, 8))
+SET_REVERSE_DNS = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(2, 60, 8),
+)
 # Two short SSH sessions; a retry trusts the old or the new key, so it is idempotent.
-ROTATE_HOST_KEY = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=_policy(5, 60, 5))
+ROTATE_HOST_KEY = dict(
+    start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(2, 60, 5),
+)
 # Compensation must finish: a leaked server costs money every hour.
 DELETE_SERVER = dict(
     start_to_close_timeout=timedelta(minutes=5),
-    heartbeat_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(5, 300),
 )
 # Withdrawing a written record is one Vault call; like deletion, it must finish.
 REMOVE_CREDENTIALS = dict(
     start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(1, 60),
 )
