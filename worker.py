@@ -32,6 +32,7 @@ from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
+from activities.temporal_runs import TemporalRunsActivities
 from activities.vault import (
     DEFAULT_DENIED_RETRY_SECONDS,
     Vault,
@@ -42,6 +43,7 @@ from activities.vault import (
 from activities.vps_provider import VpsActivities
 from workflows.contracts import DEFAULT_TASK_QUEUE
 from workflows.provision import ProvisionMailTenant
+from workflows.reconcile import ReconcileOrphans
 
 log = get_logger("worker")
 
@@ -141,8 +143,13 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 @asynccontextmanager
-async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
-    """Every activity of the product, wired to its outside system."""
+async def build_activities(
+    settings: Settings, client: Client | None = None
+) -> AsyncIterator[list[Any]]:
+    """Every activity of the product, wired to its outside system.
+
+    With a Temporal client, also the reconciler's look-up of purchase runs.
+    """
     try:
         identity = SshIdentity.from_file(settings.ssh_key_file)
     except (OSError, ValueError) as err:
@@ -171,6 +178,9 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
             vault_activities.remove_credentials,
             AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
             NotifyActivities().notify_customer,
+            vps.delete_purchase_servers,
+            vps.list_managed_servers,
+            *([TemporalRunsActivities(client).describe_purchase_runs] if client else []),
         ]
     finally:
         await hetzner.aclose()
@@ -197,11 +207,11 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         runtime=runtime,
         data_converter=data_converter(keyring),
     )
-    async with build_activities(settings) as activities:
+    async with build_activities(settings, client) as activities:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ProvisionMailTenant],
+            workflows=[ProvisionMailTenant, ReconcileOrphans],
             activities=activities,
             interceptors=worker_interceptors(),
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),

@@ -6,6 +6,12 @@
     on a failure retries cannot fix, or on cancel, after the server exists:
         remove_credentials (if stored) ─► delete_server ─► audit provisioning_failed
 
+A cancel at any step before the run completes, notification included, undoes the
+purchase: the same compensation runs (a cancel during create_server deletes whatever
+server carries the purchase's label), then the run ends CANCELLED. A completed run
+cannot be cancelled (Temporal refuses); terminated runs are cleaned up by the
+reconciler (workflows/reconcile.py).
+
 Each arrow is an activity with a timeout and retry policy chosen for what it
 talks to (see the policies below). The workflow itself only sequences them: no
 I/O, no clocks but workflow.now(), no secrets (the password lives and dies inside
@@ -21,7 +27,14 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType
 
 from workflows.contracts import (
     PLAN_CATALOG,
@@ -84,6 +97,9 @@ CREATE_SERVER = dict(
     start_to_close_timeout=timedelta(seconds=60),
     heartbeat_timeout=HEARTBEAT,
     retry_policy=_policy(2, 60, 8),
+    # On cancel, wait until the attempt has really stopped, so the clean-up that looks
+    # for the purchase's server runs after any server it could create exists.
+    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
 )
 # Infrequent polling: each attempt is one GET; the retry policy is the poll loop, so no
 # worker slot is held while a server boots. Gives up after 15 minutes.
@@ -172,9 +188,15 @@ class ProvisionMailTenant:
     @workflow.run
     async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
         request = self._validate(raw_request)
-        server: ServerHandle = await self._step(
-            "create_server", VpsActivities.create_server, self._server_spec(request), CREATE_SERVER
-        )
+        spec = self._server_spec(request)
+        try:
+            server: ServerHandle = await self._step(
+                "create_server", VpsActivities.create_server, spec, CREATE_SERVER
+            )
+        except (ActivityError, asyncio.CancelledError) as err:
+            if not _is_cancel(err):
+                raise
+            raise await self._cancel_during_create(request, spec, err) from None
         stored: StoredCredentials | None = None
         try:
             address: ServerAddress = await self._step(
@@ -233,10 +255,7 @@ class ProvisionMailTenant:
                 AUDIT,
             )
         except (ActivityError, asyncio.CancelledError) as err:
-            failure = await self._compensate(request, server, stored, err)
-            if isinstance(err, asyncio.CancelledError):
-                raise
-            raise failure from err
+            raise await self._compensate(request, server, stored, err) from err
 
         result = ProvisionResult(
             purchase_id=request.purchase_id,
@@ -249,7 +268,12 @@ class ProvisionMailTenant:
             vault_version=stored.version,
             notified=False,
         )
-        result = replace(result, notified=await self._notify(request, result))
+        try:
+            notified = await self._notify(request, result)
+        except (ActivityError, asyncio.CancelledError) as err:
+            # Only a cancel gets here: the purchase is void, so undo it all.
+            raise await self._compensate(request, server, stored, err) from err
+        result = replace(result, notified=notified)
         self._status.state = "completed"
         self._status.current_step = None
         return result
@@ -321,7 +345,9 @@ class ProvisionMailTenant:
         )
         try:
             await self._step("notify", NotifyActivities.notify_customer, notification, NOTIFY)
-        except ActivityError:
+        except ActivityError as err:
+            if _is_cancel(err):
+                raise
             workflow.logger.warning("customer notification failed; provisioning stands")
             return False
         return True
@@ -332,10 +358,12 @@ class ProvisionMailTenant:
         server: ServerHandle,
         stored: StoredCredentials | None,
         err: BaseException,
-    ) -> ApplicationError:
+    ) -> Exception:
         """Undo what exists, newest first, then record why provisioning failed.
 
         Runs after a cancel too: Temporal lets a cancelled workflow schedule cleanup.
+        Returns what the run ends with: CancelledError (CANCELLED) after a cancel,
+        else ProvisioningFailed.
         """
         failed_step = self._status.current_step or "unknown"
         reason = _reason(err)
@@ -368,14 +396,50 @@ class ProvisionMailTenant:
             ),
             AUDIT,
         )
-        self._status.state = "failed"
         self._status.current_step = None
+        if _is_cancel(err):
+            self._status.state = "cancelled"
+            return CancelledError(f"purchase cancelled at {failed_step}; compensated")
+        self._status.state = "failed"
         return ApplicationError(
             f"provisioning failed at {failed_step}: {reason}",
             {"step": failed_step, "error_type": _error_type(err)},
             type="ProvisioningFailed",
             non_retryable=True,
         )
+
+    async def _cancel_during_create(
+        self, request: PurchaseRequest, spec: ServerSpec, err: BaseException
+    ) -> Exception:
+        """A cancel while the server was being bought: no handle, so delete by label."""
+        self._status.state = "compensating"
+        self._status.error = _reason(err)
+        deleted: list[int] = await self._step(
+            "delete_server",
+            VpsActivities.delete_purchase_servers,
+            request.purchase_id,
+            DELETE_SERVER,
+        )
+        await self._step(
+            "audit_failure",
+            AuditActivities.record_audit_event,
+            self._audit_event(
+                "provisioning_failed",
+                request.tenant_id,
+                {
+                    "step": "create_server",
+                    "error_type": _error_type(err),
+                    "reason": _reason(err),
+                    "server_name": spec.name,
+                    "server_kept": "false",
+                    "servers_deleted": str(len(deleted)),
+                },
+            ),
+            AUDIT,
+        )
+        self._status.state = "cancelled"
+        self._status.current_step = None
+        return CancelledError("purchase cancelled at create_server; compensated")
 
     # ------------------------------------------------------------------ bookkeeping
 
@@ -401,6 +465,11 @@ class ProvisionMailTenant:
                 self._status.state = "failed"
 
 
+def _is_cancel(err: BaseException) -> bool:
+    """The workflow itself was cancelled (not an activity that gave up on its own)."""
+    return workflow.cancellation_reason() is not None and is_cancelled_exception(err)
+
+
 def _innermost(err: BaseException) -> BaseException:
     while isinstance(err, ActivityError) and err.cause is not None:
         err = err.cause
@@ -410,7 +479,7 @@ def _innermost(err: BaseException) -> BaseException:
 def _reason(err: BaseException) -> str:
     """The innermost message: for an ActivityError, the activity's own error."""
     inner = _innermost(err)
-    if isinstance(inner, asyncio.CancelledError):
+    if isinstance(inner, asyncio.CancelledError | CancelledError):
         return "workflow cancelled"
     if isinstance(inner, FailureError):
         return inner.message or type(inner).__name__
