@@ -61,6 +61,8 @@ class Process:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.popen.poll() is None:
@@ -297,11 +299,22 @@ class Stack:
             if not client.sys.submit_unseal_key(key)["sealed"]:
                 break
 
-    async def restart_vault(self) -> None:
-        """Stop OpenBao (SIGTERM), start it again on the same storage and port, unseal."""
+    async def restart_vault(self, crash: bool = False) -> None:
+        """Stop OpenBao (SIGTERM, or SIGKILL when `crash`), start it again on the same
+        storage and port, unseal."""
         for process in self.processes("openbao"):
+            if crash:
+                process.popen.kill()
             self.stop_process(process)
         await self._run_vault()
+
+    async def restart_temporal(self) -> None:
+        """Kill the Temporal dev server (SIGKILL: a crash), start it on its database."""
+        [process] = self.processes("temporal")
+        process.popen.kill()
+        self.stop_process(process)
+        restarted = self._spawn("temporal", process.args, env=process.env)
+        await self._wait(restarted, lambda: _temporal_ready(self.info.temporal_address), 60)
 
     async def _start_cloud(self) -> None:
         token_file = self.info.state_dir / "cloud.token"
@@ -391,7 +404,7 @@ class Stack:
             stderr=log_file,
             preexec_fn=die_with_parent,
         )
-        process = Process(name, popen, log_path, log_file)
+        process = Process(name, popen, log_path, log_file, args, env or {})
         self._processes.append(process)
         return process
 
