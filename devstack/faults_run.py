@@ -221,7 +221,10 @@ class FaultRun:
         record = await asyncio.to_thread(self.reader.read_credentials, request.tenant_id)
         if purchase.expect == "completed":
             if purchase.result is None:
-                return f"did not complete: {purchase.failure!r}"
+                failure = purchase.failure
+                if isinstance(failure, WorkflowFailureError):
+                    return f"did not complete: {failure.cause}"
+                return f"did not complete: {failure!r}"
             if [s["id"] for s in servers] != [purchase.result.server_id]:
                 return f"servers {[s['id'] for s in servers]}, expected one"
             if record is None or record.version != 1 or purchase.result.vault_version != 1:

@@ -110,10 +110,12 @@ WAIT_FOR_SERVER = dict(
     retry_policy=_policy(3, 3, backoff=1.0),
 )
 # Image pulls and MailU's first start take minutes: long timeout, heartbeats prove life.
+# Bounded by time, not attempts: dropped SSH connections must not end the purchase.
 CONFIGURE_MAILU = dict(
     start_to_close_timeout=timedelta(minutes=20),
     heartbeat_timeout=HEARTBEAT,
-    retry_policy=_policy(5, 120, 5),
+    schedule_to_close_timeout=timedelta(hours=1),
+    retry_policy=_policy(5, 120),
 )
 # One Transit call and one SSH command; a retry sets a fresh password, which is harmless.
 # No attempt cap: a sealed or denying Vault is retried for a bounded time (10 min,
@@ -153,10 +155,13 @@ SET_REVERSE_DNS = dict(
     retry_policy=_policy(2, 60, 8),
 )
 # Two short SSH sessions; a retry trusts the old or the new key, so it is idempotent.
+# The first SSH step: sshd may refuse or drop connections while the server still boots
+# (`make faults` found 5 capped attempts too few), so it is bounded by time instead.
 ROTATE_HOST_KEY = dict(
     start_to_close_timeout=timedelta(minutes=2),
     heartbeat_timeout=HEARTBEAT,
-    retry_policy=_policy(2, 60, 5),
+    schedule_to_close_timeout=timedelta(minutes=15),
+    retry_policy=_policy(2, 30),
 )
 # Compensation must finish: a leaked server costs money every hour.
 DELETE_SERVER = dict(

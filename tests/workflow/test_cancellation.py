@@ -108,3 +108,16 @@ async def test_a_failed_notification_without_cancel_still_completes(harness: Har
     result = await harness.run(purchase())
     assert result.notified is False
     assert harness.world.deleted == []
+
+
+@pytest.mark.parametrize("step", ["rotate_host_key", "configure_mailu"])
+async def test_ssh_steps_outlast_many_refused_connections(harness: Harness, step: str) -> None:
+    # Regression (`make faults`, SSH refused while booting): 5 capped attempts made a
+    # few refused connections end the purchase; these steps are bounded by time now.
+    harness.world.failures[step] = [
+        ApplicationError("ssh failed: Connection lost", type="SshUnavailable") for _ in range(12)
+    ]
+    result = await harness.run(purchase())
+    assert result.server_id == 42
+    assert harness.world.calls[step] == 13
+    assert harness.world.deleted == []
