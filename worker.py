@@ -106,6 +106,7 @@ def _vault_login(env: Mapping[str, str]) -> dict[str, str]:
         return {
             "role_id": _secret(env, "VAULT_ROLE_ID"),
             "secret_id": _secret(env, "VAULT_SECRET_ID"),
+            "secret_id_file": env.get("VAULT_SECRET_ID_FILE", "").strip(),
         }
     return {"token": _secret(env, "VAULT_TOKEN")}
 

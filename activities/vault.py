@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import hvac
@@ -94,6 +95,9 @@ class VaultSettings:
     token: str = ""
     role_id: str = ""
     secret_id: str = ""
+    # Read again at every login, so a re-issued secret id (e.g. after restoring Vault)
+    # needs no worker restart: rewrite the file.
+    secret_id_file: str = ""
     approle_mount: str = "approle"
     kv_mount: str = VAULT_KV_MOUNT
     transit_mount: str = "transit"
@@ -102,7 +106,7 @@ class VaultSettings:
 
     @property
     def uses_approle(self) -> bool:
-        return bool(self.role_id and self.secret_id)
+        return bool(self.role_id and (self.secret_id or self.secret_id_file))
 
 
 @dataclass(frozen=True)
@@ -262,10 +266,16 @@ class Vault:
 
     def _login(self) -> None:
         """AppRole login: a fresh token, with its renewal time."""
+        secret_id = self.settings.secret_id
+        if self.settings.secret_id_file:
+            try:
+                secret_id = Path(self.settings.secret_id_file).read_text().strip()
+            except OSError as err:
+                raise self._degraded("approle login", "denied", f"secret id: {err}") from None
         try:
             response = self._client.auth.approle.login(
                 role_id=self.settings.role_id,
-                secret_id=self.settings.secret_id,
+                secret_id=secret_id,
                 mount_point=self.settings.approle_mount,
             )
         except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest) as err:

@@ -507,40 +507,36 @@ class FaultRun:
         return result
 
     async def burst(self, size: int) -> ScenarioResult:
-        """`size` purchases at once; 10% faulted: half of them transiently (SSH refused,
-        must complete), half for good (docker missing, must compensate)."""
+        """`size` purchases at once; 10% faulted: half of those for good (the server fails
+        to boot: must compensate), half transiently (SSH refused 3 times: must complete)."""
         result = ScenarioResult(f"{size} purchases at once, 10% faulted")
-        purchases = await self.start(size, "burst")
-        faulted = purchases[: max(2, size // 10)]
-        permanent = {p.request.purchase_id for p in faulted[::2]}
-        for purchase in faulted:
-            if purchase.request.purchase_id in permanent:
-                purchase.expect = "compensated"
+        faulted = max(2, size // 10)
+        # A boot failure hits the next server that boots, so each doomed purchase is
+        # started alone and its failure consumed before the burst begins.
+        doomed = []
+        for _ in range(faulted // 2):
+            (await self.devstack.post("boot-failures", json={"times": 1})).raise_for_status()
+            [purchase] = await self.start(1, "burst")
+            purchase.expect = "compensated"
+            doomed.append(purchase)
+            while (await self.devstack.get("faults")).json()["boot_failures"]:
+                await asyncio.sleep(0.1)
+            result.injected += 1
+        purchases = doomed + await self.start(size - len(doomed), "burst")
+        shaky = purchases[len(doomed) : faulted]
 
-        async def arm_for(purchase: Purchase) -> None:
-            async def arm(server_id: int) -> None:
-                if purchase.request.purchase_id in permanent:
-                    body = {
-                        "match": "docker",
-                        "exit_status": 127,
-                        "stderr": "bash: line 1: docker: command not found",
-                        "times": 50,
-                    }
-                    await self.vps_fault(server_id, "command-faults", body)
-                else:
-                    await self.vps_fault(server_id, "ssh-faults", {"mode": "refuse", "times": 3})
+        async def refuse(server_id: int) -> None:
+            await self.vps_fault(server_id, "ssh-faults", {"mode": "refuse", "times": 3})
 
-            await self.on_each_server([purchase], arm)
-
-        await asyncio.gather(*(arm_for(p) for p in faulted))
-        result.injected = len(faulted)
+        await self.on_each_server(shaky, refuse)
         await self.finish(purchases)
+        result.injected += 3 * len(shaky) - await self.unused_vps_faults(shaky, "ssh-faults")
         await self.verify(purchases, result)
         await self.release(purchases)
         return result
 
 
-DEFAULT_SIZES = {"purchases": 20, "burst": 40}
+DEFAULT_SIZES = {"purchases": 20, "burst": 200}
 
 
 async def run(

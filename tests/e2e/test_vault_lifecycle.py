@@ -8,6 +8,7 @@ gone, and refuses to start against a Vault that lacks what it needs.
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,24 @@ def test_stack_state_files_are_private(info: StackInfo) -> None:
         assert (info.state_dir / "vault" / name).stat().st_mode & 0o077 == 0, name
 
 
+def test_vault_secrets_stay_out_of_logs_and_argv(stack: Stack, info: StackInfo) -> None:
+    """The AppRole secret id, tokens and unseal key live only in their 0600 files."""
+    init = json.loads((info.state_dir / "vault" / "init.json").read_text())
+    secrets_ = [
+        vault_file(info, "worker.secret-id"),
+        vault_file(info, "root.token"),
+        vault_file(info, "reader.token"),
+        *init["unseal_keys"],
+    ]
+    logs = b"".join(path.read_bytes() for path in (info.state_dir / "logs").glob("*.log"))
+    argv = " ".join(
+        " ".join(p.args) for name in ("openbao", "worker") for p in stack.processes(name)
+    )
+    for secret in secrets_:
+        assert secret.encode() not in logs
+        assert secret not in argv
+
+
 async def test_restart_keeps_records_keys_and_logins(
     stack: Stack, info: StackInfo, client: Client, reader_vault: Vault
 ) -> None:
@@ -91,6 +110,28 @@ def test_a_revoked_token_makes_the_worker_log_in_again(info: StackInfo) -> None:
 
     assert worker.generate_data_key("relogin").wrapped.startswith("vault:v")
     assert worker._client.token != first_token
+
+
+def test_a_reissued_secret_id_is_read_at_the_next_login(info: StackInfo, tmp_path: Path) -> None:
+    root = hvac.Client(url=info.vault_addr, token=vault_file(info, "root.token"))
+    role = "mail-provisioning-worker"
+    first = root.auth.approle.generate_secret_id(role)["data"]["secret_id"]
+    secret_file = tmp_path / "secret-id"
+    secret_file.write_text(first)
+    worker = Vault(
+        VaultSettings(
+            url=info.vault_addr,
+            role_id=vault_file(info, "worker.role-id"),
+            secret_id_file=str(secret_file),
+        )
+    )
+    worker.generate_data_key("reissue")
+    # An operator re-issues the secret id: the old one and its token stop working.
+    root.auth.approle.destroy_secret_id(role, first)
+    root.auth.token.revoke(worker._client.token)
+    secret_file.write_text(root.auth.approle.generate_secret_id(role)["data"]["secret_id"])
+
+    assert worker.generate_data_key("reissue").wrapped.startswith("vault:v")
 
 
 def test_the_token_is_renewed_before_it_expires(info: StackInfo) -> None:
