@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import random
@@ -93,6 +94,15 @@ class ScenarioResult:
     @property
     def slowest_recovery(self) -> str:
         return f"{max(self.recoveries):.1f}" if self.recoveries else "-"
+
+
+async def freeze(pid: int, seconds: float) -> None:
+    """SIGSTOP a process for a while: it neither answers nor dies (a hung service)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def say(message: str) -> None:
@@ -268,12 +278,38 @@ class FaultRun:
             for server in await self.servers_of(purchase.request.purchase_id):
                 await self.api.delete(f"servers/{server['id']}")
 
+    async def settle(
+        self,
+        purchases: list[Purchase],
+        result: ScenarioResult,
+        count_unused: Callable[[], Awaitable[int]] | None = None,
+    ) -> ScenarioResult:
+        """Wait for the runs, check them, take unconsumed faults off `injected`, clean up."""
+        await self.finish(purchases)
+        await self.verify(purchases, result)
+        if count_unused is not None:
+            result.injected -= await count_unused()
+        await self.release(purchases)
+        return result
+
+    async def outage(
+        self,
+        purchases: list[Purchase],
+        result: ScenarioResult,
+        fault: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Inject `fault` (it returns once the service is back) and measure the recovery."""
+        before = await self.snapshot(purchases)
+        await fault()
+        result.injected += 1
+        result.recoveries += await self.recovery(purchases, before, time.monotonic())
+
     # ------------------------------------------------------------------ fault tools
 
     def workers(self) -> list[Any]:
         return [p for p in self.stack.processes("worker") if p.popen.poll() is None]
 
-    async def kill_workers(self, count: int | None) -> float:
+    async def kill_workers(self, count: int | None) -> None:
         """SIGKILL `count` random workers (None: all), start as many; returns when ready."""
         running = self.workers()
         victims = running if count is None else random.sample(running, count)
@@ -282,7 +318,6 @@ class FaultRun:
             self.stack.stop_process(victim)
         for _ in victims:
             await self.stack.start_worker()
-        return time.monotonic()
 
     async def arm(self, rule: dict[str, Any]) -> None:
         (await self.devstack.post("faults", json=rule)).raise_for_status()
@@ -328,28 +363,16 @@ class FaultRun:
         purchases = await self.start(size, "worker_kill")
         for count in (1, 1, 1, None):
             await asyncio.sleep(random.uniform(1.0, 4.0))  # noqa: S311
-            before = await self.snapshot(purchases)
-            restored = await self.kill_workers(count)
-            result.injected += 1
-            result.recoveries += await self.recovery(purchases, before, restored)
-        await self.finish(purchases)
-        await self.verify(purchases, result)
-        await self.release(purchases)
-        return result
+            await self.outage(purchases, result, functools.partial(self.kill_workers, count))
+        return await self.settle(purchases, result)
 
     async def temporal_restart(self, size: int) -> ScenarioResult:
         """SIGKILL the Temporal dev server mid-run, start it again on its database."""
         result = ScenarioResult("Temporal server killed + restarted")
         purchases = await self.start(size, "temporal_restart")
         await asyncio.sleep(3)
-        before = await self.snapshot(purchases)
-        await self.stack.restart_temporal()
-        result.injected += 1
-        result.recoveries += await self.recovery(purchases, before, time.monotonic())
-        await self.finish(purchases)
-        await self.verify(purchases, result)
-        await self.release(purchases)
-        return result
+        await self.outage(purchases, result, self.stack.restart_temporal)
+        return await self.settle(purchases, result)
 
     async def vault(self, size: int) -> ScenarioResult:
         """Freeze OpenBao (SIGSTOP) for 10 s, then restart it on its storage."""
@@ -357,20 +380,9 @@ class FaultRun:
         purchases = await self.start(size, "vault")
         await asyncio.sleep(3)
         [openbao] = self.stack.processes("openbao")
-        before = await self.snapshot(purchases)
-        os.kill(openbao.popen.pid, signal.SIGSTOP)
-        await asyncio.sleep(10)
-        os.kill(openbao.popen.pid, signal.SIGCONT)
-        result.injected += 1
-        result.recoveries += await self.recovery(purchases, before, time.monotonic())
-        before = await self.snapshot(purchases)
-        await self.stack.restart_vault()
-        result.injected += 1
-        result.recoveries += await self.recovery(purchases, before, time.monotonic())
-        await self.finish(purchases)
-        await self.verify(purchases, result)
-        await self.release(purchases)
-        return result
+        await self.outage(purchases, result, lambda: freeze(openbao.popen.pid, 10))
+        await self.outage(purchases, result, self.stack.restart_vault)
+        return await self.settle(purchases, result)
 
     async def cloud_api(self, size: int) -> ScenarioResult:
         """429 with RateLimit-Reset, 500/502/503/504, lost create responses, slow answers."""
@@ -437,15 +449,11 @@ class FaultRun:
         [cloud] = self.stack.processes("cloud")
         for _ in range(2):
             await asyncio.sleep(2)
-            os.kill(cloud.popen.pid, signal.SIGSTOP)
-            await asyncio.sleep(3)
-            os.kill(cloud.popen.pid, signal.SIGCONT)
+            await freeze(cloud.popen.pid, 3)
             result.injected += 1
-        await self.finish(purchases)
-        result.injected += armed - await self.unused_rule_uses()
+        result.injected += armed
+        await self.settle(purchases, result, self.unused_rule_uses)
         await self.devstack.delete("faults")
-        await self.verify(purchases, result)
-        await self.release(purchases)
         return result
 
     async def ssh(self, size: int) -> ScenarioResult:
@@ -458,11 +466,10 @@ class FaultRun:
             await self.vps_fault(server_id, "ssh-faults", {"mode": "close", "times": 2})
 
         await self.on_each_server(purchases, arm)
-        await self.finish(purchases)
-        result.injected = 5 * size - await self.unused_vps_faults(purchases, "ssh-faults")
-        await self.verify(purchases, result)
-        await self.release(purchases)
-        return result
+        result.injected = 5 * size
+        return await self.settle(
+            purchases, result, lambda: self.unused_vps_faults(purchases, "ssh-faults")
+        )
 
     async def mailu_unhealthy(self, size: int) -> ScenarioResult:
         """MailU's admin container reports unhealthy for a while (4 health polls)."""
@@ -480,11 +487,10 @@ class FaultRun:
             await self.vps_fault(server_id, "command-faults", body)
 
         await self.on_each_server(purchases, arm)
-        await self.finish(purchases)
-        result.injected = 4 * size - await self.unused_vps_faults(purchases, "command-faults")
-        await self.verify(purchases, result)
-        await self.release(purchases)
-        return result
+        result.injected = 4 * size
+        return await self.settle(
+            purchases, result, lambda: self.unused_vps_faults(purchases, "command-faults")
+        )
 
     async def terminate(self, size: int) -> ScenarioResult:
         """Terminate half the runs mid-way; the reconciler must clean up after them."""
@@ -496,15 +502,12 @@ class FaultRun:
             await victim.handle.terminate("faults: terminated mid-run")
             victim.expect = "reconciled"
             result.injected += 1
-        await self.finish(purchases)
         # Let attempts of the terminated runs notice (heartbeat) and stop before looking.
         await asyncio.sleep(5)
         await run_reconciler(
             self.client, TASK_QUEUE, ReconcileRequest(grace_seconds=0), uuid.uuid4().hex[:8]
         )
-        await self.verify(purchases, result)
-        await self.release(purchases)
-        return result
+        return await self.settle(purchases, result)
 
     async def burst(self, size: int) -> ScenarioResult:
         """`size` purchases at once; 10% faulted: half of those for good (the server fails
@@ -529,11 +532,10 @@ class FaultRun:
             await self.vps_fault(server_id, "ssh-faults", {"mode": "refuse", "times": 3})
 
         await self.on_each_server(shaky, refuse)
-        await self.finish(purchases)
-        result.injected += 3 * len(shaky) - await self.unused_vps_faults(shaky, "ssh-faults")
-        await self.verify(purchases, result)
-        await self.release(purchases)
-        return result
+        result.injected += 3 * len(shaky)
+        return await self.settle(
+            purchases, result, lambda: self.unused_vps_faults(shaky, "ssh-faults")
+        )
 
 
 DEFAULT_SIZES = {"purchases": 20, "burst": 200}

@@ -385,21 +385,8 @@ class ProvisionMailTenant:
             workflow.logger.warning("keeping the failed server for debugging, as requested")
         else:
             await self._step("delete_server", VpsActivities.delete_server, server, DELETE_SERVER)
-        await self._step(
-            "audit_failure",
-            AuditActivities.record_audit_event,
-            self._audit_event(
-                "provisioning_failed",
-                request.tenant_id,
-                {
-                    "step": failed_step,
-                    "error_type": _error_type(err),
-                    "reason": reason,
-                    "server_name": server.name,
-                    "server_kept": str(request.keep_server_on_failure).lower(),
-                },
-            ),
-            AUDIT,
+        await self._audit_failure(
+            request, failed_step, err, server.name, kept=request.keep_server_on_failure
         )
         self._status.current_step = None
         if _is_cancel(err):
@@ -425,26 +412,37 @@ class ProvisionMailTenant:
             request.purchase_id,
             DELETE_SERVER,
         )
-        await self._step(
-            "audit_failure",
-            AuditActivities.record_audit_event,
-            self._audit_event(
-                "provisioning_failed",
-                request.tenant_id,
-                {
-                    "step": "create_server",
-                    "error_type": _error_type(err),
-                    "reason": _reason(err),
-                    "server_name": spec.name,
-                    "server_kept": "false",
-                    "servers_deleted": str(len(deleted)),
-                },
-            ),
-            AUDIT,
+        await self._audit_failure(
+            request, "create_server", err, spec.name, kept=False, servers_deleted=str(len(deleted))
         )
         self._status.state = "cancelled"
         self._status.current_step = None
         return CancelledError("purchase cancelled at create_server; compensated")
+
+    async def _audit_failure(
+        self,
+        request: PurchaseRequest,
+        step: str,
+        err: BaseException,
+        server_name: str,
+        *,
+        kept: bool,
+        **extra: str,
+    ) -> None:
+        details = {
+            "step": step,
+            "error_type": _error_type(err),
+            "reason": _reason(err),
+            "server_name": server_name,
+            "server_kept": str(kept).lower(),
+            **extra,
+        }
+        await self._step(
+            "audit_failure",
+            AuditActivities.record_audit_event,
+            self._audit_event("provisioning_failed", request.tenant_id, details),
+            AUDIT,
+        )
 
     # ------------------------------------------------------------------ bookkeeping
 
