@@ -249,7 +249,7 @@ class Stack:
         (vault_dir / "data").mkdir(parents=True, exist_ok=True)
         port, cluster_port = free_port(), free_port()
         self.info.vault_addr = f"http://127.0.0.1:{port}"
-        # OpenBao 2.x dropped the file backend; raft is its integrated storage
+        # OpenBao 2.7.2 answers "unknown storage type file"; raft is its integrated storage
         # (openbao/openbao, website/content/docs/configuration/storage/raft.mdx).
         (vault_dir / "openbao.hcl").write_text(
             f'storage "raft" {{\n  path = "{vault_dir / "data"}"\n  node_id = "devstack"\n}}\n'
