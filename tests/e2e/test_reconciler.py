@@ -11,18 +11,29 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from datetime import timedelta
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import (
+    Client,
+    ScheduleActionStartWorkflow,
+    ScheduleOverlapPolicy,
+    WorkflowHandle,
+)
 
 from activities.audit import SqliteAuditStore
 from activities.vault import Vault
 from devstack.processes import free_port
 from devstack.stack import StackInfo
-from starter import query_status, run_reconciler, start_purchase
+from starter import query_status, run_reconciler, schedule_reconciler, start_purchase
 from tests.e2e.conftest import CloudControl, new_request
 from workflows.contracts import PurchaseRequest
-from workflows.reconcile_contracts import ReconcileReport, ReconcileRequest
+from workflows.reconcile_contracts import (
+    RECONCILE_SCHEDULE_ID,
+    RECONCILE_WORKFLOW,
+    ReconcileReport,
+    ReconcileRequest,
+)
 
 TASK_QUEUE = "mail-provisioning"
 
@@ -108,3 +119,20 @@ async def test_terminated_run_is_cleaned_up_and_nothing_else(
     assert mine(again, stuck) == []
     assert len(orphan_rows(info, handle.id)) == 1
     cloud.api.delete(f"servers/{foreign}").raise_for_status()
+
+
+async def test_the_schedule_runs_the_reconciler_every_interval(client: Client) -> None:
+    request = ReconcileRequest(grace_seconds=1800, dry_run=True)
+    await schedule_reconciler(client, TASK_QUEUE, request, timedelta(minutes=15))
+    # A second call updates the schedule in place instead of failing.
+    await schedule_reconciler(client, TASK_QUEUE, request, timedelta(minutes=10))
+    handle = client.get_schedule_handle(RECONCILE_SCHEDULE_ID)
+    try:
+        description = await handle.describe()
+        action = description.schedule.action
+        assert isinstance(action, ScheduleActionStartWorkflow)
+        assert (action.workflow, action.task_queue) == (RECONCILE_WORKFLOW, TASK_QUEUE)
+        assert [i.every for i in description.schedule.spec.intervals] == [timedelta(minutes=10)]
+        assert description.schedule.policy.overlap == ScheduleOverlapPolicy.SKIP
+    finally:
+        await handle.delete()
