@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo up test lint install clean
+.PHONY: demo up test faults lint install clean
 
 demo: install          ## one purchase end to end on the local stack, then stop it all
 	$(PY) -m devstack.demo
@@ -16,6 +16,9 @@ up: install            ## start the local stack (Web UI on) and keep it running
 test: install          ## every test: unit, workflow (time-skipping), end to end, replay
 	$(PY) -m devstack.test_tools
 	$(PY) -m pytest
+
+faults: install        ## break the local stack on purpose; prints the table and "faults: ... lost"
+	$(PY) -m devstack.faults_run $(FAULTS_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -7,6 +7,8 @@
     python starter.py result p-1
     python starter.py credentials acme     # reader role: VAULT_ADDR, VAULT_TOKEN(_FILE)
     python starter.py replay history.json  # `temporal workflow show -o json` output, encrypted
+    python starter.py reconcile --dry-run  # orphaned servers (terminated runs), once
+    python starter.py schedule-reconciler --every-minutes 15 --grace-minutes 60
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
 stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
@@ -20,6 +22,7 @@ import asyncio
 import json
 import os
 import sys
+import uuid
 from dataclasses import asdict
 from datetime import timedelta
 from pathlib import Path
@@ -30,6 +33,15 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowHistory,
@@ -56,6 +68,12 @@ from workflows.contracts import (
     workflow_id_for,
 )
 from workflows.provision import ProvisionMailTenant
+from workflows.reconcile_contracts import (
+    RECONCILE_SCHEDULE_ID,
+    RECONCILE_WORKFLOW,
+    ReconcileReport,
+    ReconcileRequest,
+)
 
 # A query needs a live worker; do not let a missing one stall the CLI.
 QUERY_TIMEOUT = timedelta(seconds=5)
@@ -378,6 +396,65 @@ async def cmd_replay(args: argparse.Namespace) -> int:
     return 0
 
 
+async def run_reconciler(
+    client: Client, task_queue: str, request: ReconcileRequest, run_id: str
+) -> ReconcileReport:
+    """One reconciler pass, now (the schedule runs the same workflow)."""
+    report: ReconcileReport = await client.execute_workflow(
+        RECONCILE_WORKFLOW,
+        request,
+        id=f"{RECONCILE_SCHEDULE_ID}-manual-{run_id}",
+        task_queue=task_queue,
+        result_type=ReconcileReport,
+    )
+    return report
+
+
+async def schedule_reconciler(
+    client: Client, task_queue: str, request: ReconcileRequest, every: timedelta
+) -> None:
+    """Create, or update in place, the Temporal Schedule that runs the reconciler."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            RECONCILE_WORKFLOW, request, id=RECONCILE_SCHEDULE_ID, task_queue=task_queue
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        # A pass still running when the next is due: skip the new one.
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    try:
+        await client.create_schedule(RECONCILE_SCHEDULE_ID, schedule)
+    except ScheduleAlreadyRunningError:
+
+        async def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+            return ScheduleUpdate(schedule=schedule)
+
+        await client.get_schedule_handle(RECONCILE_SCHEDULE_ID).update(replace)
+
+
+def _reconcile_request(args: argparse.Namespace) -> ReconcileRequest:
+    return ReconcileRequest(grace_seconds=int(args.grace_minutes * 60), dry_run=args.dry_run)
+
+
+async def cmd_reconcile(args: argparse.Namespace) -> int:
+    client = await _connect(args)
+    report = await run_reconciler(
+        client, args.task_queue, _reconcile_request(args), uuid.uuid4().hex[:8]
+    )
+    for orphan in report.orphans:
+        say(f"{orphan.action}: server {orphan.server_name} ({orphan.run_status} run)")
+    print(json.dumps(asdict(report), indent=2))
+    return 0
+
+
+async def cmd_schedule_reconciler(args: argparse.Namespace) -> int:
+    client = await _connect(args)
+    every = timedelta(minutes=args.every_minutes)
+    await schedule_reconciler(client, args.task_queue, _reconcile_request(args), every)
+    say(f"schedule {RECONCILE_SCHEDULE_ID!r}: every {every}, dry run: {args.dry_run}")
+    return 0
+
+
 def _env_required(name: str) -> str:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -451,6 +528,16 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("history", help="the exported JSON file (encrypted payloads are fine)")
     replay.add_argument("--workflow-id", help="default: purchase-{purchase_id of its input}")
     replay.set_defaults(func=cmd_replay)
+    for name, func, text in (
+        ("reconcile", cmd_reconcile, "delete orphaned servers of terminated runs, once"),
+        ("schedule-reconciler", cmd_schedule_reconciler, "run the reconciler on a schedule"),
+    ):
+        command = commands.add_parser(name, help=text)
+        command.add_argument("--grace-minutes", type=float, default=60.0)
+        command.add_argument("--dry-run", action="store_true", help="report, change nothing")
+        if name == "schedule-reconciler":
+            command.add_argument("--every-minutes", type=float, default=15.0)
+        command.set_defaults(func=func)
     return parser
 
 

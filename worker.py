@@ -21,20 +21,29 @@ from typing import Any
 
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.worker import Worker
+from temporalio.worker import Interceptor, Worker
 
 from activities.audit import AuditActivities, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
+from activities.heartbeat import HeartbeatInterceptor
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
-from activities.vault import Vault, VaultActivities, VaultSettings
+from activities.temporal_runs import TemporalRunsActivities
+from activities.vault import (
+    DEFAULT_DENIED_RETRY_SECONDS,
+    Vault,
+    VaultActivities,
+    VaultNotReady,
+    VaultSettings,
+)
 from activities.vps_provider import VpsActivities
 from workflows.contracts import DEFAULT_TASK_QUEUE
 from workflows.provision import ProvisionMailTenant
+from workflows.reconcile import ReconcileOrphans
 
 log = get_logger("worker")
 
@@ -70,10 +79,17 @@ class Settings:
             ssh_port=_int(env, "MAILPROV_SSH_PORT", 22),
             vault=VaultSettings(
                 url=_required(env, "VAULT_ADDR"),
-                token=_secret(env, "VAULT_TOKEN"),
+                **_vault_login(env),
                 kv_mount=env.get("MAILPROV_KV_MOUNT", "smtp"),
                 transit_mount=env.get("MAILPROV_TRANSIT_MOUNT", "transit"),
                 transit_key=env.get("MAILPROV_TRANSIT_KEY", "mail-credentials"),
+                denied_retry_seconds=float(
+                    _int(
+                        env,
+                        "MAILPROV_VAULT_DENIED_RETRY_SECONDS",
+                        int(DEFAULT_DENIED_RETRY_SECONDS),
+                    )
+                ),
             ),
             audit_store=(
                 env.get("MAILPROV_AUDIT_DSN") or env.get("MAILPROV_AUDIT_DB") or "audit.db"
@@ -82,6 +98,17 @@ class Settings:
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
         )
+
+
+def _vault_login(env: Mapping[str, str]) -> dict[str, str]:
+    """AppRole (VAULT_ROLE_ID + VAULT_SECRET_ID, or their _FILE forms) if given, else a token."""
+    if any(env.get(name, "").strip() for name in ("VAULT_ROLE_ID", "VAULT_ROLE_ID_FILE")):
+        return {
+            "role_id": _secret(env, "VAULT_ROLE_ID"),
+            "secret_id": _secret(env, "VAULT_SECRET_ID"),
+            "secret_id_file": env.get("VAULT_SECRET_ID_FILE", "").strip(),
+        }
+    return {"token": _secret(env, "VAULT_TOKEN")}
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -117,14 +144,24 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
 
 
 @asynccontextmanager
-async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
-    """Every activity of the product, wired to its outside system."""
+async def build_activities(
+    settings: Settings, client: Client | None = None
+) -> AsyncIterator[list[Any]]:
+    """Every activity of the product, wired to its outside system.
+
+    With a Temporal client, also the reconciler's look-up of purchase runs.
+    """
     try:
         identity = SshIdentity.from_file(settings.ssh_key_file)
     except (OSError, ValueError) as err:
         raise ConfigError(f"MAILPROV_SSH_KEY_FILE={settings.ssh_key_file}: {err}") from None
-    hetzner = HetznerClient(settings.hcloud_token, settings.hcloud_api_url)
     vault = Vault(settings.vault)
+    try:
+        # A Vault without our mounts or key would fail every purchase late: refuse to start.
+        await asyncio.to_thread(vault.check_ready)
+    except VaultNotReady as err:
+        raise ConfigError(f"VAULT_ADDR={settings.vault.url}: {err}") from None
+    hetzner = HetznerClient(settings.hcloud_token, settings.hcloud_api_url)
     access = ServerAccess(identity, port=settings.ssh_port)
     mailu = MailuActivities(access)
     vps = VpsActivities(hetzner, identity)
@@ -142,9 +179,17 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
             vault_activities.remove_credentials,
             AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
             NotifyActivities().notify_customer,
+            vps.delete_purchase_servers,
+            vps.list_managed_servers,
+            *([TemporalRunsActivities(client).describe_purchase_runs] if client else []),
         ]
     finally:
         await hetzner.aclose()
+
+
+def worker_interceptors() -> list[Interceptor]:
+    """Log context on every activity line; heartbeats so a dead worker is seen in seconds."""
+    return [LogContextInterceptor(), HeartbeatInterceptor()]
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
@@ -163,13 +208,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         runtime=runtime,
         data_converter=data_converter(keyring),
     )
-    async with build_activities(settings) as activities:
+    async with build_activities(settings, client) as activities:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ProvisionMailTenant],
+            workflows=[ProvisionMailTenant, ReconcileOrphans],
             activities=activities,
-            interceptors=[LogContextInterceptor()],
+            interceptors=worker_interceptors(),
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
         )
         async with worker:

@@ -43,6 +43,7 @@ def _server(data: dict[str, Any]) -> Server:
         ipv4=ipv4.get("ip"),
         dns_ptr=ipv4.get("dns_ptr"),
         labels=dict(data.get("labels") or {}),
+        created=str(data.get("created") or ""),
     )
 
 
@@ -105,11 +106,16 @@ class HetznerClient:
             raise
         return _server(data["server"])
 
-    async def find_servers(self, *, name: str) -> list[Server]:
+    async def find_servers(
+        self, *, name: str | None = None, label_selector: str | None = None
+    ) -> list[Server]:
+        """GET /servers filtered by exact name and/or label selector, every page."""
+        query = {"name": name, "label_selector": label_selector}
+        params: dict[str, str | int] = {k: v for k, v in query.items() if v is not None}
         servers: list[Server] = []
         page: int | None = 1
         while page:
-            data = await self._request("GET", "servers", params={"name": name, "page": page})
+            data = await self._request("GET", "servers", params={**params, "page": page})
             servers += [_server(s) for s in data["servers"]]
             page = ((data.get("meta") or {}).get("pagination") or {}).get("next_page")
         return servers

@@ -1,16 +1,28 @@
 """Vault (OpenBao): Transit for data keys, KV v2 at `smtp` for the credentials record.
 
-hvac is synchronous, so activities call it in a thread. Permission errors are
-final (a token without the policy will not get it by retrying); sealed or
-unreachable Vault is retried.
+hvac is synchronous, so activities call it in a thread.
+
+Authentication: AppRole (role_id + secret_id) or a static token. The token is
+renewed once two thirds of its TTL have passed, and a 403 makes the client log in
+again and retry once, so a restarted or re-bootstrapped Vault needs no worker restart.
+
+Errors: sealed or unreachable Vault is retried. Permission denied is retried too,
+for a bounded time (`VaultSettings.denied_retry_seconds`, 10 min by default,
+counted from the activity's first attempt) with an alertable log line and metric
+(`vault_access_degraded`), and only then final: a Vault that lost its policies or was
+restored from an old snapshot must not make the workflow destroy configured servers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import hvac
@@ -20,6 +32,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.crypto import DataKey, EnvelopeError
+from activities.logs import get_logger
 from workflows.contracts import (
     ROTATION_POLICY,
     VAULT_KV_MOUNT,
@@ -28,6 +41,8 @@ from workflows.contracts import (
     StoredCredentials,
     vault_secret_path_for,
 )
+
+log = get_logger("vault")
 
 CREDENTIAL_FIELDS = (
     "username",
@@ -39,12 +54,32 @@ CREDENTIAL_FIELDS = (
 )
 
 
-class VaultError(Exception):
-    """Vault refused or failed. `retryable` says whether another attempt may work."""
+# Retrying a permission or seal error for this long gives an operator time to unseal,
+# restore or re-run the bootstrap before a run gives up and compensates.
+DEFAULT_DENIED_RETRY_SECONDS = 600.0
+# Renew the worker's token when this share of its TTL has passed.
+RENEW_AFTER_FRACTION = 2 / 3
 
-    def __init__(self, message: str, *, retryable: bool) -> None:
+
+class VaultError(Exception):
+    """Vault refused or failed. `retryable` says whether another attempt may work.
+
+    `degraded` marks errors that mean Vault itself is not as the worker needs it
+    (permission denied, sealed): retried only for a bounded time, and alerted on.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retryable: bool,
+        degraded: str | None = None,
+        retry_limit_seconds: float = DEFAULT_DENIED_RETRY_SECONDS,
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.degraded = degraded
+        self.retry_limit_seconds = retry_limit_seconds
 
 
 class CasConflict(VaultError):
@@ -52,13 +87,26 @@ class CasConflict(VaultError):
         super().__init__(f"{path} changed while writing (check-and-set)", retryable=True)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class VaultSettings:
+    """Where Vault is and how to log in: AppRole (role_id + secret_id) or a static token."""
+
     url: str
-    token: str
+    token: str = ""
+    role_id: str = ""
+    secret_id: str = ""
+    # Read again at every login, so a re-issued secret id (e.g. after restoring Vault)
+    # needs no worker restart: rewrite the file.
+    secret_id_file: str = ""
+    approle_mount: str = "approle"
     kv_mount: str = VAULT_KV_MOUNT
     transit_mount: str = "transit"
     transit_key: str = "mail-credentials"
+    denied_retry_seconds: float = DEFAULT_DENIED_RETRY_SECONDS
+
+    @property
+    def uses_approle(self) -> bool:
+        return bool(self.role_id and (self.secret_id or self.secret_id_file))
 
 
 @dataclass(frozen=True)
@@ -70,9 +118,16 @@ class CredentialsRecord:
 class Vault:
     """The three Vault operations the product needs, with errors made explicit."""
 
-    def __init__(self, settings: VaultSettings) -> None:
+    def __init__(
+        self, settings: VaultSettings, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.settings = settings
-        self._client = hvac.Client(url=settings.url, token=settings.token, timeout=15)
+        self._client = hvac.Client(url=settings.url, token=settings.token or None, timeout=15)
+        self._clock = clock
+        self._auth_lock = threading.Lock()
+        # When the current token should be renewed (clock time); None: not known yet.
+        self._renew_at: float | None = None
+        self._renewable = True
 
     def record_path(self, tenant_id: str) -> str:
         """The full path of a tenant's record, e.g. `smtp/acme/admin`: bound into the envelope."""
@@ -168,17 +223,138 @@ class Vault:
             mount_point=self.settings.kv_mount,
         )
 
+    # ------------------------------------------------------------------ readiness
+
+    def check_ready(self) -> None:
+        """Raise VaultNotReady unless the mount, the KV path and the Transit key answer.
+
+        Uses only what the worker's policy allows: a data key for a throwaway context
+        (proves the Transit mount, the key and the permission; nothing is stored) and
+        a read of a record that does not exist (proves the KV v2 mount).
+        """
+        try:
+            self.generate_data_key("startup-check")
+        except VaultError as err:
+            raise VaultNotReady(
+                f"Transit key {self.kek!r} is not usable: {err}; run deploy/vault_bootstrap.py"
+            ) from None
+        except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest):
+            raise VaultNotReady(
+                f"Transit key {self.kek!r} does not exist; run deploy/vault_bootstrap.py"
+            ) from None
+        try:
+            self._call(
+                "kv read",
+                self._client.secrets.kv.v2.read_secret_version,
+                path=vault_secret_path_for("startup-check"),
+                mount_point=self.settings.kv_mount,
+                raise_on_deleted_version=False,
+            )
+        except hvac.exceptions.InvalidPath as err:
+            # A missing record is 404 with no message; a missing mount names the route.
+            if "no handler for route" in str(err):
+                raise VaultNotReady(
+                    f"KV v2 mount {self.settings.kv_mount!r} does not exist; "
+                    "run deploy/vault_bootstrap.py"
+                ) from None
+        except VaultError as err:
+            raise VaultNotReady(
+                f"KV mount {self.settings.kv_mount!r} is not usable: {err}"
+            ) from None
+
+    # ------------------------------------------------------------------ auth
+
+    def _login(self) -> None:
+        """AppRole login: a fresh token, with its renewal time."""
+        secret_id = self.settings.secret_id
+        if self.settings.secret_id_file:
+            try:
+                secret_id = Path(self.settings.secret_id_file).read_text().strip()
+            except OSError as err:
+                raise self._degraded("approle login", "denied", f"secret id: {err}") from None
+        try:
+            response = self._client.auth.approle.login(
+                role_id=self.settings.role_id,
+                secret_id=secret_id,
+                mount_point=self.settings.approle_mount,
+            )
+        except (hvac.exceptions.Forbidden, hvac.exceptions.InvalidRequest) as err:
+            # Unknown role or secret id: the AppRole is gone (lost data) or rotated.
+            raise self._degraded("approle login", "denied", f"refused: {err}") from None
+        except hvac.exceptions.InvalidPath:
+            raise self._degraded("approle login", "denied", "no AppRole auth mount") from None
+        self._token_issued(response["auth"])
+
+    def _degraded(self, what: str, kind: str, detail: str) -> VaultError:
+        return VaultError(
+            f"{what}: {detail}",
+            retryable=True,
+            degraded=kind,
+            retry_limit_seconds=self.settings.denied_retry_seconds,
+        )
+
+    def _token_issued(self, auth: dict[str, Any]) -> None:
+        ttl = float(auth.get("lease_duration") or 0)
+        self._renewable = bool(auth.get("renewable")) and ttl > 0
+        self._renew_at = self._clock() + ttl * RENEW_AFTER_FRACTION if self._renewable else None
+
+    def _ensure_token(self) -> None:
+        """Log in if we have no token yet; renew it once most of its TTL has passed."""
+        with self._auth_lock:
+            if self.settings.uses_approle and not self._client.token:
+                self._login()
+                return
+            if self._renew_at is None and self._renewable:
+                # A static token: learn its TTL once (a root token has none). A policy
+                # without auth/token/lookup-self just means we cannot renew it.
+                try:
+                    data = self._client.auth.token.lookup_self()["data"]
+                except hvac.exceptions.Forbidden:
+                    data = {"ttl": 0, "renewable": False}
+                self._token_issued(
+                    {"lease_duration": data.get("ttl"), "renewable": data.get("renewable")}
+                )
+            if self._renew_at is not None and self._clock() >= self._renew_at:
+                try:
+                    self._token_issued(self._client.auth.token.renew_self()["auth"])
+                    log.info("vault token renewed")
+                except hvac.exceptions.VaultError:
+                    if not self.settings.uses_approle:
+                        raise
+                    # Past its max TTL (or revoked): a new login gives a new token.
+                    self._login()
+
+    def _relogin_after_denied(self) -> bool:
+        """On 403 with AppRole: log in again (the token may be gone). True if we did."""
+        if not self.settings.uses_approle:
+            return False
+        with self._auth_lock:
+            self._login()
+        log.warning("vault denied the token; logged in again with AppRole")
+        return True
+
     def _call(self, what: str, method: Any, **kwargs: Any) -> Any:
         try:
-            return method(**kwargs)
+            try:
+                self._ensure_token()
+                return method(**kwargs)
+            except hvac.exceptions.Forbidden:
+                if not self._relogin_after_denied():
+                    raise
+                return method(**kwargs)
         except hvac.exceptions.InvalidPath:
             raise
         except hvac.exceptions.InvalidRequest:
             raise
         except hvac.exceptions.Forbidden:
-            raise VaultError(f"{what}: permission denied for this token", retryable=False) from None
-        except (hvac.exceptions.VaultDown, hvac.exceptions.InternalServerError) as err:
+            raise self._degraded(what, "denied", "permission denied for this token") from None
+        except hvac.exceptions.VaultDown as err:
+            raise self._degraded(what, "sealed", f"vault unavailable: {err}") from None
+        except hvac.exceptions.InternalServerError as err:
             raise VaultError(f"{what}: vault unavailable: {err}", retryable=True) from None
+        except hvac.exceptions.VaultError as err:
+            # Any other answer (e.g. 429, 412 on a standby) is worth another attempt.
+            raise VaultError(f"{what}: {type(err).__name__}: {err}", retryable=True) from None
         except requests.RequestException as err:
             raise VaultError(
                 f"{what}: cannot reach vault: {type(err).__name__}", retryable=True
@@ -189,8 +365,34 @@ def _context(tenant_id: str) -> str:
     return base64.b64encode(tenant_id.encode()).decode()
 
 
+class VaultNotReady(Exception):
+    """Vault lacks a mount, the Transit key or a permission the worker needs: do not start."""
+
+
 def vault_failure(err: VaultError) -> ApplicationError:
-    return ApplicationError(str(err), type=type(err).__name__, non_retryable=not err.retryable)
+    """The activity failure for a Vault error; a degraded Vault is retried for a bounded time."""
+    retryable = err.retryable
+    if err.degraded is not None and activity.in_activity():
+        info = activity.info()
+        waited = datetime.now(UTC) - info.scheduled_time
+        retryable = waited < timedelta(seconds=err.retry_limit_seconds)
+        # The line operators alert on (and its counter, exported with the SDK metrics).
+        log.error(
+            "vault_access_degraded",
+            kind=err.degraded,
+            error=str(err),
+            waited_seconds=round(waited.total_seconds()),
+            retry_limit_seconds=err.retry_limit_seconds,
+            giving_up=not retryable,
+        )
+        activity.metric_meter().create_counter(
+            "mailprov_vault_degraded", "Vault answered permission denied or sealed"
+        ).add(1, {"kind": err.degraded})
+    return ApplicationError(
+        str(err),
+        type="VaultUnavailable" if err.degraded and retryable else type(err).__name__,
+        non_retryable=not retryable,
+    )
 
 
 class VaultActivities:

@@ -22,9 +22,12 @@ from temporalio.exceptions import ApplicationError
 from activities.cloud_init import DockerInstallError, docker_cloud_config
 from activities.ssh import SshIdentity
 from workflows.contracts import ReverseDnsRequest, ServerAddress, ServerHandle, ServerSpec
+from workflows.reconcile_contracts import ManagedServer
 
 # Adoption trusts only a server that carries this purchase's label.
 PURCHASE_LABEL = "purchase"
+# Every server this product buys carries it; clean-up never looks at any other server.
+MANAGED_BY_SELECTOR = "managed-by=mail-provisioning"
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 60.0
 ACTION_POLL_SECONDS = 1.0
@@ -63,6 +66,7 @@ class Server:
     ipv4: str | None
     dns_ptr: str | None
     labels: dict[str, str]
+    created: str = ""  # ISO-8601, as the provider reports it
 
 
 @dataclass(frozen=True)
@@ -87,7 +91,9 @@ class VpsProvider(Protocol):
 
     async def get_server(self, server_id: int) -> Server | None: ...
 
-    async def find_servers(self, *, name: str) -> list[Server]: ...
+    async def find_servers(
+        self, *, name: str | None = None, label_selector: str | None = None
+    ) -> list[Server]: ...
 
     async def delete_server(self, server_id: int) -> Action | None: ...
 
@@ -199,6 +205,33 @@ class VpsActivities:
             )
         activity.logger.info("server deleted", extra={"server_id": server.server_id})
         return True
+
+    @activity.defn(name="delete_purchase_servers")
+    async def delete_purchase_servers(self, purchase_id: str) -> list[int]:
+        """Clean-up when the server handle is unknown (cancel during create_server):
+        delete every server labelled as ours and as this purchase's. Returns their ids."""
+        selector = f"{MANAGED_BY_SELECTOR},{PURCHASE_LABEL}={purchase_id}"
+        deleted = []
+        for server in await self._call(self._provider.find_servers(label_selector=selector)):
+            await self.delete_server(ServerHandle("", server.id, server.name, ""))
+            deleted.append(server.id)
+        return deleted
+
+    @activity.defn(name="list_managed_servers")
+    async def list_managed_servers(self) -> list[ManagedServer]:
+        """Every server labelled as ours (managed-by and purchase labels), for the reconciler."""
+        selector = f"{MANAGED_BY_SELECTOR},{PURCHASE_LABEL}"
+        servers = await self._call(self._provider.find_servers(label_selector=selector))
+        return [
+            ManagedServer(
+                server_id=server.id,
+                name=server.name,
+                purchase_id=server.labels[PURCHASE_LABEL],
+                tenant_id=server.labels.get("tenant", ""),
+                created=server.created,
+            )
+            for server in servers
+        ]
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:

@@ -2,8 +2,9 @@
 
 Enables KV v2 at `smtp` and Transit, creates the derived Transit key whose
 per-tenant keys wrap every data key, installs the two policies from
-deploy/vault/policies/, and issues one token per role. Needs an admin token;
-the issued tokens are what the worker and the mail-sending side get.
+deploy/vault/policies/, sets up the worker's AppRole (role id + a secret id: the
+worker logs in, renews and logs in again by itself) and issues one token per role
+for tools that take a token. Needs an admin token.
 
     python -m deploy.vault_bootstrap --addr http://127.0.0.1:8200 --out-dir .state/vault
     (admin token from VAULT_TOKEN)
@@ -25,15 +26,20 @@ READER_POLICY = "mail-credentials-reader"
 KV_MOUNT = "smtp"
 TRANSIT_MOUNT = "transit"
 TRANSIT_KEY = "mail-credentials"
+APPROLE_MOUNT = "approle"
+WORKER_ROLE = "mail-provisioning-worker"
 
 
 @dataclass(frozen=True, repr=False)
 class RoleTokens:
     worker: str
     reader: str
+    worker_role_id: str
+    worker_secret_id: str
 
 
-def bootstrap(client: hvac.Client, ttl: str = "768h") -> RoleTokens:
+def bootstrap(client: hvac.Client, ttl: str = "768h", worker_token_ttl: str = "1h") -> RoleTokens:  # noqa: S107 - a TTL
+    """Idempotent: a second run keeps mounts and key, refreshes policies, issues new ids."""
     mounts = client.sys.list_mounted_secrets_engines()["data"]
     if f"{KV_MOUNT}/" not in mounts:
         client.sys.enable_secrets_engine("kv", path=KV_MOUNT, options={"version": "2"})
@@ -48,10 +54,32 @@ def bootstrap(client: hvac.Client, ttl: str = "768h") -> RoleTokens:
         )
     for policy in (WORKER_POLICY, READER_POLICY):
         client.sys.create_or_update_policy(policy, (POLICY_DIR / f"{policy}.hcl").read_text())
+    role_id, secret_id = _worker_approle(client, worker_token_ttl)
     return RoleTokens(
         worker=_token(client, WORKER_POLICY, ttl),
         reader=_token(client, READER_POLICY, ttl),
+        worker_role_id=role_id,
+        worker_secret_id=secret_id,
     )
+
+
+def _worker_approle(client: hvac.Client, token_ttl: str) -> tuple[str, str]:
+    """The worker's AppRole: short renewable tokens carrying only the worker policy."""
+    if f"{APPROLE_MOUNT}/" not in client.sys.list_auth_methods()["data"]:
+        client.sys.enable_auth_method("approle", path=APPROLE_MOUNT)
+    client.auth.approle.create_or_update_approle(
+        WORKER_ROLE,
+        token_policies=[WORKER_POLICY],
+        token_no_default_policy=True,
+        token_ttl=token_ttl,
+        # A token is renewed up to a day; after that the worker logs in again.
+        token_max_ttl="24h",  # noqa: S106 - a TTL, not a secret
+        token_type="service",  # noqa: S106 - a token kind
+        mount_point=APPROLE_MOUNT,
+    )
+    role_id = client.auth.approle.read_role_id(WORKER_ROLE, mount_point=APPROLE_MOUNT)
+    secret_id = client.auth.approle.generate_secret_id(WORKER_ROLE, mount_point=APPROLE_MOUNT)
+    return str(role_id["data"]["role_id"]), str(secret_id["data"]["secret_id"])
 
 
 def _token(client: hvac.Client, policy: str, ttl: str) -> str:
@@ -72,7 +100,7 @@ def main() -> int:
         "--out-dir",
         type=Path,
         required=True,
-        help="where worker.token and reader.token are written (0600)",
+        help="where worker.role-id, worker.secret-id, worker.token and reader.token go (0600)",
     )
     args = parser.parse_args()
     admin_token = os.environ.get("VAULT_TOKEN")
@@ -81,12 +109,22 @@ def main() -> int:
         return 2
     tokens = bootstrap(hvac.Client(url=args.addr, token=admin_token))
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    for name, value in (("worker.token", tokens.worker), ("reader.token", tokens.reader)):
+    for name, value in credential_files(tokens).items():
         path = args.out_dir / name
         path.touch(mode=0o600, exist_ok=True)
         path.write_text(value + "\n")
         print(f"wrote {path}", file=sys.stderr)
     return 0
+
+
+def credential_files(tokens: RoleTokens) -> dict[str, str]:
+    """File name -> secret, as the worker (VAULT_ROLE_ID_FILE, ...) and tools read them."""
+    return {
+        "worker.role-id": tokens.worker_role_id,
+        "worker.secret-id": tokens.worker_secret_id,
+        "worker.token": tokens.worker,
+        "reader.token": tokens.reader,
+    }
 
 
 if __name__ == "__main__":

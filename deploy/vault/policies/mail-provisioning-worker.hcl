@@ -14,3 +14,12 @@ path "smtp/delete/+/admin" {
 path "transit/datakey/plaintext/mail-credentials" {
   capabilities = ["update"]
 }
+
+# Keep its own token alive without the default policy: look it up and renew it.
+path "auth/token/lookup-self" {
+  capabilities = ["read"]
+}
+
+path "auth/token/renew-self" {
+  capabilities = ["update"]
+}

@@ -1,0 +1,653 @@
+"""`make faults`: break the running local stack on purpose, count what survives.
+
+    python -m devstack.faults_run                 # default size (see DEFAULT_SIZES)
+    python -m devstack.faults_run --purchases 5 --burst 20 --only worker_kill,vault
+
+Every scenario starts real purchases on the real stack (Temporal dev server, OpenBao
+on raft storage, the local cloud and its SSH/SMTP VPSes, worker processes), injects
+its faults while they run, waits for every run to end, then checks each purchase
+against what the design promises:
+
+    completed    exactly one server with its labels, Vault version 1 (its own, no
+                 version added by retries), one `smtp_credentials_stored` audit row
+                 and no `provisioning_failed` row, and the stored credentials log in
+                 over SMTP (STARTTLS + AUTH) on the server
+    compensated  no server, no current Vault record, one `provisioning_failed` row
+    reconciled   (terminated runs) as compensated, after the reconciler ran
+
+A purchase that does not match is *lost*; the problems are printed. One table row per
+scenario (injected faults, purchases survived / lost, slowest recovery), then the line
+`faults: <injected> injected, <survived> survived, <lost> lost`. Exit status 1 if
+anything was lost.
+
+Recovery (worker, Temporal and OpenBao faults): for each purchase in flight when the
+fault hit, the seconds from the service being back (a new worker ready, Temporal
+serving, OpenBao unsealed) until that purchase's next step completed. It includes
+the step's own duration, so it is an upper bound on the time lost to the fault.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import functools
+import json
+import os
+import random
+import signal
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+
+from activities.audit import SqliteAuditStore
+from activities.codec import KeyRing, data_converter
+from activities.credentials import read_admin_credentials
+from activities.vault import Vault, VaultSettings
+from devstack.demo import smtp_login
+from devstack.stack import Stack, StackInfo
+from starter import query_status, run_reconciler, start_purchase
+from workflows.contracts import ProvisionResult, PurchaseRequest
+from workflows.reconcile_contracts import ReconcileRequest
+
+TASK_QUEUE = "mail-provisioning"
+WORKERS = 2
+RUN_TIMEOUT = 900.0
+SCENARIOS = (
+    "worker_kill",
+    "temporal_restart",
+    "vault",
+    "cloud_api",
+    "ssh",
+    "mailu_unhealthy",
+    "terminate",
+    "burst",
+)
+
+
+@dataclass
+class Purchase:
+    request: PurchaseRequest
+    handle: WorkflowHandle[Any, Any]
+    expect: str = "completed"  # "completed" | "compensated" | "reconciled"
+    result: ProvisionResult | None = None
+    failure: BaseException | None = None
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    injected: int = 0
+    survived: int = 0
+    lost: int = 0
+    recoveries: list[float] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def slowest_recovery(self) -> str:
+        return f"{max(self.recoveries):.1f}" if self.recoveries else "-"
+
+
+async def freeze(pid: int, seconds: float) -> None:
+    """SIGSTOP a process for a while: it neither answers nor dies (a hung service)."""
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        await asyncio.sleep(seconds)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+class FaultRun:
+    """The scenarios, against one running stack."""
+
+    def __init__(self, stack: Stack, client: Client) -> None:
+        self.stack = stack
+        self.info: StackInfo = stack.info
+        self.client = client
+        token = (self.info.state_dir / "cloud.token").read_text().strip()
+        self.api = httpx.AsyncClient(
+            base_url=self.info.cloud_url + "/",
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        self.devstack = httpx.AsyncClient(
+            base_url=self.info.cloud_url.removesuffix("/v1") + "/_devstack/", timeout=30
+        )
+        self.reader = Vault(
+            VaultSettings(
+                url=self.info.vault_addr, token=self.info.reader_token_file.read_text().strip()
+            )
+        )
+
+    async def aclose(self) -> None:
+        await self.api.aclose()
+        await self.devstack.aclose()
+
+    # ------------------------------------------------------------------ purchases
+
+    async def start(self, count: int, scenario: str) -> list[Purchase]:
+        purchases = []
+        for _ in range(count):
+            suffix = uuid.uuid4().hex[:8]
+            request = PurchaseRequest.parse(
+                {
+                    "purchase_id": f"f-{scenario.replace('_', '-')}-{suffix}",
+                    "tenant_id": f"f{suffix}",
+                    "domain": f"f{suffix}.example",
+                    "plan": "starter",
+                    "requested_by": "faults",
+                    "notify_url": self.info.notify_url,
+                }
+            )
+            handle, _ = await start_purchase(self.client, request, TASK_QUEUE)
+            purchases.append(Purchase(request, handle))
+        return purchases
+
+    async def finish(self, purchases: list[Purchase]) -> None:
+        async def one(purchase: Purchase) -> None:
+            try:
+                purchase.result = await asyncio.wait_for(purchase.handle.result(), RUN_TIMEOUT)
+            except (WorkflowFailureError, TimeoutError) as err:
+                purchase.failure = err
+
+        await asyncio.gather(*(one(p) for p in purchases if p.expect != "reconciled"))
+
+    async def steps_done(self, purchase: Purchase) -> int | None:
+        """Steps finished so far; None once the run is closed (or unanswerable)."""
+        try:
+            status = await asyncio.wait_for(query_status(purchase.handle), 5)
+        except Exception:  # a query fails while workers or Temporal are down
+            return None
+        if status.state not in ("running", "compensating"):
+            return None
+        return sum(1 for step in status.steps if step.state == "done")
+
+    async def snapshot(self, purchases: list[Purchase]) -> dict[str, int]:
+        counts = await asyncio.gather(*(self.steps_done(p) for p in purchases))
+        return {
+            p.request.purchase_id: n
+            for p, n in zip(purchases, counts, strict=True)
+            if n is not None
+        }
+
+    async def recovery(
+        self, purchases: list[Purchase], before: dict[str, int], restored_at: float
+    ) -> list[float]:
+        """Seconds from `restored_at` until each in-flight purchase finished a new step."""
+        pending = {p.request.purchase_id: p for p in purchases if p.request.purchase_id in before}
+        times: list[float] = []
+        deadline = time.monotonic() + RUN_TIMEOUT
+        while pending and time.monotonic() < deadline:
+            for purchase_id, purchase in list(pending.items()):
+                done = await self.steps_done(purchase)
+                closed = done is None and await self._closed(purchase)
+                if closed or (done is not None and done > before[purchase_id]):
+                    times.append(time.monotonic() - restored_at)
+                    del pending[purchase_id]
+            await asyncio.sleep(0.5)
+        return times
+
+    async def _closed(self, purchase: Purchase) -> bool:
+        with contextlib.suppress(Exception):
+            return (await purchase.handle.describe()).close_time is not None
+        return False
+
+    # ------------------------------------------------------------------ checks
+
+    async def servers_of(self, purchase_id: str) -> list[dict[str, Any]]:
+        response = await self.api.get(
+            "servers", params={"label_selector": f"purchase={purchase_id}"}
+        )
+        response.raise_for_status()
+        return list(response.json()["servers"])
+
+    async def verify(self, purchases: list[Purchase], result: ScenarioResult) -> None:
+        rows = SqliteAuditStore(self.info.audit_db).rows()
+        for purchase in purchases:
+            problem = await self._problem(purchase, rows)
+            if problem is None:
+                result.survived += 1
+            else:
+                result.lost += 1
+                result.problems.append(f"{purchase.request.purchase_id}: {problem}")
+
+    async def _problem(self, purchase: Purchase, rows: list[Any]) -> str | None:
+        request = purchase.request
+        prefix = purchase.handle.id + "/"
+        events = [row.event for row in rows if row.event_key.startswith(prefix)]
+        servers = await self.servers_of(request.purchase_id)
+        record = await asyncio.to_thread(self.reader.read_credentials, request.tenant_id)
+        if purchase.expect == "completed":
+            if purchase.result is None:
+                failure = purchase.failure
+                if isinstance(failure, WorkflowFailureError):
+                    return f"did not complete: {failure.cause}"
+                return f"did not complete: {failure!r}"
+            if [s["id"] for s in servers] != [purchase.result.server_id]:
+                return f"servers {[s['id'] for s in servers]}, expected one"
+            if record is None or record.version != 1 or purchase.result.vault_version != 1:
+                return f"vault record {record and record.version}, expected version 1"
+            if events.count("smtp_credentials_stored") != 1 or "provisioning_failed" in events:
+                return f"audit rows {events}"
+            return await self._smtp_problem(purchase.result)
+        if purchase.expect == "compensated" and purchase.result is not None:
+            return "completed, expected compensation"
+        if servers:
+            return f"{len(servers)} server(s) left behind"
+        if record is not None:
+            return f"vault record v{record.version} left behind"
+        failed = events.count("provisioning_failed")
+        if failed != 1 and not (purchase.expect == "reconciled" and failed == 0):
+            return f"audit rows {events}, expected one provisioning_failed"
+        return None
+
+    async def _smtp_problem(self, result: ProvisionResult) -> str | None:
+        credentials = await asyncio.to_thread(read_admin_credentials, self.reader, result.tenant_id)
+        cert = await self.devstack.get(f"servers/{result.server_id}/tls-cert")
+        cert.raise_for_status()
+        cafile = self.info.state_dir / f"faults-{result.server_id}-cert.pem"
+        cafile.write_text(cert.text)
+        try:
+            reply = await asyncio.to_thread(
+                smtp_login,
+                str(result.ipv4),
+                self.info.smtp_port,
+                cafile,
+                credentials.username,
+                credentials.password,
+            )
+        except OSError as err:
+            return f"SMTP login failed: {err}"
+        return None if reply.startswith("235") else f"SMTP login refused: {reply}"
+
+    async def release(self, purchases: list[Purchase]) -> None:
+        """Delete the verified servers so later scenarios do not carry their processes."""
+        for purchase in purchases:
+            for server in await self.servers_of(purchase.request.purchase_id):
+                await self.api.delete(f"servers/{server['id']}")
+
+    async def settle(
+        self,
+        purchases: list[Purchase],
+        result: ScenarioResult,
+        count_unused: Callable[[], Awaitable[int]] | None = None,
+    ) -> ScenarioResult:
+        """Wait for the runs, check them, take unconsumed faults off `injected`, clean up."""
+        await self.finish(purchases)
+        await self.verify(purchases, result)
+        if count_unused is not None:
+            result.injected -= await count_unused()
+        await self.release(purchases)
+        return result
+
+    async def outage(
+        self,
+        purchases: list[Purchase],
+        result: ScenarioResult,
+        fault: Callable[[], Awaitable[None]],
+    ) -> None:
+        """Inject `fault` (it returns once the service is back) and measure the recovery."""
+        before = await self.snapshot(purchases)
+        await fault()
+        result.injected += 1
+        result.recoveries += await self.recovery(purchases, before, time.monotonic())
+
+    # ------------------------------------------------------------------ fault tools
+
+    def workers(self) -> list[Any]:
+        return [p for p in self.stack.processes("worker") if p.popen.poll() is None]
+
+    async def kill_workers(self, count: int | None) -> None:
+        """SIGKILL `count` random workers (None: all), start as many; returns when ready."""
+        running = self.workers()
+        victims = running if count is None else random.sample(running, count)
+        for victim in victims:
+            victim.popen.kill()
+            self.stack.stop_process(victim)
+        for _ in victims:
+            await self.stack.start_worker()
+
+    async def arm(self, rule: dict[str, Any]) -> None:
+        (await self.devstack.post("faults", json=rule)).raise_for_status()
+
+    async def unused_rule_uses(self) -> int:
+        response = await self.devstack.get("faults")
+        response.raise_for_status()
+        return sum(int(rule["times"]) for rule in response.json()["faults"])
+
+    async def on_each_server(
+        self, purchases: list[Purchase], arm: Callable[[int], Awaitable[None]]
+    ) -> None:
+        """Call `arm(server_id)` once per purchase, as soon as its server exists."""
+        waiting = {p.request.purchase_id for p in purchases}
+        deadline = time.monotonic() + 120
+        while waiting and time.monotonic() < deadline:
+            for purchase_id in list(waiting):
+                servers = await self.servers_of(purchase_id)
+                if servers:
+                    await arm(int(servers[0]["id"]))
+                    waiting.discard(purchase_id)
+            await asyncio.sleep(0.1)
+
+    async def vps_fault(self, server_id: int, kind: str, body: dict[str, Any]) -> None:
+        response = await self.devstack.post(f"servers/{server_id}/{kind}", json=body)
+        response.raise_for_status()
+
+    async def unused_vps_faults(self, purchases: list[Purchase], kind: str) -> int:
+        unused = 0
+        for purchase in purchases:
+            for server in await self.servers_of(purchase.request.purchase_id):
+                response = await self.devstack.get(f"servers/{server['id']}/{kind}")
+                if response.status_code == 200:
+                    faults = response.json()[kind.replace("-", "_")]
+                    unused += sum(int(f["times"]) for f in faults)
+        return unused
+
+    # ------------------------------------------------------------------ scenarios
+
+    async def worker_kill(self, size: int) -> ScenarioResult:
+        """SIGKILL random workers at random moments, then all of them at once."""
+        result = ScenarioResult("worker SIGKILL (random, then all)")
+        purchases = await self.start(size, "worker_kill")
+        for count in (1, 1, 1, None):
+            await asyncio.sleep(random.uniform(1.0, 4.0))  # noqa: S311
+            await self.outage(purchases, result, functools.partial(self.kill_workers, count))
+        return await self.settle(purchases, result)
+
+    async def temporal_restart(self, size: int) -> ScenarioResult:
+        """SIGKILL the Temporal dev server mid-run, start it again on its database."""
+        result = ScenarioResult("Temporal server killed + restarted")
+        purchases = await self.start(size, "temporal_restart")
+        await asyncio.sleep(3)
+        await self.outage(purchases, result, self.stack.restart_temporal)
+        return await self.settle(purchases, result)
+
+    async def vault(self, size: int) -> ScenarioResult:
+        """Freeze OpenBao (SIGSTOP) for 10 s, then restart it on its storage."""
+        result = ScenarioResult("OpenBao frozen (SIGSTOP) + restarted")
+        purchases = await self.start(size, "vault")
+        await asyncio.sleep(3)
+        [openbao] = self.stack.processes("openbao")
+        await self.outage(purchases, result, lambda: freeze(openbao.popen.pid, 10))
+        await self.outage(purchases, result, self.stack.restart_vault)
+        return await self.settle(purchases, result)
+
+    async def cloud_api(self, size: int) -> ScenarioResult:
+        """429 with RateLimit-Reset, 500/502/503/504, lost create responses, slow answers."""
+        result = ScenarioResult("cloud API 429/5xx/lost/slow")
+        reset = str(int(time.time()) + 3)
+        rules: list[dict[str, Any]] = [
+            {
+                "method": "POST",
+                "path": "/v1/servers",
+                "status": 429,
+                "code": "rate_limit_exceeded",
+                "headers": {
+                    "RateLimit-Limit": "3600",
+                    "RateLimit-Remaining": "0",
+                    "RateLimit-Reset": reset,
+                },
+                "times": 2,
+            },
+            *(
+                {
+                    "method": "POST",
+                    "path": "/v1/servers",
+                    "status": status,
+                    "code": code,
+                    "times": 1,
+                }
+                for status, code in (
+                    (500, "server_error"),
+                    (502, "server_error"),
+                    (503, "unavailable"),
+                    (504, "timeout"),
+                )
+            ),
+            # Lost response: the server is created, the client sees a gateway timeout.
+            {
+                "method": "POST",
+                "path": "/v1/servers",
+                "status": 504,
+                "code": "timeout",
+                "after_effect": True,
+                "times": 2,
+            },
+            {
+                "method": "GET",
+                "path": "/v1/servers/*",
+                "status": 503,
+                "code": "unavailable",
+                "times": 3,
+            },
+            {
+                "method": "GET",
+                "path": "/v1/actions/*",
+                "status": 502,
+                "code": "server_error",
+                "times": 2,
+            },
+        ]
+        armed = 0
+        for rule in rules:
+            await self.arm(rule)
+            armed += int(rule["times"])
+        purchases = await self.start(size, "cloud_api")
+        # Slow answers: the whole API stalls for 3 s, twice.
+        [cloud] = self.stack.processes("cloud")
+        for _ in range(2):
+            await asyncio.sleep(2)
+            await freeze(cloud.popen.pid, 3)
+            result.injected += 1
+        result.injected += armed
+        await self.settle(purchases, result, self.unused_rule_uses)
+        await self.devstack.delete("faults")
+        return result
+
+    async def ssh(self, size: int) -> ScenarioResult:
+        """SSH refused while the server boots, and connections closed before the banner."""
+        result = ScenarioResult("SSH refused while booting / closed")
+        purchases = await self.start(size, "ssh")
+
+        async def arm(server_id: int) -> None:
+            await self.vps_fault(server_id, "ssh-faults", {"mode": "refuse", "times": 3})
+            await self.vps_fault(server_id, "ssh-faults", {"mode": "close", "times": 2})
+
+        await self.on_each_server(purchases, arm)
+        result.injected = 5 * size
+        return await self.settle(
+            purchases, result, lambda: self.unused_vps_faults(purchases, "ssh-faults")
+        )
+
+    async def mailu_unhealthy(self, size: int) -> ScenarioResult:
+        """MailU's admin container reports unhealthy for a while (4 health polls)."""
+        result = ScenarioResult("MailU admin unhealthy for a while")
+        purchases = await self.start(size, "mailu_unhealthy")
+        unhealthy = json.dumps({"Service": "admin", "State": "running", "Health": "unhealthy"})
+
+        async def arm(server_id: int) -> None:
+            body = {
+                "match": "ps --format json admin",
+                "exit_status": 0,
+                "stdout": unhealthy + "\n",
+                "times": 4,
+            }
+            await self.vps_fault(server_id, "command-faults", body)
+
+        await self.on_each_server(purchases, arm)
+        result.injected = 4 * size
+        return await self.settle(
+            purchases, result, lambda: self.unused_vps_faults(purchases, "command-faults")
+        )
+
+    async def terminate(self, size: int) -> ScenarioResult:
+        """Terminate half the runs mid-way; the reconciler must clean up after them."""
+        result = ScenarioResult("terminate mid-run + reconciler")
+        purchases = await self.start(size, "terminate")
+        victims = purchases[: max(1, size // 2)]
+        for victim in victims:
+            await asyncio.sleep(random.uniform(0.5, 3.0))  # noqa: S311
+            await victim.handle.terminate("faults: terminated mid-run")
+            victim.expect = "reconciled"
+            result.injected += 1
+        # Let attempts of the terminated runs notice (heartbeat) and stop before looking.
+        await asyncio.sleep(5)
+        await run_reconciler(
+            self.client, TASK_QUEUE, ReconcileRequest(grace_seconds=0), uuid.uuid4().hex[:8]
+        )
+        return await self.settle(purchases, result)
+
+    async def burst(self, size: int) -> ScenarioResult:
+        """`size` purchases at once; 10% faulted: half of those for good (the server fails
+        to boot: must compensate), half transiently (SSH refused 3 times: must complete)."""
+        result = ScenarioResult(f"{size} purchases at once, 10% faulted")
+        faulted = max(2, size // 10)
+        # A boot failure hits the next server that boots, so each doomed purchase is
+        # started alone and its failure consumed before the burst begins.
+        doomed = []
+        for _ in range(faulted // 2):
+            (await self.devstack.post("boot-failures", json={"times": 1})).raise_for_status()
+            [purchase] = await self.start(1, "burst")
+            purchase.expect = "compensated"
+            doomed.append(purchase)
+            while (await self.devstack.get("faults")).json()["boot_failures"]:
+                await asyncio.sleep(0.1)
+            result.injected += 1
+        purchases = doomed + await self.start(size - len(doomed), "burst")
+        shaky = purchases[len(doomed) : faulted]
+
+        async def refuse(server_id: int) -> None:
+            await self.vps_fault(server_id, "ssh-faults", {"mode": "refuse", "times": 3})
+
+        await self.on_each_server(shaky, refuse)
+        result.injected += 3 * len(shaky)
+        return await self.settle(
+            purchases, result, lambda: self.unused_vps_faults(shaky, "ssh-faults")
+        )
+
+
+DEFAULT_SIZES = {"purchases": 20, "burst": 200}
+
+
+async def run(
+    names: list[str], purchases: int, burst: int, state_dir: Path
+) -> list[ScenarioResult]:
+    async with Stack(state_dir, worker=False) as stack:
+        say(f"starting the local stack in {state_dir}")
+        info = await stack.start(say)
+        for _ in range(WORKERS):
+            await stack.start_worker()
+        client = await Client.connect(
+            info.temporal_address,
+            data_converter=data_converter(KeyRing.from_file(info.codec_keys_file)),
+        )
+        return await run_on(stack, client, names, purchases, burst)
+
+
+async def run_on(
+    stack: Stack, client: Client, names: list[str], purchases: int, burst: int
+) -> list[ScenarioResult]:
+    """Run the named scenarios on a running stack (also used by the test suite)."""
+    faults = FaultRun(stack, client)
+    sizes = {
+        "worker_kill": purchases,
+        "temporal_restart": max(2, purchases // 4),
+        "vault": max(2, purchases // 4),
+        "cloud_api": max(2, purchases // 4),
+        "ssh": max(2, purchases // 5),
+        "mailu_unhealthy": max(2, purchases // 5),
+        "terminate": max(2, purchases // 5),
+        "burst": burst,
+    }
+    results = []
+    try:
+        for name in names:
+            say(f"scenario {name}: {sizes[name]} purchases")
+            started = time.monotonic()
+            result = await getattr(faults, name)(sizes[name])
+            say(
+                f"  done in {time.monotonic() - started:.0f} s: "
+                f"{result.survived} survived, {result.lost} lost"
+            )
+            for problem in result.problems:
+                say(f"  LOST {problem}")
+            results.append(result)
+    finally:
+        await faults.aclose()
+    return results
+
+
+def table(results: list[ScenarioResult]) -> str:
+    header = ("scenario", "injected", "survived", "lost", "slowest recovery s")
+    rows = [header] + [
+        (r.name, str(r.injected), str(r.survived), str(r.lost), r.slowest_recovery) for r in results
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
+    lines = [
+        " | ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True))
+        for row in rows
+    ]
+    lines.insert(1, "-+-".join("-" * width for width in widths))
+    return "\n".join(lines)
+
+
+def summary(results: list[ScenarioResult]) -> str:
+    injected = sum(r.injected for r in results)
+    survived = sum(r.survived for r in results)
+    lost = sum(r.lost for r in results)
+    return f"faults: {injected} injected, {survived} survived, {lost} lost"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--purchases",
+        type=int,
+        default=DEFAULT_SIZES["purchases"],
+        help="purchases in the worker SIGKILL scenario (others scale from it)",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=DEFAULT_SIZES["burst"],
+        help="purchases started at once in the burst scenario",
+    )
+    parser.add_argument(
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {','.join(SCENARIOS)}",
+    )
+    parser.add_argument("--seed", type=int, default=None, help="random seed for the fault moments")
+    args = parser.parse_args(argv)
+    names = [name.strip() for name in args.only.split(",") if name.strip()]
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s): {', '.join(unknown)}")
+    random.seed(args.seed)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mailprov-faults-") as directory:
+        results = asyncio.run(run(names, args.purchases, args.burst, Path(directory)))
+    print(table(results))
+    print(f"wall time: {time.monotonic() - started:.0f} s")
+    print(summary(results))
+    return 1 if any(r.lost for r in results) else 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # Skip interpreter teardown (temporalio/sdk-python#300), as the worker does.
+    os._exit(code)
