@@ -39,8 +39,9 @@ from typing import Any
 
 from aiohttp import web
 
-from devstack import hetzner
+from devstack import hetzner, ipv6
 from devstack.faults import FaultBook, FaultRule, FaultSpecError, VpsFaults
+from devstack.firewalls import FirewallBook
 from devstack.hetzner import ApiError, invalid_input, iso
 from devstack.mailu import MailuStore
 from devstack.processes import die_with_parent, free_port
@@ -151,30 +152,51 @@ class Server:
     location: str
     labels: dict[str, str]
     user_data: str | None
-    ip: str
+    ip: str | None  # None: created with public_net.enable_ipv4 = false
     dns_ptr: str
     state_dir: Path
     created: float = field(default_factory=time.time)
     status: str = "initializing"
     process: asyncio.subprocess.Process | None = None
     boot_task: asyncio.Task[None] | None = None
+    # The /64 routed to the server (None: enable_ipv6 = false) and its PTR records,
+    # a list of {ip, dns_ptr} in Hetzner's answer (docs.hetzner.cloud, Servers).
+    ipv6_net: ipaddress.IPv6Network | None = None
+    ipv6_ptrs: dict[str, str] = field(default_factory=dict)
+    ipv6_on_lo: bool = False  # its ::1 was added to lo, so it is really reachable
+    firewalls: list[int] = field(default_factory=list)
+
+    @property
+    def ipv6(self) -> str | None:
+        return ipv6.host_address(self.ipv6_net) if self.ipv6_net is not None else None
 
     def to_json(self) -> dict[str, Any]:
+        ipv4_json = None
+        if self.ip is not None:
+            ipv4_json = {
+                "id": self.id + 1_000_000,
+                "ip": self.ip,
+                "blocked": False,
+                "dns_ptr": self.dns_ptr,
+            }
+        ipv6_json = None
+        if self.ipv6_net is not None:
+            ipv6_json = {
+                "id": self.id + 2_000_000,
+                "ip": str(self.ipv6_net),
+                "blocked": False,
+                "dns_ptr": [{"ip": ip, "dns_ptr": ptr} for ip, ptr in self.ipv6_ptrs.items()],
+            }
         return {
             "id": self.id,
             "name": self.name,
             "status": self.status,
             "created": iso(self.created),
             "public_net": {
-                "ipv4": {
-                    "id": self.id + 1_000_000,
-                    "ip": self.ip,
-                    "blocked": False,
-                    "dns_ptr": self.dns_ptr,
-                },
-                "ipv6": None,
+                "ipv4": ipv4_json,
+                "ipv6": ipv6_json,
                 "floating_ips": [],
-                "firewalls": [],
+                "firewalls": [{"id": fid, "status": "applied"} for fid in self.firewalls],
             },
             "private_net": [],
             "server_type": hetzner.server_type_json(self.server_type),
@@ -265,6 +287,9 @@ class LocalCloud:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._notifications: list[dict[str, Any]] = []
         self._notify_keys: set[str] = set()
+        self.firewalls = FirewallBook()
+        self.ipv6_prefix = ipv6.random_ula_prefix()
+        self._ipv6_index = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self.base_url = ""
@@ -302,6 +327,9 @@ class LocalCloud:
             if server.boot_task is not None:
                 server.boot_task.cancel()
         await asyncio.gather(*(self._kill(s) for s in servers), return_exceptions=True)
+        for server in servers:
+            if server.ipv6_on_lo and server.ipv6 is not None:
+                await ipv6.release(server.ipv6)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -392,6 +420,12 @@ class LocalCloud:
         app.router.add_post("/v1/servers/{id}/actions/poweron", self._poweron)
         app.router.add_get("/v1/servers/{id}/actions/{action_id}", self._get_server_action)
         app.router.add_get("/v1/actions/{id}", self._get_action)
+        for kind in hetzner.CATALOG_KINDS:
+            app.router.add_get(f"/v1/{kind}", self._list_catalog)
+        app.router.add_post("/v1/firewalls", self._create_firewall)
+        app.router.add_get("/v1/firewalls", self._list_firewalls)
+        app.router.add_get("/v1/firewalls/{id}", self._get_firewall)
+        app.router.add_delete("/v1/firewalls/{id}", self._delete_firewall)
         app.router.add_post("/_devstack/faults", self._add_fault)
         app.router.add_get("/_devstack/faults", self._list_faults)
         app.router.add_delete("/_devstack/faults", self._clear_faults)
@@ -470,6 +504,7 @@ class LocalCloud:
         if body.get("ssh_keys"):
             # This project holds no SSH keys; keys travel in user_data instead.
             problems["ssh_keys"] = ["ssh key not found"]
+        enable_ipv4, enable_ipv6 = hetzner.public_net_flags(body.get("public_net"), problems)
         if problems:
             raise invalid_input(problems)
         assert isinstance(name, str) and isinstance(user_data, (str, type(None)))
@@ -477,7 +512,11 @@ class LocalCloud:
             raise ApiError(
                 "uniqueness_error", "server name is already used", {"fields": [{"name": "name"}]}
             )
-        ip = self._allocate_ip()
+        firewalls = self.firewalls.for_new_server(body.get("firewalls"))
+        ip = self._allocate_ip() if enable_ipv4 else None
+        ipv6_net = (
+            ipv6.server_network(self.ipv6_prefix, next(self._ipv6_index)) if enable_ipv6 else None
+        )
         server_id = next(self._server_ids)
         server = Server(
             id=server_id,
@@ -488,10 +527,13 @@ class LocalCloud:
             labels=dict(labels),
             user_data=user_data,
             ip=ip,
-            dns_ptr=hetzner.default_dns_ptr(ip),
+            dns_ptr=hetzner.default_dns_ptr(ip) if ip else "",
             state_dir=self.state_dir / "servers" / str(server_id),
+            ipv6_net=ipv6_net,
+            firewalls=[fw.id for fw in firewalls],
         )
         self._servers[server.id] = server
+        self.firewalls.apply(server.id, firewalls)
         create = self._new_action("create_server", server.id, self.boot_seconds)
         next_actions: list[Action] = []
         if start_after_create:
@@ -501,7 +543,7 @@ class LocalCloud:
         else:
             server.status = "off"
             create.succeed()
-        log.info("server %s (%s) created on %s", server.id, server.name, server.ip)
+        log.info("server %s (%s) created on %s %s", server.id, server.name, ip, ipv6_net)
         return web.json_response(
             {
                 "server": server.to_json(),
@@ -567,6 +609,9 @@ class LocalCloud:
         await self._kill(server)
         await asyncio.sleep(QUICK_ACTION_SECONDS)
         self._servers.pop(server.id, None)
+        self.firewalls.forget_server(server.id)
+        if server.ipv6_on_lo and server.ipv6 is not None:
+            await ipv6.release(server.ipv6)
         action.succeed()
         log.info("server %s (%s) deleted", server.id, server.name)
 
@@ -575,9 +620,13 @@ class LocalCloud:
         body = await self._json_body(request)
         problems: dict[str, list[str]] = {}
         ip = body.get("ip")
-        if not isinstance(ip, str) or not hetzner.is_ipv4(ip):
+        family = hetzner.ip_family(ip)
+        if family is None:
             problems["ip"] = ["ip must be a valid IP address"]
-        elif ip != server.ip:
+        elif (family == 4 and ip != server.ip) or (
+            family == 6
+            and (server.ipv6_net is None or ipaddress.IPv6Address(str(ip)) not in server.ipv6_net)
+        ):
             problems["ip"] = [f"ip {ip} is not assigned to this server"]
         if "dns_ptr" not in body:
             problems["dns_ptr"] = ["Missing data for required field."]
@@ -590,7 +639,16 @@ class LocalCloud:
             raise invalid_input(problems)
         if server.status == "deleting":
             raise ApiError("locked", "server is locked by a running delete_server action")
-        server.dns_ptr = dns_ptr if isinstance(dns_ptr, str) else hetzner.default_dns_ptr(server.ip)
+        assert isinstance(ip, str)
+        if family == 6:
+            # One PTR per address inside the /64; null removes it (Hetzner's docs).
+            address = str(ipaddress.IPv6Address(ip))
+            if isinstance(dns_ptr, str):
+                server.ipv6_ptrs[address] = dns_ptr
+            else:
+                server.ipv6_ptrs.pop(address, None)
+        else:
+            server.dns_ptr = dns_ptr if isinstance(dns_ptr, str) else hetzner.default_dns_ptr(ip)
         action = self._new_action("change_dns_ptr", server.id, QUICK_ACTION_SECONDS)
         asyncio.get_running_loop().call_later(QUICK_ACTION_SECONDS, action.succeed)
         return web.json_response({"action": action.to_json()}, status=201)
@@ -624,6 +682,39 @@ class LocalCloud:
             raise ApiError("not_found", f"action with ID '{raw}' not found")
         return web.json_response({"action": action.to_json()})
 
+    # --- catalog and firewalls ------------------------------------------------------------
+
+    async def _list_catalog(self, request: web.Request) -> web.Response:
+        """GET /v1/server_types | images | locations, filtered by ?name= as Hetzner's."""
+        kind = request.path.rsplit("/", 1)[-1]
+        entries = hetzner.catalog_json(kind, request.query.get("name"))
+        page, meta = hetzner.paginate(
+            entries, request.query.get("page"), request.query.get("per_page")
+        )
+        return web.json_response({kind: page, "meta": meta})
+
+    async def _create_firewall(self, request: web.Request) -> web.Response:
+        firewall = self.firewalls.create(await self._json_body(request))
+        return web.json_response({"firewall": firewall.to_json(), "actions": []}, status=201)
+
+    async def _list_firewalls(self, request: web.Request) -> web.Response:
+        firewalls = self.firewalls.listing(
+            request.query.get("name"), request.query.get("label_selector", "").strip()
+        )
+        page, meta = hetzner.paginate(
+            firewalls, request.query.get("page"), request.query.get("per_page")
+        )
+        return web.json_response({"firewalls": [f.to_json() for f in page], "meta": meta})
+
+    async def _get_firewall(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"firewall": self.firewalls.get(request.match_info["id"]).to_json()}
+        )
+
+    async def _delete_firewall(self, request: web.Request) -> web.Response:
+        self.firewalls.delete(request.match_info["id"])
+        return web.Response(status=204)
+
     # --- booting and killing servers ----------------------------------------------------
 
     async def _boot(self, server: Server, actions: list[Action]) -> None:
@@ -654,12 +745,29 @@ class LocalCloud:
 
     async def _spawn(self, server: Server) -> None:
         server.state_dir.mkdir(parents=True, exist_ok=True)
+        addresses = [a for a in (server.ip,) if a]
+        if server.ipv6 is not None and not server.ipv6_on_lo:
+            problem = await ipv6.assign(server.ipv6)
+            if problem is None:
+                server.ipv6_on_lo = True
+            else:
+                log.warning(
+                    "server %s: IPv6 %s unreachable here: %s", server.id, server.ipv6, problem
+                )
+        if server.ipv6_on_lo and server.ipv6 is not None:
+            addresses.append(server.ipv6)
+        if not addresses:
+            raise BootFailed(
+                "devstack: the server's only address is IPv6 and this machine cannot put it "
+                "on lo (needs CAP_NET_ADMIN; see devstack/ipv6.py)"
+            )
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )
         config = {
-            "ip": server.ip,
+            "ip": addresses[0],
+            "addresses": addresses,
             "ssh_port": self.ssh_port,
             "smtp_port": self.smtp_port,
             "state_dir": str(server.state_dir),
@@ -828,6 +936,8 @@ class LocalCloud:
                     "name": server.name,
                     "status": server.status,
                     "ip": server.ip,
+                    "ipv6": server.ipv6,
+                    "ipv6_reachable": server.ipv6_on_lo,
                     "ssh_port": self.ssh_port,
                     "smtp_port": self.smtp_port,
                     "state_dir": str(server.state_dir),

@@ -174,6 +174,24 @@ LOCATIONS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_LOCATION = "fsn1"
+# The catalog list endpoints the worker checks its plans against (GET /v1/{kind}?name=).
+CATALOG_KINDS = ("server_types", "images", "locations")
+
+
+def location_json(name: str) -> dict[str, Any]:
+    location: dict[str, Any] = datacenter_json(name)["location"]
+    return location
+
+
+def catalog_json(kind: str, name: str | None) -> list[dict[str, Any]]:
+    """The entries of one catalog list endpoint, filtered by ``name`` as Hetzner does."""
+    table, render = {
+        "server_types": (SERVER_TYPES, server_type_json),
+        "images": (IMAGES, image_json),
+        "locations": (LOCATIONS, location_json),
+    }[kind]
+    names = sorted(table, key=lambda n: table[n]["id"])
+    return [render(n) for n in names if name is None or n == name]
 
 
 def server_type_json(name: str) -> dict[str, Any]:
@@ -269,12 +287,37 @@ def validate_labels(labels: Any) -> list[str]:
     return problems
 
 
-def is_ipv4(text: str) -> bool:
+def ip_family(text: Any) -> int | None:
+    """4 or 6 for an IP address string (change_dns_ptr takes either), else None."""
+    if not isinstance(text, str):
+        return None
     try:
-        ipaddress.IPv4Address(text)
+        return ipaddress.ip_address(text).version
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def public_net_flags(public_net: Any, problems: dict[str, list[str]]) -> tuple[bool, bool]:
+    """``public_net.enable_ipv4`` / ``enable_ipv6`` of a server create (both default true).
+
+    Hetzner: a server needs a public address or a private network; this project never
+    attaches networks, so both off is refused as invalid input.
+    """
+    if public_net is None:
+        return True, True
+    if not isinstance(public_net, dict):
+        problems["public_net"] = ["public_net must be an object"]
+        return True, True
+    flags = []
+    for key in ("enable_ipv4", "enable_ipv6"):
+        value = public_net.get(key, True)
+        if not isinstance(value, bool):
+            problems["public_net"] = [f"public_net.{key}: Not a valid boolean."]
+            value = True
+        flags.append(value)
+    if not any(flags):
+        problems["public_net"] = ["a server without public IPv4 and IPv6 needs a network"]
+    return flags[0], flags[1]
 
 
 # --- label selectors -------------------------------------------------------------------

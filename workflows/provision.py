@@ -1,7 +1,7 @@
 """ProvisionMailTenant: one purchase becomes a running mail server with stored credentials.
 
-    validate input ─► create_server ─► wait_for_server ─► set_reverse_dns
-        ─► rotate_host_key ─► configure_mailu ─► create_admin_credentials
+    validate input ─► resolve_plan ─► create_server ─► wait_for_server ─► set_reverse_dns
+        ─► rotate_host_key ─► configure_mailu ─► dns_records ─► create_admin_credentials
         ─► store_credentials ─► audit ─► notify
     on a failure retries cannot fix, or on cancel, after the server exists:
         remove_credentials (if stored) ─► delete_server ─► audit provisioning_failed
@@ -24,11 +24,13 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 from workflows.contracts import (
-    PLAN_CATALOG,
     AuditEvent,
+    DnsRecord,
+    DnsRecordsRequest,
     InvalidPurchaseRequest,
     MailuTarget,
     Notification,
+    Plan,
     ProvisionResult,
     ProvisionStatus,
     PurchaseRequest,
@@ -52,6 +54,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.credentials import CredentialsActivities
     from activities.mailu import MailuActivities
     from activities.notify import NotifyActivities
+    from activities.plans import PlanActivities
     from activities.ssh import SshTrustActivities
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
@@ -73,6 +76,10 @@ def _policy(
     )
 
 
+# A dictionary lookup in the worker's catalog: a local activity, no task queue round trip.
+RESOLVE_PLAN_TIMEOUT = timedelta(seconds=10)
+# One export over SSH (plus a one-time DKIM key generation): like a short MailU step.
+DNS_RECORDS = dict(start_to_close_timeout=timedelta(minutes=2), retry_policy=_policy(5, 60, 5))
 # Provider API calls are quick; rate limits and 5xx clear within minutes. Adoption on
 # uniqueness_error makes a retried create safe.
 CREATE_SERVER = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 60, 8))
@@ -142,8 +149,12 @@ class ProvisionMailTenant:
     @workflow.run
     async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
         request = self._validate(raw_request)
+        plan = await self._resolve_plan(request)
         server: ServerHandle = await self._step(
-            "create_server", VpsActivities.create_server, self._server_spec(request), CREATE_SERVER
+            "create_server",
+            VpsActivities.create_server,
+            self._server_spec(request, plan),
+            CREATE_SERVER,
         )
         stored: StoredCredentials | None = None
         try:
@@ -158,6 +169,7 @@ class ProvisionMailTenant:
                     server.server_id,
                     address.ipv4,
                     mail_hostname_for(request.domain),
+                    ipv6=address.ipv6,
                 ),
                 SET_REVERSE_DNS,
             )
@@ -165,7 +177,7 @@ class ProvisionMailTenant:
                 request.tenant_id,
                 request.domain,
                 server.name,
-                address.ipv4,
+                address.ssh_address,
                 server.host_public_key,
             )
             new_host_key: str = await self._step(
@@ -175,6 +187,13 @@ class ProvisionMailTenant:
             await self._step(
                 "configure_mailu", MailuActivities.configure_mailu, target, CONFIGURE_MAILU
             )
+            dns_records: list[DnsRecord] = await self._step(
+                "dns_records",
+                MailuActivities.mail_dns_records,
+                DnsRecordsRequest(target, address.ipv4, address.ipv6),
+                DNS_RECORDS,
+            )
+            self._status.dns_records = dns_records
             credentials: SealedCredentials = await self._step(
                 "create_admin_credentials",
                 CredentialsActivities.create_admin_credentials,
@@ -214,10 +233,12 @@ class ProvisionMailTenant:
             server_id=server.server_id,
             server_name=server.name,
             ipv4=address.ipv4,
+            ipv6=address.ipv6,
             webmail_url=webmail_url_for(request.domain),
             vault_path=stored.vault_path,
             vault_version=stored.version,
             notified=False,
+            dns_records=dns_records,
         )
         result = replace(result, notified=await self._notify(request, result))
         self._status.state = "completed"
@@ -248,16 +269,36 @@ class ProvisionMailTenant:
         self._end(started, "done")
         return request
 
+    async def _resolve_plan(self, request: PurchaseRequest) -> Plan:
+        """The plan from the worker's catalog (operator configuration, not code).
+
+        An unknown plan fails the run like any other bad input: before anything is bought.
+        """
+        started = self._begin("resolve_plan")
+        try:
+            plan: Plan = await workflow.execute_local_activity_method(
+                PlanActivities.resolve_plan,
+                request.plan,
+                start_to_close_timeout=RESOLVE_PLAN_TIMEOUT,
+                retry_policy=_policy(1, 10, 3),
+            )
+        except ActivityError as err:
+            self._end(started, "failed", error=_reason(err))
+            cause = _innermost(err)
+            if isinstance(cause, ApplicationError) and cause.type == "InvalidPurchaseRequest":
+                raise ApplicationError(
+                    cause.message, *cause.details, type=cause.type, non_retryable=True
+                ) from None
+            raise
+        self._end(started, "done")
+        return plan
+
     @staticmethod
-    def _server_spec(request: PurchaseRequest) -> ServerSpec:
-        plan = PLAN_CATALOG[request.plan]
+    def _server_spec(request: PurchaseRequest, plan: Plan) -> ServerSpec:
         return ServerSpec(
             tenant_id=request.tenant_id,
             name=server_name_for(request),
-            server_type=plan.server_type,
-            image=plan.image,
-            location=plan.location,
-            docker_install=plan.docker_install,
+            plan=plan,
             labels={
                 "purchase": request.purchase_id,
                 "tenant": request.tenant_id,
