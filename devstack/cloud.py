@@ -288,6 +288,9 @@ class LocalCloud:
         self._notifications: list[dict[str, Any]] = []
         self._notify_keys: set[str] = set()
         self.firewalls = FirewallBook()
+        # Catalog entries Hetzner has "retired" in this cloud (kind, name): tests model a
+        # provider whose catalog lacks what a plan names.
+        self.retired: set[tuple[str, str]] = set()
         self.ipv6_prefix = ipv6.random_ula_prefix()
         self._ipv6_index = itertools.count(1)
         self._runner: web.AppRunner | None = None
@@ -430,6 +433,8 @@ class LocalCloud:
         app.router.add_get("/_devstack/faults", self._list_faults)
         app.router.add_delete("/_devstack/faults", self._clear_faults)
         app.router.add_post("/_devstack/boot-failures", self._add_boot_failures)
+        app.router.add_post("/_devstack/retired", self._retire)
+        app.router.add_delete("/_devstack/retired", self._unretire)
         app.router.add_post("/_devstack/notify/{name}", self._notify)
         app.router.add_get("/_devstack/notifications", self._list_notifications)
         app.router.add_get("/_devstack/servers/{id}", self._dev_server)
@@ -687,7 +692,11 @@ class LocalCloud:
     async def _list_catalog(self, request: web.Request) -> web.Response:
         """GET /v1/server_types | images | locations, filtered by ?name= as Hetzner's."""
         kind = request.path.rsplit("/", 1)[-1]
-        entries = hetzner.catalog_json(kind, request.query.get("name"))
+        entries = [
+            e
+            for e in hetzner.catalog_json(kind, request.query.get("name"))
+            if (kind, e["name"]) not in self.retired
+        ]
         page, meta = hetzner.paginate(
             entries, request.query.get("page"), request.query.get("per_page")
         )
@@ -893,6 +902,18 @@ class LocalCloud:
         kind = self._vps_fault_kind(request)
         VpsFaults(server.state_dir).clear(kind)
         return web.json_response({kind: []})
+
+    async def _retire(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        kind, name = body.get("kind"), body.get("name")
+        if kind not in hetzner.CATALOG_KINDS or not isinstance(name, str):
+            raise invalid_input({"kind": [f"kind must be one of {hetzner.CATALOG_KINDS}"]})
+        self.retired.add((kind, name))
+        return web.json_response({"retired": sorted(self.retired)}, status=201)
+
+    async def _unretire(self, request: web.Request) -> web.Response:
+        self.retired.clear()
+        return web.json_response({"retired": []})
 
     async def _add_boot_failures(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)

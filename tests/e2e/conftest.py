@@ -173,9 +173,10 @@ async def run_in_process_worker(
     vault_token_file: Path | None,
     request: PurchaseRequest,
     while_running: Callable[[], Awaitable[None]] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[str, BaseException | None]:
     """Run one purchase on an in-process worker; returns (workflow id, failure or None)."""
-    env = dict(info.worker_env)
+    env = {**info.worker_env, **(extra_env or {})}
     if vault_token_file is not None:
         env["VAULT_TOKEN_FILE"] = str(vault_token_file)
     settings = replace(Settings.from_env(env), task_queue=task_queue)
