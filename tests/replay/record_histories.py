@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 
 from temporalio.exceptions import ApplicationError
@@ -36,16 +37,24 @@ def scenarios() -> dict[str, ScriptedWorld]:
             ],
         }
     )
-    return {"happy_path": ScriptedWorld(), "retried_steps": retried, "compensated": compensated}
+    return {
+        "happy_path": ScriptedWorld(),
+        "retried_steps": retried,
+        "compensated": compensated,
+        # Recorded after issue 11: resolve_plan and dns_records in the history.
+        "plans_and_dns": ScriptedWorld(),
+    }
 
 
-async def record() -> None:
+async def record(names: list[str]) -> None:
     HISTORIES.mkdir(exist_ok=True)
     env = await WorkflowEnvironment.start_time_skipping(
         test_server_existing_path=tool("temporal-test-server")
     )
     try:
         for name, world in scenarios().items():
+            if names and name not in names:
+                continue
             harness = Harness(env, world)
             raw = purchase(purchase_id=f"replay-{name.replace('_', '-')}")
             async with harness.worker():
@@ -68,4 +77,5 @@ async def record() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(record())
+    # Scenario names to (re-)record, all by default.
+    asyncio.run(record(sys.argv[1:]))

@@ -20,7 +20,12 @@ HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
 
 def test_histories_are_committed() -> None:
-    assert {p.stem for p in HISTORIES} >= {"happy_path", "retried_steps", "compensated"}
+    assert {p.stem for p in HISTORIES} >= {
+        "happy_path",
+        "retried_steps",
+        "compensated",
+        "plans_and_dns",
+    }
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
