@@ -25,6 +25,10 @@ ERROR_STATUS: dict[str, int] = {
     "conflict": 409,
     "uniqueness_error": 409,
     "resource_unavailable": 422,
+    "placement_error": 422,
+    # Firewall delete while applied (docs.hetzner.cloud, Firewalls). Hetzner does not
+    # document its status; 422 like the other "valid request, wrong state" codes.
+    "resource_in_use": 422,
     "unsupported_error": 422,
     "locked": 423,
     "protected": 423,
