@@ -47,6 +47,8 @@ COMPOSE_UP_TIMEOUT = 15 * 60.0
 MAILU_DIR = "/mailu"
 COMPOSE = f"docker compose -p mailu -f {MAILU_DIR}/docker-compose.yml"
 CONFIG_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -u -"
+# The DKIM key import runs quiet: its output is not needed (and MailU hides the key).
+DKIM_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -q -u -"
 # The domains' DNS records as MailU computes them; no --secrets, so the private DKIM
 # key is exported as "<hidden>" (schemas.py DomainSchema hide_by_context).
 CONFIG_EXPORT_DNS = f"{COMPOSE} exec -T admin flask mailu config-export --dns --json domain"
@@ -147,7 +149,7 @@ class MailuHost:
         The key stays on the server (/mailu/dkim); only its public half is exported.
         """
         document = {"domain": [{"name": domain, "dkim_key": "-generate-"}]}
-        await self.run(CONFIG_IMPORT, stdin=json.dumps(document))
+        await self.run(DKIM_IMPORT, stdin=json.dumps(document))
 
     async def export_dns(self) -> str:
         return await self.run(CONFIG_EXPORT_DNS)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,29 @@ def assert_dkim_is_a_real_rsa_key(result: ProvisionResult, domain: str) -> None:
     public = load_der_public_key(base64.b64decode(match["key"]))
     assert isinstance(public, rsa.RSAPublicKey) and public.key_size == 2048
     assert dkim.zone_line == f'{dkim.name} 600 IN TXT "{dkim.value}"'
+
+
+def assert_dkim_private_key_never_left_the_server(
+    info: StackInfo, cloud: CloudControl, workflow_id: str, result: ProvisionResult
+) -> None:
+    """The private key is on the VPS (MailU's store); nowhere else it must not be."""
+    server = cloud.devstack.get(f"servers/{result.server_id}").json()["server"]
+    store = json.loads((Path(server["state_dir"]) / "mailu.json").read_text())
+    [pem] = [d["dkim_key"] for d in store["domain"].values() if d.get("dkim_key")]
+    body_lines = [line for line in pem.splitlines() if line and not line.startswith("-----")]
+    assert len(body_lines) > 10
+    forms = [line.encode() for line in body_lines] + ["".join(body_lines).encode()]
+    blobs = {
+        "history (stored)": info.workflow_history(workflow_id, decoded=False),
+        "history (codec-decoded)": info.workflow_history(workflow_id, decoded=True),
+        "result": json.dumps(asdict(result)).encode(),
+        "notifications": json.dumps(cloud.notifications()).encode(),
+        "VPS command log": json.dumps(cloud.commands(result.server_id)).encode(),
+        **{f"worker log {p.name}": p.read_bytes() for p in info.worker_logs()},
+    }
+    assert "PRIVATE KEY" not in json.dumps(asdict(result))
+    for where, blob in blobs.items():
+        assert not any(form in blob for form in forms), f"DKIM private key found in {where}"
 
 
 def records_by_type(result: ProvisionResult) -> dict[str, list[str]]:
@@ -212,6 +236,8 @@ async def test_dual_stack_default_plan_reports_records_everywhere(
     assert [r["value"] for r in note["body"]["dns_records"]] == [
         r.value for r in result.dns_records
     ]
+
+    assert_dkim_private_key_never_left_the_server(info, cloud, handle.id, result)
 
     # The server sits behind the mail firewall: MailU's ports open, SSH as configured.
     [firewall_ref] = server["public_net"]["firewalls"]
