@@ -137,13 +137,8 @@ class HetznerClient:
         return _server(data["server"]), _action(data["action"])
 
     async def get_server(self, server_id: int) -> Server | None:
-        try:
-            data = await self._request("GET", f"servers/{server_id}")
-        except ProviderError as err:
-            if err.not_found:
-                return None
-            raise
-        return _server(data["server"])
+        data = await self._get_or_none(f"servers/{server_id}")
+        return _server(data["server"]) if data is not None else None
 
     async def find_servers(self, *, name: str) -> list[Server]:
         return [_server(s) for s in await self._list("servers", {"name": name})]
@@ -177,13 +172,17 @@ class HetznerClient:
         return _firewall(data["firewall"])
 
     async def get_firewall(self, firewall_id: int) -> Firewall | None:
+        data = await self._get_or_none(f"firewalls/{firewall_id}")
+        return _firewall(data["firewall"]) if data is not None else None
+
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """GET one resource; None when the provider says it does not exist."""
         try:
-            data = await self._request("GET", f"firewalls/{firewall_id}")
+            return await self._request("GET", path)
         except ProviderError as err:
             if err.not_found:
                 return None
             raise
-        return _firewall(data["firewall"])
 
     async def delete_firewall(self, firewall_id: int) -> bool:
         """Delete; False when already gone. Raises `resource_in_use` while applied."""

@@ -25,7 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.cloud_init import DockerInstallError, check_docker_install
-from workflows.contracts import PLAN_NAME_RULE, Plan
+from workflows.contracts import PLAN_NAME_RULE, Plan, PlanRequest
 
 # The catalog shipped with the product (Hetzner names, as of 2026): every plan dual-stack,
 # Docker from Docker's apt repository on Debian 12.
@@ -166,8 +166,8 @@ class PlanActivities:
         self._catalog = dict(catalog)
 
     @activity.defn(name="resolve_plan")
-    async def resolve_plan(self, plan_name: str) -> Plan:
-        plan = self._catalog.get(plan_name)
+    async def resolve_plan(self, request: PlanRequest) -> Plan:
+        plan = self._catalog.get(request.plan)
         if plan is None:
             rule = f"must be one of the catalog plans: {', '.join(sorted(self._catalog))}"
             raise ApplicationError(

@@ -575,17 +575,11 @@ class LocalCloud:
         raise ApiError("resource_limit_exceeded", "server limit exceeded")
 
     async def _list_servers(self, request: web.Request) -> web.Response:
-        servers = sorted(self._servers.values(), key=lambda s: s.id)
-        name = request.query.get("name")
-        if name is not None:
-            servers = [s for s in servers if s.name == name]
-        selector = request.query.get("label_selector", "").strip()
-        if selector:
-            try:
-                requirements = hetzner.parse_label_selector(selector)
-            except hetzner.SelectorError as exc:
-                raise invalid_input({"label_selector": [str(exc)]}) from None
-            servers = [s for s in servers if hetzner.selector_matches(requirements, s.labels)]
+        servers = hetzner.select(
+            self._servers.values(),
+            request.query.get("name"),
+            request.query.get("label_selector", "").strip(),
+        )
         statuses = request.query.getall("status", [])
         if statuses:
             servers = [s for s in servers if s.status in statuses]

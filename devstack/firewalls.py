@@ -141,16 +141,7 @@ class FirewallBook:
         return firewall
 
     def listing(self, name: str | None, selector: str) -> list[Firewall]:
-        firewalls = sorted(self._firewalls.values(), key=lambda f: f.id)
-        if name is not None:
-            firewalls = [f for f in firewalls if f.name == name]
-        if selector:
-            try:
-                requirements = hetzner.parse_label_selector(selector)
-            except hetzner.SelectorError as exc:
-                raise invalid_input({"label_selector": [str(exc)]}) from None
-            firewalls = [f for f in firewalls if hetzner.selector_matches(requirements, f.labels)]
-        return firewalls
+        return hetzner.select(self._firewalls.values(), name, selector)
 
     def delete(self, raw_id: str) -> None:
         firewall = self.get(raw_id)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 # Status per documented error code; the stand-in never invents a code outside this.
 ERROR_STATUS: dict[str, int] = {
@@ -422,6 +423,29 @@ def parse_label_selector(selector: str) -> list[Requirement]:
 
 def selector_matches(requirements: list[Requirement], labels: dict[str, str]) -> bool:
     return all(r.matches(labels) for r in requirements)
+
+
+class Labelled(Protocol):
+    id: int
+    name: str
+    labels: dict[str, str]
+
+
+L = TypeVar("L", bound=Labelled)
+
+
+def select(resources: Iterable[L], name: str | None, selector: str) -> list[L]:
+    """A list endpoint's ``name`` and ``label_selector`` filters, sorted by id."""
+    found = sorted(resources, key=lambda r: r.id)
+    if name is not None:
+        found = [r for r in found if r.name == name]
+    if selector:
+        try:
+            requirements = parse_label_selector(selector)
+        except SelectorError as exc:
+            raise invalid_input({"label_selector": [str(exc)]}) from None
+        found = [r for r in found if selector_matches(requirements, r.labels)]
+    return found
 
 
 # --- pagination ------------------------------------------------------------------------

@@ -352,9 +352,18 @@ class DnsRecord:
 
 
 @dataclass(frozen=True)
+class PlanRequest:
+    """Which plan of the worker's catalog a purchase buys."""
+
+    tenant_id: str
+    plan: str
+
+
+@dataclass(frozen=True)
 class DnsRecordsRequest:
     """Ask MailU for the domain's records (generating its DKIM key once)."""
 
+    tenant_id: str
     target: MailuTarget
     ipv4: str | None
     ipv6: str | None

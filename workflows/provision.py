@@ -31,6 +31,7 @@ from workflows.contracts import (
     MailuTarget,
     Notification,
     Plan,
+    PlanRequest,
     ProvisionResult,
     ProvisionStatus,
     PurchaseRequest,
@@ -210,7 +211,7 @@ class ProvisionMailTenant:
                 dns_records = await self._step(
                     "dns_records",
                     MailuActivities.mail_dns_records,
-                    DnsRecordsRequest(target, address.ipv4, address.ipv6),
+                    DnsRecordsRequest(request.tenant_id, target, address.ipv4, address.ipv6),
                     DNS_RECORDS,
                 )
                 self._status.dns_records = dns_records
@@ -298,7 +299,7 @@ class ProvisionMailTenant:
         try:
             plan: Plan = await workflow.execute_local_activity_method(
                 PlanActivities.resolve_plan,
-                request.plan,
+                PlanRequest(request.tenant_id, request.plan),
                 start_to_close_timeout=RESOLVE_PLAN_TIMEOUT,
                 retry_policy=_policy(1, 10, 3),
             )
