@@ -292,6 +292,7 @@ class LocalCloud:
         # provider whose catalog lacks what a plan names.
         self.retired: set[tuple[str, str]] = set()
         self.ipv6_prefix = ipv6.random_ula_prefix()
+        self._lo_addresses: set[str] = set()  # server addresses this cloud put on lo
         self._ipv6_index = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._stopping = False
@@ -330,12 +331,14 @@ class LocalCloud:
             if server.boot_task is not None:
                 server.boot_task.cancel()
         await asyncio.gather(*(self._kill(s) for s in servers), return_exceptions=True)
-        for server in servers:
-            if server.ipv6_on_lo and server.ipv6 is not None:
-                await ipv6.release(server.ipv6)
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # After every task ended: an address whose add or delete was cut short by a
+        # cancel is still in the set, so nothing stays on lo.
+        for address in sorted(self._lo_addresses):
+            await ipv6.release(address)
+        self._lo_addresses.clear()
         self._servers.clear()
 
     def _spawn_task(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -609,8 +612,9 @@ class LocalCloud:
         await asyncio.sleep(QUICK_ACTION_SECONDS)
         self._servers.pop(server.id, None)
         self.firewalls.forget_server(server.id)
-        if server.ipv6_on_lo and server.ipv6 is not None:
+        if server.ipv6 in self._lo_addresses:
             await ipv6.release(server.ipv6)
+            self._lo_addresses.discard(server.ipv6)
         action.succeed()
         log.info("server %s (%s) deleted", server.id, server.name)
 
@@ -750,10 +754,13 @@ class LocalCloud:
         server.state_dir.mkdir(parents=True, exist_ok=True)
         addresses = [a for a in (server.ip,) if a]
         if server.ipv6 is not None and not server.ipv6_on_lo:
+            # Tracked before the add: a cancel mid-add must still lead to a release.
+            self._lo_addresses.add(server.ipv6)
             problem = await ipv6.assign(server.ipv6)
             if problem is None:
                 server.ipv6_on_lo = True
             else:
+                self._lo_addresses.discard(server.ipv6)
                 log.warning(
                     "server %s: IPv6 %s unreachable here: %s", server.id, server.ipv6, problem
                 )

@@ -8,10 +8,12 @@ will also work against the stand-ins, and vice versa for the failures they fake.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import smtplib
 import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.cloud_init import DOCKER_PACKAGES, docker_cloud_config, wait_for_cloud_init
 from activities.ssh import run_remote_heartbeating
+from devstack import ipv6
 from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.processes import free_port
@@ -1006,3 +1009,29 @@ async def test_firewall_life_cycle_and_its_errors(env: Env) -> None:
     assert (await env.api.delete(f"firewalls/{firewall['id']}")).status_code == 204
     gone = await env.api.get(f"firewalls/{firewall['id']}")
     assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.asyncio
+async def test_ipv6_addresses_leave_lo_with_their_servers(tmp_path: Path) -> None:
+    if not await ipv6.can_assign():
+        pytest.skip("this machine cannot add IPv6 addresses to lo (needs CAP_NET_ADMIN)")
+    keys = new_keys()
+    environment = _env(tmp_path, cloud_init_seconds=0.5)
+    env = await anext(environment)
+    prefix = env.cloud.ipv6_prefix
+    booted = await boot(env, "kept", keys)
+    assert booted["public_net"]["ipv6"] is not None
+    # Deleted while booting: the address add may be cut short by the cancel.
+    doomed = (await create(env, "doomed", keys))["server"]
+    await env.api.delete(f"servers/{doomed['id']}")
+    assert any(ipaddress.ip_address(a) in prefix for a in lo_addresses())
+    with pytest.raises(StopAsyncIteration):  # runs the fixture's teardown: stops the cloud
+        await anext(environment)
+    assert not any(ipaddress.ip_address(a) in prefix for a in lo_addresses())
+
+
+def lo_addresses() -> list[str]:
+    shown = subprocess.run(
+        ["ip", "-6", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split()[3].split("/")[0] for line in shown.splitlines()]
