@@ -9,6 +9,7 @@ half; anything still running after that is retried by Temporal on another worker
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import os
 import signal
 import sys
@@ -31,6 +32,7 @@ from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
+from activities.plans import CatalogError, PlanActivities, check_catalog, load_catalog
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
 from activities.temporal_runs import TemporalRunsActivities
 from activities.vault import (
@@ -40,8 +42,8 @@ from activities.vault import (
     VaultNotReady,
     VaultSettings,
 )
-from activities.vps_provider import VpsActivities
-from workflows.contracts import DEFAULT_TASK_QUEUE
+from activities.vps_provider import ANYWHERE, FirewallPolicy, ProviderError, VpsActivities
+from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.provision import ProvisionMailTenant
 from workflows.reconcile import ReconcileOrphans
 
@@ -66,6 +68,8 @@ class Settings:
     codec_keys_file: Path
     metrics_bind: str | None
     drain_seconds: float
+    plans: dict[str, Plan]
+    ssh_source_networks: tuple[str, ...]
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -97,6 +101,8 @@ class Settings:
             codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
+            plans=_plans(env),
+            ssh_source_networks=_networks(env, "MAILPROV_SSH_SOURCE_NETWORKS", ANYWHERE),
         )
 
 
@@ -109,6 +115,28 @@ def _vault_login(env: Mapping[str, str]) -> dict[str, str]:
             "secret_id_file": env.get("VAULT_SECRET_ID_FILE", "").strip(),
         }
     return {"token": _secret(env, "VAULT_TOKEN")}
+
+
+def _plans(env: Mapping[str, str]) -> dict[str, Plan]:
+    path = env.get("MAILPROV_PLANS_FILE", "").strip()
+    try:
+        return load_catalog(Path(path) if path else None)
+    except CatalogError as err:
+        raise ConfigError(str(err)) from None
+
+
+def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    """Comma-separated CIDRs (IPv4 and/or IPv6), e.g. "203.0.113.0/24,2001:db8::/32"."""
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    networks = []
+    for item in (part.strip() for part in raw.split(",")):
+        try:
+            networks.append(str(ipaddress.ip_network(item, strict=True)))
+        except ValueError as err:
+            raise ConfigError(f"{name}: {item!r} is not a network in CIDR form: {err}") from None
+    return tuple(networks)
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -164,16 +192,20 @@ async def build_activities(
     hetzner = HetznerClient(settings.hcloud_token, settings.hcloud_api_url)
     access = ServerAccess(identity, port=settings.ssh_port)
     mailu = MailuActivities(access)
-    vps = VpsActivities(hetzner, identity)
+    firewall = FirewallPolicy(settings.ssh_source_networks, settings.ssh_port)
+    vps = VpsActivities(hetzner, identity, firewall)
     vault_activities = VaultActivities(vault)
     try:
+        await _check_plans(settings.plans, hetzner)
         yield [
+            PlanActivities(settings.plans).resolve_plan,
             vps.create_server,
             vps.wait_for_server,
             vps.set_reverse_dns,
             vps.delete_server,
             SshTrustActivities(access).rotate_host_key,
             mailu.configure_mailu,
+            mailu.mail_dns_records,
             CredentialsActivities(vault, access).create_admin_credentials,
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
@@ -190,6 +222,17 @@ async def build_activities(
 def worker_interceptors() -> list[Interceptor]:
     """Log context on every activity line; heartbeats so a dead worker is seen in seconds."""
     return [LogContextInterceptor(), HeartbeatInterceptor()]
+
+
+async def _check_plans(plans: dict[str, Plan], hetzner: HetznerClient) -> None:
+    """Stop at start when the provider lacks a plan's server type, image or location."""
+    try:
+        await check_catalog(plans, hetzner)
+    except CatalogError as err:
+        raise ConfigError(f"plan catalog: {err}") from None
+    except ProviderError as err:
+        raise ConfigError(f"plan catalog: cannot read the provider's catalog: {err}") from None
+    log.info("plan catalog checked against the provider", plans=sorted(plans))
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:

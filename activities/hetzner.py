@@ -1,19 +1,23 @@
 """The Hetzner Cloud API v1 (https://docs.hetzner.cloud/) as a `VpsProvider`.
 
 Only what provisioning needs: servers (create, get, find by name, delete), actions,
-reverse DNS. Errors keep Hetzner's machine-readable `code` and say whether another
-attempt can help (per Hetzner's error table); this module never sleeps or
-retries, because Temporal's retry policy does that durably.
+reverse DNS for IPv4 and IPv6, firewalls (find by label, create, get, delete), and the
+catalog names the worker checks its plans against. Errors keep Hetzner's
+machine-readable `code` and say whether another attempt can help (per Hetzner's
+error table); this module never sleeps or retries, because Temporal's retry policy
+does that durably.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import httpx
 
-from activities.vps_provider import Action, ProviderError, Server
+from activities.vps_provider import Action, Firewall, FirewallRule, ProviderError, Server
 
 DEFAULT_API_URL = "https://api.hetzner.cloud/v1"
 
@@ -35,7 +39,21 @@ RETRYABLE_CODES = frozenset(
 
 
 def _server(data: dict[str, Any]) -> Server:
-    ipv4 = (data.get("public_net") or {}).get("ipv4") or {}
+    public_net = data.get("public_net") or {}
+    ipv4 = public_net.get("ipv4") or {}
+    ipv6 = public_net.get("ipv6") or {}
+    # Hetzner routes a /64 to the server ("ip": "2001:db8:1:2::/64"); its own address
+    # is ::1 of that network (what Hetzner's images configure), and IPv6 reverse DNS
+    # is a list of {ip, dns_ptr} entries inside the /64 (docs.hetzner.cloud, Servers).
+    ipv6_address = None
+    ipv6_ptrs: dict[str, str] = {}
+    if ipv6.get("ip"):
+        network = ipaddress.IPv6Network(str(ipv6["ip"]), strict=False)
+        ipv6_address = str(network.network_address + 1)
+        ipv6_ptrs = {
+            str(ipaddress.IPv6Address(entry["ip"])): str(entry["dns_ptr"])
+            for entry in ipv6.get("dns_ptr") or []
+        }
     return Server(
         id=int(data["id"]),
         name=str(data["name"]),
@@ -44,6 +62,22 @@ def _server(data: dict[str, Any]) -> Server:
         dns_ptr=ipv4.get("dns_ptr"),
         labels=dict(data.get("labels") or {}),
         created=str(data.get("created") or ""),
+        ipv6=ipv6_address,
+        ipv6_dns_ptr=ipv6_ptrs.get(ipv6_address) if ipv6_address else None,
+        firewall_ids=[int(fw["id"]) for fw in public_net.get("firewalls") or []],
+    )
+
+
+def _firewall(data: dict[str, Any]) -> Firewall:
+    return Firewall(
+        id=int(data["id"]),
+        name=str(data["name"]),
+        labels=dict(data.get("labels") or {}),
+        applied_to_servers=[
+            int(entry["server"]["id"])
+            for entry in data.get("applied_to") or []
+            if entry.get("type") == "server"
+        ],
     )
 
 
@@ -84,6 +118,9 @@ class HetznerClient:
         location: str,
         labels: dict[str, str],
         user_data: str,
+        enable_ipv4: bool = True,
+        enable_ipv6: bool = True,
+        firewall_ids: Sequence[int] = (),
     ) -> tuple[Server, Action]:
         body = {
             "name": name,
@@ -93,32 +130,85 @@ class HetznerClient:
             "labels": labels,
             "user_data": user_data,
             "start_after_create": True,
+            # Sent explicitly: Hetzner's default (both on) is not what every plan wants.
+            "public_net": {"enable_ipv4": enable_ipv4, "enable_ipv6": enable_ipv6},
+            "firewalls": [{"firewall": fid} for fid in firewall_ids],
         }
         data = await self._request("POST", "servers", json=body)
         return _server(data["server"]), _action(data["action"])
 
     async def get_server(self, server_id: int) -> Server | None:
-        try:
-            data = await self._request("GET", f"servers/{server_id}")
-        except ProviderError as err:
-            if err.not_found:
-                return None
-            raise
-        return _server(data["server"])
+        data = await self._get_or_none(f"servers/{server_id}")
+        return _server(data["server"]) if data is not None else None
 
     async def find_servers(
         self, *, name: str | None = None, label_selector: str | None = None
     ) -> list[Server]:
         """GET /servers filtered by exact name and/or label selector, every page."""
         query = {"name": name, "label_selector": label_selector}
-        params: dict[str, str | int] = {k: v for k, v in query.items() if v is not None}
-        servers: list[Server] = []
+        params = {key: value for key, value in query.items() if value is not None}
+        return [_server(s) for s in await self._list("servers", params)]
+
+    async def catalog_names(self, kind: str, name: str) -> bool:
+        """True when GET /v1/{kind}?name= knows `name` (server_types, images, locations)."""
+        return bool(await self._list(kind, {"name": name}))
+
+    async def find_firewalls(self, *, label_selector: str) -> list[Firewall]:
+        params = {"label_selector": label_selector}
+        return [_firewall(f) for f in await self._list("firewalls", params)]
+
+    async def create_firewall(
+        self, *, name: str, labels: dict[str, str], rules: Sequence[FirewallRule]
+    ) -> Firewall:
+        body = {
+            "name": name,
+            "labels": labels,
+            "rules": [
+                {
+                    "direction": "in",
+                    "protocol": rule.protocol,
+                    "port": rule.port,
+                    "source_ips": list(rule.source_ips),
+                    "description": rule.description,
+                }
+                for rule in rules
+            ],
+        }
+        data = await self._request("POST", "firewalls", json=body)
+        return _firewall(data["firewall"])
+
+    async def get_firewall(self, firewall_id: int) -> Firewall | None:
+        data = await self._get_or_none(f"firewalls/{firewall_id}")
+        return _firewall(data["firewall"]) if data is not None else None
+
+    async def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """GET one resource; None when the provider says it does not exist."""
+        try:
+            return await self._request("GET", path)
+        except ProviderError as err:
+            if err.not_found:
+                return None
+            raise
+
+    async def delete_firewall(self, firewall_id: int) -> bool:
+        """Delete; False when already gone. Raises `resource_in_use` while applied."""
+        try:
+            await self._request("DELETE", f"firewalls/{firewall_id}")
+        except ProviderError as err:
+            if err.not_found:
+                return False
+            raise
+        return True
+
+    async def _list(self, path: str, params: dict[str, str]) -> list[dict[str, Any]]:
+        """Every page of a list endpoint (the plural key is the path, e.g. "servers")."""
+        items: list[dict[str, Any]] = []
         page: int | None = 1
         while page:
-            data = await self._request("GET", "servers", params={**params, "page": page})
-            servers += [_server(s) for s in data["servers"]]
+            data = await self._request("GET", path, params={**params, "page": str(page)})
+            items += data[path]
             page = ((data.get("meta") or {}).get("pagination") or {}).get("next_page")
-        return servers
+        return items
 
     async def delete_server(self, server_id: int) -> Action | None:
         """Delete; None when it is already gone (so compensation can be retried)."""

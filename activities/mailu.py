@@ -26,6 +26,12 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.cloud_init import wait_for_cloud_init
+from activities.dns_records import (
+    DnsExportError,
+    address_records,
+    domain_records,
+    has_dkim_key,
+)
 from activities.ssh import (
     RemoteCommandError,
     ServerAccess,
@@ -34,13 +40,18 @@ from activities.ssh import (
     run_remote_heartbeating,
     sftp_write,
 )
-from workflows.contracts import MailuTarget
+from workflows.contracts import DnsRecord, DnsRecordsRequest, MailuTarget
 
 MAILU_VERSION = "2024.06"
 COMPOSE_UP_TIMEOUT = 15 * 60.0
 MAILU_DIR = "/mailu"
 COMPOSE = f"docker compose -p mailu -f {MAILU_DIR}/docker-compose.yml"
 CONFIG_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -u -"
+# The DKIM key import runs quiet: its output is not needed (and MailU hides the key).
+DKIM_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -q -u -"
+# The domains' DNS records as MailU computes them; no --secrets, so the private DKIM
+# key is exported as "<hidden>" (schemas.py DomainSchema hide_by_context).
+CONFIG_EXPORT_DNS = f"{COMPOSE} exec -T admin flask mailu config-export --dns --json domain"
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,17 @@ class MailuHost:
         }
         await self.run(CONFIG_IMPORT, stdin=json.dumps(document))
 
+    async def generate_dkim_key(self, domain: str) -> None:
+        """MailU generates the domain's DKIM key itself (DkimKeyField: `-generate-`).
+
+        The key stays on the server (/mailu/dkim); only its public half is exported.
+        """
+        document = {"domain": [{"name": domain, "dkim_key": "-generate-"}]}
+        await self.run(DKIM_IMPORT, stdin=json.dumps(document))
+
+    async def export_dns(self) -> str:
+        return await self.run(CONFIG_EXPORT_DNS)
+
     async def run(self, command: str, stdin: str | None = None) -> str:
         return await run_remote(self._conn, command, stdin)
 
@@ -156,6 +178,28 @@ class MailuActivities:
                 await mailu.ensure_domain(target.domain)
             except RemoteCommandError as err:
                 raise command_failure(err) from None
+
+    @activity.defn(name="mail_dns_records")
+    async def mail_dns_records(self, request: DnsRecordsRequest) -> list[DnsRecord]:
+        """The records the customer must publish: A/AAAA, MX, SPF, DKIM, DMARC.
+
+        Generates the domain's DKIM key once (a retry finds it in the export and
+        keeps it, so records already shown to the customer stay valid).
+        """
+        domain = request.target.domain
+        async with await self._access.open(request.target) as conn:
+            mailu = MailuHost(conn, self._settings)
+            try:
+                export = await mailu.export_dns()
+                if not has_dkim_key(export, domain):
+                    await mailu.generate_dkim_key(domain)
+                    export = await mailu.export_dns()
+                records = domain_records(export, domain)
+            except RemoteCommandError as err:
+                raise command_failure(err) from None
+            except DnsExportError as err:
+                raise ApplicationError(str(err), type="MailuDnsExportFailed") from None
+        return address_records(domain, request.ipv4, request.ipv6) + records
 
 
 def _env_value(env: str, key: str) -> str | None:

@@ -246,7 +246,7 @@ class ServerAccess:
     ) -> asyncssh.SSHClientConnection:
         try:
             return await connect_pinned(
-                target.ipv4,
+                target.address,
                 [target.host_public_key, *also_trust],
                 self.identity,
                 port=self.port,
@@ -256,7 +256,8 @@ class ServerAccess:
             raise ApplicationError(str(err), type="HostKeyMismatch", non_retryable=True) from None
         except (OSError, asyncssh.Error) as err:
             raise ApplicationError(
-                f"ssh to {target.ipv4}:{self.port} failed: {err}", type="SshUnavailable"
+                f"ssh to {_host_port(target.address, self.port)} failed: {err}",
+                type="SshUnavailable",
             ) from None
 
 
@@ -317,3 +318,8 @@ def _openssh_public(key: Ed25519PrivateKey, comment: str = "") -> str:
         .decode()
     )
     return f"{line} {comment}".strip()
+
+
+def _host_port(address: str, port: int) -> str:
+    """host:port, with an IPv6 address in brackets as in a URL (RFC 3986)."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"

@@ -2,7 +2,7 @@
 
 The provider is behind the `VpsProvider` protocol: Hetzner Cloud today
 (activities/hetzner.py); another provider is one more module implementing these
-six calls and mapping its errors onto `ProviderError`. Here every provider error
+calls and mapping its errors onto `ProviderError`. Here every provider error
 becomes what Temporal should do with it: retry (after the provider's own
 rate-limit reset, or a capped exponential backoff with jitter), or stop for good.
 """
@@ -10,9 +10,11 @@ rate-limit reset, or a capped exponential backoff with jitter), or stop for good
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import random
-from collections.abc import Awaitable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import timedelta
 from typing import Protocol, TypeVar
 
@@ -24,10 +26,20 @@ from activities.ssh import SshIdentity
 from workflows.contracts import ReverseDnsRequest, ServerAddress, ServerHandle, ServerSpec
 from workflows.reconcile_contracts import ManagedServer
 
+# Hetzner codes meaning "not here, not now" for a create: try the plan's next location
+# (hetznercloud/hcloud-go hcloud/error.go: resource_unavailable "Resource currently
+# unavailable", placement_error "An error during the placement occurred").
+CAPACITY_CODES = frozenset({"resource_unavailable", "placement_error"})
+MANAGED_BY = {"managed-by": "mail-provisioning"}
+# Ports MailU's front publishes in our docker-compose.yml (activities/mailu.py,
+# render_compose): SMTP, HTTP(S), submissions, submission, POP3(S), IMAP(S), ManageSieve.
+MAILU_PUBLISHED_PORTS = ("25", "80", "443", "465", "587", "110", "995", "143", "993", "4190")
+ANYWHERE = ("0.0.0.0/0", "::/0")
+
 # Adoption trusts only a server that carries this purchase's label.
 PURCHASE_LABEL = "purchase"
 # Every server this product buys carries it; clean-up never looks at any other server.
-MANAGED_BY_SELECTOR = "managed-by=mail-provisioning"
+MANAGED_BY_SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 60.0
 ACTION_POLL_SECONDS = 1.0
@@ -67,6 +79,55 @@ class Server:
     dns_ptr: str | None
     labels: dict[str, str]
     created: str = ""  # ISO-8601, as the provider reports it
+    ipv6: str | None = None  # the server's own address (::1 of its /64)
+    ipv6_dns_ptr: str | None = None
+    firewall_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FirewallRule:
+    """One inbound TCP rule (a Hetzner firewall denies every inbound port not listed)."""
+
+    port: str
+    source_ips: tuple[str, ...]
+    description: str
+    protocol: str = "tcp"
+
+
+@dataclass(frozen=True)
+class Firewall:
+    id: int
+    name: str
+    labels: dict[str, str]
+    applied_to_servers: list[int]
+
+
+@dataclass(frozen=True)
+class FirewallPolicy:
+    """The firewall every mail server gets: MailU's ports from anywhere, SSH from
+    the operator's networks only (MAILPROV_SSH_SOURCE_NETWORKS)."""
+
+    ssh_source_networks: tuple[str, ...] = ANYWHERE
+    ssh_port: int = 22
+
+    def rules(self) -> list[FirewallRule]:
+        mail = [FirewallRule(port, ANYWHERE, f"MailU {port}") for port in MAILU_PUBLISHED_PORTS]
+        ssh = FirewallRule(str(self.ssh_port), self.ssh_source_networks, "SSH (provisioning)")
+        return [ssh, *mail]
+
+    def fingerprint(self) -> str:
+        """Names the rule set: a changed policy gets a new firewall, not an edited one."""
+        canon = json.dumps([vars(rule) for rule in self.rules()], sort_keys=True)
+        return hashlib.sha256(canon.encode()).hexdigest()[:12]
+
+    def labels(self) -> dict[str, str]:
+        return {**MANAGED_BY, "role": "mail-firewall", "rules": self.fingerprint()}
+
+    def name(self) -> str:
+        return f"mail-provisioning-{self.fingerprint()}"
+
+    def label_selector(self) -> str:
+        return ",".join(f"{k}={v}" for k, v in sorted(self.labels().items()))
 
 
 @dataclass(frozen=True)
@@ -87,6 +148,9 @@ class VpsProvider(Protocol):
         location: str,
         labels: dict[str, str],
         user_data: str,
+        enable_ipv4: bool = True,
+        enable_ipv6: bool = True,
+        firewall_ids: Sequence[int] = (),
     ) -> tuple[Server, Action]: ...
 
     async def get_server(self, server_id: int) -> Server | None: ...
@@ -101,47 +165,132 @@ class VpsProvider(Protocol):
 
     async def change_dns_ptr(self, server_id: int, ip: str, dns_ptr: str) -> Action: ...
 
+    async def find_firewalls(self, *, label_selector: str) -> list[Firewall]: ...
+
+    async def create_firewall(
+        self, *, name: str, labels: dict[str, str], rules: Sequence[FirewallRule]
+    ) -> Firewall: ...
+
+    async def get_firewall(self, firewall_id: int) -> Firewall | None: ...
+
+    async def delete_firewall(self, firewall_id: int) -> bool: ...
+
 
 class VpsActivities:
-    def __init__(self, provider: VpsProvider, identity: SshIdentity) -> None:
+    def __init__(
+        self,
+        provider: VpsProvider,
+        identity: SshIdentity,
+        firewall: FirewallPolicy | None = None,
+    ) -> None:
         self._provider = provider
         self._identity = identity
+        self._firewall = firewall or FirewallPolicy()
 
     @activity.defn(name="create_server")
     async def create_server(self, spec: ServerSpec) -> ServerHandle:
-        """Create the server, or adopt the one an earlier attempt already created."""
+        """Create the server behind the mail firewall, or adopt the one an earlier
+        attempt already created. Tries the plan's locations in order while the
+        provider is out of capacity."""
+        plan = spec.plan
         try:
-            docker = docker_cloud_config(spec.image, spec.docker_install)
+            docker = docker_cloud_config(plan.image, plan.docker_install)
         except DockerInstallError as err:
             raise ApplicationError(str(err), type="InvalidPlan", non_retryable=True) from None
         user_data, host_public_key = self._identity.cloud_init_for(spec.name, docker)
-        try:
-            server, action = await self._provider.create_server(
-                name=spec.name,
-                server_type=spec.server_type,
-                image=spec.image,
-                location=spec.location,
-                labels=spec.labels,
-                user_data=user_data,
+        firewall = await self._ensure_firewall()
+        handle = ServerHandle(
+            spec.tenant_id,
+            0,
+            spec.name,
+            host_public_key,
+            needs_ipv4=plan.ipv4,
+            needs_ipv6=plan.ipv6,
+            firewall_id=firewall.id,
+        )
+        unavailable: list[str] = []
+        for location in plan.locations:
+            try:
+                server, action = await self._provider.create_server(
+                    name=spec.name,
+                    server_type=plan.server_type,
+                    image=plan.image,
+                    location=location,
+                    labels=spec.labels,
+                    user_data=user_data,
+                    enable_ipv4=plan.ipv4,
+                    enable_ipv6=plan.ipv6,
+                    firewall_ids=[firewall.id],
+                )
+            except ProviderError as err:
+                if err.code in CAPACITY_CODES:
+                    activity.logger.warning(
+                        "no capacity, trying the next location",
+                        extra={"location": location, "code": err.code},
+                    )
+                    unavailable.append(f"{location} ({err.code})")
+                    continue
+                if err.not_found:
+                    # The shared firewall was deleted by another run's compensation
+                    # between our lookup and this create: the next attempt makes it anew.
+                    raise ApplicationError(
+                        f"create refused: {err}", type="Provider.not_found"
+                    ) from None
+                if not err.name_taken:
+                    raise provider_failure(err) from None
+                return await self._adopt(spec, handle)
+            activity.logger.info(
+                "server created", extra={"server_id": server.id, "location": location}
             )
-            activity.logger.info("server created", extra={"server_id": server.id})
-            return ServerHandle(spec.tenant_id, server.id, server.name, host_public_key, action.id)
-        except ProviderError as err:
-            if not err.name_taken:
-                raise provider_failure(err) from None
+            return replace(handle, server_id=server.id, create_action_id=action.id)
+        # Every location is out of capacity: Temporal retries later (capacity returns).
+        raise ApplicationError(
+            f"no capacity for {plan.server_type} in any plan location: {', '.join(unavailable)}",
+            type="NoCapacity",
+        )
+
+    async def _adopt(self, spec: ServerSpec, handle: ServerHandle) -> ServerHandle:
         # The name is deterministic per purchase, so "already used" almost always
         # means our own earlier attempt succeeded and its answer was lost.
         for server in await self._call(self._provider.find_servers(name=spec.name)):
             if server.labels.get(PURCHASE_LABEL) == spec.labels[PURCHASE_LABEL]:
                 activity.logger.info("adopted existing server", extra={"server_id": server.id})
-                return ServerHandle(
-                    spec.tenant_id, server.id, server.name, host_public_key, adopted=True
-                )
+                firewall_id = server.firewall_ids[0] if server.firewall_ids else None
+                return replace(handle, server_id=server.id, adopted=True, firewall_id=firewall_id)
         raise ApplicationError(
             f"server name {spec.name!r} is taken by a server of another purchase",
             type="ServerNameTaken",
             non_retryable=True,
         )
+
+    async def _ensure_firewall(self) -> Firewall:
+        """The mail firewall for the current policy: found by its labels, else created.
+
+        Two runs creating it at once meet Hetzner's uniqueness_error on the name;
+        the loser finds the winner's firewall by label, so exactly one exists.
+        """
+        selector = self._firewall.label_selector()
+        found = await self._call(self._provider.find_firewalls(label_selector=selector))
+        if found:
+            return found[0]
+        try:
+            return await self._provider.create_firewall(
+                name=self._firewall.name(),
+                labels=self._firewall.labels(),
+                rules=self._firewall.rules(),
+            )
+        except ProviderError as err:
+            if not err.name_taken:
+                raise provider_failure(err) from None
+        found = await self._call(self._provider.find_firewalls(label_selector=selector))
+        if not found:
+            raise ApplicationError(
+                f"firewall name {self._firewall.name()!r} is taken by a firewall without "
+                "our labels",
+                type="FirewallNameTaken",
+                non_retryable=True,
+            )
+        return found[0]
 
     @activity.defn(name="wait_for_server")
     async def wait_for_server(self, server: ServerHandle) -> ServerAddress:
@@ -149,6 +298,8 @@ class VpsActivities:
 
         This is Temporal's "infrequent polling" pattern: the retry policy is the
         poll loop, so no worker slot is held while a server boots for minutes.
+        A running server without an address its plan requires will never get it:
+        that is final at once, not a 15-minute poll.
         """
         if server.create_action_id is not None:
             action = await self._call(self._provider.get_action(server.create_action_id))
@@ -165,26 +316,49 @@ class VpsActivities:
                 type="ServerGone",
                 non_retryable=True,
             )
-        if current.status != "running" or not current.ipv4:
+        if current.status != "running":
             raise ApplicationError(
                 f"server {server.server_id} is {current.status!r}, not running yet",
                 type="ServerNotReady",
             )
-        return ServerAddress(current.id, current.ipv4)
+        missing = [
+            family
+            for family, needed, address in (
+                ("IPv4", server.needs_ipv4, current.ipv4),
+                ("IPv6", server.needs_ipv6, current.ipv6),
+            )
+            if needed and not address
+        ]
+        if missing:
+            raise ApplicationError(
+                f"server {server.server_id} is running without the public "
+                f"{' and '.join(missing)} address its plan requires",
+                type="ServerAddressMissing",
+                non_retryable=True,
+            )
+        return ServerAddress(current.id, current.ipv4, current.ipv6)
 
     @activity.defn(name="set_reverse_dns")
     async def set_reverse_dns(self, request: ReverseDnsRequest) -> None:
-        """Point the IPv4 PTR record at the mail hostname; a no-op when it already does."""
+        """Point the PTR record of every address (IPv4 and IPv6) at the mail hostname.
+
+        Hetzner's change_dns_ptr takes either family; an address whose PTR already
+        matches is skipped, so a retry changes nothing twice.
+        """
         current = await self._call(self._provider.get_server(request.server_id))
-        if current is not None and current.dns_ptr == request.dns_ptr:
-            return
-        action = await self._call(
-            self._provider.change_dns_ptr(request.server_id, request.ipv4, request.dns_ptr)
-        )
-        if action.status == "error":
-            raise ApplicationError(
-                f"reverse DNS for {request.ipv4} failed: {action.error}", type="ReverseDnsFailed"
+        have = {}
+        if current is not None:
+            have = {current.ipv4: current.dns_ptr, current.ipv6: current.ipv6_dns_ptr}
+        for ip in (request.ipv4, request.ipv6):
+            if ip is None or have.get(ip) == request.dns_ptr:
+                continue
+            action = await self._call(
+                self._provider.change_dns_ptr(request.server_id, ip, request.dns_ptr)
             )
+            if action.status == "error":
+                raise ApplicationError(
+                    f"reverse DNS for {ip} failed: {action.error}", type="ReverseDnsFailed"
+                )
 
     @activity.defn(name="delete_server")
     async def delete_server(self, server: ServerHandle) -> bool:
@@ -194,6 +368,7 @@ class VpsActivities:
         """
         action = await self._call(self._provider.delete_server(server.server_id))
         if action is None:
+            await self._release_firewall(server.firewall_id)
             return False
         while action.status == "running":
             activity.heartbeat(f"deleting server {server.server_id}")
@@ -204,6 +379,7 @@ class VpsActivities:
                 f"deleting server {server.server_id} failed: {action.error}", type="DeleteFailed"
             )
         activity.logger.info("server deleted", extra={"server_id": server.server_id})
+        await self._release_firewall(server.firewall_id)
         return True
 
     @activity.defn(name="delete_purchase_servers")
@@ -213,7 +389,9 @@ class VpsActivities:
         selector = f"{MANAGED_BY_SELECTOR},{PURCHASE_LABEL}={purchase_id}"
         deleted = []
         for server in await self._call(self._provider.find_servers(label_selector=selector)):
-            await self.delete_server(ServerHandle("", server.id, server.name, ""))
+            firewall_id = server.firewall_ids[0] if server.firewall_ids else None
+            handle = ServerHandle("", server.id, server.name, "", firewall_id=firewall_id)
+            await self.delete_server(handle)
             deleted.append(server.id)
         return deleted
 
@@ -229,9 +407,29 @@ class VpsActivities:
                 purchase_id=server.labels[PURCHASE_LABEL],
                 tenant_id=server.labels.get("tenant", ""),
                 created=server.created,
+                firewall_id=server.firewall_ids[0] if server.firewall_ids else None,
             )
             for server in servers
         ]
+
+    async def _release_firewall(self, firewall_id: int | None) -> None:
+        """Delete the mail firewall when no server uses it any more; keep it otherwise.
+
+        Hetzner refuses to delete an applied firewall with `resource_in_use`
+        (docs.hetzner.cloud, Firewalls: Delete a Firewall): another tenant's server
+        still behind it is the normal case, not an error.
+        """
+        if firewall_id is None:
+            return
+        firewall = await self._call(self._provider.get_firewall(firewall_id))
+        if firewall is None or firewall.applied_to_servers:
+            return
+        try:
+            if await self._provider.delete_firewall(firewall_id):
+                activity.logger.info("firewall deleted", extra={"firewall_id": firewall_id})
+        except ProviderError as err:
+            if err.code != "resource_in_use":
+                raise provider_failure(err) from None
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:

@@ -39,8 +39,9 @@ from typing import Any
 
 from aiohttp import web
 
-from devstack import hetzner
+from devstack import hetzner, ipv6
 from devstack.faults import FaultBook, FaultRule, FaultSpecError, VpsFaults
+from devstack.firewalls import FirewallBook
 from devstack.hetzner import ApiError, invalid_input, iso
 from devstack.mailu import MailuStore
 from devstack.processes import die_with_parent, free_port
@@ -151,30 +152,51 @@ class Server:
     location: str
     labels: dict[str, str]
     user_data: str | None
-    ip: str
+    ip: str | None  # None: created with public_net.enable_ipv4 = false
     dns_ptr: str
     state_dir: Path
     created: float = field(default_factory=time.time)
     status: str = "initializing"
     process: asyncio.subprocess.Process | None = None
     boot_task: asyncio.Task[None] | None = None
+    # The /64 routed to the server (None: enable_ipv6 = false) and its PTR records,
+    # a list of {ip, dns_ptr} in Hetzner's answer (docs.hetzner.cloud, Servers).
+    ipv6_net: ipaddress.IPv6Network | None = None
+    ipv6_ptrs: dict[str, str] = field(default_factory=dict)
+    ipv6_on_lo: bool = False  # its ::1 was added to lo, so it is really reachable
+    firewalls: list[int] = field(default_factory=list)
+
+    @property
+    def ipv6(self) -> str | None:
+        return ipv6.host_address(self.ipv6_net) if self.ipv6_net is not None else None
 
     def to_json(self) -> dict[str, Any]:
+        ipv4_json = None
+        if self.ip is not None:
+            ipv4_json = {
+                "id": self.id + 1_000_000,
+                "ip": self.ip,
+                "blocked": False,
+                "dns_ptr": self.dns_ptr,
+            }
+        ipv6_json = None
+        if self.ipv6_net is not None:
+            ipv6_json = {
+                "id": self.id + 2_000_000,
+                "ip": str(self.ipv6_net),
+                "blocked": False,
+                "dns_ptr": [{"ip": ip, "dns_ptr": ptr} for ip, ptr in self.ipv6_ptrs.items()],
+            }
         return {
             "id": self.id,
             "name": self.name,
             "status": self.status,
             "created": iso(self.created),
             "public_net": {
-                "ipv4": {
-                    "id": self.id + 1_000_000,
-                    "ip": self.ip,
-                    "blocked": False,
-                    "dns_ptr": self.dns_ptr,
-                },
-                "ipv6": None,
+                "ipv4": ipv4_json,
+                "ipv6": ipv6_json,
                 "floating_ips": [],
-                "firewalls": [],
+                "firewalls": [{"id": fid, "status": "applied"} for fid in self.firewalls],
             },
             "private_net": [],
             "server_type": hetzner.server_type_json(self.server_type),
@@ -265,6 +287,13 @@ class LocalCloud:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._notifications: list[dict[str, Any]] = []
         self._notify_keys: set[str] = set()
+        self.firewalls = FirewallBook()
+        # Catalog entries Hetzner has "retired" in this cloud (kind, name): tests model a
+        # provider whose catalog lacks what a plan names.
+        self.retired: set[tuple[str, str]] = set()
+        self.ipv6_prefix = ipv6.random_ula_prefix()
+        self._lo_addresses: set[str] = set()  # server addresses this cloud put on lo
+        self._ipv6_index = itertools.count(1)
         self._runner: web.AppRunner | None = None
         self._stopping = False
         self.base_url = ""
@@ -305,6 +334,11 @@ class LocalCloud:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # After every task ended: an address whose add or delete was cut short by a
+        # cancel is still in the set, so nothing stays on lo.
+        for address in sorted(self._lo_addresses):
+            await ipv6.release(address)
+        self._lo_addresses.clear()
         self._servers.clear()
 
     def _spawn_task(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
@@ -392,10 +426,18 @@ class LocalCloud:
         app.router.add_post("/v1/servers/{id}/actions/poweron", self._poweron)
         app.router.add_get("/v1/servers/{id}/actions/{action_id}", self._get_server_action)
         app.router.add_get("/v1/actions/{id}", self._get_action)
+        for kind in hetzner.CATALOG_KINDS:
+            app.router.add_get(f"/v1/{kind}", self._list_catalog)
+        app.router.add_post("/v1/firewalls", self._create_firewall)
+        app.router.add_get("/v1/firewalls", self._list_firewalls)
+        app.router.add_get("/v1/firewalls/{id}", self._get_firewall)
+        app.router.add_delete("/v1/firewalls/{id}", self._delete_firewall)
         app.router.add_post("/_devstack/faults", self._add_fault)
         app.router.add_get("/_devstack/faults", self._list_faults)
         app.router.add_delete("/_devstack/faults", self._clear_faults)
         app.router.add_post("/_devstack/boot-failures", self._add_boot_failures)
+        app.router.add_post("/_devstack/retired", self._retire)
+        app.router.add_delete("/_devstack/retired", self._unretire)
         app.router.add_post("/_devstack/notify/{name}", self._notify)
         app.router.add_get("/_devstack/notifications", self._list_notifications)
         app.router.add_get("/_devstack/servers/{id}", self._dev_server)
@@ -470,6 +512,7 @@ class LocalCloud:
         if body.get("ssh_keys"):
             # This project holds no SSH keys; keys travel in user_data instead.
             problems["ssh_keys"] = ["ssh key not found"]
+        enable_ipv4, enable_ipv6 = hetzner.public_net_flags(body.get("public_net"), problems)
         if problems:
             raise invalid_input(problems)
         assert isinstance(name, str) and isinstance(user_data, (str, type(None)))
@@ -477,7 +520,11 @@ class LocalCloud:
             raise ApiError(
                 "uniqueness_error", "server name is already used", {"fields": [{"name": "name"}]}
             )
-        ip = self._allocate_ip()
+        firewalls = self.firewalls.for_new_server(body.get("firewalls"))
+        ip = self._allocate_ip() if enable_ipv4 else None
+        ipv6_net = (
+            ipv6.server_network(self.ipv6_prefix, next(self._ipv6_index)) if enable_ipv6 else None
+        )
         server_id = next(self._server_ids)
         server = Server(
             id=server_id,
@@ -488,10 +535,13 @@ class LocalCloud:
             labels=dict(labels),
             user_data=user_data,
             ip=ip,
-            dns_ptr=hetzner.default_dns_ptr(ip),
+            dns_ptr=hetzner.default_dns_ptr(ip) if ip else "",
             state_dir=self.state_dir / "servers" / str(server_id),
+            ipv6_net=ipv6_net,
+            firewalls=[fw.id for fw in firewalls],
         )
         self._servers[server.id] = server
+        self.firewalls.apply(server.id, firewalls)
         create = self._new_action("create_server", server.id, self.boot_seconds)
         next_actions: list[Action] = []
         if start_after_create:
@@ -501,7 +551,7 @@ class LocalCloud:
         else:
             server.status = "off"
             create.succeed()
-        log.info("server %s (%s) created on %s", server.id, server.name, server.ip)
+        log.info("server %s (%s) created on %s %s", server.id, server.name, ip, ipv6_net)
         return web.json_response(
             {
                 "server": server.to_json(),
@@ -528,17 +578,11 @@ class LocalCloud:
         raise ApiError("resource_limit_exceeded", "server limit exceeded")
 
     async def _list_servers(self, request: web.Request) -> web.Response:
-        servers = sorted(self._servers.values(), key=lambda s: s.id)
-        name = request.query.get("name")
-        if name is not None:
-            servers = [s for s in servers if s.name == name]
-        selector = request.query.get("label_selector", "").strip()
-        if selector:
-            try:
-                requirements = hetzner.parse_label_selector(selector)
-            except hetzner.SelectorError as exc:
-                raise invalid_input({"label_selector": [str(exc)]}) from None
-            servers = [s for s in servers if hetzner.selector_matches(requirements, s.labels)]
+        servers = hetzner.select(
+            self._servers.values(),
+            request.query.get("name"),
+            request.query.get("label_selector", "").strip(),
+        )
         statuses = request.query.getall("status", [])
         if statuses:
             servers = [s for s in servers if s.status in statuses]
@@ -567,6 +611,10 @@ class LocalCloud:
         await self._kill(server)
         await asyncio.sleep(QUICK_ACTION_SECONDS)
         self._servers.pop(server.id, None)
+        self.firewalls.forget_server(server.id)
+        if server.ipv6 in self._lo_addresses:
+            await ipv6.release(server.ipv6)
+            self._lo_addresses.discard(server.ipv6)
         action.succeed()
         log.info("server %s (%s) deleted", server.id, server.name)
 
@@ -575,9 +623,13 @@ class LocalCloud:
         body = await self._json_body(request)
         problems: dict[str, list[str]] = {}
         ip = body.get("ip")
-        if not isinstance(ip, str) or not hetzner.is_ipv4(ip):
+        family = hetzner.ip_family(ip)
+        if family is None:
             problems["ip"] = ["ip must be a valid IP address"]
-        elif ip != server.ip:
+        elif (family == 4 and ip != server.ip) or (
+            family == 6
+            and (server.ipv6_net is None or ipaddress.IPv6Address(str(ip)) not in server.ipv6_net)
+        ):
             problems["ip"] = [f"ip {ip} is not assigned to this server"]
         if "dns_ptr" not in body:
             problems["dns_ptr"] = ["Missing data for required field."]
@@ -590,7 +642,16 @@ class LocalCloud:
             raise invalid_input(problems)
         if server.status == "deleting":
             raise ApiError("locked", "server is locked by a running delete_server action")
-        server.dns_ptr = dns_ptr if isinstance(dns_ptr, str) else hetzner.default_dns_ptr(server.ip)
+        assert isinstance(ip, str)
+        if family == 6:
+            # One PTR per address inside the /64; null removes it (Hetzner's docs).
+            address = str(ipaddress.IPv6Address(ip))
+            if isinstance(dns_ptr, str):
+                server.ipv6_ptrs[address] = dns_ptr
+            else:
+                server.ipv6_ptrs.pop(address, None)
+        else:
+            server.dns_ptr = dns_ptr if isinstance(dns_ptr, str) else hetzner.default_dns_ptr(ip)
         action = self._new_action("change_dns_ptr", server.id, QUICK_ACTION_SECONDS)
         asyncio.get_running_loop().call_later(QUICK_ACTION_SECONDS, action.succeed)
         return web.json_response({"action": action.to_json()}, status=201)
@@ -624,6 +685,43 @@ class LocalCloud:
             raise ApiError("not_found", f"action with ID '{raw}' not found")
         return web.json_response({"action": action.to_json()})
 
+    # --- catalog and firewalls ------------------------------------------------------------
+
+    async def _list_catalog(self, request: web.Request) -> web.Response:
+        """GET /v1/server_types | images | locations, filtered by ?name= as Hetzner's."""
+        kind = request.path.rsplit("/", 1)[-1]
+        entries = [
+            e
+            for e in hetzner.catalog_json(kind, request.query.get("name"))
+            if (kind, e["name"]) not in self.retired
+        ]
+        page, meta = hetzner.paginate(
+            entries, request.query.get("page"), request.query.get("per_page")
+        )
+        return web.json_response({kind: page, "meta": meta})
+
+    async def _create_firewall(self, request: web.Request) -> web.Response:
+        firewall = self.firewalls.create(await self._json_body(request))
+        return web.json_response({"firewall": firewall.to_json(), "actions": []}, status=201)
+
+    async def _list_firewalls(self, request: web.Request) -> web.Response:
+        firewalls = self.firewalls.listing(
+            request.query.get("name"), request.query.get("label_selector", "").strip()
+        )
+        page, meta = hetzner.paginate(
+            firewalls, request.query.get("page"), request.query.get("per_page")
+        )
+        return web.json_response({"firewalls": [f.to_json() for f in page], "meta": meta})
+
+    async def _get_firewall(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"firewall": self.firewalls.get(request.match_info["id"]).to_json()}
+        )
+
+    async def _delete_firewall(self, request: web.Request) -> web.Response:
+        self.firewalls.delete(request.match_info["id"])
+        return web.Response(status=204)
+
     # --- booting and killing servers ----------------------------------------------------
 
     async def _boot(self, server: Server, actions: list[Action]) -> None:
@@ -654,12 +752,32 @@ class LocalCloud:
 
     async def _spawn(self, server: Server) -> None:
         server.state_dir.mkdir(parents=True, exist_ok=True)
+        addresses = [a for a in (server.ip,) if a]
+        if server.ipv6 is not None and not server.ipv6_on_lo:
+            # Tracked before the add: a cancel mid-add must still lead to a release.
+            self._lo_addresses.add(server.ipv6)
+            problem = await ipv6.assign(server.ipv6)
+            if problem is None:
+                server.ipv6_on_lo = True
+            else:
+                self._lo_addresses.discard(server.ipv6)
+                log.warning(
+                    "server %s: IPv6 %s unreachable here: %s", server.id, server.ipv6, problem
+                )
+        if server.ipv6_on_lo and server.ipv6 is not None:
+            addresses.append(server.ipv6)
+        if not addresses:
+            raise BootFailed(
+                "devstack: the server's only address is IPv6 and this machine cannot put it "
+                "on lo (needs CAP_NET_ADMIN; see devstack/ipv6.py)"
+            )
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_PROJECT_ROOT), env.get("PYTHONPATH", "")) if p
         )
         config = {
-            "ip": server.ip,
+            "ip": addresses[0],
+            "addresses": addresses,
             "ssh_port": self.ssh_port,
             "smtp_port": self.smtp_port,
             "state_dir": str(server.state_dir),
@@ -786,6 +904,18 @@ class LocalCloud:
         VpsFaults(server.state_dir).clear(kind)
         return web.json_response({kind: []})
 
+    async def _retire(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        kind, name = body.get("kind"), body.get("name")
+        if kind not in hetzner.CATALOG_KINDS or not isinstance(name, str):
+            raise invalid_input({"kind": [f"kind must be one of {hetzner.CATALOG_KINDS}"]})
+        self.retired.add((kind, name))
+        return web.json_response({"retired": sorted(self.retired)}, status=201)
+
+    async def _unretire(self, request: web.Request) -> web.Response:
+        self.retired.clear()
+        return web.json_response({"retired": []})
+
     async def _add_boot_failures(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)
         times = body.get("times", 1)
@@ -828,6 +958,8 @@ class LocalCloud:
                     "name": server.name,
                     "status": server.status,
                     "ip": server.ip,
+                    "ipv6": server.ipv6,
+                    "ipv6_reachable": server.ipv6_on_lo,
                     "ssh_port": self.ssh_port,
                     "smtp_port": self.smtp_port,
                     "state_dir": str(server.state_dir),

@@ -660,4 +660,7 @@ class Shell:
             return _fail(
                 "Error: [OperationalError] (sqlite3.OperationalError) no such table: domain"
             )
-        return await self.mailu.run(container_argv[2:], read_stdin)
+        # The admin container's environment is mailu.env (HOSTNAMES, DOMAIN, DMARC_*).
+        env_file = self.host_path(call.compose_path.rsplit("/", 1)[0] + "/mailu.env")
+        env = read_env_file(env_file) if env_file.is_file() else {}
+        return await self.mailu.run(container_argv[2:], read_stdin, env)

@@ -75,6 +75,12 @@ def prove_credentials(info: StackInfo, result: dict[str, object]) -> None:
         str(result["ipv4"]), info.smtp_port, cafile, credentials.username, credentials.password
     )
     say(f"  SMTP AUTH as {credentials.username} at {result['ipv4']}:{info.smtp_port}: {reply}")
+    say(f"  addresses: IPv4 {result['ipv4']}, IPv6 {result['ipv6']}; DNS records to publish:")
+    records = result["dns_records"]
+    assert isinstance(records, list)
+    for record in records:
+        line = str(record["zone_line"])
+        say(f"    {line if len(line) <= 110 else line[:100] + '...'}")
 
 
 def show_history_encryption(info: StackInfo, workflow_id: str) -> None:

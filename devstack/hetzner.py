@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 # Status per documented error code; the stand-in never invents a code outside this.
 ERROR_STATUS: dict[str, int] = {
@@ -25,6 +26,10 @@ ERROR_STATUS: dict[str, int] = {
     "conflict": 409,
     "uniqueness_error": 409,
     "resource_unavailable": 422,
+    "placement_error": 422,
+    # Firewall delete while applied (docs.hetzner.cloud, Firewalls). Hetzner does not
+    # document its status; 422 like the other "valid request, wrong state" codes.
+    "resource_in_use": 422,
     "unsupported_error": 422,
     "locked": 423,
     "protected": 423,
@@ -174,6 +179,24 @@ LOCATIONS: dict[str, dict[str, Any]] = {
     },
 }
 DEFAULT_LOCATION = "fsn1"
+# The catalog list endpoints the worker checks its plans against (GET /v1/{kind}?name=).
+CATALOG_KINDS = ("server_types", "images", "locations")
+
+
+def location_json(name: str) -> dict[str, Any]:
+    location: dict[str, Any] = datacenter_json(name)["location"]
+    return location
+
+
+def catalog_json(kind: str, name: str | None) -> list[dict[str, Any]]:
+    """The entries of one catalog list endpoint, filtered by ``name`` as Hetzner does."""
+    table, render = {
+        "server_types": (SERVER_TYPES, server_type_json),
+        "images": (IMAGES, image_json),
+        "locations": (LOCATIONS, location_json),
+    }[kind]
+    names = sorted(table, key=lambda n: table[n]["id"])
+    return [render(n) for n in names if name is None or n == name]
 
 
 def server_type_json(name: str) -> dict[str, Any]:
@@ -269,12 +292,37 @@ def validate_labels(labels: Any) -> list[str]:
     return problems
 
 
-def is_ipv4(text: str) -> bool:
+def ip_family(text: Any) -> int | None:
+    """4 or 6 for an IP address string (change_dns_ptr takes either), else None."""
+    if not isinstance(text, str):
+        return None
     try:
-        ipaddress.IPv4Address(text)
+        return ipaddress.ip_address(text).version
     except ValueError:
-        return False
-    return True
+        return None
+
+
+def public_net_flags(public_net: Any, problems: dict[str, list[str]]) -> tuple[bool, bool]:
+    """``public_net.enable_ipv4`` / ``enable_ipv6`` of a server create (both default true).
+
+    Hetzner: a server needs a public address or a private network; this project never
+    attaches networks, so both off is refused as invalid input.
+    """
+    if public_net is None:
+        return True, True
+    if not isinstance(public_net, dict):
+        problems["public_net"] = ["public_net must be an object"]
+        return True, True
+    flags = []
+    for key in ("enable_ipv4", "enable_ipv6"):
+        value = public_net.get(key, True)
+        if not isinstance(value, bool):
+            problems["public_net"] = [f"public_net.{key}: Not a valid boolean."]
+            value = True
+        flags.append(value)
+    if not any(flags):
+        problems["public_net"] = ["a server without public IPv4 and IPv6 needs a network"]
+    return flags[0], flags[1]
 
 
 # --- label selectors -------------------------------------------------------------------
@@ -375,6 +423,29 @@ def parse_label_selector(selector: str) -> list[Requirement]:
 
 def selector_matches(requirements: list[Requirement], labels: dict[str, str]) -> bool:
     return all(r.matches(labels) for r in requirements)
+
+
+class Labelled(Protocol):
+    id: int
+    name: str
+    labels: dict[str, str]
+
+
+L = TypeVar("L", bound=Labelled)
+
+
+def select(resources: Iterable[L], name: str | None, selector: str) -> list[L]:
+    """A list endpoint's ``name`` and ``label_selector`` filters, sorted by id."""
+    found = sorted(resources, key=lambda r: r.id)
+    if name is not None:
+        found = [r for r in found if r.name == name]
+    if selector:
+        try:
+            requirements = parse_label_selector(selector)
+        except SelectorError as exc:
+            raise invalid_input({"label_selector": [str(exc)]}) from None
+        found = [r for r in found if selector_matches(requirements, r.labels)]
+    return found
 
 
 # --- pagination ------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from typing import Any
 import passlib.registry
 from passlib.context import CryptContext
 
+from devstack.mailu_export import InvalidDkimKey, dkim_key_from_input, export_config
+
 HIDDEN = "<hidden>"
 
 StdinReader = Callable[[], Awaitable[str]]
@@ -406,6 +408,13 @@ class ConfigImport:
             # relationship, and SQLite does not enforce the foreign key).
         fields = {k: v for k, v in item.items() if k in _FIELDS[section]}
         fields[primary] = key_value
+        if section == "domain" and "dkim_key" in fields:
+            # schemas.py DkimKeyField: "-generate-" makes a key, "<hidden>" keeps none.
+            try:
+                fields["dkim_key"] = dkim_key_from_input(fields["dkim_key"])
+            except InvalidDkimKey as exc:
+                errors.append((f"{loc}.dkim_key", str(exc)))
+                return
         if section == "user" and not self._user_password(loc, key_value, fields, errors):
             return
         self._merge(section, key_value, fields)
@@ -471,8 +480,9 @@ class ConfigImport:
             self.counter[("Modified", section)] += 1
         for k in changed:
             old, new = before.get(k), merged.get(k)
-            if k == "password":
-                old, new = HIDDEN, HIDDEN
+            if k in ("password", "dkim_key"):
+                # schemas.py _listen_dkim / password logging: "<hidden>" or "" only.
+                old, new = (HIDDEN if old else ""), (HIDDEN if new else "")
             self.log.append(f"Modified {section}: {key!r} {k}: {old!r} -> {new!r}")
 
     def _count_deletions(self) -> None:
@@ -525,7 +535,19 @@ _DOMAIN_OPTS = {
     "--max-quota-bytes": Opt("max_quota_bytes", True),
 }
 _ADMIN_OPTS = {"-m": Opt("mode", True), "--mode": Opt("mode", True)}
-COMMANDS = ("admin", "config-import", "domain")
+COMMANDS = ("admin", "config-export", "config-import", "domain")
+_EXPORT_OPTS = {
+    "-f": Opt("full", False),
+    "--full": Opt("full", False),
+    "-s": Opt("secrets", False),
+    "--secrets": Opt("secrets", False),
+    "-d": Opt("dns", False),
+    "--dns": Opt("dns", False),
+    "-c": Opt("color", False),
+    "--color": Opt("color", False),
+    "-j": Opt("as_json", False),
+    "--json": Opt("as_json", False),
+}
 
 
 class MailuCli:
@@ -534,7 +556,9 @@ class MailuCli:
     def __init__(self, store: MailuStore) -> None:
         self.store = store
 
-    async def run(self, args: list[str], read_stdin: StdinReader) -> ExecResult:
+    async def run(
+        self, args: list[str], read_stdin: StdinReader, env: dict[str, str] | None = None
+    ) -> ExecResult:
         if not args or args[0] in ("-h", "--help", "-?"):
             usage = "Usage: flask mailu [OPTIONS] COMMAND [ARGS]...\n\n  Mailu command line\n"
             return ExecResult(0, usage + "\nCommands:\n" + "".join(f"  {c}\n" for c in COMMANDS))
@@ -542,6 +566,8 @@ class MailuCli:
         try:
             if command == "config-import":
                 return await self._config_import(rest, read_stdin)
+            if command == "config-export":
+                return self._config_export(rest, env or {})
             if command == "domain":
                 return self._domain(rest)
             if command == "admin":
@@ -549,6 +575,7 @@ class MailuCli:
         except UsageError as exc:
             usage = {
                 "config-import": "[OPTIONS] [FILENAME|-]",
+                "config-export": "[OPTIONS] [FILTER]...",
                 "domain": "[OPTIONS] DOMAIN_NAME",
                 "admin": "[OPTIONS] LOCALPART DOMAIN_NAME PASSWORD",
             }[command]
@@ -588,6 +615,23 @@ class MailuCli:
         if not quiet:
             lines.append(f"{head} {job.changes()}")
         return ExecResult(0, "".join(f"{line}\n" for line in lines))
+
+    def _config_export(self, args: list[str], env: dict[str, str]) -> ExecResult:
+        """manage.py config_export: the stand-in renders JSON only (no YAML writer)."""
+        opts, only = parse_click_args(args, _EXPORT_OPTS)
+        if not opts.get("as_json"):
+            return ExecResult(1, "", "Error: the devstack MailU stand-in exports only --json\n")
+        unknown = [name for name in only if name not in SECTIONS]
+        if unknown:
+            return ExecResult(1, "", f"Error: [KeyError] {unknown[0]!r}\n")
+        text = export_config(
+            self.store.load(),
+            env,
+            sections=list(only) or list(SECTIONS),
+            dns=bool(opts.get("dns")),
+            secrets=bool(opts.get("secrets")),
+        )
+        return ExecResult(0, text + "\n")
 
     def _domain(self, args: list[str]) -> ExecResult:
         opts, positionals = parse_click_args(args, _DOMAIN_OPTS)

@@ -197,7 +197,7 @@ def load_host_key(path: Path, shown: str = HOST_KEY_PATH) -> asyncssh.SSHKey:
     return key
 
 
-def make_tls_certificate(server_name: str, ip: str, tls_dir: Path) -> tuple[Path, Path]:
+def make_tls_certificate(server_name: str, ips: list[str], tls_dir: Path) -> tuple[Path, Path]:
     """Self-signed certificate for the server's name and address, made at each boot.
 
     Clients pin it (the cloud serves it under ``/_devstack``), so it only needs to be
@@ -218,7 +218,10 @@ def make_tls_certificate(server_name: str, ip: str, tls_dir: Path) -> tuple[Path
         .not_valid_after(now + dt.timedelta(days=30))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.DNSName(server_name), x509.IPAddress(ipaddress.IPv4Address(ip))]
+                [
+                    x509.DNSName(server_name),
+                    *(x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips),
+                ]
             ),
             critical=False,
         )
@@ -375,7 +378,10 @@ class Machine:
     """Everything one server runs, wired together and shut down together."""
 
     def __init__(self, config: dict[str, Any]) -> None:
-        self.ip: str = config["ip"]
+        # Every public address of the server (IPv4 and/or IPv6, see devstack/ipv6.py);
+        # sshd and the SMTP front listen on all of them, as on a real server.
+        self.addresses: list[str] = [a for a in config.get("addresses") or [config["ip"]] if a]
+        self.ip: str = self.addresses[0]
         self.ssh_port: int = int(config["ssh_port"])
         self.smtp_port: int = int(config["smtp_port"])
         self.state_dir = Path(config["state_dir"])
@@ -402,8 +408,8 @@ class Machine:
         self.faults = VpsFaults(self.state_dir)
         # Options for connections accepted from now on; replaced on "systemctl reload".
         self._ssh_options: asyncssh.SSHServerConnectionOptions | None = None
-        self._ssh_listener: socket.socket | None = None
-        self._accept_task: asyncio.Task[None] | None = None
+        self._ssh_listeners: list[socket.socket] = []
+        self._accept_tasks: list[asyncio.Task[None]] = []
         self._ssh_tasks: set[asyncio.Task[None]] = set()
         self._ssh_conns: set[asyncssh.SSHServerConnection] = set()
         self._smtp: asyncio.AbstractServer | None = None
@@ -455,20 +461,22 @@ class Machine:
         # Accepting by hand (rather than asyncssh.listen) lets armed faults cut a
         # connection off before any SSH byte is sent, and gives each connection the
         # options current when it was accepted, as sshd forks per connection.
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        try:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.bind((self.ip, self.ssh_port))
-            listener.listen(128)
-            listener.setblocking(False)
-        except OSError:
-            listener.close()
-            raise
-        self._ssh_listener = listener
-        self._accept_task = asyncio.create_task(self._accept_ssh(listener))
+        for address in self.addresses:
+            family = socket.AF_INET6 if ":" in address else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listener.bind((address, self.ssh_port))
+                listener.listen(128)
+                listener.setblocking(False)
+            except OSError:
+                listener.close()
+                raise
+            self._ssh_listeners.append(listener)
+            self._accept_tasks.append(asyncio.create_task(self._accept_ssh(listener)))
 
         cert_path, key_path = make_tls_certificate(
-            self.server_name, self.ip, self.state_dir / "tls"
+            self.server_name, self.addresses, self.state_dir / "tls"
         )
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls.load_cert_chain(cert_path, key_path)
@@ -482,7 +490,7 @@ class Machine:
                 authenticator=self._authenticate,
                 loop=loop,
             ),
-            host=self.ip,
+            host=self.addresses,
             port=self.smtp_port,
             reuse_address=True,
         )
@@ -494,12 +502,12 @@ class Machine:
         return {}
 
     async def stop(self) -> None:
-        if self._accept_task is not None:
-            self._accept_task.cancel()
+        for task in self._accept_tasks:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._accept_task
-        if self._ssh_listener is not None:
-            self._ssh_listener.close()
+                await task
+        for listener in self._ssh_listeners:
+            listener.close()
         for conn in list(self._ssh_conns):
             conn.close()
         for task in list(self._ssh_tasks):

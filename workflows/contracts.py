@@ -34,21 +34,27 @@ def workflow_id_for(purchase_id: str) -> str:
 
 @dataclass(frozen=True)
 class Plan:
-    """What a plan buys at the provider (names from the Hetzner Cloud catalog)."""
+    """What a plan buys at the provider (names from the provider's catalog).
+
+    Plans are operator configuration (activities/plans.py loads them from the file
+    named by MAILPROV_PLANS_FILE); the workflow gets one through the `resolve_plan`
+    local activity, so it never reads a file itself.
+    """
 
     server_type: str
     image: str
-    location: str
+    # Tried in order: the next one when the provider is out of capacity in a location.
+    locations: list[str]
     # How the server gets Docker Engine + Compose v2: "docker-apt" (Docker's apt
     # repository through cloud-config) or "preinstalled" (an image that ships them).
     docker_install: str = "docker-apt"
+    # The server's public addresses (Hetzner's public_net.enable_ipv4 / enable_ipv6).
+    ipv4: bool = True
+    ipv6: bool = True
 
 
-PLAN_CATALOG: dict[str, Plan] = {
-    "starter": Plan(server_type="cx22", image="debian-12", location="fsn1"),
-    "business": Plan(server_type="cx32", image="debian-12", location="nbg1"),
-    "enterprise": Plan(server_type="cx42", image="debian-12", location="hel1"),
-}
+# Plan names are what a back end sends; the catalog itself is the worker's configuration.
+PLAN_NAME_RULE = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")
 
 
 # --------------------------------------------------------------------------- input
@@ -125,10 +131,9 @@ class PurchaseRequest:
         if not TENANT_ID_RULE.fullmatch(self.tenant_id):
             raise InvalidPurchaseRequest("tenant_id", "must match [a-z0-9][a-z0-9-]{0,62}")
         validate_domain(self.domain)
-        if self.plan not in PLAN_CATALOG:
-            raise InvalidPurchaseRequest(
-                "plan", f"must be one of the catalog plans: {', '.join(sorted(PLAN_CATALOG))}"
-            )
+        if not PLAN_NAME_RULE.fullmatch(self.plan):
+            # Membership in the operator's catalog is checked by the resolve_plan step.
+            raise InvalidPurchaseRequest("plan", "must match [a-z0-9][a-z0-9_-]{0,62}")
         if not self.requested_by.strip() or len(self.requested_by) > MAX_REQUESTED_BY:
             raise InvalidPurchaseRequest(
                 "requested_by", f"must be 1-{MAX_REQUESTED_BY} characters, not blank"
@@ -219,11 +224,8 @@ def vault_secret_path_for(tenant_id: str) -> str:
 class ServerSpec:
     tenant_id: str
     name: str
-    server_type: str
-    image: str
-    location: str
+    plan: Plan
     labels: dict[str, str]
-    docker_install: str = "docker-apt"
 
 
 @dataclass(frozen=True)
@@ -236,12 +238,31 @@ class ServerHandle:
     host_public_key: str
     create_action_id: int | None = None
     adopted: bool = False
+    # The addresses the plan asked for: the server is not ready without them.
+    needs_ipv4: bool = True
+    needs_ipv6: bool = False
+    # The Hetzner firewall applied at creation; compensation deletes it once unused.
+    firewall_id: int | None = None
 
 
 @dataclass(frozen=True)
 class ServerAddress:
+    """The server's public addresses; either is None when its plan has none.
+
+    `ipv6` is the server's own address: ::1 of the /64 the provider routes to it.
+    """
+
     server_id: int
-    ipv4: str
+    ipv4: str | None
+    ipv6: str | None = None
+
+    @property
+    def ssh_address(self) -> str:
+        """IPv4 when the plan has one (reachable from any worker), else IPv6."""
+        address = self.ipv4 or self.ipv6
+        if address is None:
+            raise ValueError(f"server {self.server_id} has no public address")
+        return address
 
 
 @dataclass(frozen=True)
@@ -250,8 +271,9 @@ class ReverseDnsRequest:
 
     tenant_id: str
     server_id: int
-    ipv4: str
+    ipv4: str | None
     dns_ptr: str
+    ipv6: str | None = None
 
 
 @dataclass(frozen=True)
@@ -261,7 +283,7 @@ class MailuTarget:
     tenant_id: str
     domain: str
     server_name: str
-    ipv4: str
+    address: str  # what SSH connects to: the IPv4 or, on an IPv6-only plan, the IPv6
     host_public_key: str
 
 
@@ -314,6 +336,39 @@ class Notification:
     payload: dict[str, Any]
 
 
+@dataclass(frozen=True)
+class DnsRecord:
+    """One record the customer publishes. Public data only (never a private key).
+
+    `value` is the record's data as a DNS provider's form wants it (TXT unquoted);
+    `zone_line` is the same record as a zone-file line, as MailU exports it.
+    """
+
+    name: str
+    type: str
+    ttl: int
+    value: str
+    zone_line: str
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Which plan of the worker's catalog a purchase buys."""
+
+    tenant_id: str
+    plan: str
+
+
+@dataclass(frozen=True)
+class DnsRecordsRequest:
+    """Ask MailU for the domain's records (generating its DKIM key once)."""
+
+    tenant_id: str
+    target: MailuTarget
+    ipv4: str | None
+    ipv6: str | None
+
+
 # --------------------------------------------------------------------------- output
 
 
@@ -325,22 +380,27 @@ class ProvisionResult:
     tenant_id: str
     server_id: int
     server_name: str
-    ipv4: str
+    ipv4: str | None  # null on an IPv6-only plan
+    ipv6: str | None  # null on an IPv4-only plan
     webmail_url: str
     vault_path: str
     vault_version: int
     notified: bool
+    # What the customer must publish at their DNS provider (A/AAAA, MX, SPF, DKIM, DMARC).
+    dns_records: list[DnsRecord] = field(default_factory=list)
 
 
 # --------------------------------------------------------------------------- progress
 
 STEPS: tuple[str, ...] = (
     "validate_input",
+    "resolve_plan",
     "create_server",
     "wait_for_server",
     "set_reverse_dns",
     "rotate_host_key",
     "configure_mailu",
+    "dns_records",
     "create_admin_credentials",
     "store_credentials",
     "audit",
@@ -366,3 +426,4 @@ class ProvisionStatus:
     current_step: str | None
     steps: list[StepProgress] = field(default_factory=list)
     error: str | None = None
+    dns_records: list[DnsRecord] = field(default_factory=list)

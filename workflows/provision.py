@@ -1,7 +1,7 @@
 """ProvisionMailTenant: one purchase becomes a running mail server with stored credentials.
 
-    validate input ─► create_server ─► wait_for_server ─► set_reverse_dns
-        ─► rotate_host_key ─► configure_mailu ─► create_admin_credentials
+    validate input ─► resolve_plan ─► create_server ─► wait_for_server ─► set_reverse_dns
+        ─► rotate_host_key ─► configure_mailu ─► dns_records ─► create_admin_credentials
         ─► store_credentials ─► audit ─► notify
     on a failure retries cannot fix, or on cancel, after the server exists:
         remove_credentials (if stored) ─► delete_server ─► audit provisioning_failed
@@ -37,11 +37,14 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 from workflows.contracts import (
-    PLAN_CATALOG,
     AuditEvent,
+    DnsRecord,
+    DnsRecordsRequest,
     InvalidPurchaseRequest,
     MailuTarget,
     Notification,
+    Plan,
+    PlanRequest,
     ProvisionResult,
     ProvisionStatus,
     PurchaseRequest,
@@ -65,6 +68,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.credentials import CredentialsActivities
     from activities.mailu import MailuActivities
     from activities.notify import NotifyActivities
+    from activities.plans import PlanActivities
     from activities.ssh import SshTrustActivities
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
@@ -91,6 +95,29 @@ def _policy(
 # start-to-close: with a first retry within 5 s, a purchase resumes within ~20 s of a
 # worker being available (measured by `make faults`, docs/RELIABILITY.md).
 HEARTBEAT = timedelta(seconds=15)
+# workflow.patched id of issue 11 (plans from the worker's catalog, DNS records step).
+PLANS_AND_DNS_PATCH = "plans-network-dns-v1"
+# The plans as code, before issue 11: only runs started before it still use them.
+_LEGACY_PLANS = {
+    "starter": ("cx22", "fsn1"),
+    "business": ("cx32", "nbg1"),
+    "enterprise": ("cx42", "hel1"),
+}
+
+
+def _legacy_plan(name: str) -> Plan:
+    server_type, location = _LEGACY_PLANS[name]
+    return Plan(server_type, "debian-12", [location], ipv4=True, ipv6=False)
+
+
+# A dictionary lookup in the worker's catalog: a local activity, no task queue round trip.
+RESOLVE_PLAN_TIMEOUT = timedelta(seconds=10)
+# One export over SSH (plus a one-time DKIM key generation): like a short MailU step.
+DNS_RECORDS = dict(
+    start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(5, 60, 5),
+)
 # Provider API calls are quick; rate limits and 5xx clear within minutes. Adoption on
 # uniqueness_error makes a retried create safe.
 CREATE_SERVER = dict(
@@ -193,7 +220,11 @@ class ProvisionMailTenant:
     @workflow.run
     async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
         request = self._validate(raw_request)
-        spec = self._server_spec(request)
+        # Runs started before plans became configuration carry no resolve_plan or
+        # dns_records step in their history; they finish on the catalog they began with.
+        with_plans = workflow.patched(PLANS_AND_DNS_PATCH)
+        plan = await self._resolve_plan(request) if with_plans else _legacy_plan(request.plan)
+        spec = self._server_spec(request, plan)
         try:
             server: ServerHandle = await self._step(
                 "create_server", VpsActivities.create_server, spec, CREATE_SERVER
@@ -215,6 +246,7 @@ class ProvisionMailTenant:
                     server.server_id,
                     address.ipv4,
                     mail_hostname_for(request.domain),
+                    ipv6=address.ipv6,
                 ),
                 SET_REVERSE_DNS,
             )
@@ -222,7 +254,7 @@ class ProvisionMailTenant:
                 request.tenant_id,
                 request.domain,
                 server.name,
-                address.ipv4,
+                address.ssh_address,
                 server.host_public_key,
             )
             new_host_key: str = await self._step(
@@ -232,6 +264,15 @@ class ProvisionMailTenant:
             await self._step(
                 "configure_mailu", MailuActivities.configure_mailu, target, CONFIGURE_MAILU
             )
+            dns_records: list[DnsRecord] = []
+            if with_plans:
+                dns_records = await self._step(
+                    "dns_records",
+                    MailuActivities.mail_dns_records,
+                    DnsRecordsRequest(request.tenant_id, target, address.ipv4, address.ipv6),
+                    DNS_RECORDS,
+                )
+                self._status.dns_records = dns_records
             credentials: SealedCredentials = await self._step(
                 "create_admin_credentials",
                 CredentialsActivities.create_admin_credentials,
@@ -268,10 +309,12 @@ class ProvisionMailTenant:
             server_id=server.server_id,
             server_name=server.name,
             ipv4=address.ipv4,
+            ipv6=address.ipv6,
             webmail_url=webmail_url_for(request.domain),
             vault_path=stored.vault_path,
             vault_version=stored.version,
             notified=False,
+            dns_records=dns_records,
         )
         try:
             notified = await self._notify(request, result)
@@ -307,16 +350,36 @@ class ProvisionMailTenant:
         self._end(started, "done")
         return request
 
+    async def _resolve_plan(self, request: PurchaseRequest) -> Plan:
+        """The plan from the worker's catalog (operator configuration, not code).
+
+        An unknown plan fails the run like any other bad input: before anything is bought.
+        """
+        started = self._begin("resolve_plan")
+        try:
+            plan: Plan = await workflow.execute_local_activity_method(
+                PlanActivities.resolve_plan,
+                PlanRequest(request.tenant_id, request.plan),
+                start_to_close_timeout=RESOLVE_PLAN_TIMEOUT,
+                retry_policy=_policy(1, 10, 3),
+            )
+        except ActivityError as err:
+            self._end(started, "failed", error=_reason(err))
+            cause = _innermost(err)
+            if isinstance(cause, ApplicationError) and cause.type == "InvalidPurchaseRequest":
+                raise ApplicationError(
+                    cause.message, *cause.details, type=cause.type, non_retryable=True
+                ) from None
+            raise
+        self._end(started, "done")
+        return plan
+
     @staticmethod
-    def _server_spec(request: PurchaseRequest) -> ServerSpec:
-        plan = PLAN_CATALOG[request.plan]
+    def _server_spec(request: PurchaseRequest, plan: Plan) -> ServerSpec:
         return ServerSpec(
             tenant_id=request.tenant_id,
             name=server_name_for(request),
-            server_type=plan.server_type,
-            image=plan.image,
-            location=plan.location,
-            docker_install=plan.docker_install,
+            plan=plan,
             labels={
                 "purchase": request.purchase_id,
                 "tenant": request.tenant_id,

@@ -95,7 +95,9 @@ class ReconcileOrphans:
                 REMOVE_CREDENTIALS,
             )
             withdrawn = run.stored_version if removed else None
-        handle = ServerHandle(server.tenant_id, server.server_id, server.name, "")
+        handle = ServerHandle(
+            server.tenant_id, server.server_id, server.name, "", firewall_id=server.firewall_id
+        )
         await _execute(VpsActivities.delete_server, handle, DELETE_SERVER)
         details: dict[str, Any] = {
             "step": "reconcile",

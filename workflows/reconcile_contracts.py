@@ -28,6 +28,7 @@ class ManagedServer:
     purchase_id: str
     tenant_id: str
     created: str  # ISO-8601 from the provider
+    firewall_id: int | None = None  # released with the server once nothing else uses it
 
 
 @dataclass(frozen=True)

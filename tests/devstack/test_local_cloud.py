@@ -8,10 +8,12 @@ will also work against the stand-ins, and vice versa for the failures they fake.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import os
 import smtplib
 import ssl
+import subprocess
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -27,6 +29,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.cloud_init import DOCKER_PACKAGES, docker_cloud_config, wait_for_cloud_init
 from activities.ssh import run_remote_heartbeating
+from devstack import ipv6
 from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.processes import free_port
@@ -915,3 +918,120 @@ async def test_fresh_image_has_docker_only_after_cloud_init_installed_it(held_en
         assert classified.value.type == "CloudInitFailed" and classified.value.non_retryable
         assert "NO_PUBKEY" in classified.value.message
         assert (await conn.run("docker compose version")).exit_status == 127
+
+
+# --- issue 11: catalog, public_net, IPv6 PTR, firewalls ---------------------------------
+
+
+@pytest.mark.asyncio
+async def test_catalog_endpoints_filter_by_name_as_hetzner(env: Env) -> None:
+    for kind, known in (("server_types", "cx22"), ("images", "debian-12"), ("locations", "hel1")):
+        found = (await env.api.get(kind, params={"name": known})).json()
+        assert [entry["name"] for entry in found[kind]] == [known]
+        assert found["meta"]["pagination"]["total_entries"] == 1
+        assert (await env.api.get(kind, params={"name": "nope"})).json()[kind] == []
+    everything = (await env.api.get("locations")).json()["locations"]
+    assert {"fsn1", "nbg1", "hel1"} <= {entry["name"] for entry in everything}
+
+
+@pytest.mark.asyncio
+async def test_public_net_is_honoured_and_ipv6_ptr_is_per_address(env: Env) -> None:
+    v6 = (await create(env, "v6", public_net={"enable_ipv4": False, "enable_ipv6": True}))["server"]
+    assert v6["public_net"]["ipv4"] is None
+    network = v6["public_net"]["ipv6"]["ip"]
+    assert network.endswith("::/64") and network.startswith("fd")
+    host = network.removesuffix("/64") + "1"
+    changed = await env.api.post(
+        f"servers/{v6['id']}/actions/change_dns_ptr",
+        json={"ip": host, "dns_ptr": "mail.example.org"},
+    )
+    assert changed.status_code == 201, changed.text
+    got = (await env.api.get(f"servers/{v6['id']}")).json()["server"]
+    assert got["public_net"]["ipv6"]["dns_ptr"] == [{"ip": host, "dns_ptr": "mail.example.org"}]
+    outside = await env.api.post(
+        f"servers/{v6['id']}/actions/change_dns_ptr",
+        json={"ip": "2001:db8::1", "dns_ptr": "mail.example.org"},
+    )
+    assert field_names(outside) == {"ip"}
+    v4 = (await create(env, "v4", public_net={"enable_ipv4": True, "enable_ipv6": False}))["server"]
+    assert v4["public_net"]["ipv6"] is None and v4["public_net"]["ipv4"]["ip"]
+    neither = await env.api.post(
+        "servers",
+        json={
+            "name": "none",
+            "server_type": "cx22",
+            "image": "debian-12",
+            "public_net": {"enable_ipv4": False, "enable_ipv6": False},
+        },
+    )
+    assert field_names(neither) == {"public_net"}
+
+
+@pytest.mark.asyncio
+async def test_firewall_life_cycle_and_its_errors(env: Env) -> None:
+    rules = [{"direction": "in", "protocol": "tcp", "port": "25", "source_ips": ["0.0.0.0/0"]}]
+    body = {"name": "mail", "labels": {"role": "mail"}, "rules": rules}
+    created = await env.api.post("firewalls", json=body)
+    assert created.status_code == 201, created.text
+    firewall = created.json()["firewall"]
+    again = await env.api.post("firewalls", json=body)
+    assert again.status_code == 409 and again.json()["error"]["code"] == "uniqueness_error"
+    bad = await env.api.post(
+        "firewalls",
+        json={
+            "name": "bad",
+            "rules": [{"direction": "in", "protocol": "tcp", "source_ips": ["300.1.1.1/8"]}],
+        },
+    )
+    assert field_names(bad) == {"rules"}
+    assert "port" in json.dumps(bad.json()) and "CIDR" in json.dumps(bad.json())
+
+    server = (await create(env, "fw", firewalls=[{"firewall": firewall["id"]}]))["server"]
+    assert server["public_net"]["firewalls"] == [{"id": firewall["id"], "status": "applied"}]
+    listed = (await env.api.get("firewalls", params={"label_selector": "role=mail"})).json()
+    [applied] = listed["firewalls"]
+    assert applied["applied_to"] == [{"type": "server", "server": {"id": server["id"]}}]
+    in_use = await env.api.delete(f"firewalls/{firewall['id']}")
+    assert in_use.status_code == 422 and in_use.json()["error"]["code"] == "resource_in_use"
+    missing = await env.api.post(
+        "servers",
+        json={
+            "name": "nofw",
+            "server_type": "cx22",
+            "image": "debian-12",
+            "firewalls": [{"firewall": 1}],
+        },
+    )
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == "not_found"
+
+    deleted = await env.api.delete(f"servers/{server['id']}")
+    assert (await wait_action(env, deleted.json()["action"]["id"]))["status"] == "success"
+    assert (await env.api.delete(f"firewalls/{firewall['id']}")).status_code == 204
+    gone = await env.api.get(f"firewalls/{firewall['id']}")
+    assert gone.status_code == 404 and gone.json()["error"]["code"] == "not_found"
+
+
+@pytest.mark.asyncio
+async def test_ipv6_addresses_leave_lo_with_their_servers(tmp_path: Path) -> None:
+    if not await ipv6.can_assign():
+        pytest.skip("this machine cannot add IPv6 addresses to lo (needs CAP_NET_ADMIN)")
+    keys = new_keys()
+    environment = _env(tmp_path, cloud_init_seconds=0.5)
+    env = await anext(environment)
+    prefix = env.cloud.ipv6_prefix
+    booted = await boot(env, "kept", keys)
+    assert booted["public_net"]["ipv6"] is not None
+    # Deleted while booting: the address add may be cut short by the cancel.
+    doomed = (await create(env, "doomed", keys))["server"]
+    await env.api.delete(f"servers/{doomed['id']}")
+    assert any(ipaddress.ip_address(a) in prefix for a in lo_addresses())
+    with pytest.raises(StopAsyncIteration):  # runs the fixture's teardown: stops the cloud
+        await anext(environment)
+    assert not any(ipaddress.ip_address(a) in prefix for a in lo_addresses())
+
+
+def lo_addresses() -> list[str]:
+    shown = subprocess.run(
+        ["ip", "-6", "-o", "addr", "show", "dev", "lo"], capture_output=True, text=True, check=True
+    ).stdout
+    return [line.split()[3].split("/")[0] for line in shown.splitlines()]

@@ -172,9 +172,10 @@ async def run_in_process_worker(
     vault_token_file: Path | None,
     request: PurchaseRequest,
     while_running: Callable[[], Awaitable[None]] | None = None,
+    extra_env: dict[str, str] | None = None,
 ) -> tuple[str, BaseException | None]:
     """Run one purchase on an in-process worker; returns (workflow id, failure or None)."""
-    env = dict(info.worker_env)
+    env = {**info.worker_env, **(extra_env or {})}
     if vault_token_file is not None:
         # A deliberately limited token: its refusals are final at once, not retried.
         env.pop("VAULT_ROLE_ID_FILE")

@@ -182,7 +182,7 @@ async def test_host_key_mismatch_stops_the_run_and_is_audited(
     ("match", "step"),
     [
         ("up -d", "configure_mailu"),
-        ("config-import", "create_admin_credentials"),
+        ("config-import -u -", "create_admin_credentials"),
     ],
 )
 async def test_mailu_cannot_run(

@@ -152,7 +152,8 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
     retried = new_request(info)
 
     async def fail_the_first_admin_import() -> None:
-        # Only the credentials step runs config-import (it carries the password on stdin).
+        # Only the credentials step runs `config-import -u -` (the password on stdin; the
+        # DKIM step's import is `config-import -q -u -`).
         # The first one answers as MailU does but sets nothing, so the SMTP AUTH proof
         # fails after the password exists (and went to the server's SMTP): retried.
         for _ in range(200):
@@ -160,7 +161,7 @@ async def test_no_plaintext_password_anywhere_after_success_retry_and_failure(
             if servers:
                 cloud.inject_command_fault(
                     servers[0]["id"],
-                    "config-import",
+                    "config-import -u -",
                     times=1,
                     exit_status=0,
                     stderr="",

@@ -23,7 +23,7 @@ from devstack.stack import Stack, StackInfo, tool
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl
 from tests.helpers import activity_failure_reason
-from workflows.contracts import ProvisionResult, PurchaseRequest, workflow_id_for
+from workflows.contracts import STEPS, ProvisionResult, PurchaseRequest, workflow_id_for
 
 
 async def provision(client: Client, raw: dict[str, Any]) -> ProvisionResult:
@@ -70,6 +70,7 @@ async def test_purchase_is_provisioned_and_stored_credentials_log_in_over_smtp(
     credentials = read_admin_credentials(reader_vault, purchase["tenant_id"])
     cafile = tmp_path / "vps-cert.pem"
     cafile.write_text(cloud.tls_cert(result.server_id))
+    assert result.ipv4 is not None
     login = functools.partial(smtp_login, result.ipv4, info.smtp_port, cafile)
     assert login(credentials.username, credentials.password).startswith("235 ")
     with pytest.raises(smtplib.SMTPAuthenticationError):
@@ -292,7 +293,7 @@ def test_starter_cli_shows_progress_and_exits_clearly(
     assert json.loads(done.stdout)["tenant_id"] == purchase["tenant_id"]
     for step in ("validate_input", "create_server", "rotate_host_key", "notify"):
         assert step in done.stderr
-    assert "[10/10] notify" in done.stderr
+    assert f"[{len(STEPS)}/{len(STEPS)}] notify" in done.stderr
 
     again = starter("start", *flags, "--wait")
     assert again.returncode == 0

@@ -28,9 +28,9 @@ from activities.cloud_init import (
     docker_cloud_config,
 )
 from activities.mailu import RESOLVER_IP, render_compose, render_mailu_env
+from activities.plans import DEFAULT_CATALOG as PLAN_CATALOG
 from activities.ssh import SshIdentity, host_key_files
 from devstack.test_tools import SEARCH_PATH
-from workflows.contracts import PLAN_CATALOG
 
 VENV_BIN = Path(sys.executable).parent
 

@@ -14,10 +14,10 @@ from activities.cloud_init import (
     docker_cloud_config,
 )
 from activities.mailu import _admin_health, ps_containers, render_compose, render_mailu_env
+from activities.plans import DEFAULT_CATALOG as PLAN_CATALOG
 from activities.ssh import SshIdentity
 from devstack.compose import Shell
 from devstack.mailu import MailuStore
-from workflows.contracts import PLAN_CATALOG
 
 
 @pytest.mark.parametrize("plan", sorted(PLAN_CATALOG))

@@ -51,6 +51,21 @@ def test_malformed_and_file_settings(tmp_path: Path) -> None:
     assert Settings.from_env({**COMPLETE, "MAILPROV_AUDIT_DSN": dsn}).audit_store == dsn
 
 
+def test_plans_file_and_ssh_networks_settings(tmp_path: Path) -> None:
+    settings = Settings.from_env(COMPLETE)
+    assert sorted(settings.plans) == ["business", "enterprise", "starter"]
+    assert settings.ssh_source_networks == ("0.0.0.0/0", "::/0")
+    networks = "203.0.113.0/24, 2001:db8:42::/48"
+    chosen = Settings.from_env({**COMPLETE, "MAILPROV_SSH_SOURCE_NETWORKS": networks})
+    assert chosen.ssh_source_networks == ("203.0.113.0/24", "2001:db8:42::/48")
+    with pytest.raises(ConfigError, match=r"MAILPROV_SSH_SOURCE_NETWORKS: '203\.0\.113\.7/24'"):
+        Settings.from_env({**COMPLETE, "MAILPROV_SSH_SOURCE_NETWORKS": "203.0.113.7/24"})
+    yaml = tmp_path / "plans.yaml"
+    yaml.write_text("plans: {}\n")
+    with pytest.raises(ConfigError, match=r"MAILPROV_PLANS_FILE=.*must end in \.json or \.toml"):
+        Settings.from_env({**COMPLETE, "MAILPROV_PLANS_FILE": str(yaml)})
+
+
 def test_worker_exits_2_with_the_variable_named() -> None:
     result = subprocess.run(
         [sys.executable, str(ROOT / "worker.py")],

@@ -20,11 +20,14 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.plans import DEFAULT_CATALOG, PlanActivities
 from starter import start_purchase
 from tests.helpers import activity_failure_reason
 from workflows.contracts import (
     STEPS,
     AuditEvent,
+    DnsRecord,
+    DnsRecordsRequest,
     MailuTarget,
     Notification,
     ProvisionResult,
@@ -92,6 +95,12 @@ class ScriptedWorld:
             self._enter("configure_mailu")
             self.pinned_keys.append(target.host_public_key)
 
+        @activity.defn(name="mail_dns_records")
+        async def mail_dns_records(request: DnsRecordsRequest) -> list[DnsRecord]:
+            self._enter("mail_dns_records")
+            line = f"{request.target.domain}. 600 IN MX 10 mail.{request.target.domain}."
+            return [DnsRecord(f"{request.target.domain}.", "MX", 600, "10 mail.x.", line)]
+
         @activity.defn(name="create_admin_credentials")
         async def create_admin_credentials(target: MailuTarget) -> SealedCredentials:
             self._enter("create_admin_credentials")
@@ -128,6 +137,8 @@ class ScriptedWorld:
             return True
 
         return [
+            PlanActivities(DEFAULT_CATALOG).resolve_plan,
+            mail_dns_records,
             create_server,
             wait_for_server,
             set_reverse_dns,
@@ -206,7 +217,9 @@ async def test_happy_path_runs_every_step_once_and_returns_no_secret(harness: Ha
     assert set(harness.world.calls.values()) == {1}
     assert "delete_server" not in harness.world.calls
     spec = harness.world.specs[0]
-    assert (spec.server_type, spec.image, spec.location) == ("cx22", "debian-12", "fsn1")
+    assert spec.plan == DEFAULT_CATALOG["starter"]
+    assert [r.type for r in result.dns_records] == ["MX"]
+    assert result.ipv6 is None
     assert spec.labels["purchase"] == raw["purchase_id"]
     assert spec.labels["tenant"] == "acme"
     [event] = harness.world.audit
@@ -280,6 +293,7 @@ async def test_each_step_is_retried_until_it_succeeds(
         ({"extra": "x"}, "extra", "not a known field"),
         ({"domain": None}, "domain", "required"),
         ({"plan": 3}, "plan", "string"),
+        ({"plan": "Gold Plan"}, "plan", "[a-z0-9]"),
         ({"keep_server_on_failure": "yes"}, "keep_server_on_failure", "true or false"),
     ],
 )
@@ -346,8 +360,7 @@ async def test_final_failure_after_the_server_exists_is_compensated(
 async def test_failed_login_proof_retries_then_compensates(harness: Harness) -> None:
     """AdminLoginProofFailed is retryable until CREATE_CREDENTIALS' overall limit, then cleanup."""
     harness.world.failures["create_admin_credentials"] = [
-        ApplicationError("SMTP AUTH refused: 535", type="AdminLoginProofFailed")
-        for _ in range(500)
+        ApplicationError("SMTP AUTH refused: 535", type="AdminLoginProofFailed") for _ in range(500)
     ]
     with pytest.raises(WorkflowFailureError) as failure:
         await harness.run(purchase())

@@ -1,0 +1,179 @@
+"""The plan catalog: operator configuration, loaded by the worker, never by the workflow.
+
+A plan names what to buy at the provider: server type, image, the locations to try in
+order, how Docker gets onto the server, and which public addresses it gets. The catalog
+is a JSON or TOML file named by MAILPROV_PLANS_FILE; without it the shipped default
+below is used. The worker loads it once, checks every name against the provider's
+catalog (server types, images, locations exist) and refuses to start otherwise, so a
+renamed or retired server type is an operator error at deploy time, not a purchase
+that fails after money was spent.
+
+The workflow sees a plan only through the `resolve_plan` local activity: workflow code
+must not read files, and the activity's answer is recorded in history, so a replay
+uses the plan the run really got even after the operator changed the catalog.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Protocol
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.cloud_init import DockerInstallError, check_docker_install
+from workflows.contracts import PLAN_NAME_RULE, Plan, PlanRequest
+
+# The catalog shipped with the product (Hetzner names, as of 2026): every plan dual-stack,
+# Docker from Docker's apt repository on Debian 12.
+DEFAULT_CATALOG: dict[str, Plan] = {
+    "starter": Plan(server_type="cx22", image="debian-12", locations=["fsn1", "nbg1"]),
+    "business": Plan(server_type="cx32", image="debian-12", locations=["nbg1", "fsn1"]),
+    "enterprise": Plan(server_type="cx42", image="debian-12", locations=["hel1", "fsn1"]),
+}
+
+_FIELDS = {"server_type", "image", "location", "locations", "docker_install", "network"}
+_NETWORK_FIELDS = {"ipv4", "ipv6"}
+
+
+class CatalogError(Exception):
+    """The catalog is unusable; the message names the plan and the field."""
+
+
+def parse_catalog(document: Mapping[str, Any], source: str = "catalog") -> dict[str, Plan]:
+    """Validate a catalog document ``{"plans": {name: {...}}}`` into plans.
+
+    Errors name the plan and the field, e.g. ``plans.starter.locations: must not be empty``.
+    """
+    plans = document.get("plans") if isinstance(document, Mapping) else None
+    if not isinstance(plans, Mapping) or not plans:
+        raise CatalogError(f"{source}: must have a non-empty 'plans' table")
+    unknown_top = sorted(set(document) - {"plans"})
+    if unknown_top:
+        raise CatalogError(f"{source}: unknown key {unknown_top[0]!r}")
+    catalog: dict[str, Plan] = {}
+    for name, raw in plans.items():
+        where = f"{source}: plans.{name}"
+        if not isinstance(name, str) or not PLAN_NAME_RULE.fullmatch(name):
+            raise CatalogError(f"{where}: plan name must match [a-z0-9][a-z0-9_-]{{0,62}}")
+        if not isinstance(raw, Mapping):
+            raise CatalogError(f"{where}: must be a table")
+        catalog[name] = _parse_plan(raw, where)
+    return catalog
+
+
+def _parse_plan(raw: Mapping[str, Any], where: str) -> Plan:
+    unknown = sorted(set(raw) - _FIELDS)
+    if unknown:
+        raise CatalogError(f"{where}.{unknown[0]}: unknown field")
+    values: dict[str, str] = {}
+    for key in ("server_type", "image"):
+        value = raw.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise CatalogError(f"{where}.{key}: required, a non-empty string")
+        values[key] = value
+    if ("location" in raw) == ("locations" in raw):
+        raise CatalogError(f"{where}.locations: give exactly one of 'location' or 'locations'")
+    locations = raw.get("locations", [raw.get("location")])
+    if (
+        not isinstance(locations, list)
+        or not locations
+        or not all(isinstance(loc, str) and loc.strip() for loc in locations)
+    ):
+        raise CatalogError(f"{where}.locations: must be a non-empty list of location names")
+    if len(set(locations)) != len(locations):
+        raise CatalogError(f"{where}.locations: must not repeat a location")
+    docker_install = raw.get("docker_install", "docker-apt")
+    if not isinstance(docker_install, str):
+        raise CatalogError(f"{where}.docker_install: must be a string")
+    try:
+        check_docker_install(values["image"], docker_install)
+    except DockerInstallError as err:
+        raise CatalogError(f"{where}.docker_install: {err}") from None
+    network = raw.get("network", {"ipv4": True, "ipv6": True})
+    if not isinstance(network, Mapping) or set(network) - _NETWORK_FIELDS:
+        raise CatalogError(f"{where}.network: must be a table of 'ipv4' and 'ipv6' booleans")
+    ipv4, ipv6 = network.get("ipv4", True), network.get("ipv6", True)
+    if not isinstance(ipv4, bool) or not isinstance(ipv6, bool):
+        raise CatalogError(f"{where}.network: 'ipv4' and 'ipv6' must be true or false")
+    if not (ipv4 or ipv6):
+        # A server without public addresses cannot be reached to install MailU.
+        raise CatalogError(f"{where}.network: needs at least one of ipv4 or ipv6")
+    return Plan(
+        server_type=values["server_type"],
+        image=values["image"],
+        locations=list(locations),
+        docker_install=docker_install,
+        ipv4=ipv4,
+        ipv6=ipv6,
+    )
+
+
+def load_catalog(path: Path | None) -> dict[str, Plan]:
+    """The catalog from a .json or .toml file, or the shipped default when path is None."""
+    if path is None:
+        return dict(DEFAULT_CATALOG)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise CatalogError(f"MAILPROV_PLANS_FILE={path}: {err.strerror}") from None
+    try:
+        if path.suffix == ".toml":
+            document: Any = tomllib.loads(raw.decode("utf-8"))
+        elif path.suffix == ".json":
+            document = json.loads(raw)
+        else:
+            raise CatalogError(f"MAILPROV_PLANS_FILE={path}: must end in .json or .toml")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CatalogError(
+            f"MAILPROV_PLANS_FILE={path}: not valid {path.suffix[1:]}: {err}"
+        ) from None
+    return parse_catalog(document, str(path))
+
+
+class ProviderCatalog(Protocol):
+    """The provider's own names: what exists to be bought."""
+
+    async def catalog_names(self, kind: str, name: str) -> bool: ...
+
+
+async def check_catalog(catalog: Mapping[str, Plan], provider: ProviderCatalog) -> None:
+    """Every server type, image and location of every plan must exist at the provider.
+
+    Raises CatalogError naming the first plan and field the provider does not know.
+    """
+    for plan_name, plan in sorted(catalog.items()):
+        checks = [
+            ("server_type", "server_types", plan.server_type),
+            ("image", "images", plan.image),
+            *(("locations", "locations", loc) for loc in plan.locations),
+        ]
+        for field_name, kind, value in checks:
+            if not await provider.catalog_names(kind, value):
+                raise CatalogError(
+                    f"plan {plan_name!r}: {field_name} {value!r} does not exist at the provider "
+                    f"(GET /v1/{kind}?name={value} found nothing)"
+                )
+
+
+class PlanActivities:
+    """Hands the workflow the plan it was asked for, from the worker's catalog."""
+
+    def __init__(self, catalog: Mapping[str, Plan]) -> None:
+        self._catalog = dict(catalog)
+
+    @activity.defn(name="resolve_plan")
+    async def resolve_plan(self, request: PlanRequest) -> Plan:
+        plan = self._catalog.get(request.plan)
+        if plan is None:
+            rule = f"must be one of the catalog plans: {', '.join(sorted(self._catalog))}"
+            raise ApplicationError(
+                f"invalid purchase request: field 'plan' {rule}",
+                {"field": "plan", "rule": rule},
+                type="InvalidPurchaseRequest",
+                non_retryable=True,
+            )
+        return plan
