@@ -95,21 +95,6 @@ def _policy(
 # start-to-close: with a first retry within 5 s, a purchase resumes within ~20 s of a
 # worker being available (measured by `make faults`, docs/RELIABILITY.md).
 HEARTBEAT = timedelta(seconds=15)
-# workflow.patched id of issue 11 (plans from the worker's catalog, DNS records step).
-PLANS_AND_DNS_PATCH = "plans-network-dns-v1"
-# The plans as code, before issue 11: only runs started before it still use them.
-_LEGACY_PLANS = {
-    "starter": ("cx22", "fsn1"),
-    "business": ("cx32", "nbg1"),
-    "enterprise": ("cx42", "hel1"),
-}
-
-
-def _legacy_plan(name: str) -> Plan:
-    server_type, location = _LEGACY_PLANS[name]
-    return Plan(server_type, "debian-12", [location], ipv4=True, ipv6=False)
-
-
 # A dictionary lookup in the worker's catalog: a local activity, no task queue round trip.
 RESOLVE_PLAN_TIMEOUT = timedelta(seconds=10)
 # One export over SSH (plus a one-time DKIM key generation): like a short MailU step.
@@ -220,10 +205,7 @@ class ProvisionMailTenant:
     @workflow.run
     async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
         request = self._validate(raw_request)
-        # Runs started before plans became configuration carry no resolve_plan or
-        # dns_records step in their history; they finish on the catalog they began with.
-        with_plans = workflow.patched(PLANS_AND_DNS_PATCH)
-        plan = await self._resolve_plan(request) if with_plans else _legacy_plan(request.plan)
+        plan = await self._resolve_plan(request)
         spec = self._server_spec(request, plan)
         try:
             server: ServerHandle = await self._step(
@@ -264,15 +246,13 @@ class ProvisionMailTenant:
             await self._step(
                 "configure_mailu", MailuActivities.configure_mailu, target, CONFIGURE_MAILU
             )
-            dns_records: list[DnsRecord] = []
-            if with_plans:
-                dns_records = await self._step(
-                    "dns_records",
-                    MailuActivities.mail_dns_records,
-                    DnsRecordsRequest(request.tenant_id, target, address.ipv4, address.ipv6),
-                    DNS_RECORDS,
-                )
-                self._status.dns_records = dns_records
+            dns_records: list[DnsRecord] = await self._step(
+                "dns_records",
+                MailuActivities.mail_dns_records,
+                DnsRecordsRequest(request.tenant_id, target, address.ipv4, address.ipv6),
+                DNS_RECORDS,
+            )
+            self._status.dns_records = dns_records
             credentials: SealedCredentials = await self._step(
                 "create_admin_credentials",
                 CredentialsActivities.create_admin_credentials,
