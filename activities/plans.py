@@ -8,7 +8,7 @@ catalog (server types, images, locations exist) and refuses to start otherwise, 
 renamed or retired server type is an operator error at deploy time, not a purchase
 that fails after money was spent.
 
-The workflow sees a plan only through the `resolve_plan` local activity: workflow code
+The workflow sees a plan only through the `resolve_plan` activity: workflow code
 must not read files, and the activity's answer is recorded in history, so a replay
 uses the plan the run really got even after the operator changed the catalog.
 """

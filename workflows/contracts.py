@@ -38,7 +38,7 @@ class Plan:
 
     Plans are operator configuration (activities/plans.py loads them from the file
     named by MAILPROV_PLANS_FILE); the workflow gets one through the `resolve_plan`
-    local activity, so it never reads a file itself.
+    activity, so it never reads a file itself.
     """
 
     server_type: str

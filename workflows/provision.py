@@ -95,8 +95,12 @@ def _policy(
 # start-to-close: with a first retry within 5 s, a purchase resumes within ~20 s of a
 # worker being available (measured by `make faults`, docs/RELIABILITY.md).
 HEARTBEAT = timedelta(seconds=15)
-# A dictionary lookup in the worker's catalog: a local activity, no task queue round trip.
-RESOLVE_PLAN_TIMEOUT = timedelta(seconds=10)
+# A dictionary lookup in the worker's catalog. A regular activity, not a local one:
+# Temporal writes a local activity's marker metadata as json/plain, past the payload
+# codec, and every payload of a purchase's history is to be encrypted.
+RESOLVE_PLAN: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=10), retry_policy=_policy(1, 10, 3)
+)
 # One export over SSH (plus a one-time DKIM key generation): like a short MailU step.
 DNS_RECORDS = dict(
     start_to_close_timeout=timedelta(minutes=2),
@@ -337,11 +341,11 @@ class ProvisionMailTenant:
         """
         started = self._begin("resolve_plan")
         try:
-            plan: Plan = await workflow.execute_local_activity_method(
+            plan: Plan = await workflow.execute_activity_method(
                 PlanActivities.resolve_plan,
                 PlanRequest(request.tenant_id, request.plan),
-                start_to_close_timeout=RESOLVE_PLAN_TIMEOUT,
-                retry_policy=_policy(1, 10, 3),
+                summary="resolve plan",
+                **RESOLVE_PLAN,
             )
         except ActivityError as err:
             self._end(started, "failed", error=_reason(err))
