@@ -30,13 +30,17 @@ from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
+from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
 from activities.vault import Vault, VaultActivities, VaultSettings
 from activities.vps_provider import VpsActivities
 from workflows.contracts import DEFAULT_TASK_QUEUE
 from workflows.provision import ProvisionMailTenant
+from workflows.rotation import RotateSmtpCredentials
 
 log = get_logger("worker")
+# Every workflow the product's task queue serves.
+WORKFLOWS = [ProvisionMailTenant, RotateSmtpCredentials]
 
 
 class ConfigError(Exception):
@@ -129,15 +133,21 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
     mailu = MailuActivities(access)
     vps = VpsActivities(hetzner, identity)
     vault_activities = VaultActivities(vault)
+    credentials = CredentialsActivities(vault, access)
+    schedules = RotationScheduleActivities(vault)
     try:
         yield [
             vps.create_server,
             vps.wait_for_server,
             vps.set_reverse_dns,
             vps.delete_server,
+            vps.server_exists,
             SshTrustActivities(access).rotate_host_key,
             mailu.configure_mailu,
-            CredentialsActivities(vault, access).create_admin_credentials,
+            credentials.create_admin_credentials,
+            credentials.rotate_admin_credentials,
+            schedules.ensure_rotation_schedule,
+            schedules.remove_rotation_schedule,
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
             AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
@@ -167,7 +177,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ProvisionMailTenant],
+            workflows=WORKFLOWS,
             activities=activities,
             interceptors=[LogContextInterceptor()],
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),

@@ -21,7 +21,13 @@ from temporalio.exceptions import ApplicationError
 
 from activities.cloud_init import DockerInstallError, docker_cloud_config
 from activities.ssh import SshIdentity
-from workflows.contracts import ReverseDnsRequest, ServerAddress, ServerHandle, ServerSpec
+from workflows.contracts import (
+    MailuTarget,
+    ReverseDnsRequest,
+    ServerAddress,
+    ServerHandle,
+    ServerSpec,
+)
 
 # Adoption trusts only a server that carries this purchase's label.
 PURCHASE_LABEL = "purchase"
@@ -199,6 +205,15 @@ class VpsActivities:
             )
         activity.logger.info("server deleted", extra={"server_id": server.server_id})
         return True
+
+    @activity.defn(name="server_exists")
+    async def server_exists(self, target: MailuTarget) -> bool:
+        """Whether the provider still has a server of this name (rotation checks first).
+
+        A server deleted by compensation, by the reconciler or by hand means the
+        tenant is gone, and its rotation schedule is removed instead of retried.
+        """
+        return bool(await self._call(self._provider.find_servers(name=target.server_name)))
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:

@@ -40,6 +40,7 @@ from workflows.contracts import (
     workflow_id_for,
 )
 from workflows.provision import ProvisionMailTenant
+from workflows.rotation_contracts import RotationScheduleRequest
 
 ENVELOPE = "mpenc:v1:ZmFrZS1lbnZlbG9wZQ=="
 
@@ -57,6 +58,7 @@ class ScriptedWorld:
     removed_versions: list[int] = field(default_factory=list)
     ptr: list[str] = field(default_factory=list)
     pinned_keys: list[str] = field(default_factory=list)
+    schedules: list[RotationScheduleRequest] = field(default_factory=list)
 
     def _enter(self, name: str) -> None:
         self.calls[name] += 1
@@ -127,7 +129,14 @@ class ScriptedWorld:
             self.removed_versions.append(request.version)
             return True
 
+        @activity.defn(name="ensure_rotation_schedule")
+        async def ensure_rotation_schedule(request: RotationScheduleRequest) -> str:
+            self._enter("ensure_rotation_schedule")
+            self.schedules.append(request)
+            return f"rotate-{request.target.tenant_id}"
+
         return [
+            ensure_rotation_schedule,
             create_server,
             wait_for_server,
             set_reverse_dns,
@@ -219,6 +228,10 @@ async def test_happy_path_runs_every_step_once_and_returns_no_secret(harness: Ha
     assert harness.world.ptr == ["mail.acme.example"]
     # Everything after the rotation trusts only the new host key.
     assert harness.world.pinned_keys == ["ssh-ed25519 AAAAsecond"]
+    # A completed purchase ends with its rotation schedule, aimed at the pinned key.
+    [schedule] = harness.world.schedules
+    assert schedule.target.host_public_key == "ssh-ed25519 AAAAsecond"
+    assert schedule.task_queue == harness.task_queue
     [note] = harness.world.notifications
     assert note.idempotency_key == workflow_id_for(raw["purchase_id"])
     assert note.payload["event"] == "mail_server_ready"
