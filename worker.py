@@ -29,6 +29,7 @@ from activities.credentials import CredentialsActivities
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
+from activities.metrics import STEP_BUCKETS, STEP_DURATION, MetricsInterceptor
 from activities.notify import NotifyActivities
 from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
@@ -161,7 +162,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     runtime = None
     if settings.metrics_bind:
         runtime = Runtime(
-            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_bind))
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(
+                    bind_address=settings.metrics_bind,
+                    histogram_bucket_overrides={STEP_DURATION: STEP_BUCKETS},
+                )
+            )
         )
     try:
         keyring = KeyRing.from_file(settings.codec_keys_file)
@@ -179,7 +185,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             task_queue=settings.task_queue,
             workflows=WORKFLOWS,
             activities=activities,
-            interceptors=[LogContextInterceptor()],
+            interceptors=[LogContextInterceptor(), MetricsInterceptor()],
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
         )
         async with worker:
