@@ -29,7 +29,7 @@ from activities.credentials import CredentialsActivities
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
-from activities.metrics import STEP_BUCKETS, STEP_DURATION, MetricsInterceptor
+from activities.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
 from activities.notify import NotifyActivities
 from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
@@ -165,7 +165,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             telemetry=TelemetryConfig(
                 metrics=PrometheusConfig(
                     bind_address=settings.metrics_bind,
-                    histogram_bucket_overrides={STEP_DURATION: STEP_BUCKETS},
+                    histogram_bucket_overrides=HISTOGRAM_BUCKETS,
                 )
             )
         )

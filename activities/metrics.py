@@ -21,6 +21,7 @@ from temporalio.worker import (
 )
 
 from workflows.contracts import StoredCredentials
+from workflows.metrics import DURATION as WORKFLOW_DURATION
 from workflows.metrics import WorkflowMetrics
 from workflows.rotation_contracts import RotatedCredentials
 
@@ -30,6 +31,11 @@ PROVIDER_ERRORS = "mailprov_provider_errors"
 LAST_ROTATED = "mailprov_credentials_last_rotated_timestamp_seconds"
 # Seconds: SSH steps take seconds to many minutes (configure_mailu up to 20).
 STEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+# For the Prometheus exporter (worker.py): the SDK's default buckets are not seconds.
+HISTOGRAM_BUCKETS = {
+    STEP_DURATION: STEP_BUCKETS,
+    WORKFLOW_DURATION: (*STEP_BUCKETS, 1800.0, 3600.0, 7200.0),
+}
 VAULT_ERROR_TYPES = {"VaultError", "CasConflict"}
 PROVIDER_PREFIX = "Provider."
 
