@@ -35,6 +35,7 @@ from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
 from activities.vault import Vault, VaultActivities, VaultSettings
 from activities.vps_provider import VpsActivities
+from activities.worker_health import serve_health
 from workflows.contracts import DEFAULT_TASK_QUEUE
 from workflows.provision import ProvisionMailTenant
 from workflows.rotation import RotateSmtpCredentials
@@ -62,6 +63,7 @@ class Settings:
     codec_keys_file: Path
     metrics_bind: str | None
     drain_seconds: float
+    health_bind: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -86,6 +88,7 @@ class Settings:
             codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
+            health_bind=env.get("MAILPROV_HEALTH_BIND") or None,
         )
 
 
@@ -188,6 +191,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             interceptors=[LogContextInterceptor(), MetricsInterceptor()],
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
         )
+        # /readyz answers 503 from the moment `stop` is set: no new traffic while draining.
+        health = await serve_health(settings.health_bind, client, settings.task_queue, stop)
         async with worker:
             log.info(
                 "worker ready",
@@ -200,6 +205,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                 "draining: no new tasks, finishing running activities",
                 drain_seconds=settings.drain_seconds,
             )
+    if health is not None:
+        await health.stop()
     log.info("worker stopped")
 
 

@@ -18,6 +18,7 @@ import httpx
 from temporalio.client import Client, WorkflowFailureError
 
 from activities.rotation_schedule import rotate_now
+from activities.worker_health import HealthServer
 from devstack.stack import StackInfo
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl, new_request
@@ -34,6 +35,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+async def wait_ready(port: int) -> object:
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+        for _ in range(300):
+            try:
+                response = await http.get("/readyz")
+            except httpx.ConnectError:
+                response = None
+            if response is not None and response.status_code == 200:
+                assert (await http.get("/livez")).json() == {"alive": True}
+                assert (await http.get("/nope")).status_code == 404
+                return response.json()
+            await asyncio.sleep(0.2)
+    raise AssertionError("the worker never reported polling on /readyz")
+
+
+async def test_health_says_not_ready_while_draining_or_not_polling(client: Client) -> None:
+    draining = asyncio.Event()
+    server = HealthServer(client, f"nobody-polls-{uuid.uuid4().hex[:6]}", draining)
+    port = free_port()
+    await server.start(f"127.0.0.1:{port}")
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as http:
+            idle = await http.get("/readyz")
+            assert idle.status_code == 503
+            assert idle.json()["reason"].startswith("not among the pollers")
+            draining.set()
+            drained = await http.get("/readyz")
+            assert (drained.status_code, drained.json()) == (
+                503,
+                {"polling": False, "reason": "draining"},
+            )
+    finally:
+        await server.stop()
 
 
 def samples(text: str) -> list[tuple[str, dict[str, str], float]]:
@@ -58,14 +94,24 @@ def total(scraped: list[tuple[str, dict[str, str], float]], name: str, **labels:
 async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider_errors(
     client: Client, info: StackInfo, cloud: CloudControl
 ) -> None:
-    port = free_port()
+    port, health_port = free_port(), free_port()
     task_queue = f"metrics-{uuid.uuid4().hex[:6]}"
     settings = replace(
-        Settings.from_env(info.worker_env), task_queue=task_queue, metrics_bind=f"127.0.0.1:{port}"
+        Settings.from_env(info.worker_env),
+        task_queue=task_queue,
+        metrics_bind=f"127.0.0.1:{port}",
+        health_bind=f"127.0.0.1:{health_port}",
     )
     stop = asyncio.Event()
     worker = asyncio.create_task(run_worker(settings, stop))
     try:
+        # The health endpoint says "polling" only once Temporal lists this worker.
+        ready = await wait_ready(health_port)
+        assert ready == {
+            "polling": True,
+            "reason": f"polling {task_queue}",
+            "task_queue": task_queue,
+        }
         ok = new_request(info)
         handle, _ = await start_purchase(client, ok, task_queue)
         await handle.result()
