@@ -33,7 +33,7 @@ from activities.rotation_schedule import (
     rotate_now,
     rotation_status,
 )
-from activities.vault import Vault, VaultSettings
+from activities.vault import CredentialsRecord, Vault, VaultSettings
 from devstack.demo import smtp_login
 from devstack.stack import StackInfo
 from starter import start_purchase
@@ -95,6 +95,17 @@ def assert_rotated_from(before: dict[str, str], after: dict[str, str]) -> None:
         assert after[key] == before[key], key
 
 
+async def provisioned(
+    client: Client, reader_vault: Vault, purchase: dict[str, Any]
+) -> tuple[ProvisionResult, str, CredentialsRecord]:
+    """A purchase provisioned on the stack: its result, tenant and first Vault record."""
+    result = await provision(client, purchase)
+    tenant = purchase["tenant_id"]
+    record = reader_vault.read_credentials(tenant)
+    assert record is not None
+    return result, tenant, record
+
+
 async def test_schedule_rotates_across_two_periods_new_password_logs_in_old_does_not(
     client: Client,
     info: StackInfo,
@@ -103,10 +114,7 @@ async def test_schedule_rotates_across_two_periods_new_password_logs_in_old_does
     purchase: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    result = await provision(client, purchase)
-    tenant = purchase["tenant_id"]
-    before = reader_vault.read_credentials(tenant)
-    assert before is not None
+    result, tenant, before = await provisioned(client, reader_vault, purchase)
     old = read_admin_credentials(reader_vault, tenant)
     login = login_for(info, cloud, result, tmp_path)
     assert login(old.username, old.password).startswith("235 ")
@@ -176,10 +184,7 @@ async def test_two_rotations_racing_leave_exactly_one_working_password(
     purchase: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    result = await provision(client, purchase)
-    tenant = purchase["tenant_id"]
-    before = reader_vault.read_credentials(tenant)
-    assert before is not None
+    result, tenant, before = await provisioned(client, reader_vault, purchase)
 
     first, second = await asyncio.gather(rotate_now(client, tenant), rotate_now(client, tenant))
     runs = {first, second}
@@ -208,10 +213,7 @@ async def test_mailu_refusing_the_new_password_restores_the_old_record_then_retr
     purchase: dict[str, Any],
     tmp_path: Path,
 ) -> None:
-    result = await provision(client, purchase)
-    tenant = purchase["tenant_id"]
-    before = reader_vault.read_credentials(tenant)
-    assert before is not None
+    result, tenant, before = await provisioned(client, reader_vault, purchase)
     cloud.inject_command_fault(result.server_id, "config-import", times=1)
 
     run_id = await rotate_now(client, tenant)
