@@ -407,6 +407,17 @@ async def test_notify_failure_does_not_undo_a_ready_server(harness: Harness) -> 
     assert harness.world.deleted == []
 
 
+async def test_a_failed_rotation_schedule_does_not_undo_a_ready_server(harness: Harness) -> None:
+    harness.world.failures["ensure_rotation_schedule"] = [
+        ApplicationError("no policy", type="InvalidRotationPolicy", non_retryable=True)
+    ]
+    result = await harness.run(purchase())
+    assert result.vault_version == 1
+    assert result.notified is True
+    assert harness.world.deleted == []
+    assert harness.world.removed_versions == []
+
+
 async def test_no_notify_url_skips_the_notification(harness: Harness) -> None:
     result = await harness.run(purchase(notify_url=None))
     assert result.notified is False
