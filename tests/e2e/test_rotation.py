@@ -228,6 +228,35 @@ async def test_mailu_refusing_the_new_password_restores_the_old_record_then_retr
     assert login(current.username, current.password).startswith("235 ")
 
 
+async def test_rotate_reissues_credentials_after_vault_lost_the_record(
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    purchase: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    result, tenant, _ = await provisioned(client, reader_vault, purchase)
+    root = hvac.Client(
+        url=info.vault_addr, token=(info.state_dir / "vault" / "root.token").read_text().strip()
+    )
+    # Data loss: every version and the metadata gone, as after restoring an old backup.
+    root.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{tenant}/admin", mount_point="smtp")
+    assert reader_vault.read_credentials(tenant) is None
+
+    run_id = await rotate_now(client, tenant)
+    outcome = await client.get_workflow_handle(run_id, result_type=RotationResult).result()
+
+    assert (outcome.outcome, outcome.vault_version) == ("rotated", 1)
+    record = reader_vault.read_credentials(tenant)
+    assert record is not None and record.data["created_at"] == record.data["last_rotated"]
+    current = read_admin_credentials(reader_vault, tenant)
+    login = login_for(info, cloud, result, tmp_path)
+    assert login(current.username, current.password).startswith("235 ")
+    [row] = audit_rows(info, run_id)
+    assert row.details["reissued"] == "true"
+
+
 async def test_a_deleted_server_has_its_rotation_schedule_removed(
     client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
 ) -> None:
