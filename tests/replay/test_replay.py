@@ -15,12 +15,20 @@ from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
 from workflows.provision import ProvisionMailTenant
+from workflows.rotation import RotateSmtpCredentials
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
+ROTATION_HISTORIES = sorted((Path(__file__).parent / "histories" / "rotation").glob("*.json"))
 
 
 def test_histories_are_committed() -> None:
-    assert {p.stem for p in HISTORIES} >= {"happy_path", "retried_steps", "compensated"}
+    assert {p.stem for p in HISTORIES} >= {
+        "happy_path",
+        "retried_steps",
+        "compensated",
+        "scheduled_rotation",
+    }
+    assert {p.stem for p in ROTATION_HISTORIES} >= {"rotated", "failed", "server_gone"}
 
 
 @pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
@@ -29,4 +37,11 @@ async def test_history_replays_deterministically(path: Path) -> None:
     workflow_id = f"purchase-replay-{path.stem.replace('_', '-')}"
     history = WorkflowHistory.from_json(workflow_id, path.read_text())
     result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+@pytest.mark.parametrize("path", ROTATION_HISTORIES, ids=[p.stem for p in ROTATION_HISTORIES])
+async def test_rotation_history_replays_deterministically(path: Path) -> None:
+    history = WorkflowHistory.from_json(f"rotate-replay-{path.stem}", path.read_text())
+    result = await Replayer(workflows=[RotateSmtpCredentials]).replay_workflow(history)
     assert result.replay_failure is None
