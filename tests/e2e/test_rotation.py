@@ -95,6 +95,25 @@ def assert_rotated_from(before: dict[str, str], after: dict[str, str]) -> None:
         assert after[key] == before[key], key
 
 
+async def rotate_and_wait(client: Client, tenant: str) -> tuple[str, RotationResult]:
+    """`starter.py rotate` as a function: the run's id and its result."""
+    run_id = await rotate_now(client, tenant)
+    outcome = await client.get_workflow_handle(run_id, result_type=RotationResult).result()
+    return run_id, outcome
+
+
+def assert_stored_password_logs_in(
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    result: ProvisionResult,
+    tmp_path: Path,
+) -> None:
+    current = read_admin_credentials(reader_vault, result.tenant_id)
+    login = login_for(info, cloud, result, tmp_path)
+    assert login(current.username, current.password).startswith("235 ")
+
+
 async def provisioned(
     client: Client, reader_vault: Vault, purchase: dict[str, Any]
 ) -> tuple[ProvisionResult, str, CredentialsRecord]:
@@ -200,9 +219,7 @@ async def test_two_rotations_racing_leave_exactly_one_working_password(
     ) == len(runs)
     after = reader_vault.read_credentials(tenant)
     assert after is not None and after.version == before.version + len(runs)
-    current = read_admin_credentials(reader_vault, tenant)
-    login = login_for(info, cloud, result, tmp_path)
-    assert login(current.username, current.password).startswith("235 ")
+    assert_stored_password_logs_in(info, cloud, reader_vault, result, tmp_path)
 
 
 async def test_mailu_refusing_the_new_password_restores_the_old_record_then_retries(
@@ -216,16 +233,13 @@ async def test_mailu_refusing_the_new_password_restores_the_old_record_then_retr
     result, tenant, before = await provisioned(client, reader_vault, purchase)
     cloud.inject_command_fault(result.server_id, "config-import", times=1)
 
-    run_id = await rotate_now(client, tenant)
-    outcome = await client.get_workflow_handle(run_id, result_type=RotationResult).result()
+    _, outcome = await rotate_and_wait(client, tenant)
 
     # Attempt 1 wrote v+1, MailU refused, v+2 restored the old record; attempt 2 wrote v+3.
     assert outcome.vault_version == before.version + 3
     assert version_data(info, tenant, before.version + 2) == before.data
     assert_rotated_from(before.data, version_data(info, tenant, before.version + 3))
-    current = read_admin_credentials(reader_vault, tenant)
-    login = login_for(info, cloud, result, tmp_path)
-    assert login(current.username, current.password).startswith("235 ")
+    assert_stored_password_logs_in(info, cloud, reader_vault, result, tmp_path)
 
 
 async def test_rotate_reissues_credentials_after_vault_lost_the_record(
@@ -244,15 +258,12 @@ async def test_rotate_reissues_credentials_after_vault_lost_the_record(
     root.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{tenant}/admin", mount_point="smtp")
     assert reader_vault.read_credentials(tenant) is None
 
-    run_id = await rotate_now(client, tenant)
-    outcome = await client.get_workflow_handle(run_id, result_type=RotationResult).result()
+    run_id, outcome = await rotate_and_wait(client, tenant)
 
     assert (outcome.outcome, outcome.vault_version) == ("rotated", 1)
     record = reader_vault.read_credentials(tenant)
     assert record is not None and record.data["created_at"] == record.data["last_rotated"]
-    current = read_admin_credentials(reader_vault, tenant)
-    login = login_for(info, cloud, result, tmp_path)
-    assert login(current.username, current.password).startswith("235 ")
+    assert_stored_password_logs_in(info, cloud, reader_vault, result, tmp_path)
     [row] = audit_rows(info, run_id)
     assert row.details["reissued"] == "true"
 
@@ -265,8 +276,7 @@ async def test_a_deleted_server_has_its_rotation_schedule_removed(
     cloud.api.delete(f"servers/{result.server_id}").raise_for_status()
     await poll(lambda: not cloud.servers_of(purchase["purchase_id"]))
 
-    run_id = await rotate_now(client, tenant)
-    outcome = await client.get_workflow_handle(run_id, result_type=RotationResult).result()
+    run_id, outcome = await rotate_and_wait(client, tenant)
 
     assert outcome.outcome == "schedule_removed"
     with pytest.raises(NoRotationSchedule):
