@@ -13,6 +13,7 @@ import asyncio
 import functools
 import json
 import smtplib
+import subprocess
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -276,13 +277,33 @@ async def test_a_deleted_server_has_its_rotation_schedule_removed(
     cloud.api.delete(f"servers/{result.server_id}").raise_for_status()
     await poll(lambda: not cloud.servers_of(purchase["purchase_id"]))
 
-    run_id, outcome = await rotate_and_wait(client, tenant)
+    # The operator's commands, as run from a shell.
+    shown = await starter(info, "rotation-status", tenant)
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["schedule_id"] == rotation_schedule_id(tenant)
+    rotated = await starter(info, "rotate", tenant)
+    assert rotated.returncode == 0, rotated.stderr
+    assert json.loads(rotated.stdout)["outcome"] == "schedule_removed"
 
-    assert outcome.outcome == "schedule_removed"
     with pytest.raises(NoRotationSchedule):
         await rotation_status(client, tenant)
+    gone = await starter(info, "rotation-status", tenant)
+    assert gone.returncode == 3
+    assert f"no rotation schedule 'rotate-{tenant}'" in gone.stderr
+    run_id = rotated.stderr.split()[1]
     [row] = audit_rows(info, run_id)
     assert row.event == "rotation_schedule_removed"
+
+
+async def starter(info: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
+    return await asyncio.to_thread(
+        subprocess.run,
+        info.starter_command(*args),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
 
 
 async def poll(condition: Callable[[], bool]) -> None:
