@@ -1,6 +1,7 @@
 # The two commands of the README, plus helpers. Needs python3 >= 3.11. As root on
-# Debian (CI), `make test` also apt-installs cloud-init, openssh-server and gpg, whose real
-# `cloud-init schema` and `sshd -t` check our artefacts (devstack/test_tools.py).
+# Debian (CI), `make test` also apt-installs cloud-init, openssh-server, gpg and prometheus,
+# whose real `cloud-init schema`, `sshd -t` and `promtool` check our artefacts
+# (devstack/test_tools.py).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

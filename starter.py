@@ -56,6 +56,7 @@ from activities.audit import first_broken_row, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsNotFound, read_admin_credentials
 from activities.crypto import EnvelopeError
+from activities.rotation_schedule import NoRotationSchedule, rotate_now, rotation_status
 from activities.vault import Vault, VaultError, VaultSettings
 from workflows.contracts import (
     DEFAULT_TASK_QUEUE,
@@ -455,6 +456,33 @@ async def cmd_schedule_reconciler(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_rotate(args: argparse.Namespace) -> int:
+    """Rotate a tenant's admin credentials now (suspected leak, or Vault data lost)."""
+    client = await _connect(args)
+    try:
+        workflow_id = await rotate_now(client, args.tenant_id)
+    except NoRotationSchedule as err:
+        raise StarterError(str(err), 3) from None
+    say(f"rotation {workflow_id} running; waiting for it")
+    try:
+        result = await client.get_workflow_handle(workflow_id).result()
+    except WorkflowFailureError as err:
+        say(f"FAILED {workflow_id}: {describe_failure(err)}")
+        return 1
+    print(json.dumps(result, indent=2), flush=True)
+    return 0
+
+
+async def cmd_rotation_status(args: argparse.Namespace) -> int:
+    client = await _connect(args)
+    try:
+        status = await rotation_status(client, args.tenant_id)
+    except NoRotationSchedule as err:
+        raise StarterError(str(err), 3) from None
+    print(json.dumps(status, indent=2), flush=True)
+    return 0
+
+
 def _env_required(name: str) -> str:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -516,6 +544,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     credentials.add_argument("tenant_id")
     credentials.set_defaults(func=cmd_credentials)
+
+    rotate = commands.add_parser(
+        "rotate", help="rotate a tenant's admin credentials now, through its schedule"
+    )
+    rotate.add_argument("tenant_id")
+    rotate.set_defaults(func=cmd_rotate)
+
+    rotation = commands.add_parser(
+        "rotation-status", help="a tenant's rotation schedule: interval, next and last runs"
+    )
+    rotation.add_argument("tenant_id")
+    rotation.set_defaults(func=cmd_rotation_status)
 
     verify = commands.add_parser("audit-verify", help="check the audit log's hash chain")
     verify.add_argument("--audit", help="SQLite path or postgresql:// DSN")

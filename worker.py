@@ -31,8 +31,10 @@ from activities.heartbeat import HeartbeatInterceptor
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
+from activities.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
 from activities.notify import NotifyActivities
 from activities.plans import CatalogError, PlanActivities, check_catalog, load_catalog
+from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
 from activities.temporal_runs import TemporalRunsActivities
 from activities.vault import (
@@ -43,11 +45,15 @@ from activities.vault import (
     VaultSettings,
 )
 from activities.vps_provider import ANYWHERE, FirewallPolicy, ProviderError, VpsActivities
+from activities.worker_health import serve_health
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.provision import ProvisionMailTenant
 from workflows.reconcile import ReconcileOrphans
+from workflows.rotation import RotateSmtpCredentials
 
 log = get_logger("worker")
+# Every workflow the product's task queue serves.
+WORKFLOWS = [ProvisionMailTenant, RotateSmtpCredentials, ReconcileOrphans]
 
 
 class ConfigError(Exception):
@@ -70,6 +76,7 @@ class Settings:
     drain_seconds: float
     plans: dict[str, Plan]
     ssh_source_networks: tuple[str, ...]
+    health_bind: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -103,6 +110,7 @@ class Settings:
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
             plans=_plans(env),
             ssh_source_networks=_networks(env, "MAILPROV_SSH_SOURCE_NETWORKS", ANYWHERE),
+            health_bind=env.get("MAILPROV_HEALTH_BIND") or None,
         )
 
 
@@ -195,6 +203,8 @@ async def build_activities(
     firewall = FirewallPolicy(settings.ssh_source_networks, settings.ssh_port)
     vps = VpsActivities(hetzner, identity, firewall)
     vault_activities = VaultActivities(vault)
+    credentials = CredentialsActivities(vault, access)
+    schedules = RotationScheduleActivities(vault)
     try:
         await _check_plans(settings.plans, hetzner)
         yield [
@@ -203,10 +213,14 @@ async def build_activities(
             vps.wait_for_server,
             vps.set_reverse_dns,
             vps.delete_server,
+            vps.server_exists,
             SshTrustActivities(access).rotate_host_key,
             mailu.configure_mailu,
             mailu.mail_dns_records,
-            CredentialsActivities(vault, access).create_admin_credentials,
+            credentials.create_admin_credentials,
+            credentials.rotate_admin_credentials,
+            schedules.ensure_rotation_schedule,
+            schedules.remove_rotation_schedule,
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
             AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
@@ -220,8 +234,9 @@ async def build_activities(
 
 
 def worker_interceptors() -> list[Interceptor]:
-    """Log context on every activity line; heartbeats so a dead worker is seen in seconds."""
-    return [LogContextInterceptor(), HeartbeatInterceptor()]
+    """Log context on every activity line; heartbeats so a dead worker is seen in seconds;
+    our own metrics (purchases, steps, compensations, rotations, errors by code)."""
+    return [LogContextInterceptor(), HeartbeatInterceptor(), MetricsInterceptor()]
 
 
 async def _check_plans(plans: dict[str, Plan], hetzner: HetznerClient) -> None:
@@ -239,7 +254,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     runtime = None
     if settings.metrics_bind:
         runtime = Runtime(
-            telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=settings.metrics_bind))
+            telemetry=TelemetryConfig(
+                metrics=PrometheusConfig(
+                    bind_address=settings.metrics_bind,
+                    histogram_bucket_overrides=HISTOGRAM_BUCKETS,
+                )
+            )
         )
     try:
         keyring = KeyRing.from_file(settings.codec_keys_file)
@@ -255,11 +275,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ProvisionMailTenant, ReconcileOrphans],
+            workflows=WORKFLOWS,
             activities=activities,
             interceptors=worker_interceptors(),
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
         )
+        # /readyz answers 503 from the moment `stop` is set: no new traffic while draining.
+        health = await serve_health(settings.health_bind, client, settings.task_queue, stop)
         async with worker:
             log.info(
                 "worker ready",
@@ -272,6 +294,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                 "draining: no new tasks, finishing running activities",
                 drain_seconds=settings.drain_seconds,
             )
+    if health is not None:
+        await health.stop()
     log.info("worker stopped")
 
 

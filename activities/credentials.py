@@ -14,9 +14,12 @@ accepted the password just makes the next attempt set a new one.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
 from activities.crypto import (
     EnvelopeError,
@@ -30,10 +33,13 @@ from activities.smtp_proof import prove_smtp_login
 from activities.ssh import RemoteCommandError, ServerAccess, command_failure
 from activities.vault import Vault, VaultError, vault_failure
 from workflows.contracts import (
+    ROTATION_POLICY,
     MailuTarget,
     SealedCredentials,
     admin_username_for,
+    webmail_url_for,
 )
+from workflows.rotation_contracts import RotatedCredentials
 
 
 class CredentialsActivities:
@@ -51,17 +57,128 @@ class CredentialsActivities:
         except VaultError as err:
             raise vault_failure(err) from None
         envelope = seal(password, data_key, target.tenant_id, vault_path)
-        async with await self._access.open(target) as conn:
-            try:
-                await MailuHost(conn).set_admin(username, password)
-            except RemoteCommandError as err:
-                raise command_failure(err) from None
-            # "VPS ready" only with proof: the password must log in before it is stored.
-            await prove_smtp_login(conn, username, password)
+        await self._set_and_prove(target, username, password)
         activity.logger.info(
             "admin credentials set, proven by SMTP AUTH and sealed", extra={"username": username}
         )
         return SealedCredentials(username=username, password_envelope=envelope)
+
+    @activity.defn(name="rotate_admin_credentials")
+    async def rotate_admin_credentials(self, target: MailuTarget) -> RotatedCredentials:
+        """Replace the admin password: Vault first (check-and-set), then MailU, then proof.
+
+        A change spanning two systems cannot be atomic, so the order is the one whose
+        failures can be undone without the old plaintext (which this worker cannot
+        decrypt): the new version is written with check-and-set on the version read
+        here; if MailU then refuses or cannot be reached, the previous record is
+        written back as the next version, so Vault again holds the password MailU
+        accepts. Once MailU has accepted the new password, Vault already holds it.
+        A racing writer makes the check-and-set fail before MailU is touched.
+        """
+        tenant = target.tenant_id
+        username = admin_username_for(target.domain)
+        vault_path = self._vault.record_path(tenant)
+        try:
+            current, version = await asyncio.to_thread(self._vault.latest, tenant)
+            if current is None and version > 0:
+                # Compensation (or an operator) withdrew the record: the tenant is gone.
+                raise ApplicationError(
+                    f"{vault_path} was withdrawn (latest version {version} deleted)",
+                    type="CredentialsWithdrawn",
+                    non_retryable=True,
+                )
+            password = generate_password()
+            data_key = await asyncio.to_thread(self._vault.generate_data_key, tenant)
+            envelope = seal(password, data_key, tenant, vault_path)
+            now = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+            record = _rotated_record(current, envelope, now, username, target.domain)
+            written = await asyncio.to_thread(
+                self._vault.write_credentials, tenant, record, version
+            )
+        except VaultError as err:
+            raise vault_failure(err) from None
+        try:
+            await self._set_and_prove(
+                target, username, password, on_refused=self._restorer(tenant, current, written)
+            )
+        finally:
+            del password
+        activity.logger.info(
+            "admin credentials rotated, proven by SMTP AUTH",
+            extra={"username": username, "vault_version": written},
+        )
+        return RotatedCredentials(
+            username=username,
+            vault_path=vault_path,
+            version=written,
+            previous_version=version,
+            last_rotated=now,
+            reissued=current is None,
+        )
+
+    def _restorer(
+        self, tenant_id: str, previous: dict[str, str] | None, written: int
+    ) -> Callable[[], Awaitable[None]]:
+        """Undo a rotation's Vault write after MailU did not take the new password."""
+
+        async def restore() -> None:
+            if previous is None:
+                await asyncio.to_thread(self._vault.delete_version, tenant_id, written)
+            else:
+                await asyncio.to_thread(self._vault.write_credentials, tenant_id, previous, written)
+            activity.logger.warning(
+                "rotation undone in Vault: MailU kept the previous password",
+                extra={"vault_version": written},
+            )
+
+        return restore
+
+    async def _set_and_prove(
+        self,
+        target: MailuTarget,
+        username: str,
+        password: str,
+        on_refused: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Set the password in MailU over the pinned SSH channel, then prove it logs in.
+
+        `on_refused` runs when MailU did not take the password (SSH unreachable,
+        host key mismatch, config-import failing), before the error propagates.
+        """
+        accepted = False
+        try:
+            async with await self._access.open(target) as conn:
+                try:
+                    await MailuHost(conn).set_admin(username, password)
+                except RemoteCommandError as err:
+                    raise command_failure(err) from None
+                accepted = True
+                # The password must log in before anyone is told it is stored.
+                await prove_smtp_login(conn, username, password)
+        except BaseException:
+            if not accepted and on_refused is not None:
+                await on_refused()
+            raise
+
+
+def _rotated_record(
+    current: dict[str, str] | None, envelope: str, now: str, username: str, domain: str
+) -> dict[str, str]:
+    """The next version: new envelope and `last_rotated`; every other field as it was.
+
+    With no record at all (Vault data loss) the record is issued afresh; its
+    original creation date is unknown, so `created_at` is now.
+    """
+    if current is not None:
+        return {**current, "password": envelope, "last_rotated": now}
+    return {
+        "username": username,
+        "password": envelope,
+        "webmail_url": webmail_url_for(domain),
+        "created_at": now,
+        "last_rotated": now,
+        "rotation_policy": ROTATION_POLICY,
+    }
 
 
 @dataclass(frozen=True, repr=False)

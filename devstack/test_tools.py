@@ -17,7 +17,13 @@ import subprocess
 import sys
 
 # tool -> Debian package providing it
-TOOLS = {"cloud-init": "cloud-init", "sshd": "openssh-server", "gpg": "gpg"}
+TOOLS = {
+    "cloud-init": "cloud-init",
+    "sshd": "openssh-server",
+    "gpg": "gpg",
+    # promtool checks and unit-tests the alert rules in deploy/observability/.
+    "promtool": "prometheus",
+}
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
 

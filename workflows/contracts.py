@@ -404,6 +404,7 @@ STEPS: tuple[str, ...] = (
     "create_admin_credentials",
     "store_credentials",
     "audit",
+    "schedule_rotation",
     "notify",
 )
 

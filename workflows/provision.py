@@ -62,6 +62,7 @@ from workflows.contracts import (
     webmail_url_for,
     workflow_id_for,
 )
+from workflows.rotation_contracts import RotationScheduleRequest
 
 with workflow.unsafe.imports_passed_through():
     from activities.audit import AuditActivities
@@ -69,6 +70,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.mailu import MailuActivities
     from activities.notify import NotifyActivities
     from activities.plans import PlanActivities
+    from activities.rotation_schedule import RotationScheduleActivities
     from activities.ssh import SshTrustActivities
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
@@ -186,6 +188,12 @@ DELETE_SERVER = dict(
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(5, 300),
 )
+# One Temporal call; a working server must not lose its rotation to a short outage.
+SCHEDULE_ROTATION = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=_policy(1, 60),
+)
 # Withdrawing a written record is one Vault call; like deletion, it must finish.
 REMOVE_CREDENTIALS = dict(
     start_to_close_timeout=timedelta(seconds=30),
@@ -287,6 +295,7 @@ class ProvisionMailTenant:
         except (ActivityError, asyncio.CancelledError) as err:
             raise await self._compensate(request, server, stored, err) from err
 
+        await self._schedule_rotation(target)
         result = ProvisionResult(
             purchase_id=request.purchase_id,
             tenant_id=request.tenant_id,
@@ -385,6 +394,19 @@ class ProvisionMailTenant:
             raise
         self._end(started, "done")
         return result
+
+    async def _schedule_rotation(self, target: MailuTarget) -> None:
+        """Create `rotate-{tenant}` (workflows/rotation.py); the server stands either way."""
+        request = RotationScheduleRequest(target, workflow.info().task_queue)
+        try:
+            await self._step(
+                "schedule_rotation",
+                RotationScheduleActivities.ensure_rotation_schedule,
+                request,
+                SCHEDULE_ROTATION,
+            )
+        except ActivityError:
+            workflow.logger.error("rotation schedule not created; provisioning stands")
 
     async def _notify(self, request: PurchaseRequest, result: ProvisionResult) -> bool:
         """The server is ready whether or not the webhook answers: a failure is reported."""

@@ -20,10 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.worker import Replayer
 
 from activities.codec import ENCODING, KeyRing
 from devstack.stack import ROOT
 from starter import StarterError, replay_history
+from workflows.rotation import RotateSmtpCredentials
 
 HISTORY_DIR = Path(__file__).parent / "histories"
 HISTORIES = sorted(HISTORY_DIR.glob("*.json"))
@@ -100,3 +103,18 @@ def test_operator_command_replays_a_downloaded_history() -> None:
     )
     assert ok.returncode == 0, ok.stderr
     assert "replays on the current code" in ok.stderr
+
+
+ROTATION_HISTORIES = sorted((HISTORY_DIR / "rotation").glob("*.json"))
+
+
+def test_the_rotation_scenarios_are_committed() -> None:
+    assert {p.stem for p in ROTATION_HISTORIES} >= {"rotated", "failed", "server_gone"}
+
+
+@pytest.mark.parametrize("path", ROTATION_HISTORIES, ids=[p.stem for p in ROTATION_HISTORIES])
+async def test_rotation_history_replays_deterministically(path: Path) -> None:
+    """Scripted rotation runs (tests.replay.record_rotation_histories), without the codec."""
+    history = WorkflowHistory.from_json(f"rotate-replay-{path.stem}", path.read_text())
+    result = await Replayer(workflows=[RotateSmtpCredentials]).replay_workflow(history)
+    assert result.replay_failure is None

@@ -43,6 +43,7 @@ from workflows.contracts import (
     workflow_id_for,
 )
 from workflows.provision import ProvisionMailTenant
+from workflows.rotation_contracts import RotationScheduleRequest
 
 ENVELOPE = "mpenc:v1:ZmFrZS1lbnZlbG9wZQ=="
 
@@ -60,6 +61,7 @@ class ScriptedWorld:
     removed_versions: list[int] = field(default_factory=list)
     ptr: list[str] = field(default_factory=list)
     pinned_keys: list[str] = field(default_factory=list)
+    schedules: list[RotationScheduleRequest] = field(default_factory=list)
 
     def _enter(self, name: str) -> None:
         self.calls[name] += 1
@@ -136,9 +138,16 @@ class ScriptedWorld:
             self.removed_versions.append(request.version)
             return True
 
+        @activity.defn(name="ensure_rotation_schedule")
+        async def ensure_rotation_schedule(request: RotationScheduleRequest) -> str:
+            self._enter("ensure_rotation_schedule")
+            self.schedules.append(request)
+            return f"rotate-{request.target.tenant_id}"
+
         return [
             PlanActivities(DEFAULT_CATALOG).resolve_plan,
             mail_dns_records,
+            ensure_rotation_schedule,
             create_server,
             wait_for_server,
             set_reverse_dns,
@@ -232,6 +241,10 @@ async def test_happy_path_runs_every_step_once_and_returns_no_secret(harness: Ha
     assert harness.world.ptr == ["mail.acme.example"]
     # Everything after the rotation trusts only the new host key.
     assert harness.world.pinned_keys == ["ssh-ed25519 AAAAsecond"]
+    # A completed purchase ends with its rotation schedule, aimed at the pinned key.
+    [schedule] = harness.world.schedules
+    assert schedule.target.host_public_key == "ssh-ed25519 AAAAsecond"
+    assert schedule.task_queue == harness.task_queue
     [note] = harness.world.notifications
     assert note.idempotency_key == workflow_id_for(raw["purchase_id"])
     assert note.payload["event"] == "mail_server_ready"
@@ -407,6 +420,17 @@ async def test_notify_failure_does_not_undo_a_ready_server(harness: Harness) -> 
     result = await harness.run(purchase())
     assert result.notified is False
     assert harness.world.deleted == []
+
+
+async def test_a_failed_rotation_schedule_does_not_undo_a_ready_server(harness: Harness) -> None:
+    harness.world.failures["ensure_rotation_schedule"] = [
+        ApplicationError("no policy", type="InvalidRotationPolicy", non_retryable=True)
+    ]
+    result = await harness.run(purchase())
+    assert result.vault_version == 1
+    assert result.notified is True
+    assert harness.world.deleted == []
+    assert harness.world.removed_versions == []
 
 
 async def test_no_notify_url_skips_the_notification(harness: Harness) -> None:

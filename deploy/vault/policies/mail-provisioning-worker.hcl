@@ -1,6 +1,7 @@
 # The provisioning worker: write each tenant's admin record and get fresh wrapped
-# data keys. It reads a record back only to make a retried write a no-op, and what
-# it reads is an envelope it cannot open: it has no Transit decrypt.
+# data keys. It reads a record back to make a retried write a no-op, and to rotate
+# (keep the other fields, restore the previous version if MailU refuses the new
+# password); what it reads is an envelope it cannot open: it has no Transit decrypt.
 path "smtp/data/+/admin" {
   capabilities = ["create", "update", "read"]
 }

@@ -1,0 +1,89 @@
+"""Activity metrics: duration per step, Vault and provider errors, credential age.
+
+Recorded through the activity metric meter, so they appear on the worker's
+Prometheus endpoint beside the SDK's own metrics. One interceptor covers every
+activity: no activity carries metric code of its own.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
+    Interceptor,
+    WorkflowInboundInterceptor,
+    WorkflowInterceptorClassInput,
+)
+
+from workflows.contracts import StoredCredentials
+from workflows.metrics import DURATION as WORKFLOW_DURATION
+from workflows.metrics import WorkflowMetrics
+from workflows.rotation_contracts import RotatedCredentials
+
+STEP_DURATION = "mailprov_activity_duration_seconds"
+VAULT_ERRORS = "mailprov_vault_errors"
+PROVIDER_ERRORS = "mailprov_provider_errors"
+LAST_ROTATED = "mailprov_credentials_last_rotated_timestamp_seconds"
+# Seconds: SSH steps take seconds to many minutes (configure_mailu up to 20).
+STEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
+# For the Prometheus exporter (worker.py): the SDK's default buckets are not seconds.
+HISTOGRAM_BUCKETS = {
+    STEP_DURATION: STEP_BUCKETS,
+    WORKFLOW_DURATION: (*STEP_BUCKETS, 1800.0, 3600.0, 7200.0),
+}
+VAULT_ERROR_TYPES = {"VaultError", "CasConflict"}
+PROVIDER_PREFIX = "Provider."
+
+
+class MetricsInterceptor(Interceptor):
+    """Our metrics for every workflow and activity the worker runs."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _ActivityMetrics(next)
+
+    def workflow_interceptor_class(
+        self, input: WorkflowInterceptorClassInput
+    ) -> type[WorkflowInboundInterceptor]:
+        return WorkflowMetrics
+
+
+class _ActivityMetrics(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        meter = activity.metric_meter().with_additional_attributes(
+            {"activity": activity.info().activity_type}
+        )
+        started = time.monotonic()
+        outcome = "failed"
+        try:
+            result = await self.next.execute_activity(input)
+            outcome = "completed"
+        except ApplicationError as err:
+            _count_error(meter, err)
+            raise
+        finally:
+            meter.create_histogram_float(
+                STEP_DURATION, "activity attempt duration", "s"
+            ).with_additional_attributes({"outcome": outcome}).record(time.monotonic() - started)
+        if isinstance(result, (RotatedCredentials, StoredCredentials)):
+            tenant = next(a.tenant_id for a in input.args if hasattr(a, "tenant_id"))
+            meter.create_gauge(
+                LAST_ROTATED, "when the tenant's admin password was last set", "s"
+            ).with_additional_attributes({"tenant": tenant}).set(int(time.time()))
+        return result
+
+
+def _count_error(meter: Any, err: ApplicationError) -> None:
+    error_type = err.type or ""
+    if error_type in VAULT_ERROR_TYPES:
+        meter.create_counter(VAULT_ERRORS, "Vault calls that failed").with_additional_attributes(
+            {"error_type": error_type, "retryable": str(not err.non_retryable).lower()}
+        ).add(1)
+    elif error_type.startswith(PROVIDER_PREFIX):
+        meter.create_counter(
+            PROVIDER_ERRORS, "provider API calls that failed"
+        ).with_additional_attributes({"code": error_type.removeprefix(PROVIDER_PREFIX)}).add(1)

@@ -1,0 +1,69 @@
+"""Workflow metrics: runs started, completed and failed, compensations, rotations.
+
+Recorded through the workflow's own metric meter, which the SDK silences while a
+workflow replays, so a run is counted once however often a worker replays it.
+The names are those of the Prometheus endpoint (MAILPROV_METRICS_BIND); alerts and
+the dashboard in deploy/observability/ use them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError, FailureError
+from temporalio.worker import ExecuteWorkflowInput, WorkflowInboundInterceptor
+
+from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
+
+STARTED = "mailprov_workflow_started"
+COMPLETED = "mailprov_workflow_completed"
+FAILED = "mailprov_workflow_failed"
+DURATION = "mailprov_workflow_duration_seconds"
+COMPENSATIONS = "mailprov_compensations"
+ROTATIONS = "mailprov_rotations"
+
+
+def failure_type(err: BaseException) -> str:
+    """The error type operators group failures by; a compensated purchase names its cause."""
+    if isinstance(err, ApplicationError):
+        details = err.details[0] if err.details else None
+        if isinstance(details, dict) and details.get("error_type"):
+            return str(details["error_type"])
+        return err.type or "ApplicationError"
+    return type(err).__name__
+
+
+class WorkflowMetrics(WorkflowInboundInterceptor):
+    async def execute_workflow(self, input: ExecuteWorkflowInput) -> Any:
+        meter = workflow.metric_meter().with_additional_attributes(
+            {"workflow": workflow.info().workflow_type}
+        )
+        meter.create_counter(STARTED, "workflow runs started").add(1)
+        started = workflow.now()
+        try:
+            result = await super().execute_workflow(input)
+        except (FailureError, asyncio.CancelledError) as err:
+            # Only failures that end the run: any other exception fails the workflow
+            # task, which Temporal retries, and would be counted on every retry.
+            error_type = "cancelled" if isinstance(err, asyncio.CancelledError) else None
+            error_type = error_type or failure_type(err)
+            meter.create_counter(FAILED, "workflow runs failed").with_additional_attributes(
+                {"error_type": error_type}
+            ).add(1)
+            if isinstance(err, ApplicationError) and err.type == "ProvisioningFailed":
+                meter.create_counter(
+                    COMPENSATIONS, "purchases undone after a failure"
+                ).with_additional_attributes({"error_type": error_type}).add(1)
+            raise
+        meter.create_counter(COMPLETED, "workflow runs completed").add(1)
+        meter.create_histogram_float(
+            DURATION, "workflow run duration, start to completion", "s"
+        ).record((workflow.now() - started).total_seconds())
+        # By type name, not isinstance: the sandbox imports its own copy of the class.
+        if workflow.info().workflow_type == ROTATION_WORKFLOW_TYPE:
+            meter.create_counter(ROTATIONS, "rotation runs by outcome").with_additional_attributes(
+                {"outcome": result.outcome}
+            ).add(1)
+        return result
