@@ -29,12 +29,13 @@ from activities.credentials import CredentialsActivities
 from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
-from activities.notify import NotifyActivities
+from activities.notify import NotifyActivities, NotifyPolicy
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
+from activities.tenant_claims import TenantClaimActivities
 from activities.vault import Vault, VaultActivities, VaultSettings
 from activities.vps_provider import VpsActivities
 from workflows.contracts import DEFAULT_TASK_QUEUE
-from workflows.provision import ProvisionMailTenant
+from workflows.provision import WORKFLOWS
 
 log = get_logger("worker")
 
@@ -57,6 +58,7 @@ class Settings:
     codec_keys_file: Path
     metrics_bind: str | None
     drain_seconds: float
+    notify_policy: NotifyPolicy
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -81,7 +83,20 @@ class Settings:
             codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
+            notify_policy=_notify_policy(env),
         )
+
+
+def _notify_policy(env: Mapping[str, str]) -> NotifyPolicy:
+    """Outbound webhook rules (activities/notify.py); every variable is optional."""
+    try:
+        return NotifyPolicy.from_settings(
+            allowed=env.get("MAILPROV_NOTIFY_ALLOWED_HOSTS", ""),
+            http=env.get("MAILPROV_NOTIFY_HTTP_HOSTS", ""),
+            sinks=env.get("MAILPROV_NOTIFY_OPERATOR_SINKS", ""),
+        )
+    except ValueError as err:
+        raise ConfigError(f"MAILPROV_NOTIFY_OPERATOR_SINKS: {err}") from None
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -129,6 +144,8 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
     mailu = MailuActivities(access)
     vps = VpsActivities(hetzner, identity)
     vault_activities = VaultActivities(vault)
+    notify = NotifyActivities(settings.notify_policy)
+    claims = TenantClaimActivities()
     try:
         yield [
             vps.create_server,
@@ -141,7 +158,11 @@ async def build_activities(settings: Settings) -> AsyncIterator[list[Any]]:
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
             AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
-            NotifyActivities().notify_customer,
+            notify.check_notify_url,
+            claims.claim_tenant,
+            claims.confirm_tenant_claim,
+            claims.release_tenant_claim,
+            notify.notify_customer,
         ]
     finally:
         await hetzner.aclose()
@@ -161,13 +182,14 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         runtime=runtime,
-        data_converter=data_converter(keyring),
+        # Marked, not raised: an undecodable start then fails fast (activities/codec.py).
+        data_converter=data_converter(keyring, mark_undecodable=True),
     )
     async with build_activities(settings) as activities:
         worker = Worker(
             client,
             task_queue=settings.task_queue,
-            workflows=[ProvisionMailTenant],
+            workflows=list(WORKFLOWS),
             activities=activities,
             interceptors=[LogContextInterceptor()],
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),

@@ -38,6 +38,8 @@ from deploy.vault_bootstrap import bootstrap
 from devstack.processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# The local notification sink's name (RFC 2606 reserves .test: it never resolves publicly).
+NOTIFY_SINK_HOST = "notify-sink.devstack.test"
 
 
 class StackError(Exception):
@@ -284,7 +286,11 @@ class Stack:
         self.info.cloud_url = ready["base_url"]
         self.info.ssh_port = int(ready["ssh_port"])
         self.info.smtp_port = int(ready["smtp_port"])
-        self.info.notify_url = self.info.cloud_url.removesuffix("/v1") + "/_devstack/notify/demo"
+        # The sink is reached by a name the worker's settings map to loopback
+        # (MAILPROV_NOTIFY_OPERATOR_SINKS): allowed by configuration, as an operator's
+        # internal receiver would be, while the contract refuses internal addresses.
+        sink = self.info.cloud_url.removesuffix("/v1").replace("127.0.0.1", NOTIFY_SINK_HOST, 1)
+        self.info.notify_url = sink + "/_devstack/notify/demo"
 
     def _prepare_worker_env(self) -> None:
         key_file = self.info.state_dir / "worker_ssh" / "id_ed25519"
@@ -301,6 +307,7 @@ class Stack:
             "MAILPROV_AUDIT_DB": str(self.info.audit_db),
             "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
             "MAILPROV_DRAIN_SECONDS": "10",
+            "MAILPROV_NOTIFY_OPERATOR_SINKS": f"{NOTIFY_SINK_HOST}=127.0.0.1",
         }
 
     async def start_worker(self) -> Process:

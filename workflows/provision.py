@@ -1,10 +1,16 @@
 """ProvisionMailTenant: one purchase becomes a running mail server with stored credentials.
 
-    validate input ─► create_server ─► wait_for_server ─► set_reverse_dns
+    validate input ─► claim the tenant ─► create_server ─► wait_for_server ─► set_reverse_dns
         ─► rotate_host_key ─► configure_mailu ─► create_admin_credentials
         ─► store_credentials ─► audit ─► notify
-    on a failure retries cannot fix, or on cancel, after the server exists:
-        remove_credentials (if stored) ─► delete_server ─► audit provisioning_failed
+    on a failure retries cannot fix, or on cancel, once the tenant is claimed:
+        remove_credentials (if stored) ─► delete_server (if created)
+        ─► audit provisioning_failed ─► release the tenant claim
+
+The run takes its argument raw (a dynamic workflow gets every start argument as an
+undecoded payload) and decodes it with bounded size and depth itself, so whatever a
+client sends ends the run at once with InvalidPurchaseRequest instead of failing the
+workflow task forever.
 
 Each arrow is an activity with a timeout and retry policy chosen for what it
 talks to (see the policies below). The workflow itself only sequences them: no
@@ -15,20 +21,23 @@ create_admin_credentials; only its encrypted envelope passes through here).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 from workflows.contracts import (
     PLAN_CATALOG,
+    WORKFLOW_TYPE,
     AuditEvent,
     InvalidPurchaseRequest,
     MailuTarget,
     Notification,
+    NotifyUrlCheck,
     ProvisionResult,
     ProvisionStatus,
     PurchaseRequest,
@@ -42,6 +51,7 @@ from workflows.contracts import (
     StoreCredentialsRequest,
     StoredCredentials,
     mail_hostname_for,
+    purchase_input_from_payloads,
     server_name_for,
     webmail_url_for,
     workflow_id_for,
@@ -53,8 +63,14 @@ with workflow.unsafe.imports_passed_through():
     from activities.mailu import MailuActivities
     from activities.notify import NotifyActivities
     from activities.ssh import SshTrustActivities
+    from activities.tenant_claims import TenantClaimActivities
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
+
+from workflows.tenant_claim import TenantClaim, TenantClaimRequest
+
+# Runs started before the tenant claim and the notify_url check existed replay without them.
+CLAIM_PATCH = "tenant-claim-v1"
 
 
 def _policy(
@@ -120,6 +136,18 @@ DELETE_SERVER = dict(
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(5, 300),
 )
+# A policy check on the worker's settings, no I/O: a failure is an answer, not an outage.
+CHECK_NOTIFY_URL: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=10), retry_policy=_policy(1, 5, 3)
+)
+# One start (or describe) against Temporal itself; a refusal is final, outages are short.
+TENANT_CLAIM = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=_policy(1, 30, 10))
+# Releasing must happen, or the tenant stays blocked: retry for as long as deletion does.
+TENANT_CLAIM_RELEASE: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=_policy(1, 60),
+)
 # Withdrawing a written record is one Vault call; like deletion, it must finish.
 REMOVE_CREDENTIALS = dict(
     start_to_close_timeout=timedelta(seconds=30),
@@ -128,8 +156,14 @@ REMOVE_CREDENTIALS = dict(
 )
 
 
-@workflow.defn(name="ProvisionMailTenant")
+@workflow.defn(dynamic=True)
 class ProvisionMailTenant:
+    """Workflow type ProvisionMailTenant; dynamic only so that it receives raw arguments.
+
+    As the task queue's dynamic workflow it also answers a start of any type the worker
+    does not know (a typo, a retired name) with UnknownWorkflowType at once.
+    """
+
     def __init__(self) -> None:
         self._status = ProvisionStatus(
             purchase_id=None, tenant_id=None, state="running", current_step=None
@@ -140,13 +174,26 @@ class ProvisionMailTenant:
         return self._status
 
     @workflow.run
-    async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
-        request = self._validate(raw_request)
-        server: ServerHandle = await self._step(
-            "create_server", VpsActivities.create_server, self._server_spec(request), CREATE_SERVER
-        )
+    async def run(self, args: Sequence[RawValue]) -> ProvisionResult:
+        workflow_type = workflow.info().workflow_type
+        if workflow_type != WORKFLOW_TYPE:
+            raise ApplicationError(
+                f"unknown workflow type {workflow_type[:100]!r} on this task queue; "
+                f"start {WORKFLOW_TYPE!r}",
+                type="UnknownWorkflowType",
+                non_retryable=True,
+            )
+        request = await self._validate(args)
+        claim = await self._claim_tenant(request)
+        server: ServerHandle | None = None
         stored: StoredCredentials | None = None
         try:
+            server = await self._step(
+                "create_server",
+                VpsActivities.create_server,
+                self._server_spec(request),
+                CREATE_SERVER,
+            )
             address: ServerAddress = await self._step(
                 "wait_for_server", VpsActivities.wait_for_server, server, WAIT_FOR_SERVER
             )
@@ -204,9 +251,24 @@ class ProvisionMailTenant:
             )
         except (ActivityError, asyncio.CancelledError) as err:
             failure = await self._compensate(request, server, stored, err)
+            if claim is not None:
+                await workflow.execute_activity_method(
+                    TenantClaimActivities.release_tenant_claim,
+                    replace(claim, reason=f"purchase failed: {failure.message}"),
+                    summary="release tenant claim",
+                    **TENANT_CLAIM_RELEASE,
+                )
             if isinstance(err, asyncio.CancelledError):
                 raise
             raise failure from err
+
+        if claim is not None:
+            await workflow.execute_activity_method(
+                TenantClaimActivities.confirm_tenant_claim,
+                claim,
+                summary="confirm tenant claim",
+                **TENANT_CLAIM_RELEASE,
+            )
 
         result = ProvisionResult(
             purchase_id=request.purchase_id,
@@ -226,15 +288,20 @@ class ProvisionMailTenant:
 
     # ------------------------------------------------------------------ steps
 
-    def _validate(self, raw_request: dict[str, Any]) -> PurchaseRequest:
+    async def _validate(self, args: Sequence[RawValue]) -> PurchaseRequest:
         started = self._begin("validate_input")
         try:
-            request = PurchaseRequest.parse(raw_request)
+            raw = purchase_input_from_payloads(
+                [(arg.payload.metadata.get("encoding", b""), arg.payload.data) for arg in args]
+            )
+            request = PurchaseRequest.parse(raw)
             expected_id = workflow_id_for(request.purchase_id)
             if workflow.info().workflow_id != expected_id:
                 raise InvalidPurchaseRequest(
                     "purchase_id", f"must match the workflow id (expected {expected_id!r})"
                 )
+            if request.notify_url is not None and workflow.patched(CLAIM_PATCH):
+                await self._check_notify_url(request)
         except InvalidPurchaseRequest as err:
             self._end(started, "failed", error=str(err))
             raise ApplicationError(
@@ -247,6 +314,38 @@ class ProvisionMailTenant:
         self._status.tenant_id = request.tenant_id
         self._end(started, "done")
         return request
+
+    @staticmethod
+    async def _check_notify_url(request: PurchaseRequest) -> None:
+        """The worker's outbound policy (https only, allowlists), before anything is bought."""
+        assert request.notify_url is not None
+        try:
+            await workflow.execute_activity_method(
+                NotifyActivities.check_notify_url,
+                NotifyUrlCheck(request.tenant_id, request.notify_url),
+                summary="check notify url",
+                **CHECK_NOTIFY_URL,
+            )
+        except ActivityError as err:
+            raise InvalidPurchaseRequest("notify_url", _reason(err)) from None
+
+    async def _claim_tenant(self, request: PurchaseRequest) -> TenantClaimRequest | None:
+        """Take the tenant's claim (workflows/tenant_claim.py) or refuse the purchase."""
+        if not workflow.patched(CLAIM_PATCH):
+            return None
+        claim = TenantClaimRequest(request.tenant_id, workflow.info().workflow_id)
+        try:
+            run_id: str = await self._step(
+                "claim_tenant", TenantClaimActivities.claim_tenant, claim, TENANT_CLAIM
+            )
+        except ActivityError as err:
+            inner = _innermost(err)
+            if isinstance(inner, ApplicationError) and inner.type == "TenantAlreadyProvisioned":
+                raise ApplicationError(
+                    inner.message, *inner.details, type=inner.type, non_retryable=True
+                ) from None
+            raise
+        return replace(claim, run_id=run_id)
 
     @staticmethod
     def _server_spec(request: PurchaseRequest) -> ServerSpec:
@@ -299,7 +398,7 @@ class ProvisionMailTenant:
     async def _compensate(
         self,
         request: PurchaseRequest,
-        server: ServerHandle,
+        server: ServerHandle | None,
         stored: StoredCredentials | None,
         err: BaseException,
     ) -> ApplicationError:
@@ -318,9 +417,10 @@ class ProvisionMailTenant:
                 RemoveCredentialsRequest(request.tenant_id, stored.version),
                 REMOVE_CREDENTIALS,
             )
-        if request.keep_server_on_failure:
+        kept = server is not None and request.keep_server_on_failure
+        if kept:
             workflow.logger.warning("keeping the failed server for debugging, as requested")
-        else:
+        elif server is not None:
             await self._step("delete_server", VpsActivities.delete_server, server, DELETE_SERVER)
         await self._step(
             "audit_failure",
@@ -332,8 +432,8 @@ class ProvisionMailTenant:
                     "step": failed_step,
                     "error_type": _error_type(err),
                     "reason": reason,
-                    "server_name": server.name,
-                    "server_kept": str(request.keep_server_on_failure).lower(),
+                    "server_name": server.name if server else server_name_for(request),
+                    "server_kept": str(kept).lower(),
                 },
             ),
             AUDIT,
@@ -392,3 +492,8 @@ def _error_type(err: BaseException) -> str:
     if isinstance(inner, ApplicationError) and inner.type:
         return inner.type
     return type(inner).__name__
+
+
+# Every workflow a worker of the task queue hosts: a worker without TenantClaim would let
+# the dynamic ProvisionMailTenant answer the claim as an unknown type, releasing it.
+WORKFLOWS = (ProvisionMailTenant, TenantClaim)

@@ -26,7 +26,7 @@ from devstack.stack import Stack, StackInfo
 from starter import start_purchase
 from worker import Settings, build_activities
 from workflows.contracts import PurchaseRequest
-from workflows.provision import ProvisionMailTenant
+from workflows.provision import WORKFLOWS
 
 
 class CloudControl:
@@ -176,7 +176,7 @@ async def run_in_process_worker(
         worker = Worker(
             client,
             task_queue=task_queue,
-            workflows=[ProvisionMailTenant],
+            workflows=list(WORKFLOWS),
             activities=acts,
             interceptors=[LogContextInterceptor()],
         )

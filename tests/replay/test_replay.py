@@ -14,7 +14,7 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from workflows.provision import ProvisionMailTenant
+from workflows.provision import WORKFLOWS
 
 HISTORIES = sorted((Path(__file__).parent / "histories").glob("*.json"))
 
@@ -28,5 +28,5 @@ async def test_history_replays_deterministically(path: Path) -> None:
     # The recorder names each run purchase-replay-<scenario>; the workflow checks its id.
     workflow_id = f"purchase-replay-{path.stem.replace('_', '-')}"
     history = WorkflowHistory.from_json(workflow_id, path.read_text())
-    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
+    result = await Replayer(workflows=list(WORKFLOWS)).replay_workflow(history)
     assert result.replay_failure is None
