@@ -73,19 +73,20 @@ class NotifyPolicy:
     allowed_hosts: frozenset[str] = frozenset()
     # Hosts that may be reached over plain http (still only at public addresses).
     http_hosts: frozenset[str] = frozenset()
-    # The operator's own receivers: host name -> address to connect to. These may be
-    # internal and may use http; nothing else can.
+    # The operator's own receivers: "host:port" -> address to connect to. These may be
+    # internal and may use http; nothing else can (and no other port of that host).
     operator_sinks: Mapping[str, IpAddress] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, allowed: str, http: str, sinks: str) -> NotifyPolicy:
-        """Comma-separated host names; sinks as `host=address` pairs. ValueError if malformed."""
+        """Comma-separated host names; sinks as `host:port=address`. ValueError if malformed."""
         parsed: dict[str, IpAddress] = {}
         for entry in _items(sinks):
-            host, separator, address = entry.partition("=")
-            if not separator or not host:
-                raise ValueError(f"sink {entry!r} must be host=address")
-            parsed[host.lower()] = ipaddress.ip_address(address.strip("[]"))
+            endpoint, separator, address = entry.partition("=")
+            host, colon, port = endpoint.rpartition(":")
+            if not separator or not host or not colon or not port.isdigit():
+                raise ValueError(f"sink {entry!r} must be host:port=address")
+            parsed[f"{host}:{int(port)}"] = ipaddress.ip_address(address.strip("[]"))
         return cls(frozenset(_items(allowed)), frozenset(_items(http)), parsed)
 
     def admit(self, url: str) -> tuple[NotifyTarget, IpAddress | None]:
@@ -94,7 +95,7 @@ class NotifyPolicy:
             target = parse_notify_url(url)
         except InvalidPurchaseRequest as err:
             raise NotifyRefused(err.rule) from None
-        sink = self.operator_sinks.get(target.host)
+        sink = self.operator_sinks.get(f"{target.host}:{target.port}")
         if sink is not None:
             return target, sink
         if self.allowed_hosts and target.host not in self.allowed_hosts:

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 import hvac
@@ -307,7 +308,9 @@ class Stack:
             "MAILPROV_AUDIT_DB": str(self.info.audit_db),
             "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
             "MAILPROV_DRAIN_SECONDS": "10",
-            "MAILPROV_NOTIFY_OPERATOR_SINKS": f"{NOTIFY_SINK_HOST}=127.0.0.1",
+            "MAILPROV_NOTIFY_OPERATOR_SINKS": (
+                f"{NOTIFY_SINK_HOST}:{urlsplit(self.info.cloud_url).port}=127.0.0.1"
+            ),
         }
 
     async def start_worker(self) -> Process:

@@ -436,8 +436,8 @@ def address_problem(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> s
             isinstance(address, ipaddress.IPv6Address) and address in _UNIQUE_LOCAL,
             "a unique-local address",
         ),
-        (address.is_private, "a private address"),
         (address.is_reserved, "a reserved address"),
+        (address.is_private, "a private address"),
         (not address.is_global, "an address that is not globally routable"),
     )
     for refused, what in checks:
