@@ -377,11 +377,10 @@ async def test_hostile_corpus_is_refused_on_every_channel_and_nothing_is_created
             task_queue="mail-provisioning",
         )
         python_ids.append(handle.id)
-    refused_by_cli = [case for wid, case in zip(cli_ids, cases) if wid is None]
+    refused_by_cli = [case for wid, case in zip(cli_ids, cases, strict=True) if wid is None]
     for ids in (cli_ids, python_ids):
-        await run_limited(
-            [expect_refused(client, wid, case) for wid, case in zip(ids, cases) if wid], 8
-        )
+        runs = zip(ids, cases, strict=True)
+        await run_limited([expect_refused(client, wid, case) for wid, case in runs if wid], 8)
 
     # 3. starter.py with the case as a purchase file.
     async def via_starter(i: int, case: Case) -> None:
@@ -466,7 +465,7 @@ async def test_one_mail_server_per_tenant_even_when_starts_race(
                 id=workflow_id_for(raw["purchase_id"]),
                 task_queue="mail-provisioning",
             )
-            for c, raw in zip(clients, racers)
+            for c, raw in zip(clients, racers, strict=True)
         )
     )
     outcomes = await asyncio.gather(
