@@ -75,8 +75,8 @@ def parse_or_refuse(raw: Any) -> PurchaseRequest | None:
 def test_any_bytes_decode_or_are_refused(data: bytes) -> None:
     try:
         parse_or_refuse(decode_purchase_json(data))
-    except InvalidPurchaseRequest:
-        pass
+    except InvalidPurchaseRequest as err:
+        assert err.field == "(input)"
 
 
 @PROFILE
