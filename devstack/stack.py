@@ -126,6 +126,10 @@ class StackInfo:
             command += ["--ui-url", self.temporal_ui_url]
         return [*command, *args]
 
+    def temporal_command(self, *args: str) -> list[str]:
+        """The temporal CLI, pointed at this stack's server."""
+        return [tool("temporal"), *args, "--address", self.temporal_address]
+
     def workflow_history(self, workflow_id: str, *, decoded: bool) -> bytes:
         """`temporal workflow show --output json`, as stored or through the codec server."""
         command = [

@@ -29,7 +29,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.audit import SqliteAuditStore
 from activities.codec import KeyRing, data_converter
 from devstack.processes import free_port
-from devstack.stack import NOTIFY_SINK_HOST, StackInfo, tool
+from devstack.stack import NOTIFY_SINK_HOST, StackInfo
 from tests.e2e.conftest import CloudControl
 from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
 from workflows.tenant_claim import tenant_claim_id
@@ -168,46 +168,8 @@ def corpus(listener_port: int) -> list[Case]:
         field_case("field rules", "requested_by blank", "blank", requested_by="   "),
         field_case("field rules", "requested_by control", "control", requested_by="a\x07b"),
         field_case("field rules", "requested_by long", "1-200", requested_by="x" * 201),
-        # --- SSRF: every spelling aims at the loopback listener, which must hear nothing
-        field_case("ssrf", "loopback", "loopback", notify_url=f"http://127.0.0.1:{p}/x"),
-        field_case("ssrf", "loopback https", "loopback", notify_url=f"https://127.0.0.1:{p}/"),
-        field_case("ssrf", "localhost", "localhost", notify_url=f"http://localhost:{p}/"),
-        field_case("ssrf", "sub.localhost", "local", notify_url=f"http://a.localhost:{p}/"),
-        field_case("ssrf", "ipv6 loopback", "loopback", notify_url=f"http://[::1]:{p}/"),
-        field_case("ssrf", "integer ipv4", "DNS name", notify_url=f"http://2130706433:{p}/"),
-        field_case("ssrf", "hex ipv4", "DNS name", notify_url=f"http://0x7f000001:{p}/"),
-        field_case("ssrf", "octal ipv4", "IPv4", notify_url=f"http://0177.0.0.1:{p}/"),
-        field_case("ssrf", "short ipv4", "top-level", notify_url=f"http://127.1:{p}/"),
-        field_case("ssrf", "mapped ipv6", "loopback", notify_url=f"http://[::ffff:127.0.0.1]:{p}/"),
-        field_case("ssrf", "compat ipv6", "loopback", notify_url=f"http://[::127.0.0.1]:{p}/"),
-        field_case("ssrf", "nat64", "loopback", notify_url=f"http://[64:ff9b::7f00:1]:{p}/"),
-        field_case("ssrf", "6to4", "loopback", notify_url=f"http://[2002:7f00:1::]:{p}/"),
-        field_case(
-            "ssrf", "double colon port", "host or port", notify_url=f"http://127.0.0.1::{p}/"
-        ),
-        field_case("ssrf", "unspecified", "unspecified", notify_url=f"http://0.0.0.0:{p}/"),
-        field_case("ssrf", "metadata ip", "link-local", notify_url="http://169.254.169.254/latest"),
-        field_case(
-            "ssrf", "metadata name", "metadata", notify_url="http://metadata.google.internal/"
-        ),
-        field_case("ssrf", "metadata.goog", "metadata", notify_url="https://metadata.goog/"),
-        field_case("ssrf", "private 10/8", "private", notify_url="https://10.0.0.1/"),
-        field_case("ssrf", "private 192.168", "private", notify_url="https://192.168.1.1/"),
-        field_case("ssrf", "cgnat", "CGNAT", notify_url="https://100.64.0.1/"),
-        field_case("ssrf", "ula", "unique-local", notify_url="https://[fd00::1]/"),
-        field_case("ssrf", "link-local v6", "link-local", notify_url="https://[fe80::1]/"),
-        field_case("ssrf", "multicast", "multicast", notify_url="https://224.0.0.1/"),
-        field_case("ssrf", "reserved", "reserved", notify_url="https://240.0.0.1/"),
-        field_case("ssrf", "credentials", "credentials", notify_url=f"http://u:p@127.0.0.1:{p}/"),
-        field_case("ssrf", "ftp scheme", "https://", notify_url=f"ftp://127.0.0.1:{p}/"),
-        field_case("ssrf", "file scheme", "https://", notify_url="file:///etc/passwd"),
-        field_case("ssrf", "port 0", "port", notify_url="https://hooks.example.com:0/"),
-        field_case("ssrf", "port 70000", "port", notify_url="https://hooks.example.com:70000/"),
-        field_case("ssrf", "space", "RFC 3986", notify_url="https://hooks.example.com/a b"),
-        field_case("ssrf", "fragment", "RFC 3986", notify_url="https://hooks.example.com/#x"),
-        field_case(
-            "ssrf", "backslash", "RFC 3986", notify_url="https://hooks.example.com\\@127.0.0.1/"
-        ),
+        # --- SSRF: every spelling aims inside; the loopback listener must hear nothing
+        *(field_case("ssrf", name, expect, notify_url=url) for name, expect, url in ssrf_urls(p)),
         # Allowed by the contract, refused by the worker's policy before anything is bought.
         field_case(
             "ssrf",
@@ -225,6 +187,45 @@ def corpus(listener_port: int) -> list[Case]:
         ),
     ]
     return cases
+
+
+def ssrf_urls(p: int) -> list[tuple[str, str, str]]:
+    """(case, expected rule, notify_url): each aims inside, most at the listener's port p."""
+    return [
+        ("loopback", "loopback", f"http://127.0.0.1:{p}/x"),
+        ("loopback https", "loopback", f"https://127.0.0.1:{p}/"),
+        ("localhost", "localhost", f"http://localhost:{p}/"),
+        ("sub.localhost", "local", f"http://a.localhost:{p}/"),
+        ("ipv6 loopback", "loopback", f"http://[::1]:{p}/"),
+        ("integer ipv4", "DNS name", f"http://2130706433:{p}/"),
+        ("hex ipv4", "DNS name", f"http://0x7f000001:{p}/"),
+        ("octal ipv4", "IPv4", f"http://0177.0.0.1:{p}/"),
+        ("short ipv4", "top-level", f"http://127.1:{p}/"),
+        ("mapped ipv6", "loopback", f"http://[::ffff:127.0.0.1]:{p}/"),
+        ("compat ipv6", "loopback", f"http://[::127.0.0.1]:{p}/"),
+        ("nat64", "loopback", f"http://[64:ff9b::7f00:1]:{p}/"),
+        ("6to4", "loopback", f"http://[2002:7f00:1::]:{p}/"),
+        ("double colon port", "host or port", f"http://127.0.0.1::{p}/"),
+        ("unspecified", "unspecified", f"http://0.0.0.0:{p}/"),
+        ("metadata ip", "link-local", "http://169.254.169.254/latest"),
+        ("metadata name", "metadata", "http://metadata.google.internal/"),
+        ("metadata.goog", "metadata", "https://metadata.goog/"),
+        ("private 10/8", "private", "https://10.0.0.1/"),
+        ("private 192.168", "private", "https://192.168.1.1/"),
+        ("cgnat", "CGNAT", "https://100.64.0.1/"),
+        ("ula", "unique-local", "https://[fd00::1]/"),
+        ("link-local v6", "link-local", "https://[fe80::1]/"),
+        ("multicast", "multicast", "https://224.0.0.1/"),
+        ("reserved", "reserved", "https://240.0.0.1/"),
+        ("credentials", "credentials", f"http://u:p@127.0.0.1:{p}/"),
+        ("ftp scheme", "https://", f"ftp://127.0.0.1:{p}/"),
+        ("file scheme", "https://", "file:///etc/passwd"),
+        ("port 0", "port", "https://hooks.example.com:0/"),
+        ("port 70000", "port", "https://hooks.example.com:70000/"),
+        ("space", "RFC 3986", "https://hooks.example.com/a b"),
+        ("fragment", "RFC 3986", "https://hooks.example.com/#x"),
+        ("backslash", "RFC 3986", "https://hooks.example.com\\@127.0.0.1/"),
+    ]
 
 
 UNKNOWN_TYPE = "ProvisionMailTenantt"
@@ -306,19 +307,8 @@ async def run_limited(jobs: list[Any], limit: int = 4) -> list[Any]:
 async def via_cli(
     info: StackInfo, workflow_id: str, args: list[tuple[bytes, bytes]], text: bool
 ) -> str | None:
-    command = [
-        tool("temporal"),
-        "workflow",
-        "start",
-        "--address",
-        info.temporal_address,
-        "--type",
-        WORKFLOW_TYPE,
-        "--task-queue",
-        "mail-provisioning",
-        "--workflow-id",
-        workflow_id,
-    ]
+    command = info.temporal_command("workflow", "start", "--type", WORKFLOW_TYPE)
+    command += ["--task-queue", "mail-provisioning", "--workflow-id", workflow_id]
     if text:  # raw JSON as a back end in any language would send it
         command += ["--input", args[0][1].decode()]
     elif len(args) == 1:
