@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
 from activities.audit import SqliteAuditStore
 from activities.credentials import read_admin_credentials
@@ -22,8 +23,7 @@ from devstack.demo import smtp_login
 from devstack.stack import Stack, StackInfo, tool
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl
-from tests.helpers import activity_failure_reason
-from workflows.contracts import ProvisionResult, PurchaseRequest, workflow_id_for
+from workflows.contracts import STEPS, ProvisionResult, PurchaseRequest, workflow_id_for
 
 
 async def provision(client: Client, raw: dict[str, Any]) -> ProvisionResult:
@@ -212,8 +212,17 @@ async def test_provider_refusal_fails_at_once_without_leftovers(
     handle, _ = await start_purchase(client, PurchaseRequest.parse(purchase), "mail-provisioning")
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
-    assert "resource_limit_exceeded" in activity_failure_reason(failure.value)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ProvisioningFailed"
+    assert cause.message == (
+        "provisioning failed at create_server: "
+        "resource_limit_exceeded: server limit reached (HTTP 403)"
+    )
     assert cloud.servers_of(purchase["purchase_id"]) == []
+    [row] = audit_rows(info, handle.id)
+    assert row.event == "provisioning_failed"
+    assert row.details["step"] == "create_server"
+    assert row.details["error_type"] == "Provider.resource_limit_exceeded"
 
 
 async def test_worker_killed_mid_run_is_survived_without_duplicates(
@@ -292,7 +301,7 @@ def test_starter_cli_shows_progress_and_exits_clearly(
     assert json.loads(done.stdout)["tenant_id"] == purchase["tenant_id"]
     for step in ("validate_input", "create_server", "rotate_host_key", "notify"):
         assert step in done.stderr
-    assert "[10/10] notify" in done.stderr
+    assert f"[{len(STEPS)}/{len(STEPS)}] notify" in done.stderr
 
     again = starter("start", *flags, "--wait")
     assert again.returncode == 0
