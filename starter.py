@@ -66,6 +66,7 @@ from workflows.contracts import (
     ProvisionResult,
     ProvisionStatus,
     PurchaseRequest,
+    decode_purchase_json,
     workflow_id_for,
 )
 from workflows.provision import ProvisionMailTenant
@@ -175,10 +176,12 @@ def describe_failure(err: WorkflowFailureError) -> str:
 def _request_from_args(args: argparse.Namespace) -> PurchaseRequest:
     if args.file:
         try:
-            with open(args.file) as handle:
-                raw = json.load(handle)
-        except (OSError, json.JSONDecodeError) as err:
-            raise StarterError(f"cannot read {args.file}: {err}", 2) from None
+            # Bounded like the workflow's own decoding: a hostile file cannot exhaust the stack.
+            raw = decode_purchase_json(Path(args.file).read_bytes())
+        except OSError as err:
+            raise StarterError(f"cannot read {args.file}: {err.strerror}", 2) from None
+        except InvalidPurchaseRequest as err:
+            raise StarterError(f"{args.file}: {err}", 2) from None
     else:
         raw = {
             "purchase_id": args.purchase_id,

@@ -32,11 +32,12 @@ from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
-from activities.notify import NotifyActivities
+from activities.notify import NotifyActivities, NotifyPolicy
 from activities.plans import CatalogError, PlanActivities, check_catalog, load_catalog
 from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
 from activities.temporal_runs import TemporalRunsActivities
+from activities.tenant_claims import TenantClaimActivities
 from activities.vault import (
     DEFAULT_DENIED_RETRY_SECONDS,
     Vault,
@@ -50,10 +51,13 @@ from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.provision import ProvisionMailTenant
 from workflows.reconcile import ReconcileOrphans
 from workflows.rotation import RotateSmtpCredentials
+from workflows.tenant_claim import TenantClaim
 
 log = get_logger("worker")
 # Every workflow the product's task queue serves.
-WORKFLOWS = [ProvisionMailTenant, RotateSmtpCredentials, ReconcileOrphans]
+# Every workflow a worker of the task queue hosts: ProvisionMailTenant is the queue's
+# dynamic workflow, so a type missing here would be answered as UnknownWorkflowType.
+WORKFLOWS = [ProvisionMailTenant, TenantClaim, RotateSmtpCredentials, ReconcileOrphans]
 
 
 class ConfigError(Exception):
@@ -76,6 +80,7 @@ class Settings:
     drain_seconds: float
     plans: dict[str, Plan]
     ssh_source_networks: tuple[str, ...]
+    notify_policy: NotifyPolicy
     health_bind: str | None = None
 
     @classmethod
@@ -110,6 +115,7 @@ class Settings:
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
             plans=_plans(env),
             ssh_source_networks=_networks(env, "MAILPROV_SSH_SOURCE_NETWORKS", ANYWHERE),
+            notify_policy=_notify_policy(env),
             health_bind=env.get("MAILPROV_HEALTH_BIND") or None,
         )
 
@@ -145,6 +151,18 @@ def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tu
         except ValueError as err:
             raise ConfigError(f"{name}: {item!r} is not a network in CIDR form: {err}") from None
     return tuple(networks)
+
+
+def _notify_policy(env: Mapping[str, str]) -> NotifyPolicy:
+    """Outbound webhook rules (activities/notify.py); every variable is optional."""
+    try:
+        return NotifyPolicy.from_settings(
+            allowed=env.get("MAILPROV_NOTIFY_ALLOWED_HOSTS", ""),
+            http=env.get("MAILPROV_NOTIFY_HTTP_HOSTS", ""),
+            sinks=env.get("MAILPROV_NOTIFY_OPERATOR_SINKS", ""),
+        )
+    except ValueError as err:
+        raise ConfigError(f"MAILPROV_NOTIFY_OPERATOR_SINKS: {err}") from None
 
 
 def _required(env: Mapping[str, str], name: str) -> str:
@@ -205,6 +223,8 @@ async def build_activities(
     vault_activities = VaultActivities(vault)
     credentials = CredentialsActivities(vault, access)
     schedules = RotationScheduleActivities(vault)
+    notify = NotifyActivities(settings.notify_policy)
+    claims = TenantClaimActivities()
     try:
         await _check_plans(settings.plans, hetzner)
         yield [
@@ -224,7 +244,11 @@ async def build_activities(
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
             AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
-            NotifyActivities().notify_customer,
+            notify.check_notify_url,
+            claims.claim_tenant,
+            claims.confirm_tenant_claim,
+            claims.release_tenant_claim,
+            notify.notify_customer,
             vps.delete_purchase_servers,
             vps.list_managed_servers,
             *([TemporalRunsActivities(client).describe_purchase_runs] if client else []),
@@ -269,7 +293,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         runtime=runtime,
-        data_converter=data_converter(keyring),
+        # Marked, not raised: an undecodable start then fails fast (activities/codec.py).
+        data_converter=data_converter(keyring, mark_undecodable=True),
     )
     async with build_activities(settings, client) as activities:
         worker = Worker(

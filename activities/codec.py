@@ -44,6 +44,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 
+from workflows.contracts import UNDECODABLE_ENCODING
+
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"
 NONCE_BYTES = 12
@@ -101,8 +103,18 @@ class KeyRing:
 
 
 class EncryptionCodec(temporalio.converter.PayloadCodec):
-    def __init__(self, keyring: KeyRing) -> None:
+    """Encrypts every payload; decrypts what our key ring can open.
+
+    With `mark_undecodable` (the worker's setting) a payload that does not decrypt is
+    replaced by a marker payload (UNDECODABLE_ENCODING, the reason as data) instead of
+    raising: an exception here fails the whole workflow task, which Temporal retries
+    forever, while the marker reaches the workflow, which refuses a start it cannot read
+    (InvalidPurchaseRequest) and, anywhere else, fails to convert it like any bad payload.
+    """
+
+    def __init__(self, keyring: KeyRing, *, mark_undecodable: bool = False) -> None:
         self._keyring = keyring
+        self._mark_undecodable = mark_undecodable
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         key_id = self._keyring.current_id
@@ -122,12 +134,20 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         return encoded
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        return [self._decode_one(payload) for payload in payloads]
+        return [self._decode_or_mark(payload) for payload in payloads]
+
+    def _decode_or_mark(self, payload: Payload) -> Payload:
+        if not self._mark_undecodable:
+            return self._decode_one(payload)
+        try:
+            return self._decode_one(payload)
+        except CodecKeyError as err:
+            return Payload(metadata={"encoding": UNDECODABLE_ENCODING}, data=str(err).encode())
 
     def _decode_one(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
             return payload  # written before encryption was on, or by a codec-less client
-        key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode()
+        key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode("utf-8", "replace")
         key = self._keyring.keys.get(key_id)
         if key is None:
             raise CodecKeyError(f"payload encrypted with unknown key id {key_id!r}")
@@ -139,16 +159,25 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         # Drop the second entry once no retained history predates the switch.
         for associated_data in (None, key_id.encode()):
             try:
-                return Payload.FromString(aead.decrypt(nonce, ciphertext, associated_data))
+                plaintext = aead.decrypt(nonce, ciphertext, associated_data)
             except InvalidTag:
                 continue
+            try:
+                return Payload.FromString(plaintext)
+            except ValueError:  # protobuf's DecodeError; only our own key could produce this
+                raise CodecKeyError(
+                    f"payload under key {key_id!r} is not a Temporal payload"
+                ) from None
         raise CodecKeyError(f"payload under key {key_id!r} does not authenticate")
 
 
-def data_converter(keyring: KeyRing) -> temporalio.converter.DataConverter:
+def data_converter(
+    keyring: KeyRing, *, mark_undecodable: bool = False
+) -> temporalio.converter.DataConverter:
+    """The converter of worker, starter and codec server; the worker marks undecodables."""
     return dataclasses.replace(
         temporalio.converter.default(),
-        payload_codec=EncryptionCodec(keyring),
+        payload_codec=EncryptionCodec(keyring, mark_undecodable=mark_undecodable),
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
     )
 

@@ -2,44 +2,200 @@
 
 Sent with an Idempotency-Key (the workflow id), so a retried POST is recognised
 by the receiver and the customer hears "ready" once.
+
+The URL comes from the purchase, that is from outside, and the POST carries the
+server's address and Vault path: it must never reach the worker's own network
+(server-side request forgery). So, on top of the contract's syntax check:
+
+- https only, unless the operator lists the host for plain http;
+- if the operator gives an allowlist, only hosts on it;
+- the host is resolved here, every address it resolves to is checked (loopback,
+  private, link-local, CGNAT, unique-local, multicast, unspecified, reserved, and
+  IPv4 embedded in IPv6 are refused), and the connection goes to the checked
+  address itself, so DNS cannot answer differently between check and connect
+  (rebinding); TLS still verifies the certificate for the host name;
+- no redirects are followed, no proxy from the environment is used, and the
+  response body is never read.
+
+The operator's own receivers (the local stack's sink, an internal relay) are named
+in the configuration with the address to use: allowed by configuration, not by a hole.
 """
 
 from __future__ import annotations
+
+import asyncio
+import ipaddress
+import socket
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 
 import httpx
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from workflows.contracts import Notification
+from workflows.contracts import (
+    InvalidPurchaseRequest,
+    Notification,
+    NotifyTarget,
+    NotifyUrlCheck,
+    address_problem,
+    parse_notify_url,
+)
 
 # Statuses another attempt may fix; every other 4xx means the request itself is wrong.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})
 
+IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+Resolver = Callable[[str, int], Awaitable[list[IpAddress]]]
+
+
+class NotifyRefused(Exception):
+    """The URL breaks the outbound policy; the message says which rule."""
+
+
+async def resolve_host(host: str, port: int) -> list[IpAddress]:
+    """Every address the system resolver gives for host (A and AAAA)."""
+    infos = await asyncio.get_running_loop().getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+    )
+    # sockaddr[0] may carry an IPv6 zone ("fe80::1%eth0"); the zone is dropped, the
+    # address still checked (and link-local refused).
+    return list(
+        dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos)
+    )
+
+
+@dataclass(frozen=True)
+class NotifyPolicy:
+    """The operator's outbound rules (worker settings MAILPROV_NOTIFY_*)."""
+
+    # Empty: any public host. Otherwise only these host names.
+    allowed_hosts: frozenset[str] = frozenset()
+    # Hosts that may be reached over plain http (still only at public addresses).
+    http_hosts: frozenset[str] = frozenset()
+    # The operator's own receivers: "host:port" -> address to connect to. These may be
+    # internal and may use http; nothing else can (and no other port of that host).
+    operator_sinks: Mapping[str, IpAddress] = field(default_factory=dict)
+
+    @classmethod
+    def from_settings(cls, allowed: str, http: str, sinks: str) -> NotifyPolicy:
+        """Comma-separated host names; sinks as `host:port=address`. ValueError if malformed."""
+        parsed: dict[str, IpAddress] = {}
+        for entry in _items(sinks):
+            endpoint, separator, address = entry.partition("=")
+            host, colon, port = endpoint.rpartition(":")
+            if not separator or not host or not colon or not port.isdigit():
+                raise ValueError(f"sink {entry!r} must be host:port=address")
+            parsed[f"{host}:{int(port)}"] = ipaddress.ip_address(address.strip("[]"))
+        return cls(frozenset(_items(allowed)), frozenset(_items(http)), parsed)
+
+    def admit(self, url: str) -> tuple[NotifyTarget, IpAddress | None]:
+        """The rules that need no DNS; returns the target and its fixed address if it has one."""
+        try:
+            target = parse_notify_url(url)
+        except InvalidPurchaseRequest as err:
+            raise NotifyRefused(err.rule) from None
+        sink = self.operator_sinks.get(f"{target.host}:{target.port}")
+        if sink is not None:
+            return target, sink
+        if self.allowed_hosts and target.host not in self.allowed_hosts:
+            raise NotifyRefused(f"host {target.host!r} is not on the operator's allowlist")
+        if target.scheme != "https" and target.host not in self.http_hosts:
+            raise NotifyRefused(
+                "must use https (plain http is allowed only for hosts the operator lists)"
+            )
+        return target, target.address
+
+    async def destination(
+        self, url: str, resolve: Resolver = resolve_host
+    ) -> tuple[NotifyTarget, IpAddress]:
+        """The checked address to connect to for url; NotifyRefused if policy forbids it."""
+        target, fixed = self.admit(url)
+        if fixed is not None:
+            return target, fixed
+        try:
+            addresses = await resolve(target.host, target.port)
+        except OSError as err:
+            raise NotifyUnresolvable(f"cannot resolve {target.host!r}: {err}") from None
+        if not addresses:
+            raise NotifyUnresolvable(f"{target.host!r} has no address")
+        # Every address, not just the first: a resolver may rotate or a client may fall
+        # back to the next one, and any of them being internal makes the name unsafe.
+        for address in addresses:
+            if (problem := address_problem(address)) is not None:
+                raise NotifyRefused(f"host {target.host!r} resolves to {problem}")
+        return target, addresses[0]
+
+
+class NotifyUnresolvable(Exception):
+    """DNS gave no usable answer now; it may later (retryable)."""
+
+
+def _items(raw: str) -> list[str]:
+    return [item.strip().lower() for item in raw.split(",") if item.strip()]
+
 
 class NotifyActivities:
-    def __init__(self, timeout: float = 15.0) -> None:
+    def __init__(
+        self,
+        policy: NotifyPolicy | None = None,
+        timeout: float = 15.0,
+        resolve: Resolver = resolve_host,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._policy = policy or NotifyPolicy()
         self._timeout = timeout
+        self._resolve = resolve
+        self._transport = transport  # tests observe the pinned request here
+
+    @activity.defn(name="check_notify_url")
+    async def check_notify_url(self, check: NotifyUrlCheck) -> None:
+        """The policy rules that need no DNS, before the purchase buys anything."""
+        try:
+            self._policy.admit(check.url)
+        except NotifyRefused as err:
+            raise ApplicationError(str(err), type="NotifyUrlRefused", non_retryable=True) from None
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, notification: Notification) -> None:
+        try:
+            target, address = await self._policy.destination(notification.url, self._resolve)
+        except NotifyRefused as err:
+            raise ApplicationError(
+                f"notify refused: {err}", type="NotifyRefused", non_retryable=True
+            ) from None
+        except NotifyUnresolvable as err:
+            raise ApplicationError(str(err), type="NotifyUnreachable") from None
         headers = {
             "Idempotency-Key": notification.idempotency_key,
             "User-Agent": "mail-provisioning",
         }
-        try:
-            async with httpx.AsyncClient(timeout=self._timeout) as http:
-                response = await http.post(
-                    notification.url, json=notification.payload, headers=headers
-                )
-        except httpx.HTTPError as err:
-            raise ApplicationError(
-                f"notify {notification.url}: {type(err).__name__}", type="NotifyUnreachable"
-            ) from None
+        async with httpx.AsyncClient(
+            timeout=self._timeout,
+            follow_redirects=False,
+            trust_env=False,  # no HTTP(S)_PROXY detour around the address check
+            transport=self._transport,
+        ) as http:
+            request = http.build_request(
+                "POST", notification.url, json=notification.payload, headers=headers
+            )
+            # Pin the connection to the checked address; Host and TLS keep the name.
+            request.url = request.url.copy_with(host=str(address))
+            if target.scheme == "https":
+                request.extensions = {**request.extensions, "sni_hostname": target.host}
+            try:
+                response = await http.send(request, stream=True)
+            except httpx.HTTPError as err:
+                raise ApplicationError(
+                    f"notify {target.host}: {type(err).__name__}", type="NotifyUnreachable"
+                ) from None
+            # Only the status matters: the body is never read, whatever its size.
+            await response.aclose()
         if response.is_success:
             return
         retryable = response.status_code >= 500 or response.status_code in RETRYABLE_STATUSES
         raise ApplicationError(
-            f"notify {notification.url}: HTTP {response.status_code}",
+            f"notify {target.host}: HTTP {response.status_code}",
             type="NotifyRejected",
             non_retryable=not retryable,
         )

@@ -27,6 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
+from urllib.parse import urlsplit
 
 import httpx
 import hvac
@@ -38,6 +39,8 @@ from deploy.vault_bootstrap import bootstrap, credential_files
 from devstack.processes import die_with_parent, free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+# The local notification sink's name (RFC 2606 reserves .test: it never resolves publicly).
+NOTIFY_SINK_HOST = "notify-sink.devstack.test"
 
 
 class StackError(Exception):
@@ -124,6 +127,10 @@ class StackInfo:
         if self.temporal_ui_url:
             command += ["--ui-url", self.temporal_ui_url]
         return [*command, *args]
+
+    def temporal_command(self, *args: str) -> list[str]:
+        """The temporal CLI, pointed at this stack's server."""
+        return [tool("temporal"), *args, "--address", self.temporal_address]
 
     def workflow_history(self, workflow_id: str, *, decoded: bool) -> bytes:
         """`temporal workflow show --output json`, as stored or through the codec server."""
@@ -342,7 +349,11 @@ class Stack:
         self.info.cloud_url = ready["base_url"]
         self.info.ssh_port = int(ready["ssh_port"])
         self.info.smtp_port = int(ready["smtp_port"])
-        self.info.notify_url = self.info.cloud_url.removesuffix("/v1") + "/_devstack/notify/demo"
+        # The sink is reached by a name the worker's settings map to loopback
+        # (MAILPROV_NOTIFY_OPERATOR_SINKS): allowed by configuration, as an operator's
+        # internal receiver would be, while the contract refuses internal addresses.
+        sink = self.info.cloud_url.removesuffix("/v1").replace("127.0.0.1", NOTIFY_SINK_HOST, 1)
+        self.info.notify_url = sink + "/_devstack/notify/demo"
 
     def _prepare_worker_env(self) -> None:
         key_file = self.info.state_dir / "worker_ssh" / "id_ed25519"
@@ -360,6 +371,9 @@ class Stack:
             "MAILPROV_AUDIT_DB": str(self.info.audit_db),
             "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
             "MAILPROV_DRAIN_SECONDS": "10",
+            "MAILPROV_NOTIFY_OPERATOR_SINKS": (
+                f"{NOTIFY_SINK_HOST}:{urlsplit(self.info.cloud_url).port}=127.0.0.1"
+            ),
         }
 
     async def start_worker(self) -> Process:

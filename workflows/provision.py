@@ -1,10 +1,18 @@
 """ProvisionMailTenant: one purchase becomes a running mail server with stored credentials.
 
-    validate input ─► resolve_plan ─► create_server ─► wait_for_server ─► set_reverse_dns
-        ─► rotate_host_key ─► configure_mailu ─► dns_records ─► create_admin_credentials
+    validate input ─► resolve_plan ─► claim the tenant ─► create_server ─► wait_for_server
+        ─► set_reverse_dns ─► rotate_host_key ─► configure_mailu ─► dns_records
+        ─► create_admin_credentials
         ─► store_credentials ─► audit ─► notify
-    on a failure retries cannot fix, or on cancel, after the server exists:
-        remove_credentials (if stored) ─► delete_server ─► audit provisioning_failed
+    on a failure retries cannot fix, or on cancel, once the tenant is claimed:
+        remove_credentials (if stored) ─► delete_server (if created)
+        ─► audit provisioning_failed ─► release the tenant claim
+    after the audit: ensure the tenant's rotation schedule, notify, confirm the claim
+
+The run takes its argument raw (a dynamic workflow gets every start argument as an
+undecoded payload) and decodes it with bounded size and depth itself, so whatever a
+client sends ends the run at once with InvalidPurchaseRequest instead of failing the
+workflow task forever.
 
 A cancel at any step before the run completes, notification included, undoes the
 purchase: the same compensation runs (a cancel during create_server deletes whatever
@@ -21,12 +29,13 @@ create_admin_credentials; only its encrypted envelope passes through here).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from dataclasses import asdict, replace
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -37,12 +46,14 @@ from temporalio.exceptions import (
 from temporalio.workflow import ActivityCancellationType
 
 from workflows.contracts import (
+    WORKFLOW_TYPE,
     AuditEvent,
     DnsRecord,
     DnsRecordsRequest,
     InvalidPurchaseRequest,
     MailuTarget,
     Notification,
+    NotifyUrlCheck,
     Plan,
     PlanRequest,
     ProvisionResult,
@@ -58,6 +69,7 @@ from workflows.contracts import (
     StoreCredentialsRequest,
     StoredCredentials,
     mail_hostname_for,
+    purchase_input_from_payloads,
     server_name_for,
     webmail_url_for,
     workflow_id_for,
@@ -72,8 +84,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.plans import PlanActivities
     from activities.rotation_schedule import RotationScheduleActivities
     from activities.ssh import SshTrustActivities
+    from activities.tenant_claims import TenantClaimActivities
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
+
+from workflows.tenant_claim import TenantClaimRequest
 
 
 def _policy(
@@ -188,6 +203,18 @@ DELETE_SERVER = dict(
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(5, 300),
 )
+# A policy check on the worker's settings, no I/O: a failure is an answer, not an outage.
+CHECK_NOTIFY_URL: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=10), retry_policy=_policy(1, 5, 3)
+)
+# One start (or describe) against Temporal itself; a refusal is final, outages are short.
+TENANT_CLAIM = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=_policy(1, 30, 10))
+# Releasing must happen, or the tenant stays blocked: retry for as long as deletion does.
+TENANT_CLAIM_RELEASE: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=_policy(1, 60),
+)
 # One Temporal call; a working server must not lose its rotation to a short outage.
 SCHEDULE_ROTATION = dict(
     start_to_close_timeout=timedelta(seconds=30),
@@ -203,8 +230,14 @@ REMOVE_CREDENTIALS = dict(
 )
 
 
-@workflow.defn(name="ProvisionMailTenant")
+@workflow.defn(dynamic=True)
 class ProvisionMailTenant:
+    """Workflow type ProvisionMailTenant; dynamic only so that it receives raw arguments.
+
+    As the task queue's dynamic workflow it also answers a start of any type the worker
+    does not know (a typo, a retired name) with UnknownWorkflowType at once.
+    """
+
     def __init__(self) -> None:
         self._status = ProvisionStatus(
             purchase_id=None, tenant_id=None, state="running", current_step=None
@@ -215,18 +248,30 @@ class ProvisionMailTenant:
         return self._status
 
     @workflow.run
-    async def run(self, raw_request: dict[str, Any]) -> ProvisionResult:
-        request = self._validate(raw_request)
+    async def run(self, args: Sequence[RawValue]) -> ProvisionResult:
+        workflow_type = workflow.info().workflow_type
+        if workflow_type != WORKFLOW_TYPE:
+            raise ApplicationError(
+                f"unknown workflow type {workflow_type[:100]!r} on this task queue; "
+                f"start {WORKFLOW_TYPE!r}",
+                type="UnknownWorkflowType",
+                non_retryable=True,
+            )
+        request = await self._validate(args)
         plan = await self._resolve_plan(request)
+        claim = await self._claim_tenant(request)
         spec = self._server_spec(request, plan)
         try:
             server: ServerHandle = await self._step(
                 "create_server", VpsActivities.create_server, spec, CREATE_SERVER
             )
         except (ActivityError, asyncio.CancelledError) as err:
-            if not _is_cancel(err):
-                raise
-            raise await self._cancel_during_create(request, spec, err) from None
+            if _is_cancel(err):
+                outcome = await self._cancel_during_create(request, spec, err)
+            else:
+                outcome = await self._fail_before_server(request, spec, err)
+            await self._release_claim(claim, outcome)
+            raise outcome from None
         stored: StoredCredentials | None = None
         try:
             address: ServerAddress = await self._step(
@@ -293,7 +338,9 @@ class ProvisionMailTenant:
                 AUDIT,
             )
         except (ActivityError, asyncio.CancelledError) as err:
-            raise await self._compensate(request, server, stored, err) from err
+            outcome = await self._compensate(request, server, stored, err)
+            await self._release_claim(claim, outcome)
+            raise outcome from err
 
         await self._schedule_rotation(target)
         result = ProvisionResult(
@@ -313,7 +360,15 @@ class ProvisionMailTenant:
             notified = await self._notify(request, result)
         except (ActivityError, asyncio.CancelledError) as err:
             # Only a cancel gets here: the purchase is void, so undo it all.
-            raise await self._compensate(request, server, stored, err) from err
+            outcome = await self._compensate(request, server, stored, err)
+            await self._release_claim(claim, outcome)
+            raise outcome from err
+        await workflow.execute_activity_method(
+            TenantClaimActivities.confirm_tenant_claim,
+            claim,
+            summary="confirm tenant claim",
+            **TENANT_CLAIM_RELEASE,
+        )
         result = replace(result, notified=notified)
         self._status.state = "completed"
         self._status.current_step = None
@@ -321,15 +376,20 @@ class ProvisionMailTenant:
 
     # ------------------------------------------------------------------ steps
 
-    def _validate(self, raw_request: dict[str, Any]) -> PurchaseRequest:
+    async def _validate(self, args: Sequence[RawValue]) -> PurchaseRequest:
         started = self._begin("validate_input")
         try:
-            request = PurchaseRequest.parse(raw_request)
+            raw = purchase_input_from_payloads(
+                [(arg.payload.metadata.get("encoding", b""), arg.payload.data) for arg in args]
+            )
+            request = PurchaseRequest.parse(raw)
             expected_id = workflow_id_for(request.purchase_id)
             if workflow.info().workflow_id != expected_id:
                 raise InvalidPurchaseRequest(
                     "purchase_id", f"must match the workflow id (expected {expected_id!r})"
                 )
+            if request.notify_url is not None:
+                await self._check_notify_url(request)
         except InvalidPurchaseRequest as err:
             self._end(started, "failed", error=str(err))
             raise ApplicationError(
@@ -366,6 +426,45 @@ class ProvisionMailTenant:
             raise
         self._end(started, "done")
         return plan
+
+    @staticmethod
+    async def _check_notify_url(request: PurchaseRequest) -> None:
+        """The worker's outbound policy (https only, allowlists), before anything is bought."""
+        assert request.notify_url is not None
+        try:
+            await workflow.execute_activity_method(
+                NotifyActivities.check_notify_url,
+                NotifyUrlCheck(request.tenant_id, request.notify_url),
+                summary="check notify url",
+                **CHECK_NOTIFY_URL,
+            )
+        except ActivityError as err:
+            raise InvalidPurchaseRequest("notify_url", _reason(err)) from None
+
+    async def _claim_tenant(self, request: PurchaseRequest) -> TenantClaimRequest:
+        """Take the tenant's claim (workflows/tenant_claim.py) or refuse the purchase."""
+        claim = TenantClaimRequest(request.tenant_id, workflow.info().workflow_id)
+        try:
+            run_id: str = await self._step(
+                "claim_tenant", TenantClaimActivities.claim_tenant, claim, TENANT_CLAIM
+            )
+        except ActivityError as err:
+            inner = _innermost(err)
+            if isinstance(inner, ApplicationError) and inner.type == "TenantAlreadyProvisioned":
+                raise ApplicationError(
+                    inner.message, *inner.details, type=inner.type, non_retryable=True
+                ) from None
+            raise
+        return replace(claim, run_id=run_id)
+
+    async def _release_claim(self, claim: TenantClaimRequest, outcome: Exception) -> None:
+        """Compensation's last step: the tenant may buy again."""
+        await workflow.execute_activity_method(
+            TenantClaimActivities.release_tenant_claim,
+            replace(claim, reason=f"purchase failed: {outcome}"),
+            summary="release tenant claim",
+            **TENANT_CLAIM_RELEASE,
+        )
 
     @staticmethod
     def _server_spec(request: PurchaseRequest, plan: Plan) -> ServerSpec:
@@ -488,6 +587,23 @@ class ProvisionMailTenant:
         self._status.state = "cancelled"
         self._status.current_step = None
         return CancelledError("purchase cancelled at create_server; compensated")
+
+    async def _fail_before_server(
+        self, request: PurchaseRequest, spec: ServerSpec, err: BaseException
+    ) -> Exception:
+        """create_server gave up (e.g. resource_limit_exceeded): nothing to undo but the
+        claim; the failure is audited like any other."""
+        self._status.state = "compensating"
+        self._status.error = _reason(err)
+        await self._audit_failure(request, "create_server", err, spec.name, kept=False)
+        self._status.state = "failed"
+        self._status.current_step = None
+        return ApplicationError(
+            f"provisioning failed at create_server: {_reason(err)}",
+            {"step": "create_server", "error_type": _error_type(err)},
+            type="ProvisioningFailed",
+            non_retryable=True,
+        )
 
     async def _audit_failure(
         self,

@@ -23,9 +23,8 @@ from activities.codec import KeyRing, data_converter
 from activities.vault import Vault, VaultSettings
 from devstack.stack import Stack, StackInfo
 from starter import start_purchase
-from worker import Settings, build_activities, worker_interceptors
+from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.contracts import PurchaseRequest
-from workflows.provision import ProvisionMailTenant
 
 
 class CloudControl:
@@ -186,7 +185,7 @@ async def run_in_process_worker(
         worker = Worker(
             client,
             task_queue=task_queue,
-            workflows=[ProvisionMailTenant],
+            workflows=list(WORKFLOWS),
             activities=acts,
             interceptors=worker_interceptors(),
         )

@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 
 from activities.audit import SqliteAuditStore
 from activities.credentials import read_admin_credentials
@@ -22,7 +23,6 @@ from devstack.demo import smtp_login
 from devstack.stack import Stack, StackInfo, tool
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl
-from tests.helpers import activity_failure_reason
 from workflows.contracts import STEPS, ProvisionResult, PurchaseRequest, workflow_id_for
 
 
@@ -213,8 +213,17 @@ async def test_provider_refusal_fails_at_once_without_leftovers(
     handle, _ = await start_purchase(client, PurchaseRequest.parse(purchase), "mail-provisioning")
     with pytest.raises(WorkflowFailureError) as failure:
         await handle.result()
-    assert "resource_limit_exceeded" in activity_failure_reason(failure.value)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError) and cause.type == "ProvisioningFailed"
+    assert cause.message == (
+        "provisioning failed at create_server: "
+        "resource_limit_exceeded: server limit reached (HTTP 403)"
+    )
     assert cloud.servers_of(purchase["purchase_id"]) == []
+    [row] = audit_rows(info, handle.id)
+    assert row.event == "provisioning_failed"
+    assert row.details["step"] == "create_server"
+    assert row.details["error_type"] == "Provider.resource_limit_exceeded"
 
 
 async def test_worker_killed_mid_run_is_survived_without_duplicates(

@@ -19,6 +19,7 @@ from activities.codec import (
     KeyRing,
     data_converter,
 )
+from workflows.contracts import UNDECODABLE_ENCODING
 
 SECRETISH = b'"envelope-or-anything-else"'
 
@@ -134,3 +135,15 @@ def test_key_ring_command_creates_and_rotates(tmp_path: Path) -> None:
     ring = KeyRing.from_file(path)
     assert ring.current_id == "2027-05" and set(ring.keys) == {"2026-11", "2027-05"}
     assert main(["rotate", str(path), "2027-05"]) == 2
+
+
+async def test_the_worker_marks_what_it_cannot_decrypt_instead_of_failing_the_task() -> None:
+    [sealed] = await EncryptionCodec(KeyRing.generate("stranger")).encode(
+        [Payload(metadata={"encoding": b"json/plain"}, data=b"{}")]
+    )
+    ring = KeyRing.generate("ours")
+    with pytest.raises(CodecKeyError):
+        await EncryptionCodec(ring).decode([sealed])
+    [marked] = await EncryptionCodec(ring, mark_undecodable=True).decode([sealed])
+    assert marked.metadata["encoding"] == UNDECODABLE_ENCODING
+    assert b"unknown key id 'stranger'" in marked.data

@@ -1,0 +1,502 @@
+"""A hostile corpus against the real stack: every bad start ends at once, nothing is bought.
+
+Each case is sent three ways: as a file to starter.py, as raw JSON (or raw bytes) with
+the `temporal` CLI, and as raw payloads from a Python client. For every run: it ends
+with the defined error, no server exists, Vault holds no new record, the audit log has
+no new row, no tenant claim was taken, the loopback listener the SSRF cases aim at
+received nothing, and afterwards the worker still provisions a good purchase.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import hvac
+import pytest
+from temporalio.api.common.v1 import Payload
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from activities.audit import SqliteAuditStore
+from activities.codec import KeyRing, data_converter
+from devstack.processes import free_port
+from devstack.stack import NOTIFY_SINK_HOST, StackInfo
+from tests.e2e.conftest import CloudControl
+from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
+from workflows.tenant_claim import tenant_claim_id
+
+JSON = b"json/plain"
+RUN_TIMEOUT = 120  # generous: a refused start ends in well under a second on a quiet machine
+
+
+@dataclass(frozen=True)
+class Case:
+    """One hostile start. `payloads(purchase_id)` gives the (encoding, data) arguments."""
+
+    category: str
+    name: str
+    payloads: Callable[[str], list[tuple[bytes, bytes]]]
+    expect: str  # a fragment of the error message the run must end with
+    error_type: str = "InvalidPurchaseRequest"
+    # Refused by the contract itself, so starter.py refuses it locally (exit 2); the
+    # others need the worker's settings and fail the started run (exit 1).
+    local: bool = True
+
+    @property
+    def json_text(self) -> bool:
+        """One json/plain argument that the CLI can send as --input text."""
+        args = self.payloads("x")
+        if len(args) != 1 or args[0][0] != JSON:
+            return False
+        try:
+            json.loads(args[0][1])
+        except RecursionError:
+            return True  # valid JSON, only too deep for Python's parser: the CLI sends it
+        except ValueError:
+            return False
+        return True
+
+
+def good(pid: str, **overrides: Any) -> dict[str, Any]:
+    suffix = uuid.uuid5(uuid.NAMESPACE_URL, pid).hex[:8]
+    raw: dict[str, Any] = {
+        "purchase_id": pid,
+        "tenant_id": f"hostile-{suffix}",
+        "domain": f"h{suffix}.example",
+        "plan": "starter",
+        "requested_by": "hostile-corpus",
+    }
+    raw.update(overrides)
+    return {k: v for k, v in raw.items() if v is not _DROP}
+
+
+_DROP = object()
+
+
+def field_case(category: str, name: str, expect: str, local: bool = True, **overrides: Any) -> Case:
+    return Case(
+        category,
+        name,
+        lambda pid: [(JSON, json.dumps(good(pid, **overrides)).encode())],
+        expect,
+        local=local,
+    )
+
+
+def raw_case(category: str, name: str, data: bytes, expect: str, encoding: bytes = JSON) -> Case:
+    return Case(category, name, lambda pid: [(encoding, data)], expect)
+
+
+def corpus(listener_port: int) -> list[Case]:
+    p = listener_port
+    cases = [
+        # --- wrong JSON type or shape
+        raw_case("json type", "string", b'"hello"', "got a string"),
+        raw_case("json type", "array", b"[1,2]", "got an array"),
+        raw_case("json type", "null", b"null", "got null"),
+        raw_case("json type", "number", b"42", "got a number"),
+        raw_case("json type", "boolean", b"true", "got a boolean"),
+        raw_case("json type", "empty object", b"{}", "'domain' is required"),
+        field_case("json type", "purchase id array", "must be a string", purchase_id=[1]),
+        field_case("json type", "tenant number", "must be a string", tenant_id=7),
+        field_case("json type", "domain object", "must be a string", domain={"a": 1}),
+        field_case("json type", "keep string", "true or false", keep_server_on_failure="yes"),
+        field_case("json type", "unknown field", "not a known field", extra="x"),
+        field_case("json type", "missing plan", "is required", plan=_DROP),
+        # --- undecodable bytes
+        raw_case("undecodable", "not utf-8", b'{"a":"\xff\xfe"}', "UTF-8"),
+        raw_case("undecodable", "truncated json", b'{"purchase_id": "p', "not valid JSON"),
+        raw_case("undecodable", "trailing garbage", b"{} {}", "not valid JSON"),
+        raw_case("undecodable", "NaN", b'{"a": NaN}', "NaN is not JSON"),
+        raw_case("undecodable", "duplicate key", b'{"plan":"starter","plan":"x"}', "duplicate"),
+        raw_case("undecodable", "binary/plain bytes", b"\x00\x01", "encoding", b"binary/plain"),
+        raw_case("undecodable", "protobuf encoding", b"\x08\x01", "encoding", b"json/protobuf"),
+        raw_case("undecodable", "no encoding", b"{}", "encoding", b""),
+        raw_case("undecodable", "binary/null", b"", "got null", b"binary/null"),
+        # --- size and depth
+        raw_case(
+            "oversize", "huge string", json.dumps({"a": "x" * MAX_INPUT_BYTES}).encode(), "at most"
+        ),
+        raw_case("oversize", "64 KiB of spaces", b" " * (1 << 16) + b"{}", "at most"),
+        raw_case("deep nesting", "5000-deep array", b"[" * 5000 + b"]" * 5000, "nest"),
+        raw_case("deep nesting", "2500-deep object", b'{"a":' * 2500 + b"1" + b"}" * 2500, "nest"),
+        raw_case("deep nesting", "unclosed 10000", b"[" * 10000, "nest"),
+        raw_case("oversize", "60000-deep array", b"[" * 30000 + b"]" * 30000, "at most"),
+        raw_case("deep nesting", "9 deep", b"[" * 9 + b"]" * 9, "nest"),
+        # --- argument count
+        Case("arguments", "no argument", lambda pid: [], "purchase object (got 0)"),
+        Case(
+            "arguments",
+            "two arguments",
+            lambda pid: [(JSON, json.dumps(good(pid)).encode())] * 2,
+            "purchase object (got 2)",
+        ),
+        Case("arguments", "three arguments", lambda pid: [(JSON, b"1")] * 3, "(got 3)"),
+        # --- field rules derived from downstream limits
+        field_case("field rules", "tenant trailing hyphen", "tenant_id", tenant_id="h3a04-"),
+        field_case("field rules", "tenant upper case", "tenant_id", tenant_id="Acme"),
+        field_case("field rules", "tenant 64 chars", "tenant_id", tenant_id="a" * 64),
+        field_case("field rules", "tenant path", "tenant_id", tenant_id="../etc"),
+        field_case("field rules", "tenant empty", "tenant_id", tenant_id=""),
+        field_case("field rules", "purchase id slash", "purchase_id", purchase_id="a/b"),
+        field_case(
+            "field rules", "domain 253", "at most", domain=("a" * 62 + ".") * 3 + "a" * 61 + ".co"
+        ),
+        field_case(
+            "field rules", "domain 81", "at most 80", domain="a" * 60 + "." + "b" * 17 + ".com"
+        ),
+        field_case("field rules", "domain one label", "2 labels", domain="localhost"),
+        field_case("field rules", "domain numeric tld", "top-level", domain="acme.123"),
+        field_case("field rules", "domain 1-char tld", "top-level", domain="acme.b"),
+        field_case("field rules", "domain upper", "lowercase", domain="Acme.example"),
+        field_case("field rules", "domain unicode", "IDNA", domain="bücher.example"),
+        field_case("field rules", "domain bad punycode", "punycode", domain="xn--zz.example"),
+        field_case("field rules", "domain ab--", "positions 3-4", domain="ab--cd.example"),
+        field_case("field rules", "domain underscore", "label", domain="a_b.example"),
+        field_case("field rules", "domain empty label", "label", domain="a..example"),
+        field_case("field rules", "domain trailing dot", "label", domain="acme.example."),
+        field_case("field rules", "plan unknown", "catalog", plan="platinum"),
+        field_case("field rules", "requested_by blank", "blank", requested_by="   "),
+        field_case("field rules", "requested_by control", "control", requested_by="a\x07b"),
+        field_case("field rules", "requested_by long", "1-200", requested_by="x" * 201),
+        # --- SSRF: every spelling aims inside; the loopback listener must hear nothing
+        *(field_case("ssrf", name, expect, notify_url=url) for name, expect, url in ssrf_urls(p)),
+        # Allowed by the contract, refused by the worker's policy before anything is bought.
+        field_case(
+            "ssrf",
+            "http to a public host",
+            "must use https",
+            local=False,
+            notify_url="http://hooks.example.com/ready",
+        ),
+        field_case(
+            "ssrf",
+            "sink name, other port",
+            "must use https",
+            local=False,
+            notify_url=f"http://{NOTIFY_SINK_HOST}:{p}/",
+        ),
+    ]
+    return cases
+
+
+def ssrf_urls(p: int) -> list[tuple[str, str, str]]:
+    """(case, expected rule, notify_url): each aims inside, most at the listener's port p."""
+    return [
+        ("loopback", "loopback", f"http://127.0.0.1:{p}/x"),
+        ("loopback https", "loopback", f"https://127.0.0.1:{p}/"),
+        ("localhost", "localhost", f"http://localhost:{p}/"),
+        ("sub.localhost", "local", f"http://a.localhost:{p}/"),
+        ("ipv6 loopback", "loopback", f"http://[::1]:{p}/"),
+        ("integer ipv4", "DNS name", f"http://2130706433:{p}/"),
+        ("hex ipv4", "DNS name", f"http://0x7f000001:{p}/"),
+        ("octal ipv4", "IPv4", f"http://0177.0.0.1:{p}/"),
+        ("short ipv4", "top-level", f"http://127.1:{p}/"),
+        ("mapped ipv6", "loopback", f"http://[::ffff:127.0.0.1]:{p}/"),
+        ("compat ipv6", "loopback", f"http://[::127.0.0.1]:{p}/"),
+        ("nat64", "loopback", f"http://[64:ff9b::7f00:1]:{p}/"),
+        ("6to4", "loopback", f"http://[2002:7f00:1::]:{p}/"),
+        ("double colon port", "host or port", f"http://127.0.0.1::{p}/"),
+        ("unspecified", "unspecified", f"http://0.0.0.0:{p}/"),
+        ("metadata ip", "link-local", "http://169.254.169.254/latest"),
+        ("metadata name", "metadata", "http://metadata.google.internal/"),
+        ("metadata.goog", "metadata", "https://metadata.goog/"),
+        ("private 10/8", "private", "https://10.0.0.1/"),
+        ("private 192.168", "private", "https://192.168.1.1/"),
+        ("cgnat", "CGNAT", "https://100.64.0.1/"),
+        ("ula", "unique-local", "https://[fd00::1]/"),
+        ("link-local v6", "link-local", "https://[fe80::1]/"),
+        ("multicast", "multicast", "https://224.0.0.1/"),
+        ("reserved", "reserved", "https://240.0.0.1/"),
+        ("credentials", "credentials", f"http://u:p@127.0.0.1:{p}/"),
+        ("ftp scheme", "https://", f"ftp://127.0.0.1:{p}/"),
+        ("file scheme", "https://", "file:///etc/passwd"),
+        ("port 0", "port", "https://hooks.example.com:0/"),
+        ("port 70000", "port", "https://hooks.example.com:70000/"),
+        ("space", "RFC 3986", "https://hooks.example.com/a b"),
+        ("fragment", "RFC 3986", "https://hooks.example.com/#x"),
+        ("backslash", "RFC 3986", "https://hooks.example.com\\@127.0.0.1/"),
+    ]
+
+
+UNKNOWN_TYPE = "ProvisionMailTenantt"
+
+
+class Listener:
+    """A real TCP listener on loopback that counts every connection it gets."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.connections = 0
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        writer.close()
+
+
+@pytest.fixture
+async def listener() -> AsyncIterator[Listener]:
+    spy = Listener()
+    server = await asyncio.start_server(spy._accept, "127.0.0.1", spy.port)
+    async with server:
+        yield spy
+
+
+@dataclass
+class Snapshot:
+    servers: int
+    vault_records: set[str]
+    audit_rows: int
+
+
+async def snapshot(info: StackInfo, cloud: CloudControl, client: Client) -> Snapshot:
+    root = hvac.Client(
+        url=info.vault_addr, token=(info.state_dir / "vault" / "root.token").read_text().strip()
+    )
+    try:
+        keys = set(root.secrets.kv.v2.list_secrets(path="", mount_point="smtp")["data"]["keys"])
+    except hvac.exceptions.InvalidPath:
+        keys = set()
+    return Snapshot(
+        servers=len(cloud.servers()),
+        vault_records=keys,
+        audit_rows=len(SqliteAuditStore(info.audit_db).rows()),
+    )
+
+
+async def claim_taken(client: Client, tenant_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(tenant_claim_id(tenant_id)).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+async def expect_refused(client: Client, workflow_id: str, case: Case) -> float:
+    """Waits for the run's end and checks its error; returns how long it ran (seconds)."""
+    handle = client.get_workflow_handle(workflow_id)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await asyncio.wait_for(handle.result(), RUN_TIMEOUT)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError), (case.name, cause)
+    assert cause.type == case.error_type, (case.name, cause.type, cause.message)
+    assert cause.non_retryable, case.name
+    assert case.expect in cause.message, (case.name, cause.message)
+    description = await handle.describe()
+    assert description.close_time is not None
+    return (description.close_time - description.start_time).total_seconds()
+
+
+async def run_limited(jobs: list[Any], limit: int = 4) -> list[Any]:
+    gate = asyncio.Semaphore(limit)
+
+    async def one(job: Any) -> Any:
+        async with gate:
+            return await job
+
+    return list(await asyncio.gather(*(one(job) for job in jobs)))
+
+
+async def via_cli(
+    info: StackInfo, workflow_id: str, args: list[tuple[bytes, bytes]], text: bool
+) -> str | None:
+    command = info.temporal_command("workflow", "start", "--type", WORKFLOW_TYPE)
+    command += ["--task-queue", "mail-provisioning", "--workflow-id", workflow_id]
+    if text:  # raw JSON as a back end in any language would send it
+        command += ["--input", args[0][1].decode()]
+    elif len(args) == 1:
+        command += ["--input-base64", "--input", base64.b64encode(args[0][1]).decode()]
+        command += ["--input-meta", f"encoding={args[0][0].decode()}"]
+    else:
+        for _, data in args:
+            command += ["--input", data.decode()]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0 and b"is not valid JSON" in output:
+        return None  # the CLI itself refuses to send bytes that are not JSON
+    assert process.returncode == 0, output.decode()
+    return workflow_id
+
+
+async def test_hostile_corpus_is_refused_on_every_channel_and_nothing_is_created(
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    listener: Listener,
+    tmp_path: Path,
+) -> None:
+    cases = corpus(listener.port)
+    assert len(cases) >= 80
+    before = await snapshot(info, cloud, client)
+    batch = uuid.uuid4().hex[:6]
+
+    def purchase_id(index: int, channel: str) -> str:
+        return f"hostile-{batch}-{channel}-{index}"
+
+    # 1. The temporal CLI: raw JSON text, or raw bytes with their encoding.
+    cli_ids = await run_limited(
+        [
+            via_cli(
+                info,
+                workflow_id_for(purchase_id(i, "cli")),
+                case.payloads(purchase_id(i, "cli")),
+                case.json_text,
+            )
+            for i, case in enumerate(cases)
+        ]
+    )
+    # 2. A Python client sending raw payloads (through the codec, as the SDKs do).
+    python_ids = []
+    for i, case in enumerate(cases):
+        pid = purchase_id(i, "py")
+        handle = await client.start_workflow(
+            WORKFLOW_TYPE,
+            args=[
+                RawValue(Payload(metadata={"encoding": e}, data=d)) for e, d in case.payloads(pid)
+            ],
+            id=workflow_id_for(pid),
+            task_queue="mail-provisioning",
+        )
+        python_ids.append(handle.id)
+    refused_by_cli = [case for wid, case in zip(cli_ids, cases, strict=True) if wid is None]
+    durations: list[float] = []
+    for ids in (cli_ids, python_ids):
+        runs = zip(ids, cases, strict=True)
+        durations += await run_limited(
+            [expect_refused(client, wid, case) for wid, case in runs if wid], 8
+        )
+
+    # 3. starter.py with the case as a purchase file.
+    async def via_starter(i: int, case: Case) -> None:
+        pid = purchase_id(i, "starter")
+        path = tmp_path / f"{i}.json"
+        path.write_bytes(case.payloads(pid)[0][1])
+        process = await asyncio.create_subprocess_exec(
+            *info.starter_command("start", "--file", str(path), "--wait"),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        _, stderr = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT)
+        assert process.returncode == (2 if case.local else 1), (case.name, stderr.decode())
+        assert case.expect in stderr.decode(), (case.name, stderr.decode())
+
+    file_cases = [
+        (i, c)
+        for i, c in enumerate(cases)
+        if len(c.payloads("x")) == 1 and c.payloads("x")[0][0] == JSON
+    ]
+    await run_limited([via_starter(i, c) for i, c in file_cases], 4)
+
+    after = await snapshot(info, cloud, client)
+    # Servers of earlier tests may still be going away; none may have been added.
+    assert after.servers <= before.servers
+    assert not [
+        server
+        for server in cloud.servers()
+        if str(server["labels"].get("purchase", "")).startswith(f"hostile-{batch}")
+    ]
+    assert (after.vault_records, after.audit_rows) == (before.vault_records, before.audit_rows)
+    for channel in ("cli", "py", "starter"):
+        for i in range(len(cases)):
+            assert not await claim_taken(client, good(purchase_id(i, channel))["tenant_id"])
+    assert listener.connections == 0
+    counts: dict[str, int] = {}
+    for case in cases:
+        counts[case.category] = counts.get(case.category, 0) + 1
+    print(
+        f"hostile corpus: {len(cases)} cases {counts}; starter got {len(file_cases)}; "
+        f"the CLI refused to send {[c.name for c in refused_by_cli]}; {len(durations)} runs "
+        f"lasted {min(durations):.3f}-{max(durations):.3f} s (start to close, server clock)"
+    )
+
+
+async def test_undecodable_ciphertext_and_unknown_type_end_at_once(
+    client: Client, info: StackInfo
+) -> None:
+    # A client whose key ring the worker does not know, and one with a forged key.
+    foreign = await Client.connect(
+        info.temporal_address, data_converter=data_converter(KeyRing.generate("stranger"))
+    )
+    forged = await Client.connect(
+        info.temporal_address,
+        data_converter=data_converter(
+            KeyRing.generate(KeyRing.from_file(info.codec_keys_file).current_id)
+        ),
+    )
+    unknown_key = Case("undecodable", "unknown key", lambda pid: [], "unknown key id 'stranger'")
+    bad_tag = Case("undecodable", "forged key", lambda pid: [], "does not authenticate")
+    for sender, case in ((foreign, unknown_key), (forged, bad_tag)):
+        pid = f"hostile-codec-{uuid.uuid4().hex[:8]}"
+        handle = await sender.start_workflow(
+            WORKFLOW_TYPE, good(pid), id=workflow_id_for(pid), task_queue="mail-provisioning"
+        )
+        await expect_refused(client, handle.id, case)
+    typo = Case(
+        "type", "unknown workflow type", lambda pid: [], UNKNOWN_TYPE, "UnknownWorkflowType"
+    )
+    handle = await client.start_workflow(
+        UNKNOWN_TYPE, good("x"), id=f"typo-{uuid.uuid4().hex[:8]}", task_queue="mail-provisioning"
+    )
+    await expect_refused(client, handle.id, typo)
+
+
+async def test_one_mail_server_per_tenant_even_when_starts_race(
+    info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    keyring = KeyRing.from_file(info.codec_keys_file)
+    clients = [
+        await Client.connect(info.temporal_address, data_converter=data_converter(keyring))
+        for _ in range(2)
+    ]
+    racers = [dict(purchase, purchase_id=f"{purchase['purchase_id']}-{n}") for n in (1, 2)]
+    handles = await asyncio.gather(
+        *(
+            c.start_workflow(
+                WORKFLOW_TYPE,
+                raw,
+                id=workflow_id_for(raw["purchase_id"]),
+                task_queue="mail-provisioning",
+            )
+            for c, raw in zip(clients, racers, strict=True)
+        )
+    )
+    outcomes = await asyncio.gather(
+        *(asyncio.wait_for(h.result(), 600) for h in handles), return_exceptions=True
+    )
+    failures = [o for o in outcomes if isinstance(o, WorkflowFailureError)]
+    assert len(failures) == 1 and len(outcomes) - len(failures) == 1, outcomes
+    cause = failures[0].cause
+    assert isinstance(cause, ApplicationError) and cause.type == "TenantAlreadyProvisioned"
+    assert purchase["tenant_id"] in cause.message and "nothing was bought" in cause.message
+    assert len(cloud.servers(label_selector=f"tenant={purchase['tenant_id']}")) == 1
+
+    # A later purchase for the tenant that now has its server is refused too.
+    later = dict(purchase, purchase_id=f"{purchase['purchase_id']}-3")
+    handle = await clients[0].start_workflow(
+        WORKFLOW_TYPE,
+        later,
+        id=workflow_id_for(later["purchase_id"]),
+        task_queue="mail-provisioning",
+    )
+    refused = Case(
+        "tenant",
+        "later purchase",
+        lambda pid: [],
+        "already has a mail server",
+        "TenantAlreadyProvisioned",
+    )
+    await expect_refused(clients[0], handle.id, refused)
+    assert len(cloud.servers(label_selector=f"tenant={purchase['tenant_id']}")) == 1

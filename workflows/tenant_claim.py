@@ -1,0 +1,89 @@
+"""TenantClaim: the durable lock that gives a tenant at most one mail server.
+
+The Vault path `smtp/{tenant}/admin` holds one record, so a tenant can have one mail
+server. Before a purchase buys anything, the `claim_tenant` activity
+(activities/tenant_claims.py) starts this workflow with the fixed id
+`tenant-{tenant_id}` and conflict policy FAIL. Temporal runs at most one open workflow
+per id in a namespace, so of two purchases racing for one tenant, on any clients and
+workers, exactly one start succeeds; the other purchase is refused at once with
+`TenantAlreadyProvisioned` and has bought nothing.
+
+The claim is a running workflow, so it is as durable as Temporal itself: it survives
+worker and server restarts, and never expires (a closed workflow is deleted after the
+namespace's retention period, freeing its id; an open one is not). It ends only on the
+`release` signal, which the purchase sends when it compensates; a completed purchase
+marks it `provisioned` and keeps it for as long as the tenant has the server. An
+operator can release it by hand after deleting a tenant's server:
+
+    temporal workflow signal --workflow-id tenant-acme --name release --input '"deleted"'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from temporalio import workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.common import RawValue
+
+TENANT_CLAIM_TYPE = "TenantClaim"
+HOLDER_MEMO = "holder"  # the workflow id of the purchase holding the claim
+# Typed exactly RawValue (the SDK passes such arguments through undecoded); the default
+# lets a start without an argument run too.
+_NO_ARGUMENT = RawValue(Payload())
+
+
+def tenant_claim_id(tenant_id: str) -> str:
+    return f"tenant-{tenant_id}"
+
+
+@dataclass(frozen=True)
+class TenantClaimRequest:
+    """Take (or, with run_id and reason, release or confirm) a tenant's claim."""
+
+    tenant_id: str
+    holder: str  # the purchase's workflow id
+    run_id: str | None = None  # the claim run this purchase started
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class TenantClaimState:
+    """Answer of the `claim` query: who holds the tenant and how far it got."""
+
+    holder: str
+    state: str  # "provisioning" | "provisioned" | "released"
+    release_reason: str | None = None
+
+
+@workflow.defn(name=TENANT_CLAIM_TYPE)
+class TenantClaim:
+    def __init__(self) -> None:
+        self._state = "provisioning"
+        self._release_reason: str | None = None
+
+    @workflow.run
+    async def run(self, holder: RawValue = _NO_ARGUMENT) -> str:
+        # The holder is read from the memo; the argument is taken raw so that no start,
+        # whatever it carries, can make argument decoding fail the workflow task.
+        del holder
+        await workflow.wait_condition(lambda: self._state == "released")
+        return f"released: {self._release_reason}"
+
+    @workflow.signal(name="provisioned")
+    def provisioned(self) -> None:
+        if self._state == "provisioning":
+            self._state = "provisioned"
+
+    @workflow.signal(name="release")
+    def release(self, reason: str) -> None:
+        self._release_reason = str(reason)[:500]
+        self._state = "released"
+
+    @workflow.query(name="claim")
+    def claim(self) -> TenantClaimState:
+        return TenantClaimState(
+            holder=str(workflow.memo_value(HOLDER_MEMO, default="(unknown)")),
+            state=self._state,
+            release_reason=self._release_reason,
+        )
