@@ -37,16 +37,29 @@ export interface PurchaseRequest {
 }
 
 /** What the back end gets when the mail server is ready (ProvisionResult). Never a secret. */
+/** One DNS record the customer publishes (workflows/contracts.py DnsRecord). */
+export interface DnsRecord {
+  name: string;
+  type: string;
+  ttl: number;
+  value: string;
+  zone_line: string;
+}
+
 export interface ProvisionResult {
   purchase_id: string;
   tenant_id: string;
   server_id: number;
   server_name: string;
-  ipv4: string;
+  /** null on an IPv6-only plan */
+  ipv4: string | null;
+  /** null on an IPv4-only plan */
+  ipv6: string | null;
   webmail_url: string;
   vault_path: string;
   vault_version: number;
   notified: boolean;
+  dns_records: DnsRecord[];
 }
 
 export interface StepProgress {
@@ -60,8 +73,9 @@ export interface StepProgress {
 export interface ProvisionStatus {
   purchase_id: string | null;
   tenant_id: string | null;
-  state: 'running' | 'compensating' | 'completed' | 'failed';
+  state: 'running' | 'compensating' | 'completed' | 'failed' | 'cancelled';
   current_step: string | null;
   steps: StepProgress[];
   error: string | null;
+  dns_records: DnsRecord[];
 }
