@@ -98,7 +98,7 @@ class Recorder:
         async def fail_one_mailu_command(handle: WorkflowHandle[Any, Any]) -> None:
             await self.wait_for_step(handle, "rotate_host_key")
             [server] = self.cloud.servers_of(handle.id.removeprefix("purchase-"))
-            self.cloud.inject_command_fault(server["id"], "docker compose")
+            self.cloud.inject_command_fault(server["id"], "up -d")
 
         async def cancel_during_mailu(handle: WorkflowHandle[Any, Any]) -> None:
             await self.wait_for_step(handle, "configure_mailu")
