@@ -10,6 +10,8 @@ touch a claim another purchase took later.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -61,7 +63,23 @@ class TenantClaimActivities:
 
     @activity.defn(name="release_tenant_claim")
     async def release_tenant_claim(self, request: TenantClaimRequest) -> None:
-        """Compensation: end this purchase's claim run so the tenant can buy again."""
+        """Compensation: end this purchase's claim run so the tenant can buy again.
+
+        Without a run id (the reconciler cleaning up after a terminated purchase, which
+        never learnt it), the open claim is released only if this purchase holds it.
+        """
+        if request.run_id is None:
+            handle = activity.client().get_workflow_handle(tenant_claim_id(request.tenant_id))
+            try:
+                description = await handle.describe()
+            except RPCError as err:
+                if err.status != RPCStatusCode.NOT_FOUND:
+                    raise
+                return  # never claimed (a purchase from before claims existed)
+            holder = await description.memo_value(HOLDER_MEMO, default=None)
+            if description.status != WorkflowExecutionStatus.RUNNING or holder != request.holder:
+                return  # released already, or another purchase's claim now
+            request = replace(request, run_id=description.run_id)
         await self._signal(request, "release", request.reason)
 
     @activity.defn(name="confirm_tenant_claim")

@@ -41,6 +41,9 @@ from devstack.processes import die_with_parent, free_port
 ROOT = Path(__file__).resolve().parent.parent
 # The local notification sink's name (RFC 2606 reserves .test: it never resolves publicly).
 NOTIFY_SINK_HOST = "notify-sink.devstack.test"
+# A customer's webhook in tests: allowed by the same operator setting, on a pool of ports.
+WEBHOOK_HOST = "customer-hook.devstack.test"
+WEBHOOK_POOL_SIZE = 8
 
 
 class StackError(Exception):
@@ -95,6 +98,9 @@ class StackInfo:
     ssh_port: int = 0
     smtp_port: int = 0
     notify_url: str = ""
+    # Loopback ports a test may serve a customer webhook on, reached by the name
+    # WEBHOOK_HOST that the worker's settings map to 127.0.0.1 (one port per webhook).
+    webhook_ports: list[int] = field(default_factory=list)
     codec_url: str = ""
     worker_env: dict[str, str] = field(default_factory=dict)
 
@@ -356,6 +362,8 @@ class Stack:
         self.info.notify_url = sink + "/_devstack/notify/demo"
 
     def _prepare_worker_env(self) -> None:
+        if not self.info.webhook_ports:
+            self.info.webhook_ports = [free_port() for _ in range(WEBHOOK_POOL_SIZE)]
         key_file = self.info.state_dir / "worker_ssh" / "id_ed25519"
         if not key_file.exists():
             SshIdentity.generate().write(key_file)
@@ -371,8 +379,9 @@ class Stack:
             "MAILPROV_AUDIT_DB": str(self.info.audit_db),
             "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
             "MAILPROV_DRAIN_SECONDS": "10",
-            "MAILPROV_NOTIFY_OPERATOR_SINKS": (
-                f"{NOTIFY_SINK_HOST}:{urlsplit(self.info.cloud_url).port}=127.0.0.1"
+            "MAILPROV_NOTIFY_OPERATOR_SINKS": ",".join(
+                [f"{NOTIFY_SINK_HOST}:{urlsplit(self.info.cloud_url).port}=127.0.0.1"]
+                + [f"{WEBHOOK_HOST}:{port}=127.0.0.1" for port in self.info.webhook_ports]
             ),
         }
 

@@ -35,9 +35,11 @@ from workflows.reconcile_contracts import (
 with workflow.unsafe.imports_passed_through():
     from activities.audit import AuditActivities
     from activities.temporal_runs import TemporalRunsActivities
+    from activities.tenant_claims import TenantClaimActivities
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
     from workflows.provision import AUDIT, DELETE_SERVER, REMOVE_CREDENTIALS, _policy
+    from workflows.tenant_claim import TenantClaimRequest
 
 # Listing and describing are reads: quick, retried briefly (the next schedule retries).
 LOOKUP = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 30, 5))
@@ -112,6 +114,13 @@ class ReconcileOrphans:
             AuditActivities.record_audit_event,
             AuditEvent(key, "provisioning_failed", server.tenant_id, details),
             AUDIT,
+        )
+        # The terminated run never released its tenant claim: free the tenant to buy again.
+        holder = f"purchase-{server.purchase_id}"
+        await _execute(
+            TenantClaimActivities.release_tenant_claim,
+            TenantClaimRequest(server.tenant_id, holder, reason=f"{ORPHANED}: run {run.status}"),
+            REMOVE_CREDENTIALS,
         )
         return withdrawn
 

@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 
 from activities.codec import KeyRing, data_converter
 from activities.vault import Vault, VaultSettings
-from devstack.stack import Stack, StackInfo
+from devstack.stack import WEBHOOK_HOST, Stack, StackInfo
 from starter import start_purchase
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.contracts import PurchaseRequest
@@ -233,3 +233,20 @@ def write_only_token(info: StackInfo, tmp_path: Path) -> Path:
     path = tmp_path / "no-kv.token"
     path.write_text(token)
     return path
+
+
+_webhooks_handed_out: dict[int, int] = {}
+
+
+def customer_webhook(info: StackInfo, path: str = "/hooks/mail") -> tuple[int, str]:
+    """A loopback port for a test's customer webhook and the URL a purchase names it by.
+
+    The worker's outbound policy refuses loopback addresses; the stack allows a pool of
+    ports under WEBHOOK_HOST by configuration, as an operator lists an internal
+    receiver. Each call hands out the next port of the pool, so webhooks of successive
+    tests do not share a port (a terminated run's retries stop with it).
+    """
+    count = _webhooks_handed_out.get(id(info), 0)
+    _webhooks_handed_out[id(info)] = count + 1
+    port = info.webhook_ports[count % len(info.webhook_ports)]
+    return port, f"http://{WEBHOOK_HOST}:{port}{path}"

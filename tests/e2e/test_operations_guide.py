@@ -31,10 +31,9 @@ from activities.codec import ENCODING, EncryptionCodec, KeyRing
 from activities.vault import Vault
 from codec_server import CodecServer
 from devstack.demo import operator_environment, operator_examples
-from devstack.processes import free_port
 from devstack.stack import ROOT, StackInfo
 from starter import start_purchase
-from tests.e2e.conftest import CloudControl, new_request
+from tests.e2e.conftest import CloudControl, customer_webhook, new_request
 from workflows.contracts import ProvisionStatus, PurchaseRequest
 
 GUIDE = ROOT / "docs" / "OPERATIONS.md"
@@ -110,9 +109,8 @@ def shell(info: StackInfo, tmp_path: Path) -> OperatorShell:
 class Webhook:
     """The customer's webhook: refuses connections until `fix()` starts it."""
 
-    def __init__(self) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/hooks/mail"
+    def __init__(self, info: StackInfo) -> None:
+        self.port, self.url = customer_webhook(info)
         self.received: list[dict[str, Any]] = []
         self._server: HTTPServer | None = None
 
@@ -139,8 +137,8 @@ class Webhook:
 
 
 @pytest.fixture
-def webhook() -> Iterator[Webhook]:
-    hook = Webhook()
+def webhook(info: StackInfo) -> Iterator[Webhook]:
+    hook = Webhook(info)
     yield hook
     hook.close()
 

@@ -18,15 +18,15 @@ from temporalio.client import (
     Client,
     ScheduleActionStartWorkflow,
     ScheduleOverlapPolicy,
+    WorkflowExecutionStatus,
     WorkflowHandle,
 )
 
 from activities.audit import SqliteAuditStore
 from activities.vault import Vault
-from devstack.processes import free_port
 from devstack.stack import StackInfo
 from starter import query_status, run_reconciler, schedule_reconciler, start_purchase
-from tests.e2e.conftest import CloudControl, new_request
+from tests.e2e.conftest import CloudControl, customer_webhook, new_request
 from workflows.contracts import PurchaseRequest
 from workflows.reconcile_contracts import (
     RECONCILE_SCHEDULE_ID,
@@ -34,6 +34,7 @@ from workflows.reconcile_contracts import (
     ReconcileReport,
     ReconcileRequest,
 )
+from workflows.tenant_claim import tenant_claim_id
 
 TASK_QUEUE = "mail-provisioning"
 
@@ -84,7 +85,8 @@ async def test_terminated_run_is_cleaned_up_and_nothing_else(
     done, _ = await start_purchase(client, completed, TASK_QUEUE)
     await done.result()
     # A webhook nobody listens on: the run sits in notify's retries with a ready server.
-    stuck = new_request(info, notify_url=f"http://127.0.0.1:{free_port()}/hook")
+    _, hook_url = customer_webhook(info)  # nothing listens on it
+    stuck = new_request(info, notify_url=hook_url)
     handle, _ = await start_purchase(client, stuck, TASK_QUEUE)
     await reach_step(handle, "notify")
     await handle.terminate("test: an operator terminates the run")
@@ -109,6 +111,9 @@ async def test_terminated_run_is_cleaned_up_and_nothing_else(
     assert reader_vault.read_credentials(stuck.tenant_id) is None
     [row] = orphan_rows(info, handle.id)
     assert row.event == "provisioning_failed" and row.details["error_type"] == "TERMINATED"
+    # The terminated run never released its tenant claim: the reconciler did.
+    claim = await client.get_workflow_handle(tenant_claim_id(stuck.tenant_id)).describe()
+    assert claim.status == WorkflowExecutionStatus.COMPLETED
     # Untouched: the completed purchase (server and record) and the unlabelled server.
     assert len(cloud.servers_of(completed.purchase_id)) == 1
     assert reader_vault.read_credentials(completed.tenant_id) is not None
