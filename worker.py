@@ -22,6 +22,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.audit import AuditActivities, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
@@ -47,6 +48,11 @@ from workflows.reconcile import ReconcileOrphans
 
 log = get_logger("worker")
 
+# Every activity is a coroutine, so a slot is a sleeping task, not a thread: a server's
+# boot is waited for inside one activity (wait_for_server), and the SDK default of 100
+# slots let 100 booting servers stall every other purchase's steps (docs/PERFORMANCE.md).
+DEFAULT_MAX_CONCURRENT_ACTIVITIES = 1000
+
 
 class ConfigError(Exception):
     """A missing or malformed setting; the message names the variable."""
@@ -66,6 +72,7 @@ class Settings:
     codec_keys_file: Path
     metrics_bind: str | None
     drain_seconds: float
+    max_concurrent_activities: int = DEFAULT_MAX_CONCURRENT_ACTIVITIES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -97,6 +104,9 @@ class Settings:
             codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
+            max_concurrent_activities=_int(
+                env, "MAILPROV_MAX_CONCURRENT_ACTIVITIES", DEFAULT_MAX_CONCURRENT_ACTIVITIES
+            ),
         )
 
 
@@ -192,6 +202,20 @@ def worker_interceptors() -> list[Interceptor]:
     return [LogContextInterceptor(), HeartbeatInterceptor()]
 
 
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The workflow sandbox, told that our contract modules are deterministic.
+
+    The sandbox re-imports every non-passed-through module for each run; our contracts
+    (pure dataclasses, validation and constants, no I/O, no mutable module state) cost
+    most of that, so they are shared instead. The sandbox itself stays on.
+    """
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(
+            "workflows.contracts", "workflows.reconcile_contracts"
+        )
+    )
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     runtime = None
     if settings.metrics_bind:
@@ -215,6 +239,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             workflows=[ProvisionMailTenant, ReconcileOrphans],
             activities=activities,
             interceptors=worker_interceptors(),
+            workflow_runner=workflow_runner(),
+            max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
         )
         async with worker:
