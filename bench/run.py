@@ -8,6 +8,8 @@
    poll (today's wait_for_server) and the earlier retry-per-look design.
 3. waiting at scale: many purchases at once, instant vs slow boot, on one worker:
    wall time, peak RSS, peak activity slots in use.
+4. real work (bench/real.py): purchases at once through the local stack's real
+   activities, CPU per purchase of each stack process, each step's wall time.
 
 The bench process is worker and client at once, so "worker CPU" is this process's
 CPU (user + system, Rust core threads included); the server's CPU is shown beside it.
@@ -49,6 +51,7 @@ from activities.codec import KeyRing, data_converter
 from activities.vps_provider import VpsActivities
 from bench.bare import BareNineSteps, bare_step
 from bench.fakes import BootingProvider, NoopActivities
+from bench.real import real_purchases
 from devstack.stack import tool
 from starter import watch
 from worker import DEFAULT_MAX_CONCURRENT_ACTIVITIES, worker_interceptors, workflow_runner
@@ -477,19 +480,35 @@ async def scale(server: Server, sizes: Sizes, table: Table, report: dict[str, An
     report["scale_goal_met"] = walls[sizes.scale_boot] <= bound
 
 
+async def real(concurrency: int, table: Table, report: dict[str, Any]) -> None:
+    figures = await real_purchases(concurrency)
+    report["real"] = figures
+    label = f"{concurrency} real purchases at once"
+    table.add("real", f"{label}: purchases/s", [concurrency / figures["wall"]], "1/s")
+    for role, ms in sorted(figures["cpu_per_purchase_ms"].items()):
+        table.add("real", f"{label}: CPU/purchase, {role}", [ms], "ms")
+    for step, seconds in figures["step_wall_median_s"].items():
+        table.add("real", f"{label}: step wall (median), {step}", [seconds], "s")
+
+
 async def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else "")
     parser.add_argument("--smoke", action="store_true", help="one tiny trial of each part")
     parser.add_argument("--json", default="bench-results.json", help="where to write the table")
     parser.add_argument(
-        "--parts", default="overhead,cost,scale", help="comma-separated subset to run"
+        "--parts",
+        default="overhead,cost,scale,real",
+        help="comma-separated subset to run (--smoke leaves out real: it starts the stack)",
+    )
+    parser.add_argument(
+        "--real-purchases", type=int, default=10, help="purchases at once in the real part"
     )
     args = parser.parse_args(argv)
     # The retry-per-look design logs a warning with a traceback per look (what
     # wait_for_server no longer does); the bench's output is the table.
     logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
     sizes = SMOKE if args.smoke else FULL
-    parts = set(args.parts.split(","))
+    parts = set(args.parts.split(",")) - ({"real"} if args.smoke else set())
     table = Table()
     report: dict[str, Any] = {
         "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
@@ -504,6 +523,8 @@ async def main(argv: Sequence[str] | None = None) -> int:
             await cost(server, sizes, table, report)
         if "scale" in parts:
             await scale(server, sizes, table, report)
+    if "real" in parts:
+        await real(args.real_purchases, table, report)
     report["rows"] = table.rows
     report["wall_seconds"] = time.monotonic() - began
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
