@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -27,6 +28,20 @@ from workflows.contracts import (
     StoreCredentialsRequest,
     StoredCredentials,
 )
+
+
+def purchase(
+    purchase_id: str, notify_url: str = "https://shop.example/hooks/mail-ready"
+) -> dict[str, Any]:
+    """A valid purchase of its own tenant (one mail server per tenant)."""
+    return {
+        "purchase_id": purchase_id,
+        "tenant_id": f"t-{purchase_id}",
+        "domain": f"{purchase_id}.example",
+        "plan": "starter",
+        "requested_by": "bench",
+        "notify_url": notify_url,
+    }
 
 
 @dataclass

@@ -23,6 +23,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
 from activities.codec import KeyRing, data_converter
+from bench.fakes import purchase
 from devstack.stack import Stack
 from starter import STEP_OF_ACTIVITY, start_purchase
 from workflows.contracts import PurchaseRequest
@@ -105,16 +106,8 @@ async def real_purchases(concurrency: int) -> dict[str, Any]:
             began = time.monotonic()
             handles = []
             for _ in range(concurrency):
-                suffix = uuid.uuid4().hex[:8]
                 request = PurchaseRequest.parse(
-                    {
-                        "purchase_id": f"bench-{suffix}",
-                        "tenant_id": f"b{suffix}",
-                        "domain": f"b{suffix}.example",
-                        "plan": "starter",
-                        "requested_by": "bench",
-                        "notify_url": info.notify_url,
-                    }
+                    purchase(f"bench-{uuid.uuid4().hex[:8]}", info.notify_url)
                 )
                 handle, _ = await start_purchase(client, request, "mail-provisioning")
                 handles.append(handle)

@@ -50,7 +50,7 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 from activities.codec import KeyRing, data_converter
 from activities.vps_provider import VpsActivities
 from bench.bare import BareNineSteps, bare_step
-from bench.fakes import BootingProvider, NoopActivities
+from bench.fakes import BootingProvider, NoopActivities, purchase
 from bench.real import real_purchases
 from devstack.stack import tool
 from starter import watch
@@ -78,7 +78,7 @@ class Sizes:
     scale_boot: float
 
 
-FULL = Sizes(purchases=200, trials=3, boots=(0, 60, 120), scale_purchases=500, scale_boot=20)
+FULL = Sizes(purchases=150, trials=3, boots=(0, 60, 120), scale_purchases=500, scale_boot=20)
 SMOKE = Sizes(purchases=3, trials=1, boots=(0, 3), scale_purchases=4, scale_boot=2)
 
 
@@ -235,17 +235,6 @@ async def dev_server() -> AsyncIterator[Server]:
 
 
 # ------------------------------------------------------------------ workers and purchases
-
-
-def purchase(purchase_id: str) -> dict[str, Any]:
-    return {
-        "purchase_id": purchase_id,
-        "tenant_id": f"t-{purchase_id}",
-        "domain": f"{purchase_id}.example",
-        "plan": "starter",
-        "requested_by": "bench",
-        "notify_url": "https://shop.example/hooks/mail-ready",
-    }
 
 
 def our_activities(provider: BootingProvider, *, heartbeat_poll: bool) -> list[Callable[..., Any]]:
