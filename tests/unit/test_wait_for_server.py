@@ -52,7 +52,7 @@ async def test_booting_server_is_polled_in_one_attempt_with_quiet_lines(
 ) -> None:
     provider = BootsAfterLooks(looks=4)
     activities = VpsActivities(cast(Any, provider), cast(Any, None))
-    with caplog.at_level(logging.DEBUG):
+    with caplog.at_level(logging.DEBUG, logger="temporalio.activity"):
         address = await ActivityEnvironment().run(activities.wait_for_server, HANDLE)
     assert address == ServerAddress(7, "192.0.2.7")
     assert provider.gets == 4
