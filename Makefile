@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 
-.PHONY: demo up test faults lint install clean
+.PHONY: demo up test faults bench lint install clean
 
 demo: install          ## one purchase end to end on the local stack, then stop it all
 	$(PY) -m devstack.demo
@@ -20,6 +20,9 @@ test: install          ## every test: unit, workflow (time-skipping), end to end
 
 faults: install        ## break the local stack on purpose; prints the table and "faults: ... lost"
 	$(PY) -m devstack.faults_run $(FAULTS_ARGS)
+
+bench: install         ## in-memory Temporal: overhead vs a bare workflow, actions per purchase, waiting at scale
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -23,6 +23,7 @@ from typing import Any
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.audit import AuditActivities, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
@@ -59,6 +60,11 @@ log = get_logger("worker")
 # dynamic workflow, so a type missing here would be answered as UnknownWorkflowType.
 WORKFLOWS = [ProvisionMailTenant, TenantClaim, RotateSmtpCredentials, ReconcileOrphans]
 
+# Every activity is a coroutine, so a slot is a sleeping task, not a thread: a server's
+# boot is waited for inside one activity (wait_for_server), and the SDK default of 100
+# slots let 100 booting servers stall every other purchase's steps (docs/PERFORMANCE.md).
+DEFAULT_MAX_CONCURRENT_ACTIVITIES = 1000
+
 
 class ConfigError(Exception):
     """A missing or malformed setting; the message names the variable."""
@@ -82,6 +88,7 @@ class Settings:
     ssh_source_networks: tuple[str, ...]
     notify_policy: NotifyPolicy
     health_bind: str | None = None
+    max_concurrent_activities: int = DEFAULT_MAX_CONCURRENT_ACTIVITIES
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -117,6 +124,9 @@ class Settings:
             ssh_source_networks=_networks(env, "MAILPROV_SSH_SOURCE_NETWORKS", ANYWHERE),
             notify_policy=_notify_policy(env),
             health_bind=env.get("MAILPROV_HEALTH_BIND") or None,
+            max_concurrent_activities=_int(
+                env, "MAILPROV_MAX_CONCURRENT_ACTIVITIES", DEFAULT_MAX_CONCURRENT_ACTIVITIES
+            ),
         )
 
 
@@ -274,6 +284,20 @@ async def _check_plans(plans: dict[str, Plan], hetzner: HetznerClient) -> None:
     log.info("plan catalog checked against the provider", plans=sorted(plans))
 
 
+def workflow_runner() -> SandboxedWorkflowRunner:
+    """The workflow sandbox, told that our contract modules are deterministic.
+
+    The sandbox re-imports every non-passed-through module for each run; our contracts
+    (pure dataclasses, validation and constants, no I/O, no mutable module state) cost
+    most of that, so they are shared instead. The sandbox itself stays on.
+    """
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(
+            "workflows.contracts", "workflows.reconcile_contracts"
+        )
+    )
+
+
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
     runtime = None
     if settings.metrics_bind:
@@ -303,6 +327,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             workflows=WORKFLOWS,
             activities=activities,
             interceptors=worker_interceptors(),
+            workflow_runner=workflow_runner(),
+            max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
         )
         # /readyz answers 503 from the moment `stop` is set: no new traffic while draining.

@@ -49,6 +49,11 @@ MANAGED_BY_SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED_BY.ite
 BACKOFF_BASE_SECONDS = 2.0
 BACKOFF_CAP_SECONDS = 60.0
 ACTION_POLL_SECONDS = 1.0
+# wait_for_server looks at 2 s, 5 s, 9.5 s, ... then every 15 s: a booted server is
+# noticed within 15 s, and a booting server costs at most 8 GETs (2 per look) a minute.
+POLL_FIRST_SECONDS = 2.0
+POLL_GROWTH = 1.5
+POLL_MAX_SECONDS = 15.0
 T = TypeVar("T")
 
 
@@ -300,13 +305,28 @@ class VpsActivities:
 
     @activity.defn(name="wait_for_server")
     async def wait_for_server(self, server: ServerHandle) -> ServerAddress:
-        """One look at the server; raises ServerNotReady until it is running.
+        """Poll the provider inside one attempt until the server runs.
 
-        This is Temporal's "infrequent polling" pattern: the retry policy is the
-        poll loop, so no worker slot is held while a server boots for minutes.
+        The attempt sleeps between looks and heartbeats (activities/heartbeat.py), so a
+        boot of minutes costs one activity plus a few throttled heartbeats, not one
+        retry per look (each is a billable action on Temporal Cloud; docs/PERFORMANCE.md).
+        The wait is a sleeping coroutine: it holds an activity slot but no thread,
+        which is why the worker sizes its slots for async waits (worker.py). The look
+        interval grows to POLL_MAX_SECONDS to stay far below the provider's rate limit.
+        Provider errors still fail the attempt and are retried by the retry policy.
         A running server without an address its plan requires will never get it:
         that is final at once, not a 15-minute poll.
         """
+        interval = POLL_FIRST_SECONDS
+        while True:
+            address = await self._look_at(server)
+            if address is not None:
+                return address
+            await asyncio.sleep(interval)
+            interval = min(POLL_MAX_SECONDS, interval * POLL_GROWTH)
+
+    async def _look_at(self, server: ServerHandle) -> ServerAddress | None:
+        """One look: the address when running, None while booting; raises when it never will."""
         if server.create_action_id is not None:
             action = await self._call(self._provider.get_action(server.create_action_id))
             if action.status == "error":
@@ -323,10 +343,12 @@ class VpsActivities:
                 non_retryable=True,
             )
         if current.status != "running":
-            raise ApplicationError(
-                f"server {server.server_id} is {current.status!r}, not running yet",
-                type="ServerNotReady",
+            # Expected while booting: one quiet line, no exception, no traceback.
+            activity.logger.info(
+                "server not ready yet",
+                extra={"server_id": server.server_id, "server_status": current.status},
             )
+            return None
         missing = [
             family
             for family, needed, address in (

@@ -134,11 +134,14 @@ CREATE_SERVER = dict(
     # for the purchase's server runs after any server it could create exists.
     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
 )
-# Infrequent polling: each attempt is one GET; the retry policy is the poll loop, so no
-# worker slot is held while a server boots. Gives up after 15 minutes.
+# One attempt polls until the server runs (activities/vps_provider.py), heartbeating: a
+# 2-minute boot costs the activity plus ~3 heartbeats instead of 40 retries (billable
+# actions, docs/PERFORMANCE.md). The longer heartbeat timeout is what keeps heartbeats
+# rare (the SDK sends one per 80% of it); a dead worker is noticed within a minute.
+# Retries are for provider errors only. Gives up after 15 minutes.
 WAIT_FOR_SERVER = dict(
-    start_to_close_timeout=timedelta(seconds=30),
-    heartbeat_timeout=HEARTBEAT,
+    start_to_close_timeout=timedelta(minutes=15),
+    heartbeat_timeout=timedelta(seconds=60),
     schedule_to_close_timeout=timedelta(minutes=15),
     retry_policy=_policy(3, 3, backoff=1.0),
 )

@@ -1,0 +1,1 @@
+"""`make bench`: what the workflow costs in worker CPU, Temporal actions and waiting slots."""

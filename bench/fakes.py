@@ -1,0 +1,131 @@
+"""In-memory doubles for the bench: a provider whose servers boot in a set time, and
+activities that do nothing but return what the real ones return.
+
+They exist to measure Temporal-side costs (sandbox, codec, interceptors, actions,
+slots) without the local stack's SSH and Vault work in the figures.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.vps_provider import Action, Server
+from workflows.contracts import (
+    AuditEvent,
+    MailuTarget,
+    Notification,
+    RemoveCredentialsRequest,
+    ReverseDnsRequest,
+    SealedCredentials,
+    ServerAddress,
+    ServerHandle,
+    ServerSpec,
+    StoreCredentialsRequest,
+    StoredCredentials,
+)
+
+
+def purchase(
+    purchase_id: str, notify_url: str = "https://shop.example/hooks/mail-ready"
+) -> dict[str, Any]:
+    """A valid purchase of its own tenant (one mail server per tenant)."""
+    return {
+        "purchase_id": purchase_id,
+        "tenant_id": f"t-{purchase_id}",
+        "domain": f"{purchase_id}.example",
+        "plan": "starter",
+        "requested_by": "bench",
+        "notify_url": notify_url,
+    }
+
+
+@dataclass
+class BootingProvider:
+    """Servers become `running` `boot_seconds` after creation; counts every GET."""
+
+    boot_seconds: float = 0.0
+    gets: int = 0
+    _created: dict[int, float] = field(default_factory=dict)
+
+    def add(self, server_id: int) -> None:
+        self._created.setdefault(server_id, time.monotonic())
+
+    async def get_action(self, action_id: int) -> Action:
+        self.gets += 1
+        return Action(action_id, "create_server", "running")
+
+    async def get_server(self, server_id: int) -> Server | None:
+        self.gets += 1
+        self.add(server_id)
+        booted = time.monotonic() - self._created[server_id] >= self.boot_seconds
+        return Server(
+            id=server_id,
+            name=f"srv-{server_id}",
+            status="running" if booted else "initializing",
+            ipv4="192.0.2.10" if booted else None,
+            dns_ptr=None,
+            labels={},
+        )
+
+
+class NoopActivities:
+    """The product's activities (same names, types) doing no I/O. `one_look_wait` is the
+    previous wait_for_server design: one look per attempt, the retry policy as the loop."""
+
+    def __init__(self, provider: BootingProvider) -> None:
+        self._provider = provider
+        self._next_id = 0
+
+    @activity.defn(name="create_server")
+    async def create_server(self, spec: ServerSpec) -> ServerHandle:
+        self._next_id += 1
+        self._provider.add(self._next_id)
+        return ServerHandle(spec.tenant_id, self._next_id, spec.name, "ssh-ed25519 AAAA bench")
+
+    @activity.defn(name="wait_for_server")
+    async def one_look_wait(self, server: ServerHandle) -> ServerAddress:
+        current = await self._provider.get_server(server.server_id)
+        if current is None or current.status != "running" or current.ipv4 is None:
+            raise ApplicationError("not running yet", type="ServerNotReady")
+        return ServerAddress(server.server_id, current.ipv4)
+
+    @activity.defn(name="set_reverse_dns")
+    async def set_reverse_dns(self, request: ReverseDnsRequest) -> None:
+        return None
+
+    @activity.defn(name="rotate_host_key")
+    async def rotate_host_key(self, target: MailuTarget) -> str:
+        return target.host_public_key
+
+    @activity.defn(name="configure_mailu")
+    async def configure_mailu(self, target: MailuTarget) -> None:
+        return None
+
+    @activity.defn(name="create_admin_credentials")
+    async def create_admin_credentials(self, target: MailuTarget) -> SealedCredentials:
+        return SealedCredentials(f"admin@{target.domain}", "v1.bench-envelope")
+
+    @activity.defn(name="store_credentials")
+    async def store_credentials(self, request: StoreCredentialsRequest) -> StoredCredentials:
+        return StoredCredentials(f"smtp/{request.tenant_id}/admin", 1, "2026-01-01T00:00:00Z")
+
+    @activity.defn(name="record_audit_event")
+    async def record_audit_event(self, event: AuditEvent) -> bool:
+        return True
+
+    @activity.defn(name="notify_customer")
+    async def notify_customer(self, notification: Notification) -> None:
+        return None
+
+    @activity.defn(name="remove_credentials")
+    async def remove_credentials(self, request: RemoveCredentialsRequest) -> bool:
+        return True
+
+    @activity.defn(name="delete_server")
+    async def delete_server(self, server: ServerHandle) -> bool:
+        return True
