@@ -164,7 +164,8 @@ def corpus(listener_port: int) -> list[Case]:
         field_case("field rules", "domain underscore", "label", domain="a_b.example"),
         field_case("field rules", "domain empty label", "label", domain="a..example"),
         field_case("field rules", "domain trailing dot", "label", domain="acme.example."),
-        field_case("field rules", "plan unknown", "catalog", plan="platinum"),
+        # The catalog is the worker's configuration: the run refuses it (resolve_plan).
+        field_case("field rules", "plan unknown", "catalog", local=False, plan="platinum"),
         field_case("field rules", "requested_by blank", "blank", requested_by="   "),
         field_case("field rules", "requested_by control", "control", requested_by="a\x07b"),
         field_case("field rules", "requested_by long", "1-200", requested_by="x" * 201),
