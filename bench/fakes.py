@@ -17,6 +17,8 @@ from temporalio.exceptions import ApplicationError
 from activities.vps_provider import Action, Server
 from workflows.contracts import (
     AuditEvent,
+    DnsRecord,
+    DnsRecordsRequest,
     MailuTarget,
     Notification,
     RemoveCredentialsRequest,
@@ -28,6 +30,8 @@ from workflows.contracts import (
     StoreCredentialsRequest,
     StoredCredentials,
 )
+from workflows.rotation_contracts import RotationScheduleRequest
+from workflows.tenant_claim import TenantClaimRequest
 
 
 def purchase(
@@ -70,6 +74,7 @@ class BootingProvider:
             ipv4="192.0.2.10" if booted else None,
             dns_ptr=None,
             labels={},
+            ipv6="2001:db8::1" if booted else None,  # the shipped plans are dual-stack
         )
 
 
@@ -92,7 +97,7 @@ class NoopActivities:
         current = await self._provider.get_server(server.server_id)
         if current is None or current.status != "running" or current.ipv4 is None:
             raise ApplicationError("not running yet", type="ServerNotReady")
-        return ServerAddress(server.server_id, current.ipv4)
+        return ServerAddress(server.server_id, current.ipv4, current.ipv6)
 
     @activity.defn(name="set_reverse_dns")
     async def set_reverse_dns(self, request: ReverseDnsRequest) -> None:
@@ -129,3 +134,25 @@ class NoopActivities:
     @activity.defn(name="delete_server")
     async def delete_server(self, server: ServerHandle) -> bool:
         return True
+
+    # The claim starts a workflow per tenant at the real thing; here it only answers, so
+    # the figures stay those of one purchase's workflow.
+    @activity.defn(name="claim_tenant")
+    async def claim_tenant(self, request: TenantClaimRequest) -> str:
+        return "bench-claim-run"
+
+    @activity.defn(name="confirm_tenant_claim")
+    async def confirm_tenant_claim(self, request: TenantClaimRequest) -> None:
+        return None
+
+    @activity.defn(name="release_tenant_claim")
+    async def release_tenant_claim(self, request: TenantClaimRequest) -> None:
+        return None
+
+    @activity.defn(name="mail_dns_records")
+    async def mail_dns_records(self, request: DnsRecordsRequest) -> list[DnsRecord]:
+        return []
+
+    @activity.defn(name="ensure_rotation_schedule")
+    async def ensure_rotation_schedule(self, request: RotationScheduleRequest) -> str:
+        return f"rotate-{request.target.tenant_id}"

@@ -1,7 +1,7 @@
 """`make bench`: one in-memory Temporal dev server, no-op activities, three measurements.
 
 1. overhead: purchases/s and worker CPU per purchase of ProvisionMailTenant (our codec,
-   interceptors, sandbox settings, worker slots) against BareNineSteps, interleaved
+   interceptors, sandbox settings, worker slots) against BareSameShape, interleaved
    trials; also our workflow with the SDK's default sandbox (the "before").
 2. cost: Temporal Cloud billable actions per happy purchase for 0/60/120 s boots,
    from history and from the dev server's own `action` counter, for the heartbeating
@@ -48,8 +48,10 @@ from temporalio.worker import (
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.codec import KeyRing, data_converter
+from activities.notify import NotifyActivities, NotifyPolicy
+from activities.plans import DEFAULT_CATALOG, PlanActivities
 from activities.vps_provider import VpsActivities
-from bench.bare import BareNineSteps, bare_step
+from bench.bare import BareSameShape, bare_step
 from bench.fakes import BootingProvider, NoopActivities, purchase
 from bench.real import real_purchases
 from devstack.stack import tool
@@ -246,6 +248,14 @@ def our_activities(provider: BootingProvider, *, heartbeat_poll: bool) -> list[C
         else noop.one_look_wait
     )
     return [
+        # The real checks: no I/O (the catalog and the outbound policy are in memory).
+        PlanActivities(DEFAULT_CATALOG).resolve_plan,
+        NotifyActivities(NotifyPolicy()).check_notify_url,
+        noop.claim_tenant,
+        noop.confirm_tenant_claim,
+        noop.release_tenant_claim,
+        noop.mail_dns_records,
+        noop.ensure_rotation_schedule,
         noop.create_server,
         wait,
         noop.set_reverse_dns,
@@ -291,7 +301,7 @@ async def start_ours(server: Server, task_queue: str) -> WorkflowHandle[Any, Any
 async def start_bare(server: Server, task_queue: str) -> WorkflowHandle[Any, Any]:
     purchase_id = f"b{uuid.uuid4().hex[:12]}"
     return await server.plain.start_workflow(
-        BareNineSteps.run, purchase_id, id=f"bare-{purchase_id}", task_queue=task_queue
+        BareSameShape.run, purchase_id, id=f"bare-{purchase_id}", task_queue=task_queue
     )
 
 
@@ -350,7 +360,7 @@ async def history_actions(handle: WorkflowHandle[Any, Any]) -> int:
 async def overhead(server: Server, sizes: Sizes, table: Table, report: dict[str, Any]) -> float:
     configs: dict[str, Callable[[str], tuple[Worker, Callable[[Server, str], Any]]]] = {
         "bare": lambda tq: (
-            Worker(server.plain, task_queue=tq, workflows=[BareNineSteps], activities=[bare_step]),
+            Worker(server.plain, task_queue=tq, workflows=[BareSameShape], activities=[bare_step]),
             start_bare,
         ),
         "ours, SDK default sandbox and slots (before)": lambda tq: (
