@@ -128,8 +128,12 @@ async def query_status(handle: WorkflowHandle[Any, Any]) -> ProvisionStatus:
 
 # Activity type -> the step name the status query uses, where they differ.
 STEP_OF_ACTIVITY = {
+    "check_notify_url": "validate_input",
+    "mail_dns_records": "dns_records",
     "record_audit_event": "audit",
+    "ensure_rotation_schedule": "schedule_rotation",
     "notify_customer": "notify",
+    "confirm_tenant_claim": "claim_tenant",
     "delete_purchase_servers": "delete_server",
 }
 _ACTIVITY_OUTCOME = {
