@@ -565,12 +565,7 @@ class ProvisionMailTenant:
             self._status.state = "cancelled"
             return CancelledError(f"purchase cancelled at {failed_step}; compensated")
         self._status.state = "failed"
-        return ApplicationError(
-            f"provisioning failed at {failed_step}: {reason}",
-            {"step": failed_step, "error_type": _error_type(err)},
-            type="ProvisioningFailed",
-            non_retryable=True,
-        )
+        return _provisioning_failed(failed_step, err)
 
     async def _cancel_during_create(
         self, request: PurchaseRequest, spec: ServerSpec, err: BaseException
@@ -601,12 +596,7 @@ class ProvisionMailTenant:
         await self._audit_failure(request, "create_server", err, spec.name, kept=False)
         self._status.state = "failed"
         self._status.current_step = None
-        return ApplicationError(
-            f"provisioning failed at create_server: {_reason(err)}",
-            {"step": "create_server", "error_type": _error_type(err)},
-            type="ProvisioningFailed",
-            non_retryable=True,
-        )
+        return _provisioning_failed("create_server", err)
 
     async def _audit_failure(
         self,
@@ -660,6 +650,16 @@ class ProvisionMailTenant:
 def _is_cancel(err: BaseException) -> bool:
     """The workflow itself was cancelled (not an activity that gave up on its own)."""
     return workflow.cancellation_reason() is not None and is_cancelled_exception(err)
+
+
+def _provisioning_failed(step: str, err: BaseException) -> ApplicationError:
+    """What a run ends with after compensating a failure at `step`."""
+    return ApplicationError(
+        f"provisioning failed at {step}: {_reason(err)}",
+        {"step": step, "error_type": _error_type(err)},
+        type="ProvisioningFailed",
+        non_retryable=True,
+    )
 
 
 def _innermost(err: BaseException) -> BaseException:
