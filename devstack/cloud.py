@@ -26,6 +26,7 @@ import ipaddress
 import itertools
 import json
 import logging
+import math
 import os
 import random
 import signal
@@ -245,7 +246,9 @@ class RateLimiter:
     def headers(self) -> dict[str, str]:
         self._refill()
         remaining = int(self._remaining)
-        reset = int(time.time() + (self.limit - self._remaining))
+        # Hetzner: the UNIX time when the bucket is full again; rounded up so it is
+        # never in the past at the moment it is sent.
+        reset = math.ceil(time.time() + (self.limit - self._remaining))
         return {
             "RateLimit-Limit": str(self.limit),
             "RateLimit-Remaining": str(remaining),
