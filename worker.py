@@ -9,11 +9,12 @@ half; anything still running after that is retried by Temporal on another worker
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import ipaddress
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -55,7 +56,6 @@ from workflows.rotation import RotateSmtpCredentials
 from workflows.tenant_claim import TenantClaim
 
 log = get_logger("worker")
-# Every workflow the product's task queue serves.
 # Every workflow a worker of the task queue hosts: ProvisionMailTenant is the queue's
 # dynamic workflow, so a type missing here would be answered as UnknownWorkflowType.
 WORKFLOWS = [ProvisionMailTenant, TenantClaim, RotateSmtpCredentials, ReconcileOrphans]
@@ -284,18 +284,44 @@ async def _check_plans(plans: dict[str, Plan], hetzner: HetznerClient) -> None:
     log.info("plan catalog checked against the provider", plans=sorted(plans))
 
 
+# Our deterministic modules (dataclasses, validation, constants; no I/O, no mutable module
+# state). Every module a workflow module imports outside `imports_passed_through` is
+# here (tests/unit/test_worker_sandbox.py), so the sandbox re-executes only the workflow
+# module itself for each run.
+PASSED_THROUGH = (
+    "workflows.claim_contracts",
+    "workflows.contracts",
+    "workflows.reconcile_contracts",
+    "workflows.rotation_contracts",
+)
+
+
 def workflow_runner() -> SandboxedWorkflowRunner:
     """The workflow sandbox, told that our contract modules are deterministic.
 
-    The sandbox re-imports every non-passed-through module for each run; our contracts
-    (pure dataclasses, validation and constants, no I/O, no mutable module state) cost
-    most of that, so they are shared instead. The sandbox itself stays on.
+    The sandbox re-executes every module that is not passed through for each run, and
+    a dataclass costs a code generation each time; shared contracts cut that out. The
+    sandbox itself stays on: workflow code still runs under its restrictions.
     """
     return SandboxedWorkflowRunner(
-        restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            "workflows.contracts", "workflows.reconcile_contracts"
-        )
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
     )
+
+
+def stale_workflow_bytecode(workflows: Sequence[type] = WORKFLOWS) -> list[str]:
+    """Workflow modules whose compiled bytecode is missing or older than the source.
+
+    The sandbox executes each workflow's module afresh for every run. Without a current
+    `.pyc` beside it (PYTHONDONTWRITEBYTECODE, a read-only tree) that means compiling
+    workflows/provision.py from source for every purchase: the largest share of the
+    sandbox's price (docs/PERFORMANCE.md). `python -m compileall` at build time fixes it.
+    """
+    stale = []
+    for path in sorted({Path(str(sys.modules[cls.__module__].__file__)) for cls in workflows}):
+        compiled = Path(importlib.util.cache_from_source(str(path)))
+        if not compiled.exists() or compiled.stat().st_mtime < path.stat().st_mtime:
+            stale.append(str(path))
+    return stale
 
 
 async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
@@ -333,6 +359,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         )
         # /readyz answers 503 from the moment `stop` is set: no new traffic while draining.
         health = await serve_health(settings.health_bind, client, settings.task_queue, stop)
+        if stale := stale_workflow_bytecode():
+            log.warning(
+                "workflow_bytecode_stale: every run compiles these from source",
+                modules=stale,
+                fix="python -m compileall -q workflows",
+            )
         async with worker:
             log.info(
                 "worker ready",

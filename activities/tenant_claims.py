@@ -18,7 +18,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from workflows.tenant_claim import (
+from workflows.claim_contracts import (
     HOLDER_MEMO,
     TENANT_CLAIM_TYPE,
     TenantClaimRequest,

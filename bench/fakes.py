@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.vps_provider import Action, Server
+from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
     AuditEvent,
     DnsRecord,
@@ -31,7 +32,6 @@ from workflows.contracts import (
     StoredCredentials,
 )
 from workflows.rotation_contracts import RotationScheduleRequest
-from workflows.tenant_claim import TenantClaimRequest
 
 
 def purchase(

@@ -45,6 +45,7 @@ from temporalio.exceptions import (
 )
 from temporalio.workflow import ActivityCancellationType
 
+from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
     WORKFLOW_TYPE,
     AuditEvent,
@@ -87,8 +88,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.tenant_claims import TenantClaimActivities
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
-
-from workflows.tenant_claim import TenantClaimRequest
 
 
 def _policy(
@@ -369,7 +368,6 @@ class ProvisionMailTenant:
         await workflow.execute_activity_method(
             TenantClaimActivities.confirm_tenant_claim,
             claim,
-            summary="confirm tenant claim",
             **TENANT_CLAIM_RELEASE,
         )
         result = replace(result, notified=notified)
@@ -416,7 +414,6 @@ class ProvisionMailTenant:
             plan: Plan = await workflow.execute_activity_method(
                 PlanActivities.resolve_plan,
                 PlanRequest(request.tenant_id, request.plan),
-                summary="resolve plan",
                 **RESOLVE_PLAN,
             )
         except ActivityError as err:
@@ -438,7 +435,6 @@ class ProvisionMailTenant:
             await workflow.execute_activity_method(
                 NotifyActivities.check_notify_url,
                 NotifyUrlCheck(request.tenant_id, request.notify_url),
-                summary="check notify url",
                 **CHECK_NOTIFY_URL,
             )
         except ActivityError as err:
@@ -465,7 +461,6 @@ class ProvisionMailTenant:
         await workflow.execute_activity_method(
             TenantClaimActivities.release_tenant_claim,
             replace(claim, reason=f"purchase failed: {outcome}"),
-            summary="release tenant claim",
             **TENANT_CLAIM_RELEASE,
         )
 
@@ -485,9 +480,7 @@ class ProvisionMailTenant:
     async def _step(self, name: str, activity: Any, arg: Any, options: dict[str, Any]) -> Any:
         started = self._begin(name)
         try:
-            result = await workflow.execute_activity_method(
-                activity, arg, summary=name.replace("_", " "), **options
-            )
+            result = await workflow.execute_activity_method(activity, arg, **options)
         except ActivityError as err:
             self._end(started, "failed", error=_reason(err))
             raise

@@ -20,6 +20,7 @@ from typing import Any
 
 from temporalio import workflow
 
+from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import AuditEvent, RemoveCredentialsRequest, ServerHandle
 from workflows.reconcile_contracts import (
     ORPHANED,
@@ -39,7 +40,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.vault import VaultActivities
     from activities.vps_provider import VpsActivities
     from workflows.provision import AUDIT, DELETE_SERVER, REMOVE_CREDENTIALS, _policy
-    from workflows.tenant_claim import TenantClaimRequest
 
 # Listing and describing are reads: quick, retried briefly (the next schedule retries).
 LOOKUP = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 30, 5))

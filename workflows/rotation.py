@@ -77,7 +77,6 @@ class RotateSmtpCredentials:
             rotated: RotatedCredentials = await workflow.execute_activity_method(
                 CredentialsActivities.rotate_admin_credentials,
                 target,
-                summary="rotate admin credentials",
                 **ROTATE,
             )
         except ActivityError as err:

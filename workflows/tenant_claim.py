@@ -20,40 +20,15 @@ operator can release it by hand after deleting a tenant's server:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.common import RawValue
 
-TENANT_CLAIM_TYPE = "TenantClaim"
-HOLDER_MEMO = "holder"  # the workflow id of the purchase holding the claim
+from workflows.claim_contracts import HOLDER_MEMO, TENANT_CLAIM_TYPE, TenantClaimState
+
 # Typed exactly RawValue (the SDK passes such arguments through undecoded); the default
 # lets a start without an argument run too.
 _NO_ARGUMENT = RawValue(Payload())
-
-
-def tenant_claim_id(tenant_id: str) -> str:
-    return f"tenant-{tenant_id}"
-
-
-@dataclass(frozen=True)
-class TenantClaimRequest:
-    """Take (or, with run_id and reason, release or confirm) a tenant's claim."""
-
-    tenant_id: str
-    holder: str  # the purchase's workflow id
-    run_id: str | None = None  # the claim run this purchase started
-    reason: str = ""
-
-
-@dataclass(frozen=True)
-class TenantClaimState:
-    """Answer of the `claim` query: who holds the tenant and how far it got."""
-
-    holder: str
-    state: str  # "provisioning" | "provisioned" | "released"
-    release_reason: str | None = None
 
 
 @workflow.defn(name=TENANT_CLAIM_TYPE)

@@ -31,8 +31,8 @@ from activities.codec import KeyRing, data_converter
 from devstack.processes import free_port
 from devstack.stack import NOTIFY_SINK_HOST, StackInfo
 from tests.e2e.conftest import CloudControl
+from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
-from workflows.tenant_claim import tenant_claim_id
 
 JSON = b"json/plain"
 RUN_TIMEOUT = 120  # generous: a refused start ends in well under a second on a quiet machine

@@ -27,6 +27,7 @@ from activities.vault import Vault
 from devstack.stack import StackInfo
 from starter import query_status, run_reconciler, schedule_reconciler, start_purchase
 from tests.e2e.conftest import CloudControl, customer_webhook, new_request
+from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import PurchaseRequest
 from workflows.reconcile_contracts import (
     RECONCILE_SCHEDULE_ID,
@@ -34,7 +35,6 @@ from workflows.reconcile_contracts import (
     ReconcileReport,
     ReconcileRequest,
 )
-from workflows.tenant_claim import tenant_claim_id
 
 TASK_QUEUE = "mail-provisioning"
 

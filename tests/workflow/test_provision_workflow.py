@@ -23,6 +23,7 @@ from temporalio.worker import Worker
 from activities.plans import DEFAULT_CATALOG, PlanActivities
 from starter import start_purchase
 from worker import WORKFLOWS
+from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
     STEPS,
     AuditEvent,
@@ -44,7 +45,6 @@ from workflows.contracts import (
     workflow_id_for,
 )
 from workflows.rotation_contracts import RotationScheduleRequest
-from workflows.tenant_claim import TenantClaimRequest
 
 ENVELOPE = "mpenc:v1:ZmFrZS1lbnZlbG9wZQ=="
 

@@ -1,0 +1,81 @@
+"""The sandbox's price: only workflow modules are re-executed per run, and compiled."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import os
+import py_compile
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker import PASSED_THROUGH, WORKFLOWS, stale_workflow_bytecode
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _module_path(name: str) -> Path:
+    return ROOT / (name.replace(".", "/") + ".py")
+
+
+def _sandboxed_imports(tree: ast.Module) -> set[str]:
+    """Modules of ours imported at the top level, so outside imports_passed_through blocks."""
+    found: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+    return {name for name in found if name.split(".")[0] in {"workflows", "activities"}}
+
+
+@pytest.mark.parametrize("cls", WORKFLOWS, ids=lambda cls: cls.__name__)
+def test_a_workflow_module_imports_only_passed_through_modules_of_ours(cls: type) -> None:
+    tree = ast.parse(_module_path(cls.__module__).read_text())
+    not_shared = _sandboxed_imports(tree) - set(PASSED_THROUGH)
+    assert not not_shared, (
+        f"{cls.__module__} imports {sorted(not_shared)} outside imports_passed_through: "
+        "the sandbox would re-execute them for every run; add them to worker.PASSED_THROUGH "
+        "if they are deterministic, or import them passed through"
+    )
+
+
+@pytest.mark.parametrize("name", PASSED_THROUGH)
+def test_a_passed_through_module_is_plain_data_and_stdlib(name: str) -> None:
+    """Shared between runs, so it must hold no workflow code and reach nothing but the
+    standard library and other shared contracts."""
+    tree = ast.parse(_module_path(name).read_text())
+    assert "workflow.defn" not in ast.unparse(tree), f"{name} defines a workflow"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module != "__future__":
+            module = node.module
+        elif isinstance(node, ast.Import):
+            module = node.names[0].name
+        else:
+            continue
+        top = module.split(".")[0]
+        assert top in sys.stdlib_module_names or module in PASSED_THROUGH, (
+            f"{name} imports {module}: a shared module may import only the standard "
+            "library and other shared contracts"
+        )
+
+
+def test_stale_workflow_bytecode_names_a_module_without_current_pyc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "bytecode_probe_workflow.py"
+    source.write_text("class Probe:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(sys, "dont_write_bytecode", True)
+    probe = importlib.import_module("bytecode_probe_workflow").Probe
+    try:
+        assert stale_workflow_bytecode([probe]) == [str(source)]
+        py_compile.compile(str(source), doraise=True)
+        assert stale_workflow_bytecode([probe]) == []
+        later = source.stat().st_mtime + 10
+        os.utime(source, (later, later))
+        assert stale_workflow_bytecode([probe]) == [str(source)]
+    finally:
+        sys.modules.pop("bytecode_probe_workflow", None)
