@@ -115,10 +115,13 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
     def __init__(self, keyring: KeyRing, *, mark_undecodable: bool = False) -> None:
         self._keyring = keyring
         self._mark_undecodable = mark_undecodable
+        # One cipher per key, made once: every workflow task encodes and decodes, and
+        # the key schedule is the same each time.
+        self._aeads = {key_id: AESGCM(key) for key_id, key in keyring.keys.items()}
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
         key_id = self._keyring.current_id
-        aead = AESGCM(self._keyring.keys[key_id])
+        aead = self._aeads[key_id]
         encoded = []
         for payload in payloads:
             nonce = secrets.token_bytes(NONCE_BYTES)
@@ -148,11 +151,10 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         if payload.metadata.get("encoding") != ENCODING:
             return payload  # written before encryption was on, or by a codec-less client
         key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode("utf-8", "replace")
-        key = self._keyring.keys.get(key_id)
-        if key is None:
+        aead = self._aeads.get(key_id)
+        if aead is None:
             raise CodecKeyError(f"payload encrypted with unknown key id {key_id!r}")
         nonce, ciphertext = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
-        aead = AESGCM(key)
         # The samples' format first (everything written now); then, for histories
         # written by the first release, the key id as associated data. A payload that
         # authenticates under neither was changed or was not made with this key.
