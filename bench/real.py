@@ -1,10 +1,15 @@
 """Part 4 of `make bench`: real activities against the local stack (devstack/).
 
-Purchases run at once through the stack's own worker process; CPU is read from /proc
-for every process of the stack (worker, Temporal, OpenBao, local cloud, the local
-VPSes with their SSH and SMTP servers), and each step's wall time comes from history
-(scheduled -> completed). Per-step *CPU* is not split: the worker runs the steps
-concurrently on one event loop, so only the worker's total is measured.
+Three phases on one stack:
+1. `concurrency` purchases at once through the stack's own worker process; CPU is read
+   from /proc for every process of the stack (worker, Temporal, OpenBao, local cloud,
+   the local VPSes with their SSH and SMTP servers), and each step's wall time comes
+   from history (scheduled -> completed).
+2. the same with a second worker process on the task queue: which side limits.
+3. a few purchases one after another, the worker's CPU sampled every 20 ms and each
+   sample's share given to the step running then (history's started -> completed).
+   Concurrent purchases interleave on the worker's one event loop, so CPU can be told
+   apart by step only when one purchase runs at a time.
 """
 
 from __future__ import annotations
@@ -70,31 +75,102 @@ def _role(pid: int) -> str:
     return "other"
 
 
-def _cpu_by_role(before: dict[int, tuple[str, float]]) -> dict[str, float]:
+def _cpu_by_role(before: dict[int, tuple[str, float]], outside: set[int]) -> dict[str, float]:
     after = _descendants(os.getpid())
     totals: dict[str, float] = defaultdict(float)
     for pid, (role, seconds) in after.items():
-        totals[role] += seconds - (before[pid][1] if pid in before else 0.0)
+        if pid not in outside:
+            totals[role] += seconds - (before[pid][1] if pid in before else 0.0)
     return dict(totals)
 
 
-async def _step_walls(handle: WorkflowHandle[Any, Any]) -> dict[str, float]:
+def _process_cpu(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _step_intervals(
+    handle: WorkflowHandle[Any, Any],
+) -> dict[str, tuple[float, float, float]]:
+    """step -> (scheduled, started, completed) times of its last attempt, from history."""
     scheduled: dict[int, tuple[str, float]] = {}
-    walls: dict[str, float] = {}
+    started: dict[int, float] = {}
+    steps: dict[str, tuple[float, float, float]] = {}
     async for event in handle.fetch_history_events():
         when = event.event_time.ToDatetime().timestamp()
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             name = event.activity_task_scheduled_event_attributes.activity_type.name
             scheduled[event.event_id] = (STEP_OF_ACTIVITY.get(name, name), when)
+        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
+            started[event.activity_task_started_event_attributes.scheduled_event_id] = when
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
             attributes = event.activity_task_completed_event_attributes
-            step, began = scheduled[attributes.scheduled_event_id]
-            walls[step] = when - began
-    return walls
+            step, queued = scheduled[attributes.scheduled_event_id]
+            steps[step] = (queued, started.get(attributes.scheduled_event_id, queued), when)
+    return steps
 
 
-async def real_purchases(concurrency: int) -> dict[str, Any]:
-    """Runs `concurrency` purchases at once on the local stack; returns the figures."""
+async def _at_once(client: Client, notify_url: str, count: int) -> list[WorkflowHandle[Any, Any]]:
+    handles = []
+    for _ in range(count):
+        request = PurchaseRequest.parse(purchase(f"bench-{uuid.uuid4().hex[:8]}", notify_url))
+        handle, _ = await start_purchase(client, request, "mail-provisioning")
+        handles.append(handle)
+    await asyncio.gather(*(handle.result() for handle in handles))
+    return handles
+
+
+async def _phase(
+    client: Client, notify_url: str, count: int, outside: set[int]
+) -> tuple[float, dict[str, float], list[WorkflowHandle[Any, Any]]]:
+    """`count` purchases at once: wall time, CPU seconds by role, the handles."""
+    before = _descendants(os.getpid())
+    began = time.monotonic()
+    handles = await _at_once(client, notify_url, count)
+    return time.monotonic() - began, _cpu_by_role(before, outside), handles
+
+
+async def _step_cpu(
+    client: Client, notify_url: str, worker_pid: int, runs: int
+) -> dict[str, float]:
+    """Worker CPU seconds per step, averaged over `runs` purchases made one at a time."""
+    samples: list[tuple[float, float]] = []
+
+    async def sample() -> None:
+        while True:
+            samples.append((time.time(), _process_cpu(worker_pid)))
+            await asyncio.sleep(0.02)
+
+    sampler = asyncio.get_running_loop().create_task(sample())
+    handles = []
+    try:
+        for _ in range(runs):
+            handles += await _at_once(client, notify_url, 1)
+        await asyncio.sleep(0.1)
+    finally:
+        sampler.cancel()
+
+    def cpu_at(when: float) -> float:
+        # The last sample taken at or before `when` (samples are in time order).
+        value = samples[0][1]
+        for taken, cpu in samples:
+            if taken > when:
+                break
+            value = cpu
+        return value
+
+    totals: dict[str, float] = defaultdict(float)
+    for handle in handles:
+        for step, (_, started, completed) in (await _step_intervals(handle)).items():
+            totals[step] += cpu_at(completed) - cpu_at(started)
+    whole = samples[-1][1] - samples[0][1]
+    totals["(between steps: workflow tasks, polling)"] = whole - sum(totals.values())
+    return {step: seconds / runs for step, seconds in totals.items()}
+
+
+async def real_purchases(concurrency: int, sequential: int = 3) -> dict[str, Any]:
+    """The three phases on one local stack; returns the figures."""
+    outside = set(_descendants(os.getpid()))  # e.g. the bench's in-memory dev server
     with tempfile.TemporaryDirectory(prefix="bench-stack-") as state:
         async with Stack(Path(state)) as stack:
             info = await stack.start()
@@ -102,25 +178,25 @@ async def real_purchases(concurrency: int) -> dict[str, Any]:
                 info.temporal_address,
                 data_converter=data_converter(KeyRing.from_file(info.codec_keys_file)),
             )
-            before = _descendants(os.getpid())
-            began = time.monotonic()
-            handles = []
-            for _ in range(concurrency):
-                request = PurchaseRequest.parse(
-                    purchase(f"bench-{uuid.uuid4().hex[:8]}", info.notify_url)
-                )
-                handle, _ = await start_purchase(client, request, "mail-provisioning")
-                handles.append(handle)
-            await asyncio.gather(*(handle.result() for handle in handles))
-            wall = time.monotonic() - began
-            cpu = _cpu_by_role(before)
-            walls = [await _step_walls(handle) for handle in handles]
+            (worker,) = stack.processes("worker")
+            step_cpu = await _step_cpu(client, info.notify_url, worker.popen.pid, sequential)
+            one_wall, one_cpu, handles = await _phase(client, info.notify_url, concurrency, outside)
+            await stack.start_worker()
+            two_wall, two_cpu, _ = await _phase(client, info.notify_url, concurrency, outside)
+            walls = [await _step_intervals(handle) for handle in handles]
     steps = sorted({step for run in walls for step in run})
     return {
         "purchases": concurrency,
-        "wall": wall,
-        "cpu_per_purchase_ms": {role: 1000 * s / concurrency for role, s in cpu.items()},
+        "wall": one_wall,
+        "cpu_per_purchase_ms": {role: 1000 * s / concurrency for role, s in one_cpu.items()},
         "step_wall_median_s": {
-            step: statistics.median(run[step] for run in walls if step in run) for step in steps
+            step: statistics.median(run[step][2] - run[step][0] for run in walls if step in run)
+            for step in steps
         },
+        "two_workers": {
+            "wall": two_wall,
+            "cpu_per_purchase_ms": {role: 1000 * s / concurrency for role, s in two_cpu.items()},
+        },
+        "worker_cpu_per_step_ms": {step: 1000 * s for step, s in step_cpu.items()},
+        "sequential_purchases": sequential,
     }

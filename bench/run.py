@@ -9,7 +9,9 @@
 3. waiting at scale: many purchases at once, instant vs slow boot, on one worker:
    wall time, peak RSS, peak activity slots in use.
 4. real work (bench/real.py): purchases at once through the local stack's real
-   activities, CPU per purchase of each stack process, each step's wall time.
+   activities with one worker and then two, CPU per purchase of each stack process,
+   each step's wall time, and the worker's CPU per step from purchases run one at a
+   time. Runs beside part 2, which mostly sleeps through its boots.
 
 The bench process is worker and client at once, so "worker CPU" is this process's
 CPU (user + system, Rust core threads included); the server's CPU is shown beside it.
@@ -84,6 +86,9 @@ FULL = Sizes(purchases=100, trials=3, boots=(0, 60, 120), scale_purchases=500, s
 SMOKE = Sizes(purchases=3, trials=1, boots=(0, 3), scale_purchases=4, scale_boot=2)
 
 
+SECTIONS = ("overhead", "cost", "scale", "real")
+
+
 @dataclass
 class Table:
     rows: list[dict[str, Any]] = field(default_factory=list)
@@ -100,6 +105,8 @@ class Table:
                 "samples": list(values),
             }
         )
+        # Parts may finish in any order (cost and real run side by side); rows keep theirs.
+        self.rows.sort(key=lambda row: SECTIONS.index(row["section"]))
 
     def print(self) -> None:
         header = f"{'section':<9} {'metric':<72} {'min':>9} {'median':>9} {'max':>9}  unit"
@@ -516,12 +523,19 @@ async def scale(server: Server, sizes: Sizes, table: Table, report: dict[str, An
 async def real(concurrency: int, table: Table, report: dict[str, Any]) -> None:
     figures = await real_purchases(concurrency)
     report["real"] = figures
-    label = f"{concurrency} real purchases at once"
-    table.add("real", f"{label}: purchases/s", [concurrency / figures["wall"]], "1/s")
+    label = f"{concurrency} at once"
+    table.add("real", f"{label}, 1 worker: purchases/s", [concurrency / figures["wall"]], "1/s")
+    two = figures["two_workers"]
+    table.add("real", f"{label}, 2 workers: purchases/s", [concurrency / two["wall"]], "1/s")
     for role, ms in sorted(figures["cpu_per_purchase_ms"].items()):
-        table.add("real", f"{label}: CPU/purchase, {role}", [ms], "ms")
+        table.add("real", f"{label}, 1 worker: CPU/purchase, {role}", [ms], "ms")
+    for role, ms in sorted(two["cpu_per_purchase_ms"].items()):
+        table.add("real", f"{label}, 2 workers: CPU/purchase, {role}", [ms], "ms")
     for step, seconds in figures["step_wall_median_s"].items():
         table.add("real", f"{label}: step wall (median), {step}", [seconds], "s")
+    one_at_a_time = f"one at a time ({figures['sequential_purchases']} runs)"
+    for step, ms in figures["worker_cpu_per_step_ms"].items():
+        table.add("real", f"{one_at_a_time}: worker CPU, {step}", [ms], "ms")
 
 
 async def main(argv: Sequence[str] | None = None) -> int:
@@ -556,12 +570,14 @@ async def main(argv: Sequence[str] | None = None) -> int:
             ratio = await overhead(
                 server, sizes, table, report, with_sdk_default=args.with_sdk_default
             )
-        if "cost" in parts:
-            await cost(server, sizes, table, report)
         if "scale" in parts:
             await scale(server, sizes, table, report)
-    if "real" in parts:
-        await real(args.real_purchases, table, report)
+        # Side by side: the cost part's six runs mostly sleep through their boots, in the
+        # in-memory server; the real part's figures are the stack's own processes.
+        await asyncio.gather(
+            *([cost(server, sizes, table, report)] if "cost" in parts else []),
+            *([real(args.real_purchases, table, report)] if "real" in parts else []),
+        )
     report["rows"] = table.rows
     report["wall_seconds"] = time.monotonic() - began
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
