@@ -574,10 +574,12 @@ async def main(argv: Sequence[str] | None = None) -> int:
             await scale(server, sizes, table, report)
         # Side by side: the cost part's six runs mostly sleep through their boots, in the
         # in-memory server; the real part's figures are the stack's own processes.
-        await asyncio.gather(
-            *([cost(server, sizes, table, report)] if "cost" in parts else []),
-            *([real(args.real_purchases, table, report)] if "real" in parts else []),
-        )
+        # A task group: if one fails, the other is cancelled before the server stops.
+        async with asyncio.TaskGroup() as side_by_side:
+            if "cost" in parts:
+                side_by_side.create_task(cost(server, sizes, table, report))
+            if "real" in parts:
+                side_by_side.create_task(real(args.real_purchases, table, report))
     report["rows"] = table.rows
     report["wall_seconds"] = time.monotonic() - began
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
