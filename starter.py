@@ -35,13 +35,10 @@ from temporalio.client import (
     Client,
     Schedule,
     ScheduleActionStartWorkflow,
-    ScheduleAlreadyRunningError,
     ScheduleIntervalSpec,
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
-    ScheduleUpdate,
-    ScheduleUpdateInput,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowHistory,
@@ -56,7 +53,12 @@ from activities.audit import first_broken_row, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsNotFound, read_admin_credentials
 from activities.crypto import EnvelopeError
-from activities.rotation_schedule import NoRotationSchedule, rotate_now, rotation_status
+from activities.rotation_schedule import (
+    NoRotationSchedule,
+    ensure_schedule,
+    rotate_now,
+    rotation_status,
+)
 from activities.vault import Vault, VaultError, VaultSettings
 from workflows.contracts import (
     DEFAULT_TASK_QUEUE,
@@ -447,7 +449,10 @@ async def run_reconciler(
 async def schedule_reconciler(
     client: Client, task_queue: str, request: ReconcileRequest, every: timedelta
 ) -> None:
-    """Create, or update in place, the Temporal Schedule that runs the reconciler."""
+    """Create, or update in place, the Temporal Schedule that runs the reconciler.
+
+    Updated like a tenant's rotation schedule: an operator's pause survives a re-run.
+    """
     schedule = Schedule(
         action=ScheduleActionStartWorkflow(
             RECONCILE_WORKFLOW, request, id=RECONCILE_SCHEDULE_ID, task_queue=task_queue
@@ -456,14 +461,7 @@ async def schedule_reconciler(
         # A pass still running when the next is due: skip the new one.
         policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
     )
-    try:
-        await client.create_schedule(RECONCILE_SCHEDULE_ID, schedule)
-    except ScheduleAlreadyRunningError:
-
-        async def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
-            return ScheduleUpdate(schedule=schedule)
-
-        await client.get_schedule_handle(RECONCILE_SCHEDULE_ID).update(replace)
+    await ensure_schedule(client, RECONCILE_SCHEDULE_ID, schedule)
 
 
 def _reconcile_request(args: argparse.Namespace) -> ReconcileRequest:
