@@ -15,6 +15,7 @@ Three phases on one stack:
 from __future__ import annotations
 
 import asyncio
+import bisect
 import os
 import statistics
 import tempfile
@@ -29,6 +30,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from activities.codec import KeyRing, data_converter
 from bench.fakes import purchase
+from bench.procfs import all_processes, process_stat
 from devstack.stack import Stack
 from starter import STEP_OF_ACTIVITY, start_purchase
 from workflows.contracts import PurchaseRequest
@@ -36,24 +38,14 @@ from workflows.contracts import PurchaseRequest
 
 def _descendants(root: int) -> dict[int, tuple[str, float]]:
     """pid -> (role, CPU seconds) for every process below `root`."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        pid = int(stat.parent.name)
-        parent[pid] = int(fields[1])
-        cpu[pid] = (int(fields[11]) + int(fields[12])) / ticks
+    processes = all_processes()
     found: dict[int, tuple[str, float]] = {}
-    for pid in cpu:
-        ancestor = parent.get(pid)
+    for pid, (parent, cpu) in processes.items():
+        ancestor: int | None = parent
         while ancestor and ancestor != root:
-            ancestor = parent.get(ancestor)
+            ancestor = processes.get(ancestor, (None, 0.0))[0]
         if ancestor == root:
-            found[pid] = (_role(pid), cpu[pid])
+            found[pid] = (_role(pid), cpu)
     return found
 
 
@@ -82,11 +74,6 @@ def _cpu_by_role(before: dict[int, tuple[str, float]], outside: set[int]) -> dic
         if pid not in outside:
             totals[role] += seconds - (before[pid][1] if pid in before else 0.0)
     return dict(totals)
-
-
-def _process_cpu(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 async def _step_intervals(
@@ -138,7 +125,7 @@ async def _step_cpu(
 
     async def sample() -> None:
         while True:
-            samples.append((time.time(), _process_cpu(worker_pid)))
+            samples.append((time.time(), process_stat(worker_pid)[1]))
             await asyncio.sleep(0.02)
 
     sampler = asyncio.get_running_loop().create_task(sample())
@@ -150,14 +137,11 @@ async def _step_cpu(
     finally:
         sampler.cancel()
 
+    taken = [at for at, _ in samples]
+
     def cpu_at(when: float) -> float:
         # The last sample taken at or before `when` (samples are in time order).
-        value = samples[0][1]
-        for taken, cpu in samples:
-            if taken > when:
-                break
-            value = cpu
-        return value
+        return samples[max(bisect.bisect_right(taken, when) - 1, 0)][1]
 
     totals: dict[str, float] = defaultdict(float)
     for handle in handles:

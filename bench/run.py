@@ -55,6 +55,7 @@ from activities.plans import DEFAULT_CATALOG, PlanActivities
 from activities.vps_provider import VpsActivities
 from bench.bare import BareSameShape, bare_step
 from bench.fakes import BootingProvider, NoopActivities, purchase
+from bench.procfs import all_processes
 from bench.real import real_purchases
 from devstack.stack import tool
 from starter import watch
@@ -129,16 +130,8 @@ def process_cpu_seconds() -> float:
 
 def children_cpu_seconds() -> float:
     """CPU of our child processes still running (the dev server), from /proc."""
-    total = 0.0
-    ticks = os.sysconf("SC_CLK_TCK")
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == os.getpid():  # fields[1] is the ppid
-            total += (int(fields[11]) + int(fields[12])) / ticks
-    return total
+    me = os.getpid()
+    return sum(cpu for parent, cpu in all_processes().values() if parent == me)
 
 
 def rss_bytes() -> int:
