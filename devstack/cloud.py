@@ -246,8 +246,9 @@ class RateLimiter:
     def headers(self) -> dict[str, str]:
         self._refill()
         remaining = int(self._remaining)
-        # Hetzner: the UNIX time when the bucket is full again; rounded up so it is
-        # never in the past at the moment it is sent.
+        # Hetzner Cloud API reference, "Rate Limiting" (docs.hetzner.cloud/#rate-limiting):
+        # RateLimit-Reset is the UNIX timestamp at which the remaining requests are back
+        # at the limit. Rounded up, so it is never in the past at the moment it is sent.
         reset = math.ceil(time.time() + (self.limit - self._remaining))
         return {
             "RateLimit-Limit": str(self.limit),
