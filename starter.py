@@ -128,15 +128,21 @@ async def query_status(handle: WorkflowHandle[Any, Any]) -> ProvisionStatus:
     return status
 
 
-# Activity type -> the step name the status query uses, where they differ.
-STEP_OF_ACTIVITY = {
-    "check_notify_url": "validate_input",
-    "mail_dns_records": "dns_records",
+# Activity type -> the step name the status query uses, where they differ; None: not shown.
+STEP_OF_ACTIVITY: dict[str, str | None] = {
+    "bring_up_server": "wait_for_server",
+    "set_up_mailu": "configure_mailu",
     "record_audit_event": "audit",
     "ensure_rotation_schedule": "schedule_rotation",
     "notify_customer": "notify",
-    "confirm_tenant_claim": "claim_tenant",
     "delete_purchase_servers": "delete_server",
+    # Runs started before workflows.provision.FEWER_ACTIONS.
+    "check_notify_url": "validate_input",
+    "resolve_plan": "admit_purchase",
+    "claim_tenant": "admit_purchase",
+    "set_reverse_dns": "wait_for_server",
+    "mail_dns_records": "configure_mailu",
+    "confirm_tenant_claim": None,
 }
 _ACTIVITY_OUTCOME = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "done",
@@ -151,35 +157,31 @@ async def watch(handle: WorkflowHandle[Any, Any], *, quiet: bool = False) -> Pro
 
     Progress comes from the run's history, long-polled: unlike a `status` query a
     second (up to 170 billable actions per purchase on Temporal Cloud), it costs no
-    action and needs no live worker. One `status` query at the end adds the steps that
-    are not activities (validate_input, a skipped notify). `quiet` prints nothing.
+    action and needs no live worker. The two steps that are not activities are read
+    from it too: validation is done once any activity is scheduled, and a completed
+    run that never scheduled a notification skipped it. `quiet` prints nothing.
     """
     shown: set[tuple[str, str]] = set()
-    scheduled: dict[int, str] = {}
-    try:
-        async for event in handle.fetch_history_events(wait_new_event=True):
-            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-                name = event.activity_task_scheduled_event_attributes.activity_type.name
-                scheduled[event.event_id] = step = STEP_OF_ACTIVITY.get(name, name)
-                _show_step(step, "running", shown, quiet)
-            elif event.event_type in _ACTIVITY_OUTCOME:
-                outcome = getattr(event, event.WhichOneof("attributes") or "")
-                step = scheduled.get(outcome.scheduled_event_id, "?")
-                _show_step(step, _ACTIVITY_OUTCOME[event.event_type], shown, quiet)
-        result: ProvisionResult = await handle.result()
-        return result
-    finally:
-        try:
-            status = await query_status(handle)
-        except (RPCError, WorkflowQueryFailedError):
-            pass  # no worker to answer: the history lines above stand
-        else:
-            for progress in status.steps:
-                _show_step(progress.name, progress.state, shown, quiet)
+    scheduled: dict[int, str | None] = {}
+    async for event in handle.fetch_history_events(wait_new_event=True):
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            name = event.activity_task_scheduled_event_attributes.activity_type.name
+            scheduled[event.event_id] = step = STEP_OF_ACTIVITY.get(name, name)
+            if step != "validate_input":
+                _show_step("validate_input", "done", shown, quiet)
+            _show_step(step, "running", shown, quiet)
+        elif event.event_type in _ACTIVITY_OUTCOME:
+            outcome = getattr(event, event.WhichOneof("attributes") or "")
+            step = scheduled.get(outcome.scheduled_event_id, "?")
+            _show_step(step, _ACTIVITY_OUTCOME[event.event_type], shown, quiet)
+    result: ProvisionResult = await handle.result()
+    if "notify" not in scheduled.values():
+        _show_step("notify", "skipped", shown, quiet)
+    return result
 
 
-def _show_step(step: str, state: str, shown: set[tuple[str, str]], quiet: bool) -> None:
-    if (step, state) in shown:
+def _show_step(step: str | None, state: str, shown: set[tuple[str, str]], quiet: bool) -> None:
+    if step is None or (step, state) in shown:
         return
     shown.add((step, state))
     if not quiet:

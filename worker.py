@@ -26,6 +26,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.admission import AdmissionActivities
 from activities.audit import AuditActivities, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
@@ -235,18 +236,17 @@ async def build_activities(
     schedules = RotationScheduleActivities(vault)
     notify = NotifyActivities(settings.notify_policy)
     claims = TenantClaimActivities()
+    plans = PlanActivities(settings.plans)
     try:
         await _check_plans(settings.plans, hetzner)
         yield [
-            PlanActivities(settings.plans).resolve_plan,
+            AdmissionActivities(plans, notify, claims).admit_purchase,
             vps.create_server,
-            vps.wait_for_server,
-            vps.set_reverse_dns,
+            vps.bring_up_server,
             vps.delete_server,
             vps.server_exists,
             SshTrustActivities(access).rotate_host_key,
-            mailu.configure_mailu,
-            mailu.mail_dns_records,
+            mailu.set_up_mailu,
             credentials.create_admin_credentials,
             credentials.rotate_admin_credentials,
             schedules.ensure_rotation_schedule,
@@ -254,14 +254,20 @@ async def build_activities(
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
             AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
-            notify.check_notify_url,
-            claims.claim_tenant,
-            claims.confirm_tenant_claim,
             claims.release_tenant_claim,
             notify.notify_customer,
             vps.delete_purchase_servers,
             vps.list_managed_servers,
             *([TemporalRunsActivities(client).describe_purchase_runs] if client else []),
+            # Only for runs started before workflows.provision.FEWER_ACTIONS.
+            plans.resolve_plan,
+            vps.wait_for_server,
+            vps.set_reverse_dns,
+            mailu.configure_mailu,
+            mailu.mail_dns_records,
+            notify.check_notify_url,
+            claims.claim_tenant,
+            claims.confirm_tenant_claim,
         ]
     finally:
         await hetzner.aclose()

@@ -29,7 +29,7 @@ STEP_DURATION = "mailprov_activity_duration_seconds"
 VAULT_ERRORS = "mailprov_vault_errors"
 PROVIDER_ERRORS = "mailprov_provider_errors"
 LAST_ROTATED = "mailprov_credentials_last_rotated_timestamp_seconds"
-# Seconds: SSH steps take seconds to many minutes (configure_mailu up to 20).
+# Seconds: SSH steps take seconds to many minutes (set_up_mailu up to 20).
 STEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 # For the Prometheus exporter (worker.py): the SDK's default buckets are not seconds.
 HISTOGRAM_BUCKETS = {

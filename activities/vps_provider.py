@@ -29,6 +29,7 @@ from workflows.contracts import (
     ServerAddress,
     ServerHandle,
     ServerSpec,
+    ServerUpRequest,
 )
 from workflows.reconcile_contracts import ManagedServer
 
@@ -317,6 +318,29 @@ class VpsActivities:
         A running server without an address its plan requires will never get it:
         that is final at once, not a 15-minute poll.
         """
+        return await self._wait_until_running(server)
+
+    @activity.defn(name="bring_up_server")
+    async def bring_up_server(self, request: ServerUpRequest) -> ServerAddress:
+        """wait_for_server, then set_reverse_dns on its addresses, as one activity.
+
+        One activity instead of two is one billable action fewer per purchase
+        (docs/PERFORMANCE.md); both parts are idempotent, so a retry after the PTR
+        change simply finds the server running and the records already set.
+        """
+        address = await self._wait_until_running(request.server)
+        await self._point_reverse_dns(
+            ReverseDnsRequest(
+                request.tenant_id,
+                address.server_id,
+                address.ipv4,
+                request.dns_ptr,
+                ipv6=address.ipv6,
+            )
+        )
+        return address
+
+    async def _wait_until_running(self, server: ServerHandle) -> ServerAddress:
         interval = POLL_FIRST_SECONDS
         while True:
             address = await self._look_at(server)
@@ -373,6 +397,9 @@ class VpsActivities:
         Hetzner's change_dns_ptr takes either family; an address whose PTR already
         matches is skipped, so a retry changes nothing twice.
         """
+        await self._point_reverse_dns(request)
+
+    async def _point_reverse_dns(self, request: ReverseDnsRequest) -> None:
         current = await self._call(self._provider.get_server(request.server_id))
         have = {}
         if current is not None:

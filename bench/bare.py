@@ -8,11 +8,10 @@ from datetime import timedelta
 
 from temporalio import activity, workflow
 
-# check_notify_url, resolve_plan, claim_tenant, create_server, wait_for_server,
-# set_reverse_dns, rotate_host_key, configure_mailu, mail_dns_records,
+# admit_purchase, create_server, bring_up_server, rotate_host_key, set_up_mailu,
 # create_admin_credentials, store_credentials, record_audit_event,
-# ensure_rotation_schedule, notify_customer, confirm_tenant_claim
-BARE_STEPS = 15
+# ensure_rotation_schedule, notify_customer
+BARE_STEPS = 10
 
 
 @activity.defn(name="bare_step")

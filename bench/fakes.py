@@ -14,6 +14,7 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.tenant_claims import TenantClaimActivities
 from activities.vps_provider import Action, Server
 from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
@@ -23,11 +24,11 @@ from workflows.contracts import (
     MailuTarget,
     Notification,
     RemoveCredentialsRequest,
-    ReverseDnsRequest,
     SealedCredentials,
     ServerAddress,
     ServerHandle,
     ServerSpec,
+    ServerUpRequest,
     StoreCredentialsRequest,
     StoredCredentials,
 )
@@ -54,6 +55,7 @@ class BootingProvider:
 
     boot_seconds: float = 0.0
     gets: int = 0
+    ptr_changes: int = 0
     _created: dict[int, float] = field(default_factory=dict)
 
     def add(self, server_id: int) -> None:
@@ -62,6 +64,10 @@ class BootingProvider:
     async def get_action(self, action_id: int) -> Action:
         self.gets += 1
         return Action(action_id, "create_server", "running")
+
+    async def change_dns_ptr(self, server_id: int, ip: str, dns_ptr: str) -> Action:
+        self.ptr_changes += 1
+        return Action(server_id, "change_dns_ptr", "success")
 
     async def get_server(self, server_id: int) -> Server | None:
         self.gets += 1
@@ -79,8 +85,8 @@ class BootingProvider:
 
 
 class NoopActivities:
-    """The product's activities (same names, types) doing no I/O. `one_look_wait` is the
-    previous wait_for_server design: one look per attempt, the retry policy as the loop."""
+    """The product's activities (same names, types) doing no I/O. `one_look_bring_up` is
+    the previous wait design: one look per attempt, the retry policy as the loop."""
 
     def __init__(self, provider: BootingProvider) -> None:
         self._provider = provider
@@ -92,24 +98,20 @@ class NoopActivities:
         self._provider.add(self._next_id)
         return ServerHandle(spec.tenant_id, self._next_id, spec.name, "ssh-ed25519 AAAA bench")
 
-    @activity.defn(name="wait_for_server")
-    async def one_look_wait(self, server: ServerHandle) -> ServerAddress:
-        current = await self._provider.get_server(server.server_id)
+    @activity.defn(name="bring_up_server")
+    async def one_look_bring_up(self, request: ServerUpRequest) -> ServerAddress:
+        current = await self._provider.get_server(request.server.server_id)
         if current is None or current.status != "running" or current.ipv4 is None:
             raise ApplicationError("not running yet", type="ServerNotReady")
-        return ServerAddress(server.server_id, current.ipv4, current.ipv6)
-
-    @activity.defn(name="set_reverse_dns")
-    async def set_reverse_dns(self, request: ReverseDnsRequest) -> None:
-        return None
+        return ServerAddress(current.id, current.ipv4, current.ipv6)
 
     @activity.defn(name="rotate_host_key")
     async def rotate_host_key(self, target: MailuTarget) -> str:
         return target.host_public_key
 
-    @activity.defn(name="configure_mailu")
-    async def configure_mailu(self, target: MailuTarget) -> None:
-        return None
+    @activity.defn(name="set_up_mailu")
+    async def set_up_mailu(self, request: DnsRecordsRequest) -> list[DnsRecord]:
+        return []
 
     @activity.defn(name="create_admin_credentials")
     async def create_admin_credentials(self, target: MailuTarget) -> SealedCredentials:
@@ -135,24 +137,20 @@ class NoopActivities:
     async def delete_server(self, server: ServerHandle) -> bool:
         return True
 
-    # The claim starts a workflow per tenant at the real thing; here it only answers, so
-    # the figures stay those of one purchase's workflow.
+    @activity.defn(name="ensure_rotation_schedule")
+    async def ensure_rotation_schedule(self, request: RotationScheduleRequest) -> str:
+        return f"rotate-{request.target.tenant_id}"
+
+
+class NoopClaims(TenantClaimActivities):
+    """The claim starts a workflow per tenant at the real thing; here it only answers, so
+    the overhead and scale figures stay those of one purchase's workflow. (The cost
+    part uses the real claims: their workflow start is a billable action.)"""
+
     @activity.defn(name="claim_tenant")
     async def claim_tenant(self, request: TenantClaimRequest) -> str:
         return "bench-claim-run"
 
-    @activity.defn(name="confirm_tenant_claim")
-    async def confirm_tenant_claim(self, request: TenantClaimRequest) -> None:
-        return None
-
     @activity.defn(name="release_tenant_claim")
     async def release_tenant_claim(self, request: TenantClaimRequest) -> None:
         return None
-
-    @activity.defn(name="mail_dns_records")
-    async def mail_dns_records(self, request: DnsRecordsRequest) -> list[DnsRecord]:
-        return []
-
-    @activity.defn(name="ensure_rotation_schedule")
-    async def ensure_rotation_schedule(self, request: RotationScheduleRequest) -> str:
-        return f"rotate-{request.target.tenant_id}"

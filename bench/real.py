@@ -87,7 +87,7 @@ async def _step_intervals(
         when = event.event_time.ToDatetime().timestamp()
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             name = event.activity_task_scheduled_event_attributes.activity_type.name
-            scheduled[event.event_id] = (STEP_OF_ACTIVITY.get(name, name), when)
+            scheduled[event.event_id] = (STEP_OF_ACTIVITY.get(name) or name, when)
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             started[event.activity_task_started_event_attributes.scheduled_event_id] = when
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:

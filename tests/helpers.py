@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import copy
+import json
+from typing import Any
+
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ActivityError
+
+from workflows.provision import FEWER_ACTIONS
 
 
 def activity_failure_reason(error: WorkflowFailureError) -> str:
@@ -11,3 +18,37 @@ def activity_failure_reason(error: WorkflowFailureError) -> str:
     cause = error.cause
     assert isinstance(cause, ActivityError), f"expected an activity failure, got {cause!r}"
     return str(cause.cause)
+
+
+# Temporal's SDK core writes two things of its own, past the payload codec, when a run
+# takes a workflow.patched() branch: the patch marker's details and the
+# TemporalChangeVersion search attribute (which the server indexes, so it can never be
+# encrypted). Both carry the patch's name and nothing else; anything more is a failure.
+PATCH_IDS = frozenset({FEWER_ACTIONS})
+
+
+def payload_encodings(exported: Any) -> set[bytes]:
+    """The encodings of every payload of an exported history (`temporal workflow show -o
+    json`), after checking that the SDK's patch metadata holds only known patch names."""
+    found: set[bytes] = set()
+
+    def walk(node: Any, key: str = "") -> None:
+        if isinstance(node, dict):
+            if "markerName" in node and node["markerName"] == "core_patch":
+                [data] = node["details"]["patch-data"]["payloads"]
+                assert json.loads(base64.b64decode(data["data"]))["id"] in PATCH_IDS
+                return
+            if key == "indexedFields" and "TemporalChangeVersion" in node:
+                versions = node.pop("TemporalChangeVersion")
+                assert set(json.loads(base64.b64decode(versions["data"]))) <= PATCH_IDS
+            if "encoding" in node.get("metadata", {}):
+                found.add(base64.b64decode(node["metadata"]["encoding"]))
+                return
+            for name, value in node.items():
+                walk(value, name)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value, key)
+
+    walk(copy.deepcopy(exported))
+    return found

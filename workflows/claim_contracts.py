@@ -18,7 +18,7 @@ def tenant_claim_id(tenant_id: str) -> str:
 
 @dataclass(frozen=True)
 class TenantClaimRequest:
-    """Take (or, with run_id and reason, release or confirm) a tenant's claim."""
+    """Take (or, with run_id and reason, release) a tenant's claim."""
 
     tenant_id: str
     holder: str  # the purchase's workflow id
@@ -28,8 +28,9 @@ class TenantClaimRequest:
 
 @dataclass(frozen=True)
 class TenantClaimState:
-    """Answer of the `claim` query: who holds the tenant and how far it got."""
+    """Answer of the `claim` query: who holds the tenant, and whether it still does."""
 
     holder: str
-    state: str  # "provisioning" | "provisioned" | "released"
+    # "held" | "released"; "provisioned" on claims confirmed by older purchases
+    state: str
     release_reason: str | None = None

@@ -643,8 +643,39 @@ class PlanRequest:
 
 
 @dataclass(frozen=True)
+class AdmissionRequest:
+    """Admit a purchase: its plan, its notify URL under the worker's policy, its tenant claim."""
+
+    tenant_id: str
+    plan: str
+    notify_url: str | None
+    holder: str  # the purchase's workflow id, which takes the tenant's claim
+
+
+@dataclass(frozen=True)
+class Admission:
+    """An admitted purchase: the plan it buys and the tenant claim run it holds."""
+
+    plan: Plan
+    claim_run_id: str
+
+
+@dataclass(frozen=True)
+class ServerUpRequest:
+    """Wait until the server runs, then point its reverse DNS at `dns_ptr`."""
+
+    server: ServerHandle
+    dns_ptr: str
+
+    @property
+    def tenant_id(self) -> str:
+        return self.server.tenant_id
+
+
+@dataclass(frozen=True)
 class DnsRecordsRequest:
-    """Ask MailU for the domain's records (generating its DKIM key once)."""
+    """Ask MailU for the domain's records (generating its DKIM key once); also what
+    set_up_mailu configures before it asks."""
 
     tenant_id: str
     target: MailuTarget
@@ -677,14 +708,11 @@ class ProvisionResult:
 
 STEPS: tuple[str, ...] = (
     "validate_input",
-    "resolve_plan",
-    "claim_tenant",
+    "admit_purchase",  # plan, notify URL policy, tenant claim
     "create_server",
-    "wait_for_server",
-    "set_reverse_dns",
+    "wait_for_server",  # then its reverse DNS
     "rotate_host_key",
-    "configure_mailu",
-    "dns_records",
+    "configure_mailu",  # then the domain's DNS records
     "create_admin_credentials",
     "store_credentials",
     "audit",

@@ -1,13 +1,18 @@
 """ProvisionMailTenant: one purchase becomes a running mail server with stored credentials.
 
-    validate input ─► resolve_plan ─► claim the tenant ─► create_server ─► wait_for_server
-        ─► set_reverse_dns ─► rotate_host_key ─► configure_mailu ─► dns_records
-        ─► create_admin_credentials
-        ─► store_credentials ─► audit ─► notify
+    validate input ─► admit (plan, notify URL policy, claim the tenant) ─► create_server
+        ─► wait_for_server (then its reverse DNS) ─► rotate_host_key
+        ─► configure_mailu (then the domain's DNS records) ─► create_admin_credentials
+        ─► store_credentials ─► audit
     on a failure retries cannot fix, or on cancel, once the tenant is claimed:
         remove_credentials (if stored) ─► delete_server (if created)
         ─► audit provisioning_failed ─► release the tenant claim
-    after the audit: ensure the tenant's rotation schedule, notify, confirm the claim
+    after the audit: ensure the tenant's rotation schedule, notify
+
+Runs started before the FEWER_ACTIONS patch replay their own, longer sequence (separate
+notify URL check, plan and claim activities, reverse DNS and DNS records as steps of
+their own, a final claim confirmation): see the `_legacy_*` methods, to be removed with
+`workflow.deprecate_patch` once no such run is open.
 
 The run takes its argument raw (a dynamic workflow gets every start argument as an
 undecoded payload) and decodes it with bounded size and depth itself, so whatever a
@@ -48,6 +53,8 @@ from temporalio.workflow import ActivityCancellationType
 from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
     WORKFLOW_TYPE,
+    Admission,
+    AdmissionRequest,
     AuditEvent,
     DnsRecord,
     DnsRecordsRequest,
@@ -66,6 +73,7 @@ from workflows.contracts import (
     ServerAddress,
     ServerHandle,
     ServerSpec,
+    ServerUpRequest,
     StepProgress,
     StoreCredentialsRequest,
     StoredCredentials,
@@ -78,6 +86,7 @@ from workflows.contracts import (
 from workflows.rotation_contracts import RotationScheduleRequest
 
 with workflow.unsafe.imports_passed_through():
+    from activities.admission import AdmissionActivities
     from activities.audit import AuditActivities
     from activities.credentials import CredentialsActivities
     from activities.mailu import MailuActivities
@@ -111,6 +120,11 @@ def _policy(
 # start-to-close: with a first retry within 5 s, a purchase resumes within ~20 s of a
 # worker being available (measured by `make faults`, docs/RELIABILITY.md).
 HEARTBEAT = timedelta(seconds=15)
+# Runs started since this patch admit a purchase in one activity, wait and set reverse
+# DNS in one, configure MailU and export its DNS records in one, and no longer confirm
+# the claim: 5 billable actions fewer per purchase (docs/PERFORMANCE.md). The patch's
+# marker is recorded once per run.
+FEWER_ACTIONS = "fewer-actions-per-purchase"
 # A dictionary lookup in the worker's catalog. A regular activity, not a local one:
 # Temporal writes a local activity's marker metadata as json/plain, past the payload
 # codec, and every payload of a purchase's history is to be encrypted.
@@ -133,14 +147,16 @@ CREATE_SERVER = dict(
     # for the purchase's server runs after any server it could create exists.
     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
 )
-# One attempt polls until the server runs (activities/vps_provider.py), heartbeating: a
-# 2-minute boot costs the activity plus ~3 heartbeats instead of 40 retries (billable
-# actions, docs/PERFORMANCE.md). The longer heartbeat timeout is what keeps heartbeats
-# rare (the SDK sends one per 80% of it); a dead worker is noticed within a minute.
+# One attempt polls until the server runs (activities/vps_provider.py), then sets its
+# reverse DNS (one quick provider call). It heartbeats from half the heartbeat timeout on
+# and the SDK sends one per 80% of it, so a 2-minute boot costs the activity plus 2
+# heartbeats instead of 40 retries, and a boot under 45 s none (each is a billable
+# action, docs/PERFORMANCE.md). The price: a worker that dies mid-wait is noticed after
+# 90 s, which delays the purchase only by what exceeds the boot still under way.
 # Retries are for provider errors only. Gives up after 15 minutes.
 WAIT_FOR_SERVER = dict(
     start_to_close_timeout=timedelta(minutes=15),
-    heartbeat_timeout=timedelta(seconds=60),
+    heartbeat_timeout=timedelta(seconds=90),
     schedule_to_close_timeout=timedelta(minutes=15),
     retry_policy=_policy(3, 3, backoff=1.0),
 )
@@ -210,7 +226,12 @@ CHECK_NOTIFY_URL: dict[str, Any] = dict(
     start_to_close_timeout=timedelta(seconds=10), retry_policy=_policy(1, 5, 3)
 )
 # One start (or describe) against Temporal itself; a refusal is final, outages are short.
-TENANT_CLAIM = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=_policy(1, 30, 10))
+TENANT_CLAIM: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=30), retry_policy=_policy(1, 30, 10)
+)
+# Two lookups in the worker's configuration and one start (or describe) against Temporal
+# itself (activities/admission.py): a refusal is final, outages are short.
+ADMIT_PURCHASE = TENANT_CLAIM
 # Releasing must happen, or the tenant stays blocked: retry for as long as deletion does.
 TENANT_CLAIM_RELEASE: dict[str, Any] = dict(
     start_to_close_timeout=timedelta(seconds=30),
@@ -244,6 +265,8 @@ class ProvisionMailTenant:
         self._status = ProvisionStatus(
             purchase_id=None, tenant_id=None, state="running", current_step=None
         )
+        # Decided by workflow.patched(FEWER_ACTIONS) as the run starts.
+        self._fewer_actions = True
 
     @workflow.query(name="status")
     def status(self) -> ProvisionStatus:
@@ -259,9 +282,10 @@ class ProvisionMailTenant:
                 type="UnknownWorkflowType",
                 non_retryable=True,
             )
+        # Before any command, so that a run from before the patch replays unchanged.
+        self._fewer_actions = workflow.patched(FEWER_ACTIONS)
         request = await self._validate(args)
-        plan = await self._resolve_plan(request)
-        claim = await self._claim_tenant(request)
+        plan, claim = await self._admit(request)
         spec = self._server_spec(request, plan)
         try:
             server: ServerHandle = await self._step(
@@ -276,21 +300,7 @@ class ProvisionMailTenant:
             raise outcome from None
         stored: StoredCredentials | None = None
         try:
-            address: ServerAddress = await self._step(
-                "wait_for_server", VpsActivities.wait_for_server, server, WAIT_FOR_SERVER
-            )
-            await self._step(
-                "set_reverse_dns",
-                VpsActivities.set_reverse_dns,
-                ReverseDnsRequest(
-                    request.tenant_id,
-                    server.server_id,
-                    address.ipv4,
-                    mail_hostname_for(request.domain),
-                    ipv6=address.ipv6,
-                ),
-                SET_REVERSE_DNS,
-            )
+            address = await self._bring_up(request, server)
             target = MailuTarget(
                 request.tenant_id,
                 request.domain,
@@ -302,14 +312,8 @@ class ProvisionMailTenant:
                 "rotate_host_key", SshTrustActivities.rotate_host_key, target, ROTATE_HOST_KEY
             )
             target = replace(target, host_public_key=new_host_key)
-            await self._step(
-                "configure_mailu", MailuActivities.configure_mailu, target, CONFIGURE_MAILU
-            )
-            dns_records: list[DnsRecord] = await self._step(
-                "dns_records",
-                MailuActivities.mail_dns_records,
-                DnsRecordsRequest(request.tenant_id, target, address.ipv4, address.ipv6),
-                DNS_RECORDS,
+            dns_records = await self._set_up_mailu(
+                DnsRecordsRequest(request.tenant_id, target, address.ipv4, address.ipv6)
             )
             self._status.dns_records = dns_records
             credentials: SealedCredentials = await self._step(
@@ -365,11 +369,8 @@ class ProvisionMailTenant:
             outcome = await self._compensate(request, server, stored, err)
             await self._release_claim(claim, outcome)
             raise outcome from err
-        await workflow.execute_activity_method(
-            TenantClaimActivities.confirm_tenant_claim,
-            claim,
-            **TENANT_CLAIM_RELEASE,
-        )
+        if not self._fewer_actions:
+            await self._legacy_confirm_claim(claim)
         result = replace(result, notified=notified)
         self._status.state = "completed"
         self._status.current_step = None
@@ -389,8 +390,8 @@ class ProvisionMailTenant:
                 raise InvalidPurchaseRequest(
                     "purchase_id", f"must match the workflow id (expected {expected_id!r})"
                 )
-            if request.notify_url is not None:
-                await self._check_notify_url(request)
+            if request.notify_url is not None and not self._fewer_actions:
+                await self._legacy_check_notify_url(request)
         except InvalidPurchaseRequest as err:
             self._end(started, "failed", error=str(err))
             raise ApplicationError(
@@ -404,57 +405,56 @@ class ProvisionMailTenant:
         self._end(started, "done")
         return request
 
-    async def _resolve_plan(self, request: PurchaseRequest) -> Plan:
-        """The plan from the worker's catalog (operator configuration, not code).
+    async def _admit(self, request: PurchaseRequest) -> tuple[Plan, TenantClaimRequest]:
+        """The plan, the notify URL under the worker's policy, the tenant's claim.
 
-        An unknown plan fails the run like any other bad input: before anything is bought.
+        Bad input (an unknown plan, a refused URL) and a tenant that already has a
+        server end the run at once, before anything is bought.
         """
-        started = self._begin("resolve_plan")
+        if not self._fewer_actions:
+            return await self._legacy_admit(request)
+        holder = workflow.info().workflow_id
+        admission_request = AdmissionRequest(
+            request.tenant_id, request.plan, request.notify_url, holder
+        )
+        started = self._begin("admit_purchase")
         try:
-            plan: Plan = await workflow.execute_activity_method(
-                PlanActivities.resolve_plan,
-                PlanRequest(request.tenant_id, request.plan),
-                **RESOLVE_PLAN,
+            admission: Admission = await workflow.execute_activity_method(
+                AdmissionActivities.admit_purchase, admission_request, **ADMIT_PURCHASE
             )
         except ActivityError as err:
             self._end(started, "failed", error=_reason(err))
-            cause = _innermost(err)
-            if isinstance(cause, ApplicationError) and cause.type == "InvalidPurchaseRequest":
-                raise ApplicationError(
-                    cause.message, *cause.details, type=cause.type, non_retryable=True
-                ) from None
+            _raise_if_refused(err)
+            # Out of retries: an earlier attempt may have taken the claim (released
+            # only if this purchase holds it).
+            await self._release_claim(TenantClaimRequest(request.tenant_id, holder), err)
             raise
         self._end(started, "done")
-        return plan
+        return admission.plan, TenantClaimRequest(
+            request.tenant_id, holder, run_id=admission.claim_run_id
+        )
 
-    @staticmethod
-    async def _check_notify_url(request: PurchaseRequest) -> None:
-        """The worker's outbound policy (https only, allowlists), before anything is bought."""
-        assert request.notify_url is not None
-        try:
-            await workflow.execute_activity_method(
-                NotifyActivities.check_notify_url,
-                NotifyUrlCheck(request.tenant_id, request.notify_url),
-                **CHECK_NOTIFY_URL,
-            )
-        except ActivityError as err:
-            raise InvalidPurchaseRequest("notify_url", _reason(err)) from None
+    async def _bring_up(self, request: PurchaseRequest, server: ServerHandle) -> ServerAddress:
+        """Wait until the server runs, then point its reverse DNS at the mail host name."""
+        dns_ptr = mail_hostname_for(request.domain)
+        if not self._fewer_actions:
+            return await self._legacy_bring_up(request, server, dns_ptr)
+        address: ServerAddress = await self._step(
+            "wait_for_server",
+            VpsActivities.bring_up_server,
+            ServerUpRequest(server, dns_ptr),
+            WAIT_FOR_SERVER,
+        )
+        return address
 
-    async def _claim_tenant(self, request: PurchaseRequest) -> TenantClaimRequest:
-        """Take the tenant's claim (workflows/tenant_claim.py) or refuse the purchase."""
-        claim = TenantClaimRequest(request.tenant_id, workflow.info().workflow_id)
-        try:
-            run_id: str = await self._step(
-                "claim_tenant", TenantClaimActivities.claim_tenant, claim, TENANT_CLAIM
-            )
-        except ActivityError as err:
-            inner = _innermost(err)
-            if isinstance(inner, ApplicationError) and inner.type == "TenantAlreadyProvisioned":
-                raise ApplicationError(
-                    inner.message, *inner.details, type=inner.type, non_retryable=True
-                ) from None
-            raise
-        return replace(claim, run_id=run_id)
+    async def _set_up_mailu(self, request: DnsRecordsRequest) -> list[DnsRecord]:
+        """Configure MailU, then read the records the customer must publish."""
+        if not self._fewer_actions:
+            return await self._legacy_set_up_mailu(request)
+        dns_records: list[DnsRecord] = await self._step(
+            "configure_mailu", MailuActivities.set_up_mailu, request, CONFIGURE_MAILU
+        )
+        return dns_records
 
     async def _release_claim(self, claim: TenantClaimRequest, outcome: Exception) -> None:
         """Compensation's last step: the tenant may buy again."""
@@ -616,6 +616,75 @@ class ProvisionMailTenant:
             AUDIT,
         )
 
+    # ------------------------------------------------------------------ legacy
+    # Runs started before FEWER_ACTIONS replay these; no new run takes them.
+
+    @staticmethod
+    async def _legacy_check_notify_url(request: PurchaseRequest) -> None:
+        assert request.notify_url is not None
+        try:
+            await workflow.execute_activity_method(
+                NotifyActivities.check_notify_url,
+                NotifyUrlCheck(request.tenant_id, request.notify_url),
+                **CHECK_NOTIFY_URL,
+            )
+        except ActivityError as err:
+            raise InvalidPurchaseRequest("notify_url", _reason(err)) from None
+
+    async def _legacy_admit(self, request: PurchaseRequest) -> tuple[Plan, TenantClaimRequest]:
+        started = self._begin("resolve_plan")
+        try:
+            plan: Plan = await workflow.execute_activity_method(
+                PlanActivities.resolve_plan,
+                PlanRequest(request.tenant_id, request.plan),
+                **RESOLVE_PLAN,
+            )
+        except ActivityError as err:
+            self._end(started, "failed", error=_reason(err))
+            _raise_if_refused(err)
+            raise
+        self._end(started, "done")
+        claim = TenantClaimRequest(request.tenant_id, workflow.info().workflow_id)
+        try:
+            run_id: str = await self._step(
+                "claim_tenant", TenantClaimActivities.claim_tenant, claim, TENANT_CLAIM
+            )
+        except ActivityError as err:
+            _raise_if_refused(err)
+            raise
+        return plan, replace(claim, run_id=run_id)
+
+    async def _legacy_bring_up(
+        self, request: PurchaseRequest, server: ServerHandle, dns_ptr: str
+    ) -> ServerAddress:
+        address: ServerAddress = await self._step(
+            "wait_for_server", VpsActivities.wait_for_server, server, WAIT_FOR_SERVER
+        )
+        await self._step(
+            "set_reverse_dns",
+            VpsActivities.set_reverse_dns,
+            ReverseDnsRequest(
+                request.tenant_id, server.server_id, address.ipv4, dns_ptr, ipv6=address.ipv6
+            ),
+            SET_REVERSE_DNS,
+        )
+        return address
+
+    async def _legacy_set_up_mailu(self, request: DnsRecordsRequest) -> list[DnsRecord]:
+        await self._step(
+            "configure_mailu", MailuActivities.configure_mailu, request.target, CONFIGURE_MAILU
+        )
+        dns_records: list[DnsRecord] = await self._step(
+            "dns_records", MailuActivities.mail_dns_records, request, DNS_RECORDS
+        )
+        return dns_records
+
+    @staticmethod
+    async def _legacy_confirm_claim(claim: TenantClaimRequest) -> None:
+        await workflow.execute_activity_method(
+            TenantClaimActivities.confirm_tenant_claim, claim, **TENANT_CLAIM_RELEASE
+        )
+
     # ------------------------------------------------------------------ bookkeeping
 
     def _audit_event(self, event: str, tenant_id: str, details: dict[str, str]) -> AuditEvent:
@@ -653,6 +722,18 @@ def _provisioning_failed(step: str, err: BaseException) -> ApplicationError:
         type="ProvisioningFailed",
         non_retryable=True,
     )
+
+
+def _raise_if_refused(err: ActivityError) -> None:
+    """Bad input or a tenant that has a server: the run ends at once, nothing bought."""
+    cause = _innermost(err)
+    if isinstance(cause, ApplicationError) and cause.type in (
+        "InvalidPurchaseRequest",
+        "TenantAlreadyProvisioned",
+    ):
+        raise ApplicationError(
+            cause.message, *cause.details, type=cause.type, non_retryable=True
+        ) from None
 
 
 def _innermost(err: BaseException) -> BaseException:

@@ -12,8 +12,9 @@ The claim is a running workflow, so it is as durable as Temporal itself: it surv
 worker and server restarts, and never expires (a closed workflow is deleted after the
 namespace's retention period, freeing its id; an open one is not). It ends only on the
 `release` signal, which the purchase sends when it compensates; a completed purchase
-marks it `provisioned` and keeps it for as long as the tenant has the server. An
-operator can release it by hand after deleting a tenant's server:
+keeps it for as long as the tenant has the server (whether the holder completed is
+the holder run's own status: no signal, so no billable action, is spent saying so).
+An operator can release it by hand after deleting a tenant's server:
 
     temporal workflow signal --workflow-id tenant-acme --name release --input '"deleted"'
 """
@@ -34,7 +35,7 @@ _NO_ARGUMENT = RawValue(Payload())
 @workflow.defn(name=TENANT_CLAIM_TYPE)
 class TenantClaim:
     def __init__(self) -> None:
-        self._state = "provisioning"
+        self._state = "held"
         self._release_reason: str | None = None
 
     @workflow.run
@@ -47,7 +48,8 @@ class TenantClaim:
 
     @workflow.signal(name="provisioned")
     def provisioned(self) -> None:
-        if self._state == "provisioning":
+        """Sent only by purchases started before workflows.provision.FEWER_ACTIONS."""
+        if self._state == "held":
             self._state = "provisioned"
 
     @workflow.signal(name="release")

@@ -156,7 +156,8 @@ async def test_reverse_dns_refused(
 
     workflow_id, cause = await provision_expecting_failure(client, request, refuse_ptr)
     assert "invalid_input" in cause.message
-    assert_cleaned_up(info, cloud, reader_vault, request, workflow_id, "set_reverse_dns")
+    # The reverse DNS is the second part of bring_up_server: the step is wait_for_server.
+    assert_cleaned_up(info, cloud, reader_vault, request, workflow_id, "wait_for_server")
 
 
 async def test_host_key_mismatch_stops_the_run_and_is_audited(

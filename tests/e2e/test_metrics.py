@@ -145,7 +145,7 @@ async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider
     assert total(scraped, "mailprov_rotations", outcome="rotated") == 1
     assert total(scraped, "mailprov_workflow_completed", workflow="RotateSmtpCredentials") == 1
     # Duration per step: one histogram series per activity and outcome.
-    for step in ("create_server", "configure_mailu", "rotate_admin_credentials", "delete_server"):
+    for step in ("create_server", "set_up_mailu", "rotate_admin_credentials", "delete_server"):
         count = total(
             scraped, "mailprov_activity_duration_seconds_count", activity=step, outcome="completed"
         )

@@ -34,13 +34,15 @@ from devstack.demo import operator_environment, operator_examples
 from devstack.stack import ROOT, StackInfo
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl, customer_webhook, new_request
+from tests.helpers import payload_encodings
 from workflows.contracts import ProvisionStatus, PurchaseRequest
 
 GUIDE = ROOT / "docs" / "OPERATIONS.md"
 COMMAND_TIMEOUT = 300
 WAIT_SECONDS = 180
-# 503s before the PTR call succeeds: retries wait 2, 4, 8, 16, 32 s, a window for the test.
-PTR_REFUSALS = 6
+# 503s before the PTR call succeeds: bring_up_server retries every 3 s (WAIT_FOR_SERVER),
+# so about a minute's window for the test.
+PTR_REFUSALS = 20
 
 
 def guide_blocks() -> dict[str, list[list[str]]]:
@@ -173,23 +175,6 @@ def audit_rows(info: StackInfo, workflow_id: str, event: str) -> int:
     return sum(1 for r in rows if r.event_key.startswith(workflow_id + "/") and r.event == event)
 
 
-def encodings(exported: Any) -> set[bytes]:
-    found: set[bytes] = set()
-
-    def walk(node: Any) -> None:
-        if isinstance(node, dict):
-            if "encoding" in node.get("metadata", {}):
-                found.add(base64.b64decode(node["metadata"]["encoding"]))
-            for value in node.values():
-                walk(value)
-        elif isinstance(node, list):
-            for value in node:
-                walk(value)
-
-    walk(exported)
-    return found
-
-
 def test_every_section_of_the_guide_with_commands_is_tested() -> None:
     tested = {
         "Find a run",
@@ -226,8 +211,8 @@ def test_the_lines_make_up_prints_decode_every_payload(shell: OperatorShell) -> 
     for text in ("acme.example", "mail-acme-", "smtp/acme/admin", "mpenc:v1:"):
         assert text in shown
     exported = json.loads(shell.ok(as_json))
-    assert ENCODING not in encodings(exported)
-    assert b"json/plain" in encodings(exported)
+    assert ENCODING not in payload_encodings(exported)
+    assert b"json/plain" in payload_encodings(exported)
 
 
 async def test_guide_on_a_purchase_whose_webhook_is_down(
@@ -256,7 +241,7 @@ async def test_guide_on_a_purchase_whose_webhook_is_down(
     # Read decoded payloads.
     detailed, as_json, result, starter_result = guide("Read decoded payloads")
     assert request.domain in shell.ok(detailed)
-    assert ENCODING not in encodings(json.loads(shell.ok(as_json)))
+    assert ENCODING not in payload_encodings(json.loads(shell.ok(as_json)))
     # Retry a failed activity: see why notify fails, fix the webhook, retry now.
     find, reset_activity, wait_result = guide("Retry a failed activity")
     line = shell.ok(find).strip().splitlines()[0]
@@ -298,7 +283,7 @@ async def test_guide_on_a_purchase_whose_webhook_is_down(
     export, replay = guide("Export a history and replay it")
     shell.ok(export)
     exported = json.loads((shell.cwd / "history.json").read_text())
-    assert encodings(exported) == {ENCODING}
+    assert payload_encodings(exported) == {ENCODING}
     assert "replays on the current code" in shell.ok(replay)
     assert shell.ran_all("Export a history and replay it")
 
@@ -321,7 +306,7 @@ async def test_guide_on_a_purchase_whose_webhook_is_down(
         server.shutdown()
         server.server_close()
     history = json.loads(decoded)
-    assert ENCODING not in encodings(history)
+    assert ENCODING not in payload_encodings(history)
     [first_input] = history["events"][0]["workflowExecutionStartedEventAttributes"]["input"][
         "payloads"
     ]
@@ -332,7 +317,8 @@ async def test_guide_on_a_purchase_whose_webhook_is_down(
 async def held_in_reverse_dns(
     client: Client, cloud: CloudControl, info: StackInfo
 ) -> tuple[PurchaseRequest, WorkflowHandle[Any, Any]]:
-    """A run whose server exists, held in set_reverse_dns: the provider answers 503 a while."""
+    """A run whose server exists, held in the reverse DNS part of bring_up_server: the
+    provider answers 503 a while."""
     request = new_request(info)
     handle, _ = await start_purchase(client, request, "mail-provisioning")
 
@@ -350,9 +336,9 @@ async def held_in_reverse_dns(
     )
 
     async def retrying() -> bool:
-        return await pending_attempt(handle, "set_reverse_dns") >= 2
+        return await pending_attempt(handle, "bring_up_server") >= 2
 
-    await until(retrying, "set_reverse_dns to be retrying")
+    await until(retrying, "bring_up_server to be retrying")
     return request, handle
 
 

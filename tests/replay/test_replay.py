@@ -12,7 +12,6 @@ workflow.patched().
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -26,12 +25,19 @@ from temporalio.worker import Replayer
 from activities.codec import ENCODING, KeyRing
 from devstack.stack import ROOT
 from starter import StarterError, replay_history
+from tests.helpers import payload_encodings
 from workflows.rotation import RotateSmtpCredentials
 
 HISTORY_DIR = Path(__file__).parent / "histories"
-HISTORIES = sorted(HISTORY_DIR.glob("*.json"))
-HISTORIES = [p for p in HISTORIES if not p.name.startswith("TEST-ONLY")]
+# Runs recorded before the FEWER_ACTIONS patch: in-flight purchases of that code must
+# still replay (on the workflow's legacy path).
+LEGACY_DIR = HISTORY_DIR / "before-fewer-actions"
+CURRENT = [p for p in sorted(HISTORY_DIR.glob("*.json")) if not p.name.startswith("TEST-ONLY")]
+LEGACY = sorted(LEGACY_DIR.glob("*.json"))
+HISTORIES = CURRENT + LEGACY
+HISTORY_IDS = [str(p.relative_to(HISTORY_DIR).with_suffix("")) for p in HISTORIES]
 TEST_KEYS = HISTORY_DIR / "TEST-ONLY-codec-keys.json"
+SCENARIOS = {"happy", "retried", "compensated", "cancelled"}
 
 
 def payloads(node: Any) -> list[dict[str, Any]]:
@@ -51,8 +57,27 @@ def event_types(path: Path) -> list[str]:
     ]
 
 
+def patch_markers(path: Path) -> list[str]:
+    events = json.loads(path.read_text())["events"]
+    return [
+        e["markerRecordedEventAttributes"]["markerName"]
+        for e in events
+        if "markerRecordedEventAttributes" in e
+    ]
+
+
+def test_both_generations_are_committed_and_only_the_new_one_took_the_patch() -> None:
+    assert {p.stem for p in CURRENT} >= SCENARIOS
+    assert {p.stem for p in LEGACY} >= SCENARIOS
+    assert all(patch_markers(p) == ["core_patch"] for p in CURRENT)
+    assert all(patch_markers(p) == [] for p in LEGACY)
+    happy = event_types(HISTORY_DIR / "happy.json")
+    legacy_happy = event_types(LEGACY_DIR / "happy.json")
+    assert happy.count("ACTIVITY_TASK_SCHEDULED") == 10
+    assert legacy_happy.count("ACTIVITY_TASK_SCHEDULED") == 15
+
+
 def test_the_four_scenarios_are_committed_and_are_what_they_claim() -> None:
-    assert {p.stem for p in HISTORIES} >= {"happy", "retried", "compensated", "cancelled"}
     assert event_types(HISTORY_DIR / "happy.json")[-1] == "WORKFLOW_EXECUTION_COMPLETED"
     retried = json.loads((HISTORY_DIR / "retried.json").read_text())["events"]
     attempts = [
@@ -66,14 +91,14 @@ def test_the_four_scenarios_are_committed_and_are_what_they_claim() -> None:
     assert "WORKFLOW_EXECUTION_CANCEL_REQUESTED" in event_types(HISTORY_DIR / "cancelled.json")
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+@pytest.mark.parametrize("path", HISTORIES, ids=HISTORY_IDS)
 def test_every_payload_in_the_history_is_encrypted(path: Path) -> None:
-    found = payloads(json.loads(path.read_text()))
-    assert found
-    assert {base64.b64decode(p["metadata"]["encoding"]) for p in found} == {ENCODING}
+    """All but the SDK's own patch metadata, which holds only the patch's name."""
+    assert payloads(json.loads(path.read_text()))
+    assert payload_encodings(json.loads(path.read_text())) == {ENCODING}
 
 
-@pytest.mark.parametrize("path", HISTORIES, ids=[p.stem for p in HISTORIES])
+@pytest.mark.parametrize("path", HISTORIES, ids=HISTORY_IDS)
 async def test_history_replays_deterministically(path: Path) -> None:
     history, result = await replay_history(path.read_text(), KeyRing.from_file(TEST_KEYS))
     assert history.workflow_id.startswith(f"purchase-replay-{path.stem}-")
@@ -81,7 +106,7 @@ async def test_history_replays_deterministically(path: Path) -> None:
 
 
 async def test_a_changed_history_is_reported_as_not_replayable() -> None:
-    changed = (HISTORY_DIR / "happy.json").read_text().replace('"set_reverse_dns"', '"renamed"')
+    changed = (HISTORY_DIR / "happy.json").read_text().replace('"bring_up_server"', '"renamed"')
     _, result = await replay_history(changed, KeyRing.from_file(TEST_KEYS))
     assert result.replay_failure is not None
     assert "Nondeterminism" in str(result.replay_failure)

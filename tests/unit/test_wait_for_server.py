@@ -11,7 +11,7 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import vps_provider
 from activities.vps_provider import Action, Server, VpsActivities
-from workflows.contracts import ServerAddress, ServerHandle
+from workflows.contracts import ServerAddress, ServerHandle, ServerUpRequest
 
 
 class BootsAfterLooks:
@@ -69,3 +69,58 @@ async def test_failed_boot_ends_the_wait_for_good() -> None:
         await ActivityEnvironment().run(activities.wait_for_server, HANDLE)
     assert raised.value.type == "ServerBootFailed" and raised.value.non_retryable
     assert provider.gets == 0
+
+
+class BootsThenTakesPtr(BootsAfterLooks):
+    """As above, dual-stack, and records every PTR change (Hetzner change_dns_ptr)."""
+
+    def __init__(self, looks: int) -> None:
+        super().__init__(looks)
+        self.ptr: dict[str, str] = {}
+        self.changes = 0
+
+    async def get_server(self, server_id: int) -> Server | None:
+        server = await super().get_server(server_id)
+        assert server is not None
+        if server.status != "running":
+            return server
+        return Server(
+            server_id,
+            "srv",
+            "running",
+            "192.0.2.7",
+            self.ptr.get("192.0.2.7"),
+            {},
+            ipv6="2001:db8::1",
+            ipv6_dns_ptr=self.ptr.get("2001:db8::1"),
+        )
+
+    async def change_dns_ptr(self, server_id: int, ip: str, dns_ptr: str) -> Action:
+        self.ptr[ip] = dns_ptr
+        self.changes += 1
+        return Action(9, "change_dns_ptr", "success")
+
+
+async def test_bring_up_waits_then_points_both_addresses_at_the_mail_host() -> None:
+    provider = BootsThenTakesPtr(looks=3)
+    activities = VpsActivities(cast(Any, provider), cast(Any, None))
+    request = ServerUpRequest(HANDLE, "mail.acme.example")
+    address = await ActivityEnvironment().run(activities.bring_up_server, request)
+    assert address == ServerAddress(7, "192.0.2.7", "2001:db8::1")
+    assert provider.ptr == {"192.0.2.7": "mail.acme.example", "2001:db8::1": "mail.acme.example"}
+    assert provider.changes == 2
+    # A retry (the first attempt's answer lost) finds everything done and changes nothing.
+    again = await ActivityEnvironment().run(activities.bring_up_server, request)
+    assert again == address and provider.changes == 2
+
+
+async def test_bring_up_of_a_failed_boot_sets_no_reverse_dns() -> None:
+    provider = BootsThenTakesPtr(looks=100)
+    provider.action_status = "error"
+    activities = VpsActivities(cast(Any, provider), cast(Any, None))
+    with pytest.raises(ApplicationError) as raised:
+        await ActivityEnvironment().run(
+            activities.bring_up_server, ServerUpRequest(HANDLE, "mail.acme.example")
+        )
+    assert raised.value.type == "ServerBootFailed"
+    assert provider.ptr == {}

@@ -31,7 +31,7 @@ async def test_a_second_purchase_for_a_tenant_is_refused_before_anything_is_boug
     assert isinstance(cause, ApplicationError) and cause.type == "TenantAlreadyProvisioned"
     assert cause.non_retryable and first["tenant_id"] in cause.message
     assert harness.world.calls["create_server"] == 1
-    assert harness.world.claims[first["tenant_id"]][1] == "provisioned"
+    assert harness.world.claims[first["tenant_id"]][1] == "held"
 
 
 async def test_a_compensated_purchase_releases_the_claim(harness: Harness) -> None:

@@ -26,20 +26,22 @@ from worker import WORKFLOWS
 from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
     STEPS,
+    Admission,
+    AdmissionRequest,
     AuditEvent,
     DnsRecord,
     DnsRecordsRequest,
     MailuTarget,
     Notification,
-    NotifyUrlCheck,
+    PlanRequest,
     ProvisionResult,
     PurchaseRequest,
     RemoveCredentialsRequest,
-    ReverseDnsRequest,
     SealedCredentials,
     ServerAddress,
     ServerHandle,
     ServerSpec,
+    ServerUpRequest,
     StoreCredentialsRequest,
     StoredCredentials,
     workflow_id_for,
@@ -79,15 +81,14 @@ class ScriptedWorld:
             self.specs.append(spec)
             return ServerHandle(spec.tenant_id, 42, spec.name, "ssh-ed25519 AAAAfirst", 7)
 
-        @activity.defn(name="wait_for_server")
-        async def wait_for_server(server: ServerHandle) -> ServerAddress:
+        # The merged activities run their parts under the parts' own names, so a
+        # failure can be scripted in either part.
+        @activity.defn(name="bring_up_server")
+        async def bring_up_server(request: ServerUpRequest) -> ServerAddress:
             self._enter("wait_for_server")
-            return ServerAddress(server.server_id, "203.0.113.7")
-
-        @activity.defn(name="set_reverse_dns")
-        async def set_reverse_dns(request: ReverseDnsRequest) -> None:
             self._enter("set_reverse_dns")
             self.ptr.append(request.dns_ptr)
+            return ServerAddress(request.server.server_id, "203.0.113.7")
 
         @activity.defn(name="rotate_host_key")
         async def rotate_host_key(target: MailuTarget) -> str:
@@ -95,13 +96,10 @@ class ScriptedWorld:
             assert target.host_public_key == "ssh-ed25519 AAAAfirst"
             return "ssh-ed25519 AAAAsecond"
 
-        @activity.defn(name="configure_mailu")
-        async def configure_mailu(target: MailuTarget) -> None:
+        @activity.defn(name="set_up_mailu")
+        async def set_up_mailu(request: DnsRecordsRequest) -> list[DnsRecord]:
             self._enter("configure_mailu")
-            self.pinned_keys.append(target.host_public_key)
-
-        @activity.defn(name="mail_dns_records")
-        async def mail_dns_records(request: DnsRecordsRequest) -> list[DnsRecord]:
+            self.pinned_keys.append(request.target.host_public_key)
             self._enter("mail_dns_records")
             line = f"{request.target.domain}. 600 IN MX 10 mail.{request.target.domain}."
             return [DnsRecord(f"{request.target.domain}.", "MX", 600, "10 mail.x.", line)]
@@ -124,35 +122,33 @@ class ScriptedWorld:
             self.audit.append(event)
             return True
 
-        @activity.defn(name="claim_tenant")
-        async def claim_tenant(request: TenantClaimRequest) -> str:
-            self._enter("claim_tenant")
-            holder, _ = self.claims.get(request.tenant_id, (request.holder, "released"))
-            if holder != request.holder and self.claims[request.tenant_id][1] != "released":
+        plans = PlanActivities(DEFAULT_CATALOG)
+
+        @activity.defn(name="admit_purchase")
+        async def admit_purchase(request: AdmissionRequest) -> Admission:
+            self._enter("admit_purchase")
+            plan = await plans.resolve_plan(PlanRequest(request.tenant_id, request.plan))
+            holder, state = self.claims.get(request.tenant_id, (request.holder, "released"))
+            if holder != request.holder and state != "released":
                 raise ApplicationError(
                     f"tenant {request.tenant_id!r} already has a mail server",
                     {"tenant_id": request.tenant_id},
                     type="TenantAlreadyProvisioned",
                     non_retryable=True,
                 )
-            self.claims[request.tenant_id] = (request.holder, "provisioning")
-            return "claim-run"
-
-        @activity.defn(name="confirm_tenant_claim")
-        async def confirm_tenant_claim(request: TenantClaimRequest) -> None:
-            self._enter("confirm_tenant_claim")
-            assert request.run_id == "claim-run"
-            self.claims[request.tenant_id] = (request.holder, "provisioned")
+            self.claims[request.tenant_id] = (request.holder, "held")
+            return Admission(plan, "claim-run")
 
         @activity.defn(name="release_tenant_claim")
         async def release_tenant_claim(request: TenantClaimRequest) -> None:
             self._enter("release_tenant_claim")
-            assert request.run_id == "claim-run"
+            if request.run_id is None:
+                # A run that gave up on admission releases only a claim it holds.
+                if self.claims.get(request.tenant_id, ("", ""))[0] != request.holder:
+                    return
+            else:
+                assert request.run_id == "claim-run"
             self.claims[request.tenant_id] = (request.holder, "released")
-
-        @activity.defn(name="check_notify_url")
-        async def check_notify_url(check: NotifyUrlCheck) -> None:
-            self._enter("check_notify_url")
 
         @activity.defn(name="notify_customer")
         async def notify_customer(notification: Notification) -> None:
@@ -178,21 +174,16 @@ class ScriptedWorld:
             return f"rotate-{request.target.tenant_id}"
 
         return [
-            PlanActivities(DEFAULT_CATALOG).resolve_plan,
-            mail_dns_records,
+            admit_purchase,
             ensure_rotation_schedule,
             create_server,
-            wait_for_server,
-            set_reverse_dns,
+            bring_up_server,
             rotate_host_key,
             remove_credentials,
-            configure_mailu,
+            set_up_mailu,
             create_admin_credentials,
             store_credentials,
             record_audit_event,
-            check_notify_url,
-            claim_tenant,
-            confirm_tenant_claim,
             release_tenant_claim,
             notify_customer,
             delete_server,
@@ -362,8 +353,27 @@ async def test_bad_input_fails_at_once_naming_field_and_rule_before_any_side_eff
     assert cause.non_retryable
     assert cause.details[0]["field"] == field_name
     assert rule_part in cause.details[0]["rule"]
-    # Read-only checks may have run (the worker's notify_url policy); nothing else.
-    assert set(harness.world.calls) <= {"check_notify_url"}
+    # Admission may have run its read-only checks (plan, notify_url policy); nothing else,
+    # and the tenant's claim was not taken.
+    assert set(harness.world.calls) <= {"admit_purchase"}
+    assert harness.world.claims == {}
+
+
+async def test_admission_out_of_retries_releases_the_claim_an_attempt_took(
+    harness: Harness,
+) -> None:
+    """An attempt took the claim but its answer was lost; the rest failed: nothing is held."""
+    raw = purchase()
+    harness.world.claims[raw["tenant_id"]] = (workflow_id_for(raw["purchase_id"]), "held")
+    harness.world.claims["other"] = ("purchase-other", "held")
+    harness.world.failures["admit_purchase"] = [
+        ApplicationError("Temporal unavailable", type="RPCError") for _ in range(100)
+    ]
+    with pytest.raises(WorkflowFailureError):
+        await harness.run(raw)
+    assert harness.world.claims[raw["tenant_id"]][1] == "released"
+    assert harness.world.claims["other"] == ("purchase-other", "held")
+    assert "create_server" not in harness.world.calls
 
 
 async def test_workflow_id_must_belong_to_the_purchase(harness: Harness) -> None:
@@ -374,11 +384,18 @@ async def test_workflow_id_must_belong_to_the_purchase(harness: Harness) -> None
     assert sum(harness.world.calls.values()) == 0
 
 
+# Parts of a merged activity -> the step the status (and the failure) names.
+STEP_OF_PART = {
+    "record_audit_event": "audit",
+    "set_reverse_dns": "wait_for_server",
+    "mail_dns_records": "configure_mailu",
+}
 COMPENSATED_STEPS = [
     ("wait_for_server", "ServerBootFailed"),
     ("set_reverse_dns", "Provider.invalid_input"),
     ("rotate_host_key", "HostKeyMismatch"),
     ("configure_mailu", "RemoteCommandFailed"),
+    ("mail_dns_records", "MailuDnsExportFailed"),
     ("create_admin_credentials", "VaultError"),
     ("store_credentials", "VaultError"),
     ("record_audit_event", "IntegrityError"),
@@ -397,7 +414,7 @@ async def test_final_failure_after_the_server_exists_is_compensated(
 
     cause = failure.value.cause
     assert isinstance(cause, ApplicationError) and cause.type == "ProvisioningFailed"
-    step_name = "audit" if step == "record_audit_event" else step
+    step_name = STEP_OF_PART.get(step, step)
     assert cause.message == f"provisioning failed at {step_name}: {step} broke for good"
     assert cause.details[0] == {"step": step_name, "error_type": error_type}
     assert harness.world.deleted == [42]

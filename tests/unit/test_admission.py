@@ -1,0 +1,60 @@
+"""admit_purchase: the plan and the notify URL are checked before the tenant is claimed."""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.admission import AdmissionActivities
+from activities.notify import NotifyActivities, NotifyPolicy
+from activities.plans import DEFAULT_CATALOG, PlanActivities
+from activities.tenant_claims import TenantClaimActivities
+from workflows.claim_contracts import TenantClaimRequest
+from workflows.contracts import Admission, AdmissionRequest
+
+
+class RecordingClaims(TenantClaimActivities):
+    """Takes every claim it is asked for (the real one starts a TenantClaim workflow)."""
+
+    def __init__(self) -> None:
+        self.taken: list[TenantClaimRequest] = []
+
+    async def claim_tenant(self, request: TenantClaimRequest) -> str:
+        self.taken.append(request)
+        return f"run-of-{request.holder}"
+
+
+def admission(claims: RecordingClaims) -> AdmissionActivities:
+    policy = NotifyPolicy(allowed_hosts=frozenset({"shop.example"}))
+    return AdmissionActivities(PlanActivities(DEFAULT_CATALOG), NotifyActivities(policy), claims)
+
+
+async def test_an_admitted_purchase_gets_its_plan_and_holds_the_claim() -> None:
+    claims = RecordingClaims()
+    request = AdmissionRequest("acme", "business", "https://shop.example/hook", "purchase-p1")
+    admitted = await ActivityEnvironment().run(admission(claims).admit_purchase, request)
+    assert admitted == Admission(DEFAULT_CATALOG["business"], "run-of-purchase-p1")
+    assert claims.taken == [TenantClaimRequest("acme", "purchase-p1")]
+
+
+@pytest.mark.parametrize(
+    ("plan", "notify_url", "field_name", "rule_part"),
+    [
+        ("platinum", None, "plan", "catalog plans: business, enterprise, starter"),
+        ("starter", "http://shop.example/hook", "notify_url", "must use https"),
+        ("starter", "https://elsewhere.example/hook", "notify_url", "allowlist"),
+    ],
+)
+async def test_a_refused_purchase_names_field_and_rule_and_never_takes_the_claim(
+    plan: str, notify_url: str | None, field_name: str, rule_part: str
+) -> None:
+    claims = RecordingClaims()
+    request = AdmissionRequest("acme", plan, notify_url, "purchase-p1")
+    with pytest.raises(ApplicationError) as refused:
+        await ActivityEnvironment().run(admission(claims).admit_purchase, request)
+    assert refused.value.type == "InvalidPurchaseRequest" and refused.value.non_retryable
+    assert refused.value.details[0]["field"] == field_name
+    assert rule_part in refused.value.details[0]["rule"]
+    assert f"field '{field_name}'" in refused.value.message
+    assert claims.taken == []
