@@ -34,11 +34,13 @@ from workflows.reconcile_contracts import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities.audit import AuditActivities
-    from activities.temporal_runs import TemporalRunsActivities
-    from activities.tenant_claims import TenantClaimActivities
-    from activities.vault import VaultActivities
-    from activities.vps_provider import VpsActivities
+    from workflows.activity_refs import (
+        AuditActivities,
+        TemporalRunsActivities,
+        TenantClaimActivities,
+        VaultActivities,
+        VpsActivities,
+    )
     from workflows.provision import AUDIT, DELETE_SERVER, REMOVE_CREDENTIALS, _policy
 
 # Listing and describing are reads: quick, retried briefly (the next schedule retries).

@@ -28,10 +28,12 @@ from workflows.contracts import AuditEvent, MailuTarget
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE, RotatedCredentials, RotationResult
 
 with workflow.unsafe.imports_passed_through():
-    from activities.audit import AuditActivities
-    from activities.credentials import CredentialsActivities
-    from activities.rotation_schedule import RotationScheduleActivities
-    from activities.vps_provider import VpsActivities
+    from workflows.activity_refs import (
+        AuditActivities,
+        CredentialsActivities,
+        RotationScheduleActivities,
+        VpsActivities,
+    )
     from workflows.provision import AUDIT, _error_type, _reason
 
 # The same audit retry as provisioning: the row must not be lost.

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from worker import PASSED_THROUGH, WORKFLOWS, stale_workflow_bytecode
+from workflows.provision import ProvisionMailTenant
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -79,3 +80,20 @@ def test_stale_workflow_bytecode_names_a_module_without_current_pyc(
         assert stale_workflow_bytecode([probe]) == [str(source)]
     finally:
         sys.modules.pop("bytecode_probe_workflow", None)
+
+
+@pytest.mark.parametrize("name", PASSED_THROUGH)
+def test_shared_contracts_keep_evaluated_annotations(name: str) -> None:
+    """Every payload converted to a dataclass calls typing.get_type_hints on it; with
+    `from __future__ import annotations` that evaluates each annotation string again
+    each time (4-8x slower per call, measured in docs/PERFORMANCE.md)."""
+    tree = ast.parse(_module_path(name).read_text())
+    future = [n for n in tree.body if isinstance(n, ast.ImportFrom) and n.module == "__future__"]
+    assert not future, f"{name} postpones its annotations"
+
+
+def test_the_purchase_workflow_class_holds_only_its_entry_points() -> None:
+    """The sandbox re-runs workflow.defn for every run, which checks every member of the
+    class against a runtime protocol: the steps live on workflows.provision.Purchase."""
+    own = {name for name in vars(ProvisionMailTenant) if not name.startswith("__")}
+    assert own == {"status", "run"}
