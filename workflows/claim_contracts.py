@@ -4,8 +4,6 @@ Plain dataclasses and names, no I/O: the worker passes this module through the w
 sandbox (worker.workflow_runner) instead of re-importing it for every run.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 TENANT_CLAIM_TYPE = "TenantClaim"

@@ -9,8 +9,6 @@ No secret ever appears in these types: the admin password only exists inside
 the activity that generates it; what travels is the encrypted envelope.
 """
 
-from __future__ import annotations
-
 import hashlib
 import ipaddress
 import json
@@ -234,7 +232,7 @@ class PurchaseRequest:
     keep_server_on_failure: bool = False
 
     @classmethod
-    def parse(cls, raw: Any) -> PurchaseRequest:
+    def parse(cls, raw: Any) -> "PurchaseRequest":
         """Validate untrusted JSON (from any client language) into a request.
 
         Raises InvalidPurchaseRequest naming the first field that breaks a rule.

@@ -4,8 +4,6 @@ Kept apart from workflows/contracts.py: these are operator-facing, not part of t
 purchase contract a back end uses.
 """
 
-from __future__ import annotations
-
 from dataclasses import dataclass, field
 
 RECONCILE_WORKFLOW = "ReconcileOrphans"

@@ -5,8 +5,6 @@ and the starter. No secret appears in these types: the new password lives only
 inside the rotating activity, which returns the Vault version it wrote.
 """
 
-from __future__ import annotations
-
 import re
 from dataclasses import dataclass
 from datetime import timedelta
