@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from activities.codec import (
     CodecKeyError,
     EncryptionCodec,
     KeyRing,
+    NonceSource,
     data_converter,
 )
 from workflows.contracts import UNDECODABLE_ENCODING
@@ -147,3 +149,26 @@ async def test_the_worker_marks_what_it_cannot_decrypt_instead_of_failing_the_ta
     [marked] = await EncryptionCodec(ring, mark_undecodable=True).decode([sealed])
     assert marked.metadata["encoding"] == UNDECODABLE_ENCODING
     assert b"unknown key id 'stranger'" in marked.data
+
+
+def test_nonces_are_twelve_fresh_bytes_never_repeated_across_batches() -> None:
+    source = NonceSource(batch=4)
+    nonces = [source.take() for _ in range(1000)]
+    assert {len(n) for n in nonces} == {12}
+    assert len(set(nonces)) == len(nonces)
+
+
+def test_a_forked_child_does_not_reuse_the_parents_buffered_nonces() -> None:
+    source = NonceSource(batch=64)
+    source.take()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report its next nonce, then leave at once
+        os.write(write, source.take())
+        os._exit(0)
+    os.close(write)
+    from_child = os.read(read, 12)
+    os.close(read)
+    os.waitpid(child, 0)
+    assert len(from_child) == 12
+    assert from_child != source.take()
