@@ -128,18 +128,6 @@ HEARTBEAT = timedelta(seconds=15)
 # the claim: 5 billable actions fewer per purchase (docs/PERFORMANCE.md). The patch's
 # marker is recorded once per run.
 FEWER_ACTIONS = "fewer-actions-per-purchase"
-# A dictionary lookup in the worker's catalog. A regular activity, not a local one:
-# Temporal writes a local activity's marker metadata as json/plain, past the payload
-# codec, and every payload of a purchase's history is to be encrypted.
-RESOLVE_PLAN: dict[str, Any] = dict(
-    start_to_close_timeout=timedelta(seconds=10), retry_policy=_policy(1, 10, 3)
-)
-# One export over SSH (plus a one-time DKIM key generation): like a short MailU step.
-DNS_RECORDS = dict(
-    start_to_close_timeout=timedelta(minutes=2),
-    heartbeat_timeout=HEARTBEAT,
-    retry_policy=_policy(5, 60, 5),
-)
 # Provider API calls are quick; rate limits and 5xx clear within minutes. Adoption on
 # uniqueness_error makes a retried create safe.
 CREATE_SERVER = dict(
@@ -202,12 +190,6 @@ NOTIFY = dict(
     schedule_to_close_timeout=timedelta(hours=6),
     retry_policy=_policy(5, 300),
 )
-# One provider call plus its action; same reasoning as create_server.
-SET_REVERSE_DNS = dict(
-    start_to_close_timeout=timedelta(seconds=60),
-    heartbeat_timeout=HEARTBEAT,
-    retry_policy=_policy(2, 60, 8),
-)
 # Two short SSH sessions; a retry trusts the old or the new key, so it is idempotent.
 # The first SSH step: sshd may refuse or drop connections while the server still boots
 # (`make faults` found 5 capped attempts too few), so it is bounded by time instead.
@@ -223,10 +205,6 @@ DELETE_SERVER = dict(
     heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(5, 300),
-)
-# A policy check on the worker's settings, no I/O: a failure is an answer, not an outage.
-CHECK_NOTIFY_URL: dict[str, Any] = dict(
-    start_to_close_timeout=timedelta(seconds=10), retry_policy=_policy(1, 5, 3)
 )
 # One start (or describe) against Temporal itself; a refusal is final, outages are short.
 TENANT_CLAIM: dict[str, Any] = dict(
@@ -253,6 +231,30 @@ REMOVE_CREDENTIALS = dict(
     heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=_policy(1, 60),
+)
+
+# Only for runs started before FEWER_ACTIONS, whose steps these were.
+# A dictionary lookup in the worker's catalog. A regular activity, not a local one:
+# Temporal writes a local activity's marker metadata as json/plain, past the payload
+# codec, and every payload of a purchase's history is to be encrypted.
+RESOLVE_PLAN: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=10), retry_policy=_policy(1, 10, 3)
+)
+# A policy check on the worker's settings, no I/O: a failure is an answer, not an outage.
+CHECK_NOTIFY_URL: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=10), retry_policy=_policy(1, 5, 3)
+)
+# One provider call plus its action; same reasoning as create_server.
+SET_REVERSE_DNS = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(2, 60, 8),
+)
+# One export over SSH (plus a one-time DKIM key generation): like a short MailU step.
+DNS_RECORDS = dict(
+    start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=HEARTBEAT,
+    retry_policy=_policy(5, 60, 5),
 )
 
 
