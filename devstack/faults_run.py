@@ -88,12 +88,22 @@ class ScenarioResult:
     injected: int = 0
     survived: int = 0
     lost: int = 0
-    recoveries: list[float] = field(default_factory=list)
+    # (seconds, the step the purchase was in when the fault hit)
+    recoveries: list[tuple[float, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
 
     @property
     def slowest_recovery(self) -> str:
-        return f"{max(self.recoveries):.1f}" if self.recoveries else "-"
+        if not self.recoveries:
+            return "-"
+        seconds, step = max(self.recoveries)
+        return f"{seconds:.1f} ({step})"
+
+    def slowest_by_step(self) -> dict[str, float]:
+        slowest: dict[str, float] = {}
+        for seconds, step in self.recoveries:
+            slowest[step] = max(seconds, slowest.get(step, 0.0))
+        return slowest
 
 
 async def freeze(pid: int, seconds: float) -> None:
@@ -164,37 +174,44 @@ class FaultRun:
 
         await asyncio.gather(*(one(p) for p in purchases if p.expect != "reconciled"))
 
-    async def steps_done(self, purchase: Purchase) -> int | None:
-        """Steps finished so far; None once the run is closed (or unanswerable)."""
+    async def progress(self, purchase: Purchase) -> tuple[int, str] | None:
+        """Steps finished so far and the current one; None once the run is closed (or
+        unanswerable)."""
         try:
             status = await asyncio.wait_for(query_status(purchase.handle), 5)
         except Exception:  # a query fails while workers or Temporal are down
             return None
         if status.state not in ("running", "compensating"):
             return None
-        return sum(1 for step in status.steps if step.state == "done")
+        done = sum(1 for step in status.steps if step.state == "done")
+        return done, status.current_step or "-"
 
-    async def snapshot(self, purchases: list[Purchase]) -> dict[str, int]:
-        counts = await asyncio.gather(*(self.steps_done(p) for p in purchases))
+    async def snapshot(self, purchases: list[Purchase]) -> dict[str, tuple[int, str]]:
+        found = await asyncio.gather(*(self.progress(p) for p in purchases))
         return {
-            p.request.purchase_id: n
-            for p, n in zip(purchases, counts, strict=True)
-            if n is not None
+            p.request.purchase_id: progress
+            for p, progress in zip(purchases, found, strict=True)
+            if progress is not None
         }
 
     async def recovery(
-        self, purchases: list[Purchase], before: dict[str, int], restored_at: float
-    ) -> list[float]:
-        """Seconds from `restored_at` until each in-flight purchase finished a new step."""
+        self,
+        purchases: list[Purchase],
+        before: dict[str, tuple[int, str]],
+        restored_at: float,
+    ) -> list[tuple[float, str]]:
+        """Seconds from `restored_at` until each in-flight purchase finished a new step,
+        with the step it was in when the fault hit."""
         pending = {p.request.purchase_id: p for p in purchases if p.request.purchase_id in before}
-        times: list[float] = []
+        times: list[tuple[float, str]] = []
         deadline = time.monotonic() + RUN_TIMEOUT
         while pending and time.monotonic() < deadline:
             for purchase_id, purchase in list(pending.items()):
-                done = await self.steps_done(purchase)
-                closed = done is None and await self._closed(purchase)
-                if closed or (done is not None and done > before[purchase_id]):
-                    times.append(time.monotonic() - restored_at)
+                now = await self.progress(purchase)
+                closed = now is None and await self._closed(purchase)
+                done_before, step = before[purchase_id]
+                if closed or (now is not None and now[0] > done_before):
+                    times.append((time.monotonic() - restored_at, step))
                     del pending[purchase_id]
             await asyncio.sleep(0.5)
         return times
@@ -603,6 +620,17 @@ def table(results: list[ScenarioResult]) -> str:
     return "\n".join(lines)
 
 
+def recovery_by_step(results: list[ScenarioResult]) -> str:
+    """One line per scenario with recoveries: the slowest per step the fault hit."""
+    lines = []
+    for result in results:
+        slowest = result.slowest_by_step()
+        if slowest:
+            steps = ", ".join(f"{step} {seconds:.1f}" for step, seconds in sorted(slowest.items()))
+            lines.append(f"slowest recovery by step, {result.name}: {steps}")
+    return "\n".join(lines)
+
+
 def summary(results: list[ScenarioResult]) -> str:
     injected = sum(r.injected for r in results)
     survived = sum(r.survived for r in results)
@@ -640,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mailprov-faults-") as directory:
         results = asyncio.run(run(names, args.purchases, args.burst, Path(directory)))
     print(table(results))
+    print(recovery_by_step(results))
     print(f"wall time: {time.monotonic() - started:.0f} s")
     print(summary(results))
     return 1 if any(r.lost for r in results) else 0
