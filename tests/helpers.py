@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import json
 from typing import Any
 
@@ -32,23 +31,23 @@ def payload_encodings(exported: Any) -> set[bytes]:
     json`), after checking that the SDK's patch metadata holds only known patch names."""
     found: set[bytes] = set()
 
-    def walk(node: Any, key: str = "") -> None:
+    def walk(node: Any) -> None:
         if isinstance(node, dict):
-            if "markerName" in node and node["markerName"] == "core_patch":
+            if node.get("markerName") == "core_patch":
                 [data] = node["details"]["patch-data"]["payloads"]
                 assert json.loads(base64.b64decode(data["data"]))["id"] in PATCH_IDS
                 return
-            if key == "indexedFields" and "TemporalChangeVersion" in node:
-                versions = node.pop("TemporalChangeVersion")
-                assert set(json.loads(base64.b64decode(versions["data"]))) <= PATCH_IDS
             if "encoding" in node.get("metadata", {}):
                 found.add(base64.b64decode(node["metadata"]["encoding"]))
                 return
             for name, value in node.items():
-                walk(value, name)
+                if name == "TemporalChangeVersion":
+                    assert set(json.loads(base64.b64decode(value["data"]))) <= PATCH_IDS
+                else:
+                    walk(value)
         elif isinstance(node, list):
             for value in node:
-                walk(value, key)
+                walk(value)
 
-    walk(copy.deepcopy(exported))
+    walk(exported)
     return found
