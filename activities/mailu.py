@@ -42,7 +42,12 @@ from activities.ssh import (
 )
 from workflows.contracts import DnsRecord, DnsRecordsRequest, MailuTarget
 
-MAILU_VERSION = "2024.06"
+# An exact MailU release, never the moving "2024.06" tag: MailU's CI pushes every image
+# as X.Y (moving) and X.Y.Z (pinned, "not updated", docs/releases.rst "Versioning",
+# .github/workflows/build_test_deploy.yml `--tag ...:$pinned_mailu_version`), and
+# 2024.06.57 (tag 2024.06.57, 2026-07-26) is the newest 2024.06 patch release in
+# github.com/Mailu/Mailu. Moving to a newer one is a reviewed change of this line.
+MAILU_VERSION = "2024.06.57"
 COMPOSE_UP_TIMEOUT = 15 * 60.0
 MAILU_DIR = "/mailu"
 COMPOSE = f"docker compose -p mailu -f {MAILU_DIR}/docker-compose.yml"

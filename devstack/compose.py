@@ -38,7 +38,7 @@ from devstack.mailu import ExecResult, MailuCli, MailuStore, StdinReader
 # What ``systemctl reload UNIT`` runs for a unit the machine provides.
 ReloadHandler = Callable[[], Awaitable[ExecResult]]
 
-MAILU_VERSION = "2024.06"
+MAILU_VERSION = "2024.06.57"  # the pinned release activities/mailu.py deploys
 COMPOSE_VERSION = "v2.29.1"
 # MailU's admin image runs DB migrations before its healthcheck passes; the stand-in
 # keeps the window short but real, so clients must poll ``ps`` instead of assuming.

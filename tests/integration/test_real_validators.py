@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -99,7 +100,8 @@ def test_compose_v2_accepts_the_mailu_files_as_mailu_setup_renders_them(tmp_path
     for name, service in services.items():
         if name != "redis":
             assert service["image"] == f"ghcr.io/mailu/{service['image'].split('/')[-1]}"
-            assert service["image"].endswith(":2024.06")
+            # An exact release (X.Y.Z), never MailU's moving X.Y tag (issue 19, item 9).
+            assert re.fullmatch(r".*:2024\.06\.\d+", service["image"]), service["image"]
     front_env = services["front"]["environment"]
     assert front_env["WEBROOT_REDIRECT"] == "/webmail"
     # Macro scanning on, with the service MailU pairs it with, on its internal network.
