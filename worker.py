@@ -300,6 +300,9 @@ PASSED_THROUGH = (
     "workflows.reconcile_contracts",
     "workflows.rotation_contracts",
 )
+# Third-party libraries those modules import: pure functions over static data, so they
+# are deterministic too, and passed through rather than re-imported for every run.
+PASSED_THROUGH_LIBRARIES = ("idna",)
 
 
 def workflow_runner() -> SandboxedWorkflowRunner:
@@ -310,7 +313,9 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     sandbox itself stays on: workflow code still runs under its restrictions.
     """
     return SandboxedWorkflowRunner(
-        restrictions=SandboxRestrictions.default.with_passthrough_modules(*PASSED_THROUGH)
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(
+            *PASSED_THROUGH, *PASSED_THROUGH_LIBRARIES
+        )
     )
 
 

@@ -17,6 +17,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# IDNA 2008 (RFC 5890-5893), the rules registries and MailU's own `idna` use; the
+# standard library's "idna" codec is IDNA 2003. Pure functions over static tables,
+# so deterministic (worker.PASSED_THROUGH_LIBRARIES).
+import idna
+
 WORKFLOW_TYPE = "ProvisionMailTenant"
 DEFAULT_TASK_QUEUE = "mail-provisioning"
 VAULT_KV_MOUNT = "smtp"
@@ -315,16 +320,27 @@ def validate_domain(domain: str) -> None:
                 "domain", f"label '{label}' must not have '--' in positions 3-4 unless xn--"
             )
         if label.startswith("xn--"):
-            try:
-                label.encode("ascii").decode("idna")
-            except UnicodeError:
-                raise InvalidPurchaseRequest(
-                    "domain", f"label '{label}' is not valid IDNA punycode"
-                ) from None
+            _check_a_label(label)
     if not TOP_LEVEL_LABEL_RULE.fullmatch(labels[-1]):
         raise InvalidPurchaseRequest(
             "domain", "top-level label must be 2-63 characters and end with a letter"
         )
+
+
+def _check_a_label(label: str) -> None:
+    """An `xn--` label must be an IDNA 2008 A-label (RFC 5891 section 5.4).
+
+    IDNA 2003 (the stdlib codec) maps instead of refusing: it accepts symbols such as
+    xn--ls8h (U+1F4A9) that IDNA 2008 disallows, and refuses xn--zca ("ß", PVALID in
+    IDNA 2008) because 2003 maps it to "ss". `idna.ulabel` decodes the punycode and
+    checks each code point's IDNA 2008 property, NFC, hyphens, joiners and the Bidi rule.
+    """
+    try:
+        idna.ulabel(label)
+    except (idna.IDNAError, UnicodeError) as err:
+        raise InvalidPurchaseRequest(
+            "domain", f"label '{label}' is not a valid IDNA 2008 punycode A-label: {err}"
+        ) from None
 
 
 @dataclass(frozen=True)

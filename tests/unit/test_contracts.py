@@ -30,10 +30,33 @@ def request(**overrides: str) -> PurchaseRequest:
 
 @pytest.mark.parametrize(
     "domain",
-    ["acme.example", "mail.acme.co.uk", "xn--bcher-kva.example", "a.bc", "x" * 63 + ".example"],
+    [
+        "acme.example",
+        "mail.acme.co.uk",
+        "xn--bcher-kva.example",
+        "a.bc",
+        "x" * 63 + ".example",
+        "xn--zca.example",  # "ß": PVALID in IDNA 2008 (IDNA 2003 mapped it to "ss")
+        "xn--nxasmq6b.example",  # "βόλοσ": final sigma stays distinct in IDNA 2008
+    ],
 )
 def test_valid_domains(domain: str) -> None:
     validate_domain(domain)
+
+
+@pytest.mark.parametrize(
+    ("domain", "reason"),
+    [
+        ("xn--ls8h.example", "U+1F4A9"),  # a symbol: DISALLOWED in IDNA 2008, 2003 took it
+        ("xn--zz.example", "Invalid A-label"),  # not decodable punycode
+        ("xn--a.example", "U+0080"),  # decodes to a control character
+    ],
+)
+def test_punycode_labels_follow_idna_2008(domain: str, reason: str) -> None:
+    with pytest.raises(InvalidPurchaseRequest) as err:
+        validate_domain(domain)
+    assert err.value.field == "domain"
+    assert "IDNA 2008" in err.value.rule and reason in err.value.rule
 
 
 @pytest.mark.parametrize(
