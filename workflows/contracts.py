@@ -638,7 +638,8 @@ class DnsRecord:
     """One record the customer publishes. Public data only (never a private key).
 
     `value` is the record's data as a DNS provider's form wants it (TXT unquoted);
-    `zone_line` is the same record as a zone-file line, as MailU exports it.
+    `zone_line` is the same record as a zone-file line (TXT data split into strings of
+    at most 250 bytes, as MailU's zone-file download splits them).
     """
 
     name: str
