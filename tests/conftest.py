@@ -1,15 +1,50 @@
-"""Shared fixtures: the Temporal time-skipping test server (one per session)."""
+"""Shared fixtures (the Temporal time-skipping test server, one per session) and the
+markers every test gets from the directory it lives in."""
 
 from __future__ import annotations
 
 import os
 import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from devstack.stack import tool
+
+TESTS = Path(__file__).parent
+
+# What each test directory needs beyond this process. `make check` runs the tests that
+# need nothing (`-m "not stack and not integration"`); the marker comes from the
+# directory, so a new test module is classified by where it is put and cannot forget
+# it, and a new directory must be added here before any test in it runs.
+MARKERS_BY_DIRECTORY: dict[str, tuple[str, ...]] = {
+    "unit": (),
+    "workflow": (),  # the time-skipping test server, started in this process's session
+    "replay": (),
+    "integration": ("integration",),  # real PostgreSQL, OpenBao, Compose, cloud-init, ...
+    "devstack": ("stack",),  # the local cloud and its SSH/SMTP servers
+    "e2e": ("stack",),  # the whole local stack
+}
+
+
+def markers_for(path: Path) -> tuple[str, ...]:
+    """The markers of a test module, from the directory under tests/ that holds it."""
+    parts = path.relative_to(TESTS).parts
+    if len(parts) < 2 or parts[0] not in MARKERS_BY_DIRECTORY:
+        raise pytest.UsageError(
+            f"{path}: tests live in one of tests/{{{','.join(MARKERS_BY_DIRECTORY)}}}/ "
+            "(a new directory needs its entry in MARKERS_BY_DIRECTORY, tests/conftest.py)"
+        )
+    return MARKERS_BY_DIRECTORY[parts[0]]
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        for name in markers_for(item.path):
+            item.add_marker(name)
 
 
 @pytest.fixture(scope="session")

@@ -34,6 +34,7 @@ from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.processes import free_port
 from devstack.vps import CLOUD_INIT_RELEASE
+from tests.helpers import unavailable
 
 TOKEN = "devstack-test-token"
 COMPOSE = "docker compose -p mailu -f /mailu/docker-compose.yml"
@@ -1017,7 +1018,7 @@ async def test_firewall_life_cycle_and_its_errors(env: Env) -> None:
 @pytest.mark.asyncio
 async def test_ipv6_addresses_leave_lo_with_their_servers(tmp_path: Path) -> None:
     if not await ipv6.can_assign():
-        pytest.skip("this machine cannot add IPv6 addresses to lo (needs CAP_NET_ADMIN)")
+        unavailable("this machine cannot add IPv6 addresses to lo (needs CAP_NET_ADMIN)")
     keys = new_keys()
     environment = _env(tmp_path, cloud_init_seconds=0.5)
     env = await anext(environment)

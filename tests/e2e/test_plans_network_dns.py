@@ -26,6 +26,7 @@ from devstack import ipv6
 from devstack.stack import StackInfo
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl, new_request, run_in_process_worker
+from tests.helpers import unavailable
 from worker import ConfigError, Settings, build_activities
 from workflows.contracts import ProvisionResult, PurchaseRequest
 
@@ -195,7 +196,7 @@ async def test_ipv6_only_plan_is_configured_over_ipv6(
     info: StackInfo, client: Client, cloud: CloudControl, tmp_path: Path
 ) -> None:
     if not await ipv6.can_assign():
-        pytest.skip("this machine cannot add IPv6 addresses to lo (needs CAP_NET_ADMIN)")
+        unavailable("this machine cannot add IPv6 addresses to lo (needs CAP_NET_ADMIN)")
     request = new_request(info, plan="v6only")
     result = await provision_with(info, client, plans_env(tmp_path, PLANS), request)
 
