@@ -187,6 +187,17 @@ def operator_environment(info: StackInfo) -> list[str]:
     ]
 
 
+def web_ui_decoding(info: StackInfo) -> str:
+    """How a browser gets decoded payloads: the codec server wants a credential from it
+    too, and the Web UI can only send a cookie (codec_server.py)."""
+    return (
+        f"To see decoded payloads in the Web UI, sign this browser in once at "
+        f"{info.codec_url}/login with the token in {info.codec_token_file}, then in the "
+        "UI's codec server settings choose 'Use my browser setting', endpoint "
+        f"{info.codec_url}, and turn on 'Include cross-origin credentials'."
+    )
+
+
 def operator_examples(info: StackInfo) -> list[str]:
     """What `make up` suggests running (docs/OPERATIONS.md explains each)."""
     return [
@@ -204,8 +215,9 @@ async def up(state_dir: Path) -> int:
         info = await stack.start(progress=lambda step: say(f"stack: {step}"))
         lines = [*operator_environment(info), *operator_examples(info)]
         say(
-            f"\nstack is up (Ctrl-C stops it). Web UI: {info.temporal_ui_url} (decodes payloads;"
-            " localhost works too)\nIn another terminal, from this directory "
+            f"\nstack is up (Ctrl-C stops it). Web UI: {info.temporal_ui_url}\n"
+            + web_ui_decoding(info)
+            + "\nIn another terminal, from this directory "
             "(docs/OPERATIONS.md has the rest):\n"
             + "".join(f"  {line}\n" for line in lines)
             + f"logs: {info.state_dir / 'logs'}"

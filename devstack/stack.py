@@ -163,6 +163,24 @@ class StackInfo:
         return sorted((self.state_dir / "logs").glob("worker*.log"))
 
 
+def codec_server_env(
+    keys_file: Path, token_file: Path, port: int, ui_port: int | None
+) -> dict[str, str]:
+    """The codec server's settings on the local stack: token always required.
+
+    The dev Web UI cannot send the bearer token; the operator signs the browser in at
+    the codec server's /login instead (codec_server.py, docs/OPERATIONS.md).
+    """
+    env = {
+        "MAILPROV_CODEC_KEYS_FILE": str(keys_file),
+        "MAILPROV_CODEC_SERVER_TOKEN_FILE": str(token_file),
+        "MAILPROV_CODEC_BIND": f"127.0.0.1:{port}",
+    }
+    if ui_port:
+        env["MAILPROV_CODEC_UI_ORIGIN"] = f"http://127.0.0.1:{ui_port}"
+    return env
+
+
 class Stack:
     """`async with Stack(dir) as stack: await stack.start()`: stopped on any exit."""
 
@@ -206,15 +224,7 @@ class Stack:
             KeyRing.generate("devstack-1").write(self.info.codec_keys_file)
         _write_secret(self.info.codec_token_file, secrets.token_urlsafe(32))
         port = free_port()
-        env = {
-            "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
-            "MAILPROV_CODEC_SERVER_TOKEN_FILE": str(self.info.codec_token_file),
-            "MAILPROV_CODEC_BIND": f"127.0.0.1:{port}",
-        }
-        if ui_port:
-            # The dev Web UI has no login and so cannot send the token: trust its origin.
-            env["MAILPROV_CODEC_UI_ORIGIN"] = f"http://127.0.0.1:{ui_port}"
-            env["MAILPROV_CODEC_TRUST_UI_ORIGIN"] = "1"
+        env = codec_server_env(self.info.codec_keys_file, self.info.codec_token_file, port, ui_port)
         process = self._spawn(
             "codec-server", [sys.executable, str(ROOT / "codec_server.py")], env=env
         )

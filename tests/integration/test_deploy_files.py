@@ -84,6 +84,9 @@ def test_compose_v2_accepts_the_one_host_stack() -> None:
     assert services["worker"]["deploy"]["replicas"] == 2
     assert services["temporal"]["environment"]["DB"] == "postgres12"
     assert services["temporal-ui"]["environment"]["TEMPORAL_CODEC_ENDPOINT"]
+    # The codec server wants a credential from the browser too: its sign-in cookie.
+    assert services["temporal-ui"]["environment"]["TEMPORAL_CODEC_INCLUDE_CREDENTIALS"] == "true"
+    assert "MAILPROV_CODEC_TRUST_UI_ORIGIN" not in services["codec-server"]["environment"]
     # OpenBao keeps its data on a volume, not in memory (-dev).
     assert any(v["target"] == "/openbao/data" for v in services["openbao"]["volumes"])
     # Compose gives a stopping worker this long before SIGKILL: more than the drain.
