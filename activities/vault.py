@@ -28,11 +28,11 @@ from typing import Any
 import hvac
 import hvac.exceptions
 import requests
+import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.crypto import DataKey, EnvelopeError
-from activities.logs import get_logger
 from workflows.contracts import (
     ROTATION_POLICY,
     VAULT_KV_MOUNT,
@@ -42,7 +42,9 @@ from workflows.contracts import (
     vault_secret_path_for,
 )
 
-log = get_logger("vault")
+# structlog itself, not the worker's log set-up (which configures it, in the worker's
+# machinery above the activities): an outside system's module imports none of it.
+log = structlog.get_logger("vault")
 
 CREDENTIAL_FIELDS = (
     "username",
