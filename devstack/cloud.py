@@ -29,6 +29,7 @@ import logging
 import math
 import os
 import random
+import secrets
 import signal
 import socket
 import sys
@@ -46,6 +47,7 @@ from devstack.firewalls import FirewallBook
 from devstack.hetzner import ApiError, invalid_input, iso
 from devstack.mailu import MailuStore
 from devstack.processes import die_with_parent, free_port
+from devstack.ssh_keys import SshKeyBook
 
 log = logging.getLogger("devstack.cloud")
 
@@ -87,6 +89,11 @@ def pick_subnet(ports: tuple[int, ...]) -> ipaddress.IPv4Network:
         if all(_bindable(first, p) for p in ports):
             return net
     raise RuntimeError("no free loopback /24 found for the local cloud")
+
+
+def _root_password() -> str:
+    """A generated root password, as Hetzner returns it when no ssh_keys were given."""
+    return secrets.token_urlsafe(15)
 
 
 def parse_subnet(text: str) -> ipaddress.IPv4Network:
@@ -166,6 +173,9 @@ class Server:
     ipv6_ptrs: dict[str, str] = field(default_factory=dict)
     ipv6_on_lo: bool = False  # its ::1 was added to lo, so it is really reachable
     firewalls: list[int] = field(default_factory=list)
+    # Public keys of the ssh_keys named at create; none means Hetzner set a root
+    # password, created expired (see _create_server).
+    metadata_public_keys: list[str] = field(default_factory=list)
 
     @property
     def ipv6(self) -> str | None:
@@ -201,6 +211,9 @@ class Server:
             },
             "private_net": [],
             "server_type": hetzner.server_type_json(self.server_type),
+            # `location` is where clients read it now; `datacenter` is deprecated but
+            # still sent (hcloud-python 2.18.0 notes, Hetzner changelog 2026-04-01).
+            "location": hetzner.location_json(self.location),
             "datacenter": hetzner.datacenter_json(self.location),
             "image": hetzner.image_json(self.image),
             "iso": None,
@@ -272,8 +285,11 @@ class LocalCloud:
         subnet: str | None = None,
         boot_seconds: float = 1.0,
         cloud_init_seconds: float = 2.0,
+        readonly_token: str | None = None,
     ) -> None:
         self.state_dir = Path(state_dir)
+        # A second token of the project with Hetzner's "Read" permission only.
+        self._readonly_token = readonly_token
         # How long each new server's cloud-init takes after SSH is up (devstack/cloudinit.py).
         self.cloud_init_seconds = cloud_init_seconds
         self._token = token
@@ -292,6 +308,9 @@ class LocalCloud:
         self._notifications: list[dict[str, Any]] = []
         self._notify_keys: set[str] = set()
         self.firewalls = FirewallBook()
+        self.ssh_keys = SshKeyBook()
+        # server type -> locations where it is out of stock now (tests set it).
+        self.out_of_stock: dict[str, set[str]] = {}
         # Catalog entries Hetzner has "retired" in this cloud (kind, name): tests model a
         # provider whose catalog lacks what a plan names.
         self.retired: set[tuple[str, str]] = set()
@@ -396,10 +415,13 @@ class LocalCloud:
     def _fault_error(rule: FaultRule) -> ApiError:
         headers: dict[str, str] = {}
         if rule.status == 429:
+            # An empty bucket, as Hetzner reports it: RateLimit-Reset is when it is FULL
+            # again, at one request per second that is RATE_LIMIT seconds away
+            # (docs.hetzner.cloud, Rate Limiting), while the next request may pass in 1 s.
             headers = {
                 "RateLimit-Limit": str(hetzner.RATE_LIMIT),
                 "RateLimit-Remaining": "0",
-                "RateLimit-Reset": str(int(time.time()) + 1),
+                "RateLimit-Reset": str(math.ceil(time.time()) + hetzner.RATE_LIMIT),
             }
         headers.update(rule.headers)
         return ApiError(
@@ -411,10 +433,16 @@ class LocalCloud:
         if not request.path.startswith("/v1"):
             return await handler(request)
         scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
-        if scheme != "Bearer" or not hmac.compare_digest(
-            presented.strip().encode(), self._token.encode()
-        ):
+        token = presented.strip().encode()
+        readonly = self._readonly_token is not None and hmac.compare_digest(
+            token, self._readonly_token.encode()
+        )
+        if scheme != "Bearer" or not (readonly or hmac.compare_digest(token, self._token.encode())):
             raise ApiError("unauthorized", "unable to authenticate")
+        if readonly and request.method != "GET":
+            # Hetzner's error table: token_readonly (403), "The token is only allowed to
+            # perform GET requests"; checked before the request body is read.
+            raise ApiError("token_readonly", "The token is only allowed to perform GET requests")
         if not self._rate.consume():
             raise ApiError("rate_limit_exceeded", "limit of 3600 requests per hour reached")
         return await handler(request)
@@ -436,6 +464,10 @@ class LocalCloud:
         app.router.add_get("/v1/firewalls", self._list_firewalls)
         app.router.add_get("/v1/firewalls/{id}", self._get_firewall)
         app.router.add_delete("/v1/firewalls/{id}", self._delete_firewall)
+        app.router.add_post("/v1/ssh_keys", self._create_ssh_key)
+        app.router.add_get("/v1/ssh_keys", self._list_ssh_keys)
+        app.router.add_get("/v1/ssh_keys/{id}", self._get_ssh_key)
+        app.router.add_delete("/v1/ssh_keys/{id}", self._delete_ssh_key)
         app.router.add_post("/_devstack/faults", self._add_fault)
         app.router.add_get("/_devstack/faults", self._list_faults)
         app.router.add_delete("/_devstack/faults", self._clear_faults)
@@ -513,12 +545,18 @@ class LocalCloud:
         start_after_create = body.get("start_after_create", True)
         if not isinstance(start_after_create, bool):
             problems["start_after_create"] = ["Not a valid boolean."]
-        if body.get("ssh_keys"):
-            # This project holds no SSH keys; keys travel in user_data instead.
-            problems["ssh_keys"] = ["ssh key not found"]
         enable_ipv4, enable_ipv6 = hetzner.public_net_flags(body.get("public_net"), problems)
         if problems:
             raise invalid_input(problems)
+        refused = hetzner.server_type_problem(
+            str(server_type),
+            str(location or hetzner.DEFAULT_LOCATION),
+            frozenset(self.out_of_stock.get(str(server_type), ())),
+            time.time(),
+        )
+        if refused is not None:
+            raise refused
+        ssh_keys = self.ssh_keys.for_new_server(body.get("ssh_keys"))
         assert isinstance(name, str) and isinstance(user_data, (str, type(None)))
         if any(s.name == name for s in self._servers.values()):
             raise ApiError(
@@ -543,6 +581,7 @@ class LocalCloud:
             state_dir=self.state_dir / "servers" / str(server_id),
             ipv6_net=ipv6_net,
             firewalls=[fw.id for fw in firewalls],
+            metadata_public_keys=[k.public_key for k in ssh_keys],
         )
         self._servers[server.id] = server
         self.firewalls.apply(server.id, firewalls)
@@ -561,7 +600,12 @@ class LocalCloud:
                 "server": server.to_json(),
                 "action": create.to_json(),
                 "next_actions": [a.to_json() for a in next_actions],
-                "root_password": None,
+                # API reference, Create a Server: "If you do not specify any ssh_keys we
+                # will generate a root password for you and return it in the response".
+                # That password is created expired (kubermatic/machine-controller#191,
+                # hetznercloud/hcloud-python#121, hetznercloud/cli#332); the VPS is told
+                # so (root_password_expired) and refuses sessions without a TTY.
+                "root_password": None if ssh_keys else _root_password(),
             },
             status=201,
         )
@@ -699,6 +743,11 @@ class LocalCloud:
             for e in hetzner.catalog_json(kind, request.query.get("name"))
             if (kind, e["name"]) not in self.retired
         ]
+        if kind == "server_types":
+            entries = [
+                hetzner.server_type_json(e["name"], frozenset(self.out_of_stock.get(e["name"], ())))
+                for e in entries
+            ]
         page, meta = hetzner.paginate(
             entries, request.query.get("page"), request.query.get("per_page")
         )
@@ -724,6 +773,28 @@ class LocalCloud:
 
     async def _delete_firewall(self, request: web.Request) -> web.Response:
         self.firewalls.delete(request.match_info["id"])
+        return web.Response(status=204)
+
+    async def _create_ssh_key(self, request: web.Request) -> web.Response:
+        key = self.ssh_keys.create(await self._json_body(request))
+        return web.json_response({"ssh_key": key.to_json()}, status=201)
+
+    async def _list_ssh_keys(self, request: web.Request) -> web.Response:
+        keys = self.ssh_keys.listing(
+            request.query.get("name"),
+            request.query.get("fingerprint"),
+            request.query.get("label_selector", "").strip(),
+        )
+        page, meta = hetzner.paginate(
+            keys, request.query.get("page"), request.query.get("per_page")
+        )
+        return web.json_response({"ssh_keys": [k.to_json() for k in page], "meta": meta})
+
+    async def _get_ssh_key(self, request: web.Request) -> web.Response:
+        return web.json_response({"ssh_key": self.ssh_keys.get(request.match_info["id"]).to_json()})
+
+    async def _delete_ssh_key(self, request: web.Request) -> web.Response:
+        self.ssh_keys.delete(request.match_info["id"])
         return web.Response(status=204)
 
     # --- booting and killing servers ----------------------------------------------------
@@ -789,6 +860,10 @@ class LocalCloud:
             "server_name": server.name,
             "image": server.image,
             "cloud_init_seconds": self.cloud_init_seconds,
+            # Honoured by devstack/vps.py (see /work/wt/brief/h6-to-h7.md): the keys
+            # Hetzner hands cloud-init as metadata, and whether root's password expired.
+            "metadata_public_keys": server.metadata_public_keys,
+            "root_password_expired": not server.metadata_public_keys,
         }
         with (server.state_dir / "vps.log").open("ab") as vps_log:
             process = await asyncio.create_subprocess_exec(
@@ -967,6 +1042,8 @@ class LocalCloud:
                     "ssh_port": self.ssh_port,
                     "smtp_port": self.smtp_port,
                     "state_dir": str(server.state_dir),
+                    "metadata_public_keys": list(server.metadata_public_keys),
+                    "root_password_expired": not server.metadata_public_keys,
                     "pid": process.pid
                     if process is not None and process.returncode is None
                     else None,

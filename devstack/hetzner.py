@@ -88,12 +88,55 @@ def iso(ts: float) -> str:
 
 # --- catalog -------------------------------------------------------------------------
 
+# Server types and where they are sold. Since 2025-09-24 availability and deprecation
+# are per location: `server_type.locations[]` = {id, name, deprecation, available,
+# recommended} (docs.hetzner.cloud changelog "per-location server types"; the shape is
+# hcloud-python 2.27.0 hcloud/server_types/domain.py ServerTypeLocation, `available` /
+# `recommended` moved there from datacenters in hcloud-python 2.18.0). A deprecation is
+# {announced, unavailable_after} (hcloud/deprecation/domain.py): after unavailable_after
+# the type "can not be used in new resources". Deprecated types stay listed.
+# cx22/cx32/cx42 were deprecated in October 2025 (issue 19, item 5); the dates below
+# are the stand-in's own (a real account shows Hetzner's). cx23/cx33/cx43 (cost-
+# optimised gen 3) are sold in the EU locations only; ids are the stand-in's own.
+# cpx21/cpx31 are modelled as current; whether Hetzner retired them too is unchecked.
+_EU = ("fsn1", "nbg1", "hel1")
+_ALL = ("fsn1", "nbg1", "hel1", "ash", "hil")
+CX_GEN2_DEPRECATION = {
+    "announced": "2025-10-16T00:00:00+00:00",
+    "unavailable_after": "2026-01-01T00:00:00+00:00",
+}
 SERVER_TYPES: dict[str, dict[str, Any]] = {
-    "cx22": {"id": 104, "cores": 2, "memory": 4.0, "disk": 40, "cpu_type": "shared"},
-    "cx32": {"id": 105, "cores": 4, "memory": 8.0, "disk": 80, "cpu_type": "shared"},
-    "cx42": {"id": 106, "cores": 8, "memory": 16.0, "disk": 160, "cpu_type": "shared"},
-    "cpx21": {"id": 23, "cores": 3, "memory": 4.0, "disk": 80, "cpu_type": "shared"},
-    "cpx31": {"id": 24, "cores": 4, "memory": 8.0, "disk": 160, "cpu_type": "shared"},
+    "cx22": {
+        "id": 104,
+        "cores": 2,
+        "memory": 4.0,
+        "disk": 40,
+        "locations": _EU,
+        "deprecation": CX_GEN2_DEPRECATION,
+    },
+    "cx32": {
+        "id": 105,
+        "cores": 4,
+        "memory": 8.0,
+        "disk": 80,
+        "locations": _EU,
+        "deprecation": CX_GEN2_DEPRECATION,
+    },
+    "cx42": {
+        "id": 106,
+        "cores": 8,
+        "memory": 16.0,
+        "disk": 160,
+        "locations": _EU,
+        "deprecation": CX_GEN2_DEPRECATION,
+    },
+    "cx23": {"id": 114, "cores": 2, "memory": 4.0, "disk": 40, "locations": _EU},
+    "cx33": {"id": 115, "cores": 4, "memory": 8.0, "disk": 80, "locations": _EU},
+    "cx43": {"id": 116, "cores": 8, "memory": 16.0, "disk": 160, "locations": _EU},
+    "cpx21": {"id": 23, "cores": 3, "memory": 4.0, "disk": 80, "locations": _ALL},
+    "cpx31": {"id": 24, "cores": 4, "memory": 8.0, "disk": 160, "locations": _ALL},
+    "cpx22": {"id": 117, "cores": 2, "memory": 4.0, "disk": 80, "locations": _ALL},
+    "cpx32": {"id": 118, "cores": 4, "memory": 8.0, "disk": 160, "locations": _ALL},
 }
 
 IMAGES: dict[str, dict[str, Any]] = {
@@ -199,20 +242,65 @@ def catalog_json(kind: str, name: str | None) -> list[dict[str, Any]]:
     return [render(n) for n in names if name is None or n == name]
 
 
-def server_type_json(name: str) -> dict[str, Any]:
+def server_type_json(name: str, out_of_stock: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """One server type; `out_of_stock` names locations where it is not available now."""
     spec = SERVER_TYPES[name]
+    deprecation = spec.get("deprecation")
     return {
         "id": spec["id"],
         "name": name,
         "description": name.upper(),
+        "category": "cost_optimized" if name.startswith("cx") else "regular_purpose",
         "cores": spec["cores"],
         "memory": spec["memory"],
         "disk": spec["disk"],
-        "deprecated": False,
+        # The type-wide fields Hetzner keeps for old clients while phasing them out.
+        "deprecated": deprecation is not None,
+        "deprecation": dict(deprecation) if deprecation else None,
         "storage_type": "local",
-        "cpu_type": spec["cpu_type"],
+        "cpu_type": "shared",
         "architecture": "x86",
+        "locations": [
+            {
+                "id": LOCATIONS[loc]["id"],
+                "name": loc,
+                "deprecation": dict(deprecation) if deprecation else None,
+                "available": loc not in out_of_stock,
+                "recommended": deprecation is None and loc not in out_of_stock,
+            }
+            for loc in spec["locations"]
+        ],
     }
+
+
+def server_type_problem(
+    name: str, location: str, out_of_stock: frozenset[str], now: float
+) -> ApiError | None:
+    """Why a create of `name` in `location` is refused now, or None.
+
+    Not offered there, or past the deprecation's unavailable_after: invalid_input
+    "unsupported location for server type" (issue 19, item 5: what creates with a
+    retired type in its former location answer). Offered but out of stock:
+    resource_unavailable (hetznercloud/hcloud-go hcloud/error.go).
+    """
+    spec = SERVER_TYPES[name]
+    deprecation = spec.get("deprecation")
+    retired = deprecation is not None and (
+        datetime.fromisoformat(deprecation["unavailable_after"]).timestamp() <= now
+    )
+    if location not in spec["locations"] or retired:
+        return ApiError(
+            "invalid_input",
+            "unsupported location for server type",
+            {
+                "fields": [
+                    {"name": "location", "messages": ["unsupported location for server type"]}
+                ]
+            },
+        )
+    if location in out_of_stock:
+        return ApiError("resource_unavailable", f"server type {name} is unavailable in {location}")
+    return None
 
 
 def image_json(name: str) -> dict[str, Any]:

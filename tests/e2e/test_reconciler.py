@@ -59,7 +59,7 @@ def orphan_rows(info: StackInfo, workflow_id: str) -> list[Any]:
 def unlabelled_server(cloud: CloudControl) -> int:
     body = {
         "name": f"not-ours-{uuid.uuid4().hex[:6]}",
-        "server_type": "cx22",
+        "server_type": "cx23",
         "image": "debian-12",
         "location": "fsn1",
     }
