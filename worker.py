@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -31,12 +31,12 @@ from activities.audit import AuditActivities, open_audit_store
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
 from activities.heartbeat import HeartbeatInterceptor
-from activities.hetzner import DEFAULT_API_URL, HetznerClient
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
 from activities.notify import NotifyActivities, NotifyPolicy
-from activities.plans import CatalogError, PlanActivities, check_catalog, load_catalog
+from activities.plans import CatalogError, PlanActivities, load_catalog
+from activities.provider_registry import DEFAULT_PROVIDER, UnknownProvider, provider_entry
 from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
 from activities.temporal_runs import TemporalRunsActivities
@@ -48,7 +48,13 @@ from activities.vault import (
     VaultNotReady,
     VaultSettings,
 )
-from activities.vps_provider import ANYWHERE, FirewallPolicy, ProviderError, VpsActivities
+from activities.vps_provider import (
+    ANYWHERE,
+    FirewallPolicy,
+    ProviderError,
+    VpsActivities,
+    VpsProvider,
+)
 from activities.worker_health import serve_health
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.provision import ProvisionMailTenant
@@ -76,8 +82,8 @@ class Settings:
     temporal_address: str
     temporal_namespace: str
     task_queue: str
-    hcloud_api_url: str
-    hcloud_token: str
+    provider: str  # MAILPROV_PROVIDER, a name in activities/provider_registry.py
+    provider_settings: dict[str, str] = field(repr=False)  # holds the provider's token
     ssh_key_file: Path
     ssh_port: int
     vault: VaultSettings
@@ -97,8 +103,7 @@ class Settings:
             temporal_address=env.get("TEMPORAL_ADDRESS", "localhost:7233"),
             temporal_namespace=env.get("TEMPORAL_NAMESPACE", "default"),
             task_queue=env.get("MAILPROV_TASK_QUEUE", DEFAULT_TASK_QUEUE),
-            hcloud_api_url=env.get("HCLOUD_API_URL", DEFAULT_API_URL),
-            hcloud_token=_secret(env, "HCLOUD_TOKEN"),
+            **_provider(env),
             ssh_key_file=Path(_required(env, "MAILPROV_SSH_KEY_FILE")),
             ssh_port=_int(env, "MAILPROV_SSH_PORT", 22),
             vault=VaultSettings(
@@ -129,6 +134,19 @@ class Settings:
                 env, "MAILPROV_MAX_CONCURRENT_ACTIVITIES", DEFAULT_MAX_CONCURRENT_ACTIVITIES
             ),
         )
+
+
+def _provider(env: Mapping[str, str]) -> dict[str, Any]:
+    """MAILPROV_PROVIDER and the settings that provider reads (Hetzner: HCLOUD_TOKEN...)."""
+    name = env.get("MAILPROV_PROVIDER", "").strip() or DEFAULT_PROVIDER
+    try:
+        entry = provider_entry(name)
+    except UnknownProvider as err:
+        raise ConfigError(str(err)) from None
+    return {
+        "provider": name,
+        "provider_settings": entry.read_settings(env, lambda var: _secret(env, var)),
+    }
 
 
 def _vault_login(env: Mapping[str, str]) -> dict[str, str]:
@@ -226,11 +244,11 @@ async def build_activities(
         await asyncio.to_thread(vault.check_ready)
     except VaultNotReady as err:
         raise ConfigError(f"VAULT_ADDR={settings.vault.url}: {err}") from None
-    hetzner = HetznerClient(settings.hcloud_token, settings.hcloud_api_url)
+    provider = provider_entry(settings.provider).build(settings.provider_settings)
     access = ServerAccess(identity, port=settings.ssh_port)
     mailu = MailuActivities(access)
     firewall = FirewallPolicy(settings.ssh_source_networks, settings.ssh_port)
-    vps = VpsActivities(hetzner, identity, firewall)
+    vps = VpsActivities(provider, identity, firewall)
     vault_activities = VaultActivities(vault)
     credentials = CredentialsActivities(vault, access)
     schedules = RotationScheduleActivities(vault)
@@ -238,7 +256,7 @@ async def build_activities(
     claims = TenantClaimActivities()
     plans = PlanActivities(settings.plans)
     try:
-        await _check_plans(settings.plans, hetzner)
+        await _check_provider(settings.plans, provider)
         yield [
             AdmissionActivities(plans, notify, claims).admit_purchase,
             vps.create_server,
@@ -270,7 +288,7 @@ async def build_activities(
             claims.confirm_tenant_claim,
         ]
     finally:
-        await hetzner.aclose()
+        await provider.aclose()
 
 
 def worker_interceptors() -> list[Interceptor]:
@@ -279,14 +297,23 @@ def worker_interceptors() -> list[Interceptor]:
     return [LogContextInterceptor(), HeartbeatInterceptor(), MetricsInterceptor()]
 
 
-async def _check_plans(plans: dict[str, Plan], hetzner: HetznerClient) -> None:
-    """Stop at start when the provider lacks a plan's server type, image or location."""
+async def _check_provider(plans: dict[str, Plan], provider: VpsProvider) -> None:
+    """Stop at start when the token cannot write or a plan cannot be bought; warn about
+    plans that work today but are deprecated or out of stock somewhere."""
     try:
-        await check_catalog(plans, hetzner)
+        await provider.check_write_access()
+    except ProviderError as err:
+        raise ConfigError(
+            f"provider token: it must be allowed to create and delete servers: {err}"
+        ) from None
+    try:
+        warnings = await provider.check_catalog(plans)
     except CatalogError as err:
         raise ConfigError(f"plan catalog: {err}") from None
     except ProviderError as err:
         raise ConfigError(f"plan catalog: cannot read the provider's catalog: {err}") from None
+    for warning in warnings:
+        log.warning("plan catalog", warning=warning)
     log.info("plan catalog checked against the provider", plans=sorted(plans))
 
 

@@ -1,25 +1,47 @@
 """The Hetzner Cloud API v1 (https://docs.hetzner.cloud/) as a `VpsProvider`.
 
 Only what provisioning needs: servers (create, get, find by name, delete), actions,
-reverse DNS for IPv4 and IPv6, firewalls (find by label, create, get, delete), and the
-catalog names the worker checks its plans against. Errors keep Hetzner's
-machine-readable `code` and say whether another attempt can help (per Hetzner's
-error table); this module never sleeps or retries, because Temporal's retry policy
-does that durably.
+reverse DNS for IPv4 and IPv6, firewalls (find by label, create, get, delete), SSH
+keys (create, find, delete), the start-up checks (the plan catalog against server
+types with their per-location availability and deprecation, and a probe that the
+token may write). Errors keep Hetzner's machine-readable `code` and say whether
+another attempt can help (per Hetzner's error table); this module never sleeps or
+retries, because Temporal's retry policy does that durably (activities/vps_provider.py
+picks the delay).
 """
 
 from __future__ import annotations
 
 import ipaddress
-import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
-from activities.vps_provider import Action, Firewall, FirewallRule, ProviderError, Server
+from activities.plans import CatalogError
+from activities.vps_provider import (
+    Action,
+    Firewall,
+    FirewallRule,
+    ProviderError,
+    Server,
+    SshKey,
+)
+from workflows.contracts import Plan
 
 DEFAULT_API_URL = "https://api.hetzner.cloud/v1"
+# List endpoints page at 25 by default and at most 50 (docs.hetzner.cloud, Pagination):
+# ask for 50 and follow meta.pagination.next_page.
+PER_PAGE = 50
+# Codes meaning "not here, not now" for a create: try the plan's next location
+# (hetznercloud/hcloud-go hcloud/error.go: resource_unavailable "Resource currently
+# unavailable", placement_error "An error during the placement occurred").
+CAPACITY_CODES = frozenset({"resource_unavailable", "placement_error"})
+# Since 2025-09-24 server types are offered per location (docs.hetzner.cloud changelog
+# "per-location server types"); creating one where it is not (or no longer) offered
+# answers invalid_input "unsupported location for server type" (issue 19, item 5).
+UNSUPPORTED_LOCATION = "unsupported location for server type"
 
 # Hetzner error codes another attempt can fix (https://docs.hetzner.cloud/#errors).
 # Final: invalid_input, json_error, unauthorized, forbidden, resource_limit_exceeded,
@@ -81,6 +103,15 @@ def _firewall(data: dict[str, Any]) -> Firewall:
     )
 
 
+def _ssh_key(data: dict[str, Any]) -> SshKey:
+    return SshKey(
+        id=int(data["id"]),
+        name=str(data["name"]),
+        public_key=str(data["public_key"]),
+        labels=dict(data.get("labels") or {}),
+    )
+
+
 def _action(data: dict[str, Any]) -> Action:
     error = data.get("error") or {}
     message = f"{error.get('code')}: {error.get('message')}" if error else None
@@ -121,6 +152,7 @@ class HetznerClient:
         enable_ipv4: bool = True,
         enable_ipv6: bool = True,
         firewall_ids: Sequence[int] = (),
+        ssh_key_ids: Sequence[int] = (),
     ) -> tuple[Server, Action]:
         body = {
             "name": name,
@@ -133,6 +165,8 @@ class HetznerClient:
             # Sent explicitly: Hetzner's default (both on) is not what every plan wants.
             "public_net": {"enable_ipv4": enable_ipv4, "enable_ipv6": enable_ipv6},
             "firewalls": [{"firewall": fid} for fid in firewall_ids],
+            # Without ssh_keys Hetzner sets an expired root password (VpsActivities).
+            "ssh_keys": list(ssh_key_ids),
         }
         data = await self._request("POST", "servers", json=body)
         return _server(data["server"]), _action(data["action"])
@@ -149,9 +183,77 @@ class HetznerClient:
         params = {key: value for key, value in query.items() if value is not None}
         return [_server(s) for s in await self._list("servers", params)]
 
-    async def catalog_names(self, kind: str, name: str) -> bool:
-        """True when GET /v1/{kind}?name= knows `name` (server_types, images, locations)."""
-        return bool(await self._list(kind, {"name": name}))
+    async def create_ssh_key(self, *, name: str, public_key: str, labels: dict[str, str]) -> SshKey:
+        body = {"name": name, "public_key": public_key, "labels": labels}
+        data = await self._request("POST", "ssh_keys", json=body)
+        return _ssh_key(data["ssh_key"])
+
+    async def find_ssh_keys(
+        self, *, name: str | None = None, label_selector: str | None = None
+    ) -> list[SshKey]:
+        query = {"name": name, "label_selector": label_selector}
+        params = {key: value for key, value in query.items() if value is not None}
+        return [_ssh_key(k) for k in await self._list("ssh_keys", params)]
+
+    async def delete_ssh_key(self, ssh_key_id: int) -> bool:
+        try:
+            await self._request("DELETE", f"ssh_keys/{ssh_key_id}")
+        except ProviderError as err:
+            if err.not_found:
+                return False
+            raise
+        return True
+
+    async def check_catalog(self, catalog: Mapping[str, Plan]) -> list[str]:
+        """Every plan's image and locations exist, and its server type is sold in them.
+
+        Refuses a plan whose server type is unknown, not offered in one of its
+        locations, or past its `unavailable_after`; warns about a deprecation announced
+        but not yet in force (the plan works today and stops working on that date).
+        Reads `server_type.locations[]` (per-location availability and deprecation,
+        since 2025-09-24) and the type-wide `deprecation`, as hcloud-python 2.27's
+        ServerType / ServerTypeLocation models do.
+        """
+        warnings: list[str] = []
+        now = datetime.now(UTC)
+        for plan_name, plan in sorted(catalog.items()):
+            where = f"plan {plan_name!r}"
+            for kind, value in [("images", plan.image)] + [
+                ("locations", loc) for loc in plan.locations
+            ]:
+                if not await self._list(kind, {"name": value}):
+                    raise CatalogError(
+                        f"{where}: {kind[:-1]} {value!r} does not exist at the provider "
+                        f"(GET /v1/{kind}?name={value} found nothing)"
+                    )
+            found = await self._list("server_types", {"name": plan.server_type})
+            if not found:
+                raise CatalogError(
+                    f"{where}: server_type {plan.server_type!r} does not exist at the provider "
+                    f"(GET /v1/server_types?name={plan.server_type} found nothing)"
+                )
+            warnings += _server_type_problems(where, found[0], plan.locations, now)
+        return warnings
+
+    async def check_write_access(self) -> None:
+        """POST /v1/ssh_keys with an empty body: a harmless write that creates nothing.
+
+        A read-only token is refused before the body is read (403 token_readonly, "the
+        token is only allowed to perform GET requests", Hetzner's error table); a
+        read-write token gets invalid_input for the missing fields. Every other answer
+        (unauthorized, unavailable, ...) is raised as it is.
+        """
+        try:
+            await self._request("POST", "ssh_keys", json={})
+        except ProviderError as err:
+            if err.code == "invalid_input":
+                return
+            raise
+        raise ProviderError(
+            "invalid_response",
+            "POST /ssh_keys with an empty body succeeded; expected invalid_input",
+            retryable=False,
+        )
 
     async def find_firewalls(self, *, label_selector: str) -> list[Firewall]:
         params = {"label_selector": label_selector}
@@ -205,7 +307,9 @@ class HetznerClient:
         items: list[dict[str, Any]] = []
         page: int | None = 1
         while page:
-            data = await self._request("GET", path, params={**params, "page": str(page)})
+            data = await self._request(
+                "GET", path, params={**params, "page": str(page), "per_page": str(PER_PAGE)}
+            )
             items += data[path]
             page = ((data.get("meta") or {}).get("pagination") or {}).get("next_page")
         return items
@@ -253,18 +357,62 @@ def _error_from(response: httpx.Response) -> ProviderError:
     except (ValueError, KeyError, TypeError):
         code = "server_error" if response.status_code >= 500 else "invalid_response"
         message = response.text[:200] or response.reason_phrase
-    retry_after = None
-    if code == "rate_limit_exceeded":
-        reset = response.headers.get("RateLimit-Reset")
-        if reset and reset.isdigit():
-            retry_after = max(1.0, int(reset) - time.time())
+    # RateLimit-Reset is deliberately not read: it is when the bucket is full again
+    # (docs.hetzner.cloud, Rate Limiting), not when the next request may pass.
     retryable = code in RETRYABLE_CODES or response.status_code >= 500
     return ProviderError(
         code,
         message,
         retryable=retryable,
         status=response.status_code,
-        retry_after=retry_after,
         name_taken=code == "uniqueness_error",
         not_found=code == "not_found",
+        try_next_location=code in CAPACITY_CODES
+        or (code == "invalid_input" and UNSUPPORTED_LOCATION in message.lower()),
     )
+
+
+def _deprecation_ends(deprecation: dict[str, Any] | None) -> datetime | None:
+    if not deprecation:
+        return None
+    return datetime.fromisoformat(str(deprecation["unavailable_after"]))
+
+
+def _server_type_problems(
+    where: str, server_type: dict[str, Any], locations: Sequence[str], now: datetime
+) -> list[str]:
+    """Raise CatalogError when the type cannot be bought in a plan location; warnings else."""
+    name = server_type["name"]
+    warnings: list[str] = []
+    offered = {str(entry["name"]): entry for entry in server_type.get("locations") or []}
+    for location in locations:
+        entry = offered.get(location)
+        if entry is None:
+            raise CatalogError(
+                f"{where}: server_type {name!r} is not offered in location {location!r} "
+                f"(offered in: {', '.join(sorted(offered)) or 'none'})"
+            )
+        for deprecation in (entry.get("deprecation"), server_type.get("deprecation")):
+            ends = _deprecation_ends(deprecation)
+            if ends is None:
+                continue
+            if ends <= now:
+                raise CatalogError(
+                    f"{where}: server_type {name!r} is deprecated in {location!r} and "
+                    f"unavailable since {ends.isoformat()}; pick a current type"
+                )
+            warnings.append(
+                f"{where}: server_type {name!r} is deprecated in {location!r}; new servers "
+                f"can be created until {ends.isoformat()}"
+            )
+        if entry.get("available") is False:
+            warnings.append(
+                f"{where}: server_type {name!r} is currently out of stock in {location!r}; "
+                "creates move on to the plan's next location"
+            )
+    return warnings
+
+
+def from_settings(settings: Mapping[str, str]) -> HetznerClient:
+    """The registry's constructor (activities/provider_registry.py)."""
+    return HetznerClient(settings["token"], settings.get("api_url") or DEFAULT_API_URL)

@@ -3,10 +3,11 @@
 A plan names what to buy at the provider: server type, image, the locations to try in
 order, how Docker gets onto the server, and which public addresses it gets. The catalog
 is a JSON or TOML file named by MAILPROV_PLANS_FILE; without it the shipped default
-below is used. The worker loads it once, checks every name against the provider's
-catalog (server types, images, locations exist) and refuses to start otherwise, so a
-renamed or retired server type is an operator error at deploy time, not a purchase
-that fails after money was spent.
+below is used. The worker loads it once and has the provider check it
+(`VpsProvider.check_catalog`: for Hetzner, that the image and locations exist and the
+server type is offered, not past its deprecation, in every plan location) and
+refuses to start otherwise, so a renamed or retired server type is an operator error
+at deploy time, not a purchase that fails after money was spent.
 
 The workflow sees a plan only through the `resolve_plan` activity: workflow code
 must not read files, and the activity's answer is recorded in history, so a replay
@@ -19,7 +20,7 @@ import json
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -28,11 +29,14 @@ from activities.cloud_init import DockerInstallError, check_docker_install
 from workflows.contracts import PLAN_NAME_RULE, Plan, PlanRequest
 
 # The catalog shipped with the product (Hetzner names, as of 2026): every plan dual-stack,
-# Docker from Docker's apt repository on Debian 12.
+# Docker from Docker's apt repository on Debian 12. The cost-optimised CX gen-3 types
+# (cx23/cx33/cx43, offered in fsn1, nbg1 and hel1) replaced cx22/cx32/cx42, which Hetzner
+# deprecated in October 2025 (Pulumi hcloud getServerType docs, Feb 2026, use "cx23";
+# hcloud-python 2.7.0 release notes: per-location server types and deprecations).
 DEFAULT_CATALOG: dict[str, Plan] = {
-    "starter": Plan(server_type="cx22", image="debian-12", locations=["fsn1", "nbg1"]),
-    "business": Plan(server_type="cx32", image="debian-12", locations=["nbg1", "fsn1"]),
-    "enterprise": Plan(server_type="cx42", image="debian-12", locations=["hel1", "fsn1"]),
+    "starter": Plan(server_type="cx23", image="debian-12", locations=["fsn1", "nbg1"]),
+    "business": Plan(server_type="cx33", image="debian-12", locations=["nbg1", "fsn1"]),
+    "enterprise": Plan(server_type="cx43", image="debian-12", locations=["hel1", "fsn1"]),
 }
 
 _FIELDS = {"server_type", "image", "location", "locations", "docker_install", "network"}
@@ -132,31 +136,6 @@ def load_catalog(path: Path | None) -> dict[str, Plan]:
             f"MAILPROV_PLANS_FILE={path}: not valid {path.suffix[1:]}: {err}"
         ) from None
     return parse_catalog(document, str(path))
-
-
-class ProviderCatalog(Protocol):
-    """The provider's own names: what exists to be bought."""
-
-    async def catalog_names(self, kind: str, name: str) -> bool: ...
-
-
-async def check_catalog(catalog: Mapping[str, Plan], provider: ProviderCatalog) -> None:
-    """Every server type, image and location of every plan must exist at the provider.
-
-    Raises CatalogError naming the first plan and field the provider does not know.
-    """
-    for plan_name, plan in sorted(catalog.items()):
-        checks = [
-            ("server_type", "server_types", plan.server_type),
-            ("image", "images", plan.image),
-            *(("locations", "locations", loc) for loc in plan.locations),
-        ]
-        for field_name, kind, value in checks:
-            if not await provider.catalog_names(kind, value):
-                raise CatalogError(
-                    f"plan {plan_name!r}: {field_name} {value!r} does not exist at the provider "
-                    f"(GET /v1/{kind}?name={value} found nothing)"
-                )
 
 
 class PlanActivities:

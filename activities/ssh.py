@@ -33,6 +33,7 @@ from temporalio.exceptions import ApplicationError
 from workflows.contracts import MailuTarget
 
 HOST_KEY_INFO = b"mail-provisioning/host-key/v1:"
+PROVIDER_KEY_INFO = b"mail-provisioning/provider-key/v1:"
 HOST_KEY_PATH = "/etc/ssh/ssh_host_ed25519_key"
 # Exit 126/127: the shell could not run the program (say, no docker on this image);
 # a retry meets the same server. Any other failure (containers starting) may pass.
@@ -81,17 +82,25 @@ class SshIdentity:
         generation 2 replaces it over the first trusted SSH session and is never
         given to the provider.
         """
+        return self._derive(HOST_KEY_INFO + f"{server_name}#{generation}".encode())
+
+    def provider_key_for(self, server_name: str) -> str:
+        """The public key registered at the provider for this server; same input, same key.
+
+        Hetzner refuses a second SSH key resource with the same fingerprint
+        (uniqueness_error, hetznercloud/terraform-provider-hcloud#12), so every purchase
+        registers its own derived key; passing it at create is what stops Hetzner from
+        generating an expired root password (activities/vps_provider.py).
+        """
+        return _openssh_public(self._derive(PROVIDER_KEY_INFO + server_name.encode()))
+
+    def _derive(self, info: bytes) -> Ed25519PrivateKey:
         seed = self.private_key.private_bytes(
             serialization.Encoding.Raw,
             serialization.PrivateFormat.Raw,
             serialization.NoEncryption(),
         )
-        derived = HKDF(
-            algorithm=hashes.SHA256(),
-            length=32,
-            salt=None,
-            info=HOST_KEY_INFO + f"{server_name}#{generation}".encode(),
-        ).derive(seed)
+        derived = HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(seed)
         return Ed25519PrivateKey.from_private_bytes(derived)
 
     def cloud_init_for(

@@ -2,9 +2,11 @@
 
 The provider is behind the `VpsProvider` protocol: Hetzner Cloud today
 (activities/hetzner.py); another provider is one more module implementing these
-calls and mapping its errors onto `ProviderError`. Here every provider error
-becomes what Temporal should do with it: retry (after the provider's own
-rate-limit reset, or a capped exponential backoff with jitter), or stop for good.
+calls, mapping its errors onto `ProviderError`, and registering itself in
+activities/provider_registry.py (chosen by MAILPROV_PROVIDER). Here every provider
+error becomes what Temporal should do with it: retry after a capped exponential
+backoff with jitter that never reaches past the step's remaining budget, or stop
+for good.
 """
 
 from __future__ import annotations
@@ -13,9 +15,9 @@ import asyncio
 import hashlib
 import json
 import random
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Protocol, TypeVar
 
 from temporalio import activity
@@ -25,6 +27,7 @@ from activities.cloud_init import DockerInstallError, docker_cloud_config
 from activities.ssh import SshIdentity
 from workflows.contracts import (
     MailuTarget,
+    Plan,
     ReverseDnsRequest,
     ServerAddress,
     ServerHandle,
@@ -33,10 +36,6 @@ from workflows.contracts import (
 )
 from workflows.reconcile_contracts import ManagedServer
 
-# Hetzner codes meaning "not here, not now" for a create: try the plan's next location
-# (hetznercloud/hcloud-go hcloud/error.go: resource_unavailable "Resource currently
-# unavailable", placement_error "An error during the placement occurred").
-CAPACITY_CODES = frozenset({"resource_unavailable", "placement_error"})
 MANAGED_BY = {"managed-by": "mail-provisioning"}
 # Ports MailU's front publishes in our docker-compose.yml (activities/mailu.py,
 # render_compose): SMTP, HTTP(S), submissions, submission, POP3(S), IMAP(S), ManageSieve.
@@ -47,8 +46,14 @@ ANYWHERE = ("0.0.0.0/0", "::/0")
 PURCHASE_LABEL = "purchase"
 # Every server this product buys carries it; clean-up never looks at any other server.
 MANAGED_BY_SELECTOR = ",".join(f"{key}={value}" for key, value in MANAGED_BY.items())
-BACKOFF_BASE_SECONDS = 2.0
+# hcloud-python's retry interval (hcloud/_client.py, v2.27.0): base 1 s doubling per
+# retry, truncated at 60 s, full jitter between base and the truncated interval; it
+# ignores RateLimit-Reset, which is when the bucket is FULL again (up to an hour away).
+BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_CAP_SECONDS = 60.0
+# A retry is scheduled at least this long before the step's schedule-to-close ends, so
+# the retried attempt still has time to run.
+BUDGET_MARGIN_SECONDS = 5.0
 ACTION_POLL_SECONDS = 1.0
 # wait_for_server looks at 2 s, 5 s, 9.5 s, ... then every 15 s: a booted server is
 # noticed within 15 s, and a booting server costs at most 8 GETs (2 per look) a minute.
@@ -68,18 +73,20 @@ class ProviderError(Exception):
         *,
         retryable: bool,
         status: int | None = None,
-        retry_after: float | None = None,
         name_taken: bool = False,
         not_found: bool = False,
+        try_next_location: bool = False,
     ) -> None:
         super().__init__(f"{code}: {message}" + (f" (HTTP {status})" if status else ""))
         self.code = code  # the provider's own code, kept for messages and audit
         self.message = message
         self.retryable = retryable
         self.status = status
-        self.retry_after = retry_after
-        self.name_taken = name_taken  # create met an existing server of that name
+        self.name_taken = name_taken  # create met an existing resource of that name
         self.not_found = not_found
+        # A create the same request may pass elsewhere: no capacity, or the server type
+        # is not (or no longer) offered in this location.
+        self.try_next_location = try_next_location
 
 
 @dataclass(frozen=True)
@@ -94,6 +101,21 @@ class Server:
     ipv6: str | None = None  # the server's own address (::1 of its /64)
     ipv6_dns_ptr: str | None = None
     firewall_ids: list[int] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SshKey:
+    """A login key registered at the provider and named in a server create."""
+
+    id: int
+    name: str
+    public_key: str  # one OpenSSH line: "<type> <base64> [comment]"
+    labels: dict[str, str]
+
+
+def same_public_key(a: str, b: str) -> bool:
+    """Same key material (type and blob); the comment does not count."""
+    return a.split()[:2] == b.split()[:2]
 
 
 @dataclass(frozen=True)
@@ -163,6 +185,7 @@ class VpsProvider(Protocol):
         enable_ipv4: bool = True,
         enable_ipv6: bool = True,
         firewall_ids: Sequence[int] = (),
+        ssh_key_ids: Sequence[int] = (),
     ) -> tuple[Server, Action]: ...
 
     async def get_server(self, server_id: int) -> Server | None: ...
@@ -187,6 +210,35 @@ class VpsProvider(Protocol):
 
     async def delete_firewall(self, firewall_id: int) -> bool: ...
 
+    async def create_ssh_key(
+        self, *, name: str, public_key: str, labels: dict[str, str]
+    ) -> SshKey: ...
+
+    async def find_ssh_keys(
+        self, *, name: str | None = None, label_selector: str | None = None
+    ) -> list[SshKey]: ...
+
+    async def delete_ssh_key(self, ssh_key_id: int) -> bool:
+        """Delete; False when already gone."""
+        ...
+
+    async def check_catalog(self, catalog: Mapping[str, Plan]) -> list[str]:
+        """Start-up check of every plan against what the provider sells.
+
+        Raises activities.plans.CatalogError naming the plan and field when a plan
+        cannot be bought; returns warnings (e.g. a type deprecated but still sold).
+        """
+        ...
+
+    async def check_write_access(self) -> None:
+        """Start-up probe that the credentials may create and delete, not only read.
+
+        Raises ProviderError (e.g. Hetzner's token_readonly) when they may not.
+        """
+        ...
+
+    async def aclose(self) -> None: ...
+
 
 class VpsActivities:
     def __init__(
@@ -203,7 +255,15 @@ class VpsActivities:
     async def create_server(self, spec: ServerSpec) -> ServerHandle:
         """Create the server behind the mail firewall, or adopt the one an earlier
         attempt already created. Tries the plan's locations in order while the
-        provider is out of capacity."""
+        provider has no capacity or does not offer the server type there.
+
+        The purchase's own login key is registered at the provider first and named in
+        the create: without any SSH key Hetzner generates a root password that is
+        created expired (API reference, Create a Server; kubermatic/machine-controller#191,
+        hetznercloud/hcloud-python#121, hetznercloud/cli#332), and OpenSSH then refuses
+        every session without a terminal ("Password change required but no TTY
+        available"), which is every session of ours.
+        """
         plan = spec.plan
         try:
             docker = docker_cloud_config(plan.image, plan.docker_install)
@@ -211,6 +271,7 @@ class VpsActivities:
             raise ApplicationError(str(err), type="InvalidPlan", non_retryable=True) from None
         user_data, host_public_key = self._identity.cloud_init_for(spec.name, docker)
         firewall = await self._ensure_firewall()
+        ssh_key = await self._ensure_ssh_key(spec)
         handle = ServerHandle(
             spec.tenant_id,
             0,
@@ -233,11 +294,12 @@ class VpsActivities:
                     enable_ipv4=plan.ipv4,
                     enable_ipv6=plan.ipv6,
                     firewall_ids=[firewall.id],
+                    ssh_key_ids=[ssh_key.id],
                 )
             except ProviderError as err:
-                if err.code in CAPACITY_CODES:
+                if err.try_next_location:
                     activity.logger.warning(
-                        "no capacity, trying the next location",
+                        "not available here, trying the next location",
                         extra={"location": location, "code": err.code},
                     )
                     unavailable.append(f"{location} ({err.code})")
@@ -248,16 +310,20 @@ class VpsActivities:
                     raise ApplicationError(
                         f"create refused: {err}", type="Provider.not_found"
                     ) from None
-                if not err.name_taken:
-                    raise provider_failure(err) from None
-                return await self._adopt(spec, handle)
+                if err.name_taken:
+                    return await self._adopt(spec, handle)
+                if not err.retryable:
+                    # No server and no later attempt: the key would be left behind
+                    # (the workflow has nothing to undo after a create that gave up).
+                    await self._release_ssh_key(spec.name)
+                raise provider_failure(err) from None
             activity.logger.info(
                 "server created", extra={"server_id": server.id, "location": location}
             )
             return replace(handle, server_id=server.id, create_action_id=action.id)
         # Every location is out of capacity: Temporal retries later (capacity returns).
         raise ApplicationError(
-            f"no capacity for {plan.server_type} in any plan location: {', '.join(unavailable)}",
+            f"{plan.server_type} is not available in any plan location: {', '.join(unavailable)}",
             type="NoCapacity",
         )
 
@@ -274,6 +340,47 @@ class VpsActivities:
             type="ServerNameTaken",
             non_retryable=True,
         )
+
+    async def _ensure_ssh_key(self, spec: ServerSpec) -> SshKey:
+        """The purchase's login key at the provider: created, or adopted after a lost answer.
+
+        Its name derives from the server name (so from the purchase): a retry meets
+        uniqueness_error and adopts the key of that name once its key material and
+        purchase label prove it is ours.
+        """
+        name = ssh_key_name(spec.name)
+        public_key = self._identity.provider_key_for(spec.name)
+        try:
+            return await self._provider.create_ssh_key(
+                name=name, public_key=public_key, labels=spec.labels
+            )
+        except ProviderError as err:
+            if not err.name_taken:
+                raise provider_failure(err) from None
+        for key in await self._call(self._provider.find_ssh_keys(name=name)):
+            if same_public_key(key.public_key, public_key) and key.labels.get(
+                PURCHASE_LABEL
+            ) == spec.labels.get(PURCHASE_LABEL):
+                activity.logger.info("adopted existing ssh key", extra={"ssh_key_id": key.id})
+                return key
+        raise ApplicationError(
+            f"ssh key {name!r} (or its key material) is registered already, but not as this "
+            "purchase's key",
+            type="SshKeyNameTaken",
+            non_retryable=True,
+        )
+
+    async def _release_ssh_key(self, server_name: str) -> None:
+        """Remove the purchase's login key (idempotent: a missing key is fine).
+
+        Keys only matter at create time (Hetzner copies them into the new server), so
+        removing one never locks anyone out of a running server.
+        """
+        name = ssh_key_name(server_name)
+        for key in await self._call(self._provider.find_ssh_keys(name=name)):
+            ours = key.labels.get("managed-by") == MANAGED_BY["managed-by"]
+            if ours and await self._call(self._provider.delete_ssh_key(key.id)):
+                activity.logger.info("ssh key deleted", extra={"ssh_key_id": key.id})
 
     async def _ensure_firewall(self) -> Firewall:
         """The mail firewall for the current policy: found by its labels, else created.
@@ -410,6 +517,9 @@ class VpsActivities:
             action = await self._call(
                 self._provider.change_dns_ptr(request.server_id, ip, request.dns_ptr)
             )
+            # The change is asynchronous: only the finished action says it took effect
+            # (docs.hetzner.cloud, Actions: "running" until "success" or "error").
+            action = await self._finish(action, f"changing reverse DNS for {ip}")
             if action.status == "error":
                 raise ApplicationError(
                     f"reverse DNS for {ip} failed: {action.error}", type="ReverseDnsFailed"
@@ -424,18 +534,25 @@ class VpsActivities:
         action = await self._call(self._provider.delete_server(server.server_id))
         if action is None:
             await self._release_firewall(server.firewall_id)
+            await self._release_ssh_key(server.name)
             return False
-        while action.status == "running":
-            activity.heartbeat(f"deleting server {server.server_id}")
-            await asyncio.sleep(ACTION_POLL_SECONDS)
-            action = await self._call(self._provider.get_action(action.id))
+        action = await self._finish(action, f"deleting server {server.server_id}")
         if action.status == "error":
             raise ApplicationError(
                 f"deleting server {server.server_id} failed: {action.error}", type="DeleteFailed"
             )
         activity.logger.info("server deleted", extra={"server_id": server.server_id})
         await self._release_firewall(server.firewall_id)
+        await self._release_ssh_key(server.name)
         return True
+
+    async def _finish(self, action: Action, doing: str) -> Action:
+        """Poll an action until it is no longer running, heartbeating meanwhile."""
+        while action.status == "running":
+            activity.heartbeat(doing)
+            await asyncio.sleep(ACTION_POLL_SECONDS)
+            action = await self._call(self._provider.get_action(action.id))
+        return action
 
     @activity.defn(name="delete_purchase_servers")
     async def delete_purchase_servers(self, purchase_id: str) -> list[int]:
@@ -448,6 +565,9 @@ class VpsActivities:
             handle = ServerHandle("", server.id, server.name, "", firewall_id=firewall_id)
             await self.delete_server(handle)
             deleted.append(server.id)
+        # A cancel can land between the key's registration and the server's create.
+        for key in await self._call(self._provider.find_ssh_keys(label_selector=selector)):
+            await self._call(self._provider.delete_ssh_key(key.id))
         return deleted
 
     @activity.defn(name="list_managed_servers")
@@ -502,24 +622,51 @@ class VpsActivities:
             raise provider_failure(err) from None
 
 
+def ssh_key_name(server_name: str) -> str:
+    """The provider-side name of a purchase's login key (unique per project)."""
+    return f"{server_name}-login"
+
+
+def retry_delay(attempt: int, remaining_budget: float | None) -> float:
+    """hcloud-python's truncated exponential backoff with full jitter, never past the budget.
+
+    A rate-limited step does not wait for RateLimit-Reset: Hetzner refills one request
+    per second, so a request a second or two later passes, while the reset (bucket
+    full again) can be an hour away, beyond any step's schedule-to-close.
+    """
+    # After attempt n failed: a delay in [1 s, 2^n s], so even the first retries spread.
+    ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt)
+    delay = random.uniform(BACKOFF_BASE_SECONDS, ceiling)  # noqa: S311 - jitter
+    if remaining_budget is not None:
+        delay = min(delay, max(0.0, remaining_budget - BUDGET_MARGIN_SECONDS))
+    return delay
+
+
+def remaining_step_budget() -> float | None:
+    """Seconds left of this activity's schedule-to-close, None when unbounded."""
+    if not activity.in_activity():
+        return None
+    info = activity.info()
+    if info.schedule_to_close_timeout is None:
+        return None
+    ends = info.scheduled_time + info.schedule_to_close_timeout
+    return (ends - datetime.now(UTC)).total_seconds()
+
+
 def provider_failure(err: ProviderError) -> ApplicationError:
     """Map a provider error onto Temporal's retry semantics.
 
-    Retryable errors carry their own next delay: the provider's RateLimit-Reset
-    when it gave one, else capped exponential backoff with full jitter, so many
-    workflows hitting one rate limit do not retry in lockstep.
+    Retryable errors carry their own next delay (`retry_delay`): capped exponential
+    backoff with full jitter, so many workflows hitting one rate limit do not retry in
+    lockstep, and never past the step's remaining budget.
     """
     delay = None
     if err.retryable:
-        if err.retry_after:
-            delay = err.retry_after
-        else:
-            attempt = activity.info().attempt if activity.in_activity() else 1
-            ceiling = min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2 ** (attempt - 1))
-            delay = random.uniform(BACKOFF_BASE_SECONDS / 2, ceiling)  # noqa: S311 - jitter
+        attempt = activity.info().attempt if activity.in_activity() else 1
+        delay = retry_delay(attempt, remaining_step_budget())
     return ApplicationError(
         str(err),
         type=f"Provider.{err.code}",
         non_retryable=not err.retryable,
-        next_retry_delay=timedelta(seconds=delay) if delay else None,
+        next_retry_delay=timedelta(seconds=delay) if delay is not None else None,
     )

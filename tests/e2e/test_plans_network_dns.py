@@ -33,13 +33,13 @@ from workflows.contracts import ProvisionResult, PurchaseRequest
 PLANS = {
     "plans": {
         "v4only": {
-            "server_type": "cx22",
+            "server_type": "cx23",
             "image": "debian-12",
             "locations": ["fsn1", "nbg1"],
             "network": {"ipv4": True, "ipv6": False},
         },
         "v6only": {
-            "server_type": "cx22",
+            "server_type": "cx23",
             "image": "debian-12",
             "location": "hel1",
             "network": {"ipv4": False, "ipv6": True},
@@ -142,10 +142,10 @@ async def test_worker_refuses_a_catalog_the_provider_lacks(
     cloud.devstack.post("retired", json={"kind": "images", "name": "debian-13"})
     for field_name, plan, bad in (
         ("server_type", {"server_type": "cx99", "image": "debian-12", "location": "fsn1"}, "cx99"),
-        ("image", {"server_type": "cx22", "image": "debian-13", "location": "fsn1"}, "debian-13"),
+        ("image", {"server_type": "cx23", "image": "debian-13", "location": "fsn1"}, "debian-13"),
         (
             "locations",
-            {"server_type": "cx22", "image": "debian-12", "locations": ["fsn1", "mars1"]},
+            {"server_type": "cx23", "image": "debian-12", "locations": ["fsn1", "mars1"]},
             "mars1",
         ),
     ):
@@ -159,7 +159,7 @@ async def test_worker_refuses_a_catalog_the_provider_lacks(
 
 
 def test_malformed_catalog_file_is_named_at_settings_time(info: StackInfo, tmp_path: Path) -> None:
-    env = plans_env(tmp_path, {"plans": {"gold": {"server_type": "cx22", "image": "debian-12"}}})
+    env = plans_env(tmp_path, {"plans": {"gold": {"server_type": "cx23", "image": "debian-12"}}})
     with pytest.raises(ConfigError, match=r"plans\.gold\.locations"):
         Settings.from_env({**info.worker_env, **env})
 
@@ -176,7 +176,7 @@ async def test_ipv4_only_plan_falls_back_across_locations(
         path="/v1/servers",
         status=422,
         code="resource_unavailable",
-        message="server type cx22 is unavailable in fsn1",
+        message="server type cx23 is unavailable in fsn1",
         times=1,
     )
     request = new_request(info, plan="v4only")

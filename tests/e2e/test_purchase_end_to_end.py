@@ -220,6 +220,9 @@ async def test_provider_refusal_fails_at_once_without_leftovers(
         "resource_limit_exceeded: server limit reached (HTTP 403)"
     )
     assert cloud.servers_of(purchase["purchase_id"]) == []
+    # The purchase's SSH key was registered before the create; a final refusal removes it.
+    selector = f"purchase={purchase['purchase_id']}"
+    assert cloud.api.get("ssh_keys", params={"label_selector": selector}).json()["ssh_keys"] == []
     [row] = audit_rows(info, handle.id)
     assert row.event == "provisioning_failed"
     assert row.details["step"] == "create_server"

@@ -1,4 +1,5 @@
-"""Plan catalog files, the address check of wait_for_server, and MailU's DNS export."""
+"""Plan catalog files, the address check of wait_for_server, the awaited PTR action, and
+MailU's DNS export."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import httpx
 import pytest
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
 from activities.dns_records import DnsExportError, address_records, domain_records
 from activities.hetzner import HetznerClient
@@ -17,7 +19,7 @@ from activities.plans import DEFAULT_CATALOG, CatalogError, load_catalog, parse_
 from activities.ssh import SshIdentity
 from activities.vps_provider import VpsActivities
 from devstack.mailu_export import domain_dns, generate_dkim_key
-from workflows.contracts import Plan, ServerHandle
+from workflows.contracts import Plan, ReverseDnsRequest, ServerHandle
 
 TOML_CATALOG = """
 [plans.small]
@@ -165,3 +167,33 @@ def test_export_without_dkim_key_is_refused_and_addresses_follow_the_plan() -> N
     assert [(r.name, r.type, r.value) for r in only_v6] == [
         ("mail.a.example.", "AAAA", "2001:db8::1")
     ]
+
+
+async def test_reverse_dns_waits_for_its_action_and_reports_a_late_failure() -> None:
+    # Hetzner answers change_dns_ptr with a running action; the PTR is set only when
+    # GET /v1/actions/{id} says success. Here it ends in error after the request passed.
+    looks: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        path = request.url.path
+        if path == "/v1/servers/9":
+            return httpx.Response(200, json={"server": running_server("203.0.113.5", None)})
+        if path.endswith("/actions/change_dns_ptr"):
+            action = {"id": 77, "command": "change_dns_ptr", "status": "running", "error": None}
+            return httpx.Response(201, json={"action": action})
+        assert path == "/v1/actions/77", path
+        looks.append(path)
+        error = {"code": "dns_ptr_error", "message": "reverse zone refused the record"}
+        action = {"id": 77, "command": "change_dns_ptr", "status": "error", "error": error}
+        return httpx.Response(200, json={"action": action})
+
+    provider = HetznerClient(
+        "tok", "https://api.example/v1", transport=httpx.MockTransport(handler)
+    )
+    activities = VpsActivities(provider, SshIdentity.generate())
+    request = ReverseDnsRequest("t", 9, "203.0.113.5", "mail.a.example")
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.set_reverse_dns, request)
+    assert err.value.type == "ReverseDnsFailed"
+    assert "reverse zone refused the record" in err.value.message
+    assert looks == ["/v1/actions/77"]

@@ -24,7 +24,8 @@ def test_defaults_are_the_documented_ones() -> None:
     settings = Settings.from_env(COMPLETE)
     assert settings.task_queue == "mail-provisioning"
     assert settings.temporal_address == "localhost:7233"
-    assert settings.hcloud_api_url == "https://api.hetzner.cloud/v1"
+    assert settings.provider == "hetzner"
+    assert settings.provider_settings["api_url"] == "https://api.hetzner.cloud/v1"
     assert settings.ssh_port == 22
     assert settings.vault.kv_mount == "smtp"
     assert settings.audit_store == "audit.db"
