@@ -279,8 +279,10 @@ def server_type_problem(
     """Why a create of `name` in `location` is refused now, or None.
 
     Not offered there, or past the deprecation's unavailable_after: invalid_input
-    "unsupported location for server type" (issue 19, item 5: what creates with a
-    retired type in its former location answer). Offered but out of stock:
+    "unsupported location for server type" with empty details, as real creates answer
+    (autobase-tech/autobase#1403: types not sold in US locations, Dec 2025;
+    testflows/TestFlows-GitHub-Hetzner-Runners#96: cx22 gone, cx23 refused, Jan 2026).
+    Sold there but out of stock for now (mysticaltech/terraform-hcloud-kube-hetzner#1801):
     resource_unavailable (hetznercloud/hcloud-go hcloud/error.go).
     """
     spec = SERVER_TYPES[name]
@@ -289,15 +291,7 @@ def server_type_problem(
         datetime.fromisoformat(deprecation["unavailable_after"]).timestamp() <= now
     )
     if location not in spec["locations"] or retired:
-        return ApiError(
-            "invalid_input",
-            "unsupported location for server type",
-            {
-                "fields": [
-                    {"name": "location", "messages": ["unsupported location for server type"]}
-                ]
-            },
-        )
+        return ApiError("invalid_input", "unsupported location for server type", {})
     if location in out_of_stock:
         return ApiError("resource_unavailable", f"server type {name} is unavailable in {location}")
     return None
