@@ -1,5 +1,9 @@
 """Admit a purchase before anything is bought: plan, notify URL policy, tenant claim.
 
+The notify URL gets every rule of the send-time guard, its host's DNS answer included
+(activities/notify.py): a name resolving to an internal address is refused here, with
+`InvalidPurchaseRequest` on `notify_url`, instead of after a server was bought.
+
 The three checks were three activities; they are one because each activity is a
 billable action on Temporal Cloud and all three are quick answers from the worker's
 own configuration and from Temporal (docs/PERFORMANCE.md, "fewer actions"). The

@@ -17,8 +17,16 @@ server's address and Vault path: it must never reach the worker's own network
 - no redirects are followed, no proxy from the environment is used, and the
   response body is never read.
 
+The same checks, DNS included, run at admission, before anything is bought: a name
+that resolves inside refuses the purchase there (`InvalidPurchaseRequest` on
+`notify_url`), not hours later at notify time. They run again at send time, since DNS
+may answer differently by then. A name that does not resolve at admission is let
+through: DNS may be down for a moment, and the send-time check decides.
+
 The operator's own receivers (the local stack's sink, an internal relay) are named
-in the configuration with the address to use: allowed by configuration, not by a hole.
+in the configuration by their exact URL with the address to use: allowed by
+configuration, not by a hole, and only that URL: another path on the same host and
+port (e.g. the local cloud's fault injection under /_devstack/) is refused.
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 
 import httpx
+import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
@@ -49,6 +58,10 @@ IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 Resolver = Callable[[str, int], Awaitable[list[IpAddress]]]
 
 
+# structlog itself, not the worker's log set-up (tests/unit/test_import_rules.py).
+log = structlog.get_logger("notify")
+
+
 class NotifyRefused(Exception):
     """The URL breaks the outbound policy; the message says which rule."""
 
@@ -66,6 +79,22 @@ async def resolve_host(host: str, port: int) -> list[IpAddress]:
 
 
 @dataclass(frozen=True)
+class OperatorSink:
+    """One receiver of the operator's: the only URL it takes, and where it listens."""
+
+    target: NotifyTarget
+    path: str  # path and query, exactly as configured
+    address: IpAddress
+
+
+def _path_and_query(url: str) -> str:
+    """What follows the authority in an http(s) URL the contract already accepted."""
+    rest = url.partition("://")[2]
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    return rest[cut:]
+
+
+@dataclass(frozen=True)
 class NotifyPolicy:
     """The operator's outbound rules (worker settings MAILPROV_NOTIFY_*)."""
 
@@ -73,20 +102,20 @@ class NotifyPolicy:
     allowed_hosts: frozenset[str] = frozenset()
     # Hosts that may be reached over plain http (still only at public addresses).
     http_hosts: frozenset[str] = frozenset()
-    # The operator's own receivers: "host:port" -> address to connect to. These may be
-    # internal and may use http; nothing else can (and no other port of that host).
-    operator_sinks: Mapping[str, IpAddress] = field(default_factory=dict)
+    # The operator's own receivers, by "scheme://host:port". These may be internal and
+    # may use http; nothing else can: no other port of that host, no other path.
+    operator_sinks: Mapping[str, OperatorSink] = field(default_factory=dict)
 
     @classmethod
     def from_settings(cls, allowed: str, http: str, sinks: str) -> NotifyPolicy:
-        """Comma-separated host names; sinks as `host:port=address`. ValueError if malformed."""
-        parsed: dict[str, IpAddress] = {}
-        for entry in _items(sinks):
-            endpoint, separator, address = entry.partition("=")
-            host, colon, port = endpoint.rpartition(":")
-            if not separator or not host or not colon or not port.isdigit():
-                raise ValueError(f"sink {entry!r} must be host:port=address")
-            parsed[f"{host}:{int(port)}"] = ipaddress.ip_address(address.strip("[]"))
+        """Comma-separated host names; sinks as `URL=address`. ValueError if malformed."""
+        parsed: dict[str, OperatorSink] = {}
+        for entry in (item.strip() for item in sinks.split(",") if item.strip()):
+            sink = _operator_sink(entry)
+            key = _endpoint(sink.target)
+            if key in parsed:
+                raise ValueError(f"sink {entry!r}: {key} is named twice (one URL per receiver)")
+            parsed[key] = sink
         return cls(frozenset(_items(allowed)), frozenset(_items(http)), parsed)
 
     def admit(self, url: str) -> tuple[NotifyTarget, IpAddress | None]:
@@ -95,9 +124,15 @@ class NotifyPolicy:
             target = parse_notify_url(url)
         except InvalidPurchaseRequest as err:
             raise NotifyRefused(err.rule) from None
-        sink = self.operator_sinks.get(f"{target.host}:{target.port}")
+        sink = self.operator_sinks.get(_endpoint(target))
         if sink is not None:
-            return target, sink
+            if _path_and_query(url) != sink.path:
+                raise NotifyRefused(
+                    f"{_endpoint(target)} is an operator sink that takes only the path "
+                    f"{sink.path!r} (MAILPROV_NOTIFY_OPERATOR_SINKS), not "
+                    f"{_path_and_query(url)!r}"
+                )
+            return target, sink.address
         if self.allowed_hosts and target.host not in self.allowed_hosts:
             raise NotifyRefused(f"host {target.host!r} is not on the operator's allowlist")
         if target.scheme != "https" and target.host not in self.http_hosts:
@@ -135,6 +170,30 @@ def _items(raw: str) -> list[str]:
     return [item.strip().lower() for item in raw.split(",") if item.strip()]
 
 
+def _endpoint(target: NotifyTarget) -> str:
+    host = f"[{target.host}]" if ":" in target.host else target.host
+    return f"{target.scheme}://{host}:{target.port}"
+
+
+def _operator_sink(entry: str) -> OperatorSink:
+    """`http://relay.example:8080/hooks/mail=10.0.0.5`: the receiver's URL and address."""
+    url, separator, address = entry.rpartition("=")
+    example = "e.g. http://relay.example:8080/hooks/mail=10.0.0.5"
+    if not separator or "://" not in url:
+        raise ValueError(f"sink {entry!r} must be URL=address with the receiver's path, {example}")
+    try:
+        target = parse_notify_url(url)
+    except InvalidPurchaseRequest as err:
+        raise ValueError(f"sink {entry!r}: the URL {err.rule}") from None
+    path = _path_and_query(url)
+    if not path.startswith("/"):
+        raise ValueError(f"sink {entry!r} must name the receiver's path, {example}")
+    try:
+        return OperatorSink(target, path, ipaddress.ip_address(address.strip().strip("[]")))
+    except ValueError:
+        raise ValueError(f"sink {entry!r}: {address!r} is not an IP address") from None
+
+
 class NotifyActivities:
     def __init__(
         self,
@@ -154,11 +213,17 @@ class NotifyActivities:
 
     @activity.defn(name="check_notify_url")
     async def check_notify_url(self, check: NotifyUrlCheck) -> None:
-        """The policy rules that need no DNS, before the purchase buys anything."""
+        """Every policy rule, DNS included, before the purchase buys anything.
+
+        The send-time check repeats it (the name may resolve elsewhere by then); a name
+        that does not resolve now is left to that check rather than failing the purchase.
+        """
         try:
-            self._policy.admit(check.url)
+            await self._policy.destination(check.url, self._resolve)
         except NotifyRefused as err:
             raise ApplicationError(str(err), type="NotifyUrlRefused", non_retryable=True) from None
+        except NotifyUnresolvable as err:
+            log.warning("notify_url not resolvable at admission", error=str(err))
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, notification: Notification) -> None:

@@ -27,7 +27,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import urlsplit
 
 import httpx
 import hvac
@@ -41,8 +40,11 @@ from devstack.processes import die_with_parent, free_port
 ROOT = Path(__file__).resolve().parent.parent
 # The local notification sink's name (RFC 2606 reserves .test: it never resolves publicly).
 NOTIFY_SINK_HOST = "notify-sink.devstack.test"
+# The one path of the local cloud the sink setting allows: not the rest of /_devstack/.
+NOTIFY_SINK_PATH = "/_devstack/notify/demo"
 # A customer's webhook in tests: allowed by the same operator setting, on a pool of ports.
 WEBHOOK_HOST = "customer-hook.devstack.test"
+WEBHOOK_PATH = "/hooks/mail"
 WEBHOOK_POOL_SIZE = 8
 
 
@@ -369,7 +371,7 @@ class Stack:
         # (MAILPROV_NOTIFY_OPERATOR_SINKS): allowed by configuration, as an operator's
         # internal receiver would be, while the contract refuses internal addresses.
         sink = self.info.cloud_url.removesuffix("/v1").replace("127.0.0.1", NOTIFY_SINK_HOST, 1)
-        self.info.notify_url = sink + "/_devstack/notify/demo"
+        self.info.notify_url = sink + NOTIFY_SINK_PATH
 
     def _prepare_worker_env(self) -> None:
         if not self.info.webhook_ports:
@@ -389,9 +391,14 @@ class Stack:
             "MAILPROV_AUDIT_DB": str(self.info.audit_db),
             "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
             "MAILPROV_DRAIN_SECONDS": "10",
+            # Each sink by its exact URL (activities/notify.py): another path of the
+            # local cloud, such as its fault injection, stays out of reach.
             "MAILPROV_NOTIFY_OPERATOR_SINKS": ",".join(
-                [f"{NOTIFY_SINK_HOST}:{urlsplit(self.info.cloud_url).port}=127.0.0.1"]
-                + [f"{WEBHOOK_HOST}:{port}=127.0.0.1" for port in self.info.webhook_ports]
+                [f"{self.info.notify_url}=127.0.0.1"]
+                + [
+                    f"http://{WEBHOOK_HOST}:{port}{WEBHOOK_PATH}=127.0.0.1"
+                    for port in self.info.webhook_ports
+                ]
             ),
         }
 

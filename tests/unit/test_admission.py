@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.admission import AdmissionActivities
-from activities.notify import NotifyActivities, NotifyPolicy
+from activities.notify import IpAddress, NotifyActivities, NotifyPolicy
 from activities.plans import DEFAULT_CATALOG, PlanActivities
 from activities.tenant_claims import TenantClaimActivities
 from workflows.claim_contracts import TenantClaimRequest
@@ -25,9 +27,15 @@ class RecordingClaims(TenantClaimActivities):
         return f"run-of-{request.holder}"
 
 
+async def public_dns(host: str, port: int) -> list[IpAddress]:
+    """A DNS stand-in: shop.example is public, anything else resolves to loopback."""
+    return [ipaddress.ip_address("93.184.216.34" if host == "shop.example" else "127.0.0.1")]
+
+
 def admission(claims: RecordingClaims) -> AdmissionActivities:
-    policy = NotifyPolicy(allowed_hosts=frozenset({"shop.example"}))
-    return AdmissionActivities(PlanActivities(DEFAULT_CATALOG), NotifyActivities(policy), claims)
+    policy = NotifyPolicy(allowed_hosts=frozenset({"shop.example", "inside.example"}))
+    notify = NotifyActivities(policy, resolve=public_dns)
+    return AdmissionActivities(PlanActivities(DEFAULT_CATALOG), notify, claims)
 
 
 async def test_an_admitted_purchase_gets_its_plan_and_holds_the_claim() -> None:
@@ -44,6 +52,13 @@ async def test_an_admitted_purchase_gets_its_plan_and_holds_the_claim() -> None:
         ("platinum", None, "plan", "catalog plans: business, enterprise, starter"),
         ("starter", "http://shop.example/hook", "notify_url", "must use https"),
         ("starter", "https://elsewhere.example/hook", "notify_url", "allowlist"),
+        # Resolved at admission: a name pointing inside is refused before anything is bought.
+        (
+            "starter",
+            "https://inside.example/hook",
+            "notify_url",
+            "host 'inside.example' resolves to a loopback address",
+        ),
     ],
 )
 async def test_a_refused_purchase_names_field_and_rule_and_never_takes_the_claim(

@@ -114,7 +114,10 @@ async def test_the_connection_goes_to_the_checked_address_even_if_dns_rebinds() 
 
 
 async def test_http_needs_the_operator_and_the_allowlist_is_enforced() -> None:
-    activities = NotifyActivities(NotifyPolicy(allowed_hosts=frozenset({"ok.example.com"})))
+    activities = NotifyActivities(
+        NotifyPolicy(allowed_hosts=frozenset({"ok.example.com"})),
+        resolve=resolver(["93.184.216.34"]),
+    )
     env = ActivityEnvironment()
     for url, rule in [
         ("http://ok.example.com/", "must use https"),
@@ -133,7 +136,7 @@ async def test_http_needs_the_operator_and_the_allowlist_is_enforced() -> None:
     indirect=True,
 )
 async def test_redirects_are_not_followed(listener: Listener) -> None:
-    sink = f"sink.ops.example:{listener.port}=127.0.0.1"
+    sink = f"http://sink.ops.example:{listener.port}/x=127.0.0.1"
     policy = NotifyPolicy.from_settings(allowed="", http="", sinks=sink)
     with pytest.raises(ApplicationError) as err:
         await notify(NotifyActivities(policy), f"http://sink.ops.example:{listener.port}/x")
@@ -149,7 +152,7 @@ async def test_redirects_are_not_followed(listener: Listener) -> None:
 )
 async def test_the_response_body_is_never_read(listener: Listener) -> None:
     # The listener promises a terabyte and then stalls: reading it would time out.
-    sink = f"sink.ops.example:{listener.port}=127.0.0.1"
+    sink = f"http://sink.ops.example:{listener.port}/=127.0.0.1"
     policy = NotifyPolicy.from_settings(allowed="", http="", sinks=sink)
     await notify(NotifyActivities(policy, timeout=5), f"http://sink.ops.example:{listener.port}/")
     assert b"Idempotency-Key: purchase-p-1" in listener.requests[0]
@@ -157,8 +160,90 @@ async def test_the_response_body_is_never_read(listener: Listener) -> None:
 
 
 async def test_an_operator_sink_covers_only_its_own_port(listener: Listener) -> None:
-    policy = NotifyPolicy.from_settings(allowed="", http="", sinks="sink.ops.example:1=127.0.0.1")
+    policy = NotifyPolicy.from_settings(
+        allowed="", http="", sinks="http://sink.ops.example:1/hooks/mail=127.0.0.1"
+    )
     with pytest.raises(ApplicationError) as err:
         await notify(NotifyActivities(policy), f"http://sink.ops.example:{listener.port}/")
     assert err.value.type == "NotifyRefused"
     assert listener.connections == 0
+
+
+# ------------------------------------------------------------------ operator sinks by URL
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/_devstack/faults",  # the local cloud's fault injection, reached through the sink
+        "/hooks/mail/../../_devstack/faults",
+        "/hooks/mail/",
+        "/hooks/mail?fail=1",
+        "/HOOKS/mail",
+        "",
+    ],
+)
+async def test_an_operator_sink_takes_only_its_configured_path(
+    listener: Listener, path: str
+) -> None:
+    policy = NotifyPolicy.from_settings(
+        allowed="", http="", sinks=f"http://sink.ops.example:{listener.port}/hooks/mail=127.0.0.1"
+    )
+    url = f"http://sink.ops.example:{listener.port}{path}"
+    with pytest.raises(ApplicationError) as err:
+        await notify(NotifyActivities(policy), url)
+    assert err.value.type == "NotifyRefused" and err.value.non_retryable
+    assert "operator sink that takes only the path '/hooks/mail'" in err.value.message
+    with pytest.raises(ApplicationError) as at_admission:
+        await ActivityEnvironment().run(
+            NotifyActivities(policy).check_notify_url, NotifyUrlCheck("acme", url)
+        )
+    assert at_admission.value.type == "NotifyUrlRefused"
+    assert listener.connections == 0
+    await notify(NotifyActivities(policy, timeout=5), url.removesuffix(path) + "/hooks/mail")
+    assert listener.connections == 1
+
+
+@pytest.mark.parametrize(
+    ("sinks", "complaint"),
+    [
+        ("sink.ops.example:8080=127.0.0.1", "must be URL=address with the receiver's path"),
+        ("http://sink.ops.example:8080=127.0.0.1", "must name the receiver's path"),
+        ("http://sink.ops.example:8080/x=not-an-ip", "is not an IP address"),
+        ("ftp://sink.ops.example/x=127.0.0.1", "the URL must start with https://"),
+        (
+            "http://a.example:1/x=127.0.0.1,http://a.example:1/y=127.0.0.1",
+            "http://a.example:1 is named twice",
+        ),
+    ],
+)
+def test_malformed_sink_settings_say_what_is_wrong(sinks: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match="sink") as err:
+        NotifyPolicy.from_settings(allowed="", http="", sinks=sinks)
+    assert complaint in str(err.value)
+
+
+# ------------------------------------------------------------------ DNS at admission
+
+
+async def test_admission_resolves_the_name_and_refuses_an_inside_address() -> None:
+    # Before: admission ran only the rules without DNS, so the purchase bought a server
+    # and failed at notify time, hours later.
+    activities = NotifyActivities(resolve=resolver(["127.0.0.1"]))
+    check = NotifyUrlCheck("acme", "https://hooks.customer.example/ready")
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.check_notify_url, check)
+    assert err.value.type == "NotifyUrlRefused" and err.value.non_retryable
+    assert "resolves to a loopback address (127.0.0.1)" in err.value.message
+
+
+async def test_admission_leaves_a_name_that_does_not_resolve_to_the_send_time_check() -> None:
+    async def no_answer(host: str, port: int) -> list[IpAddress]:
+        raise OSError("Name or service not known")
+
+    activities = NotifyActivities(resolve=no_answer)
+    check = NotifyUrlCheck("acme", "https://hooks.customer.example/ready")
+    await ActivityEnvironment().run(activities.check_notify_url, check)
+    with pytest.raises(ApplicationError) as at_send:
+        await notify(activities, check.url)
+    assert at_send.value.type == "NotifyUnreachable" and not at_send.value.non_retryable
