@@ -47,6 +47,7 @@ from activities.vault import (
     VaultActivities,
     VaultNotReady,
     VaultSettings,
+    VaultUnavailable,
 )
 from activities.vps_provider import (
     ANYWHERE,
@@ -242,6 +243,9 @@ async def build_activities(
     try:
         # A Vault without our mounts or key would fail every purchase late: refuse to start.
         await asyncio.to_thread(vault.check_ready)
+    except VaultUnavailable as err:
+        # Down, unreachable or sealed: the message names the address; no bootstrap hint.
+        raise ConfigError(str(err)) from None
     except VaultNotReady as err:
         raise ConfigError(f"VAULT_ADDR={settings.vault.url}: {err}") from None
     provider = provider_entry(settings.provider).build(settings.provider_settings)

@@ -230,13 +230,19 @@ class Vault:
     def check_ready(self) -> None:
         """Raise VaultNotReady unless the mount, the KV path and the Transit key answer.
 
-        Uses only what the worker's policy allows: a data key for a throwaway context
-        (proves the Transit mount, the key and the permission; nothing is stored) and
-        a read of a record that does not exist (proves the KV v2 mount).
+        First whether Vault answers at all (VaultUnavailable: start or unseal it, the
+        bootstrap would not help), then, with only what the worker's policy allows, what
+        the bootstrap sets up: a data key for a throwaway context (proves the Transit
+        mount, the key and the permission; nothing is stored) and a read of a record
+        that does not exist (proves the KV v2 mount).
         """
+        self._check_available()
         try:
             self.generate_data_key("startup-check")
         except VaultError as err:
+            if err.degraded != "denied":
+                # Sealed, unreachable or failing since the health check: not a set-up gap.
+                raise VaultUnavailable(f"Vault at {self.settings.url} failed: {err}") from None
             raise VaultNotReady(
                 f"Transit key {self.kek!r} is not usable: {err}; run deploy/vault_bootstrap.py"
             ) from None
@@ -260,9 +266,46 @@ class Vault:
                     "run deploy/vault_bootstrap.py"
                 ) from None
         except VaultError as err:
+            if err.degraded != "denied":
+                raise VaultUnavailable(f"Vault at {self.settings.url} failed: {err}") from None
             raise VaultNotReady(
-                f"KV mount {self.settings.kv_mount!r} is not usable: {err}"
+                f"KV mount {self.settings.kv_mount!r} is not usable: {err}; "
+                "run deploy/vault_bootstrap.py"
             ) from None
+
+    def _check_available(self) -> None:
+        """VaultUnavailable unless Vault answers, is initialised and unsealed.
+
+        /v1/sys/health needs no token. Its status codes (Vault and OpenBao API docs,
+        "sys/health"): 200 active (a standby too, with standbyok), 501 not initialised,
+        503 sealed; anything else is an unhealthy node.
+        """
+        url = self.settings.url
+        try:
+            health = self._client.sys.read_health_status(method="GET", standby_ok=True)
+        except requests.Timeout:
+            raise VaultUnavailable(
+                f"Vault unreachable at {url}: no answer within the timeout; "
+                "start Vault or fix VAULT_ADDR (the bootstrap is not the fix)"
+            ) from None
+        except requests.RequestException as err:
+            raise VaultUnavailable(
+                f"Vault unreachable at {url}: {_connection_reason(err)}; "
+                "start Vault or fix VAULT_ADDR (the bootstrap is not the fix)"
+            ) from None
+        status = 200 if isinstance(health, dict) else int(health.status_code)
+        if status == 503:
+            raise VaultUnavailable(
+                f"Vault at {url} is sealed: unseal it (bao/vault operator unseal), "
+                "then start the worker"
+            )
+        if status == 501:
+            raise VaultUnavailable(
+                f"Vault at {url} is not initialised: `operator init`, unseal, "
+                "then run deploy/vault_bootstrap.py"
+            )
+        if status != 200:
+            raise VaultUnavailable(f"Vault at {url} is not healthy: sys/health answered {status}")
 
     # ------------------------------------------------------------------ auth
 
@@ -369,6 +412,22 @@ def _context(tenant_id: str) -> str:
 
 class VaultNotReady(Exception):
     """Vault lacks a mount, the Transit key or a permission the worker needs: do not start."""
+
+
+class VaultUnavailable(VaultNotReady):
+    """Vault does not answer (down, unreachable, sealed, not initialised): start it first."""
+
+
+def _connection_reason(err: requests.RequestException) -> str:
+    """The innermost cause of a failed connection ("[Errno 111] Connection refused")."""
+    cause: BaseException | None = err
+    reason = type(err).__name__
+    while cause is not None:
+        text = str(cause)
+        if "Errno" in text or "Name or service" in text:
+            reason = text[text.find("[Errno") :] if "[Errno" in text else text
+        cause = cause.__cause__ or cause.__context__
+    return reason.rstrip("')\"")
 
 
 def vault_failure(err: VaultError) -> ApplicationError:

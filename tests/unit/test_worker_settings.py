@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from activities.ssh import SshIdentity
+from devstack.processes import free_port
 from devstack.stack import ROOT
-from worker import ConfigError, Settings
+from worker import ConfigError, Settings, build_activities
 
 COMPLETE = {
     "HCLOUD_TOKEN": "t",
@@ -88,3 +90,18 @@ def test_activity_slots_are_sized_for_async_waits() -> None:
     assert Settings.from_env(slots).max_concurrent_activities == 250
     with pytest.raises(ConfigError, match="MAILPROV_MAX_CONCURRENT_ACTIVITIES"):
         Settings.from_env({**COMPLETE, "MAILPROV_MAX_CONCURRENT_ACTIVITIES": "many"})
+
+
+async def test_a_worker_started_while_vault_is_down_says_so_not_run_the_bootstrap(
+    tmp_path: Path,
+) -> None:
+    # Before: "... cannot reach vault: ConnectionError; run deploy/vault_bootstrap.py".
+    key = tmp_path / "id_ed25519"
+    SshIdentity.generate().write(key)
+    down = f"http://127.0.0.1:{free_port()}"
+    env = {**COMPLETE, "MAILPROV_SSH_KEY_FILE": str(key), "VAULT_ADDR": down}
+    with pytest.raises(ConfigError) as err:
+        async with build_activities(Settings.from_env(env)):
+            pass
+    assert str(err.value).startswith(f"Vault unreachable at {down}: [Errno 111] Connection refused")
+    assert "vault_bootstrap" not in str(err.value)
