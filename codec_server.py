@@ -357,6 +357,9 @@ class CodecHandler(BaseHTTPRequestHandler):
         content_type: str | None = None,
         cookies: Sequence[str] = (),
     ) -> None:
+        # The last read may have left the socket with the request deadline's remainder as
+        # its timeout; the answer gets a whole READ_TIMEOUT per write instead.
+        self.connection.settimeout(self.server.read_timeout)
         self.send_response(status)
         origin = self.headers.get("Origin")
         if self.server.is_ui_origin(origin):
