@@ -9,6 +9,7 @@
     python starter.py replay history.json  # `temporal workflow show -o json` output, encrypted
     python starter.py reconcile --dry-run  # orphaned servers (terminated runs), once
     python starter.py schedule-reconciler --every-minutes 15 --grace-minutes 60
+    python starter.py audit-verify --checkpoint  # auditor role: VAULT_ADDR, VAULT_TOKEN(_FILE)
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
 stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
@@ -49,7 +50,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, WorkflowReplayResult
 
-from activities.audit import first_broken_row, open_audit_store
+from activities.audit import AnchorMoved, AuditChainBroken, AuditReport, Head
+from activities.audit_vault import (
+    DEFAULT_AUDIT_CHAIN,
+    AuditSettings,
+    checkpoint_record,
+    verify_audit_log,
+)
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsNotFound, read_admin_credentials
 from activities.crypto import EnvelopeError
@@ -368,22 +375,63 @@ async def cmd_credentials(args: argparse.Namespace) -> int:
 
 
 async def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Check the audit log's hash chain; name the first row that does not fit."""
+    """Check the audit log: every row's MAC through Vault, continuity, head vs anchor.
+
+    Needs the auditor's Vault token (VAULT_ADDR, VAULT_TOKEN or VAULT_TOKEN_FILE).
+    With --checkpoint, a log that verifies has its head recorded as the auditor's
+    checkpoint, which the worker's token cannot move.
+    """
     location = (
         args.audit or os.environ.get("MAILPROV_AUDIT_DSN") or os.environ.get("MAILPROV_AUDIT_DB")
     )
     if not location:
         raise StarterError("--audit, MAILPROV_AUDIT_DSN or MAILPROV_AUDIT_DB is required", 2)
-    rows = await asyncio.to_thread(lambda: open_audit_store(location).rows())
-    broken = first_broken_row(rows)
-    if broken is not None:
-        say(
-            f"BROKEN: audit row seq={broken.seq} (event_key {broken.event_key!r}) does not "
-            "match the chain: it or the row before it was changed, inserted or removed"
-        )
+    try:
+        settings = AuditSettings(location=location, chain=args.chain)
+    except ValueError as err:
+        raise StarterError(str(err), 2) from None
+    vault = Vault(VaultSettings(url=_env_required("VAULT_ADDR"), token=_vault_token_from_env()))
+    try:
+        report = await asyncio.to_thread(verify_audit_log, settings, vault)
+    except AuditChainBroken as err:  # a store of an earlier, unkeyed layout
+        raise StarterError(str(err), 1) from None
+    except VaultError as err:
+        raise StarterError(f"vault: {err}", 2) from None
+    print_audit_report(report, settings.chain)
+    if not report.ok:
         return 1
-    say(f"ok: {len(rows)} audit rows, hash chain intact")
+    if args.checkpoint and report.head is not None:
+        try:
+            await asyncio.to_thread(_write_checkpoint, settings, vault, report.head)
+        except (VaultError, AnchorMoved) as err:
+            raise StarterError(f"checkpoint not written: {err}", 2) from None
+        say(f"checkpoint: seq {report.head.seq} recorded in Vault")
     return 0
+
+
+def print_audit_report(report: AuditReport, chain: str) -> None:
+    for problem in report.problems:
+        say(f"BROKEN: {problem}")
+    for note in report.notes:
+        say(f"note: {note}")
+    anchored = f"anchored at seq {report.anchor.seq}" if report.anchor else "no anchor yet"
+    checkpoint = f", checkpoint at seq {report.checkpoint.seq}" if report.checkpoint else ""
+    if report.ok:
+        say(
+            f"ok: {report.rows} audit rows in chain {chain!r}, MACs and links verify, "
+            f"{anchored}{checkpoint}"
+        )
+    else:
+        say(
+            f"{len(report.problems)} problem(s) in {report.rows} audit rows of chain {chain!r} "
+            f"({anchored}{checkpoint})"
+        )
+
+
+def _write_checkpoint(settings: AuditSettings, vault: Vault, head: Head) -> None:
+    record = checkpoint_record(settings, vault)
+    _, version = record.read()
+    record.write(head, cas=version)
 
 
 async def replay_history(
@@ -590,8 +638,21 @@ def build_parser() -> argparse.ArgumentParser:
     rotation.add_argument("tenant_id")
     rotation.set_defaults(func=cmd_rotation_status)
 
-    verify = commands.add_parser("audit-verify", help="check the audit log's hash chain")
+    verify = commands.add_parser(
+        "audit-verify",
+        help="check the audit log's MACs and its head against Vault (auditor VAULT_TOKEN)",
+    )
     verify.add_argument("--audit", help="SQLite path or postgresql:// DSN")
+    verify.add_argument(
+        "--chain",
+        default=os.environ.get("MAILPROV_AUDIT_CHAIN") or DEFAULT_AUDIT_CHAIN,
+        help="the chain's name, as the workers' MAILPROV_AUDIT_CHAIN",
+    )
+    verify.add_argument(
+        "--checkpoint",
+        action="store_true",
+        help="if it verifies, record its head as the auditor's checkpoint in Vault",
+    )
     verify.set_defaults(func=cmd_audit_verify)
 
     replay = commands.add_parser(

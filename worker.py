@@ -27,7 +27,8 @@ from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.admission import AdmissionActivities
-from activities.audit import AuditActivities, open_audit_store
+from activities.audit import AuditActivities, AuditChainBroken, AuditLog
+from activities.audit_vault import DEFAULT_AUDIT_CHAIN, AuditSettings, open_audit_log
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.credentials import CredentialsActivities
 from activities.heartbeat import HeartbeatInterceptor
@@ -45,6 +46,7 @@ from activities.vault import (
     DEFAULT_DENIED_RETRY_SECONDS,
     Vault,
     VaultActivities,
+    VaultError,
     VaultNotReady,
     VaultSettings,
     VaultUnavailable,
@@ -88,7 +90,7 @@ class Settings:
     ssh_key_file: Path
     ssh_port: int
     vault: VaultSettings
-    audit_store: str
+    audit: AuditSettings
     codec_keys_file: Path
     metrics_bind: str | None
     drain_seconds: float
@@ -121,9 +123,7 @@ class Settings:
                     )
                 ),
             ),
-            audit_store=(
-                env.get("MAILPROV_AUDIT_DSN") or env.get("MAILPROV_AUDIT_DB") or "audit.db"
-            ),
+            audit=_audit(env),
             codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
@@ -159,6 +159,17 @@ def _vault_login(env: Mapping[str, str]) -> dict[str, str]:
             "secret_id_file": env.get("VAULT_SECRET_ID_FILE", "").strip(),
         }
     return {"token": _secret(env, "VAULT_TOKEN")}
+
+
+def _audit(env: Mapping[str, str]) -> AuditSettings:
+    """The audit rows' store and the name of their chain (its Vault anchor's path)."""
+    try:
+        return AuditSettings(
+            location=(env.get("MAILPROV_AUDIT_DSN") or env.get("MAILPROV_AUDIT_DB") or "audit.db"),
+            chain=env.get("MAILPROV_AUDIT_CHAIN", "").strip() or DEFAULT_AUDIT_CHAIN,
+        )
+    except ValueError as err:
+        raise ConfigError(f"MAILPROV_AUDIT_CHAIN: {err}") from None
 
 
 def _plans(env: Mapping[str, str]) -> dict[str, Plan]:
@@ -248,6 +259,7 @@ async def build_activities(
         raise ConfigError(str(err)) from None
     except VaultNotReady as err:
         raise ConfigError(f"VAULT_ADDR={settings.vault.url}: {err}") from None
+    audit_log = await asyncio.to_thread(_open_audit_log, settings, vault)
     provider = provider_entry(settings.provider).build(settings.provider_settings)
     access = ServerAccess(identity, port=settings.ssh_port)
     mailu = MailuActivities(access)
@@ -275,7 +287,7 @@ async def build_activities(
             schedules.remove_rotation_schedule,
             vault_activities.store_credentials,
             vault_activities.remove_credentials,
-            AuditActivities(open_audit_store(settings.audit_store)).record_audit_event,
+            AuditActivities(audit_log).record_audit_event,
             claims.release_tenant_claim,
             notify.notify_customer,
             vps.delete_purchase_servers,
@@ -293,6 +305,21 @@ async def build_activities(
         ]
     finally:
         await provider.aclose()
+
+
+def _open_audit_log(settings: Settings, vault: Vault) -> AuditLog:
+    """The keyed audit log; refuse to start if its key or anchor is not usable."""
+    try:
+        audit_log = open_audit_log(settings.audit, vault)
+        audit_log.check_ready()
+    except AuditChainBroken as err:
+        raise ConfigError(f"audit store: {err}") from None
+    except VaultError as err:
+        hint = "" if err.retryable else "; run deploy/vault_bootstrap.py"
+        raise ConfigError(
+            f"VAULT_ADDR={settings.vault.url}: audit key or anchor not usable: {err}{hint}"
+        ) from None
+    return audit_log
 
 
 def worker_interceptors() -> list[Interceptor]:

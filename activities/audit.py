@@ -1,36 +1,62 @@
-"""The append-only audit log.
+"""The append-only, tamper-evident audit log.
 
-Each row carries the hash of the row before it, so an edited or deleted row
-breaks the chain and `verify()` names the first broken one. Rows are keyed by
-`event_key` (workflow id, run id, event): an activity retried after a crash
-finds its row already there and writes nothing, so each event is logged once
-per run.
+Every row carries a MAC made by Vault Transit (`transit/hmac/mail-audit`, a key that
+cannot be exported) over its content, its sequence number, the chain's name and the
+MAC of the row before it. Whoever holds the database cannot make a MAC, so a changed,
+inserted, reordered or removed row no longer verifies. The head of the chain (sequence
+number + MAC of the last row) is anchored outside the database, in a Vault KV v2 record
+written with check-and-set after every append, so a truncated tail shows too.
 
-SQLite is the default store (one worker host); PostgreSQL serves deployments with
-several workers (MAILPROV_AUDIT_DSN=postgresql://...). Both enforce append-only
-with triggers, so even a bug in this code cannot rewrite history quietly.
+A worker checks the rows from the anchored head to the end before it appends, and
+refuses (`AuditChainBroken`, an alert) to append onto a chain that does not verify:
+it never forges onward. `verify_chain` checks everything (every MAC, sequence
+continuity, the links, the head against the anchor and the operator's checkpoint); it
+is what `starter.py audit-verify` and the world check run.
+
+Rows are keyed by `event_key` (workflow id, run id, event): an activity retried after
+a crash finds its row already there and writes nothing, so each event is logged once
+per run. SQLite is the default store (one worker host); PostgreSQL serves deployments
+with several workers (MAILPROV_AUDIT_DSN=postgresql://...). Appends are serialised by
+a chain lock (a lock file beside the SQLite file, a PostgreSQL advisory lock) held
+from reading the tail to writing the anchor; the anchor's check-and-set catches any
+writer outside that lock. Triggers refuse UPDATE, DELETE and TRUNCATE so that a bug in
+this code cannot rewrite history; the MACs and the anchor are what catch someone who
+drops the triggers.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
+import fcntl
 import json
 import sqlite3
-from collections.abc import Sequence
-from contextlib import closing
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Protocol
 
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.logs import get_logger
+from activities.vault import VaultError, vault_failure
 from workflows.contracts import AuditEvent
 
-GENESIS_HASH = "0" * 64
+log = get_logger("audit")
 
-# One row layout for both stores; only the key column's type differs.
+# The first row's `prev_mac`.
+GENESIS_MAC = "genesis"
+# Bound into every MAC, so a MAC made for anything else never verifies as an audit row.
+MAC_DOMAIN = "mail-provisioning-audit-v1"
+# Transit verifies this many rows per request.
+VERIFY_BATCH = 500
+# Check-and-set conflicts on the anchor before an append gives up (retryably).
+ANCHOR_ATTEMPTS = 20
+
+# One row layout for both stores. `seq` is given by the appender (the last + 1, under
+# the chain lock), never by the database, so it is bound into the row's MAC.
 ROW_COLUMNS = """
     event_key  TEXT NOT NULL UNIQUE,
     event      TEXT NOT NULL,
@@ -38,13 +64,13 @@ ROW_COLUMNS = """
     user_id    TEXT NOT NULL,
     timestamp  TEXT NOT NULL,
     details    TEXT NOT NULL,
-    prev_hash  TEXT NOT NULL,
-    row_hash   TEXT NOT NULL
+    prev_mac   TEXT NOT NULL,
+    mac        TEXT NOT NULL
 """
 
 SQLITE_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS audit_events (
-    seq INTEGER PRIMARY KEY AUTOINCREMENT,{ROW_COLUMNS});
+    seq INTEGER PRIMARY KEY,{ROW_COLUMNS});
 CREATE TRIGGER IF NOT EXISTS audit_events_no_update BEFORE UPDATE ON audit_events
 BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS audit_events_no_delete BEFORE DELETE ON audit_events
@@ -53,7 +79,7 @@ BEGIN SELECT RAISE(ABORT, 'audit log is append-only'); END;
 
 POSTGRES_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS audit_events (
-    seq BIGSERIAL PRIMARY KEY,{ROW_COLUMNS});
+    seq BIGINT PRIMARY KEY,{ROW_COLUMNS});
 CREATE OR REPLACE FUNCTION audit_events_append_only() RETURNS trigger
 LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit log is append-only'; END $$;
 CREATE OR REPLACE TRIGGER audit_events_no_change BEFORE UPDATE OR DELETE ON audit_events
@@ -61,6 +87,11 @@ FOR EACH ROW EXECUTE FUNCTION audit_events_append_only();
 CREATE OR REPLACE TRIGGER audit_events_no_truncate BEFORE TRUNCATE ON audit_events
 FOR EACH STATEMENT EXECUTE FUNCTION audit_events_append_only();
 """
+
+COLUMNS = "seq, event_key, event, tenant_id, user_id, timestamp, details, prev_mac, mac"
+INSERT_ROW = f"INSERT INTO audit_events ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608
+# The column that tells this layout from the unkeyed one of earlier versions.
+LAYOUT_MARKER = "prev_mac"
 
 
 @dataclass(frozen=True)
@@ -72,68 +103,75 @@ class AuditRow:
     user_id: str
     timestamp: str
     details: dict[str, str]
-    prev_hash: str
-    row_hash: str
+    prev_mac: str
+    mac: str
 
 
-def row_hash(prev_hash: str, event: AuditEvent, timestamp: str) -> str:
+@dataclass(frozen=True)
+class Head:
+    """Where a chain ends: the last row's sequence number and MAC."""
+
+    seq: int
+    mac: str
+
+    @classmethod
+    def of(cls, row: AuditRow) -> Head:
+        return cls(row.seq, row.mac)
+
+
+class AuditChainBroken(Exception):
+    """The chain does not verify: rows were changed, removed or forged."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("audit chain does not verify: " + "; ".join(problems))
+        self.problems = problems
+
+
+class AnchorMoved(Exception):
+    """The anchor changed since it was read (check-and-set)."""
+
+
+class ChainKey(Protocol):
+    """Makes and checks row MACs; the key itself stays outside the database (Vault)."""
+
+    def mac(self, messages: list[bytes]) -> list[str]: ...
+
+    def verify(self, pairs: list[tuple[bytes, str]]) -> list[bool]: ...
+
+
+class HeadRecord(Protocol):
+    """A head kept outside the database, versioned for check-and-set (Vault KV v2)."""
+
+    def read(self) -> tuple[Head | None, int]:
+        """The head and its version; (None, 0) if never written."""
+        ...
+
+    def write(self, head: Head, cas: int) -> int:
+        """Replace version `cas` (0: create); AnchorMoved if it is no longer the latest."""
+        ...
+
+
+def mac_message(chain: str, row: AuditRow) -> bytes:
+    """What a row's MAC covers: everything in the row but the MAC, and the chain's name."""
     canonical = json.dumps(
         {
-            "event_key": event.event_key,
-            "event": event.event,
-            "tenant_id": event.tenant_id,
-            "user_id": event.user_id,
-            "timestamp": timestamp,
-            "details": event.details,
+            "chain": chain,
+            "seq": row.seq,
+            "prev_mac": row.prev_mac,
+            "event_key": row.event_key,
+            "event": row.event,
+            "tenant_id": row.tenant_id,
+            "user_id": row.user_id,
+            "timestamp": row.timestamp,
+            "details": row.details,
         },
         sort_keys=True,
         separators=(",", ":"),
     )
-    return hashlib.sha256(f"{prev_hash}\n{canonical}".encode()).hexdigest()
+    return f"{MAC_DOMAIN}\n{canonical}".encode()
 
 
-class AuditStore(Protocol):
-    def append(self, event: AuditEvent, timestamp: str) -> bool:
-        """Append once; False if a row with this event_key already exists."""
-        ...
-
-    def rows(self) -> list[AuditRow]: ...
-
-
-COLUMNS = "seq, event_key, event, tenant_id, user_id, timestamp, details, prev_hash, row_hash"
-INSERT_ROW = (
-    "INSERT INTO audit_events (event_key, event, tenant_id, user_id, timestamp, details,"
-    " prev_hash, row_hash) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
-)
-
-
-def _append_chained(cursor: Any, mark: str, event: AuditEvent, timestamp: str) -> bool:
-    """The append itself, shared by both stores; the caller holds the chain lock.
-
-    `mark` is the driver's parameter placeholder ("?" for sqlite3, "%s" for psycopg).
-    """
-    # Only constant placeholders and column lists are interpolated into SQL here.
-    cursor.execute(f"SELECT 1 FROM audit_events WHERE event_key = {mark}", (event.event_key,))  # noqa: S608
-    if cursor.fetchone():
-        return False
-    cursor.execute("SELECT row_hash FROM audit_events ORDER BY seq DESC LIMIT 1")
-    last = cursor.fetchone()
-    prev = last[0] if last else GENESIS_HASH
-    insert = INSERT_ROW.replace("?", mark)
-    cursor.execute(
-        insert,
-        (
-            event.event_key,
-            event.event,
-            event.tenant_id,
-            event.user_id,
-            timestamp,
-            json.dumps(event.details, sort_keys=True),
-            prev,
-            row_hash(prev, event, timestamp),
-        ),
-    )
-    return True
+# ---------------------------------------------------------------------- stores
 
 
 def _row(record: Sequence[Any]) -> AuditRow:
@@ -150,6 +188,48 @@ def _row(record: Sequence[Any]) -> AuditRow:
     )
 
 
+class ChainCursor:
+    """The chain's rows as the appender sees them while it holds the chain lock."""
+
+    def __init__(self, execute: Any, mark: str) -> None:
+        # `execute(sql, params)` returns the fetched rows; `mark` is the driver's
+        # placeholder ("?" sqlite3, "%s" psycopg). Only constants are put into SQL.
+        self._execute = execute
+        self._mark = mark
+
+    def rows_from(self, seq: int) -> list[AuditRow]:
+        query = f"SELECT {COLUMNS} FROM audit_events WHERE seq >= {self._mark} ORDER BY seq"  # noqa: S608
+        return [_row(r) for r in self._execute(query, (seq,))]
+
+    def has_event(self, event_key: str) -> bool:
+        query = f"SELECT 1 FROM audit_events WHERE event_key = {self._mark}"  # noqa: S608
+        return bool(self._execute(query, (event_key,)))
+
+    def insert(self, row: AuditRow) -> None:
+        self._execute(
+            INSERT_ROW.replace("?", self._mark),
+            (
+                row.seq,
+                row.event_key,
+                row.event,
+                row.tenant_id,
+                row.user_id,
+                row.timestamp,
+                json.dumps(row.details, sort_keys=True),
+                row.prev_mac,
+                row.mac,
+            ),
+        )
+
+
+class AuditStore(Protocol):
+    def rows(self) -> list[AuditRow]: ...
+
+    def chain_lock(self) -> Any:
+        """A context manager: the one writer of the chain, yielding a ChainCursor."""
+        ...
+
+
 class SqliteAuditStore:
     """The default: one file, for a single worker host."""
 
@@ -158,22 +238,24 @@ class SqliteAuditStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
             db.executescript(SQLITE_SCHEMA)
+            columns = {r[1] for r in db.execute("PRAGMA table_info(audit_events)")}
+        _check_layout(columns, str(path))
 
     def _connect(self) -> sqlite3.Connection:
-        # Autocommit mode: transactions are opened explicitly with BEGIN IMMEDIATE,
-        # which serialises writers so two workers cannot fork the hash chain.
+        # Autocommit: each statement is its own transaction; the chain lock serialises.
         return sqlite3.connect(self.path, timeout=30, isolation_level=None)
 
-    def append(self, event: AuditEvent, timestamp: str) -> bool:
-        with closing(self._connect()) as db:
-            db.execute("BEGIN IMMEDIATE")
+    @contextmanager
+    def chain_lock(self) -> Iterator[ChainCursor]:
+        # A lock file beside the database: held across the anchor write too, which a
+        # SQLite transaction cannot span. Released by the kernel if the process dies.
+        lock_path = self.path.with_name(self.path.name + ".chain-lock")
+        with lock_path.open("a") as lock_file, closing(self._connect()) as db:
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
             try:
-                written = _append_chained(db.cursor(), "?", event, timestamp)
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
-            db.execute("COMMIT")
-            return written
+                yield ChainCursor(lambda sql, params: db.execute(sql, params).fetchall(), "?")
+            finally:
+                fcntl.flock(lock_file, fcntl.LOCK_UN)
 
     def rows(self) -> list[AuditRow]:
         with closing(self._connect()) as db:
@@ -184,6 +266,9 @@ class SqliteAuditStore:
 class PostgresAuditStore:
     """For several workers: one shared, append-only table in PostgreSQL."""
 
+    LOCK = "SELECT pg_advisory_lock(hashtext('audit_events_chain'))"
+    UNLOCK = "SELECT pg_advisory_unlock(hashtext('audit_events_chain'))"
+
     def __init__(self, dsn: str) -> None:
         import psycopg  # only deployments that use PostgreSQL need the driver loaded
 
@@ -191,17 +276,45 @@ class PostgresAuditStore:
         self.dsn = dsn
         with psycopg.connect(dsn) as db:
             db.execute(POSTGRES_SCHEMA)
+            columns = {
+                r[0]
+                for r in db.execute(
+                    "SELECT column_name FROM information_schema.columns"
+                    " WHERE table_name = 'audit_events' AND table_schema = current_schema()"
+                ).fetchall()
+            }
+        _check_layout(columns, "the PostgreSQL audit table")
 
-    def append(self, event: AuditEvent, timestamp: str) -> bool:
-        with self._psycopg.connect(self.dsn) as db, db.transaction(), db.cursor() as cursor:
-            # One chain, one writer at a time, across every worker.
-            cursor.execute("SELECT pg_advisory_xact_lock(hashtext('audit_events_chain'))")
-            return _append_chained(cursor, "%s", event, timestamp)
+    @contextmanager
+    def chain_lock(self) -> Iterator[ChainCursor]:
+        # A session advisory lock: one chain writer across every worker, held from
+        # reading the tail to writing the anchor; a dead worker's session releases it.
+        with self._psycopg.connect(self.dsn, autocommit=True) as db:
+            db.execute(self.LOCK)
+            try:
+
+                def execute(sql: str, params: tuple[Any, ...]) -> list[Any]:
+                    cursor = db.execute(sql, params)
+                    return cursor.fetchall() if cursor.description else []
+
+                yield ChainCursor(execute, "%s")
+            finally:
+                db.execute(self.UNLOCK)
 
     def rows(self) -> list[AuditRow]:
         with self._psycopg.connect(self.dsn) as db:
             cursor = db.execute(f"SELECT {COLUMNS} FROM audit_events ORDER BY seq")  # noqa: S608
             return [_row(r) for r in cursor.fetchall()]
+
+
+def _check_layout(columns: set[str], where: str) -> None:
+    if LAYOUT_MARKER not in columns:
+        raise AuditChainBroken(
+            [
+                f"{where} has the unkeyed layout of an earlier version (no MACs): "
+                "verify it with that version, archive it and start a new log"
+            ]
+        )
 
 
 def open_audit_store(location: str) -> AuditStore:
@@ -211,25 +324,224 @@ def open_audit_store(location: str) -> AuditStore:
     return SqliteAuditStore(Path(location))
 
 
-def first_broken_row(rows: list[AuditRow]) -> AuditRow | None:
-    """The first row whose hash or link does not match; None if the chain is intact."""
-    prev = GENESIS_HASH
+# ---------------------------------------------------------------------- checks
+
+
+def link_problems(rows: list[AuditRow], first_seq: int, first_prev: str | None) -> list[str]:
+    """Sequence continuity and links; `first_prev` None: the first row's link is not known."""
+    problems = []
+    expected, prev = first_seq, first_prev
     for row in rows:
-        event = AuditEvent(row.event_key, row.event, row.tenant_id, row.details, row.user_id)
-        if row.prev_hash != prev or row.row_hash != row_hash(prev, event, row.timestamp):
-            return row
-        prev = row.row_hash
-    return None
+        if row.seq != expected:
+            gap = f"seq {expected}" if row.seq == expected + 1 else f"seq {expected}..{row.seq - 1}"
+            problems.append(f"{gap} missing before seq={row.seq}: rows were deleted")
+        elif prev is not None and row.prev_mac != prev:
+            problems.append(f"row seq={row.seq} does not link to the row before it")
+        expected, prev = row.seq + 1, row.mac
+    return problems
+
+
+def mac_problems(rows: list[AuditRow], key: ChainKey, chain: str) -> list[str]:
+    """Every row whose MAC does not verify: its content (or its seq, or link) was changed."""
+    problems = []
+    for start in range(0, len(rows), VERIFY_BATCH):
+        batch = rows[start : start + VERIFY_BATCH]
+        valid = key.verify([(mac_message(chain, r), r.mac) for r in batch])
+        problems += [
+            f"row seq={r.seq} (event_key {r.event_key!r}): MAC does not verify, "
+            "the row was changed or forged"
+            for r, ok in zip(batch, valid, strict=True)
+            if not ok
+        ]
+    return problems
+
+
+def head_problems(name: str, head: Head | None, rows: list[AuditRow]) -> list[str]:
+    """The row a head (anchor or checkpoint) names must be there, with that MAC."""
+    if head is None:
+        return []
+    last = rows[-1].seq if rows else 0
+    if head.seq > last:
+        return [
+            f"the log ends at seq {last} but the {name} in Vault is at seq {head.seq}: "
+            "rows were removed from the end (truncated)"
+        ]
+    row = next((r for r in rows if r.seq == head.seq), None)
+    if row is None:
+        return [f"row seq={head.seq}, the {name} in Vault, is missing: rows were deleted"]
+    if row.mac != head.mac:
+        return [f"row seq={head.seq} is not the row the {name} in Vault names: it was replaced"]
+    return []
+
+
+@dataclass
+class AuditReport:
+    """What `verify_chain` found. `problems` empty: the log is intact."""
+
+    rows: int
+    head: Head | None
+    anchor: Head | None
+    checkpoint: Head | None
+    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_chain(
+    rows: list[AuditRow],
+    key: ChainKey,
+    chain: str,
+    anchor: Head | None,
+    checkpoint: Head | None = None,
+) -> AuditReport:
+    """Check the whole log: MACs of every row, continuity, links, anchor and checkpoint.
+
+    Rows after the anchored head are fine if they verify: a worker that stopped between
+    its insert and its anchor write leaves them, and the next append anchors them.
+    """
+    report = AuditReport(len(rows), Head.of(rows[-1]) if rows else None, anchor, checkpoint)
+    report.problems += link_problems(rows, 1, GENESIS_MAC)
+    report.problems += mac_problems(rows, key, chain)
+    if anchor is None and rows:
+        report.problems.append(
+            f"{len(rows)} rows but no anchor in Vault for chain {chain!r}: "
+            "the anchor was removed or the rows were not written by a worker"
+        )
+    report.problems += head_problems("anchor", anchor, rows)
+    report.problems += head_problems("checkpoint", checkpoint, rows)
+    if anchor is not None and checkpoint is not None and checkpoint.seq > anchor.seq:
+        report.problems.append(
+            f"the anchor (seq {anchor.seq}) is behind the checkpoint (seq {checkpoint.seq}): "
+            "the anchor was moved back"
+        )
+    if anchor is not None and rows and rows[-1].seq > anchor.seq:
+        report.notes.append(
+            f"{rows[-1].seq - anchor.seq} row(s) after the anchored seq {anchor.seq} are not "
+            "anchored yet (a worker stopped before writing the anchor); the next append does"
+        )
+    return report
+
+
+def tail_problems(
+    rows: list[AuditRow], key: ChainKey, chain: str, anchored: Head | None
+) -> list[str]:
+    """The worker's check before appending: the rows from the anchored head on.
+
+    `rows` are those with seq >= the anchored seq (all rows if there is no anchor).
+    """
+    if anchored is None:
+        problems = link_problems(rows, 1, GENESIS_MAC)
+        if rows:
+            problems.append(
+                f"{len(rows)} rows but no anchor in Vault for chain {chain!r}: "
+                "the anchor was removed or the rows were not written by a worker"
+            )
+    elif not rows:
+        problems = [
+            f"no row at or after seq {anchored.seq}, the anchor in Vault: rows were "
+            "removed from the end (truncated)"
+        ]
+    else:
+        problems = head_problems("anchor", anchored, rows)
+        problems += link_problems(rows, anchored.seq, None)
+    return problems + mac_problems(rows, key, chain)
+
+
+# ---------------------------------------------------------------------- appending
+
+
+class AuditLog:
+    """The worker's side: append an event once, onto a chain that verifies, and anchor it."""
+
+    def __init__(self, store: AuditStore, key: ChainKey, anchor: HeadRecord, chain: str) -> None:
+        self.store = store
+        self.key = key
+        self.anchor = anchor
+        self.chain = chain
+
+    def append(self, event: AuditEvent, timestamp: str) -> bool:
+        """Append once; False if a row with this event_key already exists.
+
+        Raises AuditChainBroken, appending nothing, if the rows from the anchored head
+        on do not verify (truncated, rewritten, or rows without a valid MAC).
+        """
+        written = False  # by this call: stays True when a later round finds its row
+        with self.store.chain_lock() as cursor:
+            for _ in range(ANCHOR_ATTEMPTS):
+                anchored, version = self.anchor.read()
+                rows = cursor.rows_from(anchored.seq if anchored else 1)
+                problems = tail_problems(rows, self.key, self.chain, anchored)
+                if problems:
+                    raise AuditChainBroken(problems)
+                head = Head.of(rows[-1]) if rows else None
+                if not cursor.has_event(event.event_key):
+                    row = self._sealed(event, timestamp, head)
+                    cursor.insert(row)
+                    head, written = Head.of(row), True
+                if head is None or head == anchored:
+                    return written
+                try:
+                    self.anchor.write(head, cas=version)
+                except AnchorMoved:
+                    # Someone outside our lock moved it: read it again and re-check the
+                    # tail; the row (if ours) is there now, so nothing is written twice.
+                    continue
+                return written
+        raise VaultError(
+            f"the audit anchor kept moving: {ANCHOR_ATTEMPTS} check-and-set conflicts",
+            retryable=True,
+        )
+
+    def _sealed(self, event: AuditEvent, timestamp: str, head: Head | None) -> AuditRow:
+        unsealed = AuditRow(
+            seq=head.seq + 1 if head else 1,
+            event_key=event.event_key,
+            event=event.event,
+            tenant_id=event.tenant_id,
+            user_id=event.user_id,
+            timestamp=timestamp,
+            # Stored as JSON and read back as such: MAC the same value both times.
+            details=json.loads(json.dumps(event.details, sort_keys=True)),
+            prev_mac=head.mac if head else GENESIS_MAC,
+            mac="",
+        )
+        [mac] = self.key.mac([mac_message(self.chain, unsealed)])
+        return AuditRow(**{**unsealed.__dict__, "mac": mac})
+
+    def check_ready(self) -> None:
+        """Raise VaultError unless the key makes a MAC and the anchor can be read."""
+        self.key.mac([b"startup-check"])
+        self.anchor.read()
+
+    def verify(self, checkpoint: HeadRecord | None = None) -> AuditReport:
+        """The whole log against the anchor (and the operator's checkpoint, if given)."""
+        anchor, _ = self.anchor.read()
+        saved, _ = checkpoint.read() if checkpoint else (None, 0)
+        return verify_chain(self.store.rows(), self.key, self.chain, anchor, saved)
 
 
 class AuditActivities:
-    def __init__(self, store: AuditStore) -> None:
-        self._store = store
+    def __init__(self, audit_log: AuditLog) -> None:
+        self._log = audit_log
 
     @activity.defn(name="record_audit_event")
     async def record_audit_event(self, event: AuditEvent) -> bool:
         timestamp = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-        written = await asyncio.to_thread(self._store.append, event, timestamp)
+        try:
+            written = await asyncio.to_thread(self._log.append, event, timestamp)
+        except AuditChainBroken as err:
+            # Retried (for the activity's day), never final: a tampered log must not make
+            # a run compensate, i.e. delete a paid server. The line operators alert on.
+            log.error("audit_chain_broken", problems=err.problems, audit_event=event.event)
+            activity.metric_meter().create_counter(
+                "mailprov_audit_chain_broken", "appends refused: the audit chain did not verify"
+            ).add(1)
+            raise ApplicationError(str(err), type="AuditChainBroken") from None
+        except VaultError as err:
+            raise vault_failure(err) from None
         activity.logger.info(
             "audit event " + ("written" if written else "already present"),
             extra={"event": event.event},

@@ -181,12 +181,24 @@ class Vault:
         Check-and-set must name the latest version even when it was withdrawn,
         or a tenant whose earlier provisioning was compensated could never be written.
         """
+        return self.read_kv(self.settings.kv_mount, vault_secret_path_for(tenant_id))
+
+    def write_credentials(self, tenant_id: str, record: dict[str, str], cas: int) -> int:
+        """Write with check-and-set: `cas=0` only creates, `cas=N` only replaces version N."""
+        if set(record) != set(CREDENTIAL_FIELDS):
+            raise ValueError(f"credentials record must have exactly {CREDENTIAL_FIELDS}")
+        return self.write_kv(self.settings.kv_mount, vault_secret_path_for(tenant_id), record, cas)
+
+    # ------------------------------------------------------------------ KV v2, any path
+
+    def read_kv(self, mount: str, path: str) -> tuple[dict[str, Any] | None, int]:
+        """A KV v2 secret's latest data (None if soft-deleted) and version (0: never written)."""
         try:
             response = self._call(
                 "kv read",
                 self._client.secrets.kv.v2.read_secret_version,
-                path=vault_secret_path_for(tenant_id),
-                mount_point=self.settings.kv_mount,
+                path=path,
+                mount_point=mount,
                 raise_on_deleted_version=False,
             )
         except hvac.exceptions.InvalidPath:
@@ -195,25 +207,67 @@ class Vault:
         version = int(data["metadata"]["version"])
         return (dict(data["data"]) if data.get("data") is not None else None), version
 
-    def write_credentials(self, tenant_id: str, record: dict[str, str], cas: int) -> int:
-        """Write with check-and-set: `cas=0` only creates, `cas=N` only replaces version N."""
-        path = vault_secret_path_for(tenant_id)
-        if set(record) != set(CREDENTIAL_FIELDS):
-            raise ValueError(f"credentials record must have exactly {CREDENTIAL_FIELDS}")
+    def write_kv(self, mount: str, path: str, data: dict[str, Any], cas: int) -> int:
+        """Write with check-and-set; the new version. CasConflict if `cas` is not the latest."""
         try:
             response = self._call(
                 "kv write",
                 self._client.secrets.kv.v2.create_or_update_secret,
                 path=path,
-                secret=record,
+                secret=data,
                 cas=cas,
-                mount_point=self.settings.kv_mount,
+                mount_point=mount,
             )
         except hvac.exceptions.InvalidRequest as err:
             if "check-and-set" in str(err):
-                raise CasConflict(f"{self.settings.kv_mount}/{path}") from None
+                raise CasConflict(f"{mount}/{path}") from None
             raise VaultError(f"kv write refused: {err}", retryable=False) from None
         return int(response["data"]["version"])
+
+    # ------------------------------------------------------------------ Transit HMAC
+
+    def hmac(self, key: str, messages: list[bytes]) -> list[str]:
+        """Transit HMAC-SHA256 of each message under `key` (`vault:vN:...`), in one request.
+
+        The key never leaves Vault: whoever holds the audit database cannot make a MAC.
+        """
+        if not messages:
+            return []
+        response = self._transit_batch(
+            "transit hmac",
+            f"{self.settings.transit_mount}/hmac/{key}",
+            [{"input": _b64(m)} for m in messages],
+        )
+        results = response["data"]["batch_results"]
+        if len(results) != len(messages) or any("hmac" not in r for r in results):
+            errors = sorted({str(r.get("error")) for r in results if "hmac" not in r})
+            raise VaultError(f"transit hmac failed: {errors}", retryable=False)
+        return [str(r["hmac"]) for r in results]
+
+    def verify_hmac(self, key: str, pairs: list[tuple[bytes, str]]) -> list[bool]:
+        """Whether each (message, MAC) pair verifies under `key`, in one request.
+
+        A malformed or foreign MAC is simply False: OpenBao answers 200 with a per-item
+        `error` and leaves out `valid` (checked against OpenBao 2.7.2, transit/verify).
+        """
+        if not pairs:
+            return []
+        response = self._transit_batch(
+            "transit verify",
+            f"{self.settings.transit_mount}/verify/{key}",
+            [{"input": _b64(m), "hmac": mac} for m, mac in pairs],
+        )
+        results = response["data"]["batch_results"]
+        if len(results) != len(pairs):
+            raise VaultError("transit verify: answer does not match the batch", retryable=True)
+        return [r.get("valid") is True for r in results]
+
+    def _transit_batch(self, what: str, path: str, batch: list[dict[str, str]]) -> Any:
+        try:
+            return self._call(what, self._client.write_data, path=path, data={"batch_input": batch})
+        except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest) as err:
+            # No such key (the bootstrap was not run) or a request Transit refuses.
+            raise VaultError(f"{what} {path}: {err}", retryable=False) from None
 
     def delete_version(self, tenant_id: str, version: int) -> None:
         """Soft-delete one version (an operator can still undelete it: nothing is lost)."""
@@ -407,7 +461,11 @@ class Vault:
 
 
 def _context(tenant_id: str) -> str:
-    return base64.b64encode(tenant_id.encode()).decode()
+    return _b64(tenant_id.encode())
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
 
 
 class VaultNotReady(Exception):

@@ -1,10 +1,11 @@
 """Prepare a Vault (or OpenBao) for mail-provisioning; safe to run again.
 
 Enables KV v2 at `smtp` and Transit, creates the derived Transit key whose
-per-tenant keys wrap every data key, installs the two policies from
-deploy/vault/policies/, sets up the worker's AppRole (role id + a secret id: the
-worker logs in, renews and logs in again by itself) and issues one token per role
-for tools that take a token. Needs an admin token.
+per-tenant keys wrap every data key, and for the audit chain the Transit HMAC key
+`mail-audit` (not exportable) and KV v2 at `audit-chain` (its anchored head and checkpoint);
+installs the three policies from deploy/vault/policies/, sets up the worker's AppRole
+(role id + a secret id: the worker logs in, renews and logs in again by itself) and
+issues one token per role for tools that take a token. Needs an admin token.
 
     python -m deploy.vault_bootstrap --addr http://127.0.0.1:8200 --out-dir .state/vault
     (admin token from VAULT_TOKEN)
@@ -20,9 +21,12 @@ from pathlib import Path
 
 import hvac
 
+from activities.audit_vault import AUDIT_HMAC_KEY, AUDIT_KV_MOUNT
+
 POLICY_DIR = Path(__file__).parent / "vault" / "policies"
 WORKER_POLICY = "mail-provisioning-worker"
 READER_POLICY = "mail-credentials-reader"
+AUDITOR_POLICY = "mail-audit-verifier"
 KV_MOUNT = "smtp"
 TRANSIT_MOUNT = "transit"
 TRANSIT_KEY = "mail-credentials"
@@ -34,6 +38,7 @@ WORKER_ROLE = "mail-provisioning-worker"
 class RoleTokens:
     worker: str
     reader: str
+    auditor: str
     worker_role_id: str
     worker_secret_id: str
 
@@ -41,8 +46,9 @@ class RoleTokens:
 def bootstrap(client: hvac.Client, ttl: str = "768h", worker_token_ttl: str = "1h") -> RoleTokens:  # noqa: S107 - a TTL
     """Idempotent: a second run keeps mounts and key, refreshes policies, issues new ids."""
     mounts = client.sys.list_mounted_secrets_engines()["data"]
-    if f"{KV_MOUNT}/" not in mounts:
-        client.sys.enable_secrets_engine("kv", path=KV_MOUNT, options={"version": "2"})
+    for kv_mount in (KV_MOUNT, AUDIT_KV_MOUNT):
+        if f"{kv_mount}/" not in mounts:
+            client.sys.enable_secrets_engine("kv", path=kv_mount, options={"version": "2"})
     if f"{TRANSIT_MOUNT}/" not in mounts:
         client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
     try:
@@ -52,12 +58,22 @@ def bootstrap(client: hvac.Client, ttl: str = "768h", worker_token_ttl: str = "1
         client.secrets.transit.create_key(
             name=TRANSIT_KEY, key_type="aes256-gcm96", derived=True, mount_point=TRANSIT_MOUNT
         )
-    for policy in (WORKER_POLICY, READER_POLICY):
+    try:
+        client.secrets.transit.read_key(name=AUDIT_HMAC_KEY, mount_point=TRANSIT_MOUNT)
+    except hvac.exceptions.InvalidPath:
+        # An HMAC-only key (no encrypt, no sign), never exportable: MACs of audit rows
+        # can only be made through Vault. hvac's create_key has no key_size parameter.
+        client.write_data(
+            f"{TRANSIT_MOUNT}/keys/{AUDIT_HMAC_KEY}",
+            data={"type": "hmac", "key_size": 32, "exportable": False},
+        )
+    for policy in (WORKER_POLICY, READER_POLICY, AUDITOR_POLICY):
         client.sys.create_or_update_policy(policy, (POLICY_DIR / f"{policy}.hcl").read_text())
     role_id, secret_id = _worker_approle(client, worker_token_ttl)
     return RoleTokens(
         worker=_token(client, WORKER_POLICY, ttl),
         reader=_token(client, READER_POLICY, ttl),
+        auditor=_token(client, AUDITOR_POLICY, ttl),
         worker_role_id=role_id,
         worker_secret_id=secret_id,
     )
@@ -100,7 +116,8 @@ def main() -> int:
         "--out-dir",
         type=Path,
         required=True,
-        help="where worker.role-id, worker.secret-id, worker.token and reader.token go (0600)",
+        help="where worker.role-id, worker.secret-id, worker.token, reader.token and "
+        "auditor.token go (0600)",
     )
     args = parser.parse_args()
     admin_token = os.environ.get("VAULT_TOKEN")
@@ -124,6 +141,7 @@ def credential_files(tokens: RoleTokens) -> dict[str, str]:
         "worker.secret-id": tokens.worker_secret_id,
         "worker.token": tokens.worker,
         "reader.token": tokens.reader,
+        "auditor.token": tokens.auditor,
     }
 
 

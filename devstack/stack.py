@@ -111,6 +111,11 @@ class StackInfo:
         return self.state_dir / "vault" / "reader.token"
 
     @property
+    def auditor_token_file(self) -> Path:
+        """The auditor's token: `starter.py audit-verify` (checks MACs, writes checkpoints)."""
+        return self.state_dir / "vault" / "auditor.token"
+
+    @property
     def codec_keys_file(self) -> Path:
         return self.state_dir / "codec-keys.json"
 

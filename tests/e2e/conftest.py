@@ -225,6 +225,10 @@ def write_only_token(info: StackInfo, tmp_path: Path) -> Path:
         (
             'path "transit/datakey/plaintext/mail-credentials" { capabilities = ["update"] }\n'
             'path "smtp/data/+/admin" { capabilities = ["read"] }\n'
+            # The audit chain as the worker's policy has it: compensation is audited.
+            'path "transit/hmac/mail-audit" { capabilities = ["update"] }\n'
+            'path "transit/verify/mail-audit" { capabilities = ["update"] }\n'
+            'path "audit-chain/data/head/+" { capabilities = ["create", "update", "read"] }\n'
         ),
     )
     token = root.auth.token.create(policies=["leak-scan-no-kv"], no_default_policy=True, ttl="1h")[

@@ -1,7 +1,10 @@
 """Least privilege and read-back against the real OpenBao server.
 
 The worker may write records and get wrapped data keys, nothing more: it can never
-decrypt. The reader (the mail-sending side) may read and decrypt, nothing more.
+decrypt. The reader (the mail-sending side) may read and decrypt, nothing more. For
+the audit chain the worker may MAC rows and move the anchored head, never export the
+key nor touch the auditor's checkpoint; the auditor may check MACs, read the head and
+write the checkpoint, never make a MAC nor move the head.
 Every allowed and every denied capability is exercised against the real server.
 """
 
@@ -52,6 +55,11 @@ def worker(info: StackInfo) -> hvac.Client:
 @pytest.fixture(scope="module")
 def reader(info: StackInfo) -> hvac.Client:
     return client(info, "reader.token")
+
+
+@pytest.fixture(scope="module")
+def auditor(info: StackInfo) -> hvac.Client:
+    return client(info, "auditor.token")
 
 
 def record(envelope: str = ENVELOPE_PREFIX + "x") -> dict[str, str]:
@@ -145,6 +153,8 @@ DENIED_FOR_READER: dict[str, Callable[[hvac.Client], Any]] = {
         name="mail-credentials", key_type="encryption-key"
     ),
     "create tokens": lambda c: c.auth.token.create(policies=["mail-provisioning-worker"]),
+    "audit hmac": lambda c: audit_hmac(c),
+    "audit anchor write": lambda c: head_write(c, "head"),
 }
 
 
@@ -152,6 +162,123 @@ DENIED_FOR_READER: dict[str, Callable[[hvac.Client], Any]] = {
 def test_reader_denied_capabilities(reader: hvac.Client, capability: str) -> None:
     with pytest.raises(hvac.exceptions.Forbidden):
         DENIED_FOR_READER[capability](reader)
+
+
+# ------------------------------------------------------------------ the audit chain
+
+AUDIT_CHAIN = f"policy-{secrets.token_hex(4)}"
+AUDIT_INPUT = base64.b64encode(b"an audit row").decode()
+
+
+def audit_hmac(c: hvac.Client, key: str = "mail-audit") -> Any:
+    return c.write_data(f"transit/hmac/{key}", data={"input": AUDIT_INPUT})
+
+
+def audit_verify(c: hvac.Client, mac: str) -> Any:
+    return c.write_data("transit/verify/mail-audit", data={"input": AUDIT_INPUT, "hmac": mac})
+
+
+def head_write(c: hvac.Client, kind: str, chain: str = AUDIT_CHAIN) -> Any:
+    return c.secrets.kv.v2.create_or_update_secret(
+        path=f"{kind}/{chain}", secret={"seq": 1, "mac": "vault:v1:x"}, mount_point="audit-chain"
+    )
+
+
+def head_read(c: hvac.Client, kind: str, chain: str = AUDIT_CHAIN) -> Any:
+    return c.secrets.kv.v2.read_secret_version(
+        path=f"{kind}/{chain}", mount_point="audit-chain", raise_on_deleted_version=False
+    )
+
+
+@pytest.fixture(scope="module")
+def audit_mac(root: hvac.Client) -> str:
+    return str(audit_hmac(root)["data"]["hmac"])
+
+
+def test_worker_allowed_audit_capabilities(worker: hvac.Client, audit_mac: str) -> None:
+    assert audit_hmac(worker)["data"]["hmac"] == audit_mac
+    assert audit_verify(worker, audit_mac)["data"]["valid"] is True
+    assert head_write(worker, "head")["data"]["version"] >= 1
+    assert head_read(worker, "head")["data"]["data"]["seq"] == 1
+
+
+def test_the_audit_key_is_created_not_exportable(root: hvac.Client) -> None:
+    key = root.secrets.transit.read_key(name="mail-audit")["data"]
+    assert (key["type"], key["exportable"]) == ("hmac", False)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="not exportable"):
+        root.secrets.transit.export_key(name="mail-audit", key_type="hmac-key")
+
+
+DENIED_FOR_WORKER_AUDIT: dict[str, Callable[[hvac.Client], Any]] = {
+    "audit key export": lambda c: c.secrets.transit.export_key(
+        name="mail-audit", key_type="hmac-key"
+    ),
+    "audit key read": lambda c: c.secrets.transit.read_key(name="mail-audit"),
+    "audit key rotate": lambda c: c.secrets.transit.rotate_key(name="mail-audit"),
+    "audit key config": lambda c: c.secrets.transit.update_key_configuration(
+        name="mail-audit", min_decryption_version=2
+    ),
+    "hmac with another key": lambda c: audit_hmac(c, "mail-credentials"),
+    "checkpoint write": lambda c: head_write(c, "checkpoint"),
+    "checkpoint read": lambda c: head_read(c, "checkpoint"),
+    "anchor outside head/": lambda c: head_write(c, "other"),
+    "anchor delete": lambda c: c.secrets.kv.v2.delete_latest_version_of_secret(
+        path=f"head/{AUDIT_CHAIN}", mount_point="audit-chain"
+    ),
+    "anchor destroy": lambda c: c.secrets.kv.v2.destroy_secret_versions(
+        path=f"head/{AUDIT_CHAIN}", versions=[1], mount_point="audit-chain"
+    ),
+    "anchor metadata delete": lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
+        path=f"head/{AUDIT_CHAIN}", mount_point="audit-chain"
+    ),
+    "anchor metadata write": lambda c: c.secrets.kv.v2.update_metadata(
+        path=f"head/{AUDIT_CHAIN}", max_versions=1, mount_point="audit-chain"
+    ),
+    "anchor list": lambda c: c.secrets.kv.v2.list_secrets(path="head", mount_point="audit-chain"),
+}
+
+
+@pytest.mark.parametrize("capability", sorted(DENIED_FOR_WORKER_AUDIT))
+def test_worker_denied_audit_capabilities(worker: hvac.Client, capability: str) -> None:
+    with pytest.raises(hvac.exceptions.Forbidden):
+        DENIED_FOR_WORKER_AUDIT[capability](worker)
+
+
+def test_auditor_allowed_capabilities(
+    auditor: hvac.Client, root: hvac.Client, audit_mac: str
+) -> None:
+    head_write(root, "head")
+    assert audit_verify(auditor, audit_mac)["data"]["valid"] is True
+    assert head_read(auditor, "head")["data"]["data"]["mac"] == "vault:v1:x"
+    assert head_write(auditor, "checkpoint")["data"]["version"] >= 1
+    assert head_read(auditor, "checkpoint")["data"]["data"]["seq"] == 1
+
+
+DENIED_FOR_AUDITOR: dict[str, Callable[[hvac.Client], Any]] = {
+    "audit hmac (forge a row)": lambda c: audit_hmac(c),
+    "anchor write": lambda c: head_write(c, "head"),
+    "audit key export": lambda c: c.secrets.transit.export_key(
+        name="mail-audit", key_type="hmac-key"
+    ),
+    "checkpoint delete": lambda c: c.secrets.kv.v2.delete_latest_version_of_secret(
+        path=f"checkpoint/{AUDIT_CHAIN}", mount_point="audit-chain"
+    ),
+    "checkpoint metadata delete": lambda c: c.secrets.kv.v2.delete_metadata_and_all_versions(
+        path=f"checkpoint/{AUDIT_CHAIN}", mount_point="audit-chain"
+    ),
+    "kv read credentials": lambda c: kv_read(c),
+    "transit decrypt": lambda c: c.secrets.transit.decrypt_data(
+        name="mail-credentials", ciphertext="vault:v1:x", context=CONTEXT
+    ),
+    "datakey": datakey,
+    "create tokens": lambda c: c.auth.token.create(policies=["mail-provisioning-worker"]),
+}
+
+
+@pytest.mark.parametrize("capability", sorted(DENIED_FOR_AUDITOR))
+def test_auditor_denied_capabilities(auditor: hvac.Client, capability: str) -> None:
+    with pytest.raises(hvac.exceptions.Forbidden):
+        DENIED_FOR_AUDITOR[capability](auditor)
 
 
 # ------------------------------------------------------------------ read-back

@@ -30,7 +30,8 @@ def test_defaults_are_the_documented_ones() -> None:
     assert settings.provider_settings["api_url"] == "https://api.hetzner.cloud/v1"
     assert settings.ssh_port == 22
     assert settings.vault.kv_mount == "smtp"
-    assert settings.audit_store == "audit.db"
+    assert settings.audit.location == "audit.db"
+    assert settings.audit.chain == "mail-provisioning"
 
 
 @pytest.mark.parametrize("missing", sorted(COMPLETE))
@@ -51,7 +52,7 @@ def test_malformed_and_file_settings(tmp_path: Path) -> None:
         "from-file"
     )
     dsn = "postgresql://audit@db/audit"
-    assert Settings.from_env({**COMPLETE, "MAILPROV_AUDIT_DSN": dsn}).audit_store == dsn
+    assert Settings.from_env({**COMPLETE, "MAILPROV_AUDIT_DSN": dsn}).audit.location == dsn
 
 
 def test_plans_file_and_ssh_networks_settings(tmp_path: Path) -> None:
