@@ -84,6 +84,16 @@ async def test_purchase_is_provisioned_and_stored_credentials_log_in_over_smtp(
         "system",
     )
     assert row.details == {"username": credentials.username, "webmail_url": result.webmail_url}
+    # The worker MACed the row and anchored the head: the auditor's check passes.
+    verify = subprocess.run(
+        info.starter_command("audit-verify", "--audit", str(info.audit_db)),
+        capture_output=True,
+        text=True,
+        env={"VAULT_ADDR": info.vault_addr, "VAULT_TOKEN_FILE": str(info.auditor_token_file)},
+        check=False,
+    )
+    assert verify.returncode == 0, verify.stderr
+    assert "MACs and links verify, anchored at seq" in verify.stderr
     sent = [n for n in cloud.notifications() if n["headers"].get("Idempotency-Key") == workflow_id]
     assert len(sent) == 1
     assert sent[0]["body"]["ipv4"] == result.ipv4
