@@ -327,7 +327,7 @@ def validate_domain(domain: str) -> None:
         )
 
 
-def _check_a_label(label: str) -> None:
+def _check_a_label(label: str, field_name: str = "domain") -> None:
     """An `xn--` label must be an IDNA 2008 A-label (RFC 5891 section 5.4).
 
     IDNA 2003 (the stdlib codec) maps instead of refusing: it accepts symbols such as
@@ -339,7 +339,7 @@ def _check_a_label(label: str) -> None:
         idna.ulabel(label)
     except (idna.IDNAError, UnicodeError) as err:
         raise InvalidPurchaseRequest(
-            "domain", f"label '{label}' is not a valid IDNA 2008 punycode A-label: {err}"
+            field_name, f"label '{label}' is not a valid IDNA 2008 punycode A-label: {err}"
         ) from None
 
 
@@ -422,6 +422,9 @@ def _check_notify_host_name(host: str) -> None:
         raise InvalidPurchaseRequest(
             "notify_url", f"host {host!r} must end in a top-level label that ends with a letter"
         )
+    for label in labels:
+        if label.startswith("xn--"):
+            _check_a_label(label, "notify_url")  # the same IDNA 2008 rule as `domain`
     if host in REFUSED_HOSTS or any(
         host == suffix or host.endswith("." + suffix) for suffix in REFUSED_HOST_SUFFIXES
     ):

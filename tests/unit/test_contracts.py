@@ -95,3 +95,11 @@ def test_error_message_names_field_and_rule() -> None:
         "invalid purchase request: field 'tenant_id' must be 1-63 characters of [a-z0-9-], "
         "starting and ending with [a-z0-9]"
     )
+
+
+def test_a_notify_host_gets_the_same_idna_2008_rule_as_the_domain() -> None:
+    assert request(notify_url="https://xn--zca.example/hook").notify_url
+    with pytest.raises(InvalidPurchaseRequest) as err:
+        request(notify_url="https://hooks.xn--ls8h.example/hook")
+    assert err.value.field == "notify_url"
+    assert "IDNA 2008" in err.value.rule and "U+1F4A9" in err.value.rule
