@@ -404,3 +404,19 @@ def test_connections_beyond_the_limit_get_503_and_no_thread() -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+def test_sign_in_logs_neither_the_token_nor_the_session(
+    server: CodecServer, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "wrong-sign-in-token-that-must-not-be-logged"
+    assert sign_in(server, wrong).status_code == 401
+    cookie = session_cookie(sign_in(server))
+    session = cookie.split("=", 1)[1]
+    headers = {"Origin": UI, "Cookie": cookie}
+    assert httpx.post(f"{server.url}/decode", json=body(b"1"), headers=headers).status_code == 200
+    streams = capfd.readouterr()
+    logged = streams.out + streams.err + caplog.text
+    assert "sign-in with a wrong token" in logged and "browser signed in" in logged
+    for secret in (wrong, TOKEN, session):
+        assert secret not in logged
