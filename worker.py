@@ -274,7 +274,7 @@ async def build_activities(
     try:
         await _check_provider(settings.plans, provider)
         yield [
-            AdmissionActivities(plans, notify, claims).admit_purchase,
+            AdmissionActivities(settings.plans, settings.notify_policy).admit_purchase,
             vps.create_server,
             vps.bring_up_server,
             vps.delete_server,

@@ -15,48 +15,56 @@ so the whole activity is.
 
 from __future__ import annotations
 
-from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from collections.abc import Awaitable, Callable, Mapping
 
-from activities.notify import NotifyActivities
-from activities.plans import PlanActivities
-from activities.tenant_claims import TenantClaimActivities
-from workflows.claim_contracts import TenantClaimRequest
-from workflows.contracts import (
-    Admission,
-    AdmissionRequest,
-    InvalidPurchaseRequest,
-    NotifyUrlCheck,
-    PlanRequest,
+from temporalio import activity
+
+from activities.notify import (
+    NotifyPolicy,
+    NotifyRefused,
+    Resolver,
+    check_at_admission,
+    resolve_host,
 )
+from activities.plans import plan_for
+from activities.tenant_claims import take_tenant_claim
+from workflows.claim_contracts import TenantClaimRequest
+from workflows.contracts import Admission, AdmissionRequest, InvalidPurchaseRequest, Plan
+
+ClaimTaker = Callable[[TenantClaimRequest], Awaitable[str]]
 
 
 class AdmissionActivities:
+    """The three checks through plain functions they share: the catalog's plan_for, the
+    notify policy's check_at_admission, take_tenant_claim (bench and unit tests pass a
+    resolver and a claim taker that touch neither DNS nor Temporal)."""
+
     def __init__(
-        self, plans: PlanActivities, notify: NotifyActivities, claims: TenantClaimActivities
+        self,
+        catalog: Mapping[str, Plan],
+        notify_policy: NotifyPolicy,
+        resolve: Resolver = resolve_host,
+        take_claim: ClaimTaker = take_tenant_claim,
     ) -> None:
-        self._plans = plans
-        self._notify = notify
-        self._claims = claims
+        self._catalog = dict(catalog)
+        self._notify_policy = notify_policy
+        self._resolve = resolve
+        self._take_claim = take_claim
 
     @activity.defn(name="admit_purchase")
     async def admit_purchase(self, request: AdmissionRequest) -> Admission:
         """The plan and the claim run id, or InvalidPurchaseRequest / TenantAlreadyProvisioned."""
-        plan = await self._plans.resolve_plan(PlanRequest(request.tenant_id, request.plan))
-        if request.notify_url is not None:
-            try:
-                await self._notify.check_notify_url(
-                    NotifyUrlCheck(request.tenant_id, request.notify_url)
-                )
-            except ApplicationError as err:
-                refused = InvalidPurchaseRequest("notify_url", err.message)
-                raise ApplicationError(
-                    str(refused),
-                    {"field": refused.field, "rule": refused.rule},
-                    type="InvalidPurchaseRequest",
-                    non_retryable=True,
-                ) from None
-        run_id = await self._claims.claim_tenant(
-            TenantClaimRequest(request.tenant_id, request.holder)
-        )
+        try:
+            plan = plan_for(self._catalog, request.plan)
+            if request.notify_url is not None:
+                await self._check_notify_url(request.notify_url)
+        except InvalidPurchaseRequest as err:
+            raise err.as_failure() from None
+        run_id = await self._take_claim(TenantClaimRequest(request.tenant_id, request.holder))
         return Admission(plan, run_id)
+
+    async def _check_notify_url(self, url: str) -> None:
+        try:
+            await check_at_admission(self._notify_policy, url, self._resolve)
+        except NotifyRefused as err:
+            raise InvalidPurchaseRequest("notify_url", str(err)) from None

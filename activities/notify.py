@@ -194,6 +194,16 @@ def _operator_sink(entry: str) -> OperatorSink:
         raise ValueError(f"sink {entry!r}: {address!r} is not an IP address") from None
 
 
+async def check_at_admission(policy: NotifyPolicy, url: str, resolve: Resolver) -> None:
+    """Every policy rule, DNS included, before a purchase buys anything; NotifyRefused
+    naming the rule. A name that does not resolve now is left to the send-time check
+    (which repeats every rule: the name may resolve elsewhere by then)."""
+    try:
+        await policy.destination(url, resolve)
+    except NotifyUnresolvable as err:
+        log.warning("notify_url not resolvable at admission", error=str(err))
+
+
 class NotifyActivities:
     def __init__(
         self,
@@ -219,11 +229,9 @@ class NotifyActivities:
         that does not resolve now is left to that check rather than failing the purchase.
         """
         try:
-            await self._policy.destination(check.url, self._resolve)
+            await check_at_admission(self._policy, check.url, self._resolve)
         except NotifyRefused as err:
             raise ApplicationError(str(err), type="NotifyUrlRefused", non_retryable=True) from None
-        except NotifyUnresolvable as err:
-            log.warning("notify_url not resolvable at admission", error=str(err))
 
     @activity.defn(name="notify_customer")
     async def notify_customer(self, notification: Notification) -> None:

@@ -23,10 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
 
 from activities.cloud_init import DockerInstallError, check_docker_install
-from workflows.contracts import PLAN_NAME_RULE, Plan, PlanRequest
+from workflows.contracts import PLAN_NAME_RULE, InvalidPurchaseRequest, Plan, PlanRequest
 
 # The catalog shipped with the product (Hetzner names, as of 2026): every plan dual-stack,
 # Docker from Docker's apt repository on Debian 12. The cost-optimised CX gen-3 types
@@ -146,13 +145,17 @@ class PlanActivities:
 
     @activity.defn(name="resolve_plan")
     async def resolve_plan(self, request: PlanRequest) -> Plan:
-        plan = self._catalog.get(request.plan)
-        if plan is None:
-            rule = f"must be one of the catalog plans: {', '.join(sorted(self._catalog))}"
-            raise ApplicationError(
-                f"invalid purchase request: field 'plan' {rule}",
-                {"field": "plan", "rule": rule},
-                type="InvalidPurchaseRequest",
-                non_retryable=True,
-            )
-        return plan
+        try:
+            return plan_for(self._catalog, request.plan)
+        except InvalidPurchaseRequest as err:
+            raise err.as_failure() from None
+
+
+def plan_for(catalog: Mapping[str, Plan], name: str) -> Plan:
+    """The catalog's plan of that name; InvalidPurchaseRequest naming the plans if none."""
+    plan = catalog.get(name)
+    if plan is None:
+        raise InvalidPurchaseRequest(
+            "plan", f"must be one of the catalog plans: {', '.join(sorted(catalog))}"
+        )
+    return plan

@@ -26,40 +26,46 @@ from workflows.claim_contracts import (
 )
 
 
+async def take_tenant_claim(request: TenantClaimRequest) -> str:
+    """Start the tenant's claim from inside an activity (its client, its task queue);
+    returns the claim's run id. TenantAlreadyProvisioned if another purchase holds it."""
+    client = activity.client()
+    claim_id = tenant_claim_id(request.tenant_id)
+    try:
+        handle = await client.start_workflow(
+            TENANT_CLAIM_TYPE,
+            request.holder,
+            id=claim_id,
+            task_queue=activity.info().task_queue,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+            memo={HOLDER_MEMO: request.holder},
+            static_summary=f"mail server claim of tenant {request.tenant_id}",
+        )
+        return str(handle.result_run_id)
+    except WorkflowAlreadyStartedError:
+        pass
+    description = await client.get_workflow_handle(claim_id).describe()
+    holder = await description.memo_value(HOLDER_MEMO, default=None)
+    if description.status != WorkflowExecutionStatus.RUNNING:
+        # Released between our start and this look: another attempt will take it.
+        raise ApplicationError(f"claim {claim_id} changed hands; retrying", type="ClaimRace")
+    if holder == request.holder:
+        return description.run_id  # our own earlier attempt took it
+    raise ApplicationError(
+        f"tenant {request.tenant_id!r} already has a mail server or one being provisioned "
+        f"(claim {claim_id} held by {holder}); nothing was bought",
+        {"tenant_id": request.tenant_id, "claim_workflow_id": claim_id, "holder": holder},
+        type="TenantAlreadyProvisioned",
+        non_retryable=True,
+    )
+
+
 class TenantClaimActivities:
     @activity.defn(name="claim_tenant")
     async def claim_tenant(self, request: TenantClaimRequest) -> str:
-        """Start the tenant's claim; returns its run id. TenantAlreadyProvisioned if held."""
-        client = activity.client()
-        claim_id = tenant_claim_id(request.tenant_id)
-        try:
-            handle = await client.start_workflow(
-                TENANT_CLAIM_TYPE,
-                request.holder,
-                id=claim_id,
-                task_queue=activity.info().task_queue,
-                id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-                id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-                memo={HOLDER_MEMO: request.holder},
-                static_summary=f"mail server claim of tenant {request.tenant_id}",
-            )
-            return str(handle.result_run_id)
-        except WorkflowAlreadyStartedError:
-            pass
-        description = await client.get_workflow_handle(claim_id).describe()
-        holder = await description.memo_value(HOLDER_MEMO, default=None)
-        if description.status != WorkflowExecutionStatus.RUNNING:
-            # Released between our start and this look: another attempt will take it.
-            raise ApplicationError(f"claim {claim_id} changed hands; retrying", type="ClaimRace")
-        if holder == request.holder:
-            return description.run_id  # our own earlier attempt took it
-        raise ApplicationError(
-            f"tenant {request.tenant_id!r} already has a mail server or one being provisioned "
-            f"(claim {claim_id} held by {holder}); nothing was bought",
-            {"tenant_id": request.tenant_id, "claim_workflow_id": claim_id, "holder": holder},
-            type="TenantAlreadyProvisioned",
-            non_retryable=True,
-        )
+        """Only for runs of the sequence before admit_purchase took the claim."""
+        return await take_tenant_claim(request)
 
     @activity.defn(name="release_tenant_claim")
     async def release_tenant_claim(self, request: TenantClaimRequest) -> None:

@@ -142,14 +142,15 @@ class NoopActivities:
         return f"rotate-{request.target.tenant_id}"
 
 
-class NoopClaims(TenantClaimActivities):
-    """The claim starts a workflow per tenant at the real thing; here it only answers, so
-    the overhead and scale figures stay those of one purchase's workflow. (The cost
-    part uses the real claims: their workflow start is a billable action.)"""
+async def noop_take_claim(request: TenantClaimRequest) -> str:
+    """The claim starts a workflow per tenant at the real thing; here admission only gets
+    an answer, so the overhead and scale figures stay those of one purchase's workflow.
+    (The cost part uses the real claims: their workflow start is a billable action.)"""
+    return "bench-claim-run"
 
-    @activity.defn(name="claim_tenant")
-    async def claim_tenant(self, request: TenantClaimRequest) -> str:
-        return "bench-claim-run"
+
+class NoopClaims(TenantClaimActivities):
+    """Releases nothing, as noop_take_claim took nothing."""
 
     @activity.defn(name="release_tenant_claim")
     async def release_tenant_claim(self, request: TenantClaimRequest) -> None:

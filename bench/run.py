@@ -51,12 +51,12 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.admission import AdmissionActivities
 from activities.codec import KeyRing, data_converter
-from activities.notify import NotifyActivities, NotifyPolicy
-from activities.plans import DEFAULT_CATALOG, PlanActivities
-from activities.tenant_claims import TenantClaimActivities
+from activities.notify import NotifyPolicy
+from activities.plans import DEFAULT_CATALOG
+from activities.tenant_claims import TenantClaimActivities, take_tenant_claim
 from activities.vps_provider import VpsActivities
 from bench.bare import BareSameShape, bare_step
-from bench.fakes import BootingProvider, NoopActivities, NoopClaims, purchase
+from bench.fakes import BootingProvider, NoopActivities, NoopClaims, noop_take_claim, purchase
 from bench.procfs import all_processes
 from bench.real import real_purchases
 from devstack.stack import tool
@@ -277,7 +277,9 @@ def our_activities(
     return [
         # The real checks: no I/O (the catalog and the outbound policy are in memory).
         AdmissionActivities(
-            PlanActivities(DEFAULT_CATALOG), NotifyActivities(NotifyPolicy()), claims
+            DEFAULT_CATALOG,
+            NotifyPolicy(),
+            take_claim=take_tenant_claim if real_claims else noop_take_claim,
         ).admit_purchase,
         claims.release_tenant_claim,
         noop.ensure_rotation_schedule,

@@ -21,6 +21,7 @@ from typing import Any
 # standard library's "idna" codec is IDNA 2003. Pure functions over static tables,
 # so deterministic (worker.PASSED_THROUGH_LIBRARIES).
 import idna
+from temporalio.exceptions import ApplicationError
 
 WORKFLOW_TYPE = "ProvisionMailTenant"
 DEFAULT_TASK_QUEUE = "mail-provisioning"
@@ -72,6 +73,17 @@ class InvalidPurchaseRequest(ValueError):
         super().__init__(f"invalid purchase request: field '{field_name}' {rule}")
         self.field = field_name
         self.rule = rule
+
+    def as_failure(self) -> ApplicationError:
+        """What the workflow and the activities raise for it, made here only: final
+        (retrying cannot fix input), typed, details {field, rule} for clients
+        (README "bad input"; clients/typescript reads the same details)."""
+        return ApplicationError(
+            str(self),
+            {"field": self.field, "rule": self.rule},
+            type="InvalidPurchaseRequest",
+            non_retryable=True,
+        )
 
 
 # --------------------------------------------------------------------------- limits

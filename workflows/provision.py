@@ -413,12 +413,7 @@ class Purchase:
                 await self._legacy_check_notify_url(request)
         except InvalidPurchaseRequest as err:
             self._end(started, "failed", error=str(err))
-            raise ApplicationError(
-                str(err),
-                {"field": err.field, "rule": err.rule},
-                type="InvalidPurchaseRequest",
-                non_retryable=True,
-            ) from None
+            raise err.as_failure() from None
         self.status.purchase_id = request.purchase_id
         self.status.tenant_id = request.tenant_id
         self._end(started, "done")

@@ -2,27 +2,30 @@
 
 from __future__ import annotations
 
+import ast
 import ipaddress
+from pathlib import Path
 
 import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.admission import AdmissionActivities
-from activities.notify import IpAddress, NotifyActivities, NotifyPolicy
-from activities.plans import DEFAULT_CATALOG, PlanActivities
-from activities.tenant_claims import TenantClaimActivities
+from activities.notify import IpAddress, NotifyPolicy
+from activities.plans import DEFAULT_CATALOG
 from workflows.claim_contracts import TenantClaimRequest
-from workflows.contracts import Admission, AdmissionRequest
+from workflows.contracts import Admission, AdmissionRequest, InvalidPurchaseRequest
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
-class RecordingClaims(TenantClaimActivities):
+class RecordingClaims:
     """Takes every claim it is asked for (the real one starts a TenantClaim workflow)."""
 
     def __init__(self) -> None:
         self.taken: list[TenantClaimRequest] = []
 
-    async def claim_tenant(self, request: TenantClaimRequest) -> str:
+    async def take(self, request: TenantClaimRequest) -> str:
         self.taken.append(request)
         return f"run-of-{request.holder}"
 
@@ -34,8 +37,7 @@ async def public_dns(host: str, port: int) -> list[IpAddress]:
 
 def admission(claims: RecordingClaims) -> AdmissionActivities:
     policy = NotifyPolicy(allowed_hosts=frozenset({"shop.example", "inside.example"}))
-    notify = NotifyActivities(policy, resolve=public_dns)
-    return AdmissionActivities(PlanActivities(DEFAULT_CATALOG), notify, claims)
+    return AdmissionActivities(DEFAULT_CATALOG, policy, public_dns, claims.take)
 
 
 async def test_an_admitted_purchase_gets_its_plan_and_holds_the_claim() -> None:
@@ -73,3 +75,30 @@ async def test_a_refused_purchase_names_field_and_rule_and_never_takes_the_claim
     assert rule_part in refused.value.details[0]["rule"]
     assert f"field '{field_name}'" in refused.value.message
     assert claims.taken == []
+
+
+def test_the_failure_of_an_invalid_request_is_made_in_one_place() -> None:
+    """Only InvalidPurchaseRequest.as_failure builds its ApplicationError; every other
+    production module raises that one (clients rely on its type and details)."""
+    failure = InvalidPurchaseRequest("plan", "must be known").as_failure()
+    assert failure.type == "InvalidPurchaseRequest" and failure.non_retryable
+    assert failure.details == ({"field": "plan", "rule": "must be known"},)
+    makers = []
+    for path in [*ROOT.glob("*.py"), *(ROOT / "workflows").rglob("*.py"),
+                 *(ROOT / "activities").rglob("*.py")]:  # fmt: skip
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (
+                isinstance(node, ast.keyword)
+                and node.arg == "type"
+                and isinstance(node.value, ast.Constant)
+                and node.value.value == "InvalidPurchaseRequest"
+            ):
+                makers.append(f"{path.relative_to(ROOT)}:{node.value.lineno}")
+    assert len(makers) == 1 and makers[0].startswith("workflows/contracts.py:"), makers
+
+
+def test_admission_calls_no_activity_as_a_function() -> None:
+    """admit_purchase shares plain functions with the rest, not other activities."""
+    source = (ROOT / "activities" / "admission.py").read_text()
+    for name in ("PlanActivities", "NotifyActivities", "TenantClaimActivities"):
+        assert name not in source, name
