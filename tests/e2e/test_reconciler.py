@@ -74,6 +74,11 @@ async def reconcile(client: Client, **request: Any) -> ReconcileReport:
     )
 
 
+def purchase_keys(cloud: CloudControl, request: PurchaseRequest) -> list[Any]:
+    selector = f"purchase={request.purchase_id}"
+    return list(cloud.api.get("ssh_keys", params={"label_selector": selector}).json()["ssh_keys"])
+
+
 def mine(report: ReconcileReport, request: PurchaseRequest) -> list[Any]:
     return [o for o in report.orphans if o.purchase_id == request.purchase_id]
 
@@ -108,6 +113,9 @@ async def test_terminated_run_is_cleaned_up_and_nothing_else(
         1,
     )
     assert cloud.servers_of(stuck.purchase_id) == []
+    # The purchase's SSH key resource went with its server (VpsActivities.delete_server).
+    assert purchase_keys(cloud, stuck) == []
+    assert len(purchase_keys(cloud, completed)) == 1
     assert reader_vault.read_credentials(stuck.tenant_id) is None
     [row] = orphan_rows(info, handle.id)
     assert row.event == "provisioning_failed" and row.details["error_type"] == "TERMINATED"
