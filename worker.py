@@ -62,13 +62,18 @@ from activities.worker_health import serve_health
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.provision import ProvisionMailTenant
 from workflows.reconcile import ReconcileOrphans
-from workflows.rotation import RotateSmtpCredentials
+from workflows.rotation import Rotation
 from workflows.tenant_claim import TenantClaim
 
 log = get_logger("worker")
 # Every workflow a worker of the task queue hosts: ProvisionMailTenant is the queue's
-# dynamic workflow, so a type missing here would be answered as UnknownWorkflowType.
-WORKFLOWS = [ProvisionMailTenant, TenantClaim, RotateSmtpCredentials, ReconcileOrphans]
+# dynamic workflow, so a type missing here would be answered as UnknownWorkflowType;
+# it also runs RotateSmtpCredentials (workflows/rotation.py), whose arguments must
+# arrive raw.
+WORKFLOWS = [ProvisionMailTenant, TenantClaim, ReconcileOrphans]
+# Workflow code the dynamic workflow runs for other types: re-executed per run like a
+# workflow module, so held to the same sandbox rules and bytecode check.
+DISPATCHED = [Rotation]
 
 # Every activity is a coroutine, so a slot is a sleeping task, not a thread: a server's
 # boot is waited for inside one activity (wait_for_server), and the SDK default of 100
@@ -266,7 +271,7 @@ async def build_activities(
     firewall = FirewallPolicy(settings.ssh_source_networks, settings.ssh_port)
     vps = VpsActivities(provider, identity, firewall)
     vault_activities = VaultActivities(vault)
-    credentials = CredentialsActivities(vault, access)
+    credentials = CredentialsActivities(vault, access, hetzner)
     schedules = RotationScheduleActivities(vault)
     notify = NotifyActivities(settings.notify_policy)
     claims = TenantClaimActivities()
@@ -278,7 +283,6 @@ async def build_activities(
             vps.create_server,
             vps.bring_up_server,
             vps.delete_server,
-            vps.server_exists,
             SshTrustActivities(access).rotate_host_key,
             mailu.set_up_mailu,
             credentials.create_admin_credentials,
@@ -377,7 +381,9 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     )
 
 
-def stale_workflow_bytecode(workflows: Sequence[type] = WORKFLOWS) -> list[str]:
+def stale_workflow_bytecode(
+    workflows: Sequence[type] = (*WORKFLOWS, *DISPATCHED),
+) -> list[str]:
     """Workflow modules whose compiled bytecode is missing or older than the source.
 
     The sandbox executes each workflow's module afresh for every run. Without a current

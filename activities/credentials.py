@@ -29,9 +29,17 @@ from activities.crypto import (
     seal,
 )
 from activities.mailu import MailuHost
+from activities.rotation_target import (
+    RecordsDisagree,
+    TenantGone,
+    TenantRecords,
+    rotation_target,
+    tenant_server_selector,
+)
 from activities.smtp_proof import prove_smtp_login
 from activities.ssh import RemoteCommandError, ServerAccess, command_failure
 from activities.vault import Vault, VaultError, vault_failure
+from activities.vps_provider import ProviderError, VpsProvider, provider_failure
 from workflows.contracts import (
     ROTATION_POLICY,
     MailuTarget,
@@ -39,13 +47,17 @@ from workflows.contracts import (
     admin_username_for,
     webmail_url_for,
 )
-from workflows.rotation_contracts import RotatedCredentials
+from workflows.rotation_contracts import RotatedCredentials, RotationRequest
 
 
 class CredentialsActivities:
-    def __init__(self, vault: Vault, access: ServerAccess) -> None:
+    def __init__(
+        self, vault: Vault, access: ServerAccess, provider: VpsProvider | None = None
+    ) -> None:
         self._vault = vault
         self._access = access
+        # Only rotation reads the provider (where the tenant's server is).
+        self._provider = provider
 
     @activity.defn(name="create_admin_credentials")
     async def create_admin_credentials(self, target: MailuTarget) -> SealedCredentials:
@@ -64,8 +76,14 @@ class CredentialsActivities:
         return SealedCredentials(username=username, password_envelope=envelope)
 
     @activity.defn(name="rotate_admin_credentials")
-    async def rotate_admin_credentials(self, target: MailuTarget) -> RotatedCredentials:
+    async def rotate_admin_credentials(self, request: RotationRequest) -> RotatedCredentials:
         """Replace the admin password: Vault first (check-and-set), then MailU, then proof.
+
+        The request names only the tenant: the server, its host key and the admin
+        mailbox are read here, on every attempt, from the provider and Vault
+        (activities/rotation_target.py), so no client's argument decides where the
+        worker connects or what it writes; records that disagree refuse the rotation
+        before anything is written (RotationRecordsDisagree, non-retryable).
 
         A change spanning two systems cannot be atomic, so the order is the one whose
         failures can be undone without the old plaintext (which this worker cannot
@@ -73,20 +91,17 @@ class CredentialsActivities:
         here; if MailU then refuses or cannot be reached, the previous record is
         written back as the next version, so Vault again holds the password MailU
         accepts. Once MailU has accepted the new password, Vault already holds it.
-        A racing writer makes the check-and-set fail before MailU is touched.
+        A racing writer makes the check-and-set fail before MailU is touched; one that
+        writes after our check-and-set may set MailU before we do, so after the proof
+        the latest version must still be ours, or the attempt fails and the retry
+        rotates again (RotationRaced): the last password MailU took is the one stored.
         """
-        tenant = target.tenant_id
-        username = admin_username_for(target.domain)
+        tenant = request.tenant_id
         vault_path = self._vault.record_path(tenant)
         try:
             current, version = await asyncio.to_thread(self._vault.latest, tenant)
-            if current is None and version > 0:
-                # Compensation (or an operator) withdrew the record: the tenant is gone.
-                raise ApplicationError(
-                    f"{vault_path} was withdrawn (latest version {version} deleted)",
-                    type="CredentialsWithdrawn",
-                    non_retryable=True,
-                )
+            target = await self._target(tenant, current, version)
+            username = admin_username_for(target.domain)
             password = generate_password()
             data_key = await asyncio.to_thread(self._vault.generate_data_key, tenant)
             envelope = seal(password, data_key, tenant, vault_path)
@@ -103,6 +118,7 @@ class CredentialsActivities:
             )
         finally:
             del password
+        await self._check_still_latest(tenant, written)
         activity.logger.info(
             "admin credentials rotated, proven by SMTP AUTH",
             extra={"username": username, "vault_version": written},
@@ -115,6 +131,44 @@ class CredentialsActivities:
             last_rotated=now,
             reissued=current is None,
         )
+
+    async def _target(
+        self, tenant_id: str, current: dict[str, str] | None, version: int
+    ) -> MailuTarget:
+        """The rotation's target from the provider's and Vault's records (see above)."""
+        if self._provider is None:
+            raise RuntimeError("rotate_admin_credentials needs the provider (worker wiring)")
+        try:
+            servers = await self._provider.find_servers(
+                label_selector=tenant_server_selector(tenant_id)
+            )
+        except ProviderError as err:
+            raise provider_failure(err) from None
+        try:
+            return rotation_target(
+                TenantRecords(tenant_id, servers, current, version), self._access.identity
+            )
+        except TenantGone as err:
+            raise ApplicationError(str(err), type=err.error_type, non_retryable=True) from None
+        except RecordsDisagree as err:
+            raise ApplicationError(
+                str(err),
+                {"field": err.field, "rule": err.rule},
+                type="RotationRecordsDisagree",
+                non_retryable=True,
+            ) from None
+
+    async def _check_still_latest(self, tenant_id: str, written: int) -> None:
+        try:
+            _, latest = await asyncio.to_thread(self._vault.latest, tenant_id)
+        except VaultError as err:
+            raise vault_failure(err) from None
+        if latest != written:
+            raise ApplicationError(
+                f"another writer stored version {latest} after this rotation's {written}; "
+                "rotating again so that MailU and Vault hold the same password",
+                type="RotationRaced",
+            )
 
     def _restorer(
         self, tenant_id: str, previous: dict[str, str] | None, written: int

@@ -36,10 +36,10 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.vault import Vault, VaultError, vault_failure
-from workflows.contracts import MailuTarget
 from workflows.rotation_contracts import (
     ROTATION_CATCHUP_WINDOW,
     ROTATION_WORKFLOW_TYPE,
+    RotationRequest,
     RotationScheduleRequest,
     rotation_interval,
     rotation_schedule_id,
@@ -52,15 +52,18 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def rotation_schedule(
-    target: MailuTarget, task_queue: str, interval: timedelta, last_rotated: datetime
+    tenant_id: str, task_queue: str, interval: timedelta, last_rotated: datetime
 ) -> Schedule:
     """The tenant's schedule: every `interval`, phased so the next run is `interval`
-    after the record's `last_rotated` (tenants do not all rotate at the same instant)."""
+    after the record's `last_rotated` (tenants do not all rotate at the same instant).
+
+    Its runs get `{"tenant_id": ...}` only, like any other start of the workflow: the
+    rotation reads where to go from our records (activities/rotation_target.py)."""
     return Schedule(
         action=ScheduleActionStartWorkflow(
             ROTATION_WORKFLOW_TYPE,
-            target,
-            id=rotation_schedule_id(target.tenant_id),
+            RotationRequest(tenant_id),
+            id=rotation_schedule_id(tenant_id),
             task_queue=task_queue,
             execution_timeout=ROTATION_RUN_TIMEOUT,
         ),
@@ -147,7 +150,7 @@ class RotationScheduleActivities:
                 str(err), type="InvalidRotationPolicy", non_retryable=True
             ) from None
         schedule = rotation_schedule(
-            request.target, request.task_queue, interval, parse_utc(record.data["last_rotated"])
+            tenant, request.task_queue, interval, parse_utc(record.data["last_rotated"])
         )
         schedule_id = rotation_schedule_id(tenant)
         outcome = await ensure_schedule(activity.client(), schedule_id, schedule)
@@ -158,9 +161,9 @@ class RotationScheduleActivities:
         return schedule_id
 
     @activity.defn(name="remove_rotation_schedule")
-    async def remove_rotation_schedule(self, target: MailuTarget) -> bool:
-        """The tenant's server or record is gone: stop rotating it."""
-        removed = await delete_schedule(activity.client(), rotation_schedule_id(target.tenant_id))
+    async def remove_rotation_schedule(self, request: RotationRequest) -> bool:
+        """The tenant's server or record is gone: stop rotating it (False: there was none)."""
+        removed = await delete_schedule(activity.client(), rotation_schedule_id(request.tenant_id))
         activity.logger.info("rotation schedule removed", extra={"removed": removed})
         return removed
 

@@ -26,7 +26,6 @@ from temporalio.exceptions import ApplicationError
 from activities.cloud_init import DockerInstallError, docker_cloud_config
 from activities.ssh import SshIdentity
 from workflows.contracts import (
-    MailuTarget,
     Plan,
     ReverseDnsRequest,
     ServerAddress,
@@ -605,15 +604,6 @@ class VpsActivities:
         except ProviderError as err:
             if err.code != "resource_in_use":
                 raise provider_failure(err) from None
-
-    @activity.defn(name="server_exists")
-    async def server_exists(self, target: MailuTarget) -> bool:
-        """Whether the provider still has a server of this name (rotation checks first).
-
-        A server deleted by compensation, by the reconciler or by hand means the
-        tenant is gone, and its rotation schedule is removed instead of retried.
-        """
-        return bool(await self._call(self._provider.find_servers(name=target.server_name)))
 
     async def _call(self, call: Awaitable[T]) -> T:
         try:

@@ -226,7 +226,8 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return result
 
 
-def _json_type(value: Any) -> str:
+def json_type_name(value: Any) -> str:
+    """How an error message names a JSON value's type ("a string", "an array", "null")."""
     names = {type(None): "null", bool: "a boolean", str: "a string", list: "an array"}
     return names.get(type(value), "a number" if isinstance(value, int | float) else "a value")
 
@@ -255,7 +256,9 @@ class PurchaseRequest:
         Raises InvalidPurchaseRequest naming the first field that breaks a rule.
         """
         if not isinstance(raw, dict):
-            raise InvalidPurchaseRequest("(input)", f"must be a JSON object, got {_json_type(raw)}")
+            raise InvalidPurchaseRequest(
+                "(input)", f"must be a JSON object, got {json_type_name(raw)}"
+            )
         strings = {"purchase_id", "tenant_id", "domain", "plan", "requested_by", "notify_url"}
         unknown = sorted(str(key) for key in set(raw) - strings - {"keep_server_on_failure"})
         if unknown:
@@ -497,8 +500,13 @@ def server_name_for(request: PurchaseRequest) -> str:
     Deterministic so that a retried create meets Hetzner's uniqueness_error and
     adopts the server it already made instead of buying a second one.
     """
-    digest = hashlib.sha256(request.purchase_id.encode()).hexdigest()[:10]
-    return f"mail-{request.tenant_id[:46].rstrip('-')}-{digest}"
+    return server_name_of(request.purchase_id, request.tenant_id)
+
+
+def server_name_of(purchase_id: str, tenant_id: str) -> str:
+    """server_name_for from the two labels a server carries (rotation checks it)."""
+    digest = hashlib.sha256(purchase_id.encode()).hexdigest()[:10]
+    return f"mail-{tenant_id[:46].rstrip('-')}-{digest}"
 
 
 def mail_hostname_for(domain: str) -> str:

@@ -83,7 +83,7 @@ from workflows.contracts import (
     webmail_url_for,
     workflow_id_for,
 )
-from workflows.rotation_contracts import RotationScheduleRequest
+from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE, RotationScheduleRequest
 
 # One module, one pass through the sandbox's importer per run (workflows/activity_refs.py).
 with workflow.unsafe.imports_passed_through():
@@ -262,8 +262,11 @@ DNS_RECORDS = dict(
 class ProvisionMailTenant:
     """Workflow type ProvisionMailTenant; dynamic only so that it receives raw arguments.
 
-    As the task queue's dynamic workflow it also answers a start of any type the worker
-    does not know (a typo, a retired name) with UnknownWorkflowType at once.
+    Only the queue's one dynamic workflow gets every start argument undecoded (the SDK
+    decodes a named workflow's arguments before its code runs, and a bad one fails the
+    workflow task forever), so it also runs the other types any client may start with
+    anything: RotateSmtpCredentials (workflows/rotation.py). A start of any type the
+    worker does not know (a typo, a retired name) ends with UnknownWorkflowType at once.
 
     The class is a thin shell around Purchase: the sandbox re-executes this module for
     every run, and the SDK then inspects every member of a workflow class (a runtime
@@ -272,13 +275,25 @@ class ProvisionMailTenant:
 
     def __init__(self) -> None:
         self._purchase = Purchase()
+        self._rotation: Any = None
 
     @workflow.query(name="status")
-    def status(self) -> ProvisionStatus:
-        return self._purchase.status
+    def status(self) -> Any:
+        """ProvisionStatus, or RotationStatus on a RotateSmtpCredentials run."""
+        return self._purchase.status if self._rotation is None else self._rotation.status
 
     @workflow.run
-    async def run(self, args: Sequence[RawValue]) -> ProvisionResult:
+    async def run(self, args: Sequence[RawValue]) -> Any:
+        if workflow.info().workflow_type == ROTATION_WORKFLOW_TYPE:
+            # Imported here, on purpose (so without the sandbox's warning about a late
+            # import): a purchase run's sandbox never loads the rotation module.
+            with workflow.unsafe.sandbox_import_notification_policy(
+                workflow.SandboxImportNotificationPolicy.SILENT
+            ):
+                from workflows.rotation import Rotation
+
+            self._rotation = Rotation()
+            return await self._rotation.run(args)
         return await self._purchase.run(args)
 
 

@@ -6,10 +6,18 @@ inside the rotating activity, which returns the Vault version it wrote.
 """
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
-from workflows.contracts import MailuTarget
+from workflows.contracts import (
+    TENANT_ID_RULE,
+    InvalidPurchaseRequest,
+    MailuTarget,
+    json_type_name,
+    purchase_input_from_payloads,
+)
 
 ROTATION_WORKFLOW_TYPE = "RotateSmtpCredentials"
 # A schedule that missed its time (Temporal server down, schedule paused) still runs
@@ -17,6 +25,68 @@ ROTATION_WORKFLOW_TYPE = "RotateSmtpCredentials"
 # restored after a long outage does not start a burst of rotations.
 ROTATION_CATCHUP_WINDOW = timedelta(days=7)
 _POLICY_RULE = re.compile(r"([1-9][0-9]{0,3})_days")
+
+
+class InvalidRotationRequest(ValueError):
+    """A start argument RotateSmtpCredentials refuses. Names the field and the rule."""
+
+    def __init__(self, field_name: str, rule: str) -> None:
+        super().__init__(f"invalid rotation request: field '{field_name}' {rule}")
+        self.field = field_name
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class RotationRequest:
+    """RotateSmtpCredentials' one argument: which tenant, and nothing else.
+
+    Any client of the namespace can start the workflow, so the argument names only the
+    tenant; where its server is, which host key it presents and which mailbox is its
+    admin are read by the worker from our own records (activities/rotation_target.py),
+    never taken from a client. JSON: `{"tenant_id": "acme"}`.
+    """
+
+    tenant_id: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> "RotationRequest":
+        if not isinstance(raw, dict):
+            raise InvalidRotationRequest(
+                "(input)", f"must be a JSON object, got {json_type_name(raw)}"
+            )
+        unknown = sorted(str(key) for key in raw if key != "tenant_id")
+        if unknown:
+            raise InvalidRotationRequest(repr(unknown[0][:60])[1:-1], "is not a known field")
+        tenant = raw.get("tenant_id")
+        if tenant is None:
+            raise InvalidRotationRequest("tenant_id", "is required")
+        if not isinstance(tenant, str):
+            raise InvalidRotationRequest("tenant_id", "must be a string")
+        if not TENANT_ID_RULE.fullmatch(tenant):
+            raise InvalidRotationRequest(
+                "tenant_id",
+                "must be 1-63 characters of [a-z0-9-], starting and ending with [a-z0-9]",
+            )
+        return cls(tenant)
+
+
+def rotation_request_from_payloads(payloads: Sequence[tuple[bytes, bytes]]) -> RotationRequest:
+    """The raw start arguments, as (encoding, data) pairs, into a RotationRequest.
+
+    Decoded as the purchase's are (workflows/contracts.py: one argument, JSON only,
+    bounded size and depth, no duplicate keys), so a bad or missing argument ends the
+    run at once with InvalidRotationRequest instead of failing the workflow task forever.
+    """
+    if len(payloads) != 1:
+        raise InvalidRotationRequest(
+            "(input)",
+            f'must be exactly one argument, {{"tenant_id": ...}} (got {len(payloads)})',
+        )
+    try:
+        raw = purchase_input_from_payloads(payloads)
+    except InvalidPurchaseRequest as err:
+        raise InvalidRotationRequest(err.field, err.rule) from None
+    return RotationRequest.parse(raw)
 
 
 def rotation_schedule_id(tenant_id: str) -> str:
@@ -40,9 +110,9 @@ def rotation_interval(policy: str) -> timedelta:
 class RotationScheduleRequest:
     """Create (or bring up to date) the tenant's rotation schedule.
 
-    The schedule's workflow argument is the MailuTarget: the server's name, address
-    and pinned host public key. None of it is secret; it is what the rotation needs
-    to reach the server over the same pinned SSH channel as provisioning.
+    Only `target.tenant_id` goes into the schedule: its runs start with a
+    RotationRequest and read the server, host key and admin mailbox from our records,
+    as every other start of RotateSmtpCredentials does.
     """
 
     target: MailuTarget
@@ -75,3 +145,12 @@ class RotationResult:
     vault_version: int | None = None
     last_rotated: str | None = None
     reason: str | None = None
+
+
+@dataclass
+class RotationStatus:
+    """Answer of the `status` query on a rotation run."""
+
+    tenant_id: str | None
+    # "running" | "rotated" | "schedule_removed" | "failed"
+    state: str

@@ -21,6 +21,7 @@ from typing import Any
 import hvac
 import pytest
 from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
@@ -31,8 +32,10 @@ from activities.codec import KeyRing, data_converter
 from devstack.processes import free_port
 from devstack.stack import NOTIFY_SINK_HOST, StackInfo
 from tests.e2e.conftest import CloudControl
+from tests.workflow.test_hostile_starts_workflow import ROTATION_CORPUS, RawStart
 from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
+from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
 
 JSON = b"json/plain"
 RUN_TIMEOUT = 120  # generous: a refused start ends in well under a second on a quiet machine
@@ -501,3 +504,91 @@ async def test_one_mail_server_per_tenant_even_when_starts_race(
     )
     await expect_refused(clients[0], handle.id, refused)
     assert len(cloud.servers(label_selector=f"tenant={purchase['tenant_id']}")) == 1
+
+
+# ------------------------------------------------------------------ the other doors
+
+
+def as_case(start: RawStart, error_type: str = "InvalidRotationRequest") -> Case:
+    payloads = list(start.payloads)
+    return Case("rotation", start.name, lambda pid: payloads, start.expect, error_type)
+
+
+async def workflow_task_failures(client: Client, workflow_id: str) -> int:
+    """Failed workflow tasks in the run's history: each is retried for ever (item 6)."""
+    handle = client.get_workflow_handle(workflow_id)
+    failed = EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    return len([e async for e in handle.fetch_history_events() if e.event_type == failed])
+
+
+async def schedule_ids(client: Client) -> set[str]:
+    return {listed.id async for listed in await client.list_schedules()}
+
+
+async def start_via_cli(
+    info: StackInfo, workflow_type: str, workflow_id: str, args: list[tuple[bytes, bytes]]
+) -> bool:
+    """One start with the `temporal` CLI: raw JSON text, as any language's back end sends."""
+    command = info.temporal_command("workflow", "start", "--type", workflow_type)
+    command += ["--task-queue", "mail-provisioning", "--workflow-id", workflow_id]
+    for _, data in args:
+        command += ["--input", data.decode()]
+    process = await asyncio.create_subprocess_exec(
+        *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
+    )
+    output, _ = await process.communicate()
+    if process.returncode != 0 and b"is not valid JSON" in output:
+        return False  # the CLI itself refuses to send bytes that are not JSON
+    assert process.returncode == 0, output.decode()
+    return True
+
+
+async def test_hostile_rotation_starts_end_at_once_and_create_nothing(
+    client: Client, info: StackInfo, cloud: CloudControl
+) -> None:
+    """RotateSmtpCredentials: every start a client can make that is not a tenant id of
+    ours is refused at once, and none reads, writes or schedules anything (issue 17
+    items 2 and 6). The hand-made target aimed at another tenant's server is one case."""
+    batch = uuid.uuid4().hex[:6]
+    cases = [as_case(start) for start in ROTATION_CORPUS]
+    cases.append(
+        Case(
+            "rotation",
+            "tenant we never served",
+            lambda pid: [(JSON, json.dumps({"tenant_id": f"never-{batch}"}).encode())],
+            f"nothing to rotate for tenant never-{batch}",
+            "TenantUnknown",
+        )
+    )
+    before = await snapshot(info, cloud, client)
+    schedules_before = await schedule_ids(client)
+
+    started: list[tuple[str, Case]] = []
+    for i, case in enumerate(cases):
+        handle = await client.start_workflow(
+            ROTATION_WORKFLOW_TYPE,
+            args=[
+                RawValue(Payload(metadata={"encoding": e}, data=d)) for e, d in case.payloads("")
+            ],
+            id=f"rotate-hostile-{batch}-py-{i}",
+            task_queue="mail-provisioning",
+        )
+        started.append((handle.id, case))
+    text_cases = [(i, c) for i, c in enumerate(cases) if c.payloads("") and c.json_text]
+    for i, case in text_cases:
+        workflow_id = f"rotate-hostile-{batch}-cli-{i}"
+        if await start_via_cli(info, ROTATION_WORKFLOW_TYPE, workflow_id, case.payloads("")):
+            started.append((workflow_id, case))
+
+    durations = await run_limited([expect_refused(client, wid, case) for wid, case in started], 8)
+    for workflow_id, case in started:
+        assert await workflow_task_failures(client, workflow_id) == 0, case.name
+
+    after = await snapshot(info, cloud, client)
+    assert after.servers <= before.servers
+    assert (after.vault_records, after.audit_rows) == (before.vault_records, before.audit_rows)
+    assert await schedule_ids(client) <= schedules_before
+    print(
+        f"hostile rotation starts: {len(started)} runs ({len(text_cases)} by the CLI) lasted "
+        f"{min(durations):.3f}-{max(durations):.3f} s (start to close, server clock)"
+    )

@@ -21,9 +21,11 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import asyncssh
 import hvac
 import pytest
-from temporalio.client import Client, ScheduleBackfill, ScheduleOverlapPolicy
+from temporalio.client import Client, ScheduleBackfill, ScheduleOverlapPolicy, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.worker import Worker
 
 from activities.audit import SqliteAuditStore
@@ -49,9 +51,11 @@ from tests.e2e.test_leak_scan import (
 )
 from tests.e2e.test_purchase_end_to_end import audit_rows, provision
 from worker import WORKFLOWS, Settings, build_activities
-from workflows.contracts import ProvisionResult
+from workflows.contracts import MailuTarget, ProvisionResult
 from workflows.rotation_contracts import (
     ROTATION_CATCHUP_WINDOW,
+    ROTATION_WORKFLOW_TYPE,
+    RotationRequest,
     RotationResult,
     rotation_schedule_id,
 )
@@ -360,3 +364,114 @@ async def test_no_plaintext_password_anywhere_after_a_rotation_and_its_undone_at
         VaultSettings(url=info.vault_addr, token=info.reader_token_file.read_text().strip())
     )
     assert read_admin_credentials(reader, request.tenant_id).password == rotation_passwords[-1]
+
+
+async def test_a_hand_made_target_aimed_at_another_tenants_server_changes_nothing(
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    purchase: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """Issue 17 item 2: any client may start RotateSmtpCredentials with any argument.
+
+    The attacker names tenant A but aims at tenant B's server, with B's public host key
+    (anyone can read it off port 22). Nothing may change: no Vault version for A or B,
+    no command on B's server, no audit row; both stored passwords still log in.
+    """
+    other = dict(purchase, purchase_id=purchase["purchase_id"] + "-b")
+    other.update(tenant_id=purchase["tenant_id"] + "-b", domain="b" + purchase["domain"])
+    (a, tenant_a, a_before), (b, tenant_b, b_before) = await asyncio.gather(
+        provisioned(client, reader_vault, purchase), provisioned(client, reader_vault, other)
+    )
+    assert b.ipv4 is not None
+    b_host_key = await asyncssh.get_server_host_key(b.ipv4, info.ssh_port)
+    assert b_host_key is not None
+    hostile = MailuTarget(
+        tenant_id=tenant_a,
+        domain=purchase["domain"],
+        server_name=cloud.servers_of(purchase["purchase_id"])[0]["name"],
+        address=b.ipv4,
+        host_public_key=b_host_key.export_public_key().decode().strip(),
+    )
+    b_commands = len(cloud.commands(b.server_id))
+    audit_before = len(SqliteAuditStore(info.audit_db).rows())
+
+    handle = await client.start_workflow(
+        ROTATION_WORKFLOW_TYPE,
+        hostile,
+        id=f"rotate-hostile-{uuid.uuid4().hex[:8]}",
+        task_queue="mail-provisioning",
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await asyncio.wait_for(handle.result(), 300)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError), cause
+    assert (cause.type, cause.non_retryable) == ("InvalidRotationRequest", True), cause
+    assert "'address' is not a known field" in cause.message
+
+    for tenant, before in ((tenant_a, a_before), (tenant_b, b_before)):
+        current = reader_vault.read_credentials(tenant)
+        assert current is not None and current.version == before.version, tenant
+    assert len(cloud.commands(b.server_id)) == b_commands
+    assert len(SqliteAuditStore(info.audit_db).rows()) == audit_before
+    assert_stored_password_logs_in(info, cloud, reader_vault, a, tmp_path)
+    assert_stored_password_logs_in(info, cloud, reader_vault, b, tmp_path)
+
+    # What the client may send, the tenant id, rotates that tenant on its own server only.
+    outcome = await client.execute_workflow(
+        ROTATION_WORKFLOW_TYPE,
+        RotationRequest(tenant_a),
+        id=f"rotate-client-{uuid.uuid4().hex[:8]}",
+        task_queue="mail-provisioning",
+        result_type=RotationResult,
+    )
+    assert (outcome.outcome, outcome.vault_version) == ("rotated", a_before.version + 1)
+    assert_stored_password_logs_in(info, cloud, reader_vault, a, tmp_path)
+    b_now = reader_vault.read_credentials(tenant_b)
+    assert b_now is not None and b_now.version == b_before.version
+    assert len(cloud.commands(b.server_id)) == b_commands
+    assert_stored_password_logs_in(info, cloud, reader_vault, b, tmp_path)
+
+
+async def test_records_that_disagree_refuse_the_rotation_before_anything_is_written(
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    purchase: dict[str, Any],
+) -> None:
+    """Vault's record names another domain than the server's reverse DNS: which is
+    right cannot be told, so nothing is written, set or audited, and the field is named."""
+    result, tenant, before = await provisioned(client, reader_vault, purchase)
+    root = hvac.Client(
+        url=info.vault_addr, token=(info.state_dir / "vault" / "root.token").read_text().strip()
+    )
+    tampered = dict(
+        before.data,
+        username="admin@elsewhere.example",
+        webmail_url="https://mail.elsewhere.example",
+    )
+    root.secrets.kv.v2.create_or_update_secret(
+        path=f"{tenant}/admin", secret=tampered, mount_point="smtp"
+    )
+    commands = len(cloud.commands(result.server_id))
+    audit_before = len(SqliteAuditStore(info.audit_db).rows())
+
+    handle = await client.start_workflow(
+        ROTATION_WORKFLOW_TYPE,
+        RotationRequest(tenant),
+        id=f"rotate-disagree-{uuid.uuid4().hex[:8]}",
+        task_queue="mail-provisioning",
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await asyncio.wait_for(handle.result(), 300)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError), cause
+    assert (cause.type, cause.non_retryable) == ("RotationRecordsDisagree", True), cause
+    assert "field 'domain'" in cause.message and "elsewhere.example" in cause.message
+    current = reader_vault.read_credentials(tenant)
+    assert current is not None and current.version == before.version + 1  # the tampered one
+    assert len(cloud.commands(result.server_id)) == commands
+    assert len(SqliteAuditStore(info.audit_db).rows()) == audit_before

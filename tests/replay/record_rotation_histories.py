@@ -4,7 +4,9 @@
 Each scenario runs on the time-skipping server with the scripted world of the rotation
 workflow tests (tests/workflow/test_rotation_workflow.py), so the histories hold no
 real secrets or addresses. Existing files are never re-recorded: they stand for the
-runs that may be in flight when a new version is deployed.
+runs that may be in flight when a new version is deployed. (Before the first release,
+the histories of the old argument, a client-supplied MailuTarget, were deleted and
+recorded again when the workflow came to take the tenant id only: issue 17.)
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from devstack.stack import tool
-from tests.workflow.test_rotation_workflow import TARGET, RotationWorld
-from workflows.rotation import RotateSmtpCredentials
+from tests.workflow.test_rotation_workflow import REQUEST, RotationWorld
+from workflows.provision import ProvisionMailTenant
+from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
 
 ROTATION_HISTORIES = Path(__file__).parent / "histories" / "rotation"
 
@@ -29,7 +32,9 @@ def rotation_scenarios() -> dict[str, RotationWorld]:
     return {
         "rotated": RotationWorld(rotate_errors=[ApplicationError("ssh down", type="OSError")]),
         "failed": RotationWorld(rotate_errors=[failing]),
-        "server_gone": RotationWorld(server_exists=False),
+        "server_gone": RotationWorld(
+            rotate_errors=[ApplicationError("no server", type="ServerGone", non_retryable=True)]
+        ),
     }
 
 
@@ -47,12 +52,12 @@ async def record_rotations() -> None:
             async with Worker(
                 env.client,
                 task_queue=task_queue,
-                workflows=[RotateSmtpCredentials],
+                workflows=[ProvisionMailTenant],
                 activities=world.activities(),
             ):
                 handle = await env.client.start_workflow(
-                    "RotateSmtpCredentials",
-                    TARGET,
+                    ROTATION_WORKFLOW_TYPE,
+                    REQUEST,
                     id=f"rotate-replay-{name}",
                     task_queue=task_queue,
                 )

@@ -26,7 +26,7 @@ from activities.codec import ENCODING, KeyRing
 from devstack.stack import ROOT
 from starter import StarterError, replay_history
 from tests.helpers import payload_encodings
-from workflows.rotation import RotateSmtpCredentials
+from workflows.provision import ProvisionMailTenant
 
 HISTORY_DIR = Path(__file__).parent / "histories"
 # Runs recorded before the FEWER_ACTIONS patch: in-flight purchases of that code must
@@ -141,5 +141,5 @@ def test_the_rotation_scenarios_are_committed() -> None:
 async def test_rotation_history_replays_deterministically(path: Path) -> None:
     """Scripted rotation runs (tests.replay.record_rotation_histories), without the codec."""
     history = WorkflowHistory.from_json(f"rotate-replay-{path.stem}", path.read_text())
-    result = await Replayer(workflows=[RotateSmtpCredentials]).replay_workflow(history)
+    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
     assert result.replay_failure is None

@@ -11,7 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from worker import PASSED_THROUGH, PASSED_THROUGH_LIBRARIES, WORKFLOWS, stale_workflow_bytecode
+from worker import (
+    DISPATCHED,
+    PASSED_THROUGH,
+    PASSED_THROUGH_LIBRARIES,
+    WORKFLOWS,
+    stale_workflow_bytecode,
+)
 from workflows.provision import ProvisionMailTenant
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -32,7 +38,7 @@ def _sandboxed_imports(tree: ast.Module) -> set[str]:
     return {name for name in found if name.split(".")[0] in {"workflows", "activities"}}
 
 
-@pytest.mark.parametrize("cls", WORKFLOWS, ids=lambda cls: cls.__name__)
+@pytest.mark.parametrize("cls", [*WORKFLOWS, *DISPATCHED], ids=lambda cls: cls.__name__)
 def test_a_workflow_module_imports_only_passed_through_modules_of_ours(cls: type) -> None:
     tree = ast.parse(_module_path(cls.__module__).read_text())
     not_shared = _sandboxed_imports(tree) - set(PASSED_THROUGH)

@@ -1,18 +1,34 @@
-"""Tenant claim and raw start arguments on the time-skipping server (scripted activities)."""
+"""Tenant claim and raw start arguments on the time-skipping server (scripted activities).
+
+RotateSmtpCredentials gets the corpus any client of the namespace can send (no argument,
+several, the wrong JSON, bytes that are not JSON, an encoding we do not read, a hand-made
+target): every run must end at once with InvalidRotationRequest naming the field, after
+one workflow task and without a failed one (a failed workflow task is retried for ever:
+issue 17 item 6), and without a single activity. The same corpus runs against the real
+stack in tests/e2e/test_hostile_starts.py.
+"""
 
 from __future__ import annotations
 
+import json
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowFailureError
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
 from tests.workflow.test_provision_workflow import Harness, ScriptedWorld, purchase
-from workflows.contracts import workflow_id_for
+from tests.workflow.test_rotation_workflow import RotationWorld
+from workflows.contracts import MAX_INPUT_BYTES, UNDECODABLE_ENCODING, workflow_id_for
+from workflows.provision import ProvisionMailTenant
+from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
 
 
 @pytest.fixture
@@ -75,3 +91,92 @@ async def test_raw_start_arguments_end_at_once_as_invalid_purchase_request(
     assert isinstance(cause, ApplicationError) and cause.type == "InvalidPurchaseRequest"
     assert rule in cause.details[0]["rule"]
     assert sum(harness.world.calls.values()) == 0
+
+
+JSON = b"json/plain"
+
+
+@dataclass(frozen=True)
+class RawStart:
+    name: str
+    payloads: list[tuple[bytes, bytes]]
+    expect: str  # a fragment of the refusal's message
+
+
+def one(data: bytes, encoding: bytes = JSON) -> list[tuple[bytes, bytes]]:
+    return [(encoding, data)]
+
+
+TARGET = {
+    "tenant_id": "acme",
+    "domain": "acme.example",
+    "server_name": "mail-acme-1",
+    "address": "127.0.0.1",
+    "host_public_key": "ssh-ed25519 AAAA",
+}
+
+# Shared with the end-to-end corpus (tests/e2e/test_hostile_starts.py).
+ROTATION_CORPUS = [
+    RawStart("no argument", [], "(got 0)"),
+    RawStart("two arguments", one(b'{"tenant_id":"acme"}') * 2, "(got 2)"),
+    RawStart("two arguments, one not json", [*one(b"{}"), *one(b"\xff", b"binary/x")], "(got 2)"),
+    RawStart("string", one(b'"acme"'), "got a string"),
+    RawStart("array", one(b'["acme"]'), "got an array"),
+    RawStart("null", one(b"null"), "got null"),
+    RawStart("binary/null", one(b"", b"binary/null"), "got null"),
+    RawStart("number", one(b"7"), "got a number"),
+    RawStart("empty object", one(b"{}"), "'tenant_id' is required"),
+    RawStart("tenant number", one(b'{"tenant_id": 7}'), "'tenant_id' must be a string"),
+    RawStart("tenant path", one(b'{"tenant_id": "../etc"}'), "'tenant_id' must be 1-63"),
+    RawStart("tenant upper case", one(b'{"tenant_id": "Acme"}'), "'tenant_id' must be 1-63"),
+    RawStart("tenant 64 chars", one(json.dumps({"tenant_id": "a" * 64}).encode()), "1-63"),
+    RawStart("hand-made target", one(json.dumps(TARGET).encode()), "'address' is not a known"),
+    RawStart("not utf-8", one(b'{"tenant_id":"\xff"}'), "UTF-8"),
+    RawStart("truncated json", one(b'{"tenant_id": "ac'), "not valid JSON"),
+    RawStart("duplicate key", one(b'{"tenant_id":"a","tenant_id":"b"}'), "duplicate"),
+    RawStart("NaN", one(b'{"tenant_id": NaN}'), "NaN is not JSON"),
+    RawStart("binary/plain", one(b"\x00\x01", b"binary/plain"), "encoding"),
+    RawStart("protobuf", one(b"\x08\x01", b"json/protobuf"), "encoding"),
+    RawStart("no encoding", one(b"{}", b""), "encoding"),
+    RawStart("undecodable", one(b"unknown key id 'x'", UNDECODABLE_ENCODING), "unknown key"),
+    RawStart("oversized", one(json.dumps({"a": "x" * MAX_INPUT_BYTES}).encode()), "at most"),
+    RawStart("deep nesting", one(b"[" * 5000 + b"]" * 5000), "nest"),
+    RawStart("unclosed nesting", one(b"{" * 10000), "nest"),
+]
+
+
+def raw_args(start: RawStart) -> list[RawValue]:
+    return [RawValue(Payload(metadata={"encoding": e}, data=d)) for e, d in start.payloads]
+
+
+@pytest.mark.parametrize("start", ROTATION_CORPUS, ids=lambda start: start.name)
+async def test_a_hostile_rotation_start_ends_at_once_with_nothing_touched(
+    time_skipping_env: WorkflowEnvironment, start: RawStart
+) -> None:
+    client = time_skipping_env.client
+    world = RotationWorld()
+    task_queue = f"hostile-rot-{uuid.uuid4().hex[:8]}"
+    async with Worker(
+        client,
+        task_queue=task_queue,
+        workflows=[ProvisionMailTenant],
+        activities=world.activities(),
+    ):
+        handle = await client.start_workflow(
+            ROTATION_WORKFLOW_TYPE,
+            args=raw_args(start),
+            id=f"rotate-hostile-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError), cause
+    assert (cause.type, cause.non_retryable) == ("InvalidRotationRequest", True)
+    assert "invalid rotation request: field" in cause.message
+    assert start.expect in cause.message, cause.message
+    events = [event.event_type async for event in handle.fetch_history_events()]
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in events
+    assert events.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 1
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in events
+    assert (world.rotations, world.audit, world.removed_schedules) == (0, [], [])

@@ -17,39 +17,44 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from workflows.contracts import AuditEvent, MailuTarget
-from workflows.rotation import RotateSmtpCredentials
-from workflows.rotation_contracts import RotatedCredentials, RotationResult, rotation_interval
+from workflows.contracts import AuditEvent
+from workflows.provision import ProvisionMailTenant
+from workflows.rotation_contracts import (
+    ROTATION_WORKFLOW_TYPE,
+    RotatedCredentials,
+    RotationRequest,
+    RotationResult,
+    rotation_interval,
+)
 
-TARGET = MailuTarget("acme", "acme.example", "mail-acme-1", "203.0.113.7", "ssh-ed25519 AAAAk")
+REQUEST = RotationRequest("acme")
 
 
 @dataclass
 class RotationWorld:
-    server_exists: bool = True
     rotate_errors: list[Exception] = field(default_factory=list)
     rotations: int = 0
+    # Whether the tenant has a rotation schedule for remove_rotation_schedule to delete.
+    has_schedule: bool = True
     removed_schedules: list[str] = field(default_factory=list)
     audit: list[AuditEvent] = field(default_factory=list)
 
     def activities(self) -> list[Any]:
-        @activity.defn(name="server_exists")
-        async def server_exists(target: MailuTarget) -> bool:
-            assert target == TARGET
-            return self.server_exists
-
         @activity.defn(name="rotate_admin_credentials")
-        async def rotate_admin_credentials(target: MailuTarget) -> RotatedCredentials:
+        async def rotate_admin_credentials(request: RotationRequest) -> RotatedCredentials:
+            assert request == REQUEST
             self.rotations += 1
             if self.rotate_errors:
                 raise self.rotate_errors.pop(0)
             return RotatedCredentials(
-                f"admin@{target.domain}", "smtp/acme/admin", 7, 6, "2027-01-01T00:00:00Z"
+                "admin@acme.example", "smtp/acme/admin", 7, 6, "2027-01-01T00:00:00Z"
             )
 
         @activity.defn(name="remove_rotation_schedule")
-        async def remove_rotation_schedule(target: MailuTarget) -> bool:
-            self.removed_schedules.append(target.tenant_id)
+        async def remove_rotation_schedule(request: RotationRequest) -> bool:
+            if not self.has_schedule:
+                return False
+            self.removed_schedules.append(request.tenant_id)
             return True
 
         @activity.defn(name="record_audit_event")
@@ -57,25 +62,24 @@ class RotationWorld:
             self.audit.append(event)
             return True
 
-        return [
-            server_exists,
-            rotate_admin_credentials,
-            remove_rotation_schedule,
-            record_audit_event,
-        ]
+        return [rotate_admin_credentials, remove_rotation_schedule, record_audit_event]
 
 
-async def run_rotation(env: WorkflowEnvironment, world: RotationWorld) -> RotationResult:
+async def run_rotation(
+    env: WorkflowEnvironment, world: RotationWorld, *args: Any
+) -> RotationResult:
+    """One RotateSmtpCredentials run on the worker's real workflow set (the dynamic
+    ProvisionMailTenant runs the type); `args` replaces the schedule's argument."""
     task_queue = f"rot-{uuid.uuid4().hex[:8]}"
     async with Worker(
         env.client,
         task_queue=task_queue,
-        workflows=[RotateSmtpCredentials],
+        workflows=[ProvisionMailTenant],
         activities=world.activities(),
     ):
         result: RotationResult = await env.client.execute_workflow(
-            "RotateSmtpCredentials",
-            TARGET,
+            ROTATION_WORKFLOW_TYPE,
+            args=list(args) if args else [REQUEST],
             id=f"rotate-acme-{uuid.uuid4().hex[:6]}",
             task_queue=task_queue,
             result_type=RotationResult,
@@ -132,20 +136,70 @@ async def test_a_failed_rotation_is_audited_and_fails_the_run(
     assert world.removed_schedules == []
 
 
-@pytest.mark.parametrize("gone", ["server", "record"])
+@pytest.mark.parametrize("gone", ["ServerGone", "CredentialsWithdrawn"])
 async def test_a_gone_tenant_has_its_schedule_removed(
     time_skipping_env: WorkflowEnvironment, gone: str
 ) -> None:
-    world = RotationWorld(server_exists=gone != "server")
-    if gone == "record":
-        world.rotate_errors.append(
-            ApplicationError("withdrawn", type="CredentialsWithdrawn", non_retryable=True)
-        )
+    world = RotationWorld(rotate_errors=[ApplicationError("gone", type=gone, non_retryable=True)])
     result = await run_rotation(time_skipping_env, world)
-    assert result.outcome == "schedule_removed"
+    assert (result.outcome, result.reason) == ("schedule_removed", "gone")
     assert world.removed_schedules == ["acme"]
     assert [e.event for e in world.audit] == ["rotation_schedule_removed"]
-    assert world.rotations == (0 if gone == "server" else 1)
+    assert world.rotations == 1
+
+
+async def test_a_tenant_with_no_server_and_no_schedule_is_refused_without_an_audit_row(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    """Any client may name any tenant id: one we never served leaves no trace."""
+    world = RotationWorld(
+        rotate_errors=[ApplicationError("no server", type="ServerGone", non_retryable=True)],
+        has_schedule=False,
+    )
+    with pytest.raises(WorkflowFailureError) as failure:
+        await run_rotation(time_skipping_env, world)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == ("TenantUnknown", True)
+    assert "nothing to rotate for tenant acme: no server" in cause.message
+    assert world.audit == []
+
+
+async def test_records_that_disagree_fail_the_run_at_once_without_an_audit_row(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    refusal = ApplicationError(
+        "rotation refused: field 'domain' differs",
+        {"field": "domain"},
+        type="RotationRecordsDisagree",
+        non_retryable=True,
+    )
+    world = RotationWorld(rotate_errors=[refusal])
+    with pytest.raises(WorkflowFailureError) as failure:
+        await run_rotation(time_skipping_env, world)
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == ("RotationRecordsDisagree", True)
+    assert "field 'domain'" in cause.message
+    assert (world.rotations, world.audit, world.removed_schedules) == (1, [], [])
+
+
+async def test_the_status_query_answers_for_the_rotation(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    task_queue = f"rot-{uuid.uuid4().hex[:8]}"
+    world = RotationWorld()
+    async with Worker(
+        time_skipping_env.client,
+        task_queue=task_queue,
+        workflows=[ProvisionMailTenant],
+        activities=world.activities(),
+    ):
+        handle = await time_skipping_env.client.start_workflow(
+            ROTATION_WORKFLOW_TYPE, REQUEST, id="rotate-status", task_queue=task_queue
+        )
+        await handle.result()
+        assert await handle.query("status") == {"tenant_id": "acme", "state": "rotated"}
 
 
 @pytest.mark.parametrize(
