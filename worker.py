@@ -271,7 +271,7 @@ async def build_activities(
     firewall = FirewallPolicy(settings.ssh_source_networks, settings.ssh_port)
     vps = VpsActivities(provider, identity, firewall)
     vault_activities = VaultActivities(vault)
-    credentials = CredentialsActivities(vault, access, hetzner)
+    credentials = CredentialsActivities(vault, access, provider)
     schedules = RotationScheduleActivities(vault)
     notify = NotifyActivities(settings.notify_policy)
     claims = TenantClaimActivities()
