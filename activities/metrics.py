@@ -1,4 +1,5 @@
-"""Activity metrics: duration per step, Vault and provider errors, credential age.
+"""Activity metrics: duration per step, Vault and provider errors, credential age,
+refused audit appends.
 
 Recorded through the activity metric meter, so they appear on the worker's
 Prometheus endpoint beside the SDK's own metrics. One interceptor covers every
@@ -29,6 +30,10 @@ STEP_DURATION = "mailprov_activity_duration_seconds"
 VAULT_ERRORS = "mailprov_vault_errors"
 PROVIDER_ERRORS = "mailprov_provider_errors"
 LAST_ROTATED = "mailprov_credentials_last_rotated_timestamp_seconds"
+AUDIT_CHAIN_BROKEN = "mailprov_audit_chain_broken"
+# The failure type of an append refused because the audit chain does not verify
+# (activities/audit.py raises it; the import rules keep the two modules apart).
+AUDIT_CHAIN_BROKEN_TYPE = "AuditChainBroken"
 # Seconds: SSH steps take seconds to many minutes (set_up_mailu up to 20).
 STEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 # For the Prometheus exporter (worker.py): the SDK's default buckets are not seconds.
@@ -82,6 +87,10 @@ def _count_error(meter: Any, err: ApplicationError) -> None:
     if error_type in VAULT_ERROR_TYPES:
         meter.create_counter(VAULT_ERRORS, "Vault calls that failed").with_additional_attributes(
             {"error_type": error_type, "retryable": str(not err.non_retryable).lower()}
+        ).add(1)
+    elif error_type == AUDIT_CHAIN_BROKEN_TYPE:
+        meter.create_counter(
+            AUDIT_CHAIN_BROKEN, "audit appends refused: the chain does not verify"
         ).add(1)
     elif error_type.startswith(PROVIDER_PREFIX):
         meter.create_counter(

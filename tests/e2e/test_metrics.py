@@ -167,8 +167,9 @@ async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider
     assert set(set_at) == {"store_credentials", "rotate_admin_credentials"}
     assert set_at["rotate_admin_credentials"] >= set_at["store_credentials"] > 1.7e9
     # Every metric the alerts and the dashboard query is really exported (Vault errors
-    # only once one happened: none did here).
+    # and refused audit appends only once one happened: none did here).
     scraped_names = {name.removesuffix("_bucket") for name, _, _ in scraped}
-    assert referenced_metric_names() - {"mailprov_vault_errors"} <= scraped_names
+    not_happened = {"mailprov_vault_errors", "mailprov_audit_chain_broken"}
+    assert referenced_metric_names() - not_happened <= scraped_names
     # The SDK's own metrics are still there beside ours.
     assert total(scraped, "temporal_workflow_completed") >= 2

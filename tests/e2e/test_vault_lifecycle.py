@@ -52,7 +52,8 @@ def record_for(worker: Vault, tenant: str, password: str) -> dict[str, str]:
 
 
 def test_stack_state_files_are_private(info: StackInfo) -> None:
-    for name in ("init.json", "root.token", "worker.role-id", "worker.secret-id", "reader.token"):
+    names = ("init.json", "root.token", "worker.role-id", "worker.secret-id", "reader.token")
+    for name in (*names, "auditor.token"):
         assert (info.state_dir / "vault" / name).stat().st_mode & 0o077 == 0, name
 
 
@@ -63,6 +64,7 @@ def test_vault_secrets_stay_out_of_logs_and_argv(stack: Stack, info: StackInfo) 
         vault_file(info, "worker.secret-id"),
         vault_file(info, "root.token"),
         vault_file(info, "reader.token"),
+        vault_file(info, "auditor.token"),
         *init["unseal_keys"],
     ]
     logs = b"".join(path.read_bytes() for path in (info.state_dir / "logs").glob("*.log"))

@@ -30,6 +30,7 @@ from activities.audit import (
     mac_message,
     verify_chain,
 )
+from activities.metrics import AUDIT_CHAIN_BROKEN, AUDIT_CHAIN_BROKEN_TYPE, _count_error
 from workflows.contracts import AuditEvent
 
 CHAIN = "test-chain"
@@ -327,7 +328,7 @@ async def test_the_activity_alerts_and_retries_instead_of_forging(
         await ActivityEnvironment().run(
             AuditActivities(audit_log).record_audit_event, event("wf/run/e3")
         )
-    assert failure.value.type == "AuditChainBroken"
+    assert failure.value.type == AUDIT_CHAIN_BROKEN_TYPE
     assert not failure.value.non_retryable
     assert "no row at or after seq 2, the anchor in Vault" in str(failure.value)
     out = capsys.readouterr().out + caplog.text
@@ -355,3 +356,32 @@ def test_concurrent_appenders_on_one_file_keep_one_chain(tmp_path: Path) -> None
     assert sum(written) == 10
     report = logs[0].verify()
     assert report.ok and report.rows == 10 and report.anchor == report.head
+
+
+class RecordingMeter:
+    """The part of the activity metric meter `_count_error` uses, recording."""
+
+    def __init__(self) -> None:
+        self.counted: dict[str, int] = {}
+
+    def create_counter(self, name: str, description: str) -> RecordingMeter.Counter:
+        return RecordingMeter.Counter(self, name)
+
+    class Counter:
+        def __init__(self, meter: RecordingMeter, name: str) -> None:
+            self.meter, self.name = meter, name
+
+        def with_additional_attributes(self, attributes: dict[str, str]) -> RecordingMeter.Counter:
+            return self
+
+        def add(self, value: int) -> None:
+            self.meter.counted[self.name] = self.meter.counted.get(self.name, 0) + value
+
+
+def test_a_refused_append_is_counted_for_the_alert() -> None:
+    """deploy/observability/alerts.yml alerts on this counter (MailProvisioningAuditChainBroken)."""
+    meter = RecordingMeter()
+    _count_error(
+        meter, ApplicationError("audit chain does not verify", type=AUDIT_CHAIN_BROKEN_TYPE)
+    )
+    assert meter.counted == {AUDIT_CHAIN_BROKEN: 1}
