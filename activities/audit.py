@@ -51,8 +51,6 @@ log = structlog.get_logger("audit")
 GENESIS_MAC = "genesis"
 # Bound into every MAC, so a MAC made for anything else never verifies as an audit row.
 MAC_DOMAIN = "mail-provisioning-audit-v1"
-# Transit verifies this many rows per request.
-VERIFY_BATCH = 500
 # The activity failure's type for a refused append (counted by activities/metrics.py).
 AUDIT_CHAIN_BROKEN = "AuditChainBroken"
 # Check-and-set conflicts on the anchor before an append gives up (retryably).
@@ -346,17 +344,13 @@ def link_problems(rows: list[AuditRow], first_seq: int, first_prev: str | None) 
 
 def mac_problems(rows: list[AuditRow], key: ChainKey, chain: str) -> list[str]:
     """Every row whose MAC does not verify: its content (or its seq, or link) was changed."""
-    problems = []
-    for start in range(0, len(rows), VERIFY_BATCH):
-        batch = rows[start : start + VERIFY_BATCH]
-        valid = key.verify([(mac_message(chain, r), r.mac) for r in batch])
-        problems += [
-            f"row seq={r.seq} (event_key {r.event_key!r}): MAC does not verify, "
-            "the row was changed or forged"
-            for r, ok in zip(batch, valid, strict=True)
-            if not ok
-        ]
-    return problems
+    valid = key.verify([(mac_message(chain, r), r.mac) for r in rows])
+    return [
+        f"row seq={r.seq} (event_key {r.event_key!r}): MAC does not verify, "
+        "the row was changed or forged"
+        for r, ok in zip(rows, valid, strict=True)
+        if not ok
+    ]
 
 
 def head_problems(name: str, head: Head | None, rows: list[AuditRow]) -> list[str]:

@@ -59,6 +59,10 @@ CREDENTIAL_FIELDS = (
 # Retrying a permission or seal error for this long gives an operator time to unseal,
 # restore or re-run the bootstrap before a run gives up and compensates.
 DEFAULT_DENIED_RETRY_SECONDS = 600.0
+# Items per Transit batch request. OpenBao refuses a JSON body with more than
+# `max_request_json_strings` strings, keys and values counted (default 1000, since
+# 2.4.1: openbao/openbao CHANGELOG.md, GH-1756, CVE-2025-59043); a verify item has 4.
+TRANSIT_BATCH = 200
 # Renew the worker's token when this share of its TTL has passed.
 RENEW_AFTER_FRACTION = 2 / 3
 
@@ -227,40 +231,44 @@ class Vault:
     # ------------------------------------------------------------------ Transit HMAC
 
     def hmac(self, key: str, messages: list[bytes]) -> list[str]:
-        """Transit HMAC-SHA256 of each message under `key` (`vault:vN:...`), in one request.
+        """Transit HMAC-SHA256 of each message under `key` (`vault:vN:...`), batched.
 
         The key never leaves Vault: whoever holds the audit database cannot make a MAC.
         """
-        if not messages:
-            return []
-        response = self._transit_batch(
-            "transit hmac",
-            f"{self.settings.transit_mount}/hmac/{key}",
-            [{"input": _b64(m)} for m in messages],
-        )
-        results = response["data"]["batch_results"]
-        if len(results) != len(messages) or any("hmac" not in r for r in results):
-            errors = sorted({str(r.get("error")) for r in results if "hmac" not in r})
-            raise VaultError(f"transit hmac failed: {errors}", retryable=False)
-        return [str(r["hmac"]) for r in results]
+        macs: list[str] = []
+        for start in range(0, len(messages), TRANSIT_BATCH):
+            chunk = messages[start : start + TRANSIT_BATCH]
+            response = self._transit_batch(
+                "transit hmac",
+                f"{self.settings.transit_mount}/hmac/{key}",
+                [{"input": _b64(m)} for m in chunk],
+            )
+            results = response["data"]["batch_results"]
+            if len(results) != len(chunk) or any("hmac" not in r for r in results):
+                errors = sorted({str(r.get("error")) for r in results if "hmac" not in r})
+                raise VaultError(f"transit hmac failed: {errors}", retryable=False)
+            macs += [str(r["hmac"]) for r in results]
+        return macs
 
     def verify_hmac(self, key: str, pairs: list[tuple[bytes, str]]) -> list[bool]:
-        """Whether each (message, MAC) pair verifies under `key`, in one request.
+        """Whether each (message, MAC) pair verifies under `key`, batched.
 
         A malformed or foreign MAC is simply False: OpenBao answers 200 with a per-item
         `error` and leaves out `valid` (checked against OpenBao 2.7.2, transit/verify).
         """
-        if not pairs:
-            return []
-        response = self._transit_batch(
-            "transit verify",
-            f"{self.settings.transit_mount}/verify/{key}",
-            [{"input": _b64(m), "hmac": mac} for m, mac in pairs],
-        )
-        results = response["data"]["batch_results"]
-        if len(results) != len(pairs):
-            raise VaultError("transit verify: answer does not match the batch", retryable=True)
-        return [r.get("valid") is True for r in results]
+        valid: list[bool] = []
+        for start in range(0, len(pairs), TRANSIT_BATCH):
+            chunk = pairs[start : start + TRANSIT_BATCH]
+            response = self._transit_batch(
+                "transit verify",
+                f"{self.settings.transit_mount}/verify/{key}",
+                [{"input": _b64(m), "hmac": mac} for m, mac in chunk],
+            )
+            results = response["data"]["batch_results"]
+            if len(results) != len(chunk):
+                raise VaultError("transit verify: answer does not match the batch", retryable=True)
+            valid += [r.get("valid") is True for r in results]
+        return valid
 
     def _transit_batch(self, what: str, path: str, batch: list[dict[str, str]]) -> Any:
         try:

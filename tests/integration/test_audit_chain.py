@@ -24,7 +24,7 @@ import pytest
 import starter
 from activities.audit import AuditChainBroken, AuditLog, Head
 from activities.audit_vault import AuditSettings, open_audit_log
-from activities.vault import Vault, VaultSettings
+from activities.vault import TRANSIT_BATCH, Vault, VaultSettings
 from devstack.stack import ROOT
 from tests.integration.openbao_dev import DevOpenBao
 from workflows.contracts import AuditEvent
@@ -222,3 +222,17 @@ def test_the_cli_exits_non_zero_in_its_own_process(
     broken = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
     assert broken.returncode == 1
     assert "the log ends at seq 1 but the anchor in Vault is at seq 2" in broken.stderr
+
+
+def test_more_rows_than_one_transit_request_takes(openbao: DevOpenBao) -> None:
+    """OpenBao refuses a JSON body of more than 1000 strings (max_request_json_strings):
+    MACs are made and checked in batches, so a long log still verifies, and a bad MAC
+    in a later batch is still found at its place."""
+    worker = Vault(VaultSettings(url=openbao.addr, token=openbao.tokens.worker))
+    messages = [f"row {i}".encode() for i in range(3 * TRANSIT_BATCH + 7)]
+    macs = worker.hmac("mail-audit", messages)
+    assert len(set(macs)) == len(messages)
+    auditor = Vault(VaultSettings(url=openbao.addr, token=openbao.tokens.auditor))
+    macs[TRANSIT_BATCH + 3] = macs[0]
+    valid = auditor.verify_hmac("mail-audit", list(zip(messages, macs, strict=True)))
+    assert [i for i, ok in enumerate(valid) if not ok] == [TRANSIT_BATCH + 3]
