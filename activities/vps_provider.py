@@ -314,7 +314,7 @@ class VpsActivities:
                 if not err.retryable:
                     # No server and no later attempt: the key would be left behind
                     # (the workflow has nothing to undo after a create that gave up).
-                    await self._release_ssh_key(spec.name)
+                    await self._release_ssh_key_quietly(spec.name)
                 raise provider_failure(err) from None
             activity.logger.info(
                 "server created", extra={"server_id": server.id, "location": location}
@@ -380,6 +380,15 @@ class VpsActivities:
             ours = key.labels.get("managed-by") == MANAGED_BY["managed-by"]
             if ours and await self._call(self._provider.delete_ssh_key(key.id)):
                 activity.logger.info("ssh key deleted", extra={"ssh_key_id": key.id})
+
+    async def _release_ssh_key_quietly(self, server_name: str) -> None:
+        """Best effort while another error is being reported: that error stays the answer."""
+        try:
+            await self._release_ssh_key(server_name)
+        except ApplicationError as err:
+            activity.logger.warning(
+                "could not delete the purchase's ssh key", extra={"error": err.message}
+            )
 
     async def _ensure_firewall(self) -> Firewall:
         """The mail firewall for the current policy: found by its labels, else created.

@@ -19,7 +19,7 @@ from activities.plans import DEFAULT_CATALOG, CatalogError, load_catalog, parse_
 from activities.ssh import SshIdentity
 from activities.vps_provider import VpsActivities
 from devstack.mailu_export import domain_dns, generate_dkim_key
-from workflows.contracts import Plan, ReverseDnsRequest, ServerHandle
+from workflows.contracts import Plan, ReverseDnsRequest, ServerHandle, ServerSpec
 
 TOML_CATALOG = """
 [plans.small]
@@ -197,3 +197,30 @@ async def test_reverse_dns_waits_for_its_action_and_reports_a_late_failure() -> 
     assert err.value.type == "ReverseDnsFailed"
     assert "reverse zone refused the record" in err.value.message
     assert looks == ["/v1/actions/77"]
+
+
+async def test_a_refused_create_stays_the_answer_when_removing_its_key_fails() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        route = (request.method, request.url.path)
+        if route == ("GET", "/v1/firewalls"):
+            firewall = {"id": 5, "name": "fw", "labels": {}, "applied_to": []}
+            return httpx.Response(200, json={"firewalls": [firewall], "meta": {}})
+        if route == ("POST", "/v1/ssh_keys"):
+            key = {"id": 6, "name": "k", "public_key": "ssh-ed25519 AAAA", "labels": {}}
+            return httpx.Response(201, json={"ssh_key": key})
+        if route == ("POST", "/v1/servers"):
+            error = {"code": "resource_limit_exceeded", "message": "server limit", "details": {}}
+            return httpx.Response(403, json={"error": error})
+        assert route == ("GET", "/v1/ssh_keys"), route
+        error = {"code": "unavailable", "message": "try later", "details": {}}
+        return httpx.Response(503, json={"error": error})
+
+    provider = HetznerClient(
+        "tok", "https://api.example/v1", transport=httpx.MockTransport(handler)
+    )
+    activities = VpsActivities(provider, SshIdentity.generate())
+    labels = {"managed-by": "mail-provisioning", "purchase": "p1", "tenant": "t"}
+    spec = ServerSpec("t", "mail-x", DEFAULT_CATALOG["starter"], labels)
+    with pytest.raises(ApplicationError) as err:
+        await ActivityEnvironment().run(activities.create_server, spec)
+    assert err.value.type == "Provider.resource_limit_exceeded" and err.value.non_retryable
