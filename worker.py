@@ -319,7 +319,9 @@ def _open_audit_log(settings: Settings, vault: Vault) -> AuditLog:
     except AuditChainBroken as err:
         raise ConfigError(f"audit store: {err}") from None
     except VaultError as err:
-        hint = "" if err.retryable else "; run deploy/vault_bootstrap.py"
+        # Denied or unknown key: the bootstrap (its key, mount and policy) is missing.
+        missing = err.degraded == "denied" or not err.retryable
+        hint = "; run deploy/vault_bootstrap.py" if missing else ""
         raise ConfigError(
             f"VAULT_ADDR={settings.vault.url}: audit key or anchor not usable: {err}{hint}"
         ) from None

@@ -300,7 +300,8 @@ class PostgresAuditStore:
 
                 yield ChainCursor(execute, "%s")
             finally:
-                db.execute(self.UNLOCK)
+                if not db.broken:  # a lost session has released its lock already
+                    db.execute(self.UNLOCK)
 
     def rows(self) -> list[AuditRow]:
         with self._psycopg.connect(self.dsn) as db:

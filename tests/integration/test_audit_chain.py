@@ -27,6 +27,8 @@ from activities.audit_vault import AuditSettings, open_audit_log
 from activities.vault import TRANSIT_BATCH, Vault, VaultSettings
 from devstack.stack import ROOT
 from tests.integration.openbao_dev import DevOpenBao
+from worker import ConfigError, Settings
+from worker import _open_audit_log as open_worker_audit_log
 from workflows.contracts import AuditEvent
 
 SINKS = ["sqlite", "postgres"]
@@ -236,3 +238,29 @@ def test_more_rows_than_one_transit_request_takes(openbao: DevOpenBao) -> None:
     macs[TRANSIT_BATCH + 3] = macs[0]
     valid = auditor.verify_hmac("mail-audit", list(zip(messages, macs, strict=True)))
     assert [i for i, ok in enumerate(valid) if not ok] == [TRANSIT_BATCH + 3]
+
+
+@pytest.mark.parametrize(
+    ("token", "message"),
+    [
+        ("reader", r"audit key or anchor not usable: .*permission denied.*vault_bootstrap"),
+        ("auditor", r"audit key or anchor not usable: .*permission denied.*vault_bootstrap"),
+    ],
+)
+def test_the_worker_refuses_to_start_without_the_audit_key(
+    openbao: DevOpenBao, tmp_path: Path, token: str, message: str
+) -> None:
+    """A token that cannot MAC (an old bootstrap's policy, or the wrong role): the worker
+    says so at start, instead of failing every purchase at its audit step."""
+    env = {
+        "HCLOUD_TOKEN": "t",
+        "MAILPROV_SSH_KEY_FILE": "/k",
+        "MAILPROV_CODEC_KEYS_FILE": "/c",
+        "VAULT_ADDR": openbao.addr,
+        "VAULT_TOKEN": getattr(openbao.tokens, token),
+        "MAILPROV_VAULT_DENIED_RETRY_SECONDS": "0",
+        "MAILPROV_AUDIT_DB": str(tmp_path / "audit.db"),
+    }
+    settings = Settings.from_env(env)
+    with pytest.raises(ConfigError, match=message):
+        open_worker_audit_log(settings, Vault(settings.vault))

@@ -106,3 +106,10 @@ async def test_a_worker_started_while_vault_is_down_says_so_not_run_the_bootstra
             pass
     assert str(err.value).startswith(f"Vault unreachable at {down}: [Errno 111] Connection refused")
     assert "vault_bootstrap" not in str(err.value)
+
+
+def test_the_audit_chain_name_is_one_path_segment() -> None:
+    """It names the chain's Vault records (audit-chain/head/<name>): no path tricks."""
+    assert Settings.from_env({**COMPLETE, "MAILPROV_AUDIT_CHAIN": "eu-1"}).audit.chain == "eu-1"
+    with pytest.raises(ConfigError, match="MAILPROV_AUDIT_CHAIN"):
+        Settings.from_env({**COMPLETE, "MAILPROV_AUDIT_CHAIN": "../smtp/acme"})
