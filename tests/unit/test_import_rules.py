@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import graphlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -222,3 +223,24 @@ def test_the_one_door_passes() -> None:
         "from workflows.contracts import AuditEvent\n"
     )
     assert violations(source, "workflows.provision") == []
+
+
+def documented_rules() -> dict[str, frozenset[str]]:
+    """The room table of docs/ARCHITECTURE.md, between its import-rules markers."""
+    text = (ROOT / "docs" / "ARCHITECTURE.md").read_text()
+    found = re.search(r"<!-- import-rules:.*?-->(.*?)<!-- /import-rules -->", text, re.S)
+    assert found, "docs/ARCHITECTURE.md lost its import-rules table"
+    rules: dict[str, frozenset[str]] = {}
+    for row in found.group(1).strip().splitlines()[2:]:
+        room, _, may_import = (cell.strip() for cell in row.strip("|").split("|"))
+        if may_import == "nothing of ours":
+            rules[room] = frozenset()
+        elif may_import == "every room":
+            rules[room] = frozenset(ALLOWED) - {room}
+        else:
+            rules[room] = frozenset(name.strip() for name in may_import.split(","))
+    return rules
+
+
+def test_the_architecture_page_shows_these_rules() -> None:
+    assert documented_rules() == ALLOWED
