@@ -56,7 +56,14 @@ from activities.plans import DEFAULT_CATALOG
 from activities.tenant_claims import TenantClaimActivities, take_tenant_claim
 from activities.vps_provider import VpsActivities
 from bench.bare import BareSameShape, bare_step
-from bench.fakes import BootingProvider, NoopActivities, NoopClaims, noop_take_claim, purchase
+from bench.fakes import (
+    BootingProvider,
+    NoopActivities,
+    NoopClaims,
+    noop_take_claim,
+    public_dns,
+    purchase,
+)
 from bench.procfs import all_processes
 from bench.real import real_purchases
 from devstack.stack import tool
@@ -275,11 +282,13 @@ def our_activities(
         else noop.one_look_bring_up
     )
     return [
-        # The real checks: no I/O (the catalog and the outbound policy are in memory).
+        # The real checks: no I/O (the catalog and the outbound policy are in memory,
+        # the notify host's DNS answer is public_dns's).
         AdmissionActivities(
             DEFAULT_CATALOG,
             NotifyPolicy(),
-            take_claim=take_tenant_claim if real_claims else noop_take_claim,
+            public_dns,
+            take_tenant_claim if real_claims else noop_take_claim,
         ).admit_purchase,
         claims.release_tenant_claim,
         noop.ensure_rotation_schedule,

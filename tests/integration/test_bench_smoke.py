@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import json
 import math
+import socket
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
+from temporalio.testing import ActivityEnvironment
 
-from bench.run import main
+from bench.fakes import BootingProvider, purchase
+from bench.run import main, our_activities
+from workflows.contracts import AdmissionRequest
 
 
 async def test_bench_smoke_prints_the_table_and_counts_actions(
@@ -36,3 +41,17 @@ async def test_bench_smoke_prints_the_table_and_counts_actions(
     assert report["cost_metric_by_type"]["3s retry"].get("activity_retry", 0) >= 1
     assert "grpc_RecordActivityTaskHeartbeat" not in report["cost_metric_by_type"]["3s heartbeat"]
     assert "activity_retry" not in report["cost_metric_by_type"]["3s heartbeat"]
+
+
+async def test_bench_admission_asks_no_resolver(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The overhead figures are the workflow's, not this machine's DNS: the bench's
+    admit_purchase checks the notify URL against public_dns, never the resolver."""
+
+    def no_dns(*args: object, **kwargs: object) -> NoReturn:
+        raise AssertionError(f"the bench resolved {args[0]!r}")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    admit = our_activities(BootingProvider(), heartbeat_poll=False)[0]
+    request = AdmissionRequest("t-p1", "starter", purchase("p1")["notify_url"], "purchase-p1")
+    admitted = await ActivityEnvironment().run(admit, request)
+    assert admitted.claim_run_id == "bench-claim-run"
