@@ -3,11 +3,22 @@
 A fresh provider image (Hetzner `debian-12`, `debian-13`) has no Docker Engine and no
 Compose v2 plugin. Debian's own packages do not help: `docker.io` ships no Compose v2
 plugin and `docker-compose` is Compose v1. So the cloud-config installs Docker from
-Docker's own apt repository (https://docs.docker.com/engine/install/debian/): the
-repository pinned to the image's suite, signed by Docker's release key, which travels
-inline in the user_data (cloud-init's `apt.sources.<name>.key`, cc_apt_configure) so
-no keyserver has to answer at boot. The `$KEY_FILE` placeholder is cloud-init's: it
-writes the key to its own keyring file and puts that path in `signed-by=`.
+Docker's own apt repository the way Docker documents it
+(https://docs.docker.com/engine/install/debian/ "Install using the apt repository"):
+Docker's release key as an ASCII-armoured file, /etc/apt/keyrings/docker.asc, and the
+repository line pinned to the image's suite with `signed-by=` that file.
+
+The key is written by `write_files` (init stage), not by cloud-init's apt `key`
+handling: that runs `gpg --dearmor` (cloudinit/gpg.py dearmor, called from
+cc_apt_configure add_apt_key_raw in 22.4.2), and on an image without gpg, which
+Debian's cloud images are reported to be (canonical/cloud-init#5535), it logs the
+error and writes `signed-by=/dev/null`, so apt refuses Docker's repository and the
+install fails. apt reads an .asc keyring itself (apt >= 1.4), so no gpg is needed.
+
+The same cloud-config writes /etc/docker/daemon.json before Docker starts: MailU's
+FAQ ("How to make IPv6 work?", docs/faq.rst tag 2024.06.57) says the userland proxy
+MUST be off before IPv6 is enabled, or IPv6 clients reach front from the bridge
+gateway and MailU relays for them; its documented daemon settings are used verbatim.
 
 SSH answers long before cloud-init's final stage has installed the packages, so
 nothing may touch Docker before `cloud-init status --wait` has returned.
@@ -39,6 +50,19 @@ DOCKER_PACKAGES = (
     "docker-buildx-plugin",
     "docker-compose-plugin",
 )
+# Where Docker's documentation keeps the key (docs.docker.com, Debian install).
+DOCKER_KEYRING = "/etc/apt/keyrings/docker.asc"
+DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+# MailU docs/faq.rst "How to make IPv6 work?" (tag 2024.06.57), the block for Docker's
+# own IPv6 support: userland proxy off (else IPv6 clients appear as the bridge gateway,
+# inside SUBNET: an open relay), ip6tables NAT for the compose network's IPv6 subnet.
+DOCKER_DAEMON_SETTINGS: dict[str, object] = {
+    "userland-proxy": False,
+    "ipv6": True,
+    "experimental": True,
+    "fixed-cidr-v6": "fd00:1234:abcd::/48",
+    "ip6tables": True,
+}
 # Provider image -> (Docker repository distribution, suite it is pinned to).
 APT_SUITES = {
     "debian-12": ("debian", "bookworm"),
@@ -85,21 +109,45 @@ def docker_release_key() -> str:
     return DOCKER_KEY_FILE.read_text(encoding="ascii")
 
 
+def docker_daemon_json() -> str:
+    return json.dumps(DOCKER_DAEMON_SETTINGS, indent=2, sort_keys=True) + "\n"
+
+
 def docker_cloud_config(image: str, method: str) -> dict[str, Any]:
-    """The cloud-config keys that give this image Docker Engine and Compose v2."""
+    """The cloud-config keys that give this image Docker Engine, Compose v2 and the
+    daemon settings MailU asks for."""
     check_docker_install(image, method)
+    daemon = {
+        "path": DOCKER_DAEMON_JSON,
+        "content": docker_daemon_json(),
+        "owner": "root:root",
+        "permissions": "0644",
+    }
     if method == "preinstalled":
-        return {}
+        # Docker already runs on this image: restart it once the settings are in place
+        # (runcmd runs in the final stage, after write_files).
+        return {"write_files": [daemon], "runcmd": [["systemctl", "restart", "docker"]]}
     distro, suite = APT_SUITES[image]
     return {
+        # write_files runs in cloud-init's init stage, before apt_configure and the
+        # package install (Debian 12's /etc/cloud/cloud.cfg module order), so apt finds
+        # the key and dockerd starts with its settings on first start.
+        "write_files": [
+            {
+                "path": DOCKER_KEYRING,
+                "content": docker_release_key(),
+                "owner": "root:root",
+                "permissions": "0644",
+            },
+            daemon,
+        ],
         "apt": {
             "sources": {
                 "docker.list": {
                     "source": (
-                        "deb [signed-by=$KEY_FILE] "
+                        f"deb [signed-by={DOCKER_KEYRING}] "
                         f"https://download.docker.com/linux/{distro} {suite} stable"
                     ),
-                    "key": docker_release_key(),
                 }
             }
         },

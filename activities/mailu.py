@@ -14,6 +14,7 @@ editing that file and re-running `up -d`.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import secrets
 import shlex
@@ -60,6 +61,35 @@ CONFIG_EXPORT_DNS = f"{COMPOSE} exec -T admin flask mailu config-export --dns --
 
 
 @dataclass(frozen=True)
+class PublishAddresses:
+    """The server's own public addresses: the only ones front's ports are published on.
+
+    Publishing on every address (`"25:25"`) lets Docker's userland proxy take IPv6
+    clients and hand them to the IPv4-only container from the bridge gateway, an
+    address inside SUBNET, which postfix trusts (core/postfix/conf/main.cf
+    `mynetworks`, `smtpd_authorized_xclient_hosts`): an open relay. MailU's setup
+    therefore publishes on the addresses it is given (setup/flavors/compose/
+    docker-compose.yml `"{{ bind4 }}:{{ port }}:{{ port }}"`, `"[{{ bind6 }}]:..."`;
+    setup/templates/steps/compose/03_expose.html "You must use specific addresses ...
+    failing to do so will turn your Mailu installation into an open-relay"), and for
+    IPv6 gives the network an IPv6 subnet (SUBNET6, `enable_ipv6`) with the daemon's
+    userland proxy off (docs/faq.rst "How to make IPv6 work?", tag 2024.06.57), so
+    Docker NATs IPv6 with ip6tables and the client's own address reaches front.
+    """
+
+    ipv4: str | None
+    ipv6: str | None
+
+    @classmethod
+    def of(cls, ipv4: str | None, ipv6: str | None) -> PublishAddresses:
+        if ipv4 is None and ipv6 is None:
+            raise ValueError("front needs at least one address of the server to publish on")
+        v4 = str(ipaddress.IPv4Address(ipv4)) if ipv4 is not None else None
+        v6 = str(ipaddress.IPv6Address(ipv6)) if ipv6 is not None else None
+        return cls(v4, v6)
+
+
+@dataclass(frozen=True)
 class MailuSettings:
     admin_health_timeout: float = 600.0
     poll_interval: float = 2.0
@@ -74,8 +104,11 @@ class MailuHost:
         self._conn = conn
         self._settings = settings or MailuSettings()
 
-    async def write_config(self, domain: str) -> None:
-        """Upload mailu.env (0600: it holds SECRET_KEY) and docker-compose.yml."""
+    async def write_config(self, domain: str, bind: PublishAddresses) -> None:
+        """Upload mailu.env (0600: it holds SECRET_KEY) and docker-compose.yml.
+
+        `bind` are the server's own public addresses, the only ones front publishes on.
+        """
         async with self._conn.start_sftp_client() as sftp:
             if not await sftp.exists(MAILU_DIR):
                 await sftp.mkdir(MAILU_DIR, asyncssh.SFTPAttrs(permissions=0o700))
@@ -84,9 +117,10 @@ class MailuHost:
             if await sftp.exists(env_path):
                 async with sftp.open(env_path, "r") as existing:
                     secret_key = _env_value(str(await existing.read()), "SECRET_KEY")
-            env = render_mailu_env(domain, secret_key or secrets.token_hex(16))
+            env = render_mailu_env(domain, secret_key or secrets.token_hex(16), bind)
             await sftp_write(sftp, env_path, env, 0o600)
-            await sftp_write(sftp, f"{MAILU_DIR}/docker-compose.yml", render_compose(), 0o644)
+            compose = render_compose(bind)
+            await sftp_write(sftp, f"{MAILU_DIR}/docker-compose.yml", compose, 0o644)
 
     async def check_compose(self) -> None:
         """`docker compose version` must answer before anything else runs.
@@ -171,8 +205,14 @@ class MailuActivities:
     @activity.defn(name="configure_mailu")
     async def configure_mailu(self, target: MailuTarget) -> None:
         """Wait for cloud-init, install MailU's configuration, start it, create the domain."""
+        # Only runs of the old sequence call this; their target names one address, so
+        # front publishes on that one (never on every address: see PublishAddresses).
+        bind = PublishAddresses.of(
+            None if ":" in target.address else target.address,
+            target.address if ":" in target.address else None,
+        )
         async with await self._access.open(target) as conn:
-            await self._configure(conn, target.domain)
+            await self._configure(conn, target.domain, bind)
 
     @activity.defn(name="mail_dns_records")
     async def mail_dns_records(self, request: DnsRecordsRequest) -> list[DnsRecord]:
@@ -189,18 +229,21 @@ class MailuActivities:
         per purchase (docs/PERFORMANCE.md). Both parts are idempotent, so a retry redoes
         the configuration harmlessly and keeps the DKIM key the first export showed.
         """
+        bind = PublishAddresses.of(request.ipv4, request.ipv6)
         async with await self._access.open(request.target) as conn:
-            await self._configure(conn, request.target.domain)
+            await self._configure(conn, request.target.domain, bind)
             records = await self._dns_records(conn, request)
         return records
 
-    async def _configure(self, conn: asyncssh.SSHClientConnection, domain: str) -> None:
+    async def _configure(
+        self, conn: asyncssh.SSHClientConnection, domain: str, bind: PublishAddresses
+    ) -> None:
         mailu = MailuHost(conn, self._settings)
         try:
             # SSH answers before cloud-init's final stage has installed Docker.
             await wait_for_cloud_init(conn)
             await mailu.check_compose()
-            await mailu.write_config(domain)
+            await mailu.write_config(domain, bind)
             await mailu.compose_up()
             await mailu.wait_admin_healthy()
             await mailu.ensure_domain(domain)
@@ -282,7 +325,7 @@ MAILU_ENV = Template(
 # renders setup/flavors/compose/mailu.env). SECRET_KEY is this server's own.
 SECRET_KEY=$secret_key
 SUBNET=192.168.203.0/24
-DOMAIN=$domain
+${subnet6}DOMAIN=$domain
 HOSTNAMES=mail.$domain
 POSTMASTER=admin
 TLS_FLAVOR=letsencrypt
@@ -338,7 +381,9 @@ COMPOSE_FILE = Template(
 # Generated by mail-provisioning for MailU $version, as MailU's setup renders
 # setup/flavors/compose/docker-compose.yml for the compose flavor with: root /mailu,
 # resolver on, roundcube, oletools (macro scanning) on, no antivirus, webdav,
-# fetchmail or tika, IPv4 only, ports published on every address.
+# fetchmail or tika; front publishes MailU's default PORTS on the server's own
+# addresses ($bind_addresses) and, with IPv6, gives its network an IPv6 subnet
+# (setup: ipv6_enabled, SUBNET6), so Docker NATs IPv6 clients with their own address.
 services:
 
   redis:
@@ -360,16 +405,7 @@ services:
       options:
         tag: mailu-front
     ports:
-      - "80:80"
-      - "443:443"
-      - "25:25"
-      - "465:465"
-      - "587:587"
-      - "110:110"
-      - "995:995"
-      - "143:143"
-      - "993:993"
-      - "4190:4190"
+$ports
     networks:
       - default
       - webmail
@@ -502,11 +538,11 @@ services:
 
 networks:
   default:
-    driver: bridge
+    driver: bridge$enable_ipv6
     ipam:
       driver: default
       config:
-        - subnet: 192.168.203.0/24
+        - subnet: 192.168.203.0/24$ipam_subnet6
   webmail:
     driver: bridge
   oletools:
@@ -516,11 +552,36 @@ networks:
 )
 
 
-def render_mailu_env(domain: str, secret_key: str) -> str:
+# MailU's default PORTS (core/base/libs/socrate/socrate/system.py clean_env, tag
+# 2024.06.57: 25,80,443,465,993,995,4190), in the setup template's order. Setup's
+# template publishes 587, 110 and 143 too, but front does not listen there unless PORTS
+# says so (core/nginx/dovecot/proxy.conf `port = 0`; release notes "STARTTLS ports
+# disabled by default"), so publishing them would only advertise closed ports.
+PUBLISHED_PORTS = (80, 443, 25, 465, 993, 995, 4190)
+# The IPv6 subnet of MailU's network when the server has IPv6: setup draws a random ULA
+# /64 (setup/server.py random_ipv6_subnet, RFC 4193); each server runs one MailU alone,
+# so one fixed ULA serves every server and a retry renders the same file.
+SUBNET6 = "fd4d:6169:6c75:beef::/64"
+
+
+def render_mailu_env(domain: str, secret_key: str, bind: PublishAddresses) -> str:
     return MAILU_ENV.substitute(
-        version=MAILU_VERSION, domain=domain, secret_key=secret_key, welcome_body=WELCOME_BODY
+        version=MAILU_VERSION,
+        domain=domain,
+        secret_key=secret_key,
+        welcome_body=WELCOME_BODY,
+        subnet6=f"SUBNET6={SUBNET6}\n" if bind.ipv6 else "",
     )
 
 
-def render_compose() -> str:
-    return COMPOSE_FILE.substitute(version=MAILU_VERSION, resolver=RESOLVER_IP)
+def render_compose(bind: PublishAddresses) -> str:
+    bound = [a for a in (bind.ipv4, f"[{bind.ipv6}]" if bind.ipv6 else None) if a]
+    ports = "\n".join(f'      - "{a}:{p}:{p}"' for p in PUBLISHED_PORTS for a in bound)
+    return COMPOSE_FILE.substitute(
+        version=MAILU_VERSION,
+        resolver=RESOLVER_IP,
+        bind_addresses=", ".join(bound),
+        ports=ports,
+        enable_ipv6="\n    enable_ipv6: true" if bind.ipv6 else "",
+        ipam_subnet6=f"\n        - subnet: {SUBNET6}" if bind.ipv6 else "",
+    )

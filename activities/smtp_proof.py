@@ -1,95 +1,104 @@
-"""Proof that new admin credentials work: SMTP AUTH on the server's submission port.
+"""Proof that new admin credentials work: MailU's own login check, asked on the server.
 
 "VPS ready" must mean the stored password logs in. The activity that holds the
-plaintext checks it before it returns the envelope: it opens a TCP channel through
-the already-pinned SSH connection to 127.0.0.1:587 on the server (MailU's front
-publishes submission there, setup/flavors/compose/docker-compose.yml), then speaks
-SMTP with Python's smtplib: EHLO, STARTTLS, EHLO, AUTH.
+plaintext checks it before it returns the envelope, by asking the question MailU's
+front asks for every mail login: `GET /internal/auth/email` on the admin container
+(core/admin/mailu/internal/views/auth.py `nginx_authentication`, MailU tag 2024.06.57),
+with the headers front's dovecot proxy sends for an SMTP submission login on port 465
+(core/nginx/dovecot/login.lua: Auth-Method, Auth-Protocol `submission`, Auth-Port,
+Auth-User and Auth-Pass URL-encoded, Client-Ip, Client-Port). MailU answers
+`Auth-Status: OK` when the account exists, is enabled and the password matches
+(internal/nginx.py `check_credentials`), exactly the decision a mail client's login meets.
 
-Why through SSH: the server's certificate cannot be checked yet (Let's Encrypt only
-issues once the customer has published DNS), and the SSH channel is authenticated by
-the pinned host key, so the password only ever reaches the server we created. TLS
-inside the tunnel is still required, because MailU's front refuses AUTH without it.
+Why not SMTP AUTH on a port: MailU 2024.06 does not listen on 587 (or 143/110) by
+default (core/base/libs/socrate/socrate/system.py `clean_env`: PORTS defaults to
+25,80,443,465,993,995,4190), port 25 refuses AUTH (`smtp_auth none`), and with
+TLS_FLAVOR=letsencrypt the TLS ports have no certificate until the customer's DNS
+points at the server (core/nginx/config.py "Missing cert or key file, disabling TLS";
+letsencrypt.py waits for http://HOSTNAME/.well-known/...). This check needs neither.
 
-The password stays in this process's memory: it never goes into argv (no `swaks`
-on the server), history, logs or exception messages; smtplib's debug output is off.
+The request runs inside the admin container (`docker compose exec -T admin curl`, the
+curl MailU's admin image ships for its HEALTHCHECK) against gunicorn on 127.0.0.1:8080,
+over the pinned SSH connection. The headers, password included, go to curl on stdin
+(`-H @-`, curl >= 7.55), never in argv; curl prints only the response headers.
+Client-Ip is 127.0.0.1: a failure counts against MailU's rate limit for 127.0.0.0/24
+(AUTH_RATELIMIT_IP), never against a customer's address, and a success exempts it.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import smtplib
-import ssl
+import urllib.parse
 
 import asyncssh
 from temporalio.exceptions import ApplicationError
 
-SUBMISSION_PORT = 587
-PROOF_TIMEOUT = 30.0
+from activities.mailu import COMPOSE
+from activities.ssh import RemoteCommandError, run_remote
+
+# What front's dovecot proxy sends for AUTH PLAIN on submissions (465), login.lua.
+AUTH_PORT = "465"
+AUTH_PROTOCOL = "submission"
+AUTH_EMAIL_URL = "http://127.0.0.1:8080/internal/auth/email"
+PROOF_TIMEOUT = 30
+AUTH_CHECK = (
+    f"{COMPOSE} exec -T admin curl --silent --show-error --fail "
+    f"--max-time {PROOF_TIMEOUT} --output /dev/null --dump-header - --header @- {AUTH_EMAIL_URL}"
+)
 
 
-class LoginProofFailed(Exception):
-    """The server did not accept the credentials; the message never holds the password."""
+def auth_request_headers(username: str, password: str) -> str:
+    """The request headers, one per line, for curl's `--header @-` (stdin only).
 
-
-@functools.cache
-def _tunnel_tls_context() -> ssl.SSLContext:
-    """TLS without certificate checks: the pinned SSH tunnel already authenticates.
-
-    Made once and without loading the system's CA certificates, which it never uses.
+    URL-encoded like login.lua's urlEncode, undone by MailU's urllib.parse.unquote.
     """
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
+    quote = urllib.parse.quote
+    return (
+        "Auth-Method: plain\n"
+        f"Auth-Protocol: {AUTH_PROTOCOL}\n"
+        f"Auth-Port: {AUTH_PORT}\n"
+        f"Auth-User: {quote(username, safe='')}\n"
+        f"Auth-Pass: {quote(password, safe='')}\n"
+        "Auth-SSL: on\n"
+        "Client-Ip: 127.0.0.1\n"
+        "Client-Port: 0\n"
+    )
 
 
-def _smtp_login(port: int, username: str, password: str, helo_name: str) -> None:
-    try:
-        with smtplib.SMTP("127.0.0.1", port, local_hostname=helo_name, timeout=PROOF_TIMEOUT) as s:
-            s.ehlo()
-            if not s.has_extn("starttls"):
-                raise LoginProofFailed("the submission port offers no STARTTLS")
-            s.starttls(context=_tunnel_tls_context())
-            s.ehlo()
-            if "PLAIN" not in s.esmtp_features.get("auth", "").upper().split():
-                raise LoginProofFailed("the submission port offers no AUTH PLAIN after STARTTLS")
-            # One AUTH PLAIN, not login(): login() retries every offered mechanism, and
-            # each failure counts against MailU's AUTH_RATELIMIT.
-            s.user, s.password = username, password
-            s.auth("PLAIN", s.auth_plain)
-    except smtplib.SMTPAuthenticationError as err:
-        raise LoginProofFailed(f"SMTP AUTH refused: {err.smtp_code}") from None
-    except (smtplib.SMTPException, OSError) as err:
-        # The class name and smtplib's reply code only: never the arguments of login().
-        raise LoginProofFailed(f"SMTP submission failed: {type(err).__name__}") from None
+def auth_status(response_headers: str) -> str:
+    """The `Auth-Status` header of the (last) response curl dumped; "" if none."""
+    status = ""
+    for line in response_headers.splitlines():
+        name, sep, value = line.partition(":")
+        if sep and name.strip().lower() == "auth-status":
+            status = value.strip()
+    return status
 
 
 async def prove_smtp_login(
     conn: asyncssh.SSHClientConnection, username: str, password: str
 ) -> None:
-    """Log in as `username` over SMTP submission on the server; raise if refused.
+    """Ask MailU whether `username` logs in with `password`; raise if it says no.
 
-    Raises a retryable `AdminLoginProofFailed`: MailU may still be settling (front
-    reloading), and the next attempt sets a fresh password and proves it again; when
-    retries run out, the workflow compensates.
+    Raises a retryable `AdminLoginProofFailed`: MailU may still be settling, and the
+    next attempt sets a fresh password and proves it again; when retries run out,
+    the workflow compensates. Messages carry MailU's Auth-Status, never the password.
     """
     try:
-        listener = await conn.forward_local_port("127.0.0.1", 0, "127.0.0.1", SUBMISSION_PORT)
-    except (asyncssh.Error, OSError) as err:
+        output = await run_remote(
+            conn,
+            AUTH_CHECK,
+            stdin=auth_request_headers(username, password),
+            timeout=PROOF_TIMEOUT + 30.0,
+        )
+    except RemoteCommandError as err:
         raise ApplicationError(
-            f"cannot open an SSH tunnel to the submission port: {err}",
+            f"admin login proof for {username} could not ask MailU: {err}",
             type="AdminLoginProofFailed",
         ) from None
-    try:
-        await asyncio.to_thread(
-            _smtp_login, listener.get_port(), username, password, "mail-provisioning"
-        )
-    except LoginProofFailed as err:
+    status = auth_status(output)
+    if status != "OK":
         raise ApplicationError(
-            f"admin login proof failed for {username}: {err}", type="AdminLoginProofFailed"
-        ) from None
-    finally:
-        listener.close()
-        await listener.wait_closed()
+            f"admin login proof failed for {username}: MailU answered "
+            f"Auth-Status {status or '(none)'!r}",
+            type="AdminLoginProofFailed",
+        )

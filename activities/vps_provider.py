@@ -36,9 +36,10 @@ from workflows.contracts import (
 from workflows.reconcile_contracts import ManagedServer
 
 MANAGED_BY = {"managed-by": "mail-provisioning"}
-# Ports MailU's front publishes in our docker-compose.yml (activities/mailu.py,
-# render_compose): SMTP, HTTP(S), submissions, submission, POP3(S), IMAP(S), ManageSieve.
-MAILU_PUBLISHED_PORTS = ("25", "80", "443", "465", "587", "110", "995", "143", "993", "4190")
+# Ports MailU's front publishes in our docker-compose.yml (activities/mailu.py
+# PUBLISHED_PORTS): MailU 2024.06's default PORTS (socrate clean_env: SMTP, HTTP(S),
+# submissions, IMAPS, POP3S, ManageSieve); 587, 143 and 110 are closed by default.
+MAILU_PUBLISHED_PORTS = ("25", "80", "443", "465", "993", "995", "4190")
 ANYWHERE = ("0.0.0.0/0", "::/0")
 
 # Adoption trusts only a server that carries this purchase's label.

@@ -5,12 +5,15 @@ packages; only when the stages are through does ``cloud-init status`` say ``done
 This module plays that for one machine:
 
 * the run starts at boot and takes ``duration`` seconds (configurable per cloud);
-* when it ends, the cloud-config's install directives "run": Docker's apt source
-  (``apt.sources.*.source`` naming download.docker.com, with a ``key`` or ``keyid``)
-  plus ``packages`` with ``docker-ce`` and ``docker-compose-plugin`` install Docker
-  Engine and the Compose v2 plugin; Debian's ``docker.io`` installs Docker without the
-  plugin; a Docker source without a key fails apt (``NO_PUBKEY``) and cloud-init
-  ends in ``error``, as cc_apt_configure / cc_package_update_upgrade_install would;
+* when it ends, the cloud-config's install directives "run" in cloud-init's module
+  order: ``write_files`` first, then Docker's apt source (``apt.sources.*.source``
+  naming download.docker.com) plus ``packages`` with ``docker-ce`` and
+  ``docker-compose-plugin`` install Docker Engine and the Compose v2 plugin; Debian's
+  ``docker.io`` installs Docker without the plugin. The fresh image has no gpg
+  (canonical/cloud-init#5535), so a source whose key goes through cloud-init's
+  ``key``/``keyid`` handling ends with ``signed-by=/dev/null``, and one whose
+  ``signed-by=`` file does not hold Docker's key has none: apt fails (``NO_PUBKEY``)
+  and cloud-init ends in ``error``, as cc_package_update_upgrade_install would;
 * images that ship Docker (Hetzner's ``docker-ce`` app) have it from the start;
 * ``cloud-init status [--wait] [--long] [--format json|tabular|yaml]`` answers with
   the words, keys and exit codes of cloud-init 22.4.2 (Debian 12's package,
@@ -28,6 +31,7 @@ import argparse
 import asyncio
 import datetime as dt
 import json
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -35,6 +39,10 @@ from typing import Any
 
 from devstack.mailu import ExecResult
 
+# Docker's release key as Docker publishes it (the product ships the same file).
+DOCKER_RELEASE_KEY = (
+    Path(__file__).parent.parent / "activities" / "data" / "docker-archive-keyring.asc"
+)
 DOCKER_BIN = "/usr/bin/docker"
 COMPOSE_PLUGIN = "/usr/libexec/docker/cli-plugins/docker-compose"
 RESULT_FILE = "/var/lib/cloud/data/result.json"
@@ -43,6 +51,20 @@ DATASOURCE = "DataSourceHetzner"
 # Stage names as status.py reports "Running in stage: ..."
 FINAL_STAGE = "modules-final"
 WAIT_POLL = 0.25  # status.py sleeps 0.25 s between polls and prints one dot per poll
+
+
+def _apt_update_failed() -> str:
+    """cloud-init's record of cc_package_update_upgrade_install failing on apt update."""
+    return (
+        "('package_update_upgrade_install', ProcessExecutionError(\"Unexpected "
+        "error while running command.\\nCommand: ['eatmydata', 'apt-get', "
+        "'--option=Dpkg::Options::=--force-confold', "
+        "'--option=Dpkg::options::=--force-unsafe-io', '--assume-yes', "
+        "'--quiet', 'update']\\nExit code: 100\\nStderr: W: GPG error: "
+        "https://download.docker.com/linux/debian: The following signatures "
+        "couldn't be verified because the public key is not available: "
+        'NO_PUBKEY 8D81803C0EBFCD88"))'
+    )
 
 
 class CloudInitRun:
@@ -85,6 +107,7 @@ class CloudInitRun:
 
     def _install(self) -> list[str]:
         """Run the install directives; return cloud-init's error strings, if any."""
+        self._write_files()
         if self.image in IMAGES_WITH_DOCKER:
             self._put(DOCKER_BIN)
             self._put(COMPOSE_PLUGIN)
@@ -97,19 +120,8 @@ class CloudInitRun:
         ]
         packages = {str(p) for p in self.document.get("packages") or []}
         for source in docker_sources:
-            if not (source.get("key") or source.get("keyid")):
-                # apt-get update refuses an unsigned repository; cloud-init records
-                # the module failure (cc_package_update_upgrade_install).
-                return [
-                    "('package_update_upgrade_install', ProcessExecutionError(\"Unexpected "
-                    "error while running command.\\nCommand: ['eatmydata', 'apt-get', "
-                    "'--option=Dpkg::Options::=--force-confold', "
-                    "'--option=Dpkg::options::=--force-unsafe-io', '--assume-yes', "
-                    "'--quiet', 'update']\\nExit code: 100\\nStderr: W: GPG error: "
-                    "https://download.docker.com/linux/debian: The following signatures "
-                    "couldn't be verified because the public key is not available: "
-                    'NO_PUBKEY 8D81803C0EBFCD88"))'
-                ]
+            if not self._docker_source_verifies(source):
+                return [_apt_update_failed()]
         if docker_sources and "docker-ce" in packages:
             self._put(DOCKER_BIN)
             if "docker-compose-plugin" in packages:
@@ -117,6 +129,37 @@ class CloudInitRun:
         elif "docker.io" in packages:
             self._put(DOCKER_BIN)  # Debian's docker.io: no Compose v2 plugin
         return []
+
+    def _write_files(self) -> None:
+        """cc_write_files (init stage, before apt_configure and the package install):
+        each entry's `content` at `path`, parents created, mode from `permissions`."""
+        for entry in self.document.get("write_files") or []:
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                continue
+            path = self._path(entry["path"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(str(entry.get("content", "")), encoding="utf-8")
+            path.chmod(int(str(entry.get("permissions", "0644")), 8))
+
+    def _docker_source_verifies(self, source: dict[str, Any]) -> bool:
+        """Would `apt-get update` accept Docker's repository as this source sets it up?
+
+        A `key`/`keyid` goes through cloud-init's gpg (`gpg --dearmor`, cloudinit/gpg.py;
+        `keyid` also `gpg --recv-keys`), and the fresh image has no gpg (Debian cloud
+        images, canonical/cloud-init#5535): cc_apt_configure logs "Gpg error, failed to
+        add key" and renders `signed-by=/dev/null` (22.4.2 apt_key_add), so apt has no
+        key. Without one, apt needs the `signed-by=` file to hold Docker's key (an
+        ASCII-armoured .asc is read by apt itself, apt >= 1.4).
+        """
+        if source.get("key") or source.get("keyid"):
+            return False
+        match = re.search(r"signed-by=([^\s\]]+)", str(source.get("source", "")))
+        if match is None:
+            return False
+        keyring = self._path(match.group(1))
+        return keyring.is_file() and keyring.read_text(errors="replace").strip() == (
+            DOCKER_RELEASE_KEY.read_text(encoding="ascii").strip()
+        )
 
     def _put(self, vps_path: str) -> None:
         path = self._path(vps_path)

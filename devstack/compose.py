@@ -13,6 +13,8 @@ Supported (after ``shlex`` splitting):
 * ``docker compose [-p NAME] [-f FILE]... ps [--format json|table] [-a] [-q] [SERVICE...]``
 * ``docker compose [-p NAME] [-f FILE]... exec [-T] [-i] SERVICE flask mailu ...``
   (``config-import``, ``domain``, ``admin``; see :mod:`devstack.mailu`)
+* ``docker compose ... exec -T admin curl ... http://127.0.0.1:8080/internal/auth/email``
+  (MailU's login check; see :mod:`devstack.mailu_auth`)
 * ``docker compose version``
 * ``cat FILE...`` for files under the VPS root, e.g. ``/etc/ssh/ssh_host_ed25519_key.pub``
 * ``systemctl reload UNIT`` for the units the machine registers (``ssh``/``sshd``)
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ipaddress
 import json
 import posixpath
 import re
@@ -34,6 +37,7 @@ from pathlib import Path
 
 from devstack.cloudinit import COMPOSE_PLUGIN, DOCKER_BIN, CloudInitRun
 from devstack.mailu import ExecResult, MailuCli, MailuStore, StdinReader
+from devstack.mailu_auth import ADMIN_PORT, AdminAuthEndpoint, curl_in_admin
 
 # What ``systemctl reload UNIT`` runs for a unit the machine provides.
 ReloadHandler = Callable[[], Awaitable[ExecResult]]
@@ -60,6 +64,7 @@ IMAGES = {
     "webmail": f"ghcr.io/mailu/webmail:{MAILU_VERSION}",
 }
 HEALTHCHECKED = {"admin"}
+DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 _SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ">", ">>", "<", "<<", "2>", "2>&1"}
 _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -171,6 +176,75 @@ def admin_resolver_ok(compose_text: str) -> bool:
     return re.search(rf"dns:\s*\n\s*-\s*{re.escape(address.group(1))}\b", admin) is not None
 
 
+@dataclass(frozen=True)
+class Publisher:
+    """One published port of a service: host address ("" = every address) and port."""
+
+    host_ip: str
+    published: int
+    target: int
+
+
+_PORT_LINE = re.compile(
+    r'^\s*-\s*"?(?:(?P<ip>\[[0-9a-fA-F:.]+\]|[0-9.]+):)?(?P<host>\d+):(?P<target>\d+)"?\s*$'
+)
+
+
+def service_publishers(compose_text: str, service: str) -> list[Publisher]:
+    """The short-syntax `ports:` of one service (`[IP:]HOST:CONTAINER`, IPv6 bracketed)."""
+    publishers: list[Publisher] = []
+    in_ports = False
+    for line in _service_block(compose_text, service):
+        if re.match(r"^    ports:\s*$", line):
+            in_ports = True
+            continue
+        if in_ports and re.match(r"^    \S", line):
+            in_ports = False
+        match = _PORT_LINE.match(line) if in_ports else None
+        if match:
+            ip = (match["ip"] or "").strip("[]")
+            publishers.append(Publisher(ip, int(match["host"]), int(match["target"])))
+    return publishers
+
+
+def network_has_ipv6(compose_text: str, network: str = "default") -> bool:
+    """`networks.<name>.enable_ipv6: true` in block-style YAML."""
+    block = re.search(
+        rf"^networks:\s*\n(?:(?:  .*|\s*)\n)*?  {re.escape(network)}:\s*\n(?P<body>(?:    .*\n)*)",
+        compose_text,
+        re.MULTILINE,
+    )
+    return bool(block and re.search(r"^    enable_ipv6:\s*true\s*$", block["body"], re.MULTILINE))
+
+
+def ipv6_client_source(
+    publishers: list[Publisher], host_has_ipv6: bool, daemon: dict[str, object], ipv6_net: bool
+) -> str:
+    """Where an IPv6 client of a published port appears to come from, inside front.
+
+    Docker's documented mechanics: with the userland proxy on (daemon default
+    `"userland-proxy": true`), a host port bound on IPv6 whose container has no IPv6
+    address is served by docker-proxy, which connects to the container over IPv4 from
+    the bridge gateway (192.168.203.1 here, inside MailU's SUBNET, which postfix
+    trusts: MailU setup/templates/steps/compose/03_expose.html "will turn your Mailu
+    installation into an open-relay", docs/faq.rst "How to make IPv6 work?"). A network
+    with IPv6 (`enable_ipv6`) and ip6tables (Docker >= 27 default; MailU's documented
+    daemon.json sets it) is NATed, keeping the client's address. Proxy off and no IPv6
+    on the network: nothing forwards IPv6 to the container.
+
+    Returns "client", "gateway", "unreachable" or "none" (no IPv6 binding).
+    """
+    on_ipv6 = [p for p in publishers if ":" in p.host_ip or (p.host_ip == "" and host_has_ipv6)]
+    if not on_ipv6:
+        return "none"
+    ip6tables = bool(daemon.get("ip6tables", True))
+    if ipv6_net and ip6tables:
+        return "client"
+    if daemon.get("userland-proxy", True) is not False:
+        return "gateway"
+    return "unreachable"
+
+
 @dataclass
 class Deployment:
     """One ``docker compose up``'d project: when it started and from which config."""
@@ -183,6 +257,9 @@ class Deployment:
     container_ids: dict[str, str] = field(default_factory=dict)
     # False when admin's start.py would loop in test_DNS() forever (see admin_resolver_ok).
     admin_dns_ok: bool = True
+    publishers: dict[str, list[Publisher]] = field(default_factory=dict)
+    # What front sees as an IPv6 client's address (see ipv6_client_source).
+    ipv6_clients_seen_as: str = "none"
 
 
 @dataclass
@@ -206,6 +283,8 @@ class Shell:
         units: dict[str, ReloadHandler] | None = None,
         cloud_init: CloudInitRun | None = None,
         compose_version: str = COMPOSE_VERSION,
+        auth_log: Path | None = None,
+        addresses: list[str] | None = None,
     ) -> None:
         self.root = root
         # None: a machine whose cloud-init is long done and which has Docker (unit tests).
@@ -214,6 +293,9 @@ class Shell:
         # systemd units by name (without ".service"; aliases are entries of their own)
         self.units: dict[str, ReloadHandler] = dict(units or {})
         self.mailu = MailuCli(store)
+        self.admin_http = AdminAuthEndpoint(store, auth_log)
+        # The host's own addresses; None: a unit test's shell that binds anything.
+        self.addresses = addresses
         self.clock = clock
         self.healthy_after = healthy_after
         self.deployments: dict[str, Deployment] = {}
@@ -487,11 +569,23 @@ class Shell:
                 progress += [f"{admin}  | {p}" for p in problems]
                 progress.append(f"dependency failed to start: container {admin} exited (1)")
                 return ExecResult(1, "", "".join(f"{line}\n" for line in progress))
+            publishers = {s: service_publishers(compose_text, s) for s in services}
             for s in services:
-                progress += [
-                    f" Container {self._container(call.project, s)}  Starting",
-                    f" Container {self._container(call.project, s)}  Started",
-                ]
+                container = self._container(call.project, s)
+                progress.append(f" Container {container}  Starting")
+                unbindable = self._unbindable(publishers[s])
+                if unbindable is not None:
+                    self.deployments.pop(call.project, None)
+                    family = "tcp6" if ":" in unbindable.host_ip else "tcp4"
+                    address = f"[{unbindable.host_ip}]" if family == "tcp6" else unbindable.host_ip
+                    progress.append(
+                        f"Error response from daemon: driver failed programming external "
+                        f"connectivity on endpoint {container}: Error starting userland "
+                        f"proxy: listen {family} {address}:{unbindable.published}: bind: "
+                        "cannot assign requested address"
+                    )
+                    return ExecResult(1, "", "".join(f"{line}\n" for line in progress))
+                progress.append(f" Container {container}  Started")
             now = self.clock()
             self.deployments[call.project] = Deployment(
                 project=call.project,
@@ -500,6 +594,13 @@ class Shell:
                 created_wall=time.time(),
                 config_digest=digest,
                 admin_dns_ok=admin_resolver_ok(compose_text),
+                publishers=publishers,
+                ipv6_clients_seen_as=ipv6_client_source(
+                    [p for ps in publishers.values() for p in ps],
+                    any(":" in a for a in self.addresses or []),
+                    self._daemon_settings(),
+                    network_has_ipv6(compose_text),
+                ),
                 container_ids={
                     s: hashlib.sha256(f"{call.project}/{s}/{now}".encode()).hexdigest()
                     for s in services
@@ -516,6 +617,31 @@ class Shell:
                 if s in HEALTHCHECKED
             ]
         return ExecResult(0, "", "".join(f"{line}\n" for line in progress))
+
+    def _unbindable(self, publishers: list[Publisher]) -> Publisher | None:
+        """The first binding on an address this host does not have (Docker refuses it)."""
+        if self.addresses is None:
+            return None
+        own = {ipaddress.ip_address(a) for a in self.addresses}
+        for publisher in publishers:
+            if publisher.host_ip and ipaddress.ip_address(publisher.host_ip) not in own:
+                return publisher
+        return None
+
+    def _daemon_settings(self) -> dict[str, object]:
+        """/etc/docker/daemon.json as dockerd reads it (missing: Docker's defaults).
+
+        Read at each `up`: the stand-in does not model that a running dockerd only
+        rereads it on restart.
+        """
+        path = self.host_path(DOCKER_DAEMON_JSON)
+        if not path.is_file():
+            return {}
+        try:
+            settings = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            return {}
+        return settings if isinstance(settings, dict) else {}
 
     def _ps(self, call: ComposeCall) -> ExecResult:
         fmt = "table"
@@ -605,7 +731,15 @@ class Shell:
             "Networks": f"{deployment.project}_default",
             "Ports": "",
             "Project": deployment.project,
-            "Publishers": [],
+            "Publishers": [
+                {
+                    "URL": p.host_ip or "0.0.0.0",  # noqa: S104 (what ps prints)
+                    "TargetPort": p.target,
+                    "PublishedPort": p.published,
+                    "Protocol": "tcp",
+                }
+                for p in deployment.publishers.get(service, [])
+            ],
             "RunningFor": f"{_ago(up_for)} ago",
             "Service": service,
             "Size": "0B",
@@ -639,6 +773,16 @@ class Shell:
         if deployment is None or service not in deployment.services:
             return _fail(f'service "{service}" is not running')
         program = container_argv[0]
+        if service == "admin" and program == "curl":
+            if self._health(deployment, service) != "healthy":
+                # gunicorn starts last in core/admin/start.py: nothing on 8080 yet.
+                await read_stdin()
+                return _fail(
+                    f"curl: (7) Failed to connect to 127.0.0.1 port {ADMIN_PORT} after 0 ms: "
+                    "Couldn't connect to server",
+                    7,
+                )
+            return await curl_in_admin(container_argv[1:], read_stdin, self.admin_http)
         if service != "admin" or program != "flask":
             return _fail(
                 "OCI runtime exec failed: exec failed: unable to start container process: "

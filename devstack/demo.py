@@ -16,8 +16,6 @@ import asyncio
 import base64
 import json
 import signal
-import smtplib
-import ssl
 import subprocess
 import sys
 import tempfile
@@ -31,6 +29,7 @@ import httpx
 
 from activities.credentials import read_admin_credentials
 from activities.vault import Vault, VaultSettings
+from devstack.mail_login import certificate_after_dns, submissions_login
 from devstack.stack import Stack, StackInfo
 from workflows.contracts import workflow_id_for
 
@@ -46,14 +45,8 @@ def run_starter(info: StackInfo, *args: str) -> subprocess.CompletedProcess[str]
     )
 
 
-def smtp_login(host: str, port: int, cafile: Path, username: str, password: str) -> str:
-    """STARTTLS (certificate checked against the VPS's own) then AUTH; returns the reply."""
-    context = ssl.create_default_context(cafile=str(cafile))
-    context.check_hostname = False  # the local VPS is reached by IP; the chain is still verified
-    with smtplib.SMTP(host, port, timeout=15) as smtp:
-        smtp.starttls(context=context)
-        code, reply = smtp.login(username, password)
-    return f"{code} {reply.decode(errors='replace')}"
+# MailU's submissions port (465, implicit TLS), as a mail client logs in.
+smtp_login = submissions_login
 
 
 def prove_credentials(info: StackInfo, result: dict[str, object]) -> None:
@@ -67,14 +60,17 @@ def prove_credentials(info: StackInfo, result: dict[str, object]) -> None:
     say(f"  stored password field is an envelope: {record.data['password'][:24]}...")
     credentials = read_admin_credentials(reader, tenant)
     cloud = info.cloud_url.removesuffix("/v1")
-    cert = httpx.get(f"{cloud}/_devstack/servers/{result['server_id']}/tls-cert", timeout=10)
-    cert.raise_for_status()
+    server = httpx.get(f"{cloud}/_devstack/servers/{result['server_id']}", timeout=10)
+    server.raise_for_status()
+    # MailU has a certificate only once the customer's DNS points at the server.
+    say("  the customer publishes the DNS records; MailU's certbot gets its certificate")
     cafile = info.state_dir / f"vps-{result['server_id']}-cert.pem"
-    cafile.write_text(cert.text)
+    cafile.write_text(certificate_after_dns(Path(server.json()["server"]["state_dir"])))
     reply = smtp_login(
         str(result["ipv4"]), info.smtp_port, cafile, credentials.username, credentials.password
     )
-    say(f"  SMTP AUTH as {credentials.username} at {result['ipv4']}:{info.smtp_port}: {reply}")
+    where = f"{result['ipv4']}:{info.smtp_port}"
+    say(f"  SMTP AUTH (submissions, TLS) as {credentials.username} at {where}: {reply}")
     say(f"  addresses: IPv4 {result['ipv4']}, IPv6 {result['ipv6']}; DNS records to publish:")
     records = result["dns_records"]
     assert isinstance(records, list)

@@ -53,6 +53,7 @@ from activities.codec import KeyRing, data_converter
 from activities.credentials import read_admin_credentials
 from activities.vault import Vault, VaultSettings
 from devstack.demo import smtp_login
+from devstack.mail_login import certificate_after_dns
 from devstack.stack import Stack, StackInfo
 from starter import query_status, run_reconciler, start_purchase
 from workflows.contracts import ProvisionResult, PurchaseRequest
@@ -272,10 +273,12 @@ class FaultRun:
 
     async def _smtp_problem(self, result: ProvisionResult) -> str | None:
         credentials = await asyncio.to_thread(read_admin_credentials, self.reader, result.tenant_id)
-        cert = await self.devstack.get(f"servers/{result.server_id}/tls-cert")
-        cert.raise_for_status()
+        server = await self.devstack.get(f"servers/{result.server_id}")
+        server.raise_for_status()
+        state_dir = Path(server.json()["server"]["state_dir"])
         cafile = self.info.state_dir / f"faults-{result.server_id}-cert.pem"
-        cafile.write_text(cert.text)
+        # MailU has a certificate only once the customer's DNS points at the server.
+        cafile.write_text(await asyncio.to_thread(certificate_after_dns, state_dir))
         try:
             reply = await asyncio.to_thread(
                 smtp_login,

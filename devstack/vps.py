@@ -19,10 +19,14 @@ It plays the machine a Hetzner server would be once cloud-init has run:
 * faults armed by the cloud in ``<state_dir>/faults.json`` (see
   :class:`devstack.faults.VpsFaults`): exec requests that fail without running, and
   TCP connections to the SSH port cut off at accept;
-* an SMTP submission server (aiosmtpd) with STARTTLS on a certificate made at start,
-  AUTH PLAIN/LOGIN only after TLS, checked against the MailU users (each attempt's
-  login and outcome, never the password, in ``<state_dir>/smtp-auth.jsonl``), also
-  reachable as ``127.0.0.1:587`` through SSH TCP forwarding once MailU's front runs;
+* front's submissions port (aiosmtpd, implicit TLS, the cloud's ``smtp_port`` playing
+  465): closed until MailU's certbot has a certificate, which needs the customer's DNS
+  to point here (``<state_dir>/dns-published``) and TLS_FLAVOR=letsencrypt; then AUTH
+  PLAIN/LOGIN checked against the MailU users (each attempt's
+  login and outcome, never the password, in ``<state_dir>/smtp-auth.jsonl``, where
+  MailU's own login check, ``/internal/auth/email`` in the admin container, logs too);
+  SSH TCP forwarding to ``127.0.0.1:587`` is refused: MailU 2024.06 does not listen
+  on 587 (socrate ``clean_env`` PORTS default 25,80,443,465,993,995,4190);
 * cloud-init's run (:mod:`devstack.cloudinit`): no Docker until its install directives
   have run, ``cloud-init status`` as cloud-init 22.4.2 answers it.
 
@@ -59,7 +63,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from devstack.cloudinit import CloudInitRun
-from devstack.compose import COMPOSE_VERSION, Shell
+from devstack.compose import COMPOSE_VERSION, Shell, read_env_file
 from devstack.faults import CommandFault, VpsFaults
 from devstack.mailu import ExecResult, MailuStore
 
@@ -75,7 +79,14 @@ SSH_UNIT_NAMES = ("ssh", "sshd")  # Debian's ssh.service and its alias
 DEFAULT_CLOUD_INIT_SECONDS = 2.0
 CLOUD_INIT_RELEASE = "cloud-init.release"  # created by a test: the installs end now
 SMTP_AUTH_LOG = "smtp-auth.jsonl"  # one line per AUTH attempt: login, mechanism, success
-SUBMISSION_PORT = 587  # MailU's front publishes it on every host address
+# The customer's DNS points at this server (written by devstack/mail_login.py).
+DNS_PUBLISHED = "dns-published"
+MAILU_ENV = "/mailu/mailu.env"
+LETSENCRYPT_LIVE = "/mailu/certs/letsencrypt/live/mailu"
+CERTBOT_POLL_SECONDS = 0.1
+EXPIRED_LOGIN_NOTICE = (
+    "WARNING: Your password has expired.\nPassword change required but no TTY available.\n"
+)
 
 
 class BootError(Exception):
@@ -387,6 +398,23 @@ class Machine:
         self.state_dir = Path(config["state_dir"])
         self.server_name: str = config.get("server_name") or self.ip
         self.cloud = parse_user_data(config.get("user_data"))
+        # Hetzner hands the SSH key resources named at create to cloud-init as instance
+        # metadata (`public-keys`), which it adds to root's authorized_keys beside the
+        # cloud-config's ssh_authorized_keys (cloudinit/config/cc_ssh.py, 22.4.2).
+        metadata_keys = config.get("metadata_public_keys") or []
+        if not isinstance(metadata_keys, list) or not all(
+            isinstance(k, str) for k in metadata_keys
+        ):
+            raise BootError("metadata_public_keys must be a list of OpenSSH public key lines")
+        self.metadata_keys: list[str] = list(metadata_keys)
+        # A server created without ssh_keys gets a generated root password that is
+        # created expired (Hetzner API "Create a Server": "If you do not specify any
+        # ssh_keys we will generate a root password for you"; expired:
+        # kubermatic/machine-controller#191, hetznercloud/hcloud-python#121,
+        # hetznercloud/cli#332). OpenSSH then refuses every session without a terminal,
+        # even after key login (session.c/auth-pam.c: "Password change required but no
+        # TTY available"). This machine never grants a pty, so it refuses them all.
+        self.root_password_expired = bool(config.get("root_password_expired", False))
         self.root = self.state_dir / "root"
         self.store = MailuStore(self.state_dir / "mailu.json")
         # SSH is up at once; cloud-init's final stage (Docker's install) takes a while.
@@ -400,6 +428,8 @@ class Machine:
         self.shell = Shell(
             self.root,
             self.store,
+            auth_log=self.state_dir / SMTP_AUTH_LOG,
+            addresses=self.addresses,
             units=dict.fromkeys(SSH_UNIT_NAMES, self._reload_sshd),
             cloud_init=self.cloud_init,
             compose_version=str(config.get("compose_version") or COMPOSE_VERSION),
@@ -413,6 +443,7 @@ class Machine:
         self._ssh_tasks: set[asyncio.Task[None]] = set()
         self._ssh_conns: set[asyncssh.SSHServerConnection] = set()
         self._smtp: asyncio.AbstractServer | None = None
+        self._certbot_task: asyncio.Task[None] | None = None
 
     def _prepare_root(self) -> None:
         """Do cloud-init's part of the first boot; later boots find it done."""
@@ -442,17 +473,22 @@ class Machine:
             host_key = load_host_key(self.shell.host_path(HOST_KEY_PATH))
         except HostKeyError as exc:
             raise BootError(f"sshd: {exc}; sshd: no hostkeys available -- exiting.") from None
-        authorized = (
-            asyncssh.import_authorized_keys("\n".join(self.cloud.authorized_keys))
-            if self.cloud.authorized_keys
-            else None
-        )
+        keys = self.cloud.authorized_keys + self.metadata_keys
+        try:
+            authorized = asyncssh.import_authorized_keys("\n".join(keys)) if keys else None
+        except (asyncssh.KeyImportError, ValueError):
+            raise BootError("a metadata public key is not an OpenSSH public key line") from None
         root = str(self.root)
         self._ssh_options = asyncssh.SSHServerConnectionOptions(
             server_factory=lambda: _RootOnlyServer(authorized, self._published_ports),
             server_host_keys=[host_key],
             process_factory=self._handle_exec,
-            sftp_factory=lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode()),
+            # With the password expired, sftp is a session like any other and is
+            # refused in _handle_exec (asyncssh hands subsystems to process_factory
+            # when there is no sftp_factory).
+            sftp_factory=None
+            if self.root_password_expired
+            else (lambda chan: asyncssh.SFTPServer(chan, chroot=root.encode())),
             allow_scp=False,
             agent_forwarding=False,
             x11_forwarding=False,
@@ -475,33 +511,103 @@ class Machine:
             self._ssh_listeners.append(listener)
             self._accept_tasks.append(asyncio.create_task(self._accept_ssh(listener)))
 
-        cert_path, key_path = make_tls_certificate(
-            self.server_name, self.addresses, self.state_dir / "tls"
-        )
+        self._certbot_task = asyncio.create_task(self._certbot())
+
+    # --- front's submissions port and its certificate -------------------------------------
+
+    def _certificate_due(self) -> bool:
+        """Would MailU's certbot have a certificate now?
+
+        TLS_FLAVOR=letsencrypt: front's letsencrypt.py polls
+        http://HOSTNAMES[0]/.well-known/acme-challenge/testing and runs certbot only
+        once that reaches this server, i.e. once the customer's DNS points here
+        (core/nginx/letsencrypt.py, tag 2024.06.57). The stand-in's "DNS points here"
+        is the DNS_PUBLISHED file in the state directory (devstack/mail_login.py
+        publish_dns); front must be running. A certificate on disk stays.
+        """
+        if self._cert_files()[0].is_file():
+            return True
+        if not (self.state_dir / DNS_PUBLISHED).is_file():
+            return False
+        for deployment in self.shell.deployments.values():
+            if "front" in deployment.services:
+                env = read_env_file(self.shell.host_path(MAILU_ENV))
+                return env.get("TLS_FLAVOR") in ("letsencrypt", "mail-letsencrypt")
+        return False
+
+    def _cert_files(self) -> tuple[Path, Path]:
+        """certbot --config-dir /certs/letsencrypt --cert-name mailu (letsencrypt.py)."""
+        live = self.shell.host_path(LETSENCRYPT_LIVE)
+        return live / "fullchain.pem", live / "privkey.pem"
+
+    async def _certbot(self) -> None:
+        """Start front's submissions port (465, implicit TLS) once it has a certificate.
+
+        Without one, front's dovecot proxy, which serves 465/993/995/4190, does not
+        start at all: proxy.conf names the missing files (core/nginx/dovecot/proxy.conf
+        `ssl_cert = <...`; "doveconf: Fatal: ... ssl_cert: Can't open file
+        /certs/letsencrypt/live/mailu/nginx-chain.pem", Mailu/Mailu#3827), so the port
+        refuses connections. The stand-in polls faster than letsencrypt.py's 5 s.
+        """
+        while self._smtp is None:
+            if self._certificate_due():
+                await self._serve_submissions()
+                return
+            await asyncio.sleep(CERTBOT_POLL_SECONDS)
+
+    async def _serve_submissions(self) -> None:
+        fullchain, privkey = self._cert_files()
+        if not fullchain.is_file():
+            env = read_env_file(self.shell.host_path(MAILU_ENV))
+            hostname = env.get("HOSTNAMES", self.server_name).split(",")[0].strip()
+            # Names the mail host as Let's Encrypt would; the addresses are in it too
+            # so that tests reaching the server by IP can check the chain and name.
+            cert_path, key_path = make_tls_certificate(
+                hostname, self.addresses, self.state_dir / "certbot"
+            )
+            fullchain.parent.mkdir(parents=True, exist_ok=True)
+            _write_file(privkey, key_path.read_bytes(), 0o600)
+            _write_file(fullchain, cert_path.read_bytes(), 0o644)
         tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(cert_path, key_path)
+        tls.load_cert_chain(fullchain, privkey)
         loop = asyncio.get_running_loop()
         self._smtp = await loop.create_server(
             lambda: SMTP(
                 _AcceptingHandler(),
                 hostname=self.server_name,
-                tls_context=tls,
-                auth_require_tls=True,
+                # Implicit TLS (the whole connection), so no STARTTLS; AUTH is offered
+                # at once, as dovecot's submission-login on 465 does.
+                tls_context=None,
+                auth_require_tls=False,
                 authenticator=self._authenticate,
                 loop=loop,
             ),
             host=self.addresses,
             port=self.smtp_port,
             reuse_address=True,
+            ssl=tls,
         )
+        # Only now, with the port listening, the certificate is where the cloud's
+        # /_devstack/.../tls-cert serves it: a client that sees it can connect.
+        tls_dir = self.state_dir / "tls"
+        tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        _write_file(tls_dir / "cert.pem", fullchain.read_bytes(), 0o644)
 
     def _published_ports(self) -> dict[int, tuple[str, int]]:
-        """Host ports a running compose project publishes (MailU's front: 587)."""
-        if any("front" in d.services for d in self.shell.deployments.values()):
-            return {SUBMISSION_PORT: (self.ip, self.smtp_port)}
+        """Host ports a forward to 127.0.0.1 reaches: none that takes a login.
+
+        MailU 2024.06's front serves 25 (no AUTH, nginx.conf `smtp_auth none`) and, with
+        a certificate only, 465/993/995; 587, 143 and 110 are closed by default
+        (socrate clean_env PORTS). So a forward to 127.0.0.1:587 is refused, as sshd
+        answers when nothing listens ("Connection refused").
+        """
         return {}
 
     async def stop(self) -> None:
+        if self._certbot_task is not None:
+            self._certbot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._certbot_task
         for task in self._accept_tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -617,6 +723,12 @@ class Machine:
     # --- exec ---------------------------------------------------------------------------
 
     async def _handle_exec(self, process: asyncssh.SSHServerProcess[str]) -> None:
+        if self.root_password_expired:
+            # OpenSSH with an expired password and no pty: the message, exit 1, nothing run.
+            process.stderr.write(EXPIRED_LOGIN_NOTICE)
+            self.commands.record(process.command or process.subsystem, False, 1)
+            process.exit(1)
+            return
         command = process.command
         if command is None:
             # An interactive shell has nothing to talk to here; say so and close.

@@ -32,6 +32,7 @@ from activities.ssh import run_remote_heartbeating
 from devstack import ipv6
 from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
+from devstack.mail_login import certificate_after_dns
 from devstack.processes import free_port
 from devstack.vps import CLOUD_INIT_RELEASE
 from tests.helpers import unavailable
@@ -41,7 +42,7 @@ COMPOSE = "docker compose -p mailu -f /mailu/docker-compose.yml"
 CONFIG_IMPORT = f"{COMPOSE} exec -T admin flask mailu config-import -u -"
 MAILU_ENV = (
     "SECRET_KEY=0123456789abcdef0123\nDOMAIN=example.org\nHOSTNAMES=mail.example.org\n"
-    "POSTMASTER=admin\nTLS_FLAVOR=cert\n"
+    "POSTMASTER=admin\nTLS_FLAVOR=letsencrypt\n"
 )
 # The smallest file MailU's admin starts from: test_DNS() needs the resolver as its DNS.
 COMPOSE_FILE = (
@@ -190,10 +191,9 @@ async def ssh(env: Env, server: dict[str, Any], keys: Keys) -> asyncssh.SSHClien
 
 
 def smtp_login(host: str, port: int, cafile: Path, user: str, password: str) -> int:
+    """AUTH LOGIN on MailU's submissions port (465: implicit TLS)."""
     context = ssl.create_default_context(cafile=str(cafile))
-    with smtplib.SMTP(host, port, timeout=10) as smtp:
-        smtp.ehlo()
-        smtp.starttls(context=context)
+    with smtplib.SMTP_SSL(host, port, timeout=10, context=context) as smtp:
         smtp.ehlo()
         smtp.user, smtp.password = user, password
         code, _ = smtp.auth("LOGIN", smtp.auth_login, initial_response_ok=False)
@@ -317,8 +317,9 @@ async def test_server_boots_and_runs_mailu_over_ssh_and_smtp(env: Env, tmp_path:
     assert (state_dir / "mailu.json").stat().st_mode & 0o777 == 0o600
     assert password not in (state_dir / "mailu.json").read_text()
 
+    # MailU's front gets its certificate (and opens 465) once DNS points at the server.
     cafile = tmp_path / "vps.pem"
-    cafile.write_text((await env.dev.get(f"servers/{server_id}/tls-cert")).text)
+    cafile.write_text(await asyncio.to_thread(certificate_after_dns, state_dir))
     smtp_port = env.cloud.smtp_port
     code = await asyncio.to_thread(smtp_login, ip, smtp_port, cafile, "admin@example.org", password)
     assert code == 235

@@ -21,6 +21,7 @@ from temporalio.worker import Worker
 
 from activities.codec import KeyRing, data_converter
 from activities.vault import Vault, VaultSettings
+from devstack.mail_login import certificate_after_dns
 from devstack.stack import WEBHOOK_HOST, Stack, StackInfo
 from starter import start_purchase
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
@@ -90,9 +91,10 @@ class CloudControl:
         return list(body["commands"] if isinstance(body, dict) else body)
 
     def tls_cert(self, server_id: int) -> str:
-        response = self.devstack.get(f"servers/{server_id}/tls-cert")
+        """The certificate MailU's front serves once the customer's DNS points at it."""
+        response = self.devstack.get(f"servers/{server_id}")
         response.raise_for_status()
-        return response.text
+        return certificate_after_dns(Path(response.json()["server"]["state_dir"]))
 
 
 @pytest.fixture(scope="session")

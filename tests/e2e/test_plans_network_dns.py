@@ -249,7 +249,7 @@ async def test_dual_stack_default_plan_reports_records_everywhere(
     firewall = cloud.api.get(f"firewalls/{firewall_ref['id']}").json()["firewall"]
     assert {"type": "server", "server": {"id": result.server_id}} in firewall["applied_to"]
     ports = {rule["port"] for rule in firewall["rules"]}
-    mail_ports = {"25", "80", "443", "465", "587", "110", "995", "143", "993", "4190"}
+    mail_ports = {"25", "80", "443", "465", "995", "993", "4190"}  # MailU's default PORTS
     assert ports == {str(info.ssh_port), *mail_ports}
     assert all(rule["direction"] == "in" for rule in firewall["rules"])
 

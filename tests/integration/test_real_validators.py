@@ -28,7 +28,13 @@ from activities.cloud_init import (
     PREINSTALLED_IMAGES,
     docker_cloud_config,
 )
-from activities.mailu import RESOLVER_IP, render_compose, render_mailu_env
+from activities.mailu import (
+    RESOLVER_IP,
+    SUBNET6,
+    PublishAddresses,
+    render_compose,
+    render_mailu_env,
+)
 from activities.plans import DEFAULT_CATALOG as PLAN_CATALOG
 from activities.ssh import SshIdentity, host_key_files
 from devstack.test_tools import SEARCH_PATH
@@ -56,8 +62,11 @@ def run(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]
 
 def compose_config(directory: Path, compose_text: str) -> subprocess.CompletedProcess[str]:
     (directory / "docker-compose.yml").write_text(compose_text)
-    (directory / "mailu.env").write_text(render_mailu_env("example.com", "0" * 32))
+    (directory / "mailu.env").write_text(render_mailu_env("example.com", "0" * 32, DUAL_STACK))
     return run(compose_binary(), "-p", "mailu", "config", "--format", "json", cwd=directory)
+
+
+DUAL_STACK = PublishAddresses.of("203.0.113.5", "2001:db8:5::1")
 
 
 def compose_binary() -> str:
@@ -74,7 +83,7 @@ def compose_binary() -> str:
 
 
 def test_compose_v2_accepts_the_mailu_files_as_mailu_setup_renders_them(tmp_path: Path) -> None:
-    result = compose_config(tmp_path, render_compose())
+    result = compose_config(tmp_path, render_compose(DUAL_STACK))
     assert result.returncode == 0, result.stderr
     assert result.stderr == ""  # no "variable is not set" or other warnings
     config: dict[str, Any] = json.loads(result.stdout)
@@ -106,12 +115,31 @@ def test_compose_v2_accepts_the_mailu_files_as_mailu_setup_renders_them(tmp_path
     assert front_env["SCAN_MACROS"] == "true"
     assert "oletools" in services["antispam"]["depends_on"]
     assert config["networks"]["oletools"]["internal"] is True
-    assert "587" in {p["published"] for p in services["front"]["ports"]}
+    # MailU's default PORTS only, each on the server's own addresses, never on all of
+    # them (issue 19 items 2 and 3; setup/flavors/compose/docker-compose.yml bind4/bind6).
+    published = {(p["host_ip"], p["published"]) for p in services["front"]["ports"]}
+    ports = {"25", "80", "443", "465", "993", "995", "4190"}
+    assert published == {(ip, port) for ip in ("203.0.113.5", "2001:db8:5::1") for port in ports}
+    default_net = config["networks"]["default"]
+    assert default_net["enable_ipv6"] is True
+    assert [c["subnet"] for c in default_net["ipam"]["config"]] == [
+        "192.168.203.0/24",
+        SUBNET6,
+    ]
+
+
+def test_compose_v2_ipv4_only_server_publishes_on_its_ipv4_alone(tmp_path: Path) -> None:
+    result = compose_config(tmp_path, render_compose(PublishAddresses.of("203.0.113.5", None)))
+    assert result.returncode == 0, result.stderr
+    config = json.loads(result.stdout)
+    front_ports = config["services"]["front"]["ports"]
+    assert {p["host_ip"] for p in front_ports} == {"203.0.113.5"}
+    assert not config["networks"]["default"].get("enable_ipv6")
 
 
 def test_compose_v2_rejects_a_broken_file(tmp_path: Path) -> None:
     """The check can fail: a misspelt key is refused by Compose's schema."""
-    broken = render_compose().replace("    dns:\n", "    dnss:\n", 1)
+    broken = render_compose(DUAL_STACK).replace("    dns:\n", "    dnss:\n", 1)
     result = compose_config(tmp_path, broken)
     assert result.returncode == 1
     assert "services.redis additional properties 'dnss' not allowed" in result.stderr
@@ -158,7 +186,11 @@ def test_docker_release_key_is_dockers(tmp_path: Path) -> None:
     gpg = tool("gpg", "gpg")
     home = tmp_path / "gnupg"
     home.mkdir(mode=0o700)
-    key = docker_cloud_config("debian-12", "docker-apt")["apt"]["sources"]["docker.list"]["key"]
+    [key] = [
+        f["content"]
+        for f in docker_cloud_config("debian-12", "docker-apt")["write_files"]
+        if f["path"] == "/etc/apt/keyrings/docker.asc"
+    ]
     (tmp_path / "docker.asc").write_text(key)
     result = run(
         gpg, "--homedir", str(home), "--show-keys", "--with-colons", str(tmp_path / "docker.asc")

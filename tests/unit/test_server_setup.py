@@ -8,12 +8,20 @@ from pathlib import Path
 import pytest
 
 from activities.cloud_init import (
+    DOCKER_DAEMON_SETTINGS,
+    DOCKER_KEYRING,
     DOCKER_PACKAGES,
     DockerInstallError,
     check_docker_install,
     docker_cloud_config,
 )
-from activities.mailu import _admin_health, ps_containers, render_compose, render_mailu_env
+from activities.mailu import (
+    PublishAddresses,
+    _admin_health,
+    ps_containers,
+    render_compose,
+    render_mailu_env,
+)
 from activities.plans import DEFAULT_CATALOG as PLAN_CATALOG
 from activities.ssh import SshIdentity
 from devstack.compose import Shell
@@ -45,12 +53,22 @@ def test_docker_comes_from_dockers_repository_pinned_to_the_image_suite() -> Non
         config = docker_cloud_config(image, "docker-apt")
         [source] = config["apt"]["sources"].values()
         assert source["source"] == (
-            f"deb [signed-by=$KEY_FILE] https://download.docker.com/linux/debian {suite} stable"
+            f"deb [signed-by={DOCKER_KEYRING}] https://download.docker.com/linux/debian "
+            f"{suite} stable"
         )
-        assert source["key"].startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        # No `key`/`keyid`: cloud-init would need gpg for them (canonical/cloud-init#5535).
+        assert "key" not in source and "keyid" not in source
+        files = {f["path"]: f for f in config["write_files"]}
+        assert files[DOCKER_KEYRING]["content"].startswith("-----BEGIN PGP PUBLIC KEY BLOCK-----")
+        assert files[DOCKER_KEYRING]["permissions"] == "0644"
+        assert json.loads(files["/etc/docker/daemon.json"]["content"]) == DOCKER_DAEMON_SETTINGS
         assert config["packages"] == list(DOCKER_PACKAGES)
         assert "docker.io" not in config["packages"]  # Debian's: no Compose v2 plugin
-    assert docker_cloud_config("docker-ce", "preinstalled") == {}
+    preinstalled = docker_cloud_config("docker-ce", "preinstalled")
+    [daemon] = preinstalled["write_files"]
+    assert json.loads(daemon["content"])["userland-proxy"] is False
+    assert preinstalled["runcmd"] == [["systemctl", "restart", "docker"]]
+    assert "apt" not in preinstalled and "packages" not in preinstalled
 
 
 def test_user_data_carries_the_install_and_no_empty_ssh_genkeytypes() -> None:
@@ -64,6 +82,7 @@ def test_user_data_carries_the_install_and_no_empty_ssh_genkeytypes() -> None:
     assert "docker-compose-plugin" in document["packages"]
 
 
+BIND = PublishAddresses.of("127.0.0.1", None)
 NDJSON = '{"Service":"admin","State":"running","Health":"healthy"}\n{"Service":"redis"}\n'
 ARRAY = (
     '[{"Service":"redis","State":"running"},'
@@ -102,8 +121,8 @@ async def test_admin_health_through_each_compose_versions_ps_output(
     )  # fmt: skip
     mailu = shell.host_path("/mailu")
     mailu.mkdir(parents=True)
-    (mailu / "docker-compose.yml").write_text(render_compose())
-    (mailu / "mailu.env").write_text(render_mailu_env("example.com", "0" * 32))
+    (mailu / "docker-compose.yml").write_text(render_compose(BIND))
+    (mailu / "mailu.env").write_text(render_mailu_env("example.com", "0" * 32, BIND))
 
     async def no_stdin() -> str:
         return ""
@@ -124,9 +143,9 @@ async def test_admin_never_turns_healthy_without_the_resolver_as_its_dns(tmp_pat
     shell = Shell(tmp_path / "root", MailuStore(tmp_path / "mailu.json"), clock=clock)
     mailu = shell.host_path("/mailu")
     mailu.mkdir(parents=True)
-    without_dns = render_compose().replace("    dns:\n      - 192.168.203.254\n", "")
+    without_dns = render_compose(BIND).replace("    dns:\n      - 192.168.203.254\n", "")
     (mailu / "docker-compose.yml").write_text(without_dns)
-    (mailu / "mailu.env").write_text(render_mailu_env("example.com", "0" * 32))
+    (mailu / "mailu.env").write_text(render_mailu_env("example.com", "0" * 32, BIND))
 
     async def no_stdin() -> str:
         return ""

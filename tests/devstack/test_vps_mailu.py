@@ -1,0 +1,294 @@
+"""One local VPS in-process, driven by the product's own code: MailU's login check,
+the ports MailU 2024.06 does not serve, and sshd with an expired root password.
+
+Issue 19 items 1 (stand-in side) and 2.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import smtplib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncssh
+import pytest
+import pytest_asyncio
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.cloud_init import docker_cloud_config
+from activities.mailu import MailuHost, PublishAddresses, render_compose, render_mailu_env
+from activities.smtp_proof import AUTH_CHECK, prove_smtp_login
+from activities.ssh import SshIdentity, connect_pinned
+from devstack.cloudinit import COMPOSE_PLUGIN, DOCKER_BIN, CloudInitRun
+from devstack.compose import Shell
+from devstack.mail_login import certificate_after_dns, publish_dns, submissions_login
+from devstack.mailu import MailuStore
+from devstack.processes import free_port
+from devstack.vps import CERTBOT_POLL_SECONDS, EXPIRED_LOGIN_NOTICE, SMTP_AUTH_LOG, Machine
+
+DOMAIN = "proof.example"
+ADMIN = f"admin@{DOMAIN}"
+PASSWORD = "Tr0ub4dor&3 %41+x/y"  # URL-encoding must survive '%', '+', '/', '&', ' '
+
+
+@dataclass
+class Vps:
+    machine: Machine
+    identity: SshIdentity
+    host_public: str
+
+    async def connect(self) -> asyncssh.SSHClientConnection:
+        return await connect_pinned(
+            self.machine.ip, [self.host_public], self.identity, port=self.machine.ssh_port
+        )
+
+
+async def boot(tmp_path: Path, **config: object) -> Vps:
+    identity = SshIdentity.generate()
+    user_data, host_public = identity.cloud_init_for(
+        "mail-proof", docker_cloud_config("docker-ce", "preinstalled")
+    )
+    machine = Machine(
+        {
+            "ip": "127.0.0.1",
+            "ssh_port": free_port(),
+            "smtp_port": free_port(),
+            "state_dir": str(tmp_path / "vps"),
+            "user_data": user_data,
+            "image": "docker-ce",  # Docker from the start: no cloud-init wait needed here
+            "cloud_init_seconds": 0,
+            **config,
+        }
+    )
+    await machine.start()
+    return Vps(machine, identity, host_public)
+
+
+@pytest_asyncio.fixture
+async def vps(tmp_path: Path) -> AsyncIterator[Vps]:
+    server = await boot(tmp_path)
+    try:
+        yield server
+    finally:
+        await server.machine.stop()
+
+
+async def running_mailu(conn: asyncssh.SSHClientConnection) -> MailuHost:
+    mailu = MailuHost(conn)
+    await mailu.write_config(DOMAIN, PublishAddresses.of("127.0.0.1", None))
+    await mailu.compose_up()
+    await ActivityEnvironment().run(mailu.wait_admin_healthy)
+    await mailu.ensure_domain(DOMAIN)
+    await mailu.set_admin(ADMIN, PASSWORD)
+    return mailu
+
+
+async def test_login_proof_asks_mailus_admin_and_keeps_the_password_off_argv(vps: Vps) -> None:
+    async with await vps.connect() as conn:
+        await running_mailu(conn)
+        await prove_smtp_login(conn, ADMIN, PASSWORD)
+        with pytest.raises(ApplicationError) as refused:
+            await prove_smtp_login(conn, ADMIN, PASSWORD + "x")
+        with pytest.raises(ApplicationError) as unknown:
+            await prove_smtp_login(conn, f"nobody@{DOMAIN}", PASSWORD)
+    for err in (refused.value, unknown.value):
+        assert err.type == "AdminLoginProofFailed" and not err.non_retryable
+        assert "Authentication credentials invalid" in err.message
+        assert PASSWORD not in err.message
+    state = vps.machine.state_dir
+    commands = [json.loads(line) for line in (state / "commands.jsonl").read_text().splitlines()]
+    checks = [c for c in commands if c["command"] == AUTH_CHECK]
+    assert len(checks) == 3 and all(c["stdin"] for c in checks)
+    assert PASSWORD not in (state / "commands.jsonl").read_text()
+    attempts = [json.loads(line) for line in (state / SMTP_AUTH_LOG).read_text().splitlines()]
+    assert [(a["login"], a["protocol"], a["port"], a["success"]) for a in attempts] == [
+        (ADMIN, "submission", "465", True),
+        (ADMIN, "submission", "465", False),
+        (f"nobody@{DOMAIN}", "submission", "465", False),
+    ]
+    assert PASSWORD not in (state / SMTP_AUTH_LOG).read_text()
+
+
+async def test_login_proof_before_admin_is_healthy_is_a_retryable_failure(vps: Vps) -> None:
+    async with await vps.connect() as conn:
+        mailu = MailuHost(conn)
+        await mailu.write_config(DOMAIN, PublishAddresses.of("127.0.0.1", None))
+        await mailu.compose_up()  # admin still migrating: gunicorn not on 8080 yet
+        with pytest.raises(ApplicationError) as err:
+            await prove_smtp_login(conn, ADMIN, PASSWORD)
+    assert err.value.type == "AdminLoginProofFailed" and not err.value.non_retryable
+    assert "exited 7" in err.value.message and PASSWORD not in err.value.message
+
+
+async def test_mailu_serves_no_submission_port_587_even_over_ssh(vps: Vps) -> None:
+    """MailU 2024.06's default PORTS leave 587 closed (socrate clean_env); the old
+    proof's tunnel to 127.0.0.1:587 is refused once MailU runs."""
+    async with await vps.connect() as conn:
+        await running_mailu(conn)
+        with pytest.raises(asyncssh.ChannelOpenError, match="Connection refused"):
+            await conn.open_connection("127.0.0.1", 587)
+
+
+async def test_expired_root_password_refuses_sessions_without_a_terminal(
+    tmp_path: Path,
+) -> None:
+    server = await boot(tmp_path, root_password_expired=True)
+    try:
+        async with await server.connect() as conn:  # key login itself succeeds
+            result = await conn.run("docker compose version", check=False)
+            assert result.exit_status == 1
+            assert result.stderr == EXPIRED_LOGIN_NOTICE
+            assert result.stdout == ""
+            with pytest.raises((asyncssh.SFTPError, asyncssh.ChannelOpenError, OSError)):
+                async with conn.start_sftp_client() as sftp:
+                    await sftp.listdir("/")
+        [entry] = [
+            json.loads(line)
+            for line in (server.machine.state_dir / "commands.jsonl").read_text().splitlines()
+            if "docker" in (json.loads(line)["command"] or "")
+        ]
+        assert entry["exit_status"] == 1
+    finally:
+        await server.machine.stop()
+
+
+async def test_metadata_public_keys_log_in_beside_the_cloud_config_keys(tmp_path: Path) -> None:
+    other = SshIdentity.generate()
+    server = await boot(tmp_path, metadata_public_keys=[other.public_key])
+    try:
+        for identity in (server.identity, other):
+            async with await connect_pinned(
+                server.machine.ip, [server.host_public], identity, port=server.machine.ssh_port
+            ) as conn:
+                assert (await conn.run("docker compose version", check=True)).exit_status == 0
+    finally:
+        await server.machine.stop()
+
+
+# --- published ports and the IPv6 open relay (issue 19 item 3) -------------------------
+
+HOST_V4, HOST_V6 = "203.0.113.5", "2001:db8:5::1"
+COMPOSE = "docker compose -p mailu -f /mailu/docker-compose.yml"
+
+
+async def no_stdin() -> str:
+    return ""
+
+
+def dual_stack_shell(tmp_path: Path, compose_text: str, daemon_json: str | None) -> Shell:
+    shell = Shell(
+        tmp_path / "root", MailuStore(tmp_path / "mailu.json"), addresses=[HOST_V4, HOST_V6]
+    )
+    bind = PublishAddresses.of(HOST_V4, HOST_V6)
+    mailu = shell.host_path("/mailu")
+    mailu.mkdir(parents=True)
+    (mailu / "docker-compose.yml").write_text(compose_text)
+    (mailu / "mailu.env").write_text(render_mailu_env("example.com", "0" * 32, bind))
+    if daemon_json is not None:
+        shell.host_path("/etc/docker").mkdir(parents=True)
+        shell.host_path("/etc/docker/daemon.json").write_text(daemon_json)
+    return shell
+
+
+async def test_our_files_keep_an_ipv6_clients_address(tmp_path: Path) -> None:
+    [daemon] = docker_cloud_config("debian-12", "docker-apt")["write_files"][1:]
+    shell = dual_stack_shell(
+        tmp_path, render_compose(PublishAddresses.of(HOST_V4, HOST_V6)), daemon["content"]
+    )
+    assert (await shell.run(f"{COMPOSE} up -d", no_stdin)).exit_status == 0
+    assert shell.deployments["mailu"].ipv6_clients_seen_as == "client"
+    ps = json.loads((await shell.run(f"{COMPOSE} ps --format json front", no_stdin)).stdout)
+    assert {(p["URL"], p["PublishedPort"]) for p in ps["Publishers"]} == {
+        (ip, port) for ip in (HOST_V4, HOST_V6) for port in (25, 80, 443, 465, 993, 995, 4190)
+    }
+
+
+async def test_ports_on_every_address_without_mailus_daemon_settings_relay_for_ipv6(
+    tmp_path: Path,
+) -> None:
+    """What the product rendered before: "25:25" on a dual-stack host, IPv4-only network,
+    the daemon's default userland proxy: IPv6 clients arrive as the bridge gateway."""
+    ours = render_compose(PublishAddresses.of(HOST_V4, HOST_V6))
+    everywhere = re.sub(r'"(?:\[[0-9a-f:]+\]|[0-9.]+):(\d+):(\d+)"', r'"\1:\2"', ours)
+    everywhere = everywhere.replace("    enable_ipv6: true\n", "")
+    shell = dual_stack_shell(tmp_path, everywhere, None)
+    assert (await shell.run(f"{COMPOSE} up -d", no_stdin)).exit_status == 0
+    assert shell.deployments["mailu"].ipv6_clients_seen_as == "gateway"
+
+
+async def test_a_port_bound_to_an_address_the_host_lacks_fails_compose_up(tmp_path: Path) -> None:
+    shell = dual_stack_shell(
+        tmp_path, render_compose(PublishAddresses.of("198.51.100.7", None)), None
+    )
+    result = await shell.run(f"{COMPOSE} up -d", no_stdin)
+    assert result.exit_status == 1
+    assert "listen tcp4 198.51.100.7:80: bind: cannot assign requested address" in result.stderr
+    assert "mailu" not in shell.deployments
+
+
+# --- Docker's apt key on an image without gpg (issue 19 item 4) ----------------------
+
+
+def finished_run(tmp_path: Path, document: dict[str, object]) -> CloudInitRun:
+    return CloudInitRun(tmp_path / "root", document, image="debian-12", duration=0)
+
+
+def test_docker_key_as_a_keyring_file_installs_docker_without_gpg(tmp_path: Path) -> None:
+    run = finished_run(tmp_path, docker_cloud_config("debian-12", "docker-apt"))
+    assert run.has(DOCKER_BIN) and run.has(COMPOSE_PLUGIN)
+    assert run.details()["errors"] == []
+    assert (tmp_path / "root/etc/docker/daemon.json").is_file()
+
+
+def test_docker_key_through_cloud_inits_gpg_fails_apt_on_the_fresh_image(tmp_path: Path) -> None:
+    """What the product sent before: `key` inline, `signed-by=$KEY_FILE` (needs gpg)."""
+    config = docker_cloud_config("debian-12", "docker-apt")
+    key = config.pop("write_files")[0]["content"]
+    config["apt"]["sources"]["docker.list"] = {
+        "source": "deb [signed-by=$KEY_FILE] https://download.docker.com/linux/debian "
+        "bookworm stable",
+        "key": key,
+    }
+    run = finished_run(tmp_path, config)
+    assert not run.has(DOCKER_BIN)
+    [error] = run.details()["errors"]
+    assert "NO_PUBKEY" in error
+
+
+def test_a_keyring_file_without_dockers_key_fails_apt(tmp_path: Path) -> None:
+    config = docker_cloud_config("debian-12", "docker-apt")
+    config["write_files"][0]["content"] = "not a key\n"
+    run = finished_run(tmp_path, config)
+    assert not run.has(DOCKER_BIN)
+    assert "NO_PUBKEY" in run.details()["errors"][0]
+
+
+# --- front's submissions port: closed until DNS gives MailU a certificate ------------
+
+
+async def test_submissions_is_closed_until_dns_brings_a_certificate(
+    vps: Vps, tmp_path: Path
+) -> None:
+    host, port = vps.machine.ip, vps.machine.smtp_port
+    state = vps.machine.state_dir
+    publish_dns(state)  # DNS alone does nothing before MailU runs
+    async with await vps.connect() as conn:
+        for _ in range(3):  # several of the stand-in's certbot polls
+            await asyncio.sleep(CERTBOT_POLL_SECONDS)
+        assert not (state / "tls" / "cert.pem").exists()
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_connection(host, port)
+        await running_mailu(conn)
+        cafile = tmp_path / "front.pem"
+        cafile.write_text(await asyncio.to_thread(certificate_after_dns, state))
+    assert (state / "root/mailu/certs/letsencrypt/live/mailu/fullchain.pem").is_file()
+    login = await asyncio.to_thread(submissions_login, host, port, cafile, ADMIN, PASSWORD)
+    assert login.startswith("235 ")
+    with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
+        await asyncio.to_thread(submissions_login, host, port, cafile, ADMIN, "wrong")
+    assert refused.value.smtp_code == 535
