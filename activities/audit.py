@@ -30,6 +30,7 @@ import asyncio
 import fcntl
 import json
 import sqlite3
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
@@ -53,6 +54,10 @@ GENESIS_MAC = "genesis"
 MAC_DOMAIN = "mail-provisioning-audit-v1"
 # The activity failure's type for a refused append (counted by activities/metrics.py).
 AUDIT_CHAIN_BROKEN = "AuditChainBroken"
+# How long an append waits for the chain lock before it gives up (retryably): below the
+# audit activity's 30 s start-to-close, and a bounded wait keeps a hung appender from
+# parking every other append's thread in the worker's pool.
+CHAIN_LOCK_TIMEOUT = 20.0
 # Check-and-set conflicts on the anchor before an append gives up (retryably).
 ANCHOR_ATTEMPTS = 20
 
@@ -130,6 +135,10 @@ class AuditChainBroken(Exception):
 
 class AnchorMoved(Exception):
     """The anchor changed since it was read (check-and-set)."""
+
+
+class AuditChainBusy(Exception):
+    """Another appender held the chain lock for longer than CHAIN_LOCK_TIMEOUT: try later."""
 
 
 class ChainKey(Protocol):
@@ -234,8 +243,9 @@ class AuditStore(Protocol):
 class SqliteAuditStore:
     """The default: one file, for a single worker host."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, lock_timeout: float = CHAIN_LOCK_TIMEOUT) -> None:
         self.path = path
+        self.lock_timeout = lock_timeout
         path.parent.mkdir(parents=True, exist_ok=True)
         with closing(self._connect()) as db:
             db.executescript(SQLITE_SCHEMA)
@@ -252,7 +262,7 @@ class SqliteAuditStore:
         # SQLite transaction cannot span. Released by the kernel if the process dies.
         lock_path = self.path.with_name(self.path.name + ".chain-lock")
         with lock_path.open("a") as lock_file, closing(self._connect()) as db:
-            fcntl.flock(lock_file, fcntl.LOCK_EX)
+            _flock_within(lock_file, self.lock_timeout)
             try:
                 yield ChainCursor(lambda sql, params: db.execute(sql, params).fetchall(), "?")
             finally:
@@ -264,17 +274,33 @@ class SqliteAuditStore:
             return [_row(r) for r in cursor]
 
 
+def _flock_within(lock_file: Any, timeout: float) -> None:
+    """An exclusive flock, waited for at most `timeout` seconds (flock itself has none)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise AuditChainBusy(
+                    f"the audit chain lock was held by another appender for {timeout:g} s"
+                ) from None
+            time.sleep(0.05)
+
+
 class PostgresAuditStore:
     """For several workers: one shared, append-only table in PostgreSQL."""
 
     LOCK = "SELECT pg_advisory_lock(hashtext('audit_events_chain'))"
     UNLOCK = "SELECT pg_advisory_unlock(hashtext('audit_events_chain'))"
 
-    def __init__(self, dsn: str) -> None:
+    def __init__(self, dsn: str, lock_timeout: float = CHAIN_LOCK_TIMEOUT) -> None:
         import psycopg  # only deployments that use PostgreSQL need the driver loaded
 
         self._psycopg = psycopg
         self.dsn = dsn
+        self.lock_timeout = lock_timeout
         with psycopg.connect(dsn) as db:
             db.execute(POSTGRES_SCHEMA)
             columns = {
@@ -291,7 +317,16 @@ class PostgresAuditStore:
         # A session advisory lock: one chain writer across every worker, held from
         # reading the tail to writing the anchor; a dead worker's session releases it.
         with self._psycopg.connect(self.dsn, autocommit=True) as db:
-            db.execute(self.LOCK)
+            # lock_timeout bounds the wait for an advisory lock too (PostgreSQL docs,
+            # runtime-config-client: "waiting to acquire a lock on a table, index, row,
+            # or other database object").
+            db.execute(f"SET lock_timeout = {int(self.lock_timeout * 1000)}")
+            try:
+                db.execute(self.LOCK)
+            except self._psycopg.errors.LockNotAvailable:
+                raise AuditChainBusy(
+                    f"the audit chain lock was held by another appender for {self.lock_timeout:g} s"
+                ) from None
             try:
 
                 def execute(sql: str, params: tuple[Any, ...]) -> list[Any]:
@@ -536,6 +571,8 @@ class AuditActivities:
             # activities/metrics.py keeps of this failure type, are what operators alert on.
             log.error("audit_chain_broken", problems=err.problems, audit_event=event.event)
             raise ApplicationError(str(err), type=AUDIT_CHAIN_BROKEN) from None
+        except AuditChainBusy as err:
+            raise ApplicationError(str(err), type="AuditChainBusy") from None
         except VaultError as err:
             raise vault_failure(err) from None
         activity.logger.info(

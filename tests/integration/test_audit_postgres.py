@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 import psycopg
 import pytest
 
-from activities.audit import Head, PostgresAuditStore, open_audit_store
+from activities.audit import AuditChainBusy, Head, PostgresAuditStore, open_audit_store
 from activities.audit_vault import AuditSettings, open_audit_log, verify_audit_log
 from activities.vault import Vault, VaultSettings
 from tests.integration.openbao_dev import DevOpenBao
@@ -88,3 +88,15 @@ def test_rows_cannot_be_changed(dsn: str, openbao: DevOpenBao, statement: str) -
     ):
         db.execute(statement)
     assert len(audit_log.store.rows()) == 1
+
+
+def test_a_held_chain_lock_is_waited_for_a_bounded_time(dsn: str) -> None:
+    """lock_timeout bounds the wait for the advisory lock: a stuck appender elsewhere
+    makes this one give up (retryably), not wait with its thread forever."""
+    store = PostgresAuditStore(dsn, lock_timeout=0.3)
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute(PostgresAuditStore.LOCK)  # another worker, holding it throughout
+        with pytest.raises(AuditChainBusy, match="held by another appender"), store.chain_lock():
+            pass
+    with store.chain_lock() as cursor:  # free again
+        assert cursor.rows_from(1) == []

@@ -8,6 +8,7 @@ behaviour against the real OpenBao and PostgreSQL is in tests/integration/.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import hmac
 import itertools
@@ -24,6 +25,7 @@ from activities.audit import (
     AnchorMoved,
     AuditActivities,
     AuditChainBroken,
+    AuditChainBusy,
     AuditLog,
     Head,
     SqliteAuditStore,
@@ -385,3 +387,21 @@ def test_a_refused_append_is_counted_for_the_alert() -> None:
         meter, ApplicationError("audit chain does not verify", type=AUDIT_CHAIN_BROKEN_TYPE)
     )
     assert meter.counted == {AUDIT_CHAIN_BROKEN: 1}
+
+
+async def test_a_held_chain_lock_is_waited_for_a_bounded_time(tmp_path: Path) -> None:
+    """An appender stuck while holding the lock (a hung Vault call) does not park every
+    other append's thread: they give up after the lock timeout, retryably."""
+    store = SqliteAuditStore(tmp_path / "audit.db", lock_timeout=0.2)
+    audit_log = AuditLog(store, LocalKey(), MemoryHead(), CHAIN)
+    with (tmp_path / "audit.db.chain-lock").open("a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # another appender, holding it throughout
+        with pytest.raises(AuditChainBusy, match="held by another appender"):
+            audit_log.append(event("wf/run/e1"), "t1")
+        with pytest.raises(ApplicationError) as failure:
+            await ActivityEnvironment().run(
+                AuditActivities(audit_log).record_audit_event, event("wf/run/e1")
+            )
+    assert (failure.value.type, failure.value.non_retryable) == ("AuditChainBusy", False)
+    assert store.rows() == []
+    assert audit_log.append(event("wf/run/e1"), "t1") is True  # once it is free
