@@ -22,7 +22,7 @@ import hvac
 import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -35,9 +35,10 @@ from tests.e2e.conftest import CloudControl
 from tests.workflow.test_hostile_starts_workflow import ROTATION_CORPUS, RawStart
 from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
-from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
+from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE, rotation_schedule_id
 
 JSON = b"json/plain"
+QUEUE = "mail-provisioning"
 RUN_TIMEOUT = 120  # generous: a refused start ends in well under a second on a quiet machine
 
 
@@ -592,3 +593,124 @@ async def test_hostile_rotation_starts_end_at_once_and_create_nothing(
         f"hostile rotation starts: {len(started)} runs ({len(text_cases)} by the CLI) lasted "
         f"{min(durations):.3f}-{max(durations):.3f} s (start to close, server clock)"
     )
+
+
+def hostile_payloads() -> dict[str, list[Payload]]:
+    """Signal and query arguments a client can send, by name (none, several, not JSON...)."""
+
+    def one(encoding: bytes, data: bytes) -> list[Payload]:
+        return [Payload(metadata={"encoding": encoding}, data=data)]
+
+    return {
+        "none": [],
+        "string": one(JSON, b'"deleted"'),
+        "two": one(JSON, b'"a"') * 2,
+        "binary": one(b"binary/plain", b"\x00\xff"),
+        "protobuf": one(b"json/protobuf", b"\x08\x01"),
+        "undecodable": one(b"binary/x-mailprov-undecodable", b"unknown key id 'x'"),
+        "not json": one(JSON, b"{not json"),
+        "deep": one(JSON, b"[" * 5000 + b"]" * 5000),
+        "256 KiB": one(JSON, json.dumps("x" * (1 << 18)).encode()),
+    }
+
+
+# Signal and query names a client can try on any run: ours, the SDK's, made up.
+HOSTILE_SIGNALS = ("release", "provisioned", "status", "cancel", "x" * 300)
+HOSTILE_QUERIES = ("status", "claim", "statuss", "x" * 300)
+
+
+async def hostile_queries(client: Client, workflow_id: str) -> dict[str, int]:
+    """Every hostile query on the run: each answers or is refused, none hangs or breaks it.
+
+    Returns how many were refused (WorkflowQueryFailedError) and how many answered."""
+    handle = client.get_workflow_handle(workflow_id)
+    outcome = {"refused": 0, "answered": 0}
+    for name in HOSTILE_QUERIES:
+        for payloads in hostile_payloads().values():
+            try:
+                await asyncio.wait_for(
+                    handle.query(name, args=[RawValue(p) for p in payloads]), RUN_TIMEOUT
+                )
+            except WorkflowQueryFailedError:
+                outcome["refused"] += 1
+            else:
+                outcome["answered"] += 1
+    return outcome
+
+
+async def send_hostile_signals(client: Client, workflow_id: str) -> int:
+    handle = client.get_workflow_handle(workflow_id)
+    sent = 0
+    for name in HOSTILE_SIGNALS:
+        for payloads in hostile_payloads().values():
+            await handle.signal(name, args=[RawValue(p) for p in payloads])
+            sent += 1
+    return sent
+
+
+async def test_hostile_signals_and_queries_leave_purchases_and_rotations_unharmed(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    """A running purchase signalled with every hostile name and payload still completes,
+    without one failed workflow task; queries with bad names or arguments are refused
+    or answered, never hang; a rotation started with a hostile signal (signal-with-start)
+    is still refused at once; nothing is created beyond the one good purchase."""
+    batch = uuid.uuid4().hex[:6]
+    before = await snapshot(info, cloud, client)
+    schedules_before = await schedule_ids(client)
+
+    handle = await client.start_workflow(
+        WORKFLOW_TYPE, purchase, id=workflow_id_for(purchase["purchase_id"]), task_queue=QUEUE
+    )
+    sent = await send_hostile_signals(client, handle.id)
+    result = await asyncio.wait_for(handle.result(), 600)
+    assert result["tenant_id"] == purchase["tenant_id"]
+    assert await workflow_task_failures(client, handle.id) == 0
+    signalled = [
+        e
+        async for e in handle.fetch_history_events()
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    ]
+    assert len(signalled) == sent  # every hostile signal reached the run
+    purchase_queries = await hostile_queries(client, handle.id)
+    assert purchase_queries["refused"] > 0
+
+    # Signal-with-start: the hostile signal arrives in the rotation's first workflow task.
+    rotations = []
+    for i, (name, payloads) in enumerate(hostile_payloads().items()):
+        started = await client.start_workflow(
+            ROTATION_WORKFLOW_TYPE,
+            {"tenant_id": f"never-{batch}"},
+            id=f"rotate-signalled-{batch}-{i}",
+            task_queue=QUEUE,
+            start_signal=HOSTILE_SIGNALS[i % len(HOSTILE_SIGNALS)],
+            start_signal_args=[RawValue(p) for p in payloads],
+        )
+        rotations.append(started.id)
+        unknown = Case("rotation", name, lambda pid: [], f"never-{batch}", "TenantUnknown")
+        await expect_refused(client, started.id, unknown)
+        assert await workflow_task_failures(client, started.id) == 0, name
+    rotation_queries = await hostile_queries(client, rotations[0])
+    assert rotation_queries["refused"] > 0
+
+    after = await snapshot(info, cloud, client)
+    assert after.servers <= before.servers + 1
+    # KV v2 lists a tenant as its folder, "{tenant}/".
+    assert after.vault_records - before.vault_records <= {purchase["tenant_id"] + "/"}
+    own_rows = len(audit_rows_of(info, handle.id))
+    assert after.audit_rows == before.audit_rows + own_rows
+    assert await schedule_ids(client) - schedules_before <= {
+        rotation_schedule_id(purchase["tenant_id"])
+    }
+    print(
+        f"hostile signals: {sent} on a running purchase; queries on the purchase "
+        f"{purchase_queries}, on a rotation {rotation_queries}"
+    )
+
+
+def audit_rows_of(info: StackInfo, workflow_id: str) -> list[Any]:
+    return [
+        row
+        for row in SqliteAuditStore(info.audit_db).rows()
+        if row.event_key.startswith(workflow_id)
+    ]
