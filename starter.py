@@ -143,13 +143,6 @@ STEP_OF_ACTIVITY: dict[str, str | None] = {
     "ensure_rotation_schedule": "schedule_rotation",
     "notify_customer": "notify",
     "delete_purchase_servers": "delete_server",
-    # Runs started before workflows.provision.FEWER_ACTIONS.
-    "check_notify_url": "validate_input",
-    "resolve_plan": "admit_purchase",
-    "claim_tenant": "admit_purchase",
-    "set_reverse_dns": "wait_for_server",
-    "mail_dns_records": "configure_mailu",
-    "confirm_tenant_claim": None,
 }
 _ACTIVITY_OUTCOME = {
     EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED: "done",

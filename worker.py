@@ -297,15 +297,6 @@ async def build_activities(
             vps.delete_purchase_servers,
             vps.list_managed_servers,
             *([TemporalRunsActivities(client).describe_purchase_runs] if client else []),
-            # Only for runs started before workflows.provision.FEWER_ACTIONS.
-            plans.resolve_plan,
-            vps.wait_for_server,
-            vps.set_reverse_dns,
-            mailu.configure_mailu,
-            mailu.mail_dns_records,
-            notify.check_notify_url,
-            claims.claim_tenant,
-            claims.confirm_tenant_claim,
         ]
     finally:
         await provider.aclose()
@@ -361,8 +352,12 @@ async def _check_provider(plans: dict[str, Plan], provider: VpsProvider) -> None
 PASSED_THROUGH = (
     "workflows.claim_contracts",
     "workflows.contracts",
+    "workflows.failures",
+    "workflows.policies",
     "workflows.reconcile_contracts",
     "workflows.rotation_contracts",
+    "workflows.saga",
+    "workflows.steps",
 )
 # Third-party libraries those modules import: pure functions over static data, so they
 # are deterministic too, and passed through rather than re-imported for every run.

@@ -202,7 +202,6 @@ class MailuActivities:
         self._access = access
         self._settings = settings or MailuSettings()
 
-    @activity.defn(name="configure_mailu")
     async def configure_mailu(self, target: MailuTarget) -> None:
         """Wait for cloud-init, install MailU's configuration, start it, create the domain."""
         # Only runs of the old sequence call this; their target names one address, so
@@ -214,7 +213,6 @@ class MailuActivities:
         async with await self._access.open(target) as conn:
             await self._configure(conn, target.domain, bind)
 
-    @activity.defn(name="mail_dns_records")
     async def mail_dns_records(self, request: DnsRecordsRequest) -> list[DnsRecord]:
         """The records the customer must publish: A/AAAA, MX, SPF, DKIM, DMARC."""
         async with await self._access.open(request.target) as conn:

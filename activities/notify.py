@@ -221,7 +221,6 @@ class NotifyActivities:
         # stays: its pool is keyed by the pinned address, not the name TLS checks.
         self._tls = httpx.create_ssl_context(trust_env=False)
 
-    @activity.defn(name="check_notify_url")
     async def check_notify_url(self, check: NotifyUrlCheck) -> None:
         """Every policy rule, DNS included, before the purchase buys anything.
 

@@ -22,8 +22,6 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from temporalio import activity
-
 from activities.cloud_init import DockerInstallError, check_docker_install
 from workflows.contracts import PLAN_NAME_RULE, InvalidPurchaseRequest, Plan, PlanRequest
 
@@ -143,7 +141,6 @@ class PlanActivities:
     def __init__(self, catalog: Mapping[str, Plan]) -> None:
         self._catalog = dict(catalog)
 
-    @activity.defn(name="resolve_plan")
     async def resolve_plan(self, request: PlanRequest) -> Plan:
         try:
             return plan_for(self._catalog, request.plan)

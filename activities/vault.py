@@ -528,9 +528,19 @@ class VaultActivities:
 
     @activity.defn(name="store_credentials")
     async def store_credentials(self, request: StoreCredentialsRequest) -> StoredCredentials:
-        """Write the record once: a retry finds its own envelope and adds no version."""
+        """Write the record once: a retry finds its own envelope and adds no version.
+
+        A cancel cannot stop a write already under way (it runs in a thread), so the
+        attempt waits for it and reports the version written: the purchase waits for
+        this step on cancel (workflows/policies.py) and withdraws that version.
+        """
+        write = asyncio.ensure_future(asyncio.to_thread(self._store, request))
         try:
-            return await asyncio.to_thread(self._store, request)
+            try:
+                return await asyncio.shield(write)
+            except asyncio.CancelledError:
+                activity.logger.info("cancel requested during the Vault write; finishing it")
+                return await write
         except VaultError as err:
             raise vault_failure(err) from None
 

@@ -420,7 +420,6 @@ class VpsActivities:
             )
         return found[0]
 
-    @activity.defn(name="wait_for_server")
     async def wait_for_server(self, server: ServerHandle) -> ServerAddress:
         """Poll the provider inside one attempt until the server runs.
 
@@ -506,7 +505,6 @@ class VpsActivities:
             )
         return ServerAddress(current.id, current.ipv4, current.ipv6)
 
-    @activity.defn(name="set_reverse_dns")
     async def set_reverse_dns(self, request: ReverseDnsRequest) -> None:
         """Point the PTR record of every address (IPv4 and IPv6) at the mail hostname.
 

@@ -41,7 +41,8 @@ with workflow.unsafe.imports_passed_through():
         VaultActivities,
         VpsActivities,
     )
-    from workflows.provision import AUDIT, DELETE_SERVER, REMOVE_CREDENTIALS, _policy
+    from workflows.policies import AUDIT, DELETE_SERVER, REMOVE_CREDENTIALS
+    from workflows.policies import policy as _policy
 
 # Listing and describing are reads: quick, retried briefly (the next schedule retries).
 LOOKUP = dict(start_to_close_timeout=timedelta(seconds=60), retry_policy=_policy(2, 30, 5))

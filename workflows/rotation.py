@@ -51,7 +51,9 @@ with workflow.unsafe.imports_passed_through():
         CredentialsActivities,
         RotationScheduleActivities,
     )
-    from workflows.provision import AUDIT, _error_type, _reason
+    from workflows.failures import error_type as _error_type
+    from workflows.failures import reason as _reason
+    from workflows.policies import AUDIT
 
 # The same audit retry as provisioning: the row must not be lost.
 AUDIT_OPTIONS: dict[str, Any] = AUDIT

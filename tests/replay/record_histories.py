@@ -10,9 +10,10 @@ Scenarios: happy (plain success), retried (the provider answers 429 twice, a Mai
 command fails once), compensated (the server fails to boot: compensation runs),
 cancelled (cancelled while MailU is being configured: compensation, ends cancelled).
 
-Re-run it after a change to workflows/ that is *meant* to change the command sequence
-(and guard running purchases with workflow.patched), then commit the new files. It
-takes about a minute and needs nothing but `make install`.
+Re-run it after a change to workflows/ that is *meant* to change the command sequence,
+then commit the new files; from the first release on, such a change is versioned
+instead (docs/VERSIONING.md). It takes about a minute and needs nothing but
+`make install`.
 """
 
 from __future__ import annotations

@@ -6,8 +6,9 @@ time; this test makes CI fail on it instead. The histories were exported with
 `temporal workflow show -o json` from real runs on the local stack (so every payload is
 ciphertext) and replay through the project's data converter, with the committed
 test-only key ring, via the same function as the operator's `starter.py replay FILE`.
-Re-record with `python -m tests.replay.record_histories` only together with
-workflow.patched().
+Before the first release they are re-recorded with `python -m tests.replay.record_histories`
+whenever the sequence changes; from the first release on, a change must replay the
+histories of that release unchanged (docs/VERSIONING.md).
 """
 
 from __future__ import annotations
@@ -29,12 +30,7 @@ from tests.helpers import payload_encodings
 from workflows.provision import ProvisionMailTenant
 
 HISTORY_DIR = Path(__file__).parent / "histories"
-# Runs recorded before the FEWER_ACTIONS patch: in-flight purchases of that code must
-# still replay (on the workflow's legacy path).
-LEGACY_DIR = HISTORY_DIR / "before-fewer-actions"
-CURRENT = [p for p in sorted(HISTORY_DIR.glob("*.json")) if not p.name.startswith("TEST-ONLY")]
-LEGACY = sorted(LEGACY_DIR.glob("*.json"))
-HISTORIES = CURRENT + LEGACY
+HISTORIES = [p for p in sorted(HISTORY_DIR.glob("*.json")) if not p.name.startswith("TEST-ONLY")]
 HISTORY_IDS = [str(p.relative_to(HISTORY_DIR).with_suffix("")) for p in HISTORIES]
 TEST_KEYS = HISTORY_DIR / "TEST-ONLY-codec-keys.json"
 SCENARIOS = {"happy", "retried", "compensated", "cancelled"}
@@ -66,15 +62,12 @@ def patch_markers(path: Path) -> list[str]:
     ]
 
 
-def test_both_generations_are_committed_and_only_the_new_one_took_the_patch() -> None:
-    assert {p.stem for p in CURRENT} >= SCENARIOS
-    assert {p.stem for p in LEGACY} >= SCENARIOS
-    assert all(patch_markers(p) == ["core_patch"] for p in CURRENT)
-    assert all(patch_markers(p) == [] for p in LEGACY)
+def test_the_histories_are_of_the_one_sequence_without_patches() -> None:
+    """Unreleased: one sequence, no workflow.patched() branch (docs/VERSIONING.md)."""
+    assert {p.stem for p in HISTORIES} >= SCENARIOS
+    assert all(patch_markers(p) == [] for p in HISTORIES)
     happy = event_types(HISTORY_DIR / "happy.json")
-    legacy_happy = event_types(LEGACY_DIR / "happy.json")
     assert happy.count("ACTIVITY_TASK_SCHEDULED") == 10
-    assert legacy_happy.count("ACTIVITY_TASK_SCHEDULED") == 15
 
 
 def test_the_four_scenarios_are_committed_and_are_what_they_claim() -> None:

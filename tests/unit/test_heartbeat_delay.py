@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import cast
 
 from activities.heartbeat import HEARTBEAT_INTERVAL_SECONDS, first_beat_delay
-from workflows.provision import HEARTBEAT, WAIT_FOR_SERVER
+from workflows.policies import HEARTBEAT, WAIT_FOR_SERVER
 
 # The SDK sends later heartbeats at most every 80% of the timeout.
 SDK_THROTTLE = 0.8

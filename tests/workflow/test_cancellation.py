@@ -10,11 +10,7 @@ deletes whatever server carries the purchase's label.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 import pytest
-from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
@@ -24,36 +20,24 @@ from tests.workflow.test_provision_workflow import Harness, ScriptedWorld, purch
 from workflows.contracts import ProvisionStatus, PurchaseRequest
 
 
-@dataclass
-class CancellableWorld(ScriptedWorld):
-    purchase_deletes: list[str] = field(default_factory=list)
-
-    def activities(self) -> list[Any]:
-        @activity.defn(name="delete_purchase_servers")
-        async def delete_purchase_servers(purchase_id: str) -> list[int]:
-            self._enter("delete_purchase_servers")
-            self.purchase_deletes.append(purchase_id)
-            return [42]
-
-        return [*super().activities(), delete_purchase_servers]
-
-
 @pytest.fixture
 def harness(time_skipping_env: WorkflowEnvironment) -> Harness:
-    return Harness(time_skipping_env, CancellableWorld())
+    return Harness(time_skipping_env, ScriptedWorld())
 
 
-# step held (its activity keeps failing, retryably) -> whether credentials were stored
+# step held (its activity keeps failing, retryably) -> (version stored, schedule may exist)
 STEPS = {
-    "create_server": False,
-    "wait_for_server": False,
-    "set_reverse_dns": False,
-    "rotate_host_key": False,
-    "configure_mailu": False,
-    "create_admin_credentials": False,
-    "store_credentials": False,
-    "record_audit_event": True,
-    "notify_customer": True,
+    "admit_purchase": (False, False),
+    "create_server": (False, False),
+    "wait_for_server": (False, False),
+    "set_reverse_dns": (False, False),
+    "rotate_host_key": (False, False),
+    "configure_mailu": (False, False),
+    "create_admin_credentials": (False, False),
+    "store_credentials": (False, False),
+    "record_audit_event": (True, False),
+    "ensure_rotation_schedule": (True, True),
+    "notify_customer": (True, True),
 }
 
 
@@ -62,7 +46,6 @@ async def test_cancel_at_each_step_compensates_and_ends_cancelled(
     harness: Harness, step: str
 ) -> None:
     world = harness.world
-    assert isinstance(world, CancellableWorld)
     # 20 failures outlast the cancel (10 s in) under every step's retry policy; the
     # compensation's own audit write uses up what is left of them and then succeeds.
     world.failures[step] = [ApplicationError("held", type="Held") for _ in range(20)]
@@ -81,15 +64,24 @@ async def test_cancel_at_each_step_compensates_and_ends_cancelled(
     assert isinstance(failure.value.cause, CancelledError)
     assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
     assert status.state == "cancelled"
+    stored, scheduled = STEPS[step]
+    assert world.removed_versions == ([1] if stored else [])
+    # The schedule is removed once its step was reached (an attempt may have created it).
+    assert world.removed_schedules == ([f"rotate-{raw['tenant_id']}"] if scheduled else [])
+    assert world.notifications == []
+    # The claim is released (an admission that never answered took none).
+    assert world.claims.get(raw["tenant_id"], ("", "released"))[1] == "released"
+    if step == "admit_purchase":
+        # Nothing was bought, so nothing is deleted or audited; the claim is released.
+        assert (world.purchase_deletes, world.deleted, world.audit) == ([], [], [])
+        return
     if step == "create_server":
         assert (world.purchase_deletes, world.deleted) == ([raw["purchase_id"]], [])
     else:
         assert (world.purchase_deletes, world.deleted) == ([], [42])
-    assert world.removed_versions == ([1] if STEPS[step] else [])
     failed = [e for e in world.audit if e.event == "provisioning_failed"]
     assert len(failed) == 1
     assert failed[0].details["reason"] == "workflow cancelled"
-    assert world.notifications == []
 
 
 @pytest.mark.parametrize("step", ["rotate_host_key", "configure_mailu"])

@@ -65,6 +65,9 @@ class ScriptedWorld:
     ptr: list[str] = field(default_factory=list)
     pinned_keys: list[str] = field(default_factory=list)
     schedules: list[RotationScheduleRequest] = field(default_factory=list)
+    removed_schedules: list[str] = field(default_factory=list)
+    # purchase ids whose servers were deleted by label (no server id known)
+    purchase_deletes: list[str] = field(default_factory=list)
     # tenant -> (holder, state): the scripted stand-in of the TenantClaim workflows
     claims: dict[str, tuple[str, str]] = field(default_factory=dict)
 
@@ -161,6 +164,20 @@ class ScriptedWorld:
             self.deleted.append(server.server_id)
             return True
 
+        @activity.defn(name="delete_purchase_servers")
+        async def delete_purchase_servers(purchase_id: str) -> list[int]:
+            self._enter("delete_purchase_servers")
+            self.purchase_deletes.append(purchase_id)
+            ids = [42 for spec in self.specs if spec.labels["purchase"] == purchase_id]
+            self.deleted.extend(ids)
+            return ids
+
+        @activity.defn(name="remove_rotation_schedule")
+        async def remove_rotation_schedule(target: MailuTarget) -> bool:
+            self._enter("remove_rotation_schedule")
+            self.removed_schedules.append(f"rotate-{target.tenant_id}")
+            return True
+
         @activity.defn(name="remove_credentials")
         async def remove_credentials(request: RemoveCredentialsRequest) -> bool:
             self._enter("remove_credentials")
@@ -187,6 +204,8 @@ class ScriptedWorld:
             release_tenant_claim,
             notify_customer,
             delete_server,
+            delete_purchase_servers,
+            remove_rotation_schedule,
         ]
 
 

@@ -1,0 +1,76 @@
+"""How the workflows read and report failures: one public module for all of them.
+
+A step's failure reaches workflow code as an ActivityError wrapping the activity's own
+error; these helpers read the innermost error's message and type (for status, audit
+rows and the run's own failure), tell whether the run was asked to cancel, and build
+the errors a purchase ends with. No I/O, no state: the worker passes it through the
+sandbox (worker.PASSED_THROUGH).
+"""
+
+import asyncio
+
+from temporalio import workflow
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    FailureError,
+)
+
+# Errors a run ends with at once, before anything is bought: bad input, or a tenant that
+# already has a server (the claim is another purchase's).
+REFUSALS = ("InvalidPurchaseRequest", "TenantAlreadyProvisioned")
+
+
+def innermost(err: BaseException) -> BaseException:
+    """The error under every ActivityError wrapper."""
+    while isinstance(err, ActivityError) and err.cause is not None:
+        err = err.cause
+    return err
+
+
+def reason(err: BaseException) -> str:
+    """The innermost message: for an ActivityError, the activity's own error."""
+    inner = innermost(err)
+    if isinstance(inner, asyncio.CancelledError | CancelledError):
+        return "workflow cancelled"
+    if isinstance(inner, FailureError):
+        return inner.message or type(inner).__name__
+    return str(inner) or type(inner).__name__
+
+
+def error_type(err: BaseException) -> str:
+    """The innermost ApplicationError's type, else the error's class name."""
+    inner = innermost(err)
+    if isinstance(inner, ApplicationError) and inner.type:
+        return inner.type
+    return type(inner).__name__
+
+
+def cancel_requested() -> bool:
+    """Someone asked to cancel this run (the request stays, even once a step absorbed it)."""
+    return workflow.cancellation_reason() is not None
+
+
+def raise_if_refused(err: ActivityError) -> None:
+    """Bad input or a tenant that has a server: the run ends at once, nothing bought."""
+    cause = innermost(err)
+    if isinstance(cause, ApplicationError) and cause.type in REFUSALS:
+        raise ApplicationError(
+            cause.message, *cause.details, type=cause.type, non_retryable=True
+        ) from None
+
+
+def provisioning_failed(step: str, err: BaseException) -> ApplicationError:
+    """What a run ends with after compensating a failure at `step`."""
+    return ApplicationError(
+        f"provisioning failed at {step}: {reason(err)}",
+        {"step": step, "error_type": error_type(err)},
+        type="ProvisioningFailed",
+        non_retryable=True,
+    )
+
+
+def cancelled_at(step: str) -> CancelledError:
+    """What a run ends with after compensating a cancel at `step` (the run is CANCELLED)."""
+    return CancelledError(f"purchase cancelled at {step}; compensated")
