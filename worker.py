@@ -36,7 +36,7 @@ from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
 from activities.notify import NotifyActivities, NotifyPolicy
-from activities.plans import CatalogError, PlanActivities, load_catalog
+from activities.plans import CatalogError, load_catalog
 from activities.provider_registry import DEFAULT_PROVIDER, UnknownProvider, provider_entry
 from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
@@ -104,6 +104,9 @@ class Settings:
     notify_policy: NotifyPolicy
     health_bind: str | None = None
     max_concurrent_activities: int = DEFAULT_MAX_CONCURRENT_ACTIVITIES
+    # For debugging failed purchases on a dedicated worker: compensation keeps the server
+    # (workflows/contracts.py Admission). Never a purchase's input.
+    keep_failed_servers: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -139,6 +142,7 @@ class Settings:
             max_concurrent_activities=_int(
                 env, "MAILPROV_MAX_CONCURRENT_ACTIVITIES", DEFAULT_MAX_CONCURRENT_ACTIVITIES
             ),
+            keep_failed_servers=_bool(env, "MAILPROV_KEEP_FAILED_SERVERS"),
         )
 
 
@@ -243,6 +247,15 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise ConfigError(f"{name} must be true or false, got {raw!r}")
+
+
 @asynccontextmanager
 async def build_activities(
     settings: Settings, client: Client | None = None
@@ -275,11 +288,14 @@ async def build_activities(
     schedules = RotationScheduleActivities(vault)
     notify = NotifyActivities(settings.notify_policy)
     claims = TenantClaimActivities()
-    plans = PlanActivities(settings.plans)
     try:
         await _check_provider(settings.plans, provider)
         yield [
-            AdmissionActivities(settings.plans, settings.notify_policy).admit_purchase,
+            AdmissionActivities(
+                settings.plans,
+                settings.notify_policy,
+                keep_failed_servers=settings.keep_failed_servers,
+            ).admit_purchase,
             vps.create_server,
             vps.bring_up_server,
             vps.delete_server,

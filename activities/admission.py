@@ -45,11 +45,15 @@ class AdmissionActivities:
         notify_policy: NotifyPolicy,
         resolve: Resolver = resolve_host,
         take_claim: ClaimTaker = take_tenant_claim,
+        *,
+        keep_failed_servers: bool = False,
     ) -> None:
         self._catalog = dict(catalog)
         self._notify_policy = notify_policy
         self._resolve = resolve
         self._take_claim = take_claim
+        # Operator configuration (worker.Settings), handed to the run with its admission.
+        self._keep_failed_servers = keep_failed_servers
 
     @activity.defn(name="admit_purchase")
     async def admit_purchase(self, request: AdmissionRequest) -> Admission:
@@ -61,7 +65,7 @@ class AdmissionActivities:
         except InvalidPurchaseRequest as err:
             raise err.as_failure() from None
         run_id = await self._take_claim(TenantClaimRequest(request.tenant_id, request.holder))
-        return Admission(plan, run_id)
+        return Admission(plan, run_id, self._keep_failed_servers)
 
     async def _check_notify_url(self, url: str) -> None:
         try:

@@ -9,7 +9,7 @@ server type is offered, not past its deprecation, in every plan location) and
 refuses to start otherwise, so a renamed or retired server type is an operator error
 at deploy time, not a purchase that fails after money was spent.
 
-The workflow sees a plan only through the `resolve_plan` activity: workflow code
+The workflow sees a plan only through the `admit_purchase` activity: workflow code
 must not read files, and the activity's answer is recorded in history, so a replay
 uses the plan the run really got even after the operator changed the catalog.
 """
@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from activities.cloud_init import DockerInstallError, check_docker_install
-from workflows.contracts import PLAN_NAME_RULE, InvalidPurchaseRequest, Plan, PlanRequest
+from workflows.contracts import PLAN_NAME_RULE, InvalidPurchaseRequest, Plan
 
 # The catalog shipped with the product (Hetzner names, as of 2026): every plan dual-stack,
 # Docker from Docker's apt repository on Debian 12. The cost-optimised CX gen-3 types
@@ -133,19 +133,6 @@ def load_catalog(path: Path | None) -> dict[str, Plan]:
             f"MAILPROV_PLANS_FILE={path}: not valid {path.suffix[1:]}: {err}"
         ) from None
     return parse_catalog(document, str(path))
-
-
-class PlanActivities:
-    """Hands the workflow the plan it was asked for, from the worker's catalog."""
-
-    def __init__(self, catalog: Mapping[str, Plan]) -> None:
-        self._catalog = dict(catalog)
-
-    async def resolve_plan(self, request: PlanRequest) -> Plan:
-        try:
-            return plan_for(self._catalog, request.plan)
-        except InvalidPurchaseRequest as err:
-            raise err.as_failure() from None
 
 
 def plan_for(catalog: Mapping[str, Plan], name: str) -> Plan:

@@ -13,7 +13,6 @@ from activities.audit import AuditActivities
 from activities.credentials import CredentialsActivities
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
-from activities.plans import PlanActivities
 from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import SshTrustActivities
 from activities.temporal_runs import TemporalRunsActivities
@@ -27,7 +26,6 @@ __all__ = [
     "CredentialsActivities",
     "MailuActivities",
     "NotifyActivities",
-    "PlanActivities",
     "RotationScheduleActivities",
     "SshTrustActivities",
     "TemporalRunsActivities",

@@ -246,8 +246,9 @@ class PurchaseRequest:
     plan: str
     requested_by: str
     notify_url: str | None = None
-    # For debugging a failed provisioning: skip deleting the server in compensation.
-    keep_server_on_failure: bool = False
+    # No `keep_server_on_failure`: whether compensation keeps a failed purchase's server
+    # is the worker operator's choice (MAILPROV_KEEP_FAILED_SERVERS, carried by
+    # Admission), never a client's, which could otherwise keep servers forever.
 
     @classmethod
     def parse(cls, raw: Any) -> "PurchaseRequest":
@@ -260,12 +261,9 @@ class PurchaseRequest:
                 "(input)", f"must be a JSON object, got {json_type_name(raw)}"
             )
         strings = {"purchase_id", "tenant_id", "domain", "plan", "requested_by", "notify_url"}
-        unknown = sorted(str(key) for key in set(raw) - strings - {"keep_server_on_failure"})
+        unknown = sorted(str(key) for key in set(raw) - strings)
         if unknown:
             raise InvalidPurchaseRequest(repr(unknown[0][:60])[1:-1], "is not a known field")
-        keep = raw.get("keep_server_on_failure", False)
-        if not isinstance(keep, bool):
-            raise InvalidPurchaseRequest("keep_server_on_failure", "must be true or false")
         values: dict[str, str | None] = {}
         for name in sorted(strings):
             value = raw.get(name)
@@ -277,7 +275,7 @@ class PurchaseRequest:
             if not isinstance(value, str):
                 raise InvalidPurchaseRequest(name, "must be a string")
             values[name] = value
-        request = cls(**values, keep_server_on_failure=keep)  # type: ignore[arg-type]
+        request = cls(**values)  # type: ignore[arg-type]
         request.validate()
         return request
 
@@ -696,6 +694,10 @@ class Admission:
 
     plan: Plan
     claim_run_id: str
+    # The worker's MAILPROV_KEEP_FAILED_SERVERS (operator configuration, for debugging):
+    # compensation keeps a failed purchase's server. Recorded in the run's history, so a
+    # replay on a worker configured otherwise takes the same path.
+    keep_failed_servers: bool = False
 
 
 @dataclass(frozen=True)

@@ -277,7 +277,6 @@ class Purchase:
             raise err.as_failure() from None
         self.status.purchase_id = request.purchase_id
         self.status.tenant_id = request.tenant_id
-        self.keep_failed_servers = request.keep_server_on_failure
         self.steps.end(started, "done")
         return request
 
@@ -412,6 +411,7 @@ class Purchase:
 
     def _admitted(self, admission: Admission) -> None:
         self.claim_run_id = admission.claim_run_id
+        self.keep_failed_servers = admission.keep_failed_servers
 
     def _created(self, server: ServerHandle) -> None:
         self.server = server

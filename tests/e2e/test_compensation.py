@@ -211,14 +211,21 @@ async def test_vault_refusing_the_write(
     assert_cleaned_up(info, cloud, reader_vault, request, workflow_id, "store_credentials")
 
 
-async def test_keep_server_on_failure_leaves_it_for_debugging(
+async def test_a_worker_keeping_failed_servers_leaves_it_for_debugging(
     client: Client, info: StackInfo, cloud: CloudControl
 ) -> None:
-    request = new_request(info, keep_server_on_failure=True)
-
-    workflow_id, _ = await provision_expecting_failure(
-        client, request, without_docker(cloud, request, "up -d")
+    """The operator's worker setting (never a purchase's input, issue 17)."""
+    request = new_request(info)
+    workflow_id, failure = await run_in_process_worker(
+        info,
+        client,
+        f"keep-{uuid.uuid4().hex[:6]}",
+        None,
+        request,
+        while_running=without_docker(cloud, request, "up -d"),
+        extra_env={"MAILPROV_KEEP_FAILED_SERVERS": "true"},
     )
+    assert isinstance(failure, WorkflowFailureError)
     assert len(cloud.servers_of(request.purchase_id)) == 1
     [row] = failure_rows(info, workflow_id)
     assert row.details["server_kept"] == "true"

@@ -113,7 +113,8 @@ def corpus(listener_port: int) -> list[Case]:
         field_case("json type", "purchase id array", "must be a string", purchase_id=[1]),
         field_case("json type", "tenant number", "must be a string", tenant_id=7),
         field_case("json type", "domain object", "must be a string", domain={"a": 1}),
-        field_case("json type", "keep string", "true or false", keep_server_on_failure="yes"),
+        # Operator configuration, never input (issue 17): refused in any spelling.
+        field_case("json type", "keep flag", "not a known field", keep_server_on_failure=True),
         field_case("json type", "unknown field", "not a known field", extra="x"),
         field_case("json type", "missing plan", "is required", plan=_DROP),
         # --- undecodable bytes

@@ -102,3 +102,17 @@ def test_admission_calls_no_activity_as_a_function() -> None:
     source = (ROOT / "activities" / "admission.py").read_text()
     for name in ("PlanActivities", "NotifyActivities", "TenantClaimActivities"):
         assert name not in source, name
+
+
+async def test_admission_carries_the_workers_keep_failed_servers_setting() -> None:
+    """The run learns the operator's choice from its admission, never from its input."""
+    claims = RecordingClaims()
+    policy = NotifyPolicy(allowed_hosts=frozenset({"shop.example"}))
+    keeping = AdmissionActivities(
+        DEFAULT_CATALOG, policy, public_dns, claims.take, keep_failed_servers=True
+    )
+    request = AdmissionRequest("acme", "starter", None, "purchase-p2")
+    admitted = await ActivityEnvironment().run(keeping.admit_purchase, request)
+    assert admitted.keep_failed_servers is True
+    default = await ActivityEnvironment().run(admission(claims).admit_purchase, request)
+    assert default.keep_failed_servers is False

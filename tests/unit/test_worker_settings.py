@@ -113,3 +113,12 @@ def test_the_audit_chain_name_is_one_path_segment() -> None:
     assert Settings.from_env({**COMPLETE, "MAILPROV_AUDIT_CHAIN": "eu-1"}).audit.chain == "eu-1"
     with pytest.raises(ConfigError, match="MAILPROV_AUDIT_CHAIN"):
         Settings.from_env({**COMPLETE, "MAILPROV_AUDIT_CHAIN": "../smtp/acme"})
+
+
+def test_keeping_failed_servers_is_the_operators_setting_off_by_default() -> None:
+    assert Settings.from_env(COMPLETE).keep_failed_servers is False
+    for raw, expected in [("true", True), ("1", True), ("false", False), ("0", False)]:
+        env = {**COMPLETE, "MAILPROV_KEEP_FAILED_SERVERS": raw}
+        assert Settings.from_env(env).keep_failed_servers is expected
+    with pytest.raises(ConfigError, match="MAILPROV_KEEP_FAILED_SERVERS must be true or false"):
+        Settings.from_env({**COMPLETE, "MAILPROV_KEEP_FAILED_SERVERS": "sometimes"})

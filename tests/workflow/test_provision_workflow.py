@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.plans import DEFAULT_CATALOG, PlanActivities
+from activities.plans import DEFAULT_CATALOG, plan_for
 from starter import start_purchase
 from worker import WORKFLOWS
 from workflows.claim_contracts import TenantClaimRequest
@@ -31,9 +31,9 @@ from workflows.contracts import (
     AuditEvent,
     DnsRecord,
     DnsRecordsRequest,
+    InvalidPurchaseRequest,
     MailuTarget,
     Notification,
-    PlanRequest,
     ProvisionResult,
     PurchaseRequest,
     RemoveCredentialsRequest,
@@ -46,7 +46,7 @@ from workflows.contracts import (
     StoredCredentials,
     workflow_id_for,
 )
-from workflows.rotation_contracts import RotationScheduleRequest
+from workflows.rotation_contracts import RotationRequest, RotationScheduleRequest
 
 ENVELOPE = "mpenc:v1:ZmFrZS1lbnZlbG9wZQ=="
 
@@ -70,6 +70,8 @@ class ScriptedWorld:
     purchase_deletes: list[str] = field(default_factory=list)
     # tenant -> (holder, state): the scripted stand-in of the TenantClaim workflows
     claims: dict[str, tuple[str, str]] = field(default_factory=dict)
+    # The worker's MAILPROV_KEEP_FAILED_SERVERS, as admission reports it
+    keep_failed_servers: bool = False
 
     def _enter(self, name: str) -> None:
         self.calls[name] += 1
@@ -125,12 +127,13 @@ class ScriptedWorld:
             self.audit.append(event)
             return True
 
-        plans = PlanActivities(DEFAULT_CATALOG)
-
         @activity.defn(name="admit_purchase")
         async def admit_purchase(request: AdmissionRequest) -> Admission:
             self._enter("admit_purchase")
-            plan = await plans.resolve_plan(PlanRequest(request.tenant_id, request.plan))
+            try:
+                plan = plan_for(DEFAULT_CATALOG, request.plan)
+            except InvalidPurchaseRequest as err:
+                raise err.as_failure() from None
             holder, state = self.claims.get(request.tenant_id, (request.holder, "released"))
             if holder != request.holder and state != "released":
                 raise ApplicationError(
@@ -140,7 +143,7 @@ class ScriptedWorld:
                     non_retryable=True,
                 )
             self.claims[request.tenant_id] = (request.holder, "held")
-            return Admission(plan, "claim-run")
+            return Admission(plan, "claim-run", self.keep_failed_servers)
 
         @activity.defn(name="release_tenant_claim")
         async def release_tenant_claim(request: TenantClaimRequest) -> None:
@@ -173,9 +176,9 @@ class ScriptedWorld:
             return ids
 
         @activity.defn(name="remove_rotation_schedule")
-        async def remove_rotation_schedule(target: MailuTarget) -> bool:
+        async def remove_rotation_schedule(request: RotationRequest) -> bool:
             self._enter("remove_rotation_schedule")
-            self.removed_schedules.append(f"rotate-{target.tenant_id}")
+            self.removed_schedules.append(f"rotate-{request.tenant_id}")
             return True
 
         @activity.defn(name="remove_credentials")
@@ -357,7 +360,8 @@ async def test_each_step_is_retried_until_it_succeeds(
         ({"domain": None}, "domain", "required"),
         ({"plan": 3}, "plan", "string"),
         ({"plan": "Gold Plan"}, "plan", "[a-z0-9]"),
-        ({"keep_server_on_failure": "yes"}, "keep_server_on_failure", "true or false"),
+        # Whether a failed server is kept is the worker operator's choice, never input.
+        ({"keep_server_on_failure": True}, "keep_server_on_failure", "not a known field"),
     ],
 )
 async def test_bad_input_fails_at_once_naming_field_and_rule_before_any_side_effect(
@@ -467,12 +471,15 @@ async def test_failed_login_proof_retries_then_compensates(harness: Harness) -> 
     assert harness.world.notifications == []
 
 
-async def test_keep_server_on_failure_skips_deletion_but_still_audits(harness: Harness) -> None:
+async def test_a_worker_keeping_failed_servers_skips_deletion_but_still_audits(
+    harness: Harness,
+) -> None:
+    harness.world.keep_failed_servers = True  # the operator's worker setting
     harness.world.failures["configure_mailu"] = [
         ApplicationError("compose up failed", type="RemoteCommandFailed", non_retryable=True)
     ]
     with pytest.raises(WorkflowFailureError):
-        await harness.run(purchase(keep_server_on_failure=True))
+        await harness.run(purchase())
     assert harness.world.deleted == []
     [event] = harness.world.audit
     assert event.details["server_kept"] == "true"

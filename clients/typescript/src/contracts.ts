@@ -32,8 +32,6 @@ export interface PurchaseRequest {
   requested_by: string;
   /** Absolute http(s) URL that gets `POST {event: "mail_server_ready", ...}`. */
   notify_url?: string | null;
-  /** Debugging only: compensation keeps the failed server. */
-  keep_server_on_failure?: boolean;
 }
 
 /** What the back end gets when the mail server is ready (ProvisionResult). Never a secret. */
