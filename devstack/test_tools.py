@@ -23,6 +23,10 @@ TOOLS = {
     "gpg": "gpg",
     # promtool checks and unit-tests the alert rules in deploy/observability/.
     "promtool": "prometheus",
+    # A real Docker engine and a registry-free base image for the open-relay check
+    # (tests/integration/test_docker_relay.py, devstack/docker_probe.py).
+    "dockerd": "docker.io",
+    "mmdebstrap": "mmdebstrap",
 }
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 
