@@ -402,9 +402,15 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+# A rewrite of a whole log would otherwise print one line per row.
+MAX_PROBLEMS_SHOWN = 50
+
+
 def print_audit_report(report: AuditReport, chain: str) -> None:
-    for problem in report.problems:
+    for problem in report.problems[:MAX_PROBLEMS_SHOWN]:
         say(f"BROKEN: {problem}")
+    if len(report.problems) > MAX_PROBLEMS_SHOWN:
+        say(f"BROKEN: ... and {len(report.problems) - MAX_PROBLEMS_SHOWN} more")
     for note in report.notes:
         say(f"note: {note}")
     anchored = f"anchored at seq {report.anchor.seq}" if report.anchor else "no anchor yet"

@@ -264,3 +264,21 @@ def test_the_worker_refuses_to_start_without_the_audit_key(
     settings = Settings.from_env(env)
     with pytest.raises(ConfigError, match=message):
         open_worker_audit_log(settings, Vault(settings.vault))
+
+
+def test_a_wholesale_rewrite_is_reported_in_bounded_output(
+    openbao: DevOpenBao,
+    settings: AuditSettings,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    audit_log = worker_log(openbao, settings)
+    for index in range(1, 61):
+        audit_log.append(event(f"wf/run/e{index}"), "t")
+    attacker(settings.location, "UPDATE audit_events SET tenant_id = 'mallory'")
+    code, out = audit_verify(openbao, settings, capsys, monkeypatch)
+    broken = [line for line in out.splitlines() if line.startswith("BROKEN: ")]
+    assert code == 1
+    assert len(broken) == starter.MAX_PROBLEMS_SHOWN + 1
+    assert broken[-1] == "BROKEN: ... and 10 more"
+    assert out.splitlines()[-1].startswith("60 problem(s) in 60 audit rows")
