@@ -322,7 +322,7 @@ def _open_audit_log(settings: Settings, vault: Vault) -> AuditLog:
     """The keyed audit log; refuse to start if its key or anchor is not usable."""
     try:
         audit_log = open_audit_log(settings.audit, vault)
-        audit_log.check_ready()
+        problems = audit_log.check_ready()
     except AuditChainBroken as err:
         raise ConfigError(f"audit store: {err}") from None
     except VaultError as err:
@@ -332,6 +332,9 @@ def _open_audit_log(settings: Settings, vault: Vault) -> AuditLog:
         raise ConfigError(
             f"VAULT_ADDR={settings.vault.url}: audit key or anchor not usable: {err}{hint}"
         ) from None
+    if problems:
+        # The same alertable line an append refused for this reason logs.
+        log.error("audit_chain_broken", problems=problems, at="start-up")
     return audit_log
 
 

@@ -235,6 +235,10 @@ class ChainCursor:
 class AuditStore(Protocol):
     def rows(self) -> list[AuditRow]: ...
 
+    def rows_from(self, seq: int) -> list[AuditRow]:
+        """The rows with this seq or later, without the chain lock (read-only)."""
+        ...
+
     def chain_lock(self) -> Any:
         """A context manager: the one writer of the chain, yielding a ChainCursor."""
         ...
@@ -272,6 +276,12 @@ class SqliteAuditStore:
         with closing(self._connect()) as db:
             cursor = db.execute(f"SELECT {COLUMNS} FROM audit_events ORDER BY seq")  # noqa: S608
             return [_row(r) for r in cursor]
+
+    def rows_from(self, seq: int) -> list[AuditRow]:
+        with closing(self._connect()) as db:
+            return ChainCursor(
+                lambda sql, params: db.execute(sql, params).fetchall(), "?"
+            ).rows_from(seq)
 
 
 def _flock_within(lock_file: Any, timeout: float) -> None:
@@ -342,6 +352,12 @@ class PostgresAuditStore:
         with self._psycopg.connect(self.dsn) as db:
             cursor = db.execute(f"SELECT {COLUMNS} FROM audit_events ORDER BY seq")  # noqa: S608
             return [_row(r) for r in cursor.fetchall()]
+
+    def rows_from(self, seq: int) -> list[AuditRow]:
+        with self._psycopg.connect(self.dsn) as db:
+            return ChainCursor(
+                lambda sql, params: db.execute(sql, params).fetchall(), "%s"
+            ).rows_from(seq)
 
 
 def _check_layout(columns: set[str], where: str) -> None:
@@ -544,10 +560,17 @@ class AuditLog:
         [mac] = self.key.mac([mac_message(self.chain, unsealed)])
         return AuditRow(**{**unsealed.__dict__, "mac": mac})
 
-    def check_ready(self) -> None:
-        """Raise VaultError unless the key makes a MAC and the anchor can be read."""
+    def check_ready(self) -> list[str]:
+        """Raise VaultError unless the key makes a MAC and the anchor can be read.
+
+        Returns what is wrong with the rows from the anchored head on (empty: nothing).
+        A worker starts either way (each append refuses a broken chain by itself); it
+        says so at once instead of at the next purchase's audit step.
+        """
         self.key.mac([b"startup-check"])
-        self.anchor.read()
+        anchored, _ = self.anchor.read()  # before the rows: a row appended meanwhile is read too
+        rows = self.store.rows_from(anchored.seq if anchored else 1)
+        return tail_problems(rows, self.key, self.chain, anchored)
 
     def verify(self, checkpoint: HeadRecord | None = None) -> AuditReport:
         """The whole log against the anchor (and the operator's checkpoint, if given)."""

@@ -282,3 +282,31 @@ def test_a_wholesale_rewrite_is_reported_in_bounded_output(
     assert len(broken) == starter.MAX_PROBLEMS_SHOWN + 1
     assert broken[-1] == "BROKEN: ... and 10 more"
     assert out.splitlines()[-1].startswith("60 problem(s) in 60 audit rows")
+
+
+def test_the_worker_says_at_start_up_that_the_chain_is_broken(
+    openbao: DevOpenBao,
+    settings: AuditSettings,
+    capsys: pytest.CaptureFixture[str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """It starts (appends refuse by themselves), but alerts before the next audit step."""
+    audit_log = worker_log(openbao, settings)
+    for index in range(1, 4):
+        audit_log.append(event(f"wf/run/e{index}"), "t")
+    env = {
+        "HCLOUD_TOKEN": "t",
+        "MAILPROV_SSH_KEY_FILE": "/k",
+        "MAILPROV_CODEC_KEYS_FILE": "/c",
+        "VAULT_ADDR": openbao.addr,
+        "VAULT_TOKEN": openbao.tokens.worker,
+        "MAILPROV_AUDIT_DSN": settings.location,
+        "MAILPROV_AUDIT_CHAIN": settings.chain,
+    }
+    worker_settings = Settings.from_env(env)
+    assert open_worker_audit_log(worker_settings, Vault(worker_settings.vault)).check_ready() == []
+    assert "audit_chain_broken" not in capsys.readouterr().out + caplog.text
+    attacker(settings.location, "DELETE FROM audit_events WHERE seq = 3")
+    open_worker_audit_log(worker_settings, Vault(worker_settings.vault))
+    out = capsys.readouterr().out + caplog.text
+    assert "audit_chain_broken" in out and "no row at or after seq 3" in out
