@@ -34,7 +34,7 @@ from devstack.cloud import LocalCloud
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.mail_login import certificate_after_dns
 from devstack.processes import free_port
-from devstack.vps import CLOUD_INIT_RELEASE
+from devstack.vps import CLOUD_INIT_RELEASE, EXPIRED_LOGIN_NOTICE
 from tests.helpers import unavailable
 
 TOKEN = "devstack-test-token"
@@ -1108,6 +1108,15 @@ async def test_a_server_without_ssh_keys_gets_an_expired_root_password(env: Env)
     dev = (await env.dev.get(f"servers/{keyed['server']['id']}")).json()["server"]
     assert dev["root_password_expired"] is False
     assert dev["metadata_public_keys"] == [public_line(keys.client)]
+    # The whole chain: cloud to VPS. Key login works on both; without ssh_keys every
+    # session without a terminal is refused as OpenSSH does with an expired password.
+    for name, expected in ((bare, 1), (keyed, 0)):
+        await wait_action(env, name["action"]["id"])
+        server = (await env.api.get(f"servers/{name['server']['id']}")).json()["server"]
+        async with await ssh(env, server, keys) as conn:
+            result = await conn.run("cloud-init status --wait", check=False)
+            assert result.exit_status == expected
+            assert (result.stderr == EXPIRED_LOGIN_NOTICE) is (expected == 1)
     unknown = await env.api.post(
         "servers",
         json={"name": "nokey", "server_type": "cx23", "image": "debian-12", "ssh_keys": [999]},
