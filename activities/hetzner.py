@@ -369,6 +369,8 @@ def _error_from(response: httpx.Response) -> ProviderError:
         not_found=code == "not_found",
         try_next_location=code in CAPACITY_CODES
         or (code == "invalid_input" and UNSUPPORTED_LOCATION in message.lower()),
+        # Firewall delete while applied (docs.hetzner.cloud, Firewalls).
+        in_use=code == "resource_in_use",
     )
 
 

@@ -76,6 +76,7 @@ class ProviderError(Exception):
         name_taken: bool = False,
         not_found: bool = False,
         try_next_location: bool = False,
+        in_use: bool = False,
     ) -> None:
         super().__init__(f"{code}: {message}" + (f" (HTTP {status})" if status else ""))
         self.code = code  # the provider's own code, kept for messages and audit
@@ -87,6 +88,8 @@ class ProviderError(Exception):
         # A create the same request may pass elsewhere: no capacity, or the server type
         # is not (or no longer) offered in this location.
         self.try_next_location = try_next_location
+        # A delete refused because another resource still uses this one.
+        self.in_use = in_use
 
 
 @dataclass(frozen=True)
@@ -610,7 +613,7 @@ class VpsActivities:
             if await self._provider.delete_firewall(firewall_id):
                 activity.logger.info("firewall deleted", extra={"firewall_id": firewall_id})
         except ProviderError as err:
-            if err.code != "resource_in_use":
+            if not err.in_use:
                 raise provider_failure(err) from None
 
     async def _call(self, call: Awaitable[T]) -> T:

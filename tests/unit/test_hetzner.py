@@ -32,6 +32,8 @@ HETZNER_ERRORS = {
     "resource_limit_exceeded": (403, False),
     "not_found": (404, False),
     "uniqueness_error": (409, False),
+    "resource_in_use": (422, False),
+    "token_readonly": (403, False),
     "conflict": (409, True),
     "locked": (423, True),
     "rate_limit_exceeded": (429, True),
@@ -65,6 +67,7 @@ async def test_every_documented_error_code_is_classified(code: str) -> None:
     assert err.value.status == status
     assert err.value.name_taken is (code == "uniqueness_error")
     assert err.value.not_found is (code == "not_found")
+    assert err.value.in_use is (code == "resource_in_use")
     failure = provider_failure(err.value)
     assert failure.non_retryable is (not retryable)
     assert failure.type == f"Provider.{code}"
