@@ -263,7 +263,7 @@ class VpsActivities:
         The purchase's own login key is registered at the provider first and named in
         the create: without any SSH key Hetzner generates a root password that is
         created expired (API reference, Create a Server; kubermatic/machine-controller#191,
-        hetznercloud/hcloud-python#121, hetznercloud/cli#332), and OpenSSH then refuses
+        hetznercloud/hcloud-python#121, hetznercloud/cli#1007), and OpenSSH then refuses
         every session without a terminal ("Password change required but no TTY
         available"), which is every session of ours.
         """

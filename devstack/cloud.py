@@ -603,7 +603,7 @@ class LocalCloud:
                 # API reference, Create a Server: "If you do not specify any ssh_keys we
                 # will generate a root password for you and return it in the response".
                 # That password is created expired (kubermatic/machine-controller#191,
-                # hetznercloud/hcloud-python#121, hetznercloud/cli#332); the VPS is told
+                # hetznercloud/hcloud-python#121, hetznercloud/cli#1007); the VPS is told
                 # so (root_password_expired) and refuses sessions without a TTY.
                 "root_password": None if ssh_keys else _root_password(),
             },
