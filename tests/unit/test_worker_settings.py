@@ -25,7 +25,8 @@ COMPLETE = {
 def test_defaults_are_the_documented_ones() -> None:
     settings = Settings.from_env(COMPLETE)
     assert settings.task_queue == "mail-provisioning"
-    assert settings.temporal_address == "localhost:7233"
+    assert (settings.temporal.address, settings.temporal.namespace) == ("localhost:7233", "default")
+    assert settings.temporal.tls is None and settings.temporal.api_key is None
     assert settings.provider == "hetzner"
     assert settings.provider_settings["api_url"] == "https://api.hetzner.cloud/v1"
     assert settings.ssh_port == 22
