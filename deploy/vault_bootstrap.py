@@ -22,6 +22,7 @@ from pathlib import Path
 import hvac
 
 from activities.audit_vault import AUDIT_HMAC_KEY, AUDIT_KV_MOUNT
+from activities.connections import ConnectionConfigError, vault_transport
 
 POLICY_DIR = Path(__file__).parent / "vault" / "policies"
 WORKER_POLICY = "mail-provisioning-worker"
@@ -124,7 +125,22 @@ def main() -> int:
     if not admin_token:
         print("error: VAULT_TOKEN (an admin token) is required", file=sys.stderr)
         return 2
-    tokens = bootstrap(hvac.Client(url=args.addr, token=admin_token))
+    try:
+        # VAULT_CACERT / VAULT_CLIENT_CERT / VAULT_CLIENT_KEY / VAULT_NAMESPACE, as the worker.
+        transport, warning = vault_transport(os.environ, args.addr)
+    except ConnectionConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
+    client = hvac.Client(
+        url=args.addr,
+        token=admin_token,
+        verify=transport.verify,
+        cert=transport.cert,
+        namespace=transport.namespace or None,
+    )
+    tokens = bootstrap(client)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     for name, value in credential_files(tokens).items():
         path = args.out_dir / name
