@@ -782,7 +782,9 @@ class Shell:
                     "Couldn't connect to server",
                     7,
                 )
-            return await curl_in_admin(container_argv[1:], read_stdin, self.admin_http)
+            env_file = self.host_path(call.compose_path.rsplit("/", 1)[0] + "/mailu.env")
+            env = read_env_file(env_file) if env_file.is_file() else {}
+            return await curl_in_admin(container_argv[1:], read_stdin, self.admin_http, env)
         if service != "admin" or program != "flask":
             return _fail(
                 "OCI runtime exec failed: exec failed: unable to start container process: "

@@ -22,12 +22,13 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.cloud_init import docker_cloud_config
 from activities.mailu import MailuHost, PublishAddresses, render_compose, render_mailu_env
-from activities.smtp_proof import AUTH_CHECK, prove_smtp_login
+from activities.smtp_proof import AUTH_CHECK, auth_request_headers, prove_smtp_login
 from activities.ssh import SshIdentity, connect_pinned
 from devstack.cloudinit import COMPOSE_PLUGIN, DOCKER_BIN, CloudInitRun
 from devstack.compose import Shell
 from devstack.mail_login import certificate_after_dns, publish_dns, submissions_login
-from devstack.mailu import MailuStore
+from devstack.mailu import MailuStore, hash_password
+from devstack.mailu_auth import RATE_LIMITED, AdminAuthEndpoint
 from devstack.processes import free_port
 from devstack.vps import CERTBOT_POLL_SECONDS, EXPIRED_LOGIN_NOTICE, SMTP_AUTH_LOG, Machine
 
@@ -292,3 +293,72 @@ async def test_submissions_is_closed_until_dns_brings_a_certificate(
     with pytest.raises(smtplib.SMTPAuthenticationError) as refused:
         await asyncio.to_thread(submissions_login, host, port, cafile, ADMIN, "wrong")
     assert refused.value.smtp_code == 535
+
+
+# --- MailU's login rate limits, as the proof meets them -------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def login_headers(user: str, password: str, client_ip: str = "127.0.0.1") -> dict[str, str]:
+    lines = auth_request_headers(user, password).replace("127.0.0.1", client_ip).splitlines()
+    return {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+
+
+def store_with_admin(tmp_path: Path) -> MailuStore:
+    store = MailuStore(tmp_path / "mailu.json")
+    user = {ADMIN: {"password": hash_password(PASSWORD)}}
+    store.save({"domain": {}, "user": user, "alias": {}, "relay": {}})
+    return store
+
+
+ENV = {"AUTH_RATELIMIT_IP": "5/hour", "AUTH_RATELIMIT_USER": "50/day"}  # our mailu.env
+
+
+def test_fifty_refused_proofs_in_a_day_lock_the_admin_out_even_with_the_right_password(
+    tmp_path: Path,
+) -> None:
+    """Each proof attempt sets a fresh password, so each refusal is a new one and counts
+    (limiter.py rate_limit_user: once per user and password) against AUTH_RATELIMIT_USER."""
+    clock = Clock()
+    endpoint = AdminAuthEndpoint(store_with_admin(tmp_path), clock=clock)
+    for attempt in range(50):
+        answer = endpoint.authenticate(login_headers(ADMIN, f"wrong-{attempt}"), ENV)
+        assert answer["Auth-Status"] == "Authentication credentials invalid"
+    limited = endpoint.authenticate(login_headers(ADMIN, PASSWORD), ENV)
+    assert limited == {"Auth-Status": RATE_LIMITED, "Auth-Error-Code": "451 4.3.2"}
+    clock.now += 86401
+    assert endpoint.authenticate(login_headers(ADMIN, PASSWORD), ENV)["Auth-Status"] == "OK"
+
+
+def test_five_unknown_logins_from_a_network_block_it_for_an_hour_unless_exempted(
+    tmp_path: Path,
+) -> None:
+    """AUTH_RATELIMIT_IP counts each username once per /24; a success exempts the IP."""
+    clock = Clock()
+    endpoint = AdminAuthEndpoint(store_with_admin(tmp_path), clock=clock)
+    for n in range(5):
+        answer = endpoint.authenticate(login_headers(f"nobody{n}@{DOMAIN}", "x", "10.9.9.1"), ENV)
+        assert answer["Auth-Status"] == "Authentication credentials invalid"
+    limited = endpoint.authenticate(login_headers(ADMIN, PASSWORD, "10.9.9.2"), ENV)
+    assert limited["Auth-Status"] == RATE_LIMITED  # the same /24
+    assert endpoint.authenticate(login_headers(ADMIN, PASSWORD), ENV)["Auth-Status"] == "OK"
+    for n in range(10):  # 127.0.0.1 is now exempt for a day
+        endpoint.authenticate(login_headers(f"nobody{n}@{DOMAIN}", "x"), ENV)
+    assert endpoint.authenticate(login_headers(ADMIN, PASSWORD), ENV)["Auth-Status"] == "OK"
+    clock.now += 3601
+    answer = endpoint.authenticate(login_headers(ADMIN, PASSWORD, "10.9.9.2"), ENV)
+    assert answer["Auth-Status"] == "OK"
+
+
+def test_the_same_wrong_password_counts_once(tmp_path: Path) -> None:
+    endpoint = AdminAuthEndpoint(store_with_admin(tmp_path), clock=Clock())
+    for _ in range(60):
+        endpoint.authenticate(login_headers(ADMIN, "same-wrong"), ENV)
+    assert endpoint.authenticate(login_headers(ADMIN, PASSWORD), ENV)["Auth-Status"] == "OK"
