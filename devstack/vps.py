@@ -411,9 +411,10 @@ class Machine:
         # created expired (Hetzner API "Create a Server": "If you do not specify any
         # ssh_keys we will generate a root password for you"; expired:
         # kubermatic/machine-controller#191, hetznercloud/hcloud-python#121,
-        # hetznercloud/cli#332). OpenSSH then refuses every session without a terminal,
+        # HamedMP/matrix-os#1049). OpenSSH then refuses every session without a terminal,
         # even after key login (session.c/auth-pam.c: "Password change required but no
-        # TTY available"). This machine never grants a pty, so it refuses them all.
+        # TTY available", as reported in Gamocosm/Gamocosm#121, pingcap/tidb#37836). This
+        # machine never grants a pty, so it refuses them all.
         self.root_password_expired = bool(config.get("root_password_expired", False))
         self.root = self.state_dir / "root"
         self.store = MailuStore(self.state_dir / "mailu.json")
