@@ -302,7 +302,12 @@ _CLIENT_CERT = re.compile(
 )
 _UNAUTHENTICATED = re.compile(r"code: Unauthenticated|status: 401 Unauthorized")
 _PERMISSION = re.compile(r"code: PermissionDenied|status: 403 Forbidden")
-_PLAINTEXT_TO_TLS = re.compile(r"h2 protocol error|GoAway|frame with invalid size|FRAME_SIZE")
+# A TLS listener answers plaintext HTTP/2 with a TLS alert (GOAWAY/FRAME_SIZE_ERROR as h2
+# reads it) or closes the connection, depending on timing: both seen from nginx here.
+_PLAINTEXT_TO_TLS = re.compile(
+    r"h2 protocol error|GoAway|frame with invalid size|FRAME_SIZE|connection closed"
+    r"|Connection reset|broken pipe"
+)
 _REFUSED = re.compile(r"Connection refused|dns error|failed to lookup address")
 
 

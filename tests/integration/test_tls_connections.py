@@ -178,6 +178,7 @@ async def test_worker_and_starter_run_a_workflow_through_tls_client_certs_and_ap
         ("wrong_api_key", r"refused the API key in TEMPORAL_API_KEY: wrong, expired or revoked"),
         ("missing_api_key", r"requires authentication: set TEMPORAL_API_KEY"),
         ("wrong_server_name", r"not valid for that name; .*TEMPORAL_TLS_SERVER_NAME"),
+        ("tls_off", r"did not answer plaintext gRPC \(it probably expects TLS\): set TEMPORAL_TLS"),
     ],
 )
 async def test_temporal_misconfiguration_names_the_setting(
@@ -200,6 +201,7 @@ async def test_temporal_misconfiguration_names_the_setting(
         "wrong_api_key": {"TEMPORAL_API_KEY": "not-" + API_KEY},
         "missing_api_key": {"TEMPORAL_API_KEY": None},
         "wrong_server_name": {"TEMPORAL_TLS_SERVER_NAME": "temporal.example.com"},
+        "tls_off": {"TEMPORAL_TLS": "false", "TEMPORAL_API_KEY": None},
     }
     changes = cases[case]
     env = temporal_env(proxy, pki, **changes)
