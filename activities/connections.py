@@ -155,6 +155,13 @@ def load_temporal_connection(
     config_file = env.get("TEMPORAL_CONFIG_FILE", "").strip()
     if config_file and not Path(config_file).is_file():
         raise ConnectionConfigError(f"TEMPORAL_CONFIG_FILE={config_file}: no such file")
+    if env.get("TEMPORAL_TLS_DISABLE_HOST_VERIFICATION", "").strip().lower() in ("true", "1"):
+        # The temporal CLI reads it; the Python SDK's envconfig drops it (temporalio 1.35):
+        # refuse rather than let an operator believe verification is off, or on.
+        raise ConnectionConfigError(
+            "TEMPORAL_TLS_DISABLE_HOST_VERIFICATION is not supported: the server's name is "
+            "always verified; set TEMPORAL_TLS_SERVER_NAME to the name in its certificate"
+        )
     profile_name = profile or env.get("TEMPORAL_PROFILE", "").strip() or None
     try:
         loaded = ClientConfigProfile.load(profile=profile_name, override_env_vars=dict(env))

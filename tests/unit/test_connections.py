@@ -87,6 +87,10 @@ def test_an_api_key_alone_means_tls_with_the_system_roots() -> None:
             r"TEMPORAL_API_KEY is set but TLS is off \(TEMPORAL_TLS\)",
         ),
         ({"MAILPROV_REQUIRE_TLS": "maybe"}, r"MAILPROV_REQUIRE_TLS must be true or false"),
+        (
+            {"TEMPORAL_TLS_DISABLE_HOST_VERIFICATION": "true"},
+            r"TEMPORAL_TLS_DISABLE_HOST_VERIFICATION is not supported: .*TEMPORAL_TLS_SERVER_NAME",
+        ),
     ],
 )
 def test_temporal_settings_refused_with_their_name(env: dict[str, str], expected: str) -> None:
