@@ -37,9 +37,11 @@ from tests.helpers import unavailable
 from tests.tls_certs import Issued, LocalCa
 
 NGINX_SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
-# What nginx answers for a missing or wrong API key: a gRPC trailers-only response with
-# status 16 UNAUTHENTICATED, as Temporal Cloud answers a request it cannot authenticate
-# (grpc/grpc doc/statuscodes.md). The message is ours; a client must not depend on it.
+# What nginx answers for a missing or wrong API key: HTTP 200, content-type
+# application/grpc, grpc-status 16 UNAUTHENTICATED (grpc/grpc doc/PROTOCOL-HTTP2.md,
+# doc/statuscodes.md), as a gRPC server answers a request it cannot authenticate; grpc-go
+# (the temporal CLI) refuses any other HTTP status. The message is ours: clients match
+# the status, never this text.
 NGINX_UNAUTHENTICATED_MESSAGE = "request unauthenticated (nginx model of an API-key check)"
 
 
@@ -100,7 +102,7 @@ http {{
       default_type application/grpc;
       add_header grpc-status 16 always;
       add_header grpc-message "{NGINX_UNAUTHENTICATED_MESSAGE}" always;
-      return 204;
+      return 200 "";
     }}
   }}
 }}

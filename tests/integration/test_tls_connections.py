@@ -374,3 +374,65 @@ def open_audit_store_at(dsn: str) -> None:
     from activities.audit import open_audit_store
 
     open_audit_store(dsn)
+
+
+def test_one_temporal_toml_profile_serves_starter_and_the_temporal_cli(
+    proxy: str, pki: Pki, tmp_path: Path
+) -> None:
+    """The operator's shell needs one configuration: a temporal.toml profile (or the same
+    TEMPORAL_* variables) is read by starter.py and by the `temporal` CLI alike."""
+    config = tmp_path / "temporal.toml"
+    config.write_text(
+        f'[profile.prod]\naddress = "{proxy}"\nnamespace = "default"\napi_key = "{API_KEY}"\n'
+        "[profile.prod.tls]\n"
+        f'server_ca_cert_path = "{pki.ca.cert}"\n'
+        f'client_cert_path = "{pki.client.cert}"\nclient_key_path = "{pki.client.key}"\n'
+    )
+    keys = tmp_path / "keys.json"
+    KeyRing.generate("tls-test").write(keys)
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "HOME": str(tmp_path),
+        "TEMPORAL_CONFIG_FILE": str(config),
+        "TEMPORAL_PROFILE": "prod",
+        "MAILPROV_REQUIRE_TLS": "true",
+    }
+    status = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "starter.py"),
+            "--codec-keys-file",
+            str(keys),
+            "status",
+            "none",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    # Connected through the proxy and asked: the purchase does not exist (exit 3).
+    assert status.returncode == 3, status.stderr
+    assert "no purchase 'none'" in status.stderr
+    listed = subprocess.run(
+        [tool("temporal"), "workflow", "count"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout.startswith("Total: ")
+    # The CLI really went through the proxy with the profile: a wrong key is refused.
+    config.write_text(config.read_text().replace(API_KEY, "wrong-key"))
+    refused = subprocess.run(
+        [tool("temporal"), "workflow", "count"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert refused.returncode != 0 and "unauthenticated" in refused.stderr.lower()
