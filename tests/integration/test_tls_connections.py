@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from pathlib import Path
 
+import hvac
 import pytest
 from temporalio import workflow
 from temporalio.testing import WorkflowEnvironment
@@ -31,7 +32,8 @@ from activities.connections import (
     load_temporal_connection,
     vault_transport,
 )
-from activities.vault import Vault, VaultSettings, VaultUnavailable
+from activities.vault import Vault, VaultNotReady, VaultSettings, VaultUnavailable
+from deploy.vault_bootstrap import bootstrap
 from devstack.stack import ROOT, tool
 from tests.tls_certs import Issued, LocalCa
 from tests.tls_servers import (
@@ -291,6 +293,31 @@ def test_the_worker_uses_vault_over_tls_with_its_client_certificate(
     key = vault.generate_data_key("tls-tenant")
     reader = Vault(replace(settings.vault, token=openbao.tokens.reader))
     assert reader.unwrap_data_key("tls-tenant", key.wrapped) == key.plaintext
+
+
+def test_vault_namespace_selects_where_the_worker_works(openbao: TlsOpenBao, pki: Pki) -> None:
+    """VAULT_NAMESPACE (Vault Enterprise/HCP; OpenBao has namespaces too) is sent with
+    every request: a record bootstrapped inside a namespace is reachable with it only."""
+    namespace = f"mail-{uuid.uuid4().hex[:8]}"
+    root = hvac.Client(
+        url=openbao.addr,
+        token=openbao.root_token,
+        verify=str(pki.ca.cert),
+        cert=(str(pki.client.cert), str(pki.client.key)),
+    )
+    root.adapter.post(f"/v1/sys/namespaces/{namespace}")
+    inside = hvac.Client(
+        url=openbao.addr,
+        token=openbao.root_token,
+        verify=str(pki.ca.cert),
+        cert=(str(pki.client.cert), str(pki.client.key)),
+        namespace=namespace,
+    )
+    tokens = bootstrap(inside)
+    env = {**WORKER_BASE, **vault_env(openbao, pki), "VAULT_TOKEN": tokens.worker}
+    Vault(Settings.from_env({**env, "VAULT_NAMESPACE": namespace}).vault).check_ready()
+    with pytest.raises(VaultNotReady):
+        Vault(Settings.from_env(env).vault).check_ready()
 
 
 @pytest.mark.parametrize(
