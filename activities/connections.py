@@ -315,6 +315,8 @@ _PLAINTEXT_TO_TLS = re.compile(
     r"h2 protocol error|GoAway|frame with invalid size|FRAME_SIZE|connection closed"
     r"|Connection reset|broken pipe"
 )
+# rustls reading a plaintext server's answer as a TLS record.
+_TLS_TO_PLAINTEXT = re.compile(r"InvalidContentType|CorruptMessage|InvalidMessage")
 _REFUSED = re.compile(r"Connection refused|dns error|failed to lookup address")
 
 
@@ -366,6 +368,12 @@ def explain_temporal_error(connection: TemporalConnection, err: BaseException) -
         return (
             f"{where} did not answer plaintext gRPC (it probably expects TLS): set "
             f"{names['tls']}=true and {names['server_ca']}"
+        )
+    if _TLS_TO_PLAINTEXT.search(text) and connection.tls is not None:
+        return (
+            f"{where} does not answer TLS there (a plaintext server?): point "
+            f"{names['address']} at its TLS endpoint, or set {names['tls']}=false for a "
+            "plaintext cluster on a trusted network"
         )
     if _REFUSED.search(text):
         return f"{where} is not reachable: start it or fix {names['address']} ({_first_line(text)})"

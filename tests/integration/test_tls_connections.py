@@ -212,6 +212,18 @@ async def test_temporal_misconfiguration_names_the_setting(
     assert API_KEY not in str(raised.value)
 
 
+async def test_tls_to_a_plaintext_server_names_the_setting(
+    temporal_dev: WorkflowEnvironment, pki: Pki
+) -> None:
+    """The dev server itself has no TLS: a TLS client there is told which setting is off."""
+    upstream = temporal_dev.client.service_client.config.target_host
+    env = {"TEMPORAL_ADDRESS": upstream, "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(pki.ca.cert)}
+    with pytest.raises(
+        ConnectionConfigError, match=r"does not answer TLS there .*TEMPORAL_ADDRESS.*TEMPORAL_TLS"
+    ):
+        await connect_temporal(load_temporal_connection(env))
+
+
 def test_worker_and_starter_processes_exit_2_naming_the_setting(
     proxy: str, pki: Pki, tmp_path: Path
 ) -> None:
