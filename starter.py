@@ -24,7 +24,7 @@ import json
 import os
 import sys
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -40,13 +40,15 @@ from temporalio.client import (
     ScheduleOverlapPolicy,
     SchedulePolicy,
     ScheduleSpec,
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowHistory,
     WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import CancelledError, TerminatedError, WorkflowAlreadyStartedError
+from temporalio.exceptions import TimeoutError as RunTimeoutError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Replayer, WorkflowReplayResult
 
@@ -84,6 +86,7 @@ from workflows.contracts import (
     decode_purchase_json,
     workflow_id_for,
 )
+from workflows.failures import cancelled_message
 from workflows.provision import ProvisionMailTenant
 from workflows.reconcile_contracts import (
     RECONCILE_SCHEDULE_ID,
@@ -285,47 +288,130 @@ async def cmd_start(args: argparse.Namespace) -> int:
         say(f"web ui: {link}")
     if not args.wait and is_new:
         return 0
-    return await _finish(handle, watch_progress=bool(args.wait))
+    return await _finish(client, handle, watch_progress=bool(args.wait))
 
 
-async def _finish(handle: WorkflowHandle[Any, Any], watch_progress: bool) -> int:
+async def _finish(client: Client, handle: WorkflowHandle[Any, Any], watch_progress: bool) -> int:
     try:
         result = await watch(handle) if watch_progress else await handle.result()
     except WorkflowFailureError as err:
-        say(f"FAILED {handle.id}: {describe_failure(err)}")
+        say(f"FAILED {handle.id}: {await ended_message(client, handle, err)}")
         return 1
     _print_result(result)
     return 0
+
+
+# What is left of a run its code did not end: the reconciler finds and removes it.
+NOTHING_UNDONE = (
+    "no compensation ran: what it made stays until `starter.py reconcile` (or its "
+    "schedule) removes it"
+)
+
+
+async def ended_message(
+    client: Client, handle: WorkflowHandle[Any, Any], err: WorkflowFailureError
+) -> str:
+    """Why the run has no result, in the project's words.
+
+    A failure carries its own message (`provisioning failed at <step>: ...`). A
+    cancelled, terminated or timed-out run carries none of ours (Temporal records no
+    message for them), so the step comes from the status query's `stopped_at`.
+    """
+    cause = err.cause
+    if not isinstance(cause, CancelledError | TerminatedError | RunTimeoutError):
+        return describe_failure(err)
+    status, _ = await run_status(client, handle)
+    at = f" at {status.stopped_at}" if status.stopped_at else ""
+    if isinstance(cause, CancelledError):
+        if status.stopped_at:
+            return cancelled_message(status.stopped_at)
+        return "purchase cancelled; compensated (no worker answered which step)"
+    if isinstance(cause, TerminatedError):
+        return f"purchase terminated{at} ({cause.message}); {NOTHING_UNDONE}"
+    return f"purchase timed out{at} (its execution timeout); {NOTHING_UNDONE}"
 
 
 async def cmd_status(args: argparse.Namespace) -> int:
     client = await _connect(args)
     handle = client.get_workflow_handle(workflow_id_for(args.purchase_id))
     try:
-        description = await handle.describe()
+        status, problem = await run_status(client, handle)
     except RPCError as err:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise StarterError(f"no purchase {args.purchase_id!r} ({handle.id})", 3) from None
         raise
+    answer: dict[str, Any] = asdict(status)
+    if problem is not None:
+        answer["purchase_id"] = args.purchase_id
+        answer["note"] = f"no step details: {problem}; state is from the server"
+    print(json.dumps(answer, indent=2), flush=True)
+    return 0
+
+
+# The server's word on a run, in the words of the status query's `state`.
+SERVER_STATES = {
+    WorkflowExecutionStatus.RUNNING: "running",
+    WorkflowExecutionStatus.COMPLETED: "completed",
+    WorkflowExecutionStatus.FAILED: "failed",
+    WorkflowExecutionStatus.CANCELED: "cancelled",
+    WorkflowExecutionStatus.TERMINATED: "terminated",
+    WorkflowExecutionStatus.TIMED_OUT: "timed_out",
+    WorkflowExecutionStatus.CONTINUED_AS_NEW: "continued_as_new",
+}
+# States the workflow code itself ends in; any other closed state was imposed by the server.
+ENDED_BY_THE_CODE = frozenset({"completed", "failed", "cancelled"})
+
+
+def settle_status(
+    status: ProvisionStatus, server: WorkflowExecutionStatus | None
+) -> ProvisionStatus:
+    """The status query's answer, corrected by what the server reports.
+
+    A query is answered by replaying the history, so a run the server stopped without
+    its code (terminated, timed out) answers with its last state: `running`, at the
+    step it was in. The server's word wins: that step becomes `stopped_at`, no step is
+    current, and the step that was running is shown `interrupted`.
+    """
+    state = SERVER_STATES.get(server, "unknown") if server is not None else "unknown"
+    if state == "running" or state == status.state:
+        return status
+    if state in ENDED_BY_THE_CODE and status.state in ENDED_BY_THE_CODE:
+        return status  # a query racing the close: the code's own words are the same end
+    steps = [
+        replace(step, state="interrupted") if step.state == "running" else step
+        for step in status.steps
+    ]
+    return replace(
+        status,
+        state=state,
+        current_step=None,
+        steps=steps,
+        stopped_at=status.stopped_at or status.current_step,
+    )
+
+
+async def run_status(
+    client: Client, handle: WorkflowHandle[Any, Any]
+) -> tuple[ProvisionStatus, str | None]:
+    """The run's status as the query and the server together tell it, and why the
+    query could not be asked (None if it was). Raises RPCError NOT_FOUND for no run."""
+    description = await handle.describe()
     # Queries are answered by a worker: with none polling, say what the server knows
     # instead of waiting for an answer that cannot come.
     problem = None
     if await _has_workflow_pollers(client, client.namespace, description.task_queue):
         try:
-            answer: dict[str, Any] = asdict(await query_status(handle))
+            status = await query_status(handle)
         except (RPCError, WorkflowQueryFailedError) as err:
             problem = str(err)
     else:
         problem = f"no worker is polling task queue {description.task_queue!r}"
     if problem is not None:
-        answer = {
-            "purchase_id": args.purchase_id,
-            "state": description.status.name.lower() if description.status else "unknown",
-            "steps": [],
-            "note": f"no step details: {problem}; state is from the server",
-        }
-    print(json.dumps(answer, indent=2), flush=True)
-    return 0
+        state = (
+            SERVER_STATES.get(description.status, "unknown") if description.status else "unknown"
+        )
+        status = ProvisionStatus(purchase_id=None, tenant_id=None, state=state, current_step=None)
+    return settle_status(status, description.status), problem
 
 
 async def _has_workflow_pollers(client: Client, namespace: str, task_queue: str) -> bool:
@@ -350,7 +436,7 @@ async def cmd_result(args: argparse.Namespace) -> int:
         if err.status == RPCStatusCode.NOT_FOUND:
             raise StarterError(f"no purchase {args.purchase_id!r} ({handle.id})", 3) from None
         raise
-    return await _finish(handle, watch_progress=False)
+    return await _finish(client, handle, watch_progress=False)
 
 
 async def cmd_credentials(args: argparse.Namespace) -> int:

@@ -775,8 +775,14 @@ class ProvisionStatus:
 
     purchase_id: str | None
     tenant_id: str | None
-    state: str  # "running" | "completed" | "failed" | "compensating"
+    # "running" | "compensating" | "completed" | "failed" | "cancelled"; a client that
+    # sees the server report the run closed says "terminated" or "timed_out" instead
+    # (the query answers from the history up to the end, where the code was still running).
+    state: str
     current_step: str | None
     steps: list[StepProgress] = field(default_factory=list)
     error: str | None = None
     dns_records: list[DnsRecord] = field(default_factory=list)
+    # The step a failure, a cancel (or, filled in by the client, a terminate or a
+    # timeout) stopped the purchase at: what `purchase cancelled at <step>` names.
+    stopped_at: str | None = None

@@ -71,6 +71,12 @@ def provisioning_failed(step: str, err: BaseException) -> ApplicationError:
     )
 
 
+def cancelled_message(step: str) -> str:
+    """The words of a cancelled purchase; clients rebuild them (Temporal keeps no message
+    for a CANCELLED run) from the status query's `stopped_at`."""
+    return f"purchase cancelled at {step}; compensated"
+
+
 def cancelled_at(step: str) -> CancelledError:
     """What a run ends with after compensating a cancel at `step` (the run is CANCELLED)."""
-    return CancelledError(f"purchase cancelled at {step}; compensated")
+    return CancelledError(cancelled_message(step))

@@ -346,6 +346,7 @@ class Purchase:
         step = self.status.current_step or "unknown"
         cancelled = cancel_requested()
         self.failure = (step, err)
+        self.status.stopped_at = step
         self.steps.compensate(reason(err))
         await self.undo.compensate()
         self.steps.finish("cancelled" if cancelled else "failed")

@@ -6,6 +6,7 @@ cloud with its SSH/SMTP VPSes, and a worker process, exactly as `make demo` runs
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -16,16 +17,19 @@ from typing import Any
 import httpx
 import hvac
 import pytest
-from temporalio.client import Client, WorkflowFailureError
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.codec import KeyRing, data_converter
 from activities.vault import Vault, VaultSettings
 from devstack.mail_login import certificate_after_dns
 from devstack.stack import WEBHOOK_HOST, Stack, StackInfo
-from starter import start_purchase
+from starter import query_status, start_purchase
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.contracts import PurchaseRequest
+
+# held_in_notify: how often it asks; provisioning up to notify takes minutes when loaded.
+NOTIFY_POLLS = 1200
 
 
 class CloudControl:
@@ -256,3 +260,20 @@ def customer_webhook(info: StackInfo, path: str = "/hooks/mail") -> tuple[int, s
     _webhooks_handed_out[id(info)] = count + 1
     port = info.webhook_ports[count % len(info.webhook_ports)]
     return port, f"http://{WEBHOOK_HOST}:{port}{path}"
+
+
+async def held_in_notify(
+    client: Client, info: StackInfo, **overrides: Any
+) -> tuple[PurchaseRequest, WorkflowHandle[Any, Any]]:
+    """A purchase whose server is ready and whose customer webhook nobody listens on: it
+    stays in notify's retries (holding its tenant's claim) until the test ends it."""
+    _, hook_url = customer_webhook(info)
+    request = new_request(info, notify_url=hook_url, **overrides)
+    handle, _ = await start_purchase(client, request, "mail-provisioning")
+    for _ in range(NOTIFY_POLLS):
+        status = await query_status(handle)
+        if status.current_step == "notify":
+            return request, handle
+        assert status.state == "running", status
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"{handle.id} never reached notify")

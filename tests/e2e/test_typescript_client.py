@@ -30,7 +30,7 @@ from temporalio.converter import DataConverter
 
 from activities.codec import ENCODING, KeyRing, data_converter
 from devstack.stack import ROOT, StackInfo
-from tests.e2e.conftest import CloudControl
+from tests.e2e.conftest import CloudControl, held_in_notify
 from workflows.contracts import ProvisionResult, workflow_id_for
 
 PACKAGE = ROOT / "clients" / "typescript"
@@ -152,6 +152,55 @@ async def test_node_back_end_gets_typed_errors(
     assert (failed["step"], failed["error_type"]) == ("wait_for_server", "ServerBootFailed")
     assert "failed to boot" in failed["message"]
     assert cloud.servers_of(failing["purchase_id"]) == []
+
+
+async def test_node_back_end_gets_the_holder_the_cancel_and_the_terminate(
+    ts_client_cli: Path, info: StackInfo, client: Client, cloud: CloudControl
+) -> None:
+    holding, holder = await held_in_notify(client, info)
+    # Another purchase for the same tenant: refused at once, the holder named.
+    second = {**asdict(holding), "purchase_id": f"{holding.purchase_id}-again"}
+    refused = await node_error(ts_client_cli, info, second)
+    assert refused["name"] == "TenantAlreadyProvisionedError"
+    assert (refused["tenant_id"], refused["holder"]) == (holding.tenant_id, holder.id)
+    assert refused["claim_workflow_id"] == f"tenant-{holding.tenant_id}"
+
+    # The holder is cancelled in notify: compensated, and the error says where.
+    await holder.cancel()
+    code, answer = await asyncio.to_thread(node, ts_client_cli, info, "result", holding.purchase_id)
+    assert code == 1, answer
+    assert answer["error"] == {
+        "name": "PurchaseCancelledError",
+        "message": "purchase cancelled at notify; compensated",
+        "state": "cancelled",
+        "step": "notify",
+        "compensated": True,
+    }
+    assert cloud.servers_of(holding.purchase_id) == []
+
+    # A terminated run: status says so (the query alone says `running`), result too.
+    stopped, handle = await held_in_notify(client, info)
+    await handle.terminate(reason="test: terminated")
+    code, status = await asyncio.to_thread(node, ts_client_cli, info, "status", stopped.purchase_id)
+    assert code == 0, status
+    assert (status["state"], status["current_step"], status["stopped_at"]) == (
+        "terminated",
+        None,
+        "notify",
+    )
+    assert status["steps"][-1] == {**status["steps"][-1], "name": "notify", "state": "interrupted"}
+    code, answer = await asyncio.to_thread(node, ts_client_cli, info, "result", stopped.purchase_id)
+    assert code == 1, answer
+    ended = answer["error"]
+    assert (ended["name"], ended["state"], ended["step"], ended["compensated"]) == (
+        "PurchaseEndedError",
+        "terminated",
+        "notify",
+        False,
+    )
+    assert ended["message"].startswith("purchase terminated at notify (test: terminated)")
+    [left_behind] = cloud.servers_of(stopped.purchase_id)
+    cloud.api.delete(f"servers/{left_behind['id']}").raise_for_status()
 
 
 async def test_payloads_round_trip_between_the_python_and_typescript_codecs(

@@ -40,6 +40,14 @@ STEPS = {
     "notify_customer": (True, True),
 }
 
+# The held call -> the purchase step it belongs to, where the names differ.
+STEP_OF_HELD = {
+    "set_reverse_dns": "wait_for_server",
+    "record_audit_event": "audit",
+    "ensure_rotation_schedule": "schedule_rotation",
+    "notify_customer": "notify",
+}
+
 
 @pytest.mark.parametrize("step", list(STEPS))
 async def test_cancel_at_each_step_compensates_and_ends_cancelled(
@@ -64,6 +72,9 @@ async def test_cancel_at_each_step_compensates_and_ends_cancelled(
     assert isinstance(failure.value.cause, CancelledError)
     assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
     assert status.state == "cancelled"
+    # What clients print as `purchase cancelled at <step>; compensated` (the run's own
+    # CancelledError message does not reach them: Temporal records none).
+    assert status.stopped_at == STEP_OF_HELD.get(step, step)
     stored, scheduled = STEPS[step]
     assert world.removed_versions == ([1] if stored else [])
     # The schedule is removed once its step was reached (an attempt may have created it).

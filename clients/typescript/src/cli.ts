@@ -17,6 +17,9 @@ import {
   InvalidPurchaseRequestError,
   MailProvisioningClient,
   ProvisioningFailedError,
+  PurchaseCancelledError,
+  PurchaseEndedError,
+  TenantAlreadyProvisionedError,
 } from './client';
 import { EncryptionCodec } from './codec';
 
@@ -56,6 +59,19 @@ function errorJson(err: unknown): Record<string, unknown> {
   }
   if (err instanceof ProvisioningFailedError) {
     return { name: err.name, message: err.message, step: err.step, error_type: err.errorType };
+  }
+  if (err instanceof TenantAlreadyProvisionedError) {
+    return {
+      name: err.name,
+      message: err.message,
+      tenant_id: err.tenantId,
+      holder: err.holder,
+      claim_workflow_id: err.claimWorkflowId,
+    };
+  }
+  if (err instanceof PurchaseCancelledError || err instanceof PurchaseEndedError) {
+    const state = err instanceof PurchaseCancelledError ? 'cancelled' : err.state;
+    return { name: err.name, message: err.message, state, step: err.step, compensated: err.compensated };
   }
   const error = err as Error;
   return { name: error.name, message: error.message };

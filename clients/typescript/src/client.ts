@@ -7,7 +7,10 @@
 import { Client, Connection, WorkflowFailedError, WorkflowHandle } from '@temporalio/client';
 import {
   ApplicationFailure,
+  CancelledFailure,
   DataConverter,
+  TerminatedFailure,
+  TimeoutFailure,
   WorkflowExecutionAlreadyStartedError,
   WorkflowIdConflictPolicy,
   WorkflowIdReusePolicy,
@@ -64,9 +67,84 @@ export class ProvisioningFailedError extends Error {
   }
 }
 
-/** Any other way the run ended without a result (cancelled, terminated, timed out). */
+/** The tenant already has a mail server, or one being provisioned by `holder` (the
+ * workflow id of the purchase holding the tenant's claim); nothing was bought. */
+export class TenantAlreadyProvisionedError extends Error {
+  readonly name = 'TenantAlreadyProvisionedError';
+  constructor(
+    message: string,
+    readonly tenantId: string,
+    readonly holder: string,
+    readonly claimWorkflowId: string,
+  ) {
+    super(message);
+  }
+}
+
+/** The purchase was cancelled at `step` and its compensation ran (nothing left behind).
+ * `step` is null when no worker answered the status query that names it. */
+export class PurchaseCancelledError extends Error {
+  readonly name = 'PurchaseCancelledError';
+  readonly compensated = true;
+  constructor(readonly step: string | null) {
+    super(
+      step === null
+        ? 'purchase cancelled; compensated (no worker answered which step)'
+        : `purchase cancelled at ${step}; compensated`,
+    );
+  }
+}
+
+/** The server ended the run without its code (`terminated`, `timed_out`) at `step`:
+ * no compensation ran; the orphan reconciler removes what it made. Any other end
+ * without a result has state `unknown`. */
 export class PurchaseEndedError extends Error {
   readonly name = 'PurchaseEndedError';
+  readonly compensated = false;
+  constructor(
+    message: string,
+    readonly state: 'terminated' | 'timed_out' | 'unknown' = 'unknown',
+    readonly step: string | null = null,
+  ) {
+    super(message);
+  }
+}
+
+/** The server's word on a run, in the words of the status query's `state`. */
+const SERVER_STATES: Record<string, ProvisionStatus['state']> = {
+  RUNNING: 'running',
+  COMPLETED: 'completed',
+  FAILED: 'failed',
+  CANCELLED: 'cancelled',
+  TERMINATED: 'terminated',
+  TIMED_OUT: 'timed_out',
+};
+/** States the workflow code itself ends in; any other closed state the server imposed. */
+const ENDED_BY_THE_CODE = new Set(['completed', 'failed', 'cancelled']);
+
+/**
+ * The status query's answer corrected by what the server reports (as starter.py's
+ * settle_status): a query is answered by replaying the history, so a run the server
+ * stopped without its code answers `running` at the step it was in. The server wins:
+ * that step becomes `stopped_at`, no step is current, the running step `interrupted`.
+ */
+export function settleStatus(status: ProvisionStatus, serverStatus: string): ProvisionStatus {
+  const state = SERVER_STATES[serverStatus];
+  if (state === undefined || state === 'running' || state === status.state) {
+    return status;
+  }
+  if (ENDED_BY_THE_CODE.has(state) && ENDED_BY_THE_CODE.has(status.state)) {
+    return status;
+  }
+  return {
+    ...status,
+    state,
+    current_step: null,
+    steps: status.steps.map((step) =>
+      step.state === 'running' ? { ...step, state: 'interrupted' } : step,
+    ),
+    stopped_at: status.stopped_at ?? status.current_step,
+  };
 }
 
 export interface StartedPurchase {
@@ -123,18 +201,54 @@ export class MailProvisioningClient {
     return this.client.workflow.getHandle(workflowIdFor(purchaseId));
   }
 
-  /** The `status` query: current step, steps done, timestamps (needs a running worker). */
+  /** The `status` query (current step, steps done, timestamps; needs a running worker),
+   * with the state the server reports for a run it ended (terminated, timed out). */
   async status(purchaseId: string): Promise<ProvisionStatus> {
-    return this.handle(purchaseId).query<ProvisionStatus>(STATUS_QUERY);
+    const handle = this.handle(purchaseId);
+    const answer = await handle.query<ProvisionStatus>(STATUS_QUERY);
+    const description = await handle.describe();
+    return settleStatus({ ...answer, stopped_at: answer.stopped_at ?? null }, description.status.name);
   }
 
-  /** Waits for the run; throws InvalidPurchaseRequestError, ProvisioningFailedError or PurchaseEndedError. */
+  /** Waits for the run; throws InvalidPurchaseRequestError, TenantAlreadyProvisionedError,
+   * ProvisioningFailedError, PurchaseCancelledError or PurchaseEndedError. */
   async result(purchaseId: string): Promise<ProvisionResult> {
     try {
       return (await this.handle(purchaseId).result()) as ProvisionResult;
     } catch (err) {
-      throw decodeFailure(err);
+      const decoded = decodeFailure(err);
+      if (decoded instanceof PurchaseCancelledError || decoded instanceof PurchaseEndedError) {
+        throw await this.withStep(purchaseId, decoded);
+      }
+      throw decoded;
     }
+  }
+
+  /** Temporal keeps no message of ours for a cancelled, terminated or timed-out run: the
+   * step it stopped at comes from the status query (null if no worker answers). */
+  private async withStep(
+    purchaseId: string,
+    err: PurchaseCancelledError | PurchaseEndedError,
+  ): Promise<Error> {
+    if (err instanceof PurchaseEndedError && err.state === 'unknown') {
+      return err;
+    }
+    let step: string | null = null;
+    try {
+      step = (await this.status(purchaseId)).stopped_at;
+    } catch {
+      step = null;
+    }
+    if (err instanceof PurchaseCancelledError) {
+      return new PurchaseCancelledError(step);
+    }
+    const at = step === null ? '' : ` at ${step}`;
+    const what = err.state === 'terminated' ? 'terminated' : 'timed out';
+    return new PurchaseEndedError(
+      `purchase ${what}${at} (${err.message}); no compensation ran: the orphan reconciler removes what it made`,
+      err.state,
+      step,
+    );
   }
 }
 
@@ -153,6 +267,14 @@ export function decodeFailure(err: unknown): unknown {
         String(details.rule ?? ''),
       );
     }
+    if (cause.type === 'TenantAlreadyProvisioned') {
+      return new TenantAlreadyProvisionedError(
+        cause.message,
+        String(details.tenant_id ?? ''),
+        String(details.holder ?? ''),
+        String(details.claim_workflow_id ?? ''),
+      );
+    }
     if (cause.type === 'ProvisioningFailed') {
       return new ProvisioningFailedError(
         cause.message,
@@ -160,6 +282,15 @@ export function decodeFailure(err: unknown): unknown {
         String(details.error_type ?? ''),
       );
     }
+  }
+  if (cause instanceof CancelledFailure) {
+    return new PurchaseCancelledError(null);
+  }
+  if (cause instanceof TerminatedFailure) {
+    return new PurchaseEndedError(cause.message, 'terminated');
+  }
+  if (cause instanceof TimeoutFailure) {
+    return new PurchaseEndedError(cause.message, 'timed_out');
   }
   return new PurchaseEndedError(cause?.message ?? err.message);
 }

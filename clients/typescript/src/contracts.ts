@@ -62,7 +62,8 @@ export interface ProvisionResult {
 
 export interface StepProgress {
   name: string;
-  state: 'running' | 'done' | 'failed' | 'skipped';
+  /** `interrupted`: it was running when the server terminated the run or timed it out. */
+  state: 'running' | 'done' | 'failed' | 'skipped' | 'interrupted';
   started_at: string;
   finished_at: string | null;
 }
@@ -71,9 +72,13 @@ export interface StepProgress {
 export interface ProvisionStatus {
   purchase_id: string | null;
   tenant_id: string | null;
-  state: 'running' | 'compensating' | 'completed' | 'failed' | 'cancelled';
+  /** `terminated` and `timed_out` come from the server (`status()` asks it too): the
+   * query alone answers for such a run with its last state, `running`. */
+  state: 'running' | 'compensating' | 'completed' | 'failed' | 'cancelled' | 'terminated' | 'timed_out';
   current_step: string | null;
   steps: StepProgress[];
   error: string | null;
   dns_records: DnsRecord[];
+  /** The step a failure, a cancel, a terminate or a timeout stopped the purchase at. */
+  stopped_at: string | null;
 }

@@ -1,0 +1,98 @@
+"""starter.py tells the truth about runs that ended without a result (issue 21).
+
+A run the server terminated is not `running` at its last step; a cancelled purchase
+prints the documented `purchase cancelled at <step>; compensated`, both from `start
+--wait` (which was watching when the cancel came) and from `result` afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+from dataclasses import asdict
+from typing import Any
+
+from temporalio.client import Client, WorkflowExecutionStatus
+
+from devstack.stack import StackInfo
+from tests.e2e.conftest import CloudControl, held_in_notify
+from workflows.contracts import PurchaseRequest
+
+COMMAND_TIMEOUT = 300
+
+
+def starter(info: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        info.starter_command(*args),
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_TIMEOUT,
+        check=False,
+    )
+
+
+def status_of(info: StackInfo, request: PurchaseRequest) -> dict[str, Any]:
+    done = starter(info, "status", request.purchase_id)
+    assert done.returncode == 0, done.stderr
+    answer: dict[str, Any] = json.loads(done.stdout)
+    return answer
+
+
+async def test_a_terminated_run_is_reported_terminated_at_its_step(
+    client: Client, info: StackInfo, cloud: CloudControl
+) -> None:
+    request, handle = await held_in_notify(client, info)
+    await handle.terminate(reason="test: an operator terminates the run")
+
+    status = await asyncio.to_thread(status_of, info, request)
+    # The query alone answers `running` at notify: the history ends there.
+    assert (status["state"], status["current_step"], status["stopped_at"]) == (
+        "terminated",
+        None,
+        "notify",
+    )
+    assert status["steps"][-1]["name"] == "notify"
+    assert status["steps"][-1]["state"] == "interrupted"
+    assert all(step["state"] != "running" for step in status["steps"])
+
+    ended = await asyncio.to_thread(starter, info, "result", request.purchase_id)
+    assert ended.returncode == 1
+    assert (
+        f"FAILED {handle.id}: purchase terminated at notify "
+        "(test: an operator terminates the run); no compensation ran"
+    ) in ended.stderr
+    # Nothing was undone, as the message says: the server is still there.
+    [left_behind] = cloud.servers_of(request.purchase_id)
+    cloud.api.delete(f"servers/{left_behind['id']}").raise_for_status()
+
+
+async def test_a_cancelled_purchase_names_its_step_and_compensation(
+    client: Client, info: StackInfo, cloud: CloudControl, tmp_path: Any
+) -> None:
+    request, handle = await held_in_notify(client, info)
+    # `start --wait` joins the running purchase and watches it when the cancel comes.
+    purchase_file = tmp_path / "purchase.json"
+    purchase_file.write_text(json.dumps(asdict(request)))
+    watching = subprocess.Popen(
+        info.starter_command("start", "--file", str(purchase_file), "--wait"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        await handle.cancel()
+        _, watched = await asyncio.to_thread(watching.communicate, timeout=COMMAND_TIMEOUT)
+    finally:
+        watching.kill()
+    expected = f"FAILED {handle.id}: purchase cancelled at notify; compensated"
+    assert watching.returncode == 1
+    assert expected in watched
+
+    ended = await asyncio.to_thread(starter, info, "result", request.purchase_id)
+    assert ended.returncode == 1
+    assert expected in ended.stderr
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    status = await asyncio.to_thread(status_of, info, request)
+    assert (status["state"], status["stopped_at"]) == ("cancelled", "notify")
+    assert cloud.servers_of(request.purchase_id) == []

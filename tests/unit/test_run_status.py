@@ -1,0 +1,59 @@
+"""starter.settle_status: the status query's answer corrected by the server's word.
+
+The query is answered by replaying the history, so a run the server terminated or timed
+out answers with its last state, `running` at the step it was in (issue 21).
+"""
+
+from __future__ import annotations
+
+import pytest
+from temporalio.client import WorkflowExecutionStatus
+
+from starter import settle_status
+from workflows.contracts import ProvisionStatus, StepProgress
+
+
+def last_state(state: str = "running", current: str | None = "notify") -> ProvisionStatus:
+    return ProvisionStatus(
+        purchase_id="p-1",
+        tenant_id="acme",
+        state=state,
+        current_step=current,
+        steps=[
+            StepProgress("validate_input", "done", "t0", "t0"),
+            StepProgress("notify", "running", "t1"),
+        ],
+    )
+
+
+@pytest.mark.parametrize(
+    ("server", "state"),
+    [
+        (WorkflowExecutionStatus.TERMINATED, "terminated"),
+        (WorkflowExecutionStatus.TIMED_OUT, "timed_out"),
+    ],
+)
+def test_a_run_the_server_stopped_is_not_running(
+    server: WorkflowExecutionStatus, state: str
+) -> None:
+    settled = settle_status(last_state(), server)
+    assert (settled.state, settled.current_step, settled.stopped_at) == (state, None, "notify")
+    assert [s.state for s in settled.steps] == ["done", "interrupted"]
+
+
+def test_a_running_run_and_the_codes_own_ends_are_left_as_the_query_says() -> None:
+    running = last_state()
+    assert settle_status(running, WorkflowExecutionStatus.RUNNING) == running
+    cancelled = last_state("cancelled", None)
+    cancelled.stopped_at = "notify"
+    assert settle_status(cancelled, WorkflowExecutionStatus.CANCELED) == cancelled
+    failed = last_state("failed", None)
+    assert settle_status(failed, WorkflowExecutionStatus.FAILED) == failed
+
+
+def test_a_closed_run_whose_query_still_says_compensating_takes_the_servers_state() -> None:
+    # A run terminated during its compensation: the server's word wins.
+    compensating = last_state("compensating", "delete_server")
+    compensating.stopped_at = "configure_mailu"
+    settled = settle_status(compensating, WorkflowExecutionStatus.TERMINATED)
+    assert (settled.state, settled.stopped_at) == ("terminated", "configure_mailu")
