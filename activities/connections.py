@@ -168,7 +168,10 @@ def load_temporal_connection(
     except Exception as err:  # the SDK raises its bridge's ConfigError
         where = f"TEMPORAL_CONFIG_FILE={config_file}" if config_file else "temporal.toml"
         chosen = f" (TEMPORAL_PROFILE={profile_name})" if profile_name else ""
-        raise ConnectionConfigError(f"Temporal client profile{chosen}, {where}: {err}") from None
+        # First line only: a TOML parse error quotes the file's line, which may hold api_key.
+        raise ConnectionConfigError(
+            f"Temporal client profile{chosen}, {where}: {_first_line(str(err))}"
+        ) from None
     names = _setting_names(env, profile_name or "default", config_file)
     tls = _tls_config(loaded, names)
     connection = TemporalConnection(

@@ -219,3 +219,11 @@ def test_the_worker_refuses_plaintext_in_production_and_names_each_setting() -> 
     warned = Settings.from_env({**WORKER_BASE, "VAULT_ADDR": "http://vault.internal:8200"})
     [warning] = warned.transport_warnings
     assert "VAULT_ADDR" in warning
+
+
+def test_a_broken_temporal_toml_is_named_without_quoting_its_api_key(tmp_path: Path) -> None:
+    config = tmp_path / "temporal.toml"
+    config.write_text('[profile.default]\napi_key = "sk-never-in-a-log\n')
+    with pytest.raises(ConnectionConfigError, match=r"TEMPORAL_CONFIG_FILE=.*TOML") as raised:
+        load_temporal_connection({"TEMPORAL_CONFIG_FILE": str(config)})
+    assert "sk-never-in-a-log" not in str(raised.value)
