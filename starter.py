@@ -10,6 +10,7 @@
     python starter.py reconcile --dry-run  # orphaned servers (terminated runs), once
     python starter.py schedule-reconciler --every-minutes 15 --grace-minutes 60
     python starter.py audit-verify --checkpoint  # auditor role: VAULT_ADDR, VAULT_TOKEN(_FILE)
+    python starter.py check-world          # read-only: do all records agree? exit 1 if not
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
 stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
@@ -93,6 +94,11 @@ from workflows.reconcile_contracts import (
     RECONCILE_WORKFLOW,
     ReconcileReport,
     ReconcileRequest,
+)
+from workflows.world_check_contracts import (
+    WORLD_CHECK_SCHEDULE_ID,
+    WORLD_CHECK_WORKFLOW,
+    WorldReport,
 )
 
 # A query needs a live worker; do not let a missing one stall the CLI.
@@ -626,6 +632,50 @@ async def cmd_reconcile(args: argparse.Namespace) -> int:
     return 0
 
 
+async def check_world(client: Client, task_queue: str, run_id: str) -> WorldReport:
+    """One read-only comparison of every record, on a worker (which holds the tokens)."""
+    report: WorldReport = await client.execute_workflow(
+        WORLD_CHECK_WORKFLOW,
+        id=f"{WORLD_CHECK_SCHEDULE_ID}-manual-{run_id}",
+        task_queue=task_queue,
+        result_type=WorldReport,
+    )
+    return report
+
+
+async def schedule_check_world(client: Client, task_queue: str, every: timedelta) -> None:
+    """Create, or update in place, the Schedule that runs check-world (alerts: metrics)."""
+    schedule = Schedule(
+        action=ScheduleActionStartWorkflow(
+            WORLD_CHECK_WORKFLOW, id=WORLD_CHECK_SCHEDULE_ID, task_queue=task_queue
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+    await ensure_schedule(client, WORLD_CHECK_SCHEDULE_ID, schedule)
+
+
+def print_world_report(report: WorldReport) -> None:
+    for item in report.disagreements:
+        say(f"DISAGREE {item.kind}: {item.subject}: {item.detail}\n    fix: {item.fix}")
+    looked_at = ", ".join(f"{count} {name}" for name, count in report.checked.items())
+    say(f"{len(report.disagreements)} disagreements ({looked_at})")
+
+
+async def cmd_check_world(args: argparse.Namespace) -> int:
+    """Do servers, Vault records, claims, schedules, audit rows and runs agree?"""
+    client = await _connect(args)
+    if args.schedule_every_minutes is not None:
+        every = timedelta(minutes=args.schedule_every_minutes)
+        await schedule_check_world(client, args.task_queue, every)
+        say(f"schedule {WORLD_CHECK_SCHEDULE_ID!r}: every {every}")
+        return 0
+    report = await check_world(client, args.task_queue, uuid.uuid4().hex[:8])
+    print_world_report(report)
+    print(json.dumps(asdict(report), indent=2), flush=True)
+    return 1 if report.disagreements else 0
+
+
 async def cmd_schedule_reconciler(args: argparse.Namespace) -> int:
     client = await _connect(args)
     every = timedelta(minutes=args.every_minutes)
@@ -778,8 +828,18 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("history", help="the exported JSON file (encrypted payloads are fine)")
     replay.add_argument("--workflow-id", help="default: purchase-{purchase_id of its input}")
     replay.set_defaults(func=cmd_replay)
+    world = commands.add_parser(
+        "check-world",
+        help="read-only: do servers, Vault records, claims, schedules, audit and runs agree?",
+    )
+    world.add_argument(
+        "--schedule-every-minutes",
+        type=float,
+        help="instead of checking now, run it on a Temporal Schedule (alerts via metrics)",
+    )
+    world.set_defaults(func=cmd_check_world)
     for name, func, text in (
-        ("reconcile", cmd_reconcile, "delete orphaned servers of terminated runs, once"),
+        ("reconcile", cmd_reconcile, "delete orphaned servers (decided from our records), once"),
         ("schedule-reconciler", cmd_schedule_reconciler, "run the reconciler on a schedule"),
     ):
         command = commands.add_parser(name, help=text)

@@ -27,7 +27,13 @@ from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.admission import AdmissionActivities
-from activities.audit import AuditActivities, AuditChainBroken, AuditLog, AuditStoreUnreachable
+from activities.audit import (
+    AuditActivities,
+    AuditChainBroken,
+    AuditLog,
+    AuditStore,
+    AuditStoreUnreachable,
+)
 from activities.audit_vault import DEFAULT_AUDIT_CHAIN, AuditSettings, open_audit_log
 from activities.codec import CodecKeyError, KeyRing, data_converter
 from activities.connections import (
@@ -68,18 +74,20 @@ from activities.vps_provider import (
     VpsProvider,
 )
 from activities.worker_health import serve_health
+from activities.world import WorldActivities, WorldRecords
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.provision import ProvisionMailTenant
 from workflows.reconcile import ReconcileOrphans
 from workflows.rotation import Rotation
 from workflows.tenant_claim import TenantClaim
+from workflows.world_check import CheckWorld
 
 log = get_logger("worker")
 # Every workflow a worker of the task queue hosts: ProvisionMailTenant is the queue's
 # dynamic workflow, so a type missing here would be answered as UnknownWorkflowType;
 # it also runs RotateSmtpCredentials (workflows/rotation.py), whose arguments must
 # arrive raw.
-WORKFLOWS = [ProvisionMailTenant, TenantClaim, ReconcileOrphans]
+WORKFLOWS = [ProvisionMailTenant, TenantClaim, ReconcileOrphans, CheckWorld]
 # Workflow code the dynamic workflow runs for other types: re-executed per run like a
 # workflow module, so held to the same sandbox rules and bytecode check.
 DISPATCHED = [Rotation]
@@ -325,7 +333,8 @@ async def build_activities(
     credentials = CredentialsActivities(vault, access, provider)
     schedules = RotationScheduleActivities(vault)
     notify = NotifyActivities(settings.notify_policy)
-    claims = TenantClaimActivities()
+    records = WorldRecords(vault, provider)
+    claims = TenantClaimActivities(records)
     try:
         await _check_provider(settings.plans, provider)
         yield [
@@ -333,6 +342,7 @@ async def build_activities(
                 settings.plans,
                 settings.notify_policy,
                 keep_failed_servers=settings.keep_failed_servers,
+                take_claim=claims.take,
             ).admit_purchase,
             vps.create_server,
             vps.bring_up_server,
@@ -347,10 +357,11 @@ async def build_activities(
             vault_activities.remove_credentials,
             AuditActivities(audit_log).record_audit_event,
             claims.release_tenant_claim,
+            claims.check_claim_holder,
             notify.notify_customer,
             vps.delete_purchase_servers,
             vps.list_managed_servers,
-            *([TemporalRunsActivities(client).describe_purchase_runs] if client else []),
+            *_temporal_readers(client, records, audit_log.store),
         ]
     finally:
         await provider.aclose()
@@ -376,6 +387,21 @@ def _open_audit_log(settings: Settings, vault: Vault) -> AuditLog:
         # The same alertable line an append refused for this reason logs.
         log.error("audit_chain_broken", problems=problems, at="start-up")
     return audit_log
+
+
+def _temporal_readers(
+    client: Client | None, records: WorldRecords, audit_store: AuditStore
+) -> list[Any]:
+    """The reconciler's and check-world's look-ups, which need a Temporal client."""
+    if client is None:
+        return []
+    world = WorldActivities(records, client, audit_store)
+    return [
+        TemporalRunsActivities(client).describe_purchase_runs,
+        world.tenant_records,
+        world.release_stale_claims,
+        world.check_world,
+    ]
 
 
 def worker_interceptors() -> list[Interceptor]:
@@ -417,6 +443,7 @@ PASSED_THROUGH = (
     "workflows.rotation_contracts",
     "workflows.saga",
     "workflows.steps",
+    "workflows.world_check_contracts",
 )
 # Third-party libraries those modules import: pure functions over static data, so they
 # are deterministic too, and passed through rather than re-imported for every run.

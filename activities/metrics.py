@@ -21,6 +21,7 @@ from temporalio.worker import (
     WorkflowInterceptorClassInput,
 )
 
+from workflows import world_check_contracts
 from workflows.contracts import StoredCredentials
 from workflows.metrics import DURATION as WORKFLOW_DURATION
 from workflows.metrics import WorkflowMetrics
@@ -34,6 +35,10 @@ AUDIT_CHAIN_BROKEN = "mailprov_audit_chain_broken"
 # The failure type of an append refused because the audit chain does not verify
 # (activities/audit.py raises it; the import rules keep the two modules apart).
 AUDIT_CHAIN_BROKEN_TYPE = "AuditChainBroken"
+# Set by check-world (activities/world.py check_world; the names live with its contracts
+# so that the activity, which may not import this module, uses them too).
+WORLD_DISAGREEMENTS = world_check_contracts.WORLD_DISAGREEMENTS
+WORLD_CHECKED = world_check_contracts.WORLD_CHECKED
 # Seconds: SSH steps take seconds to many minutes (set_up_mailu up to 20).
 STEP_BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0)
 # For the Prometheus exporter (worker.py): the SDK's default buckets are not seconds.

@@ -1,9 +1,10 @@
 """Temporal, seen from an activity: what became of each purchase's run.
 
-The reconciler needs to know, per purchase, whether its run is still going, completed,
-compensated itself, or was stopped from outside (terminated, timed out) and so will
-never clean up. For a stopped run it also reads, from the run's own history, the
-Vault version that run stored, so exactly that version can be withdrawn.
+The reconciler asks, per server, about one run: the run that holds the tenant's claim
+(by run id, so a later run of the same purchase id cannot stand in for it), or the
+purchase's latest run. For a run that ended without completing it also reads, from the
+run's own history, the Vault version that run stored, so exactly that version can be
+withdrawn. A run Temporal no longer knows is NOT_FOUND, which proves nothing.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.contracts import StoredCredentials, workflow_id_for
-from workflows.reconcile_contracts import ORPHANING_STATES, PurchaseRun
+from workflows.reconcile_contracts import UNFINISHED_STATES, PurchaseRun, RunQuery
 
 
 class TemporalRunsActivities:
@@ -22,16 +23,17 @@ class TemporalRunsActivities:
         self._client = client
 
     @activity.defn(name="describe_purchase_runs")
-    async def describe_purchase_runs(self, purchase_ids: list[str]) -> list[PurchaseRun]:
-        return [await self._describe(purchase_id) for purchase_id in purchase_ids]
+    async def describe_purchase_runs(self, queries: list[RunQuery]) -> list[PurchaseRun]:
+        return [await self._describe(query.purchase_id, query.run_id) for query in queries]
 
-    async def _describe(self, purchase_id: str) -> PurchaseRun:
-        handle = self._client.get_workflow_handle(workflow_id_for(purchase_id))
+    async def _describe(self, purchase_id: str, run_id: str | None) -> PurchaseRun:
+        handle = self._client.get_workflow_handle(workflow_id_for(purchase_id), run_id=run_id)
         try:
             description = await handle.describe()
         except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                return PurchaseRun(purchase_id, "NOT_FOUND")
+            # INVALID_ARGUMENT: a run id that is no run id (a hand-made claim memo).
+            if err.status in (RPCStatusCode.NOT_FOUND, RPCStatusCode.INVALID_ARGUMENT):
+                return PurchaseRun(purchase_id, "NOT_FOUND", run_id=run_id)
             raise
         status = description.status or WorkflowExecutionStatus.RUNNING
         run = PurchaseRun(
@@ -40,7 +42,7 @@ class TemporalRunsActivities:
             closed_at=description.close_time.isoformat() if description.close_time else None,
             run_id=description.run_id,
         )
-        if run.status in ORPHANING_STATES:
+        if run.status in UNFINISHED_STATES:
             run = PurchaseRun(
                 run.purchase_id,
                 run.status,

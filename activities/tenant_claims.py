@@ -1,11 +1,18 @@
-"""Take, confirm and release a tenant's claim (workflows/tenant_claim.py) in Temporal.
+"""Take, check and release a tenant's claim (workflows/tenant_claim.py) in Temporal.
 
 The claim is a TenantClaim workflow with id `tenant-{tenant_id}`: starting it with
 conflict policy FAIL is an atomic test-and-set that Temporal's server enforces across
-every client and worker. Each call here is idempotent, so the activity can be retried:
-a retried claim finds its own earlier start (same holder in the memo) and succeeds;
-release and confirm target the exact run this purchase started, so they can never
-touch a claim another purchase took later.
+every client and worker. Its memo names the purchase run that took it (workflow id and
+run id, read from the admitting activity's own context, never from its input), so a
+later run of the same purchase id (started with another reuse policy, by a cron or a
+retry policy) is not the holder and is refused. Each call here is idempotent, so the
+activity can be retried: a retried claim finds its own earlier start (same holder run
+in the memo) and succeeds; release targets the exact claim run this purchase started.
+
+Before taking a claim, our own records must agree that the tenant and the purchase
+are free (activities/world.py): no server of this purchase id exists (a finished
+purchase is never provisioned again, even once its claim is gone) and the tenant has
+no current Vault record (a tenant whose claim was lost keeps its one server).
 """
 
 from __future__ import annotations
@@ -18,61 +25,126 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.world import WorldRecords, purchase_id_of, tenant_of_claim_id
 from workflows.claim_contracts import (
     HOLDER_MEMO,
+    HOLDER_RUN_MEMO,
     TENANT_CLAIM_TYPE,
+    ClaimHolderCheck,
+    ClaimVerdict,
     TenantClaimRequest,
     tenant_claim_id,
 )
 
 
-async def take_tenant_claim(request: TenantClaimRequest) -> str:
-    """Start the tenant's claim from inside an activity (its client, its task queue);
-    returns the claim's run id. TenantAlreadyProvisioned if another purchase holds it."""
+async def take_tenant_claim(
+    request: TenantClaimRequest, records: WorldRecords | None = None
+) -> str:
+    """Start the tenant's claim from inside the admitting activity (its client, its task
+    queue, its own run as the holder); returns the claim's run id.
+
+    TenantAlreadyProvisioned if another purchase, or an earlier run of this purchase,
+    holds it, or (with `records`) if our records say the purchase id already has a
+    server or the tenant a current Vault record.
+    """
     client = activity.client()
+    info = activity.info()
+    # The caller's own run: the admitting activity runs inside the purchase run.
+    holder, holder_run = info.workflow_id or "", info.workflow_run_id or ""
     claim_id = tenant_claim_id(request.tenant_id)
+    if records is not None:
+        # Before the claim: a claim taken and then refused would name this run as the
+        # holder of a purchase whose server belongs to an earlier run.
+        await _refuse_if_records_disagree(records, request.tenant_id, holder, holder_run, claim_id)
     try:
         handle = await client.start_workflow(
             TENANT_CLAIM_TYPE,
-            request.holder,
+            holder,
             id=claim_id,
-            task_queue=activity.info().task_queue,
+            task_queue=info.task_queue,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
-            memo={HOLDER_MEMO: request.holder},
+            memo={HOLDER_MEMO: holder, HOLDER_RUN_MEMO: holder_run},
             static_summary=f"mail server claim of tenant {request.tenant_id}",
         )
         return str(handle.result_run_id)
     except WorkflowAlreadyStartedError:
         pass
     description = await client.get_workflow_handle(claim_id).describe()
-    holder = await description.memo_value(HOLDER_MEMO, default=None)
+    held_by = await description.memo_value(HOLDER_MEMO, default=None)
+    held_by_run = await description.memo_value(HOLDER_RUN_MEMO, default=None)
     if description.status != WorkflowExecutionStatus.RUNNING:
         # Released between our start and this look: another attempt will take it.
         raise ApplicationError(f"claim {claim_id} changed hands; retrying", type="ClaimRace")
-    if holder == request.holder:
+    if (held_by, held_by_run) == (holder, holder_run):
         return description.run_id  # our own earlier attempt took it
-    raise ApplicationError(
+    if held_by == holder:
+        raise _refused(
+            request.tenant_id,
+            f"purchase {holder} was provisioned by an earlier run ({held_by_run}); "
+            "a purchase is never provisioned again, whatever the reuse policy",
+            claim_id,
+            str(held_by),
+        )
+    raise _refused(
+        request.tenant_id,
         f"tenant {request.tenant_id!r} already has a mail server or one being provisioned "
-        f"(claim {claim_id} held by {holder}); nothing was bought",
-        {"tenant_id": request.tenant_id, "claim_workflow_id": claim_id, "holder": holder},
-        type="TenantAlreadyProvisioned",
-        non_retryable=True,
+        f"(claim {claim_id} held by {held_by})",
+        claim_id,
+        str(held_by),
     )
 
 
+async def _refuse_if_records_disagree(
+    records: WorldRecords, tenant_id: str, holder: str, holder_run: str, claim_id: str
+) -> None:
+    """TenantAlreadyProvisioned if a server of this purchase or the tenant's record
+    exists, unless this very run holds the claim (a retried attempt of its admission)."""
+    claim = await WorldRecords.claim_of(activity.client(), tenant_id)
+    if claim is not None and (claim.holder, claim.holder_run_id) == (holder, holder_run):
+        return
+    purchase_id = purchase_id_of(holder)
+    if purchase_id is not None:
+        servers = await records.managed_servers(f"purchase={purchase_id}")
+        if servers:
+            raise _refused(
+                tenant_id,
+                f"purchase {holder} already has server {servers[0].name}; "
+                "a purchase is never provisioned again",
+                claim_id,
+                holder,
+            )
+    if await records.vault_version(tenant_id) is not None:
+        raise _refused(
+            tenant_id,
+            f"tenant {tenant_id!r} has current credentials in Vault (a mail server); "
+            "its claim is missing: run `starter.py check-world`",
+            claim_id,
+            "(tenant's Vault record)",
+        )
+
+
 class TenantClaimActivities:
+    def __init__(self, records: WorldRecords | None = None) -> None:
+        # Without records (unit tests) the claim alone decides.
+        self._records = records
+
+    async def take(self, request: TenantClaimRequest) -> str:
+        """take_tenant_claim with this worker's records (admission's claim taker)."""
+        return await take_tenant_claim(request, self._records)
+
     @activity.defn(name="claim_tenant")
     async def claim_tenant(self, request: TenantClaimRequest) -> str:
         """Only for runs of the sequence before admit_purchase took the claim."""
-        return await take_tenant_claim(request)
+        return await self.take(request)
 
     @activity.defn(name="release_tenant_claim")
     async def release_tenant_claim(self, request: TenantClaimRequest) -> None:
-        """Compensation: end this purchase's claim run so the tenant can buy again.
+        """Compensation: ask this purchase's claim run to end so the tenant can buy again.
 
-        Without a run id (the reconciler cleaning up after a terminated purchase, which
-        never learnt it), the open claim is released only if this purchase holds it.
+        The claim ends only if its owner check agrees (the holder has no server left).
+        Without a run id (a purchase whose admission ran out of retries, which never
+        learnt it), the open claim is asked only if this very run holds it.
         """
         if request.run_id is None:
             handle = activity.client().get_workflow_handle(tenant_claim_id(request.tenant_id))
@@ -81,12 +153,36 @@ class TenantClaimActivities:
             except RPCError as err:
                 if err.status != RPCStatusCode.NOT_FOUND:
                     raise
-                return  # never claimed (a purchase from before claims existed)
-            holder = await description.memo_value(HOLDER_MEMO, default=None)
-            if description.status != WorkflowExecutionStatus.RUNNING or holder != request.holder:
-                return  # released already, or another purchase's claim now
+                return  # never claimed
+            held_by = await description.memo_value(HOLDER_MEMO, default=None)
+            held_by_run = await description.memo_value(HOLDER_RUN_MEMO, default=None)
+            if description.status != WorkflowExecutionStatus.RUNNING or (held_by, held_by_run) != (
+                request.holder,
+                activity.info().workflow_run_id,
+            ):
+                return  # released already, or another run's claim
             request = replace(request, run_id=description.run_id)
         await self._signal(request, "release", request.reason)
+
+    @activity.defn(name="check_claim_holder")
+    async def check_claim_holder(self, check: ClaimHolderCheck) -> ClaimVerdict:
+        """The owner check a TenantClaim runs on itself: may its holder keep it?
+
+        Everything is read from the calling claim (its id, its memo) and our records.
+        """
+        info = activity.info()
+        tenant_id = tenant_of_claim_id(info.workflow_id or "")
+        if tenant_id is None or self._records is None or info.workflow_id is None:
+            return ClaimVerdict(False, "not a tenant claim started by admission")
+        client = activity.client()
+        description = await client.get_workflow_handle(
+            info.workflow_id, run_id=info.workflow_run_id
+        ).describe()
+        holder = await _memo_str(description, HOLDER_MEMO)
+        holder_run = await _memo_str(description, HOLDER_RUN_MEMO)
+        return await self._records.assess_holder(
+            client, tenant_id, holder, holder_run, release_requested=check.release_requested
+        )
 
     @activity.defn(name="confirm_tenant_claim")
     async def confirm_tenant_claim(self, request: TenantClaimRequest) -> None:
@@ -104,3 +200,20 @@ class TenantClaimActivities:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
             # Already ended (a retried release): nothing left to do.
+
+
+def _refused(tenant_id: str, message: str, claim_id: str, holder: str) -> ApplicationError:
+    return ApplicationError(
+        f"{message}; nothing was bought",
+        {"tenant_id": tenant_id, "claim_workflow_id": claim_id, "holder": holder},
+        type="TenantAlreadyProvisioned",
+        non_retryable=True,
+    )
+
+
+async def _memo_str(description: object, key: str) -> str | None:
+    try:
+        value = await description.memo_value(key, default=None)  # type: ignore[attr-defined]
+    except Exception:  # a hand-made memo in an encoding we do not read
+        return None
+    return value if isinstance(value, str) else None

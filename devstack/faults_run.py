@@ -17,8 +17,10 @@ against what the design promises:
 
 A purchase that does not match is *lost*; the problems are printed. One table row per
 scenario (injected faults, purchases survived / lost, slowest recovery), then the line
-`faults: <injected> injected, <survived> survived, <lost> lost`. Exit status 1 if
-anything was lost.
+`faults: <injected> injected, <survived> survived, <lost> lost`. Then `check-world`
+compares every record of the stack (servers, Vault records, claims, rotation
+schedules, audit rows, runs) and prints each disagreement with its fix, ending with
+`check-world: <n> disagreements`. Exit status 1 if anything was lost or disagrees.
 
 Recovery (worker, Temporal and OpenBao faults): for each purchase in flight when the
 fault hit, the seconds from the service being back (a new worker ready, Temporal
@@ -55,9 +57,10 @@ from activities.vault import Vault, VaultSettings
 from devstack.demo import smtp_login
 from devstack.mail_login import certificate_after_dns
 from devstack.stack import Stack, StackInfo
-from starter import query_status, run_reconciler, start_purchase
+from starter import check_world, print_world_report, query_status, run_reconciler, start_purchase
 from workflows.contracts import ProvisionResult, PurchaseRequest
 from workflows.reconcile_contracts import ReconcileRequest
+from workflows.world_check_contracts import WorldReport
 
 TASK_QUEUE = "mail-provisioning"
 WORKERS = 2
@@ -559,7 +562,7 @@ DEFAULT_SIZES = {"purchases": 20, "burst": 200}
 
 async def run(
     names: list[str], purchases: int, burst: int, state_dir: Path
-) -> list[ScenarioResult]:
+) -> tuple[list[ScenarioResult], WorldReport]:
     async with Stack(state_dir, worker=False) as stack:
         say(f"starting the local stack in {state_dir}")
         info = await stack.start(say)
@@ -569,7 +572,9 @@ async def run(
             info.temporal_address,
             data_converter=data_converter(KeyRing.from_file(info.codec_keys_file)),
         )
-        return await run_on(stack, client, names, purchases, burst)
+        results = await run_on(stack, client, names, purchases, burst)
+        say("check-world: comparing every record of the stack")
+        return results, await check_world(client, TASK_QUEUE, uuid.uuid4().hex[:8])
 
 
 async def run_on(
@@ -665,12 +670,14 @@ def main(argv: list[str] | None = None) -> int:
     random.seed(args.seed)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mailprov-faults-") as directory:
-        results = asyncio.run(run(names, args.purchases, args.burst, Path(directory)))
+        results, world = asyncio.run(run(names, args.purchases, args.burst, Path(directory)))
     print(table(results))
     print(recovery_by_step(results))
     print(f"wall time: {time.monotonic() - started:.0f} s")
     print(summary(results))
-    return 1 if any(r.lost for r in results) else 0
+    print_world_report(world)
+    print(f"check-world: {len(world.disagreements)} disagreements")
+    return 1 if any(r.lost for r in results) or world.disagreements else 0
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from activities.temporal_runs import TemporalRunsActivities
 from activities.tenant_claims import TenantClaimActivities
 from activities.vault import VaultActivities
 from activities.vps_provider import VpsActivities
+from activities.world import WorldActivities
 
 __all__ = [
     "AdmissionActivities",
@@ -32,4 +33,5 @@ __all__ = [
     "TenantClaimActivities",
     "VaultActivities",
     "VpsActivities",
+    "WorldActivities",
 ]

@@ -5,13 +5,28 @@ sandbox (worker.workflow_runner) instead of re-importing it for every run.
 """
 
 from dataclasses import dataclass
+from datetime import timedelta
 
 TENANT_CLAIM_TYPE = "TenantClaim"
+CLAIM_ID_PREFIX = "tenant-"
 HOLDER_MEMO = "holder"  # the workflow id of the purchase holding the claim
+# The run of that purchase which took the claim: a later run of the same purchase id
+# (a start with another reuse policy, a cron or retry run) is not the holder.
+HOLDER_RUN_MEMO = "holder_run_id"
+# When the claim looks at its holder again after the look at its start: soon after
+# (a purchase terminated during admission leaks no claim for long), then ever more
+# rarely; each look costs a timer and one activity (3 billable actions).
+HOLDER_CHECK_INTERVALS = (
+    timedelta(minutes=10),
+    timedelta(hours=1),
+    timedelta(hours=6),
+    timedelta(days=1),
+    timedelta(days=7),
+)
 
 
 def tenant_claim_id(tenant_id: str) -> str:
-    return f"tenant-{tenant_id}"
+    return f"{CLAIM_ID_PREFIX}{tenant_id}"
 
 
 @dataclass(frozen=True)
@@ -32,3 +47,24 @@ class TenantClaimState:
     # "held" | "released"; "provisioned" on claims confirmed by older purchases
     state: str
     release_reason: str | None = None
+    holder_run_id: str | None = None
+    # The last owner check's answer (activities/tenant_claims.py check_claim_holder).
+    last_check: str | None = None
+
+
+@dataclass(frozen=True)
+class ClaimHolderCheck:
+    """Ask whether the claim's holder still has a right to it.
+
+    The claim's tenant, holder and holder run are read by the activity from the claim
+    workflow itself (its id and memo), never taken from here: only whether a release
+    was asked for is.
+    """
+
+    release_requested: bool = False
+
+
+@dataclass(frozen=True)
+class ClaimVerdict:
+    keep: bool
+    reason: str

@@ -9,53 +9,118 @@ workers, exactly one start succeeds; the other purchase is refused at once with
 `TenantAlreadyProvisioned` and has bought nothing.
 
 The claim is a running workflow, so it is as durable as Temporal itself: it survives
-worker and server restarts, and never expires (a closed workflow is deleted after the
-namespace's retention period, freeing its id; an open one is not). It ends only on the
-`release` signal, which the purchase sends when it compensates; a completed purchase
-keeps it for as long as the tenant has the server (whether the holder completed is
-the holder run's own status: no signal, so no billable action, is spent saying so).
-An operator can release it by hand after deleting a tenant's server:
+worker and server restarts (a closed workflow is deleted after the namespace's
+retention period, freeing its id; an open one is not). Its memo names the purchase
+run that took it. Any client can start or signal a workflow, so the claim trusts
+neither: it ends only when its owner check (the `check_claim_holder` activity, which
+reads our records: the holder run, the provider's servers, the tenant's Vault record)
+says the holder has no right to it any more. The check runs when the claim starts (a
+claim nobody's admission took ends at once), when a `release` signal asks for it (the
+purchase's compensation, the reconciler, an operator after deleting a server), and
+on a durable timer (10 min, 1 h, 6 h, 1 day, then weekly: 3 billable actions each), so
+a purchase terminated during admission does not block its tenant for ever. A
+completed purchase keeps its claim for as long as it has its server or its tenant's
+record is current. By hand, after deleting a tenant's server and withdrawing its record:
 
     temporal workflow signal --workflow-id tenant-acme --name release --input '"deleted"'
+
+The run takes its argument raw, and a start the SDK cannot decode at all (more than
+one argument, an encoding no converter reads) fails the run at once instead of the
+workflow task for ever (failure_exception_types).
 """
 
 from __future__ import annotations
 
+import contextlib
+from datetime import timedelta
+from typing import Any
+
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
-from temporalio.common import RawValue
+from temporalio.common import RawValue, RetryPolicy
+from temporalio.exceptions import ActivityError
 
-from workflows.claim_contracts import HOLDER_MEMO, TENANT_CLAIM_TYPE, TenantClaimState
+from workflows.claim_contracts import (
+    HOLDER_CHECK_INTERVALS,
+    HOLDER_MEMO,
+    HOLDER_RUN_MEMO,
+    TENANT_CLAIM_TYPE,
+    ClaimHolderCheck,
+    ClaimVerdict,
+    TenantClaimState,
+)
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.activity_refs import TenantClaimActivities
 
 # Typed exactly RawValue (the SDK passes such arguments through undecoded); the default
 # lets a start without an argument run too.
 _NO_ARGUMENT = RawValue(Payload())
+# Reads of Temporal, the provider and Vault; an outage is retried for a day, and the
+# claim stays held meanwhile (the safe side).
+CHECK_HOLDER: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=RetryPolicy(
+        initial_interval=timedelta(seconds=2),
+        backoff_coefficient=2.0,
+        maximum_interval=timedelta(minutes=5),
+    ),
+)
+MAX_REASON_BYTES = 500
 
 
-@workflow.defn(name=TENANT_CLAIM_TYPE)
+@workflow.defn(name=TENANT_CLAIM_TYPE, failure_exception_types=[RuntimeError, TypeError])
 class TenantClaim:
     def __init__(self) -> None:
         self._state = "held"
         self._release_reason: str | None = None
+        self._release_requested = False
+        self._last_check: str | None = None
 
     @workflow.run
     async def run(self, holder: RawValue = _NO_ARGUMENT) -> str:
-        # The holder is read from the memo; the argument is taken raw so that no start,
-        # whatever it carries, can make argument decoding fail the workflow task.
+        # The holder is read from the memo by the owner check; the argument is taken raw
+        # so that no start, whatever it carries, can make argument decoding fail.
         del holder
-        await workflow.wait_condition(lambda: self._state == "released")
-        return f"released: {self._release_reason}"
+        intervals = list(HOLDER_CHECK_INTERVALS)
+        while True:
+            asked = self._release_requested
+            self._release_requested = False
+            verdict = await self._check(asked)
+            if not verdict.keep:
+                self._state = "released"
+                asked_for = f"{self._release_reason}; " if asked else ""
+                self._release_reason = f"{asked_for}{verdict.reason}"
+                return f"released: {self._release_reason}"
+            interval = intervals.pop(0) if len(intervals) > 1 else intervals[0]
+            with contextlib.suppress(TimeoutError):
+                await workflow.wait_condition(lambda: self._release_requested, timeout=interval)
+
+    async def _check(self, release_requested: bool) -> ClaimVerdict:
+        try:
+            verdict: ClaimVerdict = await workflow.execute_activity_method(
+                TenantClaimActivities.check_claim_holder,
+                ClaimHolderCheck(release_requested),
+                **CHECK_HOLDER,
+            )
+        except ActivityError:
+            # Our records could not be read for a day: keep the claim, look again later.
+            verdict = ClaimVerdict(True, "owner check failed; kept")
+        self._last_check = verdict.reason
+        return verdict
 
     @workflow.signal(name="provisioned")
-    def provisioned(self) -> None:
-        """Sent only by purchases started before workflows.provision.FEWER_ACTIONS."""
+    def provisioned(self, *_: RawValue) -> None:
+        """Sent by an earlier purchase sequence; no purchase sends it any more."""
         if self._state == "held":
             self._state = "provisioned"
 
     @workflow.signal(name="release")
-    def release(self, reason: str) -> None:
-        self._release_reason = str(reason)[:500]
-        self._state = "released"
+    def release(self, reason: RawValue = _NO_ARGUMENT) -> None:
+        """A request, not an order: the owner check decides (see the module docstring)."""
+        self._release_reason = _reason_text(reason.payload)
+        self._release_requested = True
 
     @workflow.query(name="claim")
     def claim(self) -> TenantClaimState:
@@ -63,4 +128,17 @@ class TenantClaim:
             holder=str(workflow.memo_value(HOLDER_MEMO, default="(unknown)")),
             state=self._state,
             release_reason=self._release_reason,
+            holder_run_id=str(workflow.memo_value(HOLDER_RUN_MEMO, default="")) or None,
+            last_check=self._last_check,
         )
+
+
+def _reason_text(payload: Payload) -> str:
+    """The reason a release names, if it is a short JSON string; else a placeholder."""
+    if payload.metadata.get("encoding") != b"json/plain" or len(payload.data) > MAX_REASON_BYTES:
+        return "(unreadable reason)"
+    try:
+        value = workflow.payload_converter().from_payload(payload, str)
+    except Exception:
+        return "(unreadable reason)"
+    return str(value)[:MAX_REASON_BYTES]

@@ -24,9 +24,10 @@ from activities.codec import KeyRing, data_converter
 from activities.vault import Vault, VaultSettings
 from devstack.mail_login import certificate_after_dns
 from devstack.stack import WEBHOOK_HOST, Stack, StackInfo
-from starter import query_status, start_purchase
+from starter import check_world, query_status, start_purchase
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.contracts import PurchaseRequest
+from workflows.world_check_contracts import WorldReport
 
 # held_in_notify: how often it asks; provisioning up to notify takes minutes when loaded.
 NOTIFY_POLLS = 1200
@@ -277,3 +278,47 @@ async def held_in_notify(
         assert status.state == "running", status
         await asyncio.sleep(0.5)
     raise AssertionError(f"{handle.id} never reached notify")
+
+
+# ------------------------------------------------------------------ check-world
+
+
+def _module_uses_stack(request: pytest.FixtureRequest) -> bool:
+    return any(
+        getattr(item, "module", None) is request.module
+        and {"client", "info", "stack"} & set(getattr(item, "fixturenames", ()))
+        for item in request.session.items
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+async def _world_agrees_after_each_module(
+    request: pytest.FixtureRequest,
+) -> AsyncIterator[None]:
+    """`starter.py check-world` after every module: whatever disagreement the module
+    leaves that was not there before it fails it (at teardown), named with its fix.
+
+    A module that breaks the world on purpose repairs it before it ends; the only
+    tolerance is a module attribute CHECK_WORLD_TOLERATES (kinds, with the reason in
+    a comment beside it), none of which exists today.
+    """
+    if not _module_uses_stack(request):
+        yield
+        return
+    client = request.getfixturevalue("client")
+    before = {(d.kind, d.subject) for d in (await _check_world(client)).disagreements}
+    yield
+    tolerated = set(getattr(request.module, "CHECK_WORLD_TOLERATES", ()))
+    after = await _check_world(client)
+    new = [
+        d
+        for d in after.disagreements
+        if (d.kind, d.subject) not in before and d.kind not in tolerated
+    ]
+    if new:
+        lines = "\n".join(f"{d.kind}: {d.subject}: {d.detail} (fix: {d.fix})" for d in new)
+        pytest.fail(f"check-world: {len(new)} new disagreement(s) after this module:\n{lines}")
+
+
+async def _check_world(client: Client) -> WorldReport:
+    return await check_world(client, "mail-provisioning", uuid.uuid4().hex[:8])

@@ -28,6 +28,7 @@ from tests.e2e.conftest import (
     run_in_process_worker,
     write_only_token,
 )
+from workflows.claim_contracts import TenantClaimState, tenant_claim_id
 from workflows.contracts import PurchaseRequest, server_name_for
 
 
@@ -229,4 +230,15 @@ async def test_a_worker_keeping_failed_servers_leaves_it_for_debugging(
     assert len(cloud.servers_of(request.purchase_id)) == 1
     [row] = failure_rows(info, workflow_id)
     assert row.details["server_kept"] == "true"
+    # The kept server keeps its tenant's claim (the owner check refused compensation's
+    # release while the server stood); the operator done debugging deletes the server
+    # and asks the claim to release, which its owner check now grants.
+    claim = client.get_workflow_handle(tenant_claim_id(request.tenant_id))
+    assert (await claim.query("claim", result_type=TenantClaimState)).state == "held"
     cloud.api.delete(f"servers/{cloud.servers_of(request.purchase_id)[0]['id']}")
+    for _ in range(600):
+        if not cloud.servers_of(request.purchase_id):
+            break
+        await asyncio.sleep(0.2)
+    await claim.signal("release", "debugging done; server deleted by hand")
+    assert (await claim.result()).startswith("released: debugging done")

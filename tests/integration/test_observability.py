@@ -61,7 +61,7 @@ def exported_metric_names() -> set[str]:
 def test_promtool_accepts_the_alert_rules() -> None:
     result = run(tool("promtool", "prometheus"), "check", "rules", "alerts.yml", cwd=OBSERVABILITY)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_fire_each_alert_on_its_series() -> None:
