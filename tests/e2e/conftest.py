@@ -17,7 +17,13 @@ from typing import Any
 import httpx
 import hvac
 import pytest
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
 from activities.codec import KeyRing, data_converter
@@ -26,6 +32,7 @@ from devstack.mail_login import certificate_after_dns
 from devstack.stack import WEBHOOK_HOST, Stack, StackInfo
 from starter import check_world, query_status, start_purchase
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
+from workflows.claim_contracts import HOLDER_MEMO, tenant_claim_id
 from workflows.contracts import PurchaseRequest
 from workflows.world_check_contracts import WorldReport
 
@@ -179,8 +186,14 @@ async def run_in_process_worker(
     request: PurchaseRequest,
     while_running: Callable[[], Awaitable[None]] | None = None,
     extra_env: dict[str, str] | None = None,
+    after: Callable[[], Awaitable[None]] | None = None,
 ) -> tuple[str, BaseException | None]:
-    """Run one purchase on an in-process worker; returns (workflow id, failure or None)."""
+    """Run one purchase on an in-process worker; returns (workflow id, failure or None).
+
+    The tenant's claim runs on the same task queue: before the worker stops, a failed
+    purchase's claim is let end (its owner check is an activity on this worker), and
+    `after` runs while the worker still serves the claim.
+    """
     env = {**info.worker_env, **(extra_env or {})}
     if vault_token_file is not None:
         # A deliberately limited token: its refusals are final at once, not retried.
@@ -200,11 +213,32 @@ async def run_in_process_worker(
             handle, _ = await start_purchase(client, request, task_queue)
             if while_running is not None:
                 await while_running()
+            failure: BaseException | None = None
             try:
                 await handle.result()
             except WorkflowFailureError as err:
-                return handle.id, err
-    return handle.id, None
+                failure = err
+            if after is not None:
+                await after()
+            elif failure is not None and not settings.keep_failed_servers:
+                await _claim_released(client, request.tenant_id, handle.id)
+    return handle.id, failure
+
+
+async def _claim_released(client: Client, tenant_id: str, holder: str) -> None:
+    """Until the tenant's claim held by `holder` has ended (or another purchase holds it)."""
+    claim = client.get_workflow_handle(tenant_claim_id(tenant_id))
+    for _ in range(600):
+        try:
+            description = await claim.describe()
+        except RPCError as err:
+            if err.status == RPCStatusCode.NOT_FOUND:
+                return
+            raise
+        held_by = await description.memo_value(HOLDER_MEMO, default=None)
+        if description.status != WorkflowExecutionStatus.RUNNING or held_by != holder:
+            return
+        await asyncio.sleep(0.2)
 
 
 def new_request(info: StackInfo, **overrides: Any) -> PurchaseRequest:

@@ -217,6 +217,23 @@ async def test_a_worker_keeping_failed_servers_leaves_it_for_debugging(
 ) -> None:
     """The operator's worker setting (never a purchase's input, issue 17)."""
     request = new_request(info)
+    claim = client.get_workflow_handle(tenant_claim_id(request.tenant_id))
+
+    async def debugging_done() -> None:
+        """While the worker still serves the claim (it runs on the worker's task queue)."""
+        [kept] = cloud.servers_of(request.purchase_id)
+        # The kept server keeps its tenant's claim: the owner check refused
+        # compensation's release while the server stood.
+        assert (await claim.query("claim", result_type=TenantClaimState)).state == "held"
+        cloud.api.delete(f"servers/{kept['id']}").raise_for_status()
+        for _ in range(600):
+            if not cloud.servers_of(request.purchase_id):
+                break
+            await asyncio.sleep(0.2)
+        # The operator done debugging asks the claim to release: granted now.
+        await claim.signal("release", "debugging done; server deleted by hand")
+        assert (await claim.result()).startswith("released: debugging done")
+
     workflow_id, failure = await run_in_process_worker(
         info,
         client,
@@ -225,20 +242,9 @@ async def test_a_worker_keeping_failed_servers_leaves_it_for_debugging(
         request,
         while_running=without_docker(cloud, request, "up -d"),
         extra_env={"MAILPROV_KEEP_FAILED_SERVERS": "true"},
+        after=debugging_done,
     )
     assert isinstance(failure, WorkflowFailureError)
-    assert len(cloud.servers_of(request.purchase_id)) == 1
     [row] = failure_rows(info, workflow_id)
     assert row.details["server_kept"] == "true"
-    # The kept server keeps its tenant's claim (the owner check refused compensation's
-    # release while the server stood); the operator done debugging deletes the server
-    # and asks the claim to release, which its owner check now grants.
-    claim = client.get_workflow_handle(tenant_claim_id(request.tenant_id))
-    assert (await claim.query("claim", result_type=TenantClaimState)).state == "held"
-    cloud.api.delete(f"servers/{cloud.servers_of(request.purchase_id)[0]['id']}")
-    for _ in range(600):
-        if not cloud.servers_of(request.purchase_id):
-            break
-        await asyncio.sleep(0.2)
-    await claim.signal("release", "debugging done; server deleted by hand")
-    assert (await claim.result()).startswith("released: debugging done")
+    assert cloud.servers_of(request.purchase_id) == []
