@@ -11,6 +11,7 @@
     python starter.py schedule-reconciler --every-minutes 15 --grace-minutes 60
     python starter.py audit-verify --checkpoint  # auditor role: VAULT_ADDR, VAULT_TOKEN(_FILE)
     python starter.py check-world          # read-only: do all records agree? exit 1 if not
+    python starter.py change-plan acme business --wait  # ChangeMailPlan, downtime reported
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
 stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
@@ -88,6 +89,14 @@ from workflows.contracts import (
     workflow_id_for,
 )
 from workflows.failures import cancelled_message
+from workflows.plan_change_contracts import (
+    PLAN_CHANGE_WORKFLOW_TYPE,
+    InvalidPlanChangeRequest,
+    PlanChangeRequest,
+    PlanChangeResult,
+    PlanChangeStatus,
+    plan_change_workflow_id,
+)
 from workflows.provision import ProvisionMailTenant
 from workflows.reconcile_contracts import (
     RECONCILE_SCHEDULE_ID,
@@ -711,6 +720,65 @@ async def cmd_rotation_status(args: argparse.Namespace) -> int:
     return 0
 
 
+async def cmd_change_plan(args: argparse.Namespace) -> int:
+    """Start ChangeMailPlan; with --wait, print its steps as they finish, then the result."""
+    request = PlanChangeRequest(
+        args.tenant_id,
+        args.request_id or f"cli-{uuid.uuid4().hex[:12]}",
+        args.plan,
+        args.requested_by or f"operator:{os.environ.get('USER', 'unknown')}",
+    )
+    try:
+        request.validate()
+    except InvalidPlanChangeRequest as err:
+        raise StarterError(str(err), 2) from None
+    client = await _connect(args)
+    workflow_id = plan_change_workflow_id(request.tenant_id, request.request_id)
+    try:
+        handle = await client.start_workflow(
+            PLAN_CHANGE_WORKFLOW_TYPE,
+            asdict(request),
+            id=workflow_id,
+            task_queue=args.task_queue,
+            # A repeated request joins the running change; a finished one never reruns.
+            id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            result_type=PlanChangeResult,
+            static_summary=f"plan change of {request.tenant_id} to {request.plan}",
+        )
+    except WorkflowAlreadyStartedError:
+        handle = client.get_workflow_handle(workflow_id, result_type=PlanChangeResult)
+    say(f"plan change {workflow_id} started")
+    if not args.wait:
+        return 0
+    task = asyncio.ensure_future(handle.result())
+    shown = 0
+    while not task.done():
+        with_steps = await _plan_change_status(handle)
+        for step in (with_steps.steps if with_steps else [])[shown:]:
+            if step.state != "running":
+                say(f"  {step.name}: {step.state}")
+                shown += 1
+        await asyncio.wait([task], timeout=2.0)
+    try:
+        result = task.result()
+    except WorkflowFailureError as err:
+        say(f"FAILED {workflow_id}: {describe_failure(err)}")
+        return 1
+    print(json.dumps(asdict(result), indent=2), flush=True)
+    return 0
+
+
+async def _plan_change_status(handle: WorkflowHandle[Any, Any]) -> PlanChangeStatus | None:
+    try:
+        status: PlanChangeStatus = await handle.query(
+            "status", result_type=PlanChangeStatus, rpc_timeout=QUERY_TIMEOUT
+        )
+    except (RPCError, WorkflowQueryFailedError):
+        return None
+    return status
+
+
 def _vault_settings() -> VaultSettings:
     """VAULT_ADDR, the token and the TLS settings the vault CLI reads (VAULT_CACERT...)."""
     url = _env_required("VAULT_ADDR")
@@ -803,6 +871,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     rotation.add_argument("tenant_id")
     rotation.set_defaults(func=cmd_rotation_status)
+
+    change = commands.add_parser(
+        "change-plan", help="move a tenant's mail server to another catalog plan"
+    )
+    change.add_argument("tenant_id")
+    change.add_argument("plan")
+    change.add_argument("--request-id", help="the back end's request id (default: generated)")
+    change.add_argument("--requested-by")
+    change.add_argument("--wait", action="store_true", help="show the steps until it finishes")
+    change.set_defaults(func=cmd_change_plan)
 
     verify = commands.add_parser(
         "audit-verify",

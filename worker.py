@@ -51,6 +51,7 @@ from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
 from activities.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
 from activities.notify import NotifyActivities, NotifyPolicy
+from activities.plan_change import PlanChangeActivities
 from activities.plans import CatalogError, load_catalog
 from activities.provider_registry import DEFAULT_PROVIDER, UnknownProvider, provider_entry
 from activities.rotation_schedule import RotationScheduleActivities
@@ -335,6 +336,7 @@ async def build_activities(
     notify = NotifyActivities(settings.notify_policy)
     records = WorldRecords(vault, provider)
     claims = TenantClaimActivities(records)
+    plan_change = PlanChangeActivities(provider, vault, access, settings.plans)
     try:
         await _check_provider(settings.plans, provider)
         yield [
@@ -361,6 +363,12 @@ async def build_activities(
             notify.notify_customer,
             vps.delete_purchase_servers,
             vps.list_managed_servers,
+            plan_change.check_plan_change,
+            plan_change.stop_server,
+            plan_change.change_server_type,
+            plan_change.start_mail_server,
+            plan_change.restore_server_type,
+            plan_change.label_server_plan,
             *_temporal_readers(client, records, audit_log.store),
         ]
     finally:
@@ -438,6 +446,7 @@ PASSED_THROUGH = (
     "workflows.claim_contracts",
     "workflows.contracts",
     "workflows.failures",
+    "workflows.plan_change_contracts",
     "workflows.policies",
     "workflows.reconcile_contracts",
     "workflows.rotation_contracts",

@@ -26,6 +26,7 @@ from activities.vps_provider import (
     FirewallRule,
     ProviderError,
     Server,
+    ServerTypeInfo,
     SshKey,
 )
 from workflows.contracts import Plan
@@ -87,6 +88,32 @@ def _server(data: dict[str, Any]) -> Server:
         ipv6=ipv6_address,
         ipv6_dns_ptr=ipv6_ptrs.get(ipv6_address) if ipv6_address else None,
         firewall_ids=[int(fw["id"]) for fw in public_net.get("firewalls") or []],
+        server_type=str((data.get("server_type") or {}).get("name") or ""),
+        location=str((data.get("location") or {}).get("name") or ""),
+        disk_gb=int(data.get("primary_disk_size") or 0),
+        image=(data.get("image") or {}).get("name"),
+    )
+
+
+def _server_type_info(data: dict[str, Any], now: datetime) -> ServerTypeInfo:
+    """Per-location availability as hcloud-python 2.27's ServerTypeLocation reads it:
+    a location entry past its deprecation's unavailable_after cannot be used any more."""
+    locations: dict[str, tuple[bool, bool]] = {}
+    for entry in data.get("locations") or []:
+        ends = _deprecation_ends(entry.get("deprecation"))
+        locations[str(entry["name"])] = (
+            ends is None or ends > now,
+            entry.get("available") is not False,
+        )
+    deprecated = bool(data.get("deprecation")) or any(
+        entry.get("deprecation") for entry in data.get("locations") or []
+    )
+    return ServerTypeInfo(
+        name=str(data["name"]),
+        disk_gb=int(data["disk"]),
+        storage_type=str(data.get("storage_type") or "local"),
+        locations=locations,
+        deprecated=deprecated,
     )
 
 
@@ -335,6 +362,44 @@ class HetznerClient:
             json={"ip": ip, "dns_ptr": dns_ptr},
         )
         return _action(data["action"])
+
+    async def _server_action(self, server_id: int, action: str, **body: Any) -> Action:
+        data = await self._request(
+            "POST", f"servers/{server_id}/actions/{action}", json=body or None
+        )
+        return _action(data["action"])
+
+    async def shutdown_server(self, server_id: int) -> Action:
+        """ACPI shutdown: the OS stops its services (Docker stops MailU's containers)
+        and powers off; Hetzner's action succeeds once the request is sent, not when the
+        server is off (docs.hetzner.cloud, Server Actions: Shutdown a Server)."""
+        return await self._server_action(server_id, "shutdown")
+
+    async def poweroff_server(self, server_id: int) -> Action:
+        """Cut the power: "may lead to data loss" (Server Actions: Power off a Server)."""
+        return await self._server_action(server_id, "poweroff")
+
+    async def poweron_server(self, server_id: int) -> Action:
+        return await self._server_action(server_id, "poweron")
+
+    async def change_server_type(
+        self, server_id: int, server_type: str, upgrade_disk: bool
+    ) -> Action:
+        """POST /servers/{id}/actions/change_type (Server Actions: Change the Type of a
+        Server): the server must be off (server_not_stopped); `upgrade_disk` false keeps
+        the disk, so the type can be downgraded later; an upgraded disk cannot shrink."""
+        return await self._server_action(
+            server_id, "change_type", server_type=server_type, upgrade_disk=upgrade_disk
+        )
+
+    async def get_server_type(self, name: str) -> ServerTypeInfo | None:
+        found = await self._list("server_types", {"name": name})
+        return _server_type_info(found[0], datetime.now(UTC)) if found else None
+
+    async def set_server_labels(self, server_id: int, labels: dict[str, str]) -> Server:
+        """PUT /servers/{id}: labels are replaced as a whole (Servers: Update a Server)."""
+        data = await self._request("PUT", f"servers/{server_id}", json={"labels": labels})
+        return _server(data["server"])
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         try:

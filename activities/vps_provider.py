@@ -104,6 +104,24 @@ class Server:
     ipv6: str | None = None  # the server's own address (::1 of its /64)
     ipv6_dns_ptr: str | None = None
     firewall_ids: list[int] = field(default_factory=list)
+    # What a plan change reads (Hetzner: server_type.name, location.name,
+    # primary_disk_size in GB, image.name; docs.hetzner.cloud, Servers).
+    server_type: str = ""
+    location: str = ""
+    disk_gb: int = 0
+    image: str | None = None
+
+
+@dataclass(frozen=True)
+class ServerTypeInfo:
+    """One server type as the provider sells it (Hetzner: GET /server_types?name=)."""
+
+    name: str
+    disk_gb: int
+    storage_type: str  # "local" | "network": change_type keeps it (see plan_change.py)
+    # location -> (offered there and not past its deprecation, in stock now)
+    locations: dict[str, tuple[bool, bool]]
+    deprecated: bool
 
 
 @dataclass(frozen=True)
@@ -200,6 +218,20 @@ class VpsProvider(Protocol):
     async def delete_server(self, server_id: int) -> Action | None: ...
 
     async def get_action(self, action_id: int) -> Action: ...
+
+    async def shutdown_server(self, server_id: int) -> Action: ...
+
+    async def poweroff_server(self, server_id: int) -> Action: ...
+
+    async def poweron_server(self, server_id: int) -> Action: ...
+
+    async def change_server_type(
+        self, server_id: int, server_type: str, upgrade_disk: bool
+    ) -> Action: ...
+
+    async def get_server_type(self, name: str) -> ServerTypeInfo | None: ...
+
+    async def set_server_labels(self, server_id: int, labels: dict[str, str]) -> Server: ...
 
     async def change_dns_ptr(self, server_id: int, ip: str, dns_ptr: str) -> Action: ...
 

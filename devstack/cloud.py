@@ -41,7 +41,7 @@ from typing import Any
 
 from aiohttp import web
 
-from devstack import hetzner, ipv6
+from devstack import hetzner, ipv6, plan_change
 from devstack.faults import FaultBook, FaultRule, FaultSpecError, VpsFaults
 from devstack.firewalls import FirewallBook
 from devstack.hetzner import ApiError, invalid_input, iso
@@ -176,6 +176,9 @@ class Server:
     # Public keys of the ssh_keys named at create; none means Hetzner set a root
     # password, created expired (see _create_server).
     metadata_public_keys: list[str] = field(default_factory=list)
+    # primary_disk_size: the type's disk at create; change_type with upgrade_disk
+    # grows it to the new type's, and it never shrinks (devstack/plan_change.py).
+    disk_gb: int = 0
 
     @property
     def ipv6(self) -> str | None:
@@ -227,7 +230,7 @@ class Server:
             "labels": dict(self.labels),
             "volumes": [],
             "load_balancers": [],
-            "primary_disk_size": hetzner.SERVER_TYPES[self.server_type]["disk"],
+            "primary_disk_size": self.disk_gb or hetzner.SERVER_TYPES[self.server_type]["disk"],
             "placement_group": None,
         }
 
@@ -311,6 +314,10 @@ class LocalCloud:
         self.ssh_keys = SshKeyBook()
         # server type -> locations where it is out of stock now (tests set it).
         self.out_of_stock: dict[str, set[str]] = {}
+        # Servers whose OS ignores an ACPI shutdown (tests set it): only poweroff stops them.
+        self.acpi_ignored: set[int] = set()
+        # How long a change_type keeps a server "migrating" (Hetzner: 160 s on average).
+        self.change_type_seconds = QUICK_ACTION_SECONDS
         # Catalog entries Hetzner has "retired" in this cloud (kind, name): tests model a
         # provider whose catalog lacks what a plan names.
         self.retired: set[tuple[str, str]] = set()
@@ -456,6 +463,10 @@ class LocalCloud:
         app.router.add_delete("/v1/servers/{id}", self._delete_server)
         app.router.add_post("/v1/servers/{id}/actions/change_dns_ptr", self._change_dns_ptr)
         app.router.add_post("/v1/servers/{id}/actions/poweron", self._poweron)
+        app.router.add_post("/v1/servers/{id}/actions/shutdown", self._shutdown)
+        app.router.add_post("/v1/servers/{id}/actions/poweroff", self._poweroff)
+        app.router.add_post("/v1/servers/{id}/actions/change_type", self._change_type)
+        app.router.add_put("/v1/servers/{id}", self._update_server)
         app.router.add_get("/v1/servers/{id}/actions/{action_id}", self._get_server_action)
         app.router.add_get("/v1/actions/{id}", self._get_action)
         for kind in hetzner.CATALOG_KINDS:
@@ -582,6 +593,7 @@ class LocalCloud:
             ipv6_net=ipv6_net,
             firewalls=[fw.id for fw in firewalls],
             metadata_public_keys=[k.public_key for k in ssh_keys],
+            disk_gb=int(hetzner.SERVER_TYPES[str(server_type)]["disk"]),
         )
         self._servers[server.id] = server
         self.firewalls.apply(server.id, firewalls)
@@ -715,6 +727,83 @@ class LocalCloud:
         else:
             action.succeed()
         return web.json_response({"action": action.to_json()}, status=201)
+
+    # --- power and type (devstack/plan_change.py holds the rules) ---------------------
+
+    def _not_busy(self, server: Server) -> None:
+        if server.status in ("deleting", "migrating"):
+            # Hetzner answers `locked` while another action holds the server.
+            raise ApiError("locked", f"server is locked by a running action ({server.status})")
+
+    async def _shutdown(self, request: web.Request) -> web.Response:
+        """Server Actions, Shutdown a Server: sends the ACPI request; the action succeeds
+        once it is sent, the OS then powers off by itself (or never, if it ignores ACPI)."""
+        server = self._server(request)
+        self._not_busy(server)
+        action = self._new_action("shutdown_server", server.id, QUICK_ACTION_SECONDS)
+        action.succeed()
+        if server.status == "running" and server.id not in self.acpi_ignored:
+            server.status = "stopping"
+            self._spawn_task(self._power_down(server))
+        return web.json_response({"action": action.to_json()}, status=201)
+
+    async def _poweroff(self, request: web.Request) -> web.Response:
+        """Server Actions, Power off a Server: cuts the power at once (may lose data)."""
+        server = self._server(request)
+        self._not_busy(server)
+        action = self._new_action("stop_server", server.id, QUICK_ACTION_SECONDS)
+        if server.status == "off":
+            action.succeed()
+        else:
+            self._spawn_task(self._power_down(server, action))
+        return web.json_response({"action": action.to_json()}, status=201)
+
+    async def _power_down(self, server: Server, action: Action | None = None) -> None:
+        if server.boot_task is not None and not server.boot_task.done():
+            server.boot_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await server.boot_task
+        await self._kill(server)
+        if server.status != "deleting":
+            server.status = "off"
+        if action is not None:
+            action.succeed()
+
+    async def _change_type(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        body = await self._json_body(request)
+        new_type, upgrade_disk = plan_change.change_type_input(body)
+        self._not_busy(server)
+        refused = plan_change.change_type_problem(
+            server.status, server.location, server.disk_gb, new_type
+        )
+        if refused is not None:
+            raise refused
+        server.status = "migrating"
+        action = self._new_action("change_server_type", server.id, self.change_type_seconds)
+        self._spawn_task(self._migrate(server, new_type, upgrade_disk, action))
+        return web.json_response({"action": action.to_json()}, status=201)
+
+    async def _migrate(
+        self, server: Server, new_type: str, upgrade_disk: bool, action: Action
+    ) -> None:
+        await asyncio.sleep(self.change_type_seconds)
+        server.disk_gb = plan_change.disk_after(server.disk_gb, new_type, upgrade_disk)
+        server.server_type = new_type
+        # The server stays off: clients power it on (ansible hetzner.hcloud server.py
+        # calls power_on after change_type when the server was running before).
+        server.status = "off"
+        action.succeed()
+
+    async def _update_server(self, request: web.Request) -> web.Response:
+        """Servers, Update a Server: `labels` replaces the whole set; `name` renames."""
+        server = self._server(request)
+        body = await self._json_body(request)
+        if "labels" in body:
+            if problems := hetzner.validate_labels(body["labels"]):
+                raise invalid_input({"labels": problems})
+            server.labels = dict(body["labels"])
+        return web.json_response({"server": server.to_json()})
 
     async def _get_action(self, request: web.Request) -> web.Response:
         raw = request.match_info["id"]

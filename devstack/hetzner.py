@@ -30,6 +30,10 @@ ERROR_STATUS: dict[str, int] = {
     # Firewall delete while applied (docs.hetzner.cloud, Firewalls). Hetzner does not
     # document its status; 422 like the other "valid request, wrong state" codes.
     "resource_in_use": 422,
+    # change_type's own codes (Server Actions, Change the Type of a Server); their
+    # status is not documented either (devstack/plan_change.py).
+    "server_not_stopped": 422,
+    "invalid_server_type": 422,
     "unsupported_error": 422,
     "locked": 423,
     "protected": 423,

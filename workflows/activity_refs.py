@@ -13,6 +13,7 @@ from activities.audit import AuditActivities
 from activities.credentials import CredentialsActivities
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
+from activities.plan_change import PlanChangeActivities
 from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import SshTrustActivities
 from activities.temporal_runs import TemporalRunsActivities
@@ -27,6 +28,7 @@ __all__ = [
     "CredentialsActivities",
     "MailuActivities",
     "NotifyActivities",
+    "PlanChangeActivities",
     "RotationScheduleActivities",
     "SshTrustActivities",
     "TemporalRunsActivities",

@@ -15,6 +15,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.worker import ExecuteWorkflowInput, WorkflowInboundInterceptor
 
+from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
 
 STARTED = "mailprov_workflow_started"
@@ -23,6 +24,7 @@ FAILED = "mailprov_workflow_failed"
 DURATION = "mailprov_workflow_duration_seconds"
 COMPENSATIONS = "mailprov_compensations"
 ROTATIONS = "mailprov_rotations"
+PLAN_CHANGE_DOWNTIME = "mailprov_plan_change_downtime_seconds"
 
 
 def failure_type(err: BaseException) -> str:
@@ -66,4 +68,8 @@ class WorkflowMetrics(WorkflowInboundInterceptor):
             meter.create_counter(ROTATIONS, "rotation runs by outcome").with_additional_attributes(
                 {"outcome": result.outcome}
             ).add(1)
+        if workflow.info().workflow_type == PLAN_CHANGE_WORKFLOW_TYPE:
+            meter.create_histogram_float(
+                PLAN_CHANGE_DOWNTIME, "mail server down during a plan change, stop to healthy", "s"
+            ).record(result.downtime_seconds)
         return result

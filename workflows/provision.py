@@ -49,6 +49,7 @@ from workflows.contracts import (
     MailuTarget,
     Notification,
     ProvisionResult,
+    ProvisionStatus,
     PurchaseRequest,
     RemoveCredentialsRequest,
     ServerHandle,
@@ -70,6 +71,7 @@ from workflows.failures import (
     raise_if_refused,
     reason,
 )
+from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE
 from workflows.policies import (
     ADMIT_PURCHASE,
     AUDIT,
@@ -120,7 +122,8 @@ class ProvisionMailTenant:
     Only the queue's one dynamic workflow gets every start argument undecoded (the SDK
     decodes a named workflow's arguments before its code runs, and a bad one fails the
     workflow task forever), so it also runs the other types any client may start with
-    anything: RotateSmtpCredentials (workflows/rotation.py). A start of any type the
+    anything: RotateSmtpCredentials (workflows/rotation.py), ChangeMailPlan
+    (workflows/plan_change.py). A start of any type the
     worker does not know (a typo, a retired name) ends with UnknownWorkflowType at once.
 
     The class is a thin shell around Purchase: the sandbox re-executes this module for
@@ -134,11 +137,20 @@ class ProvisionMailTenant:
 
     @workflow.query(name="status")
     def status(self) -> Any:
-        """ProvisionStatus, or RotationStatus on a RotateSmtpCredentials run."""
+        """ProvisionStatus, RotationStatus on a RotateSmtpCredentials run, PlanChangeStatus
+        on a ChangeMailPlan run."""
         return self._purchase.status if self._rotation is None else self._rotation.status
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> Any:
+        if workflow.info().workflow_type == PLAN_CHANGE_WORKFLOW_TYPE:
+            with workflow.unsafe.sandbox_import_notification_policy(
+                workflow.SandboxImportNotificationPolicy.SILENT
+            ):
+                from workflows.plan_change import PlanChange
+
+            self._rotation = PlanChange()
+            return await self._rotation.run(args)
         if workflow.info().workflow_type == ROTATION_WORKFLOW_TYPE:
             # Imported here, on purpose (so without the sandbox's warning about a late
             # import): a purchase run's sandbox never loads the rotation module.
@@ -156,7 +168,9 @@ class Purchase:
     """One purchase: the story, and the undo steps it registers as it advances."""
 
     def __init__(self) -> None:
-        self.steps = StepTracker()
+        self.steps = StepTracker(
+            ProvisionStatus(purchase_id=None, tenant_id=None, state="running", current_step=None)
+        )
         self.status = self.steps.status
         self.undo = Saga()
         # What compensation must know: set as the steps answer, read by the undo steps.

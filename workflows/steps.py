@@ -13,22 +13,32 @@ No I/O and no module state: the worker passes this module through the sandbox.
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError, CancelledError
 
-from workflows.contracts import ProvisionStatus, StepProgress
+from workflows.contracts import StepProgress
 from workflows.failures import cancel_requested, reason
 
 
-class StepTracker:
+class StepStatus(Protocol):
+    """What any workflow's status answer has (ProvisionStatus, PlanChangeStatus)."""
+
+    state: str
+    current_step: str | None
+    steps: list[StepProgress]
+    error: str | None
+
+
+S = TypeVar("S", bound=StepStatus)
+
+
+class StepTracker(Generic[S]):
     """The status query's answer, kept up to date as steps run."""
 
-    def __init__(self) -> None:
-        self.status = ProvisionStatus(
-            purchase_id=None, tenant_id=None, state="running", current_step=None
-        )
+    def __init__(self, status: S) -> None:
+        self.status = status
         # Set while undoing: compensation runs after a cancel and must not stop for it.
         self.compensating = False
 

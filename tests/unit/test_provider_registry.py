@@ -20,6 +20,7 @@ from activities.vps_provider import (
     FirewallRule,
     ProviderError,
     Server,
+    ServerTypeInfo,
     SshKey,
     VpsActivities,
     VpsProvider,
@@ -84,6 +85,31 @@ class MemoryProvider:
 
     async def change_dns_ptr(self, server_id: int, ip: str, dns_ptr: str) -> Action:
         return Action(next(self._ids), "change_dns_ptr", "success")
+
+    async def _set(self, server_id: int, command: str, **changes: object) -> Action:
+        self.servers[server_id] = replace(self.servers[server_id], **changes)  # type: ignore[arg-type]
+        return Action(next(self._ids), command, "success")
+
+    async def shutdown_server(self, server_id: int) -> Action:
+        return await self._set(server_id, "shutdown_server", status="off")
+
+    async def poweroff_server(self, server_id: int) -> Action:
+        return await self._set(server_id, "stop_server", status="off")
+
+    async def poweron_server(self, server_id: int) -> Action:
+        return await self._set(server_id, "start_server", status="running")
+
+    async def change_server_type(
+        self, server_id: int, server_type: str, upgrade_disk: bool
+    ) -> Action:
+        return await self._set(server_id, "change_server_type", server_type=server_type)
+
+    async def get_server_type(self, name: str) -> ServerTypeInfo | None:
+        return ServerTypeInfo(name, 40, "local", {self.region: (True, True)}, deprecated=False)
+
+    async def set_server_labels(self, server_id: int, labels: dict[str, str]) -> Server:
+        await self._set(server_id, "update", labels=dict(labels))
+        return self.servers[server_id]
 
     async def find_firewalls(self, *, label_selector: str) -> list[Firewall]:
         return list(self.firewalls.values())

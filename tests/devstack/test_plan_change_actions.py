@@ -1,0 +1,223 @@
+"""The stand-in's shutdown / poweroff / poweron / change_type / update, through the
+product's own Hetzner client and plan-change activities.
+
+What is checked is Hetzner's documented behaviour (devstack/plan_change.py cites it):
+change_type needs a stopped server, keeps or grows the disk, never shrinks it, and
+refuses a type not sold in the server's location or deprecated; a shutdown the OS
+ignores is followed by a poweroff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import httpx
+import pytest
+import pytest_asyncio
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
+
+from activities.hetzner import HetznerClient
+from activities.plan_change import PlanChangeActivities, PlanChangeSettings
+from activities.plans import DEFAULT_CATALOG
+from activities.ssh import ServerAccess, SshIdentity
+from activities.vault import Vault
+from activities.vps_provider import ProviderError
+from devstack.cloud import LocalCloud
+from devstack.processes import free_port
+from workflows.plan_change_contracts import (
+    PlanLabelRequest,
+    ServerPowerRequest,
+    ServerTypeChange,
+)
+
+TOKEN = "plan-change-token"
+LABELS = {"managed-by": "mail-provisioning", "purchase": "p1", "tenant": "t1"}
+
+
+@dataclass
+class World:
+    cloud: LocalCloud
+    api: httpx.AsyncClient
+    client: HetznerClient
+    activities: PlanChangeActivities
+
+
+@pytest_asyncio.fixture
+async def world(tmp_path: Path) -> AsyncIterator[World]:
+    cloud = LocalCloud(tmp_path / "cloud", TOKEN, free_port(), free_port(), boot_seconds=0.2)
+    base = await cloud.start()
+    api = httpx.AsyncClient(
+        base_url=base + "/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
+    )
+    client = HetznerClient(TOKEN, base)
+    # The activities under test here never read Vault (check_plan_change does).
+    activities = PlanChangeActivities(
+        client,
+        cast(Vault, None),
+        ServerAccess(SshIdentity.generate()),
+        DEFAULT_CATALOG,
+        PlanChangeSettings(shutdown_grace_seconds=1.0, poll_seconds=0.05),
+    )
+    try:
+        yield World(cloud, api, client, activities)
+    finally:
+        await client.aclose()
+        await api.aclose()
+        await cloud.stop()
+
+
+async def create(world: World, server_type: str, *, start: bool, location: str = "fsn1") -> int:
+    """A server created by the API directly: off (no process) unless `start`."""
+    response = await world.api.post(
+        "servers",
+        json={
+            "name": f"s-{server_type}-{free_port()}",
+            "server_type": server_type,
+            "image": "debian-12",
+            "location": location,
+            "labels": LABELS,
+            "start_after_create": start,
+        },
+    )
+    assert response.status_code == 201, response.text
+    return int(response.json()["server"]["id"])
+
+
+async def server_json(world: World, server_id: int) -> dict[str, Any]:
+    body: dict[str, Any] = (await world.api.get(f"servers/{server_id}")).json()["server"]
+    return body
+
+
+async def change(world: World, server_id: int, server_type: str, upgrade_disk: bool) -> str:
+    """change_type through the client; the finished action's status."""
+    action = await world.client.change_server_type(server_id, server_type, upgrade_disk)
+    while action.status == "running":
+        await asyncio.sleep(0.05)
+        action = await world.client.get_action(action.id)
+    return action.status
+
+
+async def wait_running(world: World, server_id: int) -> None:
+    while (await server_json(world, server_id))["status"] != "running":
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.asyncio
+async def test_change_type_keeps_or_grows_the_disk_and_never_shrinks_it(world: World) -> None:
+    server_id = await create(world, "cx23", start=False)
+    assert await change(world, server_id, "cx33", upgrade_disk=False) == "success"
+    after = await server_json(world, server_id)
+    assert (after["server_type"]["name"], after["primary_disk_size"]) == ("cx33", 40)
+    # Kept disk: back down is allowed.
+    assert await change(world, server_id, "cx23", upgrade_disk=False) == "success"
+    assert await change(world, server_id, "cx33", upgrade_disk=True) == "success"
+    after = await server_json(world, server_id)
+    assert (after["server_type"]["name"], after["primary_disk_size"], after["status"]) == (
+        "cx33",
+        80,
+        "off",
+    )
+    # Upgraded disk: the smaller type is refused, the server untouched.
+    with pytest.raises(ProviderError) as refused:
+        await world.client.change_server_type(server_id, "cx23", False)
+    assert refused.value.code == "invalid_server_type"
+    assert (await server_json(world, server_id))["server_type"]["name"] == "cx33"
+
+
+@pytest.mark.asyncio
+async def test_change_type_refuses_a_running_server_and_unsold_or_deprecated_types(
+    world: World,
+) -> None:
+    off_in_ash = await create(world, "cpx21", start=False, location="ash")
+    with pytest.raises(ProviderError) as unsold:
+        await world.client.change_server_type(off_in_ash, "cx33", True)
+    assert unsold.value.code == "invalid_server_type"
+    off = await create(world, "cx23", start=False)
+    with pytest.raises(ProviderError) as deprecated:
+        await world.client.change_server_type(off, "cx32", True)
+    assert deprecated.value.code == "invalid_server_type"
+    with pytest.raises(ProviderError) as bad_body:
+        await world.client.change_server_type(off, "cx99", True)
+    assert bad_body.value.code == "invalid_input"
+    running = await create(world, "cx23", start=True)
+    await wait_running(world, running)
+    with pytest.raises(ProviderError) as not_stopped:
+        await world.client.change_server_type(running, "cx33", True)
+    assert not_stopped.value.code == "server_not_stopped"
+
+
+@pytest.mark.asyncio
+async def test_stop_is_a_clean_shutdown_and_a_poweroff_when_acpi_is_ignored(
+    world: World,
+) -> None:
+    env = ActivityEnvironment()
+    polite = await create(world, "cx23", start=True)
+    stubborn = await create(world, "cx23", start=True)
+    world.cloud.acpi_ignored.add(stubborn)
+    for server_id in (polite, stubborn):
+        await wait_running(world, server_id)
+    stopped = await env.run(world.activities.stop_server, ServerPowerRequest("t1", polite))
+    assert stopped.how == "shutdown"
+    stopped = await env.run(world.activities.stop_server, ServerPowerRequest("t1", stubborn))
+    assert stopped.how == "poweroff"
+    again = await env.run(world.activities.stop_server, ServerPowerRequest("t1", stubborn))
+    assert again.how == "already_off"
+    for server_id in (polite, stubborn):
+        assert (await server_json(world, server_id))["status"] == "off"
+
+
+@pytest.mark.asyncio
+async def test_change_and_restore_are_idempotent_and_restore_powers_on(world: World) -> None:
+    env = ActivityEnvironment()
+    server_id = await create(world, "cx23", start=False)
+    up = ServerTypeChange("t1", server_id, "cx33", upgrade_disk=False)
+    assert await env.run(world.activities.change_server_type, up) == 40
+    # A retry after a lost answer finds the change done and changes nothing.
+    assert await env.run(world.activities.change_server_type, up) == 40
+    back = ServerTypeChange("t1", server_id, "cx23", upgrade_disk=False)
+    assert await env.run(world.activities.restore_server_type, back) == "restored"
+    after = await server_json(world, server_id)
+    assert (after["server_type"]["name"], after["status"]) == ("cx23", "running")
+    assert await env.run(world.activities.restore_server_type, back) == "unchanged"
+
+
+@pytest.mark.asyncio
+async def test_restore_keeps_the_new_type_when_the_disk_grew(world: World) -> None:
+    env = ActivityEnvironment()
+    server_id = await create(world, "cx23", start=False)
+    grown = ServerTypeChange("t1", server_id, "cx33", upgrade_disk=True)
+    assert await env.run(world.activities.change_server_type, grown) == 80
+    back = ServerTypeChange("t1", server_id, "cx23", upgrade_disk=False)
+    assert await env.run(world.activities.restore_server_type, back) == "kept_new_type"
+    after = await server_json(world, server_id)
+    assert (after["server_type"]["name"], after["status"]) == ("cx33", "running")
+
+
+@pytest.mark.asyncio
+async def test_label_server_plan_replaces_the_labels_keeping_ours(world: World) -> None:
+    env = ActivityEnvironment()
+    server_id = await create(world, "cx23", start=False)
+    await env.run(world.activities.label_server_plan, PlanLabelRequest("t1", server_id, "pro"))
+    assert (await server_json(world, server_id))["labels"] == {**LABELS, "plan": "pro"}
+    bad = await world.api.put(f"servers/{server_id}", json={"labels": {"-bad": "x"}})
+    assert bad.status_code == 400
+    assert bad.json()["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.asyncio
+async def test_a_failed_change_type_action_is_a_final_error(world: World) -> None:
+    server_id = await create(world, "cx23", start=True)
+    await wait_running(world, server_id)
+    env = ActivityEnvironment()
+    with pytest.raises(ApplicationError) as err:
+        await env.run(
+            world.activities.change_server_type,
+            ServerTypeChange("t1", server_id, "cx33", upgrade_disk=False),
+        )
+    assert err.value.type == "Provider.server_not_stopped"
+    assert err.value.non_retryable
