@@ -90,11 +90,16 @@ class ChangeRefused(Exception):
 
 
 def plan_change_decision(
-    server: Server, plan_name: str, plan: Plan, wanted: ServerTypeInfo
+    server: Server,
+    plan_name: str,
+    plan: Plan,
+    wanted: ServerTypeInfo,
+    storage_type: str = "local",
 ) -> bool:
     """Whether change_type may take `server` to `plan`; returns upgrade_disk.
 
-    Raises ChangeRefused naming the rule (module docstring: Hetzner's documented rules).
+    `storage_type` is the server's current type's. Raises ChangeRefused naming the
+    rule (module docstring: Hetzner's documented rules).
     A server that is not running is refused too: another plan change (or an operator)
     has it stopped or migrating, and two changes must not interleave their steps.
     """
@@ -151,6 +156,13 @@ def plan_change_decision(
             "PlanChangeUnavailable",
             "plan",
             f"server type {wanted.name} is out of stock in {server.location} now; ask again later",
+        )
+    if wanted.storage_type != storage_type:
+        raise ChangeRefused(
+            "PlanChangeImpossible",
+            "plan",
+            f"server type {wanted.name} has {wanted.storage_type} storage, the server "
+            f"{storage_type}: change_type keeps the storage type",
         )
     if wanted.disk_gb < server.disk_gb:
         raise ChangeRefused(
@@ -220,6 +232,7 @@ class PlanChangeActivities:
             ) from None
         [server] = servers
         wanted = await self._call(self._provider.get_server_type(plan.server_type))
+        current = await self._call(self._provider.get_server_type(server.server_type))
         try:
             if wanted is None:
                 raise ChangeRefused(
@@ -227,7 +240,13 @@ class PlanChangeActivities:
                     "plan",
                     f"server type {plan.server_type} does not exist at the provider",
                 )
-            upgrade_disk = plan_change_decision(server, request.plan, plan, wanted)
+            upgrade_disk = plan_change_decision(
+                server,
+                request.plan,
+                plan,
+                wanted,
+                current.storage_type if current is not None else wanted.storage_type,
+            )
         except ChangeRefused as err:
             raise ApplicationError(
                 str(err),

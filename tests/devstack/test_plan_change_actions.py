@@ -29,7 +29,9 @@ from activities.vault import Vault
 from activities.vps_provider import ProviderError
 from devstack.cloud import LocalCloud
 from devstack.processes import free_port
+from workflows.contracts import server_name_of
 from workflows.plan_change_contracts import (
+    PlanChangeRequest,
     PlanLabelRequest,
     ServerPowerRequest,
     ServerTypeChange,
@@ -221,3 +223,66 @@ async def test_a_failed_change_type_action_is_a_final_error(world: World) -> Non
         )
     assert err.value.type == "Provider.server_not_stopped"
     assert err.value.non_retryable
+
+
+class RecordOnly:
+    """Vault as check_plan_change reads it: the tenant's latest record and version."""
+
+    def __init__(self, record: dict[str, str]) -> None:
+        self.record = record
+
+    def latest(self, tenant_id: str) -> tuple[dict[str, str] | None, int]:
+        return dict(self.record), 3
+
+
+@pytest.mark.asyncio
+async def test_check_reads_the_server_from_our_records_and_refuses_before_touching(
+    world: World,
+) -> None:
+    """Through the client's parsing of the stand-in's server (type, location, disk,
+    image), the decision and the refusals; the server stays running and untouched."""
+    name = server_name_of("p1", "t1")
+    response = await world.api.post(
+        "servers",
+        json={
+            "name": name,
+            "server_type": "cx23",
+            "image": "debian-12",
+            "location": "fsn1",
+            "labels": LABELS,
+        },
+    )
+    server = response.json()["server"]
+    await wait_running(world, server["id"])
+    await world.client.change_dns_ptr(
+        server["id"], server["public_net"]["ipv4"]["ip"], "mail.t1.example"
+    )
+    record = {"username": "admin@t1.example", "webmail_url": "https://mail.t1.example"}
+    activities = PlanChangeActivities(
+        world.client,
+        cast(Vault, RecordOnly(record)),
+        ServerAccess(SshIdentity.generate()),
+        DEFAULT_CATALOG,
+    )
+    env = ActivityEnvironment()
+    check = await env.run(
+        activities.check_plan_change, PlanChangeRequest("t1", "r1", "business", "ops")
+    )
+    assert (check.server_id, check.from_server_type, check.to_server_type) == (
+        server["id"],
+        "cx23",
+        "cx33",
+    )
+    assert (check.upgrade_disk, check.disk_gb_before, check.disk_gb_after) == (True, 40, 80)
+    assert (check.location, check.target.domain, check.target.server_name) == (
+        "fsn1",
+        "t1.example",
+        name,
+    )
+    for plan, error_type in (("starter", "PlanUnchanged"), ("gold", "InvalidPlanChangeRequest")):
+        with pytest.raises(ApplicationError) as refused:
+            await env.run(activities.check_plan_change, PlanChangeRequest("t1", "r1", plan, "o"))
+        assert (refused.value.type, refused.value.non_retryable) == (error_type, True)
+        assert refused.value.details[0]["field"] == "plan"
+    after = await server_json(world, server["id"])
+    assert (after["status"], after["server_type"]["name"]) == ("running", "cx23")

@@ -97,6 +97,13 @@ def test_impossible_changes_are_refused_naming_the_rule(
     assert words in refused.value.rule
 
 
+def test_another_storage_type_is_refused() -> None:
+    network = replace(CX33, storage_type="network")
+    with pytest.raises(ChangeRefused) as refused:
+        plan_change_decision(SERVER, "business", BUSINESS, network, storage_type="local")
+    assert "storage type" in refused.value.rule
+
+
 def test_a_kept_disk_lets_the_plan_go_back_down() -> None:
     kept = replace(SERVER, server_type="cx33", disk_gb=40)
     starter = ServerTypeInfo("cx23", 40, "local", EU, deprecated=False)
