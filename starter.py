@@ -12,6 +12,7 @@
     python starter.py audit-verify --checkpoint  # auditor role: VAULT_ADDR, VAULT_TOKEN(_FILE)
     python starter.py check-world          # read-only: do all records agree? exit 1 if not
     python starter.py change-plan acme business --wait  # ChangeMailPlan, downtime reported
+    python starter.py deprovision acme --reason cancelled --wait  # DeprovisionMailTenant
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
 stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
@@ -87,6 +88,13 @@ from workflows.contracts import (
     PurchaseRequest,
     decode_purchase_json,
     workflow_id_for,
+)
+from workflows.deprovision_contracts import (
+    DEPROVISION_WORKFLOW_TYPE,
+    DeprovisionRequest,
+    DeprovisionResult,
+    InvalidDeprovisionRequest,
+    deprovision_workflow_id,
 )
 from workflows.failures import cancelled_message
 from workflows.plan_change_contracts import (
@@ -710,6 +718,45 @@ async def cmd_rotate(args: argparse.Namespace) -> int:
     return 0
 
 
+async def start_deprovision(
+    client: Client, request: DeprovisionRequest, task_queue: str
+) -> WorkflowHandle[Any, Any]:
+    """Start the tenant's deprovisioning, or join the one running (USE_EXISTING); a
+    finished one may run again (it finds nothing left and says so)."""
+    return await client.start_workflow(
+        DEPROVISION_WORKFLOW_TYPE,
+        {k: v for k, v in asdict(request).items() if v is not None},
+        id=deprovision_workflow_id(request.tenant_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        result_type=DeprovisionResult,
+        static_summary=f"deprovision tenant {request.tenant_id}",
+    )
+
+
+async def cmd_deprovision(args: argparse.Namespace) -> int:
+    """A customer cancelled: remove the tenant's server, records and claim for good."""
+    try:
+        request = DeprovisionRequest.parse(
+            {"tenant_id": args.tenant_id, "requested_by": args.requested_by, "reason": args.reason}
+        )
+    except InvalidDeprovisionRequest as err:
+        raise StarterError(str(err), 2) from None
+    client = await _connect(args)
+    handle = await start_deprovision(client, request, args.task_queue)
+    say(f"deprovisioning {handle.id} (run {handle.result_run_id})")
+    if not args.wait:
+        return 0
+    try:
+        result = await handle.result()
+    except WorkflowFailureError as err:
+        say(f"FAILED {handle.id}: {describe_failure(err)}")
+        return 1
+    print(json.dumps(asdict(result), indent=2), flush=True)
+    return 0
+
+
 async def cmd_rotation_status(args: argparse.Namespace) -> int:
     client = await _connect(args)
     try:
@@ -881,6 +928,18 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--requested-by")
     change.add_argument("--wait", action="store_true", help="show the steps until it finishes")
     change.set_defaults(func=cmd_change_plan)
+
+    deprovision = commands.add_parser(
+        "deprovision",
+        help="a customer cancelled: delete the tenant's server, Vault record, schedule, claim",
+    )
+    deprovision.add_argument("tenant_id")
+    deprovision.add_argument(
+        "--requested-by", default="starter.py", help="who asked (kept in the audit row)"
+    )
+    deprovision.add_argument("--reason", help="why (kept in the audit row)")
+    deprovision.add_argument("--wait", action="store_true", help="wait and print the result")
+    deprovision.set_defaults(func=cmd_deprovision)
 
     verify = commands.add_parser(
         "audit-verify",

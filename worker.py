@@ -46,6 +46,7 @@ from activities.connections import (
     vault_transport,
 )
 from activities.credentials import CredentialsActivities
+from activities.deprovision import DeprovisionActivities
 from activities.heartbeat import HeartbeatInterceptor
 from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
@@ -77,6 +78,7 @@ from activities.vps_provider import (
 from activities.worker_health import serve_health
 from activities.world import WorldActivities, WorldRecords
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
+from workflows.deprovision import Deprovision
 from workflows.provision import ProvisionMailTenant
 from workflows.reconcile import ReconcileOrphans
 from workflows.rotation import Rotation
@@ -86,12 +88,12 @@ from workflows.world_check import CheckWorld
 log = get_logger("worker")
 # Every workflow a worker of the task queue hosts: ProvisionMailTenant is the queue's
 # dynamic workflow, so a type missing here would be answered as UnknownWorkflowType;
-# it also runs RotateSmtpCredentials (workflows/rotation.py), whose arguments must
-# arrive raw.
+# it also runs RotateSmtpCredentials (workflows/rotation.py) and DeprovisionMailTenant
+# (workflows/deprovision.py), whose arguments must arrive raw.
 WORKFLOWS = [ProvisionMailTenant, TenantClaim, ReconcileOrphans, CheckWorld]
 # Workflow code the dynamic workflow runs for other types: re-executed per run like a
 # workflow module, so held to the same sandbox rules and bytecode check.
-DISPATCHED = [Rotation]
+DISPATCHED = [Rotation, Deprovision]
 
 # Every activity is a coroutine, so a slot is a sleeping task, not a thread: a server's
 # boot is waited for inside one activity (wait_for_server), and the SDK default of 100
@@ -337,6 +339,7 @@ async def build_activities(
     records = WorldRecords(vault, provider)
     claims = TenantClaimActivities(records)
     plan_change = PlanChangeActivities(provider, vault, access, settings.plans)
+    deprovision = DeprovisionActivities(vault, provider, vps, records)
     try:
         await _check_provider(settings.plans, provider)
         yield [
@@ -370,6 +373,10 @@ async def build_activities(
             plan_change.restore_server_type,
             plan_change.label_server_plan,
             *_temporal_readers(client, records, audit_log.store),
+            deprovision.inspect_tenant,
+            deprovision.delete_tenant_servers,
+            deprovision.destroy_tenant_credentials,
+            deprovision.release_deprovisioned_claim,
         ]
     finally:
         await provider.aclose()
@@ -445,6 +452,7 @@ async def _check_provider(plans: dict[str, Plan], provider: VpsProvider) -> None
 PASSED_THROUGH = (
     "workflows.claim_contracts",
     "workflows.contracts",
+    "workflows.deprovision_contracts",
     "workflows.failures",
     "workflows.plan_change_contracts",
     "workflows.policies",

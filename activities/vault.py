@@ -314,6 +314,26 @@ class Vault:
             mount_point=self.settings.kv_mount,
         )
 
+    def destroy_record(self, tenant_id: str) -> int:
+        """Destroy the tenant's record for good: every version's data and the metadata
+        (KV v2 `DELETE {mount}/metadata/{path}`, which Vault documents as permanently
+        deleting all versions; no undelete). Returns how many versions it had, 0 when
+        there was none (a repeat: idempotent).
+
+        What this does not reach: copies of the record in Vault's storage backups
+        (docs/OPERATIONS.md, "Deprovisioning a tenant", says what an old backup still opens).
+        """
+        _, version = self.latest(tenant_id)
+        if version == 0:
+            return 0
+        self._call(
+            "kv destroy record",
+            self._client.secrets.kv.v2.delete_metadata_and_all_versions,
+            path=vault_secret_path_for(tenant_id),
+            mount_point=self.settings.kv_mount,
+        )
+        return version
+
     # ------------------------------------------------------------------ readiness
 
     def check_ready(self) -> None:

@@ -11,6 +11,7 @@ the worker outside the sandbox, where their I/O libraries belong.
 from activities.admission import AdmissionActivities
 from activities.audit import AuditActivities
 from activities.credentials import CredentialsActivities
+from activities.deprovision import DeprovisionActivities
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
 from activities.plan_change import PlanChangeActivities
@@ -26,6 +27,7 @@ __all__ = [
     "AdmissionActivities",
     "AuditActivities",
     "CredentialsActivities",
+    "DeprovisionActivities",
     "MailuActivities",
     "NotifyActivities",
     "PlanChangeActivities",

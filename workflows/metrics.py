@@ -1,4 +1,5 @@
-"""Workflow metrics: runs started, completed and failed, compensations, rotations.
+"""Workflow metrics: runs started, completed and failed, compensations, rotations,
+deprovisionings.
 
 Recorded through the workflow's own metric meter, which the SDK silences while a
 workflow replays, so a run is counted once however often a worker replays it.
@@ -15,6 +16,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.worker import ExecuteWorkflowInput, WorkflowInboundInterceptor
 
+from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE
 from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
 
@@ -25,6 +27,7 @@ DURATION = "mailprov_workflow_duration_seconds"
 COMPENSATIONS = "mailprov_compensations"
 ROTATIONS = "mailprov_rotations"
 PLAN_CHANGE_DOWNTIME = "mailprov_plan_change_downtime_seconds"
+DEPROVISIONS = "mailprov_deprovisions"
 
 
 def failure_type(err: BaseException) -> str:
@@ -72,4 +75,8 @@ class WorkflowMetrics(WorkflowInboundInterceptor):
             meter.create_histogram_float(
                 PLAN_CHANGE_DOWNTIME, "mail server down during a plan change, stop to healthy", "s"
             ).record(result.downtime_seconds)
+        if workflow.info().workflow_type == DEPROVISION_WORKFLOW_TYPE:
+            meter.create_counter(
+                DEPROVISIONS, "deprovisioning runs by outcome"
+            ).with_additional_attributes({"outcome": result.outcome}).add(1)
         return result

@@ -164,3 +164,25 @@ TENANT_CLAIM_RELEASE: Options = dict(
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=policy(1, 60),
 )
+
+# ---------------------------------------------------------------- deprovisioning
+# A cancelled tenant is removed for good (workflows/deprovision.py): each step must
+# finish, so each is retried for a day like compensation; a refusal is final at once.
+
+# Reads of the provider, Vault and Temporal.
+INSPECT_TENANT: Options = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=policy(1, 60),
+)
+# Deleting servers waits for the provider's actions (as DELETE_SERVER does).
+DELETE_TENANT_SERVERS: Options = DELETE_SERVER
+# One Vault call (and a read before it).
+DESTROY_CREDENTIALS: Options = REMOVE_CREDENTIALS
+# Reads, one signal, and a short wait for the claim's owner check to end it.
+RELEASE_DEPROVISIONED_CLAIM: Options = dict(
+    start_to_close_timeout=timedelta(seconds=90),
+    heartbeat_timeout=HEARTBEAT,
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=policy(2, 60),
+)

@@ -63,6 +63,7 @@ from workflows.contracts import (
     webmail_url_for,
     workflow_id_for,
 )
+from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE
 from workflows.failures import (
     cancel_requested,
     cancelled_at,
@@ -123,8 +124,9 @@ class ProvisionMailTenant:
     decodes a named workflow's arguments before its code runs, and a bad one fails the
     workflow task forever), so it also runs the other types any client may start with
     anything: RotateSmtpCredentials (workflows/rotation.py), ChangeMailPlan
-    (workflows/plan_change.py). A start of any type the
-    worker does not know (a typo, a retired name) ends with UnknownWorkflowType at once.
+    (workflows/plan_change.py), DeprovisionMailTenant (workflows/deprovision.py). A start
+    of any type the worker does not know (a typo, a retired name) ends with
+    UnknownWorkflowType at once.
 
     The class is a thin shell around Purchase: the sandbox re-executes this module for
     every run, and the SDK then inspects every member of a workflow class (a runtime
@@ -138,7 +140,7 @@ class ProvisionMailTenant:
     @workflow.query(name="status")
     def status(self) -> Any:
         """ProvisionStatus, RotationStatus on a RotateSmtpCredentials run, PlanChangeStatus
-        on a ChangeMailPlan run."""
+        on a ChangeMailPlan run, DeprovisionStatus on a DeprovisionMailTenant run."""
         return self._purchase.status if self._rotation is None else self._rotation.status
 
     @workflow.run
@@ -150,6 +152,14 @@ class ProvisionMailTenant:
                 from workflows.plan_change import PlanChange
 
             self._rotation = PlanChange()
+            return await self._rotation.run(args)
+        if workflow.info().workflow_type == DEPROVISION_WORKFLOW_TYPE:
+            with workflow.unsafe.sandbox_import_notification_policy(
+                workflow.SandboxImportNotificationPolicy.SILENT
+            ):
+                from workflows.deprovision import Deprovision
+
+            self._rotation = Deprovision()
             return await self._rotation.run(args)
         if workflow.info().workflow_type == ROTATION_WORKFLOW_TYPE:
             # Imported here, on purpose (so without the sandbox's warning about a late

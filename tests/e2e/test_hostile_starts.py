@@ -32,9 +32,11 @@ from activities.codec import KeyRing, data_converter
 from devstack.processes import free_port
 from devstack.stack import NOTIFY_SINK_HOST, StackInfo
 from tests.e2e.conftest import CloudControl
+from tests.workflow.test_deprovision_workflow import DEPROVISION_CORPUS
 from tests.workflow.test_hostile_starts_workflow import ROTATION_CORPUS, RawStart
 from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
+from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE, deprovision_workflow_id
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE, rotation_schedule_id
 
 JSON = b"json/plain"
@@ -594,6 +596,57 @@ async def test_hostile_rotation_starts_end_at_once_and_create_nothing(
         f"hostile rotation starts: {len(started)} runs ({len(text_cases)} by the CLI) lasted "
         f"{min(durations):.3f}-{max(durations):.3f} s (start to close, server clock)"
     )
+
+
+async def test_hostile_deprovision_starts_end_at_once_and_remove_nothing(
+    client: Client, info: StackInfo, cloud: CloudControl
+) -> None:
+    """DeprovisionMailTenant: every malformed start ends at once naming the field, and a
+    start whose id is not `deprovision-{its tenant}` too, without one failed workflow task;
+    a tenant we never served completes as `nothing_found`; nothing is removed or written."""
+    batch = uuid.uuid4().hex[:6]
+    cases = [as_case(start, "InvalidDeprovisionRequest") for start in DEPROVISION_CORPUS]
+    cases.append(
+        Case(
+            "deprovision",
+            "another tenant's id",
+            lambda pid: [(JSON, b'{"tenant_id": "acme", "requested_by": "x"}')],
+            "must match the workflow id",
+            "InvalidDeprovisionRequest",
+        )
+    )
+    before = await snapshot(info, cloud, client)
+    servers_before = {server["id"] for server in cloud.servers()}
+    schedules_before = await schedule_ids(client)
+    started: list[tuple[str, Case]] = []
+    for i, case in enumerate(cases):
+        handle = await client.start_workflow(
+            DEPROVISION_WORKFLOW_TYPE,
+            args=[
+                RawValue(Payload(metadata={"encoding": e}, data=d)) for e, d in case.payloads("")
+            ],
+            id=f"deprovision-hostile-{batch}-{i}",
+            task_queue=QUEUE,
+        )
+        started.append((handle.id, case))
+    await run_limited([expect_refused(client, wid, case) for wid, case in started], 8)
+    for workflow_id, case in started:
+        assert await workflow_task_failures(client, workflow_id) == 0, case.name
+
+    never = f"never-{batch}"
+    unknown = await client.execute_workflow(
+        DEPROVISION_WORKFLOW_TYPE,
+        {"tenant_id": never, "requested_by": "hostile"},
+        id=deprovision_workflow_id(never),
+        task_queue=QUEUE,
+    )
+    assert unknown["outcome"] == "nothing_found"
+
+    after = await snapshot(info, cloud, client)
+    assert servers_before <= {server["id"] for server in cloud.servers()}
+    assert before.vault_records <= after.vault_records
+    assert after.audit_rows == before.audit_rows
+    assert schedules_before <= await schedule_ids(client)
 
 
 def hostile_payloads() -> dict[str, list[Payload]]:

@@ -20,11 +20,12 @@ from temporalio.client import Client, WorkflowFailureError
 from activities.rotation_schedule import rotate_now
 from activities.worker_health import HealthServer
 from devstack.stack import StackInfo
-from starter import start_purchase
+from starter import start_deprovision, start_purchase
 from tests.e2e.conftest import CloudControl, new_request
 from tests.e2e.test_compensation import fail_reverse_dns, server_of
 from tests.integration.test_observability import referenced_metric_names
 from worker import Settings, run_worker
+from workflows.deprovision_contracts import DeprovisionRequest
 from workflows.rotation_contracts import RotationResult
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
@@ -118,6 +119,11 @@ async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider
         run_id = await rotate_now(client, ok.tenant_id)
         rotated = await client.get_workflow_handle(run_id, result_type=RotationResult).result()
         assert rotated.outcome == "rotated"
+        # The customer cancels: the tenant is removed (on this worker: its claim runs here).
+        cancelled = await start_deprovision(
+            client, DeprovisionRequest(ok.tenant_id, "e2e-metrics"), task_queue
+        )
+        assert (await cancelled.result()).outcome == "deprovisioned"
 
         failing = new_request(info)
         handle, _ = await start_purchase(client, failing, task_queue)
@@ -144,6 +150,8 @@ async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider
     assert total(scraped, "mailprov_provider_errors", code="invalid_input") == 1
     assert total(scraped, "mailprov_rotations", outcome="rotated") == 1
     assert total(scraped, "mailprov_workflow_completed", workflow="RotateSmtpCredentials") == 1
+    assert total(scraped, "mailprov_deprovisions", outcome="deprovisioned") == 1
+    assert total(scraped, "mailprov_workflow_completed", workflow="DeprovisionMailTenant") == 1
     # Duration per step: one histogram series per activity and outcome.
     for step in ("create_server", "set_up_mailu", "rotate_admin_credentials", "delete_server"):
         count = total(

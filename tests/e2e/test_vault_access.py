@@ -104,6 +104,18 @@ def test_worker_allowed_capabilities(worker: hvac.Client, root: hvac.Client) -> 
     assert datakey(worker)["data"]["ciphertext"].startswith("vault:v")
 
 
+def test_worker_may_destroy_a_tenant_record_for_deprovisioning(
+    worker: hvac.Client, root: hvac.Client
+) -> None:
+    """Deprovisioning (workflows/deprovision.py) destroys every version and the metadata."""
+    path = "deprovision-probe/admin"
+    kv_write(root, path)
+    kv_write(root, path)
+    worker.secrets.kv.v2.delete_metadata_and_all_versions(path=path, mount_point="smtp")
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.secrets.kv.v2.read_secret_metadata(path=path, mount_point="smtp")
+
+
 DENIED_FOR_WORKER: dict[str, Callable[[hvac.Client, str], Any]] = {
     "transit decrypt": lambda c, w: decrypt(c, w),
     "transit encrypt": lambda c, w: c.secrets.transit.encrypt_data(
@@ -118,7 +130,15 @@ DENIED_FOR_WORKER: dict[str, Callable[[hvac.Client, str], Any]] = {
     "kv delete": lambda c, w: c.secrets.kv.v2.delete_latest_version_of_secret(
         path=f"{TENANT}/admin", mount_point="smtp"
     ),
-    "kv destroy metadata": lambda c, w: c.secrets.kv.v2.delete_metadata_and_all_versions(
+    "kv destroy metadata outside tenant/admin": (
+        lambda c, w: c.secrets.kv.v2.delete_metadata_and_all_versions(
+            path=f"{TENANT}/other", mount_point="smtp"
+        )
+    ),
+    "kv destroy versions": lambda c, w: c.secrets.kv.v2.destroy_secret_versions(
+        path=f"{TENANT}/admin", versions=[1], mount_point="smtp"
+    ),
+    "kv read metadata": lambda c, w: c.secrets.kv.v2.read_secret_metadata(
         path=f"{TENANT}/admin", mount_point="smtp"
     ),
     "kv list tenants": lambda c, w: c.secrets.kv.v2.list_secrets(path="", mount_point="smtp"),

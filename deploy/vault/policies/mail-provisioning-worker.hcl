@@ -7,9 +7,15 @@ path "smtp/data/+/admin" {
 }
 
 # Compensation withdraws (soft-deletes) the version a failed run wrote; an
-# operator can undelete it. No destroy, no metadata delete, no list.
+# operator can undelete it.
 path "smtp/delete/+/admin" {
   capabilities = ["update"]
+}
+
+# Deprovisioning a cancelled tenant (workflows/deprovision.py) destroys its record for
+# good: every version and the metadata. Only this path pattern; still no list.
+path "smtp/metadata/+/admin" {
+  capabilities = ["delete"]
 }
 
 path "transit/datakey/plaintext/mail-credentials" {

@@ -1,0 +1,181 @@
+"""Deprovisioning on the real stack: the local cloud, OpenBao, Temporal, the audit log.
+
+purchase -> `starter.py deprovision TENANT --wait` -> nothing of the tenant is left
+(server, login key, Vault record with every version and its metadata, rotation
+schedule, claim) and check-world agrees -> the same tenant buys again (its record starts
+again at version 1: the old versions are gone) -> deprovisioned again. Also: a second
+deprovisioning finds nothing, and one started while a purchase runs is refused with
+nothing touched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import uuid
+from typing import Any
+
+import hvac
+import pytest
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
+
+from devstack.stack import StackInfo
+from starter import check_world, query_status, start_deprovision, start_purchase
+from tests.e2e.conftest import CloudControl
+from tests.e2e.test_purchase_end_to_end import audit_rows, provision
+from workflows.claim_contracts import tenant_claim_id
+from workflows.contracts import PurchaseRequest
+from workflows.deprovision_contracts import (
+    PURCHASE_IN_PROGRESS,
+    DeprovisionRequest,
+    DeprovisionResult,
+    deprovision_workflow_id,
+)
+from workflows.rotation_contracts import rotation_schedule_id
+
+QUEUE = "mail-provisioning"
+
+
+def root_vault(info: StackInfo) -> hvac.Client:
+    token = (info.state_dir / "vault" / "root.token").read_text().strip()
+    return hvac.Client(url=info.vault_addr, token=token)
+
+
+def vault_metadata(info: StackInfo, tenant: str) -> dict[str, Any] | None:
+    """The record's KV v2 metadata (every version), None when there is none at all."""
+    try:
+        response = root_vault(info).secrets.kv.v2.read_secret_metadata(
+            path=f"{tenant}/admin", mount_point="smtp"
+        )
+    except hvac.exceptions.InvalidPath:
+        return None
+    return dict(response["data"])
+
+
+async def claim_running(client: Client, tenant: str) -> bool:
+    try:
+        description = await client.get_workflow_handle(tenant_claim_id(tenant)).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return description.status == WorkflowExecutionStatus.RUNNING
+
+
+async def schedule_exists(client: Client, tenant: str) -> bool:
+    try:
+        await client.get_schedule_handle(rotation_schedule_id(tenant)).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
+def ssh_keys(cloud: CloudControl, tenant: str) -> list[dict[str, Any]]:
+    response = cloud.api.get("ssh_keys", params={"label_selector": f"tenant={tenant}"})
+    response.raise_for_status()
+    return list(response.json()["ssh_keys"])
+
+
+async def assert_nothing_left(client: Client, info: StackInfo, cloud: CloudControl, t: str) -> None:
+    assert cloud.servers(label_selector=f"tenant={t}") == []
+    assert ssh_keys(cloud, t) == []
+    assert vault_metadata(info, t) is None
+    assert not await schedule_exists(client, t)
+    assert not await claim_running(client, t)
+    report = await check_world(client, QUEUE, uuid.uuid4().hex[:8])
+    mine = [d for d in report.disagreements if t in d.subject or t in d.detail]
+    assert mine == [], mine
+
+
+async def test_a_deprovisioned_tenant_is_gone_everywhere_and_buys_again(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    tenant = purchase["tenant_id"]
+    first = await provision(client, purchase)
+    [server] = cloud.servers(label_selector=f"tenant={tenant}")
+    assert len(ssh_keys(cloud, tenant)) == 1
+    assert await schedule_exists(client, tenant) and await claim_running(client, tenant)
+
+    process = await asyncio.to_thread(
+        subprocess.run,
+        info.starter_command(
+            *("deprovision", tenant, "--requested-by", "e2e-billing"),
+            *("--reason", "cancelled", "--wait"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert process.returncode == 0, process.stderr
+    result = json.loads(process.stdout)
+    assert result == {
+        "tenant_id": tenant,
+        "outcome": "deprovisioned",
+        "servers_deleted": [server["id"]],
+        "vault_versions_destroyed": first.vault_version,
+        "rotation_schedule_removed": True,
+        "claim_released": True,
+        "passes": 1,
+    }
+    await assert_nothing_left(client, info, cloud, tenant)
+    [row] = audit_rows(info, deprovision_workflow_id(tenant))
+    assert (row.event, row.tenant_id) == ("tenant_deprovisioned", tenant)
+    details = row.details
+    assert details["requested_by"] == "e2e-billing"
+    assert details["servers_deleted"] == str(server["id"])
+    assert details["ssh_keys_deleted"] == f"{server['name']}-login"
+    assert details["vault_record_destroyed"] == (
+        f"smtp/{tenant}/admin: {first.vault_version} versions and metadata"
+    )
+
+    # A second run finds nothing and says so; no second audit row.
+    handle = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-billing"), QUEUE)
+    again: DeprovisionResult = await handle.result()
+    assert again.outcome == "nothing_found"
+    assert len(audit_rows(info, deprovision_workflow_id(tenant))) == 1
+
+    # The same tenant buys again: its claim is free, and its record starts afresh.
+    second = await provision(
+        client, {**purchase, "purchase_id": f"{purchase['purchase_id']}-again"}
+    )
+    assert second.vault_version == 1
+    assert second.server_id != first.server_id
+    assert await claim_running(client, tenant)
+
+    # Clean-up, through the same door.
+    handle = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-cleanup"), QUEUE)
+    final: DeprovisionResult = await handle.result()
+    assert final.servers_deleted == [second.server_id]
+    await assert_nothing_left(client, info, cloud, tenant)
+
+
+async def test_a_deprovisioning_while_the_purchase_runs_is_refused_and_touches_nothing(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    tenant = purchase["tenant_id"]
+    handle, _ = await start_purchase(client, PurchaseRequest.parse(purchase), QUEUE)
+    # Past admission: the purchase holds the tenant's claim and is buying its server.
+    while not any(
+        s.name == "wait_for_server" for s in (await query_status(handle)).steps
+    ):  # fmt: skip
+        await asyncio.sleep(0.5)
+    refused = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-billing"), QUEUE)
+    with pytest.raises(WorkflowFailureError) as failure:
+        await refused.result()
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == (PURCHASE_IN_PROGRESS, True)
+    assert "still running" in cause.message
+    assert audit_rows(info, deprovision_workflow_id(tenant)) == []
+
+    # The purchase was not disturbed; once it completes, deprovisioning goes through.
+    result = await handle.result()
+    assert [s["id"] for s in cloud.servers(label_selector=f"tenant={tenant}")] == [result.server_id]
+    done = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-cleanup"), QUEUE)
+    assert (await done.result()).outcome == "deprovisioned"
+    await assert_nothing_left(client, info, cloud, tenant)
