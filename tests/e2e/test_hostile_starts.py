@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -22,7 +23,11 @@ import hvac
 import pytest
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError, WorkflowQueryFailedError
+from temporalio.client import (
+    Client,
+    WorkflowFailureError,
+    WorkflowQueryFailedError,
+)
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -34,10 +39,14 @@ from devstack.stack import NOTIFY_SINK_HOST, StackInfo
 from tests.e2e.conftest import CloudControl
 from tests.workflow.test_deprovision_workflow import DEPROVISION_CORPUS
 from tests.workflow.test_hostile_starts_workflow import ROTATION_CORPUS, RawStart
-from workflows.claim_contracts import tenant_claim_id
+from workflows.claim_contracts import HOLDER_MEMO, TENANT_CLAIM_TYPE, tenant_claim_id
 from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
+from workflows.contracts import UNDECODABLE_ENCODING as UNDECODABLE
 from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE, deprovision_workflow_id
+from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE, plan_change_workflow_id
+from workflows.reconcile_contracts import RECONCILE_WORKFLOW
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE, rotation_schedule_id
+from workflows.world_check_contracts import WORLD_CHECK_WORKFLOW
 
 JSON = b"json/plain"
 QUEUE = "mail-provisioning"
@@ -768,3 +777,149 @@ def audit_rows_of(info: StackInfo, workflow_id: str) -> list[Any]:
         for row in SqliteAuditStore(info.audit_db).rows()
         if row.event_key.startswith(workflow_id)
     ]
+
+
+def one_arg(data: bytes, encoding: bytes = JSON) -> list[tuple[bytes, bytes]]:
+    return [(encoding, data)]
+
+
+# Starts of the reconciler a client can make that are not a request: each must end at once
+# having looked nothing up. (No argument and {} are the operator's default run, valid.)
+RECONCILE_CORPUS = [
+    RawStart("string", one_arg(b'"all"'), "object"),
+    RawStart("array", one_arg(b"[3600]"), "object"),
+    RawStart("two arguments", one_arg(b"{}") * 2, "argument"),
+    RawStart("unknown field", one_arg(b'{"grace_seconds": 0, "delete": "all"}'), "delete"),
+    RawStart("negative grace", one_arg(b'{"grace_seconds": -1}'), "grace_seconds"),
+    RawStart("grace string", one_arg(b'{"grace_seconds": "0"}'), "grace_seconds"),
+    RawStart("dry_run string", one_arg(b'{"dry_run": "no"}'), "dry_run"),
+    RawStart("binary", one_arg(b"\x00\xff", b"binary/plain"), "encoding"),
+    RawStart("undecodable", one_arg(b"unknown key id 'x'", UNDECODABLE), "key"),
+    RawStart("deep", one_arg(b"[" * 5000 + b"]" * 5000), "nest"),
+    RawStart("oversized", one_arg(json.dumps({"a": "x" * MAX_INPUT_BYTES}).encode()), "at most"),
+]
+# Arguments no workflow type takes: for ChangeMailPlan each is refused naming the problem.
+ANY_ARGUMENTS = [
+    RawStart("no argument", [], "(got 0)"),
+    RawStart("string", one_arg(b'"starter"'), "got a string"),
+    RawStart("two arguments", one_arg(b"{}") * 2, "(got 2)"),
+    RawStart("binary", one_arg(b"\x00\xff", b"binary/plain"), "encoding"),
+    RawStart("undecodable", one_arg(b"unknown key id 'x'", UNDECODABLE), "unknown key"),
+    RawStart("not json", one_arg(b"{plan"), "not valid JSON"),
+    RawStart("deep", one_arg(b"[" * 5000 + b"]" * 5000), "nest"),
+    RawStart("oversized", one_arg(json.dumps({"a": "x" * MAX_INPUT_BYTES}).encode()), "at most"),
+]
+PLAN_CHANGE_CORPUS = [
+    *ANY_ARGUMENTS,
+    RawStart("empty object", one_arg(b"{}"), "is required"),
+    RawStart("unknown field", one_arg(b'{"server_id": 1}'), "'server_id'"),
+]
+# Starts of a claim on a fresh tenant id: a claim nobody's admission took must not hold.
+CLAIM_CORPUS = [
+    RawStart("no argument", [], ""),
+    RawStart("a holder named", one_arg(b'"purchase-victim"'), ""),
+    RawStart("two arguments", one_arg(b'"a"') * 2, ""),
+    RawStart("binary", one_arg(b"\x00\xff", b"binary/plain"), ""),
+    RawStart("undecodable", one_arg(b"unknown key id 'x'", UNDECODABLE), ""),
+    RawStart("deep", one_arg(b"[" * 5000 + b"]" * 5000), ""),
+]
+
+
+async def ends_without_a_failed_task(client: Client, workflow_id: str) -> str:
+    """Waits for the run to close; returns its status. It must close, whatever it was sent."""
+    handle = client.get_workflow_handle(workflow_id)
+    with contextlib.suppress(WorkflowFailureError):
+        await asyncio.wait_for(handle.result(), RUN_TIMEOUT)
+    description = await handle.describe()
+    assert description.status is not None
+    assert await workflow_task_failures(client, workflow_id) == 0, workflow_id
+    return description.status.name
+
+
+async def activities_scheduled(client: Client, workflow_id: str) -> int:
+    scheduled = EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+    handle = client.get_workflow_handle(workflow_id)
+    return len([e async for e in handle.fetch_history_events() if e.event_type == scheduled])
+
+
+async def test_hostile_starts_of_every_other_workflow_type_end_quickly_creating_nothing(
+    client: Client, info: StackInfo, cloud: CloudControl
+) -> None:
+    """ReconcileOrphans and ChangeMailPlan refuse every start that is not a request before
+    looking anything up; a TenantClaim started by a client on a fresh tenant id ends instead
+    of holding the tenant; CheckWorld, read-only, ends whatever it is sent (issue 17 items
+    5 and 6). No run is left retrying a failed workflow task."""
+    batch = uuid.uuid4().hex[:6]
+    before = await snapshot(info, cloud, client)
+    schedules_before = await schedule_ids(client)
+
+    def raw(start: RawStart) -> list[RawValue]:
+        return [RawValue(Payload(metadata={"encoding": e}, data=d)) for e, d in start.payloads]
+
+    reconciles = []
+    for i, start in enumerate(RECONCILE_CORPUS):
+        handle = await client.start_workflow(
+            RECONCILE_WORKFLOW,
+            args=raw(start),
+            id=f"reconcile-hostile-{batch}-{i}",
+            task_queue=QUEUE,
+        )
+        reconciles.append((handle.id, start))
+    claims = []
+    for i, start in enumerate(CLAIM_CORPUS):
+        tenant = f"hostile-claim-{batch}-{i}"
+        handle = await client.start_workflow(
+            TENANT_CLAIM_TYPE, args=raw(start), id=tenant_claim_id(tenant), task_queue=QUEUE
+        )
+        claims.append((handle.id, start))
+    # A squatter naming a holder in the memo, as admission does: a purchase that never ran.
+    forged = await client.start_workflow(
+        TENANT_CLAIM_TYPE,
+        id=tenant_claim_id(f"hostile-claim-{batch}-memo"),
+        task_queue=QUEUE,
+        memo={HOLDER_MEMO: workflow_id_for(f"never-{batch}")},
+    )
+    claims.append((forged.id, RawStart("forged holder memo", [], "")))
+
+    plan_changes = []
+    for i, start in enumerate(PLAN_CHANGE_CORPUS):
+        handle = await client.start_workflow(
+            PLAN_CHANGE_WORKFLOW_TYPE,
+            args=raw(start),
+            id=plan_change_workflow_id(f"hostile-{batch}", f"r{i}"),
+            task_queue=QUEUE,
+        )
+        plan_changes.append((handle.id, start))
+    world_checks = []
+    for i, start in enumerate(ANY_ARGUMENTS):
+        handle = await client.start_workflow(
+            WORLD_CHECK_WORKFLOW,
+            args=raw(start),
+            id=f"check-world-hostile-{batch}-{i}",
+            task_queue=QUEUE,
+        )
+        world_checks.append((handle.id, start))
+
+    for workflow_id, start in plan_changes:
+        refused = Case(
+            "plan change", start.name, lambda pid: [], start.expect, "InvalidPlanChangeRequest"
+        )
+        await expect_refused(client, workflow_id, refused)
+        assert await workflow_task_failures(client, workflow_id) == 0, start.name
+        assert await activities_scheduled(client, workflow_id) == 0, start.name
+    for workflow_id, start in world_checks:
+        # Read-only and takes no argument: it may run, but must end, whatever it was sent.
+        status = await ends_without_a_failed_task(client, workflow_id)
+        assert status in ("COMPLETED", "FAILED"), (start.name, status)
+    for workflow_id, start in reconciles:
+        status = await ends_without_a_failed_task(client, workflow_id)
+        assert status == "FAILED", (start.name, status)
+        assert await activities_scheduled(client, workflow_id) == 0, start.name
+    for workflow_id, start in claims:
+        status = await ends_without_a_failed_task(client, workflow_id)
+        assert status != "RUNNING", (start.name, status)
+
+    after = await snapshot(info, cloud, client)
+    assert after.servers <= before.servers
+    assert (after.vault_records, after.audit_rows) == (before.vault_records, before.audit_rows)
+    assert await schedule_ids(client) <= schedules_before
