@@ -1,12 +1,13 @@
-"""A purchase with every connection over TLS, as production runs it: worker.py and
-starter.py reach the stack's Temporal dev server through nginx (TLS, a client certificate
-verified, an API-key header required), the worker's Vault is an OpenBao whose own TLS
-listener requires client certificates, and its audit log is a PostgreSQL with ssl=on that
-refuses plaintext (sslmode=verify-full). MAILPROV_REQUIRE_TLS=true, as in the production
-configurations. Certificates are made by the test (tests/tls_certs.py).
+"""A purchase with every connection over TLS, as production runs it: worker.py,
+starter.py and the TypeScript client's CLI reach the stack's Temporal dev server through
+nginx (TLS, a client certificate verified, an API-key header required), the worker's
+Vault is an OpenBao whose own TLS listener requires client certificates, and its audit
+log is a PostgreSQL with ssl=on that refuses plaintext (sslmode=verify-full).
+MAILPROV_REQUIRE_TLS=true, as in the production configurations. Certificates are made by
+the test (tests/tls_certs.py).
 
-The worker runs on its own task queue, so the stack's plaintext worker takes no task of
-this purchase.
+The worker runs on its own namespace and task queue, so the stack's plaintext worker
+takes no task of this purchase.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from devstack.processes import die_with_parent
-from devstack.stack import ROOT, StackInfo
+from devstack.stack import ROOT, StackInfo, tool
 from tests.e2e.conftest import CloudControl
+from tests.e2e.test_typescript_client import ts_client_cli  # noqa: F401 - the fixture
 from tests.tls_certs import LocalCa
 from tests.tls_servers import create_database, nginx_grpc_proxy, tls_openbao, tls_postgres
 
@@ -35,6 +39,32 @@ def run(command: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[
     )
 
 
+def create_namespace(info: StackInfo, name: str) -> str:
+    """Registered on the dev server, then used once it answers (the frontend's namespace
+    cache learns of it after registration)."""
+    temporal = [tool("temporal"), "--address", info.temporal_address, "--namespace", name]
+    subprocess.run(
+        [
+            tool("temporal"),
+            "operator",
+            "namespace",
+            "create",
+            "--namespace",
+            name,
+            "--address",
+            info.temporal_address,
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    while run(
+        [*temporal[:1], "workflow", "list", "--limit", "1", *temporal[1:]], {**os.environ}
+    ).returncode:
+        time.sleep(0.5)
+    return name
+
+
 def wait_until_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
     """Until the worker logs "worker ready"; its exit fails the test with its log."""
     while "worker ready" not in log.read_text():
@@ -42,15 +72,26 @@ def wait_until_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.2)
 
 
+# The session's client before the module's check-world fixture asks for it (tests/e2e/
+# conftest.py): a module fixture cannot set up an async session fixture itself.
+@pytest.mark.usefixtures("client")
 def test_a_purchase_with_temporal_vault_and_postgres_over_tls(
-    info: StackInfo, cloud: CloudControl, purchase: dict[str, Any], tmp_path: Path
+    info: StackInfo,
+    cloud: CloudControl,
+    purchase: dict[str, Any],
+    tmp_path: Path,
+    ts_client_cli: Path,  # noqa: F811 - the fixture imported above
 ) -> None:
     ca = LocalCa(tmp_path / "pki", "e2e-ca")
     server = ca.server("server", ("localhost", "127.0.0.1"))
     worker_cert = ca.client("mail-provisioning-worker")
     operator_cert = ca.client("operator")
     task_queue = f"mail-provisioning-tls-{uuid.uuid4().hex[:6]}"
+    # A deployment of its own: its namespace, Vault and audit store are not the stack's,
+    # so the stack's check-world never sees its runs, and its server goes at the end.
+    namespace = create_namespace(info, f"tls-{uuid.uuid4().hex[:8]}")
     temporal_tls = {
+        "TEMPORAL_NAMESPACE": namespace,
         "TEMPORAL_API_KEY": API_KEY,
         "TEMPORAL_TLS_SERVER_CA_CERT_PATH": str(ca.cert),
         "MAILPROV_TASK_QUEUE": task_queue,
@@ -110,6 +151,14 @@ def test_a_purchase_with_temporal_vault_and_postgres_over_tls(
             assert result["tenant_id"] == purchase["tenant_id"]
             assert len(cloud.servers_of(purchase["purchase_id"])) == 1
 
+            # The TypeScript client reads the same configuration (@temporalio/envconfig).
+            node = ["node", str(ts_client_cli), "status", purchase["purchase_id"]]
+            status = run(node, operator_env)
+            assert status.returncode == 0, status.stderr
+            assert json.loads(status.stdout)["state"] == "completed"
+            refused = run(node, {**operator_env, "TEMPORAL_API_KEY": "wrong-key"})
+            assert refused.returncode != 0 and "wrong-key" not in refused.stderr
+
             # The reader role reads the record back from the TLS Vault.
             reader_env = {**operator_env, "VAULT_TOKEN": bao.tokens.reader}
             credentials = run([*starter, "credentials", purchase["tenant_id"]], reader_env)
@@ -127,6 +176,8 @@ def test_a_purchase_with_temporal_vault_and_postgres_over_tls(
         finally:
             worker.terminate()
             worker.wait(timeout=120)
+            for leftover in cloud.servers_of(purchase["purchase_id"]):
+                cloud.api.delete(f"servers/{leftover['id']}").raise_for_status()
     # Both processes' calls went through the TLS proxy (nginx's access log, gRPC paths).
     access = (tmp_path / "nginx" / "access.log").read_text()
     for call in ("StartWorkflowExecution", "PollWorkflowTaskQueue", "PollActivityTaskQueue"):

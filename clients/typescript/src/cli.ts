@@ -8,8 +8,9 @@
  *   echo '<json value>' | mailprov-client encode             -> {"payloads": [...]} (protobuf JSON)
  *   echo '{"payloads": [...]}' | mailprov-client decode      -> {"values": [...]}
  *
- * Reads TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE, MAILPROV_TASK_QUEUE and
- * MAILPROV_CODEC_KEYS_FILE, as worker.py and starter.py do.
+ * Reads Temporal's client configuration (TEMPORAL_ADDRESS, TEMPORAL_NAMESPACE,
+ * TEMPORAL_API_KEY, TEMPORAL_TLS_*, TEMPORAL_PROFILE + temporal.toml: ./connection),
+ * MAILPROV_TASK_QUEUE and MAILPROV_CODEC_KEYS_FILE, as worker.py and starter.py do.
  */
 import { readFileSync } from 'node:fs';
 import { Payload, defaultPayloadConverter } from '@temporalio/common';
@@ -22,6 +23,7 @@ import {
   TenantAlreadyProvisionedError,
 } from './client';
 import { EncryptionCodec } from './codec';
+import { temporalConfigFromEnv } from './connection';
 
 /** Protobuf JSON of a Payload (as the codec server protocol and `temporal ... -o json` use). */
 interface PayloadJson {
@@ -78,9 +80,10 @@ function errorJson(err: unknown): Record<string, unknown> {
 }
 
 async function withClient<T>(run: (client: MailProvisioningClient) => Promise<T>): Promise<T> {
+  const temporal = temporalConfigFromEnv();
   const client = await MailProvisioningClient.connect({
-    address: required('TEMPORAL_ADDRESS'),
-    namespace: process.env.TEMPORAL_NAMESPACE || undefined,
+    connection: temporal.connectionOptions,
+    namespace: temporal.namespace,
     taskQueue: process.env.MAILPROV_TASK_QUEUE || undefined,
     codecKeysFile: required('MAILPROV_CODEC_KEYS_FILE'),
   });

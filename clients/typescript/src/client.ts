@@ -4,7 +4,13 @@
  * joins the running one (USE_EXISTING), a finished purchase is never started again
  * (REJECT_DUPLICATE). Every payload goes through the project's codec.
  */
-import { Client, Connection, WorkflowFailedError, WorkflowHandle } from '@temporalio/client';
+import {
+  Client,
+  Connection,
+  ConnectionOptions,
+  WorkflowFailedError,
+  WorkflowHandle,
+} from '@temporalio/client';
 import {
   ApplicationFailure,
   CancelledFailure,
@@ -16,6 +22,7 @@ import {
   WorkflowIdReusePolicy,
 } from '@temporalio/common';
 import { EncryptionCodec, readKeyRing } from './codec';
+import { DEFAULT_ADDRESS } from './connection';
 import {
   DEFAULT_TASK_QUEUE,
   ProvisionResult,
@@ -27,8 +34,11 @@ import {
 } from './contracts';
 
 export interface MailProvisioningOptions {
-  /** host:port of the Temporal frontend (TEMPORAL_ADDRESS). */
-  address: string;
+  /** host:port of a plaintext Temporal frontend; for TLS, an API key or a client
+   * certificate give `connection` instead (`temporalConfigFromEnv().connectionOptions`). */
+  address?: string;
+  /** Connection options as Temporal's client configuration gives them (./connection). */
+  connection?: ConnectionOptions;
   /** The key-ring file shared with the worker (MAILPROV_CODEC_KEYS_FILE). */
   codecKeysFile: string;
   namespace?: string;
@@ -160,7 +170,9 @@ export class MailProvisioningClient {
   ) {}
 
   static async connect(options: MailProvisioningOptions): Promise<MailProvisioningClient> {
-    const connection = await Connection.connect({ address: options.address });
+    const connection = await Connection.connect(
+      options.connection ?? { address: options.address ?? DEFAULT_ADDRESS },
+    );
     const client = new Client({
       connection,
       namespace: options.namespace ?? 'default',
