@@ -453,7 +453,7 @@ def explain_vault_tls_error(url: str, transport: VaultTransport, err: BaseExcept
     None when the error is not about TLS."""
     text = repr(err)
     if "CERTIFICATE_VERIFY_FAILED" in text or "certificate verify failed" in text:
-        if "Hostname mismatch" in text or "doesn't match" in text:
+        if re.search(r"Hostname mismatch|IP address mismatch|doesn.t match", text):
             return f"Vault at {url}: its certificate is not valid for that name; fix VAULT_ADDR"
         fix = "set VAULT_CACERT to the CA that issued Vault's certificate"
         if transport.ca_cert:
