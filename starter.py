@@ -6,6 +6,7 @@
     python starter.py status p-1
     python starter.py result p-1
     python starter.py credentials acme     # reader role: VAULT_ADDR, VAULT_TOKEN(_FILE)
+    python starter.py switch-codec-key 2027-05   # after `python -m activities.codec add`
     python starter.py replay history.json  # `temporal workflow show -o json` output, encrypted
     python starter.py reconcile --dry-run  # orphaned servers (terminated runs), once
     python starter.py schedule-reconciler --every-minutes 15 --grace-minutes 60
@@ -28,12 +29,12 @@ import os
 import sys
 import uuid
 from dataclasses import asdict, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from temporalio.api.enums.v1 import EventType, TaskQueueType
-from temporalio.api.taskqueue.v1 import TaskQueue
+from temporalio.api.taskqueue.v1 import PollerInfo, TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
@@ -62,7 +63,7 @@ from activities.audit_vault import (
     checkpoint_record,
     verify_audit_log,
 )
-from activities.codec import CodecKeyError, KeyRing, data_converter
+from activities.codec import CodecKeyError, KeyRing, data_converter, keys_in_identity
 from activities.connections import (
     ConnectionConfigError,
     connect_temporal,
@@ -460,6 +461,68 @@ async def cmd_result(args: argparse.Namespace) -> int:
             raise StarterError(f"no purchase {args.purchase_id!r} ({handle.id})", 3) from None
         raise
     return await _finish(client, handle, watch_progress=False)
+
+
+# A polling worker asks again at least every minute (a long poll ends after 60-70 s);
+# an identity the server saw longer ago than this is a worker that stopped.
+POLLER_FRESH = timedelta(seconds=90)
+
+
+def workers_lacking_key(
+    pollers: list[PollerInfo], key_id: str, now: datetime
+) -> tuple[list[str], list[str]]:
+    """(identities seen polling lately, those among them whose ring lacks `key_id`)."""
+    recent = sorted(
+        {
+            poller.identity
+            for poller in pollers
+            if now - poller.last_access_time.ToDatetime(tzinfo=UTC) <= POLLER_FRESH
+        }
+    )
+    return recent, [identity for identity in recent if key_id not in keys_in_identity(identity)]
+
+
+async def cmd_switch_codec_key(args: argparse.Namespace) -> int:
+    """Step 2 of a payload key rotation: make an added key current, only once every
+    worker polling the task queue has it (so none meets a payload it cannot read)."""
+    path = Path(args.codec_keys_file or "")
+    ring = _keyring(args)
+    try:
+        switched = ring.switched(args.key_id)
+    except CodecKeyError as err:
+        raise StarterError(str(err), 2) from None
+    client = await _connect(args)
+    pollers: list[PollerInfo] = []
+    for kind in (TaskQueueType.TASK_QUEUE_TYPE_WORKFLOW, TaskQueueType.TASK_QUEUE_TYPE_ACTIVITY):
+        response = await client.workflow_service.describe_task_queue(
+            DescribeTaskQueueRequest(
+                namespace=client.namespace,
+                task_queue=TaskQueue(name=args.task_queue),
+                task_queue_type=kind,
+            )
+        )
+        pollers.extend(response.pollers)
+    recent, lacking = workers_lacking_key(pollers, args.key_id, datetime.now(UTC))
+    if not recent:
+        raise StarterError(
+            f"no worker polled task queue {args.task_queue!r} in the last "
+            f"{POLLER_FRESH.seconds} s: nothing confirms the key is rolled out; start the "
+            "workers with the added ring first",
+            1,
+        )
+    if lacking:
+        raise StarterError(
+            f"not switched: {len(lacking)} worker(s) polling {args.task_queue!r} lack key "
+            f"{args.key_id!r}: {'; '.join(lacking)}. Give them the ring with the key and "
+            f"restart them (a stopped worker's identity ages out within {POLLER_FRESH.seconds} s)",
+            1,
+        )
+    switched.write(path)
+    say(
+        f"{path}: {args.key_id!r} is current ({len(recent)} worker(s) on {args.task_queue!r} "
+        "have it). Give this ring to every process; any of them may encrypt with it first"
+    )
+    return 0
 
 
 async def cmd_credentials(args: argparse.Namespace) -> int:
@@ -899,6 +962,14 @@ def build_parser() -> argparse.ArgumentParser:
     result = commands.add_parser("result", help="wait for and print the result")
     result.add_argument("purchase_id")
     result.set_defaults(func=cmd_result)
+
+    switch = commands.add_parser(
+        "switch-codec-key",
+        help="make a key added with `python -m activities.codec add` current, once every "
+        "worker on the task queue has it (step 2 of a payload key rotation)",
+    )
+    switch.add_argument("key_id")
+    switch.set_defaults(func=cmd_switch_codec_key)
 
     credentials = commands.add_parser(
         "credentials",

@@ -13,6 +13,7 @@ import importlib.util
 import ipaddress
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
@@ -35,7 +36,13 @@ from activities.audit import (
     AuditStoreUnreachable,
 )
 from activities.audit_vault import DEFAULT_AUDIT_CHAIN, AuditSettings, open_audit_log
-from activities.codec import CodecKeyError, KeyRing, data_converter
+from activities.codec import (
+    CodecKeyError,
+    KeyRing,
+    UnknownKeyGrace,
+    data_converter,
+    worker_identity,
+)
 from activities.connections import (
     ConnectionConfigError,
     TemporalConnection,
@@ -105,6 +112,10 @@ class ConfigError(Exception):
     """A missing or malformed setting; the message names the variable."""
 
 
+# Long enough to restart every worker with a new ring (activities/codec.py UnknownKeyGrace).
+DEFAULT_UNKNOWN_KEY_GRACE_SECONDS = 1800
+
+
 @dataclass(frozen=True)
 class Settings:
     # TEMPORAL_* variables and temporal.toml profiles, as the temporal CLI reads them
@@ -129,6 +140,9 @@ class Settings:
     keep_failed_servers: bool = False
     # Plaintext connections to other hosts while MAILPROV_REQUIRE_TLS is unset: logged.
     transport_warnings: tuple[str, ...] = ()
+    # A payload under a key id this worker's ring lacks fails its task (Temporal retries
+    # it) this long before it is refused as undecodable: a key-ring rollout in progress.
+    unknown_key_grace_seconds: float = DEFAULT_UNKNOWN_KEY_GRACE_SECONDS
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -164,6 +178,9 @@ class Settings:
             ),
             keep_failed_servers=_bool(env, "MAILPROV_KEEP_FAILED_SERVERS"),
             transport_warnings=tuple(w for w in warnings if w),
+            unknown_key_grace_seconds=float(
+                _int(env, "MAILPROV_UNKNOWN_KEY_GRACE_SECONDS", DEFAULT_UNKNOWN_KEY_GRACE_SECONDS)
+            ),
         )
 
 
@@ -520,8 +537,13 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         client = await connect_temporal(
             settings.temporal,
             runtime=runtime,
-            # Marked, not raised: an undecodable start then fails fast (activities/codec.py).
-            data_converter=data_converter(keyring, mark_undecodable=True),
+            # Marked, not raised: an undecodable start then fails fast (activities/codec.py);
+            # an unknown key id only after the grace, since it may be a rollout under way.
+            data_converter=data_converter(
+                keyring,
+                mark_undecodable=True,
+                unknown_key_grace=UnknownKeyGrace(settings.unknown_key_grace_seconds),
+            ),
         )
     except ConnectionConfigError as err:
         raise ConfigError(str(err)) from None
@@ -535,6 +557,8 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             workflow_runner=workflow_runner(),
             max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
+            # Names the ring's key ids, which `starter.py switch-codec-key` checks.
+            identity=worker_identity(f"{os.getpid()}@{socket.gethostname()}", keyring),
         )
         # /readyz answers 503 from the moment `stop` is set: no new traffic while draining.
         health = await serve_health(settings.health_bind, client, settings.task_queue, stop)

@@ -26,6 +26,15 @@ Keys come from a key-ring file (MAILPROV_CODEC_KEYS_FILE), never from code:
     {"current": "2026-11", "keys": {"2026-11": "<base64 32 bytes>", "2026-05": "..."}}
 
 The worker, the starter and the codec server all use `data_converter(keyring)`.
+
+Rotation is two steps, so no process ever meets a payload under a key it lacks
+(docs/OPERATIONS.md, "Rotate the payload key ring"): `add` puts the new key in the
+ring without making it current; once every process has that ring, `starter.py
+switch-codec-key` makes it current, and refuses while a worker polling the task queue
+does not advertise the key (workers name their key ids in their Temporal identity,
+`worker_identity`). A worker that still meets an unknown key id (a ring switched by
+hand) fails the task, so Temporal retries it, for a bounded grace (UnknownKeyGrace)
+before it marks the payload undecodable.
 """
 
 from __future__ import annotations
@@ -34,10 +43,12 @@ import base64
 import dataclasses
 import json
 import os
+import re
 import secrets
 import sys
 import threading
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,8 +64,22 @@ KEY_ID_METADATA = "encryption-key-id"
 NONCE_BYTES = 12
 
 
+# Key ids travel in payload metadata and in worker identities (comma-separated there).
+KEY_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# How a worker's Temporal identity names the key ids of its ring (not secret: ids only).
+IDENTITY_KEYS_MARK = "codec-keys="
+
+
 class CodecKeyError(Exception):
     """The key ring is unusable, or a payload names a key we do not have."""
+
+
+class UnknownKeyId(CodecKeyError):
+    """A payload names a key id this ring lacks: during a rollout, not yet here."""
+
+    def __init__(self, key_id: str) -> None:
+        super().__init__(f"payload encrypted with unknown key id {key_id!r}")
+        self.key_id = key_id
 
 
 @dataclass(frozen=True, repr=False)
@@ -88,11 +113,28 @@ class KeyRing:
                 f"{path}: expected {{'current': id, 'keys': {{id: base64}}}} ({type(err).__name__})"
             ) from None
 
-    def rotated(self, new_id: str) -> KeyRing:
-        """A ring whose new current key encrypts; every old key still decrypts."""
+    def added(self, new_id: str) -> KeyRing:
+        """Step 1 of a rotation: a new key that decrypts everywhere, current unchanged."""
+        if not KEY_ID_PATTERN.fullmatch(new_id):
+            raise CodecKeyError(f"key id {new_id!r} must match {KEY_ID_PATTERN.pattern}")
         if new_id in self.keys:
             raise CodecKeyError(f"key id {new_id!r} already exists")
-        return KeyRing(new_id, {**self.keys, new_id: secrets.token_bytes(32)})
+        return KeyRing(self.current_id, {**self.keys, new_id: secrets.token_bytes(32)})
+
+    def switched(self, key_id: str) -> KeyRing:
+        """Step 2: `key_id`, added by an earlier step 1, becomes the key that encrypts."""
+        if key_id == self.current_id:
+            raise CodecKeyError(f"key id {key_id!r} is already current")
+        if key_id not in self.keys:
+            raise CodecKeyError(
+                f"key id {key_id!r} is not in this ring: `add` it first and give that ring to "
+                "every worker, codec server and back end"
+            )
+        return KeyRing(key_id, dict(self.keys))
+
+    def rotated(self, new_id: str) -> KeyRing:
+        """Both steps at once, for rings no running process shares (tests, a new stack)."""
+        return self.added(new_id).switched(new_id)
 
     def write(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +174,57 @@ class NonceSource:
             return nonce
 
 
+def worker_identity(base: str, keyring: KeyRing) -> str:
+    """The worker's Temporal identity with its key ids, which switch-codec-key checks."""
+    return f"{base} {IDENTITY_KEYS_MARK}{','.join(sorted(keyring.keys))}"
+
+
+def keys_in_identity(identity: str) -> frozenset[str]:
+    """The key ids a poller's identity advertises (none for a worker of an older release)."""
+    for word in identity.split():
+        if word.startswith(IDENTITY_KEYS_MARK):
+            return frozenset(k for k in word[len(IDENTITY_KEYS_MARK) :].split(",") if k)
+    return frozenset()
+
+
+class UnknownKeyGrace:
+    """How long a worker keeps failing a task whose payload names a key id it lacks.
+
+    A failed task is retried by Temporal (workflow tasks without end, activities by
+    their retry policy), so a ring rolled out in the wrong order costs a delay, not a
+    purchase: once this worker restarts with the key, the retry decodes. After
+    `seconds` from the first time this process met the key id, the payload is marked
+    undecodable instead, so a start under a key nobody will ever have (a foreign
+    client) still ends as InvalidPurchaseRequest. At most `tracked` key ids are timed
+    (a client inventing ids cannot grow the table); beyond, they are marked at once.
+    """
+
+    def __init__(
+        self,
+        seconds: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        tracked: int = 64,
+    ) -> None:
+        self.seconds = seconds
+        self._clock = clock
+        self._tracked = tracked
+        self._first_seen: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    def still_waiting(self, key_id: str) -> bool:
+        if self.seconds <= 0:
+            return False
+        now = self._clock()
+        with self._lock:
+            first = self._first_seen.get(key_id)
+            if first is None:
+                if len(self._first_seen) >= self._tracked:
+                    return False
+                self._first_seen[key_id] = first = now
+        return now - first < self.seconds
+
+
 class EncryptionCodec(temporalio.converter.PayloadCodec):
     """Encrypts every payload; decrypts what our key ring can open.
 
@@ -140,11 +233,20 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
     raising: an exception here fails the whole workflow task, which Temporal retries
     forever, while the marker reaches the workflow, which refuses a start it cannot read
     (InvalidPurchaseRequest) and, anywhere else, fails to convert it like any bad payload.
+    A key id the ring lacks is the exception: during `unknown_key_grace` it raises, so
+    Temporal retries the task until this worker has the key (a rollout in progress).
     """
 
-    def __init__(self, keyring: KeyRing, *, mark_undecodable: bool = False) -> None:
+    def __init__(
+        self,
+        keyring: KeyRing,
+        *,
+        mark_undecodable: bool = False,
+        unknown_key_grace: UnknownKeyGrace | None = None,
+    ) -> None:
         self._keyring = keyring
         self._mark_undecodable = mark_undecodable
+        self._grace = unknown_key_grace
         # One cipher per key, made once: every workflow task encodes and decodes, and
         # the key schedule is the same each time.
         self._aeads = {key_id: AESGCM(key) for key_id, key in keyring.keys.items()}
@@ -175,8 +277,16 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
             return self._decode_one(payload)
         try:
             return self._decode_one(payload)
+        except UnknownKeyId as err:
+            if self._grace is not None and self._grace.still_waiting(err.key_id):
+                raise  # the task fails and is retried: the key may be on its way
+            return self._marker(err)
         except CodecKeyError as err:
-            return Payload(metadata={"encoding": UNDECODABLE_ENCODING}, data=str(err).encode())
+            return self._marker(err)
+
+    @staticmethod
+    def _marker(err: CodecKeyError) -> Payload:
+        return Payload(metadata={"encoding": UNDECODABLE_ENCODING}, data=str(err).encode())
 
     def _decode_one(self, payload: Payload) -> Payload:
         if payload.metadata.get("encoding") != ENCODING:
@@ -184,7 +294,7 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode("utf-8", "replace")
         aead = self._aeads.get(key_id)
         if aead is None:
-            raise CodecKeyError(f"payload encrypted with unknown key id {key_id!r}")
+            raise UnknownKeyId(key_id)
         nonce, ciphertext = payload.data[:NONCE_BYTES], payload.data[NONCE_BYTES:]
         # The samples' format first (everything written now); then, for histories
         # written by the first release, the key id as associated data. A payload that
@@ -205,36 +315,62 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
 
 
 def data_converter(
-    keyring: KeyRing, *, mark_undecodable: bool = False
+    keyring: KeyRing,
+    *,
+    mark_undecodable: bool = False,
+    unknown_key_grace: UnknownKeyGrace | None = None,
 ) -> temporalio.converter.DataConverter:
-    """The converter of worker, starter and codec server; the worker marks undecodables."""
+    """The converter of worker, starter and codec server; the worker marks undecodables
+    (after the grace, for a key id it lacks)."""
+    codec = EncryptionCodec(
+        keyring, mark_undecodable=mark_undecodable, unknown_key_grace=unknown_key_grace
+    )
     return dataclasses.replace(
         temporalio.converter.default(),
-        payload_codec=EncryptionCodec(keyring, mark_undecodable=mark_undecodable),
+        payload_codec=codec,
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
     )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m activities.codec new|rotate FILE KEY_ID`: manage a key-ring file."""
+    """`python -m activities.codec new|add FILE KEY_ID`: manage a key-ring file.
+
+    `add` is step 1 of a rotation; step 2, making the key current, is `starter.py
+    switch-codec-key KEY_ID`, which first checks that every worker has the key.
+    """
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m activities.codec", description=main.__doc__)
-    parser.add_argument("action", choices=["new", "rotate"])
+    parser.add_argument("action", choices=["new", "add", "rotate"])
     parser.add_argument("file", type=Path)
     parser.add_argument("key_id")
     args = parser.parse_args(argv)
     try:
         if args.action == "new":
             if args.file.exists():
-                raise CodecKeyError(f"{args.file} exists; use rotate")
+                raise CodecKeyError(f"{args.file} exists; use add")
+            if not KEY_ID_PATTERN.fullmatch(args.key_id):
+                raise CodecKeyError(f"key id must match {KEY_ID_PATTERN.pattern}")
             KeyRing.generate(args.key_id).write(args.file)
+            message = f"current key is {args.key_id!r}"
+        elif args.action == "add":
+            ring = KeyRing.from_file(args.file)
+            ring.added(args.key_id).write(args.file)
+            message = (
+                f"key {args.key_id!r} added, {ring.current_id!r} still encrypts. Give this "
+                "ring to every worker, codec server and back end and restart them; then "
+                f"`python starter.py switch-codec-key {args.key_id}` makes it current"
+            )
         else:
-            KeyRing.from_file(args.file).rotated(args.key_id).write(args.file)
+            # One step would let a process encrypt under a key the others do not have yet.
+            raise CodecKeyError(
+                "rotate is two steps: `add FILE KEY_ID`, give the ring to every process, "
+                "then `python starter.py switch-codec-key KEY_ID` (docs/OPERATIONS.md)"
+            )
     except CodecKeyError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"{args.file}: current key is now {args.key_id!r}", file=sys.stderr)
+    print(f"{args.file}: {message}", file=sys.stderr)
     return 0
 
 

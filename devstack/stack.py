@@ -396,6 +396,10 @@ class Stack:
             "MAILPROV_AUDIT_DB": str(self.info.audit_db),
             "MAILPROV_CODEC_KEYS_FILE": str(self.info.codec_keys_file),
             "MAILPROV_DRAIN_SECONDS": "10",
+            # A start under a key id the worker lacks is refused at once here, as the
+            # hostile-input tests expect; production waits (worker.py, 30 min) because
+            # there it can be a key-ring rollout in progress (tests/e2e/test_key_rotation.py).
+            "MAILPROV_UNKNOWN_KEY_GRACE_SECONDS": "0",
             # Each sink by its exact URL (activities/notify.py): another path of the
             # local cloud, such as its fault injection, stays out of reach.
             "MAILPROV_NOTIFY_OPERATOR_SINKS": ",".join(

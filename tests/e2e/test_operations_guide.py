@@ -290,10 +290,22 @@ async def test_guide_on_a_purchase_whose_webhook_is_down(
     # Rotate (a copy of) the ring: the old runs still decode through a codec server on it.
     ring = shell.cwd / "codec-keys.json"
     ring.write_bytes(shell.info.codec_keys_file.read_bytes())
-    [rotate] = guide("Rotate the payload key ring")
-    shell.ok(rotate, MAILPROV_CODEC_KEYS_FILE=str(ring))
-    rotated = KeyRing.from_file(ring)
-    assert rotated.current_id == "2027-05" and len(rotated.keys) == 2
+    old_id = KeyRing.from_file(ring).current_id
+    add, switch = (block[0] for block in guide_blocks()["Rotate the payload key ring"])
+    added = shell.ok(add, MAILPROV_CODEC_KEYS_FILE=str(ring))
+    assert f"key '2027-05' added, '{old_id}' still encrypts" in added
+    # The stack's worker has the old ring: the switch is refused and changes nothing.
+    refused = shell.run(switch, MAILPROV_CODEC_KEYS_FILE=str(ring))
+    assert refused.returncode == 1, refused.stderr
+    assert re.search(
+        r"not switched: \d+ worker\(s\) polling 'mail-provisioning' lack key '2027-05'",
+        refused.stderr,
+    )
+    assert f"codec-keys={old_id}" in refused.stderr
+    assert KeyRing.from_file(ring).current_id == old_id
+    # What the switch writes once the workers have the key (they do not, here).
+    rotated = KeyRing.from_file(ring).switched("2027-05")
+    assert len(rotated.keys) == 2
     server = CodecServer(("127.0.0.1", 0), EncryptionCodec(rotated), "rotated-token", None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 from pathlib import Path
@@ -19,7 +20,11 @@ from activities.codec import (
     EncryptionCodec,
     KeyRing,
     NonceSource,
+    UnknownKeyGrace,
+    UnknownKeyId,
     data_converter,
+    keys_in_identity,
+    worker_identity,
 )
 from workflows.contracts import UNDECODABLE_ENCODING
 
@@ -127,16 +132,70 @@ async def test_failures_are_encoded_too() -> None:
     assert failure.encoded_attributes.metadata["encoding"] == ENCODING
 
 
-def test_key_ring_command_creates_and_rotates(tmp_path: Path) -> None:
+def test_key_ring_command_creates_and_adds_but_never_switches_in_one_step(
+    tmp_path: Path,
+) -> None:
     from activities.codec import main
 
     path = tmp_path / "ring.json"
     assert main(["new", str(path), "2026-11"]) == 0
     assert main(["new", str(path), "again"]) == 2
-    assert main(["rotate", str(path), "2027-05"]) == 0
-    ring = KeyRing.from_file(path)
-    assert ring.current_id == "2027-05" and set(ring.keys) == {"2026-11", "2027-05"}
+    # One step would let a process encrypt under a key the others lack: refused.
     assert main(["rotate", str(path), "2027-05"]) == 2
+    assert set(KeyRing.from_file(path).keys) == {"2026-11"}
+    assert main(["add", str(path), "2027-05"]) == 0
+    ring = KeyRing.from_file(path)
+    assert ring.current_id == "2026-11" and set(ring.keys) == {"2026-11", "2027-05"}
+    assert main(["add", str(path), "2027-05"]) == 2
+    assert main(["add", str(path), "bad,id"]) == 2
+
+
+def test_switch_needs_a_key_added_before() -> None:
+    ring = KeyRing.generate("k1")
+    with pytest.raises(CodecKeyError, match="`add` it first"):
+        ring.switched("k2")
+    with pytest.raises(CodecKeyError, match="already current"):
+        ring.switched("k1")
+    switched = ring.added("k2").switched("k2")
+    assert switched.current_id == "k2" and switched.keys["k1"] == ring.keys["k1"]
+
+
+def test_worker_identity_names_its_key_ids_and_nothing_secret() -> None:
+    ring = KeyRing.generate("k1").added("k2")
+    identity = worker_identity("4242@host", ring)
+    assert keys_in_identity(identity) == {"k1", "k2"}
+    assert keys_in_identity("4242@host") == frozenset()  # a worker of an older release
+    assert not any(base64.b64encode(key).decode() in identity for key in ring.keys.values())
+
+
+async def test_an_unknown_key_id_fails_the_task_during_the_grace_then_is_marked() -> None:
+    """A rollout in the wrong order: Temporal retries the failed task until the worker has
+    the key; a key nobody will bring (a foreign client) is refused once the grace is over."""
+    [sealed] = await EncryptionCodec(KeyRing.generate("new")).encode([payload()])
+    now = [1000.0]
+    grace = UnknownKeyGrace(600, clock=lambda: now[0])
+    codec = EncryptionCodec(KeyRing.generate("old"), mark_undecodable=True, unknown_key_grace=grace)
+    with pytest.raises(UnknownKeyId, match="unknown key id 'new'"):
+        await codec.decode([sealed])
+    now[0] += 599
+    with pytest.raises(UnknownKeyId):
+        await codec.decode([sealed])
+    now[0] += 1
+    [marked] = await codec.decode([sealed])
+    assert marked.metadata["encoding"] == UNDECODABLE_ENCODING
+    # A payload that does not authenticate under a key we have is no rollout: at once.
+    ring = KeyRing.generate("new")
+    forged = EncryptionCodec(ring, mark_undecodable=True, unknown_key_grace=grace)
+    [refused] = await forged.decode([sealed])
+    assert refused.metadata["encoding"] == UNDECODABLE_ENCODING
+
+
+def test_the_grace_times_a_bounded_number_of_key_ids() -> None:
+    grace = UnknownKeyGrace(600, clock=lambda: 0.0, tracked=2)
+    assert grace.still_waiting("a") and grace.still_waiting("b")
+    assert not grace.still_waiting("c")  # invented ids beyond the table: refused at once
+    assert grace.still_waiting("a")
+    assert not UnknownKeyGrace(0).still_waiting("a")
 
 
 async def test_the_worker_marks_what_it_cannot_decrypt_instead_of_failing_the_task() -> None:
