@@ -31,6 +31,8 @@ from temporalio.converter import DataConverter
 from activities.codec import ENCODING, KeyRing, data_converter
 from devstack.stack import ROOT, StackInfo
 from tests.e2e.conftest import CloudControl, held_in_notify
+from tests.e2e.test_operations_guide import held_in_reverse_dns
+from tests.e2e.test_run_outcomes import reconcile_now
 from workflows.contracts import ProvisionResult, workflow_id_for
 
 PACKAGE = ROOT / "clients" / "typescript"
@@ -157,7 +159,9 @@ async def test_node_back_end_gets_typed_errors(
 async def test_node_back_end_gets_the_holder_the_cancel_and_the_terminate(
     ts_client_cli: Path, info: StackInfo, client: Client, cloud: CloudControl
 ) -> None:
-    holding, holder = await held_in_notify(client, info)
+    # Held in bring_up_server: the claim is taken, no Vault record yet, so the claim's
+    # holder (not the tenant's record) is what refuses a second purchase.
+    holding, holder = await held_in_reverse_dns(client, cloud, info)
     # Another purchase for the same tenant: refused at once, the holder named.
     second = {**asdict(holding), "purchase_id": f"{holding.purchase_id}-again"}
     refused = await node_error(ts_client_cli, info, second)
@@ -165,15 +169,15 @@ async def test_node_back_end_gets_the_holder_the_cancel_and_the_terminate(
     assert (refused["tenant_id"], refused["holder"]) == (holding.tenant_id, holder.id)
     assert refused["claim_workflow_id"] == f"tenant-{holding.tenant_id}"
 
-    # The holder is cancelled in notify: compensated, and the error says where.
+    # The holder is cancelled there: compensated, and the error says where.
     await holder.cancel()
     code, answer = await asyncio.to_thread(node, ts_client_cli, info, "result", holding.purchase_id)
     assert code == 1, answer
     assert answer["error"] == {
         "name": "PurchaseCancelledError",
-        "message": "purchase cancelled at notify; compensated",
+        "message": "purchase cancelled at wait_for_server; compensated",
         "state": "cancelled",
-        "step": "notify",
+        "step": "wait_for_server",
         "compensated": True,
     }
     assert cloud.servers_of(holding.purchase_id) == []
@@ -199,8 +203,9 @@ async def test_node_back_end_gets_the_holder_the_cancel_and_the_terminate(
         False,
     )
     assert ended["message"].startswith("purchase terminated at notify (test: terminated)")
-    [left_behind] = cloud.servers_of(stopped.purchase_id)
-    cloud.api.delete(f"servers/{left_behind['id']}").raise_for_status()
+    assert len(cloud.servers_of(stopped.purchase_id)) == 1  # nothing undone, as it says
+    await reconcile_now(client)
+    assert cloud.servers_of(stopped.purchase_id) == []
 
 
 async def test_payloads_round_trip_between_the_python_and_typescript_codecs(
