@@ -143,6 +143,9 @@ class Settings:
     # A payload under a key id this worker's ring lacks fails its task (Temporal retries
     # it) this long before it is refused as undecodable: a key-ring rollout in progress.
     unknown_key_grace_seconds: float = DEFAULT_UNKNOWN_KEY_GRACE_SECONDS
+    # Refuse payloads that are not binary/encrypted (a codec-less client's start):
+    # on in deploy/, so the server holds ciphertext only; off by default (docs/security.md).
+    require_encrypted_payloads: bool = False
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -181,6 +184,7 @@ class Settings:
             unknown_key_grace_seconds=float(
                 _int(env, "MAILPROV_UNKNOWN_KEY_GRACE_SECONDS", DEFAULT_UNKNOWN_KEY_GRACE_SECONDS)
             ),
+            require_encrypted_payloads=_bool(env, "MAILPROV_REQUIRE_ENCRYPTED_PAYLOADS"),
         )
 
 
@@ -543,6 +547,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
                 keyring,
                 mark_undecodable=True,
                 unknown_key_grace=UnknownKeyGrace(settings.unknown_key_grace_seconds),
+                require_encrypted=settings.require_encrypted_payloads,
             ),
         )
     except ConnectionConfigError as err:

@@ -235,6 +235,9 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
     (InvalidPurchaseRequest) and, anywhere else, fails to convert it like any bad payload.
     A key id the ring lacks is the exception: during `unknown_key_grace` it raises, so
     Temporal retries the task until this worker has the key (a rollout in progress).
+    With `require_encrypted` (the worker's MAILPROV_REQUIRE_ENCRYPTED_PAYLOADS) a payload
+    that is not `binary/encrypted` (a codec-less client's start, signal or query
+    argument) is marked too, so it is refused instead of read.
     """
 
     def __init__(
@@ -243,10 +246,12 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         *,
         mark_undecodable: bool = False,
         unknown_key_grace: UnknownKeyGrace | None = None,
+        require_encrypted: bool = False,
     ) -> None:
         self._keyring = keyring
         self._mark_undecodable = mark_undecodable
         self._grace = unknown_key_grace
+        self._require_encrypted = require_encrypted
         # One cipher per key, made once: every workflow task encodes and decodes, and
         # the key schedule is the same each time.
         self._aeads = {key_id: AESGCM(key) for key_id, key in keyring.keys.items()}
@@ -273,6 +278,16 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         return [self._decode_or_mark(payload) for payload in payloads]
 
     def _decode_or_mark(self, payload: Payload) -> Payload:
+        if self._require_encrypted and payload.metadata.get("encoding") != ENCODING:
+            shown = payload.metadata.get("encoding", b"").decode("ascii", "replace")[:60]
+            refused = CodecKeyError(
+                f"payload not encrypted (encoding {shown!r}); this worker accepts only "
+                "binary/encrypted payloads (MAILPROV_REQUIRE_ENCRYPTED_PAYLOADS): start it "
+                "with the project's codec"
+            )
+            if not self._mark_undecodable:
+                raise refused
+            return self._marker(refused)
         if not self._mark_undecodable:
             return self._decode_one(payload)
         try:
@@ -319,11 +334,15 @@ def data_converter(
     *,
     mark_undecodable: bool = False,
     unknown_key_grace: UnknownKeyGrace | None = None,
+    require_encrypted: bool = False,
 ) -> temporalio.converter.DataConverter:
     """The converter of worker, starter and codec server; the worker marks undecodables
-    (after the grace, for a key id it lacks)."""
+    (after the grace, for a key id it lacks) and, if required, unencrypted payloads."""
     codec = EncryptionCodec(
-        keyring, mark_undecodable=mark_undecodable, unknown_key_grace=unknown_key_grace
+        keyring,
+        mark_undecodable=mark_undecodable,
+        unknown_key_grace=unknown_key_grace,
+        require_encrypted=require_encrypted,
     )
     return dataclasses.replace(
         temporalio.converter.default(),

@@ -231,3 +231,18 @@ def test_a_forked_child_does_not_reuse_the_parents_buffered_nonces() -> None:
     os.waitpid(child, 0)
     assert len(from_child) == 12
     assert from_child != source.take()
+
+
+async def test_a_worker_requiring_encryption_marks_plaintext_and_reads_ciphertext() -> None:
+    ring = KeyRing.generate("k1")
+    [sealed] = await EncryptionCodec(ring).encode([payload()])
+    requiring = EncryptionCodec(ring, mark_undecodable=True, require_encrypted=True)
+    [refused, opened] = await requiring.decode([payload(), sealed])
+    assert refused.metadata["encoding"] == UNDECODABLE_ENCODING
+    assert b"payload not encrypted (encoding 'json/plain')" in refused.data
+    assert SECRETISH not in refused.data  # the reason, never the plaintext
+    assert opened == payload()
+    # Without the setting a codec-less payload passes, as before.
+    assert await EncryptionCodec(ring, mark_undecodable=True).decode([payload()]) == [payload()]
+    with pytest.raises(CodecKeyError, match="not encrypted"):
+        await EncryptionCodec(ring, require_encrypted=True).decode([payload()])

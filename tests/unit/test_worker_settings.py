@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from activities.ssh import SshIdentity
 from devstack.processes import free_port
@@ -123,3 +124,33 @@ def test_keeping_failed_servers_is_the_operators_setting_off_by_default() -> Non
         assert Settings.from_env(env).keep_failed_servers is expected
     with pytest.raises(ConfigError, match="MAILPROV_KEEP_FAILED_SERVERS must be true or false"):
         Settings.from_env({**COMPLETE, "MAILPROV_KEEP_FAILED_SERVERS": "sometimes"})
+
+
+def worker_env_of_deploy_files() -> dict[str, dict[str, str]]:
+    """The worker's environment as deploy/compose and deploy/kubernetes set it."""
+    compose = yaml.safe_load((ROOT / "deploy" / "compose" / "compose.yaml").read_text())
+    documents = yaml.safe_load_all((ROOT / "deploy" / "kubernetes" / "worker.yaml").read_text())
+    [config_map] = [
+        d
+        for d in documents
+        if d
+        and d.get("kind") == "ConfigMap"
+        and d["metadata"]["name"] == "mail-provisioning-worker"
+    ]
+    return {
+        "compose": compose["services"]["worker"]["environment"],
+        "kubernetes": config_map["data"],
+    }
+
+
+def test_unencrypted_payloads_are_refused_in_production_and_accepted_by_default() -> None:
+    assert Settings.from_env(COMPLETE).require_encrypted_payloads is False
+    for name, env in worker_env_of_deploy_files().items():
+        setting = {k: v for k, v in env.items() if k == "MAILPROV_REQUIRE_ENCRYPTED_PAYLOADS"}
+        assert Settings.from_env({**COMPLETE, **setting}).require_encrypted_payloads, name
+
+
+def test_the_unknown_key_grace_is_half_an_hour_unless_set() -> None:
+    assert Settings.from_env(COMPLETE).unknown_key_grace_seconds == 1800
+    env = {**COMPLETE, "MAILPROV_UNKNOWN_KEY_GRACE_SECONDS": "0"}
+    assert Settings.from_env(env).unknown_key_grace_seconds == 0
