@@ -28,12 +28,16 @@ import json
 import os
 import sys
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType, TaskQueueType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import PollerInfo, TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
@@ -51,6 +55,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.converter import PayloadCodec
 from temporalio.exceptions import CancelledError, TerminatedError, WorkflowAlreadyStartedError
 from temporalio.exceptions import TimeoutError as RunTimeoutError
 from temporalio.service import RPCError, RPCStatusCode
@@ -63,7 +68,13 @@ from activities.audit_vault import (
     checkpoint_record,
     verify_audit_log,
 )
-from activities.codec import CodecKeyError, KeyRing, data_converter, keys_in_identity
+from activities.codec import (
+    CodecKeyError,
+    KeyRing,
+    UnknownKeyId,
+    data_converter,
+    keys_in_identity,
+)
 from activities.connections import (
     ConnectionConfigError,
     connect_temporal,
@@ -617,6 +628,86 @@ def _write_checkpoint(settings: AuditSettings, vault: Vault, head: Head) -> None
     record.write(head, cas=version)
 
 
+async def history_damage(events: Sequence[HistoryEvent], codec: PayloadCodec) -> str | None:
+    """What makes a history unusable regardless of the code, or None.
+
+    A replay that fails on such a history would otherwise read as nondeterminism: a
+    dropped event makes the SDK see commands without their events, a payload that no
+    longer authenticates fails the decoding of the workflow task. Event ids are 1, 2,
+    ... without gaps in every history Temporal exports; every payload must decrypt.
+    """
+    for expected, event in enumerate(events, start=1):
+        if event.event_id != expected:
+            return (
+                f"CORRUPTED: event {expected} is missing (ids jump from {expected - 1} to "
+                f"{event.event_id}): events were dropped or the export is incomplete"
+            )
+    by_id = {event.event_id: event for event in events}
+    for event in events:
+        attributes = getattr(event, event.WhichOneof("attributes") or "", None)
+        if not isinstance(attributes, Message):
+            continue
+        for field, value in attributes.ListFields():
+            suffix = EVENT_REFERENCES.get(field.name)
+            if suffix is None or not value:
+                continue
+            target = by_id.get(value)
+            if target is None or value >= event.event_id or not _type(target).endswith(suffix):
+                named = _type(target) if target is not None else "absent"
+                return (
+                    f"CORRUPTED: event {event.event_id} ({_type(event)}) names event {value} "
+                    f"as its {field.name}, but that event is {named}: events were dropped "
+                    "and renumbered, or reordered"
+                )
+    for event in events:
+        for payload in _payloads_in(event):
+            try:
+                await codec.decode([payload])
+            except UnknownKeyId as err:
+                return (
+                    f"UNDECODABLE: the key ring cannot decrypt this history: event "
+                    f"{event.event_id} ({_type(event)}): {err}; replay "
+                    "with the ring that has that key"
+                )
+            except CodecKeyError as err:
+                return (
+                    f"CORRUPTED: event {event.event_id} ({_type(event)}): "
+                    f"{err}: the payload was changed after it was written"
+                )
+    return None
+
+
+# An event's reference to an earlier one -> what that event's type must end with.
+EVENT_REFERENCES = {
+    "scheduled_event_id": "_SCHEDULED",
+    "started_event_id": "_STARTED",
+    "initiated_event_id": "_INITIATED",
+}
+
+
+def _type(event: HistoryEvent) -> str:
+    return EventType.Name(event.event_type).removeprefix("EVENT_TYPE_")
+
+
+def _payloads_in(message: Message) -> Iterator[Payload]:
+    """Every Payload inside a protobuf message (inputs, results, failures, memos...)."""
+    if isinstance(message, Payload):
+        yield message
+        return
+    for descriptor, value in message.ListFields():
+        if descriptor.message_type is None:
+            continue
+        if isinstance(value, Message):
+            values: list[Any] = [value]
+        elif descriptor.message_type.GetOptions().map_entry:
+            values = list(value.values())
+        else:
+            values = list(value)
+        for item in values:
+            if isinstance(item, Message):
+                yield from _payloads_in(item)
+
+
 async def replay_history(
     history_json: str, keyring: KeyRing, workflow_id: str | None = None
 ) -> tuple[WorkflowHistory, WorkflowReplayResult]:
@@ -624,17 +715,20 @@ async def replay_history(
 
     The workflow checks that its id is `purchase-{purchase_id}`, so the id is needed;
     `temporal workflow show -o json` does not include it, so by default it is read from
-    the (decrypted) input of the first event.
+    the (decrypted) input of the first event. A damaged history (history_damage) raises
+    StarterError before any replay: it says nothing about the code.
     """
     history = WorkflowHistory.from_json(workflow_id or "", history_json)
     converter = data_converter(keyring)
+    assert converter.payload_codec is not None
+    damage = await history_damage(history.events, converter.payload_codec)
+    if damage is not None:
+        raise StarterError(f"{damage}; not a code change, workflow.patched() cannot help", 2)
     if workflow_id is None:
         try:
             started = history.events[0].workflow_execution_started_event_attributes
             [raw] = await converter.decode(started.input.payloads)
             workflow_id = workflow_id_for(raw["purchase_id"])
-        except CodecKeyError as err:
-            raise StarterError(f"the key ring cannot decrypt this history: {err}", 2) from None
         except (IndexError, KeyError, TypeError, ValueError) as err:
             raise StarterError(
                 f"cannot read the purchase id from the history ({err}); pass --workflow-id", 2
@@ -644,23 +738,48 @@ async def replay_history(
     return history, await replayer.replay_workflow(history, raise_on_replay_failure=False)
 
 
+def replay_verdict(workflow_id: str, result: WorkflowReplayResult) -> tuple[str, int]:
+    """What a replay's outcome means, and the exit code: only nondeterminism is the code's."""
+    failure = result.replay_failure
+    if failure is None:
+        return "", 0
+    if "nondetermin" in str(failure).lower():
+        return (
+            f"NOT REPLAYABLE {workflow_id}: the current workflow code makes other decisions "
+            f"than this history ({failure}); running purchases like it would break on "
+            "deploy: guard the change with workflow.patched()",
+            1,
+        )
+    return (
+        f"CORRUPTED {workflow_id}: the SDK could not apply this history ({failure}); not a "
+        "code change (no nondeterminism): the history was altered or is incomplete",
+        2,
+    )
+
+
 async def cmd_replay(args: argparse.Namespace) -> int:
     """Replay a downloaded history against the current code: does a deploy break it?"""
     try:
         text = Path(args.history).read_text()
     except OSError as err:
         raise StarterError(f"cannot read {args.history}: {err.strerror}", 2) from None
+    keyring = _keyring(args)
+    # The SDK core writes its log lines (WARN Failing workflow task ...) from Rust to
+    # file descriptor 1; this command's stdout carries nothing, so point it at stderr.
+    sys.stdout.flush()
+    saved_stdout = os.dup(1)
+    os.dup2(2, 1)
     try:
-        history, result = await replay_history(text, _keyring(args), args.workflow_id)
+        history, result = await replay_history(text, keyring, args.workflow_id)
     except (ValueError, RuntimeError) as err:  # not JSON, or not a history
         raise StarterError(f"{args.history} is not a workflow history: {err}", 2) from None
-    if result.replay_failure is not None:
-        say(
-            f"NOT REPLAYABLE {history.workflow_id}: the current workflow code makes other "
-            f"decisions than this history ({result.replay_failure}); running purchases like "
-            "it would break on deploy: guard the change with workflow.patched()"
-        )
-        return 1
+    finally:
+        os.dup2(saved_stdout, 1)
+        os.close(saved_stdout)
+    verdict, code = replay_verdict(history.workflow_id, result)
+    if code:
+        say(verdict)
+        return code
     say(f"ok: {history.workflow_id} ({len(history.events)} events) replays on the current code")
     return 0
 

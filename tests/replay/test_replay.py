@@ -13,9 +13,11 @@ histories of that release unchanged (docs/VERSIONING.md).
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -136,3 +138,81 @@ async def test_rotation_history_replays_deterministically(path: Path) -> None:
     history = WorkflowHistory.from_json(f"rotate-replay-{path.stem}", path.read_text())
     result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
     assert result.replay_failure is None
+
+
+def tampered(change: Callable[[list[dict[str, Any]]], None]) -> str:
+    """A copy of the happy history with `change` applied to its events."""
+    history = json.loads((HISTORY_DIR / "happy.json").read_text())
+    change(history["events"])
+    return json.dumps(history)
+
+
+def completed_indexes(events: list[dict[str, Any]]) -> list[int]:
+    return [i for i, e in enumerate(events) if "activityTaskCompletedEventAttributes" in e]
+
+
+def flip_a_bit_of_an_activity_result(events: list[dict[str, Any]]) -> None:
+    event = events[completed_indexes(events)[0]]
+    [payload] = event["activityTaskCompletedEventAttributes"]["result"]["payloads"]
+    data = bytearray(base64.b64decode(payload["data"]))
+    data[len(data) // 2] ^= 0x01
+    payload["data"] = base64.b64encode(bytes(data)).decode()
+
+
+def drop_an_event(events: list[dict[str, Any]]) -> None:
+    del events[completed_indexes(events)[2]]
+
+
+def drop_an_event_and_renumber(events: list[dict[str, Any]]) -> None:
+    drop_an_event(events)
+    for number, event in enumerate(events, start=1):
+        event["eventId"] = str(number)
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        (flip_a_bit_of_an_activity_result, r"CORRUPTED: event \d+ \(ACTIVITY_TASK_COMPLETED\)"),
+        (drop_an_event, r"CORRUPTED: event \d+ is missing"),
+        (drop_an_event_and_renumber, r"CORRUPTED: event \d+ \(WORKFLOW_TASK_STARTED\) names"),
+    ],
+    ids=["bit-flipped", "event-dropped", "event-dropped-renumbered"],
+)
+async def test_a_damaged_history_is_called_corrupted_not_a_code_change(
+    change: Callable[[list[dict[str, Any]]], None], named: str
+) -> None:
+    with pytest.raises(StarterError, match=named) as refused:
+        await replay_history(tampered(change), KeyRing.from_file(TEST_KEYS))
+    assert "not a code change" in str(refused.value)
+    assert refused.value.exit_code == 2
+
+
+def test_the_operator_command_names_each_verdict_and_keeps_stdout_for_results(
+    tmp_path: Path,
+) -> None:
+    """Nondeterminism is NOT REPLAYABLE (exit 1); damage is CORRUPTED (exit 2); the SDK
+    core's own WARN lines, written from Rust to file descriptor 1, land on stderr."""
+    command = [sys.executable, str(ROOT / "starter.py"), "--codec-keys-file", str(TEST_KEYS)]
+    cases = {
+        "changed": (
+            (HISTORY_DIR / "happy.json").read_text().replace('"bring_up_server"', '"renamed"'),
+            1,
+            "NOT REPLAYABLE",
+        ),
+        "flipped": (tampered(flip_a_bit_of_an_activity_result), 2, "CORRUPTED"),
+    }
+    for name, (text, code, verdict) in cases.items():
+        path = tmp_path / f"{name}.json"
+        path.write_text(text)
+        done = subprocess.run(
+            [*command, "replay", str(path)],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+        assert done.returncode == code, done.stderr
+        assert verdict in done.stderr
+        assert done.stdout == ""
+        if name == "changed":
+            assert "WARN" in done.stderr and "Nondeterminism" in done.stderr
