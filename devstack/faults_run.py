@@ -48,28 +48,29 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import hvac
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.service import RPCError, RPCStatusCode
 
 from activities.audit import SqliteAuditStore
 from activities.codec import KeyRing, data_converter
 from activities.credentials import read_admin_credentials
-from activities.rotation_schedule import delete_schedule
 from activities.vault import Vault, VaultSettings
 from devstack.demo import smtp_login
 from devstack.mail_login import certificate_after_dns
 from devstack.stack import Stack, StackInfo
-from starter import check_world, print_world_report, query_status, run_reconciler, start_purchase
-from workflows.claim_contracts import tenant_claim_id
+from starter import (
+    check_world,
+    print_world_report,
+    query_status,
+    run_reconciler,
+    start_deprovision,
+    start_purchase,
+)
 from workflows.contracts import (
-    VAULT_KV_MOUNT,
     ProvisionResult,
     PurchaseRequest,
-    vault_secret_path_for,
 )
+from workflows.deprovision_contracts import DeprovisionRequest
 from workflows.reconcile_contracts import ReconcileRequest
-from workflows.rotation_contracts import rotation_schedule_id
 from workflows.world_check_contracts import WorldReport
 
 TASK_QUEUE = "mail-provisioning"
@@ -307,37 +308,19 @@ class FaultRun:
 
     async def release(self, purchases: list[Purchase]) -> None:
         """Deprovision the verified tenants so later scenarios do not carry their
-        processes: as an operator does it by hand (docs/OPERATIONS.md), every record of
-        the tenant goes, so that check-world finds a world that agrees at the end: the
-        server, the Vault record (soft-deleted with the stack's root token), the
-        rotation schedule, then the claim (asked to release: its owner check agrees)."""
+        processes, as a cancelled customer's tenant is (DeprovisionMailTenant,
+        docs/OPERATIONS.md): server, login key, Vault record, rotation schedule, claim,
+        so that check-world finds a world that agrees at the end."""
         for purchase in purchases:
             purchase_id, tenant = purchase.request.purchase_id, purchase.request.tenant_id
-            servers = await self.servers_of(purchase_id)
-            if not servers:
+            if not await self.servers_of(purchase_id):
                 continue  # compensated or reconciled: nothing of it is left
-            for server in servers:
-                await self.api.delete(f"servers/{server['id']}")
-            while await self.servers_of(purchase_id):
-                await asyncio.sleep(0.2)
-            await asyncio.to_thread(self._withdraw_record, tenant)
-            await delete_schedule(self.client, rotation_schedule_id(tenant))
-            claim = self.client.get_workflow_handle(tenant_claim_id(tenant))
-            try:
-                await claim.signal("release", "faults: tenant deprovisioned after its scenario")
-                await claim.result()
-            except RPCError as err:
-                if err.status != RPCStatusCode.NOT_FOUND:
-                    raise
-
-    def _withdraw_record(self, tenant: str) -> None:
-        root = hvac.Client(
-            url=self.info.vault_addr,
-            token=(self.info.state_dir / "vault" / "root.token").read_text().strip(),
-        )
-        root.secrets.kv.v2.delete_latest_version_of_secret(
-            path=vault_secret_path_for(tenant), mount_point=VAULT_KV_MOUNT
-        )
+            handle = await start_deprovision(
+                self.client,
+                DeprovisionRequest(tenant, "faults", "tenant released after its scenario"),
+                TASK_QUEUE,
+            )
+            await handle.result()
 
     async def settle(
         self,
