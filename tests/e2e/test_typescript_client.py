@@ -30,7 +30,8 @@ from temporalio.converter import DataConverter
 
 from activities.codec import ENCODING, KeyRing, data_converter
 from devstack.stack import ROOT, StackInfo
-from tests.e2e.conftest import CloudControl, held_in_notify
+from starter import start_purchase
+from tests.e2e.conftest import CloudControl, held_in_notify, new_request
 from tests.e2e.test_operations_guide import held_in_reverse_dns
 from tests.e2e.test_run_outcomes import reconcile_now
 from workflows.contracts import ProvisionResult, workflow_id_for
@@ -154,6 +155,35 @@ async def test_node_back_end_gets_typed_errors(
     assert (failed["step"], failed["error_type"]) == ("wait_for_server", "ServerBootFailed")
     assert "failed to boot" in failed["message"]
     assert cloud.servers_of(failing["purchase_id"]) == []
+
+
+async def test_node_back_end_deprovisions_a_cancelled_tenant(
+    ts_client_cli: Path, info: StackInfo, client: Client, cloud: CloudControl
+) -> None:
+    """`deprovision(tenantId)` from Node: the tenant's server goes, a repeat finds
+    nothing, and a bad tenant id is the workflow's typed refusal."""
+    request = new_request(info)
+    handle, _ = await start_purchase(client, request, "mail-provisioning")
+    provisioned: ProvisionResult = await handle.result()
+    code, result = await asyncio.to_thread(
+        node, ts_client_cli, info, "deprovision", request.tenant_id, "node-billing"
+    )
+    assert code == 0, result
+    assert result["outcome"] == "deprovisioned"
+    assert result["servers_deleted"] == [provisioned.server_id]
+    assert (result["claim_released"], result["rotation_schedule_removed"]) == (True, True)
+    assert cloud.servers(label_selector=f"tenant={request.tenant_id}") == []
+    code, again = await asyncio.to_thread(
+        node, ts_client_cli, info, "deprovision", request.tenant_id
+    )
+    assert (code, again["outcome"]) == (0, "nothing_found")
+    code, refused = await asyncio.to_thread(
+        node, ts_client_cli, info, "deprovision", "Not-A-Tenant"
+    )
+    assert code == 1
+    assert refused["error"]["name"] == "DeprovisionError"
+    assert refused["error"]["type"] == "InvalidDeprovisionRequest"
+    assert "field 'tenant_id'" in refused["error"]["message"]
 
 
 async def test_node_back_end_gets_the_holder_the_cancel_and_the_terminate(

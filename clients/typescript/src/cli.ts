@@ -5,6 +5,7 @@
  *   echo '{"purchase_id": ...}' | mailprov-client start     -> {"workflowId", "runId"}
  *   mailprov-client status PURCHASE_ID                       -> the status query's answer
  *   mailprov-client result PURCHASE_ID                       -> the result, or {"error": {...}} (exit 1)
+ *   mailprov-client deprovision TENANT_ID [REQUESTED_BY]     -> the result, or {"error": {...}} (exit 1)
  *   echo '<json value>' | mailprov-client encode             -> {"payloads": [...]} (protobuf JSON)
  *   echo '{"payloads": [...]}' | mailprov-client decode      -> {"values": [...]}
  *
@@ -15,6 +16,7 @@
 import { readFileSync } from 'node:fs';
 import { Payload, defaultPayloadConverter } from '@temporalio/common';
 import {
+  DeprovisionError,
   InvalidPurchaseRequestError,
   MailProvisioningClient,
   ProvisioningFailedError,
@@ -75,6 +77,9 @@ function errorJson(err: unknown): Record<string, unknown> {
     const state = err instanceof PurchaseCancelledError ? 'cancelled' : err.state;
     return { name: err.name, message: err.message, state, step: err.step, compensated: err.compensated };
   }
+  if (err instanceof DeprovisionError) {
+    return { name: err.name, message: err.message, type: err.type };
+  }
   const error = err as Error;
   return { name: error.name, message: error.message };
 }
@@ -113,6 +118,14 @@ async function main(argv: string[]): Promise<number> {
         print({ error: errorJson(err) });
         return 1;
       }
+    case 'deprovision':
+      try {
+        print(await withClient((client) => client.deprovision(argument, argv[2] ?? 'mailprov-client')));
+        return 0;
+      } catch (err) {
+        print({ error: errorJson(err) });
+        return 1;
+      }
     case 'encode': {
       const codec = EncryptionCodec.fromFile(required('MAILPROV_CODEC_KEYS_FILE'));
       const encoded = await codec.encode([defaultPayloadConverter.toPayload(stdin())]);
@@ -127,7 +140,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      process.stderr.write('usage: mailprov-client start|status ID|result ID|encode|decode\n');
+      process.stderr.write('usage: mailprov-client start|status ID|result ID|deprovision TENANT|encode|decode\n');
       return 2;
   }
 }

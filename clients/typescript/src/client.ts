@@ -25,11 +25,15 @@ import { EncryptionCodec, readKeyRing } from './codec';
 import { DEFAULT_ADDRESS } from './connection';
 import {
   DEFAULT_TASK_QUEUE,
+  DEPROVISION_WORKFLOW_TYPE,
+  DeprovisionRequest,
+  DeprovisionResult,
   ProvisionResult,
   ProvisionStatus,
   PurchaseRequest,
   STATUS_QUERY,
   WORKFLOW_TYPE,
+  deprovisionWorkflowIdFor,
   workflowIdFor,
 } from './contracts';
 
@@ -209,6 +213,36 @@ export class MailProvisioningClient {
     }
   }
 
+  /** A customer cancelled: start the tenant's deprovisioning (or join the running one,
+   * as starter.py does) and wait for it. Throws `DeprovisionError` (e.g. `type`
+   * `PurchaseInProgress` while a purchase of the tenant runs, `InvalidDeprovisionRequest`). */
+  async deprovision(
+    tenantId: string,
+    requestedBy: string,
+    reason?: string,
+  ): Promise<DeprovisionResult> {
+    const request: DeprovisionRequest = { tenant_id: tenantId, requested_by: requestedBy };
+    if (reason !== undefined) {
+      request.reason = reason;
+    }
+    const handle = await this.client.workflow.start(DEPROVISION_WORKFLOW_TYPE, {
+      args: [request],
+      taskQueue: this.taskQueue,
+      workflowId: deprovisionWorkflowIdFor(tenantId),
+      workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
+      workflowIdReusePolicy: WorkflowIdReusePolicy.ALLOW_DUPLICATE,
+      staticSummary: `deprovision tenant ${tenantId}`,
+    });
+    try {
+      return (await handle.result()) as DeprovisionResult;
+    } catch (err) {
+      if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure) {
+        throw new DeprovisionError(err.cause.message, err.cause.type ?? 'ApplicationFailure');
+      }
+      throw err;
+    }
+  }
+
   private handle(purchaseId: string): WorkflowHandle {
     return this.client.workflow.getHandle(workflowIdFor(purchaseId));
   }
@@ -305,4 +339,15 @@ export function decodeFailure(err: unknown): unknown {
     return new PurchaseEndedError(cause.message, 'timed_out');
   }
   return new PurchaseEndedError(cause?.message ?? err.message);
+}
+
+/** A deprovisioning that ended failed: `type` is the workflow's error type. */
+export class DeprovisionError extends Error {
+  constructor(
+    message: string,
+    readonly type: string,
+  ) {
+    super(message);
+    this.name = 'DeprovisionError';
+  }
 }

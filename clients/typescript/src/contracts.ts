@@ -82,3 +82,32 @@ export interface ProvisionStatus {
   /** The step a failure, a cancel, a terminate or a timeout stopped the purchase at. */
   stopped_at: string | null;
 }
+
+/** A customer cancelled: DeprovisionMailTenant (workflows/deprovision_contracts.py). */
+export const DEPROVISION_WORKFLOW_TYPE = 'DeprovisionMailTenant';
+
+/** One deprovisioning per tenant at a time: `deprovision-{tenant_id}`. */
+export function deprovisionWorkflowIdFor(tenantId: string): string {
+  return `deprovision-${tenantId}`;
+}
+
+/** The input (DeprovisionRequest): what is removed comes from the worker's own records. */
+export interface DeprovisionRequest {
+  tenant_id: string;
+  /** Who asked (1-200 printable characters), kept in the audit row. */
+  requested_by: string;
+  /** Why (1-500 printable characters), kept in the audit row. */
+  reason?: string;
+}
+
+/** What is gone once the run completes (DeprovisionResult). */
+export interface DeprovisionResult {
+  tenant_id: string;
+  /** `nothing_found`: an earlier run (or nobody) left nothing of the tenant. */
+  outcome: 'deprovisioned' | 'nothing_found';
+  servers_deleted: number[];
+  vault_versions_destroyed: number;
+  rotation_schedule_removed: boolean;
+  claim_released: boolean;
+  passes: number;
+}
