@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -39,6 +40,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType, TaskQueueType
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.api.taskqueue.v1 import PollerInfo, TaskQueue
+from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import (
     Client,
@@ -55,7 +57,7 @@ from temporalio.client import (
     WorkflowQueryFailedError,
 )
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.converter import PayloadCodec
+from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.exceptions import CancelledError, TerminatedError, WorkflowAlreadyStartedError
 from temporalio.exceptions import TimeoutError as RunTimeoutError
 from temporalio.service import RPCError, RPCStatusCode
@@ -196,41 +198,124 @@ _ACTIVITY_OUTCOME = {
 }
 
 
-async def watch(handle: WorkflowHandle[Any, Any], *, quiet: bool = False) -> ProvisionResult:
+# How often `start --wait` asks what a running step waits for: a describe (no billable
+# action) shows the activity's attempt, its last heartbeat details and last failure.
+WAIT_REPORT_SECONDS = 10.0
+
+
+async def watch(
+    handle: WorkflowHandle[Any, Any],
+    *,
+    quiet: bool = False,
+    converter: DataConverter | None = None,
+    report_every: float = WAIT_REPORT_SECONDS,
+) -> ProvisionResult:
     """Show each step as it starts and ends until the run finishes, then return its result.
 
     Progress comes from the run's history, long-polled: unlike a `status` query a
     second (up to 170 billable actions per purchase on Temporal Cloud), it costs no
     action and needs no live worker. The two steps that are not activities are read
     from it too: validation is done once any activity is scheduled, and a completed
-    run that never scheduled a notification skipped it. `quiet` prints nothing.
+    run that never scheduled a notification skipped it. Each ended step shows how long
+    it took (scheduled to ended, retries included). With a `converter`, what a running
+    step waits for is shown as it changes (`_report_waits`). `quiet` prints nothing.
     """
     shown: set[tuple[str, str]] = set()
-    scheduled: dict[int, str | None] = {}
-    async for event in handle.fetch_history_events(wait_new_event=True):
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            name = event.activity_task_scheduled_event_attributes.activity_type.name
-            scheduled[event.event_id] = step = STEP_OF_ACTIVITY.get(name, name)
-            if step != "validate_input":
-                _show_step("validate_input", "done", shown, quiet)
-            _show_step(step, "running", shown, quiet)
-        elif event.event_type in _ACTIVITY_OUTCOME:
-            outcome = getattr(event, event.WhichOneof("attributes") or "")
-            step = scheduled.get(outcome.scheduled_event_id, "?")
-            _show_step(step, _ACTIVITY_OUTCOME[event.event_type], shown, quiet)
+    scheduled: dict[int, tuple[str | None, datetime]] = {}
+    reporter = None
+    if converter is not None and not quiet:
+        reporter = asyncio.create_task(_report_waits(handle, converter, report_every))
+    try:
+        async for event in handle.fetch_history_events(wait_new_event=True):
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                name = event.activity_task_scheduled_event_attributes.activity_type.name
+                step = STEP_OF_ACTIVITY.get(name, name)
+                scheduled[event.event_id] = (step, event.event_time.ToDatetime(tzinfo=UTC))
+                if step != "validate_input":
+                    _show_step("validate_input", "done", shown, quiet)
+                _show_step(step, "running", shown, quiet)
+            elif event.event_type in _ACTIVITY_OUTCOME:
+                outcome = getattr(event, event.WhichOneof("attributes") or "")
+                step, since = scheduled.get(outcome.scheduled_event_id, ("?", None))
+                took = event.event_time.ToDatetime(tzinfo=UTC) - since if since else None
+                _show_step(step, _ACTIVITY_OUTCOME[event.event_type], shown, quiet, took)
+    finally:
+        if reporter is not None:
+            reporter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reporter
     result: ProvisionResult = await handle.result()
-    if "notify" not in scheduled.values():
+    if "notify" not in {step for step, _ in scheduled.values()}:
         _show_step("notify", "skipped", shown, quiet)
     return result
 
 
-def _show_step(step: str | None, state: str, shown: set[tuple[str, str]], quiet: bool) -> None:
+async def _report_waits(
+    handle: WorkflowHandle[Any, Any], converter: DataConverter, every: float
+) -> None:
+    """Every `every` seconds, what each running step waits for, when it changed: its
+    attempt, its last heartbeat details (boot, cloud-init, image pulls...) and, on a
+    retry, the last attempt's failure."""
+    last: dict[str, str] = {}
+    while True:
+        await asyncio.sleep(every)
+        try:
+            description = await handle.describe()
+        except RPCError:
+            continue  # the server is briefly unreachable: the history poll reports it
+        for pending in description.raw_description.pending_activities:
+            name = pending.activity_type.name
+            step = STEP_OF_ACTIVITY.get(name, name)
+            if step is None:
+                continue
+            what = await _waiting_for(pending, converter)
+            if what and last.get(pending.activity_id) != what:
+                last[pending.activity_id] = what
+                say(f"  [{_position(step)}] {step:<26} {what}")
+
+
+async def _waiting_for(pending: PendingActivityInfo, converter: DataConverter) -> str:
+    parts = []
+    if pending.heartbeat_details.payloads:
+        try:
+            details = await converter.decode(pending.heartbeat_details.payloads)
+            parts.append("waiting: " + "; ".join(str(d) for d in details)[:200])
+        except Exception as err:  # an undecodable detail must not stop the progress
+            parts.append(f"waiting (details unreadable: {type(err).__name__})")
+    if pending.attempt > 1:
+        retry = f"attempt {pending.attempt}"
+        if pending.HasField("last_failure"):
+            failure = await converter.decode_failure(pending.last_failure)
+            retry += f", last: {str(failure)[:200]}"
+        parts.append(retry)
+    return "; ".join(parts)
+
+
+def _show_step(
+    step: str | None,
+    state: str,
+    shown: set[tuple[str, str]],
+    quiet: bool,
+    took: timedelta | None = None,
+) -> None:
     if step is None or (step, state) in shown:
         return
     shown.add((step, state))
     if not quiet:
-        position = f"{STEPS.index(step) + 1}/{len(STEPS)}" if step in STEPS else "undo"
-        say(f"  [{position}] {step:<26} {state}")
+        duration = f" ({_duration(took)})" if took is not None else ""
+        say(f"  [{_position(step)}] {step:<26} {state}{duration}")
+
+
+def _position(step: str) -> str:
+    return f"{STEPS.index(step) + 1}/{len(STEPS)}" if step in STEPS else "undo"
+
+
+def _duration(took: timedelta) -> str:
+    seconds = took.total_seconds()
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(int(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
 
 
 def web_ui_link(
@@ -323,12 +408,23 @@ async def cmd_start(args: argparse.Namespace) -> int:
         say(f"web ui: {link}")
     if not args.wait and is_new:
         return 0
-    return await _finish(client, handle, watch_progress=bool(args.wait))
+    return await _finish(
+        client, handle, watch_progress=bool(args.wait), report_every=args.progress_every
+    )
 
 
-async def _finish(client: Client, handle: WorkflowHandle[Any, Any], watch_progress: bool) -> int:
+async def _finish(
+    client: Client,
+    handle: WorkflowHandle[Any, Any],
+    watch_progress: bool,
+    report_every: float = WAIT_REPORT_SECONDS,
+) -> int:
     try:
-        result = await watch(handle) if watch_progress else await handle.result()
+        result = (
+            await watch(handle, converter=client.data_converter, report_every=report_every)
+            if watch_progress
+            else await handle.result()
+        )
     except WorkflowFailureError as err:
         say(f"FAILED {handle.id}: {await ended_message(client, handle, err)}")
         return 1
@@ -1072,6 +1168,12 @@ def build_parser() -> argparse.ArgumentParser:
     start.add_argument("--requested-by")
     start.add_argument("--notify-url")
     start.add_argument("--wait", action="store_true", help="show progress until it finishes")
+    start.add_argument(
+        "--progress-every",
+        type=float,
+        default=WAIT_REPORT_SECONDS,
+        help="with --wait: seconds between looks at what a running step waits for",
+    )
     start.set_defaults(func=cmd_start)
 
     status = commands.add_parser("status", help="current step and steps done")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import subprocess
 import uuid
 from dataclasses import asdict
@@ -19,6 +20,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from devstack.stack import StackInfo
 from starter import run_reconciler
 from tests.e2e.conftest import CloudControl, held_in_notify
+from tests.e2e.test_operations_guide import held_in_reverse_dns
 from workflows.contracts import PurchaseRequest
 from workflows.reconcile_contracts import ReconcileRequest
 
@@ -108,3 +110,39 @@ async def test_a_cancelled_purchase_names_its_step_and_compensation(
     status = await asyncio.to_thread(status_of, info, request)
     assert (status["state"], status["stopped_at"]) == ("cancelled", "notify")
     assert cloud.servers_of(request.purchase_id) == []
+
+
+async def test_start_wait_shows_each_steps_duration_and_what_a_long_step_waits_for(
+    client: Client, info: StackInfo, cloud: CloudControl, tmp_path: Any
+) -> None:
+    # Held in bring_up_server: the provider refuses reverse DNS a while, attempts retry.
+    request, handle = await held_in_reverse_dns(client, cloud, info)
+    purchase_file = tmp_path / "purchase.json"
+    purchase_file.write_text(json.dumps(asdict(request)))
+    watching = await asyncio.create_subprocess_exec(
+        *info.starter_command(
+            "start", "--file", str(purchase_file), "--wait", "--progress-every", "1"
+        ),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert watching.stderr is not None
+    lines: list[str] = []
+    waiting = re.compile(r"\[4/\d+\] wait_for_server +(waiting: .*; )?attempt \d+, last: .+")
+    try:
+        while not any(waiting.search(line) for line in lines):
+            line = (await watching.stderr.readline()).decode()
+            assert line, "start --wait ended without saying what wait_for_server waits for"
+            lines.append(line)
+        await handle.cancel()
+        _, rest = await watching.communicate()
+        lines += rest.decode().splitlines(keepends=True)
+    finally:
+        if watching.returncode is None:
+            watching.kill()
+    output = "".join(lines)
+    # Steps that ended show how long they took (scheduled to ended, from the history).
+    assert re.search(r"\] admit_purchase +done \(\d+\.\d s\)", output), output
+    assert re.search(r"\] create_server +done \(\d+\.\d s\)", output), output
+    assert f"FAILED {handle.id}: purchase cancelled at wait_for_server; compensated" in output
+    assert watching.returncode == 1

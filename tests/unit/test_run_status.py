@@ -6,10 +6,15 @@ out answers with its last state, `running` at the step it was in (issue 21).
 
 from __future__ import annotations
 
-import pytest
-from temporalio.client import WorkflowExecutionStatus
+from datetime import timedelta
 
-from starter import settle_status
+import pytest
+from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.client import WorkflowExecutionStatus
+from temporalio.exceptions import ApplicationError
+
+from activities.codec import KeyRing, data_converter
+from starter import _duration, _waiting_for, settle_status
 from workflows.contracts import ProvisionStatus, StepProgress
 
 
@@ -57,3 +62,19 @@ def test_a_closed_run_whose_query_still_says_compensating_takes_the_servers_stat
     compensating.stopped_at = "configure_mailu"
     settled = settle_status(compensating, WorkflowExecutionStatus.TERMINATED)
     assert (settled.state, settled.stopped_at) == ("terminated", "configure_mailu")
+
+
+def test_step_durations_read_as_seconds_then_minutes() -> None:
+    assert _duration(timedelta(seconds=12.34)) == "12.3 s"
+    assert _duration(timedelta(seconds=125)) == "2 min 05 s"
+
+
+async def test_what_a_running_step_waits_for_comes_from_its_heartbeat_and_last_failure() -> None:
+    converter = data_converter(KeyRing.generate("k1"))
+    pending = PendingActivityInfo(attempt=3)
+    pending.heartbeat_details.payloads.extend(await converter.encode(["cloud-init: running"]))
+    await converter.encode_failure(ApplicationError("ssh refused"), pending.last_failure)
+    assert await _waiting_for(pending, converter) == (
+        "waiting: cloud-init: running; attempt 3, last: ssh refused"
+    )
+    assert await _waiting_for(PendingActivityInfo(attempt=1), converter) == ""
