@@ -14,12 +14,13 @@ import asyncio
 import json
 import subprocess
 import uuid
+from dataclasses import asdict
 from typing import Any
 
 import hvac
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from devstack.stack import StackInfo
@@ -33,6 +34,12 @@ from workflows.deprovision_contracts import (
     DeprovisionRequest,
     DeprovisionResult,
     deprovision_workflow_id,
+)
+from workflows.plan_change_contracts import (
+    PLAN_CHANGE_WORKFLOW_TYPE,
+    PlanChangeRequest,
+    PlanChangeStatus,
+    plan_change_workflow_id,
 )
 from workflows.rotation_contracts import rotation_schedule_id
 
@@ -178,4 +185,39 @@ async def test_a_deprovisioning_while_the_purchase_runs_is_refused_and_touches_n
     assert [s["id"] for s in cloud.servers(label_selector=f"tenant={tenant}")] == [result.server_id]
     done = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-cleanup"), QUEUE)
     assert (await done.result()).outcome == "deprovisioned"
+    await assert_nothing_left(client, info, cloud, tenant)
+
+
+async def test_a_plan_change_racing_the_deprovisioning_is_harmless(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    """The customer cancels while a plan change has stopped the server: the server is
+    deleted under it, the plan change ends failed (ServerGone, its restore finds no
+    server) without recreating or re-storing anything, and nothing of the tenant is left."""
+    tenant = purchase["tenant_id"]
+    await provision(client, purchase)
+    change = await client.start_workflow(
+        PLAN_CHANGE_WORKFLOW_TYPE,
+        asdict(PlanChangeRequest(tenant, "race-1", "business", "e2e-billing")),
+        id=plan_change_workflow_id(tenant, "race-1"),
+        task_queue=QUEUE,
+    )
+    # Wait until the change has touched the server (it is stopping or stopped).
+    while True:
+        status = await change.query("status", result_type=PlanChangeStatus)
+        if any(step.name == "stop_server" for step in status.steps):
+            break
+        assert status.state in ("running",), status
+        await asyncio.sleep(0.2)
+    handle = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-billing"), QUEUE)
+    result: DeprovisionResult = await handle.result()
+    assert result.outcome == "deprovisioned"
+    with pytest.raises(WorkflowFailureError) as failure:
+        await change.result()
+    # Whichever step met the deleted server (the change or its restore), it is ServerGone.
+    cause = failure.value.cause
+    while isinstance(cause, ActivityError) and cause.cause is not None:
+        cause = cause.cause
+    assert isinstance(cause, ApplicationError), cause
+    assert (cause.type, "no longer exists" in cause.message) == ("ServerGone", True)
     await assert_nothing_left(client, info, cloud, tenant)
