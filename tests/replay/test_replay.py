@@ -29,6 +29,7 @@ from activities.codec import ENCODING, KeyRing
 from devstack.stack import ROOT
 from starter import StarterError, replay_history
 from tests.helpers import payload_encodings
+from workflows.deprovision_contracts import deprovision_workflow_id
 from workflows.provision import ProvisionMailTenant
 
 HISTORY_DIR = Path(__file__).parent / "histories"
@@ -216,3 +217,24 @@ def test_the_operator_command_names_each_verdict_and_keeps_stdout_for_results(
         assert done.stdout == ""
         if name == "changed":
             assert "WARN" in done.stderr and "Nondeterminism" in done.stderr
+
+
+DEPROVISION_HISTORIES = sorted((HISTORY_DIR / "deprovision").glob("*.json"))
+
+
+def test_the_deprovision_scenarios_are_committed() -> None:
+    assert {p.stem for p in DEPROVISION_HISTORIES} >= {
+        "deprovisioned",
+        "second_pass",
+        "nothing_found",
+        "refused",
+    }
+
+
+@pytest.mark.parametrize("path", DEPROVISION_HISTORIES, ids=[p.stem for p in DEPROVISION_HISTORIES])
+async def test_deprovision_history_replays_deterministically(path: Path) -> None:
+    """Scripted deprovisioning runs (tests.replay.record_deprovision_histories), no codec."""
+    # The run checks its own workflow id (deprovision-{tenant}): replay under the recorded one.
+    history = WorkflowHistory.from_json(deprovision_workflow_id("acme"), path.read_text())
+    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
+    assert result.replay_failure is None
