@@ -26,6 +26,7 @@ import asyncio
 import hashlib
 import ipaddress
 import json
+import logging
 import posixpath
 import re
 import shlex
@@ -64,7 +65,11 @@ IMAGES = {
     "webmail": f"ghcr.io/mailu/webmail:{MAILU_VERSION}",
 }
 HEALTHCHECKED = {"admin"}
+log = logging.getLogger("devstack.compose")
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
+# The stand-in's record of the compose projects that were up (dockerd's own state lives
+# under /var/lib/docker too), so a reboot restarts them (Shell.restart_at_boot).
+UP_PROJECTS = "/var/lib/docker/devstack-compose-up.json"
 _SHELL_OPERATORS = {"&&", "||", ";", "|", "&", ">", ">>", "<", "<<", "2>", "2>&1"}
 _PROJECT_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]*$")
 
@@ -410,12 +415,49 @@ class Shell:
         if isinstance(call, ExecResult):
             return call
         if call.subcommand == "up":
-            return await self._up(call)
+            result = await self._up(call)
+            if result.exit_status == 0:
+                self._remember_up(call.project, args)
+            return result
         if call.subcommand == "ps":
             return self._ps(call)
         if call.subcommand == "exec":
             return await self._exec(call, read_stdin)
         return _fail(f'unknown docker command: "compose {call.subcommand}"')
+
+    # --- restart policy across reboots ------------------------------------------
+
+    def _remember_up(self, project: str, args: list[str]) -> None:
+        """Record an up'd project where dockerd keeps its state (/var/lib/docker)."""
+        path = self.host_path(UP_PROJECTS)
+        projects = self._up_projects()
+        projects[project] = args
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(projects), encoding="utf-8")
+
+    def _up_projects(self) -> dict[str, list[str]]:
+        path = self.host_path(UP_PROJECTS)
+        if not path.is_file():
+            return {}
+        loaded = json.loads(path.read_text(encoding="utf-8"))
+        return {str(k): [str(a) for a in v] for k, v in loaded.items()}
+
+    async def restart_at_boot(self) -> None:
+        """dockerd starting at boot restarts the containers of `restart: always`
+        services (every MailU service in our compose file): Docker docs, "Start
+        containers automatically": "always ... restarted only when Docker daemon
+        restarts or the container itself is manually restarted" (after a stop).
+        Their health starts over, so admin is "starting" again for healthy_after."""
+        if not self._installed(DOCKER_BIN):
+            return
+
+        async def no_stdin() -> str:
+            return ""
+
+        for project, args in self._up_projects().items():
+            result = await self._docker(args, no_stdin)
+            if result.exit_status != 0:
+                log.warning("project %s did not restart at boot: %s", project, result.stderr)
 
     def _parse_compose(self, args: list[str]) -> ComposeCall | ExecResult:
         files: list[str] = []

@@ -29,6 +29,9 @@ It plays the machine a Hetzner server would be once cloud-init has run:
   on 587 (socrate ``clean_env`` PORTS default 25,80,443,465,993,995,4190);
 * cloud-init's run (:mod:`devstack.cloudinit`): no Docker until its install directives
   have run, ``cloud-init status`` as cloud-init 22.4.2 answers it.
+* a reboot (poweron after a shutdown) restarts the compose projects that were up, as
+  dockerd does for ``restart: always`` services, their health starting over
+  (:meth:`devstack.compose.Shell.restart_at_boot`).
 
 The configuration arrives as JSON on stdin, never in argv (visible to every local
 user through ``ps``) or in a file (it carries the private host key). ``READY`` on
@@ -512,6 +515,9 @@ class Machine:
             self._ssh_listeners.append(listener)
             self._accept_tasks.append(asyncio.create_task(self._accept_ssh(listener)))
 
+        # A reboot (poweron after shutdown, e.g. a plan change): dockerd restarts the
+        # compose projects that were up, with their health starting over.
+        await self.shell.restart_at_boot()
         self._certbot_task = asyncio.create_task(self._certbot())
 
     # --- front's submissions port and its certificate -------------------------------------

@@ -362,3 +362,27 @@ def test_the_same_wrong_password_counts_once(tmp_path: Path) -> None:
     for _ in range(60):
         endpoint.authenticate(login_headers(ADMIN, "same-wrong"), ENV)
     assert endpoint.authenticate(login_headers(ADMIN, PASSWORD), ENV)["Auth-Status"] == "OK"
+
+
+async def test_a_reboot_restarts_the_compose_project_with_its_health_starting_over(
+    tmp_path: Path,
+) -> None:
+    """restart: always (every service of our compose file): dockerd restarts the
+    containers at boot; a fresh Shell over the same disk plays the rebooted machine."""
+    [daemon] = docker_cloud_config("debian-12", "docker-apt")["write_files"][1:]
+    compose = render_compose(PublishAddresses.of(HOST_V4, HOST_V6))
+    before = dual_stack_shell(tmp_path, compose, daemon["content"])
+    assert (await before.run(f"{COMPOSE} up -d", no_stdin)).exit_status == 0
+    clock = [1000.0]
+    rebooted = Shell(
+        tmp_path / "root",
+        MailuStore(tmp_path / "mailu.json"),
+        addresses=[HOST_V4, HOST_V6],
+        clock=lambda: clock[0],
+    )
+    ps = f"{COMPOSE} ps --format json admin"
+    assert (await rebooted.run(ps, no_stdin)).stdout.strip() in ("", "[]")
+    await rebooted.restart_at_boot()
+    assert "starting" in json.loads((await rebooted.run(ps, no_stdin)).stdout)["Status"]
+    clock[0] += rebooted.healthy_after
+    assert "(healthy)" in json.loads((await rebooted.run(ps, no_stdin)).stdout)["Status"]

@@ -1,0 +1,90 @@
+"""ChangeMailPlan on the real stack: Temporal, OpenBao, the local cloud, SSH, MailU.
+
+A purchase on `starter` (cx23, 40 GB) is changed to `business` (cx33, 80 GB): the
+server is shut down, changed with its disk upgraded, powered on, MailU comes back
+healthy after the reboot, the admin login is proven again (a new Vault version) and
+the change is audited. The way back down is then refused before anything is touched
+(an upgraded disk cannot shrink). The module's world check (conftest) then compares
+every record.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import pytest
+from temporalio.client import Client, WorkflowFailureError
+from temporalio.exceptions import ApplicationError
+
+from activities.credentials import read_admin_credentials
+from activities.vault import Vault
+from devstack.stack import StackInfo
+from tests.e2e.conftest import CloudControl
+from tests.e2e.test_purchase_end_to_end import audit_rows, provision
+from workflows.plan_change_contracts import (
+    PLAN_CHANGE_WORKFLOW_TYPE,
+    PlanChangeRequest,
+    PlanChangeResult,
+    plan_change_workflow_id,
+)
+
+
+async def change_plan(client: Client, request: PlanChangeRequest) -> PlanChangeResult:
+    result: PlanChangeResult = await client.execute_workflow(
+        PLAN_CHANGE_WORKFLOW_TYPE,
+        asdict(request),
+        id=plan_change_workflow_id(request.tenant_id, request.request_id),
+        task_queue="mail-provisioning",
+        result_type=PlanChangeResult,
+    )
+    return result
+
+
+async def test_an_upgrade_reboots_into_the_bigger_type_and_the_way_back_is_refused(
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    purchase: dict[str, Any],
+) -> None:
+    bought = await provision(client, purchase)
+    tenant = purchase["tenant_id"]
+    up = PlanChangeRequest(tenant, "up-1", "business", "e2e-tests")
+
+    changed = await change_plan(client, up)
+
+    assert (changed.previous_server_type, changed.server_type, changed.disk_gb) == (
+        "cx23",
+        "cx33",
+        80,
+    )
+    assert changed.stopped_how == "shutdown"
+    assert changed.downtime_seconds > 0
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert server["id"] == bought.server_id
+    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
+        "running",
+        "cx33",
+        80,
+    )
+    assert server["labels"]["plan"] == "business"
+    commands = [c["command"] for c in cloud.commands(bought.server_id)]
+    assert any(c.endswith("ps --format json admin") for c in commands)
+    # The admin login proven after the reboot is the record Vault now holds.
+    assert changed.vault_version == bought.vault_version + 1
+    assert read_admin_credentials(reader_vault, tenant).username == f"admin@{purchase['domain']}"
+    [row] = audit_rows(info, plan_change_workflow_id(tenant, "up-1"))
+    assert row.event == "mail_plan_changed"
+    assert row.details["downtime_seconds"] == str(changed.downtime_seconds)
+
+    down = PlanChangeRequest(tenant, "down-1", "starter", "e2e-tests")
+    with pytest.raises(WorkflowFailureError) as refused:
+        await change_plan(client, down)
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "PlanChangeImpossible"
+    assert "cannot shrink" in cause.message
+    [after] = cloud.servers_of(purchase["purchase_id"])
+    assert (after["status"], after["server_type"]["name"]) == ("running", "cx33")
+    assert audit_rows(info, plan_change_workflow_id(tenant, "down-1")) == []
