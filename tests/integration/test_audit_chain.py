@@ -300,7 +300,12 @@ def test_the_worker_says_at_start_up_that_the_chain_is_broken(
         "MAILPROV_CODEC_KEYS_FILE": "/c",
         "VAULT_ADDR": openbao.addr,
         "VAULT_TOKEN": openbao.tokens.worker,
-        "MAILPROV_AUDIT_DSN": settings.location,
+        # A PostgreSQL DSN or a SQLite file, each under its own variable (README).
+        (
+            "MAILPROV_AUDIT_DSN"
+            if settings.location.startswith("postgres")
+            else "MAILPROV_AUDIT_DB"
+        ): settings.location,
         "MAILPROV_AUDIT_CHAIN": settings.chain,
     }
     worker_settings = Settings.from_env(env)
