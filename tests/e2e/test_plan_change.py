@@ -88,3 +88,56 @@ async def test_an_upgrade_reboots_into_the_bigger_type_and_the_way_back_is_refus
     [after] = cloud.servers_of(purchase["purchase_id"])
     assert (after["status"], after["server_type"]["name"]) == ("running", "cx33")
     assert audit_rows(info, plan_change_workflow_id(tenant, "down-1")) == []
+
+
+async def test_a_refused_change_type_after_the_stop_brings_the_old_type_back_up(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    """change_type answers a final error once the server is off: the saga powers the
+    server on again on its old type, the failure is audited, nothing else changed."""
+    bought = await provision(client, purchase)
+    tenant = purchase["tenant_id"]
+    cloud.inject(
+        method="POST",
+        path=f"/v1/servers/{bought.server_id}/actions/change_type",
+        status=422,
+        code="invalid_server_type",
+        message="The server type does not fit for the given server or is deprecated",
+    )
+    with pytest.raises(WorkflowFailureError) as failed:
+        await change_plan(client, PlanChangeRequest(tenant, "up-1", "business", "e2e-tests"))
+    cause = failed.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == "PlanChangeFailed"
+    assert cause.details[0]["step"] == "change_server_type"
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
+        "running",
+        "cx23",
+        40,
+    )
+    assert "plan" not in server["labels"]
+    [row] = audit_rows(info, plan_change_workflow_id(tenant, "up-1"))
+    assert row.event == "mail_plan_change_failed"
+    assert (row.details["step"], row.details["restored"]) == ("change_server_type", "unchanged")
+
+
+async def test_a_lost_change_type_answer_is_retried_without_a_second_change(
+    client: Client, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    """The change happens but its answer is lost (503 after the effect): the retry meets
+    the migration (locked) or its result and changes nothing twice."""
+    bought = await provision(client, purchase)
+    cloud.inject(
+        method="POST",
+        path=f"/v1/servers/{bought.server_id}/actions/change_type",
+        status=503,
+        code="unavailable",
+        after_effect=True,
+    )
+    changed = await change_plan(
+        client, PlanChangeRequest(purchase["tenant_id"], "up-1", "business", "e2e-tests")
+    )
+    assert (changed.server_type, changed.disk_gb) == ("cx33", 80)
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert (server["status"], server["server_type"]["name"]) == ("running", "cx33")
