@@ -186,6 +186,35 @@ async def test_node_back_end_deprovisions_a_cancelled_tenant(
     assert "field 'tenant_id'" in refused["error"]["message"]
 
 
+async def test_node_back_end_changes_a_plan_and_gets_the_refusal_typed(
+    ts_client_cli: Path, info: StackInfo, client: Client, cloud: CloudControl
+) -> None:
+    """`changePlan(...)` from Node: starter -> business with the downtime measured, then
+    the way back refused before anything is touched (the disk was upgraded)."""
+    request = new_request(info)
+    handle, _ = await start_purchase(client, request, "mail-provisioning")
+    provisioned: ProvisionResult = await handle.result()
+    tenant = request.tenant_id
+    code, result = await asyncio.to_thread(
+        node, ts_client_cli, info, "change-plan", tenant, "business", "node-1", "node-billing"
+    )
+    assert code == 0, result
+    assert (result["server_id"], result["server_type"], result["disk_gb"]) == (
+        provisioned.server_id,
+        "cx33",
+        80,
+    )
+    assert result["downtime_seconds"] > 0
+    code, refused = await asyncio.to_thread(
+        node, ts_client_cli, info, "change-plan", tenant, "starter", "node-2"
+    )
+    assert code == 1
+    assert refused["error"]["name"] == "PlanChangeError"
+    assert refused["error"]["type"] == "PlanChangeImpossible"
+    [server] = cloud.servers(label_selector=f"tenant={tenant}")
+    assert (server["status"], server["server_type"]["name"]) == ("running", "cx33")
+
+
 async def test_node_back_end_gets_the_holder_the_cancel_and_the_terminate(
     ts_client_cli: Path, info: StackInfo, client: Client, cloud: CloudControl
 ) -> None:

@@ -6,6 +6,8 @@
  *   mailprov-client status PURCHASE_ID                       -> the status query's answer
  *   mailprov-client result PURCHASE_ID                       -> the result, or {"error": {...}} (exit 1)
  *   mailprov-client deprovision TENANT_ID [REQUESTED_BY]     -> the result, or {"error": {...}} (exit 1)
+ *   mailprov-client change-plan TENANT_ID PLAN REQUEST_ID [REQUESTED_BY]
+ *                                                            -> the result, or {"error": {...}} (exit 1)
  *   echo '<json value>' | mailprov-client encode             -> {"payloads": [...]} (protobuf JSON)
  *   echo '{"payloads": [...]}' | mailprov-client decode      -> {"values": [...]}
  *
@@ -17,6 +19,7 @@ import { readFileSync } from 'node:fs';
 import { Payload, defaultPayloadConverter } from '@temporalio/common';
 import {
   DeprovisionError,
+  PlanChangeError,
   InvalidPurchaseRequestError,
   MailProvisioningClient,
   ProvisioningFailedError,
@@ -77,7 +80,7 @@ function errorJson(err: unknown): Record<string, unknown> {
     const state = err instanceof PurchaseCancelledError ? 'cancelled' : err.state;
     return { name: err.name, message: err.message, state, step: err.step, compensated: err.compensated };
   }
-  if (err instanceof DeprovisionError) {
+  if (err instanceof DeprovisionError || err instanceof PlanChangeError) {
     return { name: err.name, message: err.message, type: err.type };
   }
   const error = err as Error;
@@ -126,6 +129,19 @@ async function main(argv: string[]): Promise<number> {
         print({ error: errorJson(err) });
         return 1;
       }
+    case 'change-plan':
+      try {
+        const [, tenantId, plan, requestId, requestedBy] = argv;
+        print(
+          await withClient((client) =>
+            client.changePlan(tenantId, plan, requestId, requestedBy ?? 'mailprov-client'),
+          ),
+        );
+        return 0;
+      } catch (err) {
+        print({ error: errorJson(err) });
+        return 1;
+      }
     case 'encode': {
       const codec = EncryptionCodec.fromFile(required('MAILPROV_CODEC_KEYS_FILE'));
       const encoded = await codec.encode([defaultPayloadConverter.toPayload(stdin())]);
@@ -140,7 +156,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      process.stderr.write('usage: mailprov-client start|status ID|result ID|deprovision TENANT|encode|decode\n');
+      process.stderr.write('usage: mailprov-client start|status ID|result ID|deprovision TENANT|change-plan TENANT PLAN REQUEST_ID|encode|decode\n');
       return 2;
   }
 }

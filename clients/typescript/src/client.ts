@@ -28,12 +28,16 @@ import {
   DEPROVISION_WORKFLOW_TYPE,
   DeprovisionRequest,
   DeprovisionResult,
+  PLAN_CHANGE_WORKFLOW_TYPE,
+  PlanChangeRequest,
+  PlanChangeResult,
   ProvisionResult,
   ProvisionStatus,
   PurchaseRequest,
   STATUS_QUERY,
   WORKFLOW_TYPE,
   deprovisionWorkflowIdFor,
+  planChangeWorkflowIdFor,
   workflowIdFor,
 } from './contracts';
 
@@ -243,6 +247,51 @@ export class MailProvisioningClient {
     }
   }
 
+  /** Move the tenant's mail server to another catalog plan and wait (minutes: the
+   * server is stopped, changed, started, MailU proven again). A repeated request id
+   * joins the running change; a finished one is never rerun (as starter.py
+   * change-plan). Throws `PlanChangeError`: `type` `PlanChangeImpossible`,
+   * `PlanUnchanged`, `PlanChangeUnavailable`, `ServerBusy` or
+   * `InvalidPlanChangeRequest` before anything is touched; `PlanChangeFailed` after
+   * the server was brought back up on its old type. */
+  async changePlan(
+    tenantId: string,
+    plan: string,
+    requestId: string,
+    requestedBy: string,
+  ): Promise<PlanChangeResult> {
+    const request: PlanChangeRequest = {
+      tenant_id: tenantId,
+      request_id: requestId,
+      plan,
+      requested_by: requestedBy,
+    };
+    let handle: WorkflowHandle;
+    try {
+      handle = await this.client.workflow.start(PLAN_CHANGE_WORKFLOW_TYPE, {
+        args: [request],
+        taskQueue: this.taskQueue,
+        workflowId: planChangeWorkflowIdFor(tenantId, requestId),
+        workflowIdConflictPolicy: WorkflowIdConflictPolicy.USE_EXISTING,
+        workflowIdReusePolicy: WorkflowIdReusePolicy.REJECT_DUPLICATE,
+        staticSummary: `plan change of ${tenantId} to ${plan}`,
+      });
+    } catch (err) {
+      if (!(err instanceof WorkflowExecutionAlreadyStartedError)) {
+        throw err;
+      }
+      handle = this.client.workflow.getHandle(planChangeWorkflowIdFor(tenantId, requestId));
+    }
+    try {
+      return (await handle.result()) as PlanChangeResult;
+    } catch (err) {
+      if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure) {
+        throw new PlanChangeError(err.cause.message, err.cause.type ?? 'ApplicationFailure');
+      }
+      throw err;
+    }
+  }
+
   private handle(purchaseId: string): WorkflowHandle {
     return this.client.workflow.getHandle(workflowIdFor(purchaseId));
   }
@@ -349,5 +398,16 @@ export class DeprovisionError extends Error {
   ) {
     super(message);
     this.name = 'DeprovisionError';
+  }
+}
+
+/** A plan change that ended failed or refused: `type` is the workflow's error type. */
+export class PlanChangeError extends Error {
+  constructor(
+    message: string,
+    readonly type: string,
+  ) {
+    super(message);
+    this.name = 'PlanChangeError';
   }
 }

@@ -111,3 +111,39 @@ export interface DeprovisionResult {
   claim_released: boolean;
   passes: number;
 }
+
+/** Another plan of the catalog: ChangeMailPlan (workflows/plan_change_contracts.py). */
+export const PLAN_CHANGE_WORKFLOW_TYPE = 'ChangeMailPlan';
+
+/** One run per back-end request: `change-plan-{tenant_id}-{request_id}`. */
+export function planChangeWorkflowIdFor(tenantId: string, requestId: string): string {
+  return `change-plan-${tenantId}-${requestId}`;
+}
+
+/** The input (PlanChangeRequest): the server comes from the worker's own records. */
+export interface PlanChangeRequest {
+  tenant_id: string;
+  /** The back end's request id (the purchase id's rule); part of the workflow id. */
+  request_id: string;
+  /** A plan of the worker's catalog. */
+  plan: string;
+  /** Who asked (1-200 printable characters), kept in the audit row. */
+  requested_by: string;
+}
+
+/** The change as done (PlanChangeResult); never a secret. */
+export interface PlanChangeResult {
+  tenant_id: string;
+  request_id: string;
+  plan: string;
+  previous_plan: string | null;
+  server_id: number;
+  server_type: string;
+  previous_server_type: string;
+  disk_gb: number;
+  /** From the stop request to MailU healthy again, as the worker measured it. */
+  downtime_seconds: number;
+  stopped_how: 'shutdown' | 'poweroff' | 'already_off';
+  /** The Vault version of the admin credentials proven after the change. */
+  vault_version: number;
+}
