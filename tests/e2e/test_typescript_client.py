@@ -267,6 +267,42 @@ async def test_node_back_end_gets_the_holder_the_cancel_and_the_terminate(
     assert cloud.servers_of(stopped.purchase_id) == []
 
 
+def test_the_package_packs_its_built_code_and_types_and_takes_any_plan_name(
+    ts_client_cli: Path, tmp_path: Path
+) -> None:
+    """Publishable: not private, built on pack, JavaScript and declarations shipped; and
+    an operator's own plan name type-checks (the worker checks plans at run time)."""
+    npm = shutil.which("npm")
+    assert npm
+    assert "private" not in json.loads((PACKAGE / "package.json").read_text())
+    packed = subprocess.run(
+        [npm, "pack", "--dry-run", "--json", "--ignore-scripts"],
+        cwd=PACKAGE,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=NODE_TIMEOUT,
+    )
+    files = {entry["path"] for entry in json.loads(packed.stdout)[0]["files"]}
+    assert {"package.json", "lib/index.js", "lib/index.d.ts", "lib/cli.js"} <= files
+    assert not any(name.startswith(("src/", "node_modules/")) for name in files)
+    source = tmp_path / "operator_plan.ts"
+    source.write_text(
+        f"import {{ PurchaseRequest }} from {json.dumps(str(PACKAGE / 'lib' / 'index'))};\n"
+        "const request: PurchaseRequest = { purchase_id: 'p-1', tenant_id: 'acme',\n"
+        "  domain: 'acme.example', plan: 'operator-gold', requested_by: 'shop' };\n"
+        "console.log(request.plan);\n"
+    )
+    compiled = subprocess.run(
+        [str(PACKAGE / "node_modules" / ".bin" / "tsc"), "--noEmit", "--strict", str(source)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=NODE_TIMEOUT,
+    )
+    assert compiled.returncode == 0, compiled.stdout + compiled.stderr
+
+
 async def test_payloads_round_trip_between_the_python_and_typescript_codecs(
     ts_client_cli: Path, info: StackInfo, tmp_path: Path
 ) -> None:

@@ -16,8 +16,16 @@ export function workflowIdFor(purchaseId: string): string {
   return `purchase-${purchaseId}`;
 }
 
-/** Plans from the operator's catalog (workflows/contracts.py PLAN_CATALOG). */
-export type Plan = 'starter' | 'business' | 'enterprise';
+/** The plans the project ships (activities/plans.py); an operator adds its own. */
+export const SHIPPED_PLANS = ['starter', 'business', 'enterprise'] as const;
+
+/**
+ * A plan name of the worker's catalog: any string, since an operator's own plans
+ * (MAILPROV_PLANS_FILE) are as valid as the shipped ones. It is checked at run time by
+ * the worker: a plan it does not know fails the run at once as InvalidPurchaseRequest
+ * {field: 'plan'}, nothing bought.
+ */
+export type Plan = string;
 
 /** The workflow input (PurchaseRequest). Unknown fields are rejected by the workflow. */
 export interface PurchaseRequest {
