@@ -322,8 +322,9 @@ class WorldActivities:
             if (tenant := _tenant_of_schedule(listed.id)) is not None
         }
         rows = await asyncio.to_thread(self._audit.rows) if self._audit is not None else []
+        # event key `purchase-{p}/{run}/smtp_credentials_stored` -> (workflow id, tenant)
         stored = {
-            row.event_key.removesuffix(f"/{STORED_EVENT}"): row.tenant_id
+            row.event_key.split("/", 1)[0]: row.tenant_id
             for row in rows
             if row.event == STORED_EVENT
         }
@@ -334,7 +335,9 @@ class WorldActivities:
             if status == WorkflowExecutionStatus.RUNNING:
                 running_purchases.add(execution.id)
             elif status == WorkflowExecutionStatus.COMPLETED:
-                audited = f"{execution.id}/{execution.run_id}" in stored
+                # By workflow id: a run reset to a later point completes with the row
+                # its first run wrote (the audit step is replayed, not run again).
+                audited = execution.id in stored
                 completed.append(CompletedPurchase(execution.id, execution.run_id, audited))
         tenant_ids = unique(
             [s.tenant_id for s in servers] + list(claims) + list(schedules) + list(stored.values())

@@ -7,6 +7,8 @@ cloud with its SSH/SMTP VPSes, and a worker process, exactly as `make demo` runs
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
 import tempfile
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -30,11 +32,10 @@ from activities.codec import KeyRing, data_converter
 from activities.vault import Vault, VaultSettings
 from devstack.mail_login import certificate_after_dns
 from devstack.stack import WEBHOOK_HOST, Stack, StackInfo
-from starter import check_world, query_status, start_purchase
+from starter import query_status, start_purchase
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.claim_contracts import HOLDER_MEMO, tenant_claim_id
 from workflows.contracts import PurchaseRequest
-from workflows.world_check_contracts import WorldReport
 
 # held_in_notify: how often it asks; provisioning up to notify takes minutes when loaded.
 NOTIFY_POLLS = 1200
@@ -221,11 +222,11 @@ async def run_in_process_worker(
             if after is not None:
                 await after()
             elif failure is not None and not settings.keep_failed_servers:
-                await _claim_released(client, request.tenant_id, handle.id)
+                await claim_released(client, request.tenant_id, handle.id)
     return handle.id, failure
 
 
-async def _claim_released(client: Client, tenant_id: str, holder: str) -> None:
+async def claim_released(client: Client, tenant_id: str, holder: str) -> None:
     """Until the tenant's claim held by `holder` has ended (or another purchase holds it)."""
     claim = client.get_workflow_handle(tenant_claim_id(tenant_id))
     for _ in range(600):
@@ -326,33 +327,41 @@ def _module_uses_stack(request: pytest.FixtureRequest) -> bool:
 
 
 @pytest.fixture(scope="module", autouse=True)
-async def _world_agrees_after_each_module(
-    request: pytest.FixtureRequest,
-) -> AsyncIterator[None]:
-    """`starter.py check-world` after every module: whatever disagreement the module
-    leaves that was not there before it fails it (at teardown), named with its fix.
+def _world_agrees_after_each_module(request: pytest.FixtureRequest) -> Iterator[None]:
+    """`starter.py check-world` before and after every module that uses the stack: a
+    disagreement the module leaves behind that was not there before fails it (at
+    teardown), named with its fix.
 
     A module that breaks the world on purpose repairs it before it ends; the only
     tolerance is a module attribute CHECK_WORLD_TOLERATES (kinds, with the reason in
-    a comment beside it), none of which exists today.
+    a comment beside it), none of which exists today. Synchronous, running the CLI as
+    an operator does, so that it can bring the session's stack up from any module.
     """
     if not _module_uses_stack(request):
         yield
         return
-    client = request.getfixturevalue("client")
-    before = {(d.kind, d.subject) for d in (await _check_world(client)).disagreements}
+    info: StackInfo = request.getfixturevalue("info")
+    before = {(d["kind"], d["subject"]) for d in _check_world(info)}
     yield
     tolerated = set(getattr(request.module, "CHECK_WORLD_TOLERATES", ()))
-    after = await _check_world(client)
     new = [
         d
-        for d in after.disagreements
-        if (d.kind, d.subject) not in before and d.kind not in tolerated
+        for d in _check_world(info)
+        if (d["kind"], d["subject"]) not in before and d["kind"] not in tolerated
     ]
     if new:
-        lines = "\n".join(f"{d.kind}: {d.subject}: {d.detail} (fix: {d.fix})" for d in new)
+        lines = "\n".join(
+            f"{d['kind']}: {d['subject']}: {d['detail']} (fix: {d['fix']})" for d in new
+        )
         pytest.fail(f"check-world: {len(new)} new disagreement(s) after this module:\n{lines}")
 
 
-async def _check_world(client: Client) -> WorldReport:
-    return await check_world(client, "mail-provisioning", uuid.uuid4().hex[:8])
+def _check_world(info: StackInfo) -> list[dict[str, str]]:
+    """The disagreements `starter.py check-world` prints (exit 1 when there are any)."""
+    done = subprocess.run(
+        info.starter_command("check-world"), capture_output=True, text=True, timeout=600
+    )
+    assert done.returncode in (0, 1), done.stderr
+    disagreements: list[dict[str, str]] = json.loads(done.stdout)["disagreements"]
+    assert (done.returncode == 1) == bool(disagreements), done.stderr
+    return disagreements

@@ -20,13 +20,14 @@ from temporalio.client import Client, WorkflowFailureError
 from activities.rotation_schedule import rotate_now
 from activities.worker_health import HealthServer
 from devstack.stack import StackInfo
-from starter import start_deprovision, start_purchase
-from tests.e2e.conftest import CloudControl, new_request
+from starter import check_world, start_deprovision, start_purchase
+from tests.e2e.conftest import CloudControl, claim_released, new_request
 from tests.e2e.test_compensation import fail_reverse_dns, server_of
 from tests.integration.test_observability import referenced_metric_names
 from worker import Settings, run_worker
 from workflows.deprovision_contracts import DeprovisionRequest
 from workflows.rotation_contracts import RotationResult
+from workflows.world_check_contracts import KINDS, WORLD_CHECKED, WORLD_DISAGREEMENTS
 
 SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -134,6 +135,10 @@ async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider
             raise AssertionError("the purchase was meant to fail at reverse DNS")
         except WorkflowFailureError:
             pass
+        # Its compensation asked the tenant's claim (on this worker's queue) to release.
+        await claim_released(client, failing.tenant_id, handle.id)
+        # check-world on this worker sets its gauges.
+        await check_world(client, task_queue, uuid.uuid4().hex[:8])
         response = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10)
         response.raise_for_status()
     finally:
@@ -174,6 +179,10 @@ async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider
     }
     assert set(set_at) == {"store_credentials", "rotate_admin_credentials"}
     assert set_at["rotate_admin_credentials"] >= set_at["store_credentials"] > 1.7e9
+    # check-world: one disagreement series per kind (zeros included) and its time.
+    kinds = {labels["kind"] for name, labels, _ in scraped if name == WORLD_DISAGREEMENTS}
+    assert kinds == set(KINDS)
+    assert total(scraped, WORLD_CHECKED) > 1.7e9
     # Every metric the alerts and the dashboard query is really exported (Vault errors
     # and refused audit appends only once one happened: none did here).
     scraped_names = {name.removesuffix("_bucket") for name, _, _ in scraped}

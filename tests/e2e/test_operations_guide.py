@@ -17,6 +17,7 @@ import re
 import shlex
 import subprocess
 import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -32,10 +33,13 @@ from activities.vault import Vault
 from codec_server import CodecServer
 from devstack.demo import operator_environment, operator_examples
 from devstack.stack import ROOT, StackInfo
-from starter import start_purchase
+from starter import run_reconciler, start_purchase
 from tests.e2e.conftest import CloudControl, customer_webhook, new_request
 from tests.helpers import payload_encodings
+from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import ProvisionStatus, PurchaseRequest
+from workflows.reconcile_contracts import ReconcileRequest
+from workflows.world_check_contracts import WORLD_CHECK_SCHEDULE_ID
 
 GUIDE = ROOT / "docs" / "OPERATIONS.md"
 COMMAND_TIMEOUT = 300
@@ -185,6 +189,7 @@ def test_every_section_of_the_guide_with_commands_is_tested() -> None:
         "Reset: what it re-does and when it is safe",
         "Export a history and replay it",
         "Rotate the payload key ring",
+        "check-world",
     }
     assert set(guide_blocks()) == tested
 
@@ -271,11 +276,13 @@ async def test_guide_on_a_purchase_whose_webhook_is_down(
     assert [n["key"] for n in webhook.received] == [workflow_id] * 2
     assert reader_vault.read_credentials(request.tenant_id).version == version  # type: ignore[union-attr]
     assert audit_rows(shell.info, workflow_id, "smtp_credentials_stored") == stored_rows
-    # Reset to the start: everything again, a new password version, same single server.
-    shell.ok(*guide(section, 1))
-    assert len(webhook.received) == 3
-    assert reader_vault.read_credentials(request.tenant_id).version == version + 1  # type: ignore[union-attr]
-    assert audit_rows(shell.info, workflow_id, "smtp_credentials_stored") == stored_rows + 1
+    # Reset to the start: refused at admission (issue 17), nothing changes.
+    refused = shell.run(*guide(section, 1))
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "never provisioned again" in refused.stdout + refused.stderr
+    assert len(webhook.received) == 2
+    assert reader_vault.read_credentials(request.tenant_id).version == version  # type: ignore[union-attr]
+    assert audit_rows(shell.info, workflow_id, "smtp_credentials_stored") == stored_rows
     assert len(cloud.servers_of(purchase_id)) == 1
     assert shell.ran_all(section)
 
@@ -385,5 +392,28 @@ async def test_guide_terminate_leaves_the_server(
     assert (await handle.describe()).status == WorkflowExecutionStatus.TERMINATED
     [left_behind] = cloud.servers_of(request.purchase_id)  # as the guide warns
     assert audit_rows(shell.info, handle.id, "provisioning_failed") == 0
-    cloud.api.delete(f"servers/{left_behind['id']}").raise_for_status()
+    # The reconciler, as the guide says, cleans up after it: server, claim, audit row.
+    report = await run_reconciler(
+        client, "mail-provisioning", ReconcileRequest(grace_seconds=0), uuid.uuid4().hex[:8]
+    )
+    assert [o.server_id for o in report.orphans if o.purchase_id == request.purchase_id] == [
+        left_behind["id"]
+    ]
+    assert cloud.servers_of(request.purchase_id) == []
+    assert audit_rows(shell.info, handle.id, "provisioning_failed") == 1
+    await client.get_workflow_handle(tenant_claim_id(request.tenant_id)).result()
     assert shell.ran_all("Terminate a run")
+
+
+async def test_guide_check_world(shell: OperatorShell, client: Client) -> None:
+    """The check prints its count and exits 1 exactly when something disagrees; the
+    schedule line creates the Schedule that runs it."""
+    check, schedule = guide("check-world")
+    done = shell.run(check)
+    assert done.returncode in (0, 1), done.stderr
+    found = len(json.loads(done.stdout)["disagreements"])
+    assert f"{found} disagreements (" in done.stderr
+    assert (done.returncode == 1) == (found > 0)
+    assert f"schedule '{WORLD_CHECK_SCHEDULE_ID}'" in shell.ok(schedule)
+    await client.get_schedule_handle(WORLD_CHECK_SCHEDULE_ID).delete()
+    assert shell.ran_all("check-world")
