@@ -1079,12 +1079,10 @@ async def cmd_change_plan(args: argparse.Namespace) -> int:
     task = asyncio.ensure_future(handle.result())
     shown = 0
     while not task.done():
-        with_steps = await _plan_change_status(handle)
-        for step in (with_steps.steps if with_steps else [])[shown:]:
-            if step.state != "running":
-                say(f"  {step.name}: {step.state}")
-                shown += 1
+        shown = await _say_finished_steps(handle, shown)
         await asyncio.wait([task], timeout=2.0)
+    # The steps that finished since the last look (a closed run still answers queries).
+    await _say_finished_steps(handle, shown)
     try:
         result = task.result()
     except WorkflowFailureError as err:
@@ -1094,14 +1092,20 @@ async def cmd_change_plan(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _plan_change_status(handle: WorkflowHandle[Any, Any]) -> PlanChangeStatus | None:
+async def _say_finished_steps(handle: WorkflowHandle[Any, Any], shown: int) -> int:
+    """Print the steps finished after the first `shown`; returns how many are shown now."""
     try:
         status: PlanChangeStatus = await handle.query(
             "status", result_type=PlanChangeStatus, rpc_timeout=QUERY_TIMEOUT
         )
     except (RPCError, WorkflowQueryFailedError):
-        return None
-    return status
+        return shown
+    for step in status.steps[shown:]:
+        if step.state == "running":
+            break
+        say(f"  {step.name}: {step.state}")
+        shown += 1
+    return shown
 
 
 def _vault_settings() -> VaultSettings:

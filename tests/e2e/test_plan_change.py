@@ -10,6 +10,9 @@ every record.
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
 from dataclasses import asdict
 from typing import Any
 
@@ -141,3 +144,39 @@ async def test_a_lost_change_type_answer_is_retried_without_a_second_change(
     assert (changed.server_type, changed.disk_gb) == ("cx33", 80)
     [server] = cloud.servers_of(purchase["purchase_id"])
     assert (server["status"], server["server_type"]["name"]) == ("running", "cx33")
+
+
+async def test_starter_change_plan_waits_shows_the_steps_and_prints_the_result(
+    client: Client, info: StackInfo, purchase: dict[str, Any]
+) -> None:
+    """`python starter.py change-plan TENANT PLAN --wait`, as README and OPERATIONS show."""
+    await provision(client, purchase)
+    tenant = purchase["tenant_id"]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        info.starter_command("change-plan", tenant, "business", "--request-id", "cli-1", "--wait"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert (result["plan"], result["server_type"], result["request_id"]) == (
+        "business",
+        "cx33",
+        "cli-1",
+    )
+    assert result["downtime_seconds"] > 0
+    for step in ("stop_server", "change_server_type", "start_mail_server", "audit"):
+        assert f"  {step}: done" in done.stderr
+    again = await asyncio.to_thread(
+        subprocess.run,
+        info.starter_command("change-plan", tenant, "starter", "--wait"),
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert again.returncode == 1
+    assert "PlanChangeImpossible" in again.stderr or "cannot shrink" in again.stderr
