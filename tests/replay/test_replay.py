@@ -29,6 +29,7 @@ from activities.codec import ENCODING, KeyRing
 from devstack.stack import ROOT
 from starter import StarterError, replay_history
 from tests.helpers import payload_encodings
+from tests.replay.record_plan_change_histories import WORKFLOW_ID as PLAN_CHANGE_WORKFLOW_ID
 from workflows.deprovision_contracts import deprovision_workflow_id
 from workflows.provision import ProvisionMailTenant
 
@@ -236,5 +237,21 @@ async def test_deprovision_history_replays_deterministically(path: Path) -> None
     """Scripted deprovisioning runs (tests.replay.record_deprovision_histories), no codec."""
     # The run checks its own workflow id (deprovision-{tenant}): replay under the recorded one.
     history = WorkflowHistory.from_json(deprovision_workflow_id("acme"), path.read_text())
+    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+PLAN_CHANGE_HISTORIES = sorted((HISTORY_DIR / "plan_change").glob("*.json"))
+
+
+def test_the_plan_change_scenarios_are_committed() -> None:
+    assert {p.stem for p in PLAN_CHANGE_HISTORIES} >= {"changed", "refused", "restored"}
+
+
+@pytest.mark.parametrize("path", PLAN_CHANGE_HISTORIES, ids=[p.stem for p in PLAN_CHANGE_HISTORIES])
+async def test_plan_change_history_replays_deterministically(path: Path) -> None:
+    """Scripted plan changes (tests.replay.record_plan_change_histories), no codec."""
+    # The run checks its own workflow id (change-plan-{tenant}-{request}): replay under it.
+    history = WorkflowHistory.from_json(PLAN_CHANGE_WORKFLOW_ID, path.read_text())
     result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
     assert result.replay_failure is None
