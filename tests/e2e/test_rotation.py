@@ -300,6 +300,11 @@ async def test_a_deleted_server_has_its_rotation_schedule_removed(
     [row] = audit_rows(info, run_id)
     assert row.event == "rotation_schedule_removed"
 
+    # The server went outside the product; its record and claim remain (check-world
+    # says so) until the operator deprovisions the tenant (`starter.py deprovision`).
+    removed = await starter(info, "deprovision", tenant, "--reason", "server deleted", "--wait")
+    assert removed.returncode == 0, removed.stderr
+
 
 async def starter(info: StackInfo, *args: str) -> subprocess.CompletedProcess[str]:
     return await asyncio.to_thread(
