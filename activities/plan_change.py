@@ -318,9 +318,10 @@ class PlanChangeActivities:
 
     @activity.defn(name="start_mail_server")
     async def start_mail_server(self, check: PlanChangeCheck) -> MailuHealthy:
-        """Power on, wait until running, then until MailU's admin container is healthy
-        over the pinned SSH connection (its containers restart with Docker at boot)."""
-        await self._finish(await self._call(self._provider.poweron_server(check.server_id)))
+        """Power on (unless change_type already started it), wait until running, then
+        until MailU's admin container is healthy over the pinned SSH connection (its
+        containers restart with Docker at boot)."""
+        await self._power_on(check.server_id)
         handle = ServerHandle(
             check.tenant_id,
             check.server_id,
@@ -354,7 +355,7 @@ class PlanChangeActivities:
                 outcome = "restored"
             else:
                 outcome = "kept_new_type"
-        await self._finish(await self._call(self._provider.poweron_server(request.server_id)))
+        await self._power_on(request.server_id)
         await self._wait_status(request.server_id, "running")
         return outcome
 
@@ -368,6 +369,12 @@ class PlanChangeActivities:
         await self._call(self._provider.set_server_labels(request.server_id, labels))
 
     # ------------------------------------------------------------------ helpers
+
+    async def _power_on(self, server_id: int) -> None:
+        """poweron only when off: change_type "starts it again" by itself (API reference),
+        so after a change the server is usually booting already."""
+        if (await self._get(server_id)).status == "off":
+            await self._finish(await self._call(self._provider.poweron_server(server_id)))
 
     async def _get(self, server_id: int) -> Server:
         server = await self._call(self._provider.get_server(server_id))

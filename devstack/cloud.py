@@ -790,10 +790,12 @@ class LocalCloud:
         await asyncio.sleep(self.change_type_seconds)
         server.disk_gb = plan_change.disk_after(server.disk_gb, new_type, upgrade_disk)
         server.server_type = new_type
-        # The server stays off: clients power it on (ansible hetzner.hcloud server.py
-        # calls power_on after change_type when the server was running before).
-        server.status = "off"
         action.succeed()
+        # "This copies the content of its disk, and starts it again" (API reference,
+        # Change the Type of a Server). Clients that power on afterwards (ansible
+        # hetzner.hcloud server.py start_server) do so only when it is not running.
+        server.status = "initializing"
+        server.boot_task = self._spawn_task(self._boot(server, []))
 
     async def _update_server(self, request: web.Request) -> web.Response:
         """Servers, Update a Server: `labels` replaces the whole set; `name` renames."""

@@ -7,6 +7,8 @@ Source: Hetzner Cloud API reference, Server Actions, "Change the Type of a Serve
 - "You can only migrate to Server types with the same storage_type and equal or
   bigger disks. Shrinking disks is not possible as it might destroy data."
 - "If the disk gets upgraded, the Server type can not be downgraded any more."
+- "This copies the content of its disk, and starts it again": the server boots on its
+  new type once the action succeeds (devstack/cloud.py _migrate);
 - `invalid_server_type`: "The server type does not fit for the given server or is
   deprecated"; per-location availability since 2025-09-24 (devstack/hetzner.py).
 The HTTP status of both codes is not documented; 422 like Hetzner's other
