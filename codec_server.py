@@ -59,8 +59,8 @@ from urllib.parse import parse_qs, urlsplit
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
-from activities.codec import CodecKeyError, EncryptionCodec, KeyRing
-from activities.logs import configure_logging, get_logger
+from runtime.codec import CodecKeyError, EncryptionCodec, KeyRing
+from runtime.logs import configure_logging, get_logger
 
 log = get_logger("codec_server")
 MAX_BODY = 4 * 1024 * 1024

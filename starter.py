@@ -6,7 +6,7 @@
     python starter.py status p-1
     python starter.py result p-1
     python starter.py credentials acme     # reader role: VAULT_ADDR, VAULT_TOKEN(_FILE)
-    python starter.py switch-codec-key 2027-05   # after `python -m activities.codec add`
+    python starter.py switch-codec-key 2027-05   # after `python -m runtime.codec add`
     python starter.py replay history.json  # `temporal workflow show -o json` output, encrypted
     python starter.py reconcile --dry-run  # orphaned servers (terminated runs), once
     python starter.py schedule-reconciler --every-minutes 15 --grace-minutes 60
@@ -70,13 +70,6 @@ from activities.audit_vault import (
     checkpoint_record,
     verify_audit_log,
 )
-from activities.codec import (
-    CodecKeyError,
-    KeyRing,
-    UnknownKeyId,
-    data_converter,
-    keys_in_identity,
-)
 from activities.connections import (
     ConnectionConfigError,
     connect_temporal,
@@ -92,6 +85,13 @@ from activities.rotation_schedule import (
     rotation_status,
 )
 from activities.vault import Vault, VaultError, VaultSettings
+from runtime.codec import (
+    CodecKeyError,
+    KeyRing,
+    UnknownKeyId,
+    data_converter,
+    keys_in_identity,
+)
 from workflows.contracts import (
     DEFAULT_TASK_QUEUE,
     STEPS,
@@ -1190,7 +1190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     switch = commands.add_parser(
         "switch-codec-key",
-        help="make a key added with `python -m activities.codec add` current, once every "
+        help="make a key added with `python -m runtime.codec add` current, once every "
         "worker on the task queue has it (step 2 of a payload key rotation)",
     )
     switch.add_argument("key_id")

@@ -36,13 +36,6 @@ from activities.audit import (
     AuditStoreUnreachable,
 )
 from activities.audit_vault import DEFAULT_AUDIT_CHAIN, AuditSettings, open_audit_log
-from activities.codec import (
-    CodecKeyError,
-    KeyRing,
-    UnknownKeyGrace,
-    data_converter,
-    worker_identity,
-)
 from activities.connections import (
     ConnectionConfigError,
     TemporalConnection,
@@ -54,10 +47,7 @@ from activities.connections import (
 )
 from activities.credentials import CredentialsActivities
 from activities.deprovision import DeprovisionActivities
-from activities.heartbeat import HeartbeatInterceptor
-from activities.logs import LogContextInterceptor, configure_logging, get_logger
 from activities.mailu import MailuActivities
-from activities.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
 from activities.notify import NotifyActivities, NotifyPolicy
 from activities.plan_change import PlanChangeActivities
 from activities.plans import CatalogError, load_catalog
@@ -82,8 +72,18 @@ from activities.vps_provider import (
     VpsActivities,
     VpsProvider,
 )
-from activities.worker_health import serve_health
 from activities.world import WorldActivities, WorldRecords
+from runtime.codec import (
+    CodecKeyError,
+    KeyRing,
+    UnknownKeyGrace,
+    data_converter,
+    worker_identity,
+)
+from runtime.heartbeat import HeartbeatInterceptor
+from runtime.logs import LogContextInterceptor, configure_logging, get_logger
+from runtime.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
+from runtime.worker_health import serve_health
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.deprovision import Deprovision
 from workflows.provision import ProvisionMailTenant
@@ -112,7 +112,7 @@ class ConfigError(Exception):
     """A missing or malformed setting; the message names the variable."""
 
 
-# Long enough to restart every worker with a new ring (activities/codec.py UnknownKeyGrace).
+# Long enough to restart every worker with a new ring (runtime/codec.py UnknownKeyGrace).
 DEFAULT_UNKNOWN_KEY_GRACE_SECONDS = 1800
 
 
@@ -541,7 +541,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         client = await connect_temporal(
             settings.temporal,
             runtime=runtime,
-            # Marked, not raised: an undecodable start then fails fast (activities/codec.py);
+            # Marked, not raised: an undecodable start then fails fast (runtime/codec.py);
             # an unknown key id only after the grace, since it may be a rollout under way.
             data_converter=data_converter(
                 keyring,

@@ -53,7 +53,7 @@ log = structlog.get_logger("audit")
 GENESIS_MAC = "genesis"
 # Bound into every MAC, so a MAC made for anything else never verifies as an audit row.
 MAC_DOMAIN = "mail-provisioning-audit-v1"
-# The activity failure's type for a refused append (counted by activities/metrics.py).
+# The activity failure's type for a refused append (counted by runtime/metrics.py).
 AUDIT_CHAIN_BROKEN = "AuditChainBroken"
 # How long an append waits for the chain lock before it gives up (retryably): below the
 # audit activity's 30 s start-to-close, and a bounded wait keeps a hung appender from
@@ -601,7 +601,7 @@ class AuditActivities:
         except AuditChainBroken as err:
             # Retried (for the activity's day), never final: a tampered log must not make
             # a run compensate, i.e. delete a paid server. The log line, and the counter
-            # activities/metrics.py keeps of this failure type, are what operators alert on.
+            # runtime/metrics.py keeps of this failure type, are what operators alert on.
             log.error("audit_chain_broken", problems=err.problems, audit_event=event.event)
             raise ApplicationError(str(err), type=AUDIT_CHAIN_BROKEN) from None
         except AuditChainBusy as err:

@@ -458,7 +458,7 @@ class VpsActivities:
     async def wait_for_server(self, server: ServerHandle) -> ServerAddress:
         """Poll the provider inside one attempt until the server runs.
 
-        The attempt sleeps between looks and heartbeats (activities/heartbeat.py), so a
+        The attempt sleeps between looks and heartbeats (runtime/heartbeat.py), so a
         boot of minutes costs one activity plus a few throttled heartbeats, not one
         retry per look (each is a billable action on Temporal Cloud; docs/PERFORMANCE.md).
         The wait is a sleeping coroutine: it holds an activity slot but no thread,

@@ -28,10 +28,10 @@ from typing import Any
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
-from activities.codec import KeyRing, data_converter
 from bench.fakes import purchase
 from bench.procfs import all_processes, process_stat
 from devstack.stack import Stack
+from runtime.codec import KeyRing, data_converter
 from starter import STEP_OF_ACTIVITY, start_purchase
 from workflows.contracts import PurchaseRequest
 

@@ -50,7 +50,6 @@ from temporalio.worker import (
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
 from activities.admission import AdmissionActivities
-from activities.codec import KeyRing, data_converter
 from activities.notify import NotifyPolicy
 from activities.plans import DEFAULT_CATALOG
 from activities.tenant_claims import TenantClaimActivities, take_tenant_claim
@@ -67,6 +66,7 @@ from bench.fakes import (
 from bench.procfs import all_processes
 from bench.real import real_purchases
 from devstack.stack import tool
+from runtime.codec import KeyRing, data_converter
 from starter import watch
 from worker import DEFAULT_MAX_CONCURRENT_ACTIVITIES, worker_interceptors, workflow_runner
 from workflows.claim_contracts import tenant_claim_id

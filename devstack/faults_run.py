@@ -51,12 +51,12 @@ import httpx
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 
 from activities.audit import SqliteAuditStore
-from activities.codec import KeyRing, data_converter
 from activities.credentials import read_admin_credentials
 from activities.vault import Vault, VaultSettings
 from devstack.demo import smtp_login
 from devstack.mail_login import certificate_after_dns
 from devstack.stack import Stack, StackInfo
+from runtime.codec import KeyRing, data_converter
 from starter import (
     check_world,
     print_world_report,

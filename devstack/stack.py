@@ -32,10 +32,10 @@ import httpx
 import hvac
 from temporalio.client import Client
 
-from activities.codec import KeyRing
 from activities.ssh import SshIdentity
 from deploy.vault_bootstrap import bootstrap, credential_files
 from devstack.processes import die_with_parent, free_port
+from runtime.codec import KeyRing
 
 ROOT = Path(__file__).resolve().parent.parent
 # The local notification sink's name (RFC 2606 reserves .test: it never resolves publicly).

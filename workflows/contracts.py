@@ -140,7 +140,7 @@ MAX_INPUT_DEPTH = 8
 REFUSED_HOST_SUFFIXES = ("localhost", "local", "localdomain", "internal", "home.arpa", "arpa")
 REFUSED_HOSTS = frozenset({"metadata.goog", "metadata.google.internal", "metadata.azure.com"})
 # The codec marks a payload it could not decrypt with this encoding instead of failing the
-# whole workflow task, so a bad start becomes InvalidPurchaseRequest (activities/codec.py).
+# whole workflow task, so a bad start becomes InvalidPurchaseRequest (runtime/codec.py).
 UNDECODABLE_ENCODING = b"binary/x-mailprov-undecodable"
 
 

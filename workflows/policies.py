@@ -39,7 +39,7 @@ def policy(
     )
 
 
-# Every activity heartbeats from a side task while it runs (activities/heartbeat.py), so a
+# Every activity heartbeats from a side task while it runs (runtime/heartbeat.py), so a
 # worker that dies mid-attempt is noticed after HEARTBEAT, not after the attempt's
 # start-to-close: with a first retry within 5 s, a purchase resumes within ~20 s of a
 # worker being available (measured by `make faults`, docs/RELIABILITY.md).

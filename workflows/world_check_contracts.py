@@ -13,7 +13,7 @@ from workflows.reconcile_contracts import ManagedServer, TenantRecord
 
 WORLD_CHECK_WORKFLOW = "CheckWorld"
 WORLD_CHECK_SCHEDULE_ID = "mail-provisioning-check-world"
-# The gauges check_world sets (activities/metrics.py lists them with the others):
+# The gauges check_world sets (runtime/metrics.py lists them with the others):
 # disagreements by kind, zeros included, and when that worker last compared the
 # records (the alert reads the disagreements of the worker with the newest check only).
 WORLD_DISAGREEMENTS = "mailprov_world_disagreements"

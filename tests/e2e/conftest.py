@@ -28,10 +28,10 @@ from temporalio.client import (
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker
 
-from activities.codec import KeyRing, data_converter
 from activities.vault import Vault, VaultSettings
 from devstack.mail_login import certificate_after_dns
 from devstack.stack import WEBHOOK_HOST, Stack, StackInfo
+from runtime.codec import KeyRing, data_converter
 from starter import query_status, start_purchase
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.claim_contracts import HOLDER_MEMO, tenant_claim_id

@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, TimeoutError, TimeoutType
 from temporalio.worker import Interceptor, Worker
 
-from activities.heartbeat import HeartbeatInterceptor
+from runtime.heartbeat import HeartbeatInterceptor
 
 QUIET_SECONDS = 6.0
 HEARTBEAT_TIMEOUT = timedelta(seconds=2)

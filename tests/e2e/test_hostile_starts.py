@@ -33,9 +33,9 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.audit import SqliteAuditStore
-from activities.codec import KeyRing, data_converter
 from devstack.processes import free_port
 from devstack.stack import NOTIFY_SINK_HOST, StackInfo
+from runtime.codec import KeyRing, data_converter
 from tests.e2e.conftest import CloudControl
 from tests.workflow.test_deprovision_workflow import DEPROVISION_CORPUS
 from tests.workflow.test_hostile_starts_workflow import ROTATION_CORPUS, RawStart

@@ -1,6 +1,6 @@
 """A payload key rotation rolled out in the worst order loses no purchase (issue 21).
 
-Rotation is two steps (activities/codec.py): `python -m activities.codec add` puts the
+Rotation is two steps (runtime/codec.py): `python -m runtime.codec add` puts the
 new key in the ring, not current; `starter.py switch-codec-key` makes it current and
 refuses while a worker polling the task queue lacks it. Here every ring reaches the
 back end before the worker, with purchases in flight, and the back end starts with
@@ -27,8 +27,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 from temporalio.worker import Worker
 
-from activities.codec import KeyRing, UnknownKeyGrace, data_converter, worker_identity
 from devstack.stack import ROOT, StackInfo
+from runtime.codec import KeyRing, UnknownKeyGrace, data_converter, worker_identity
 from starter import query_status, start_purchase
 from tests.e2e.conftest import new_request
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
@@ -114,7 +114,7 @@ async def test_a_rotation_in_the_worst_order_loses_no_purchase(
     task_queue = f"key-rotation-{uuid.uuid4().hex[:8]}"
     operator_ring = tmp_path / "ring.json"
     worker_ring = tmp_path / "worker-ring.json"
-    codec = [sys.executable, "-m", "activities.codec"]
+    codec = [sys.executable, "-m", "runtime.codec"]
     assert tool(*codec, "new", str(operator_ring), "k1").returncode == 0
     shutil.copy(operator_ring, worker_ring)
     # The old one-step rotation is refused: it is what lost purchases.

@@ -34,10 +34,10 @@ import activities.credentials
 import activities.crypto
 from activities.audit import SqliteAuditStore
 from activities.credentials import read_admin_credentials
-from activities.logs import configure_logging
 from activities.vault import Vault, VaultSettings
 from devstack.stack import Stack, StackInfo
 from devstack.vps import SMTP_AUTH_LOG
+from runtime.logs import configure_logging
 from tests.e2e.conftest import CloudControl, new_request, run_in_process_worker, write_only_token
 from workflows.contracts import PurchaseRequest, workflow_id_for
 

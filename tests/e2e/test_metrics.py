@@ -18,8 +18,8 @@ import httpx
 from temporalio.client import Client, WorkflowFailureError
 
 from activities.rotation_schedule import rotate_now
-from activities.worker_health import HealthServer
 from devstack.stack import StackInfo
+from runtime.worker_health import HealthServer
 from starter import check_world, start_deprovision, start_purchase
 from tests.e2e.conftest import CloudControl, claim_released, new_request
 from tests.e2e.test_compensation import fail_reverse_dns, server_of

@@ -28,11 +28,11 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowHandle
 
 from activities.audit import SqliteAuditStore
-from activities.codec import ENCODING, EncryptionCodec, KeyRing
 from activities.vault import Vault
 from codec_server import CodecServer
 from devstack.demo import operator_environment, operator_examples
 from devstack.stack import ROOT, StackInfo
+from runtime.codec import ENCODING, EncryptionCodec, KeyRing
 from starter import run_reconciler, start_purchase
 from tests.e2e.conftest import CloudControl, customer_webhook, new_request
 from tests.helpers import payload_encodings

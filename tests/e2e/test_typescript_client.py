@@ -28,8 +28,8 @@ from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 
-from activities.codec import ENCODING, KeyRing, data_converter
 from devstack.stack import ROOT, StackInfo
+from runtime.codec import ENCODING, KeyRing, data_converter
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl, held_in_notify, new_request
 from tests.e2e.test_operations_guide import held_in_reverse_dns

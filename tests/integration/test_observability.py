@@ -4,7 +4,7 @@
   `promtool test rules` proves each alert fires on the series meant to trigger it
   and stays silent otherwise (deploy/observability/alerts.test.yml);
 * the dashboard is Grafana dashboard JSON whose every query names a metric the
-  worker exports: ours (activities/metrics.py, workflows/metrics.py) or the SDK's.
+  worker exports: ours (runtime/metrics.py, workflows/metrics.py) or the SDK's.
   tests/e2e/test_metrics.py checks the same names against a real scrape.
 """
 
@@ -14,7 +14,7 @@ import json
 import re
 from pathlib import Path
 
-from activities import metrics as activity_metrics
+from runtime import metrics as activity_metrics
 from tests.integration.test_real_validators import run, tool
 from workflows import metrics as workflow_metrics
 

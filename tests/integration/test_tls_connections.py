@@ -25,7 +25,6 @@ from temporalio.worker import Worker
 import starter
 from activities.audit import AuditStoreUnreachable
 from activities.audit_vault import open_audit_log, verify_audit_log
-from activities.codec import KeyRing, data_converter
 from activities.connections import (
     ConnectionConfigError,
     connect_temporal,
@@ -35,6 +34,7 @@ from activities.connections import (
 from activities.vault import Vault, VaultNotReady, VaultSettings, VaultUnavailable
 from deploy.vault_bootstrap import bootstrap
 from devstack.stack import ROOT, tool
+from runtime.codec import KeyRing, data_converter
 from tests.tls_certs import Issued, LocalCa
 from tests.tls_servers import (
     TlsOpenBao,

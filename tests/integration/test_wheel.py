@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PRODUCTION_PACKAGES = ("workflows", "activities", "deploy")
+PRODUCTION_PACKAGES = ("workflows", "activities", "runtime", "deploy")
 PRODUCTION_MODULES = ("worker.py", "starter.py", "codec_server.py")
 # Never in the wheel: the stand-ins, the benchmark, the tests, the TypeScript client.
 DEVELOPMENT = ("devstack", "bench", "tests", "clients")

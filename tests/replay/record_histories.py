@@ -30,8 +30,8 @@ from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
-from activities.codec import KeyRing, data_converter
 from devstack.stack import Stack, StackInfo
+from runtime.codec import KeyRing, data_converter
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl, new_request
 from workflows.contracts import ProvisionStatus, PurchaseRequest

@@ -25,8 +25,8 @@ import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.worker import Replayer
 
-from activities.codec import ENCODING, KeyRing
 from devstack.stack import ROOT
+from runtime.codec import ENCODING, KeyRing
 from starter import StarterError, replay_history
 from tests.helpers import payload_encodings
 from tests.replay.record_plan_change_histories import WORKFLOW_ID as PLAN_CHANGE_WORKFLOW_ID

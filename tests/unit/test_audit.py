@@ -32,7 +32,7 @@ from activities.audit import (
     mac_message,
     verify_chain,
 )
-from activities.metrics import AUDIT_CHAIN_BROKEN, AUDIT_CHAIN_BROKEN_TYPE, _count_error
+from runtime.metrics import AUDIT_CHAIN_BROKEN, AUDIT_CHAIN_BROKEN_TYPE, _count_error
 from workflows.contracts import AuditEvent
 
 CHAIN = "test-chain"

@@ -13,7 +13,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.failure.v1 import Failure
 from temporalio.exceptions import ApplicationError
 
-from activities.codec import (
+from runtime.codec import (
     ENCODING,
     KEY_ID_METADATA,
     CodecKeyError,
@@ -135,7 +135,7 @@ async def test_failures_are_encoded_too() -> None:
 def test_key_ring_command_creates_and_adds_but_never_switches_in_one_step(
     tmp_path: Path,
 ) -> None:
-    from activities.codec import main
+    from runtime.codec import main
 
     path = tmp_path / "ring.json"
     assert main(["new", str(path), "2026-11"]) == 0

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import pytest
 
-from activities.codec import EncryptionCodec, KeyRing
 from codec_server import (
     SESSION_COOKIE,
     SESSION_SECONDS,
@@ -25,6 +24,7 @@ from codec_server import (
     allowed_origins,
     session_value,
 )
+from runtime.codec import EncryptionCodec, KeyRing
 
 UI = "http://127.0.0.1:8233"
 TOKEN = "test-token-123"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import cast
 
-from activities.heartbeat import HEARTBEAT_INTERVAL_SECONDS, first_beat_delay
+from runtime.heartbeat import HEARTBEAT_INTERVAL_SECONDS, first_beat_delay
 from workflows.policies import HEARTBEAT, WAIT_FOR_SERVER
 
 # The SDK sends later heartbeats at most every 80% of the timeout.

@@ -18,10 +18,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCE_DIRECTORIES = ("workflows", "activities", "deploy", "devstack", "bench", "tests")
+SOURCE_DIRECTORIES = (
+    "workflows", "activities", "runtime", "deploy", "devstack", "bench", "tests",
+)  # fmt: skip
 PROGRAMS = ("worker", "starter", "codec_server")
-# The worker's own machinery, not an outside system (its own package comes later).
-MACHINERY = frozenset({"codec", "logs", "metrics", "heartbeat", "worker_health"})
 
 # room -> the rooms it may import (besides itself), floor by floor from the bottom.
 ALLOWED: dict[str, frozenset[str]] = {
@@ -29,24 +29,24 @@ ALLOWED: dict[str, frozenset[str]] = {
     "activities": frozenset({"contracts"}),
     "activity_refs": frozenset({"activities"}),
     "workflows": frozenset({"contracts", "activity_refs"}),
-    "machinery": frozenset({"contracts", "workflows"}),
-    "programs": frozenset({"contracts", "activities", "workflows", "machinery"}),
-    "deploy": frozenset({"contracts", "activities", "machinery"}),
+    "runtime": frozenset({"contracts", "workflows"}),
+    "programs": frozenset({"contracts", "activities", "workflows", "runtime"}),
+    "deploy": frozenset({"contracts", "activities", "runtime"}),
     "devstack": frozenset(
-        {"contracts", "activities", "workflows", "machinery", "programs", "deploy"}
+        {"contracts", "activities", "workflows", "runtime", "programs", "deploy"}
     ),
     "bench": frozenset(
-        {"contracts", "activities", "workflows", "machinery", "programs", "deploy", "devstack"}
+        {"contracts", "activities", "workflows", "runtime", "programs", "deploy", "devstack"}
     ),
     "tests": frozenset(
         {
-            "contracts", "activities", "activity_refs", "workflows", "machinery", "programs",
+            "contracts", "activities", "activity_refs", "workflows", "runtime", "programs",
             "deploy", "devstack", "bench",
         }
     ),
 }  # fmt: skip
 PRODUCTION = frozenset(
-    {"contracts", "activities", "activity_refs", "workflows", "machinery", "programs", "deploy"}
+    {"contracts", "activities", "activity_refs", "workflows", "runtime", "programs", "deploy"}
 )
 
 
@@ -59,10 +59,10 @@ def room_of(module: str) -> str | None:
             return "contracts"
         return "activity_refs" if first == "activity_refs" else "workflows"
     if top == "activities":
-        return "machinery" if first in MACHINERY else "activities"
+        return "activities"
     if top in PROGRAMS:
         return "programs"
-    if top in ("deploy", "devstack", "bench", "tests"):
+    if top in ("runtime", "deploy", "devstack", "bench", "tests"):
         return top
     return None
 
@@ -208,7 +208,7 @@ def test_every_program_and_package_is_in_a_room() -> None:
         ),
         ("workflows.contracts", "from . import provision", "contracts may not import workflows"),
         ("activities.vault", "from ..workflows import provision", "may not import workflows"),
-        ("activities.mailu", "from activities.codec import KeyRing", "may not import machinery"),
+        ("activities.mailu", "from runtime.codec import KeyRing", "may not import runtime"),
     ],
 )
 def test_a_broken_rule_is_reported(module: str, source: str, expected: str) -> None:

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 from temporalio.api.taskqueue.v1 import PollerInfo
 
-from activities.codec import KeyRing, worker_identity
+from runtime.codec import KeyRing, worker_identity
 from starter import POLLER_FRESH, workers_lacking_key
 
 NOW = datetime(2027, 5, 1, 12, 0, tzinfo=UTC)

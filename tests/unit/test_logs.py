@@ -7,7 +7,7 @@ import json
 import logging
 
 from activities.crypto import generate_password
-from activities.logs import configure_logging, get_logger
+from runtime.logs import configure_logging, get_logger
 
 
 def test_secret_named_fields_and_secret_shaped_strings_are_redacted() -> None:

@@ -13,7 +13,7 @@ from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 
-from activities.codec import KeyRing, data_converter
+from runtime.codec import KeyRing, data_converter
 from starter import _duration, _waiting_for, settle_status
 from workflows.contracts import ProvisionStatus, StepProgress
 

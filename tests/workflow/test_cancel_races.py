@@ -28,8 +28,8 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.heartbeat import HeartbeatInterceptor
 from activities.vault import VaultActivities
+from runtime.heartbeat import HeartbeatInterceptor
 from starter import start_purchase
 from tests.workflow.test_provision_workflow import ENVELOPE, Harness, ScriptedWorld, purchase
 from worker import WORKFLOWS

@@ -16,7 +16,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.codec import KeyRing, data_converter
+from runtime.codec import KeyRing, data_converter
 from tests.workflow.test_provision_workflow import ScriptedWorld, purchase
 from worker import WORKFLOWS
 from workflows.contracts import WORKFLOW_TYPE, ProvisionResult, workflow_id_for

@@ -1,7 +1,7 @@
 /**
  * The project's payload codec in TypeScript: AES-256-GCM, Temporal's samples convention.
  *
- * Same format as activities/codec.py and as temporalio/samples-typescript
+ * Same format as runtime/codec.py and as temporalio/samples-typescript
  * encryption/src/encryption-codec.ts + crypto.ts:
  *   metadata  encoding: binary/encrypted, encryption-key-id: <key id>
  *   data      12-byte nonce || AES-256-GCM(serialized Payload) with a 16-byte tag, no associated data
@@ -115,7 +115,7 @@ export class EncryptionCodec implements PayloadCodec {
         const keyId = decodeText(payload.metadata?.[METADATA_ENCRYPTION_KEY_ID]);
         const data = payload.data ?? new Uint8Array();
         const key = await this.key(keyId);
-        // The samples' form first; then, as activities/codec.py does, the first release's
+        // The samples' form first; then, as runtime/codec.py does, the first release's
         // form with the key id as associated data, so old purchases stay readable.
         for (const additionalData of [undefined, encodeText(keyId)]) {
           let opened: ArrayBuffer;

@@ -352,14 +352,14 @@ def data_converter(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """`python -m activities.codec new|add FILE KEY_ID`: manage a key-ring file.
+    """`python -m runtime.codec new|add FILE KEY_ID`: manage a key-ring file.
 
     `add` is step 1 of a rotation; step 2, making the key current, is `starter.py
     switch-codec-key KEY_ID`, which first checks that every worker has the key.
     """
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m activities.codec", description=main.__doc__)
+    parser = argparse.ArgumentParser(prog="python -m runtime.codec", description=main.__doc__)
     parser.add_argument("action", choices=["new", "add", "rotate"])
     parser.add_argument("file", type=Path)
     parser.add_argument("key_id")
