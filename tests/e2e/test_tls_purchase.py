@@ -21,8 +21,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from devstack.processes import die_with_parent
 from devstack.stack import ROOT, StackInfo, tool
 from tests.e2e.conftest import CloudControl
@@ -72,9 +70,6 @@ def wait_until_ready(worker: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.2)
 
 
-# The session's client before the module's check-world fixture asks for it (tests/e2e/
-# conftest.py): a module fixture cannot set up an async session fixture itself.
-@pytest.mark.usefixtures("client")
 def test_a_purchase_with_temporal_vault_and_postgres_over_tls(
     info: StackInfo,
     cloud: CloudControl,
