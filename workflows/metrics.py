@@ -1,5 +1,5 @@
 """Workflow metrics: runs started, completed and failed, compensations, rotations,
-deprovisionings.
+deprovisionings, activations.
 
 Recorded through the workflow's own metric meter, which the SDK silences while a
 workflow replays, so a run is counted once however often a worker replays it.
@@ -16,6 +16,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, FailureError
 from temporalio.worker import ExecuteWorkflowInput, WorkflowInboundInterceptor
 
+from workflows.activation_contracts import ACTIVATION_WORKFLOW_TYPE
 from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE
 from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
@@ -28,6 +29,7 @@ COMPENSATIONS = "mailprov_compensations"
 ROTATIONS = "mailprov_rotations"
 PLAN_CHANGE_DOWNTIME = "mailprov_plan_change_downtime_seconds"
 DEPROVISIONS = "mailprov_deprovisions"
+ACTIVATIONS = "mailprov_activations"
 
 
 def failure_type(err: BaseException) -> str:
@@ -78,5 +80,9 @@ class WorkflowMetrics(WorkflowInboundInterceptor):
         if workflow.info().workflow_type == DEPROVISION_WORKFLOW_TYPE:
             meter.create_counter(
                 DEPROVISIONS, "deprovisioning runs by outcome"
+            ).with_additional_attributes({"outcome": result.outcome}).add(1)
+        if workflow.info().workflow_type == ACTIVATION_WORKFLOW_TYPE:
+            meter.create_counter(
+                ACTIVATIONS, "activation runs by outcome (dns_verified, gave_up, tenant_gone)"
             ).with_additional_attributes({"outcome": result.outcome}).add(1)
         return result

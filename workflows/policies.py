@@ -186,3 +186,13 @@ RELEASE_DEPROVISIONED_CLAIM: Options = dict(
     schedule_to_close_timeout=timedelta(days=1),
     retry_policy=policy(2, 60),
 )
+
+# ---------------------------------------------------------------- activation
+# One DNS check (workflows/activation.py): a provider read, a Vault read, one SSH
+# command (MailU's export) and about six lookups. A check that still fails after a few
+# tries is not an error: the run waits for its next check.
+CHECK_MAIL_DNS: Options = dict(
+    start_to_close_timeout=timedelta(minutes=2),
+    schedule_to_close_timeout=timedelta(minutes=10),
+    retry_policy=policy(5, 60, 4),
+)

@@ -38,6 +38,7 @@ from temporalio import workflow
 from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
+from workflows.activation_contracts import ACTIVATION_WORKFLOW_TYPE, DNS_PUBLISHED_SIGNAL
 from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
     WORKFLOW_TYPE,
@@ -124,7 +125,8 @@ class ProvisionMailTenant:
     decodes a named workflow's arguments before its code runs, and a bad one fails the
     workflow task forever), so it also runs the other types any client may start with
     anything: RotateSmtpCredentials (workflows/rotation.py), ChangeMailPlan
-    (workflows/plan_change.py), DeprovisionMailTenant (workflows/deprovision.py). A start
+    (workflows/plan_change.py), DeprovisionMailTenant (workflows/deprovision.py),
+    ActivateMailDomain (workflows/activation.py). A start
     of any type the worker does not know (a typo, a retired name) ends with
     UnknownWorkflowType at once.
 
@@ -136,15 +138,33 @@ class ProvisionMailTenant:
     def __init__(self) -> None:
         self._purchase = Purchase()
         self._rotation: Any = None
+        # `dns_published` signals received (ActivateMailDomain reads the count; a
+        # signal may arrive before its run has begun, and on any other type it is
+        # counted and ignored).
+        self._dns_published = 0
+
+    @workflow.signal(name=DNS_PUBLISHED_SIGNAL)
+    def dns_published(self) -> None:
+        """The back end says the customer published the records: check at once."""
+        self._dns_published += 1
 
     @workflow.query(name="status")
     def status(self) -> Any:
         """ProvisionStatus, RotationStatus on a RotateSmtpCredentials run, PlanChangeStatus
-        on a ChangeMailPlan run, DeprovisionStatus on a DeprovisionMailTenant run."""
+        on a ChangeMailPlan run, DeprovisionStatus on a DeprovisionMailTenant run,
+        ActivationStatus on an ActivateMailDomain run."""
         return self._purchase.status if self._rotation is None else self._rotation.status
 
     @workflow.run
     async def run(self, args: Sequence[RawValue]) -> Any:
+        if workflow.info().workflow_type == ACTIVATION_WORKFLOW_TYPE:
+            with workflow.unsafe.sandbox_import_notification_policy(
+                workflow.SandboxImportNotificationPolicy.SILENT
+            ):
+                from workflows.activation import Activation, run_activation
+
+            self._rotation = Activation(lambda: self._dns_published)
+            return await run_activation(self._rotation, args)
         if workflow.info().workflow_type == PLAN_CHANGE_WORKFLOW_TYPE:
             with workflow.unsafe.sandbox_import_notification_policy(
                 workflow.SandboxImportNotificationPolicy.SILENT

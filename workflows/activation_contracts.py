@@ -1,0 +1,174 @@
+"""Data contracts of ActivateMailDomain: a purchased mail domain waits for its DNS.
+
+Plain data and pure functions, importable by the workflow sandbox, the activities and
+the starter. The start argument names only the tenant: the records a check expects are
+read by the worker from our own records (the tenant's server, MailU's export over SSH),
+never taken from a client.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from workflows.contracts import (
+    TENANT_ID_RULE,
+    InvalidPurchaseRequest,
+    StepProgress,
+    json_type_name,
+    purchase_input_from_payloads,
+)
+
+ACTIVATION_WORKFLOW_TYPE = "ActivateMailDomain"
+DNS_PUBLISHED_SIGNAL = "dns_published"
+DNS_VERIFIED_EVENT = "mail_domain_dns_verified"
+GAVE_UP_EVENT = "mail_domain_activation_expired"
+
+# How long the customer has to publish the records: after that the run ends
+# `gave_up` (nothing is deleted; `starter.py activate TENANT --dns-published` on a new
+# run starts the wait over).
+DNS_WAIT_LIMIT = timedelta(days=30)
+# The first check comes one interval after the purchase (the customer only gets the
+# records with the purchase's notification); each next interval doubles up to a cap.
+FIRST_CHECK_AFTER = timedelta(minutes=5)
+LONGEST_CHECK_INTERVAL = timedelta(hours=6)
+
+
+def check_intervals(
+    first: timedelta = FIRST_CHECK_AFTER,
+    longest: timedelta = LONGEST_CHECK_INTERVAL,
+    limit: timedelta = DNS_WAIT_LIMIT,
+) -> list[timedelta]:
+    """The waits before each scheduled check: doubling from `first` to `longest`, the
+    last one shortened so that they add up to exactly `limit`.
+
+    With the defaults: 5, 10, 20, 40, 80, 160, 320 min, then every 6 h: 126 checks
+    over 30 days (docs/OPERATIONS.md counts their billable actions).
+    """
+    waits: list[timedelta] = []
+    total = timedelta(0)
+    wait = first
+    while total < limit:
+        step = min(wait, limit - total)
+        waits.append(step)
+        total += step
+        wait = min(wait * 2, longest)
+    return waits
+
+
+def activation_workflow_id(tenant_id: str) -> str:
+    """One activation per tenant at a time: Temporal runs one open workflow per id."""
+    return f"activate-{tenant_id}"
+
+
+class InvalidActivationRequest(ValueError):
+    """A start argument ActivateMailDomain refuses. Names the field and the rule."""
+
+    def __init__(self, field_name: str, rule: str) -> None:
+        super().__init__(f"invalid activation request: field '{field_name}' {rule}")
+        self.field = field_name
+        self.rule = rule
+
+
+@dataclass(frozen=True)
+class ActivationRequest:
+    """`{"tenant_id": "acme"}`."""
+
+    tenant_id: str
+
+    @classmethod
+    def parse(cls, raw: Any) -> "ActivationRequest":
+        if not isinstance(raw, dict):
+            raise InvalidActivationRequest(
+                "(input)", f"must be a JSON object, got {json_type_name(raw)}"
+            )
+        unknown = sorted(str(key) for key in raw if key != "tenant_id")
+        if unknown:
+            raise InvalidActivationRequest(repr(unknown[0][:60])[1:-1], "is not a known field")
+        tenant = raw.get("tenant_id")
+        if tenant is None:
+            raise InvalidActivationRequest("tenant_id", "is required")
+        if not isinstance(tenant, str):
+            raise InvalidActivationRequest("tenant_id", "must be a string")
+        if not TENANT_ID_RULE.fullmatch(tenant):
+            raise InvalidActivationRequest(
+                "tenant_id",
+                "must be 1-63 characters of [a-z0-9-], starting and ending with [a-z0-9]",
+            )
+        return cls(tenant)
+
+
+def activation_request_from_payloads(
+    payloads: Sequence[tuple[bytes, bytes]],
+) -> ActivationRequest:
+    """The raw start arguments decoded as the purchase's are (one argument, JSON only,
+    bounded size and depth, no duplicate keys): a bad one ends the run at once."""
+    if len(payloads) != 1:
+        raise InvalidActivationRequest(
+            "(input)", f'must be exactly one argument, {{"tenant_id": ...}} (got {len(payloads)})'
+        )
+    try:
+        raw = purchase_input_from_payloads(payloads)
+    except InvalidPurchaseRequest as err:
+        raise InvalidActivationRequest(err.field, err.rule) from None
+    return ActivationRequest.parse(raw)
+
+
+@dataclass(frozen=True)
+class DnsCheckRequest:
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class RecordProblem:
+    """One record we handed out that the resolver does not give back as handed out."""
+
+    name: str
+    type: str
+    expected: str
+    # "absent" (no such name or no record of the type) | "different" | "unresolved"
+    problem: str
+    found: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class DnsCheck:
+    """One check's answer: public record data only."""
+
+    tenant_id: str
+    domain: str
+    records_checked: int
+    missing: list[RecordProblem] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+@dataclass(frozen=True)
+class ActivationResult:
+    tenant_id: str
+    # "dns_verified" | "gave_up" | "tenant_gone"
+    outcome: str
+    checks: int
+    waited_seconds: float
+    missing: list[RecordProblem] = field(default_factory=list)
+
+
+@dataclass
+class ActivationStatus:
+    """Answer of the `status` query on an activation run."""
+
+    tenant_id: str | None
+    # "waiting_for_dns" | "checking" | "dns_verified" | "gave_up" | "tenant_gone"
+    # | "refused" | "failed" | "cancelled"
+    state: str
+    domain: str | None = None
+    checks: int = 0
+    last_checked_at: str | None = None
+    next_check_at: str | None = None
+    give_up_at: str | None = None
+    missing: list[RecordProblem] = field(default_factory=list)
+    current_step: str | None = None
+    steps: list[StepProgress] = field(default_factory=list)
+    error: str | None = None
