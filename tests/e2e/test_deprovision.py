@@ -27,6 +27,7 @@ from devstack.stack import StackInfo
 from starter import check_world, query_status, start_deprovision, start_purchase
 from tests.e2e.conftest import CloudControl
 from tests.e2e.test_purchase_end_to_end import audit_rows, provision
+from workflows.activation_contracts import activation_workflow_id
 from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import PurchaseRequest
 from workflows.deprovision_contracts import (
@@ -82,6 +83,17 @@ async def schedule_exists(client: Client, tenant: str) -> bool:
     return True
 
 
+async def activation_state(client: Client, tenant: str) -> WorkflowExecutionStatus | None:
+    """The status of the tenant's latest ActivateMailDomain run (None: never started)."""
+    try:
+        description = await client.get_workflow_handle(activation_workflow_id(tenant)).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return None
+        raise
+    return description.status
+
+
 def ssh_keys(cloud: CloudControl, tenant: str) -> list[dict[str, Any]]:
     response = cloud.api.get("ssh_keys", params={"label_selector": f"tenant={tenant}"})
     response.raise_for_status()
@@ -107,6 +119,8 @@ async def test_a_deprovisioned_tenant_is_gone_everywhere_and_buys_again(
     [server] = cloud.servers(label_selector=f"tenant={tenant}")
     assert len(ssh_keys(cloud, tenant)) == 1
     assert await schedule_exists(client, tenant) and await claim_running(client, tenant)
+    # The completed purchase started the wait for the customer's DNS.
+    assert await activation_state(client, tenant) == WorkflowExecutionStatus.RUNNING
 
     process = await asyncio.to_thread(
         subprocess.run,
@@ -130,6 +144,8 @@ async def test_a_deprovisioned_tenant_is_gone_everywhere_and_buys_again(
         "passes": 1,
     }
     await assert_nothing_left(client, info, cloud, tenant)
+    # ... and the deprovisioning cancelled it with the rotation schedule.
+    assert await activation_state(client, tenant) == WorkflowExecutionStatus.CANCELED
     [row] = audit_rows(info, deprovision_workflow_id(tenant))
     assert (row.event, row.tenant_id) == ("tenant_deprovisioned", tenant)
     details = row.details
