@@ -297,6 +297,18 @@ class PlanChangeActivities:
     async def change_server_type(self, request: ServerTypeChange) -> int:
         """change_type to `server_type`; returns the disk size after. Idempotent: a
         server already of that type (an earlier attempt's answer was lost) is done."""
+        server = await self._get(request.server_id)
+        if request.from_server_type and server.server_type not in (
+            request.server_type,
+            request.from_server_type,
+        ):
+            raise ApplicationError(
+                f"server {request.server_id} is of type {server.server_type}, neither "
+                f"{request.from_server_type} nor {request.server_type}: another plan change "
+                "ran meanwhile; nothing changed by this one",
+                type="PlanChangeRaced",
+                non_retryable=True,
+            )
         return await self._change_type(request.server_id, request.server_type, request.upgrade_disk)
 
     async def _change_type(self, server_id: int, server_type: str, upgrade_disk: bool) -> int:
@@ -342,12 +354,21 @@ class PlanChangeActivities:
     async def restore_server_type(self, request: ServerTypeChange) -> str:
         """Compensation: the server back on its old type and running. Idempotent.
 
+        `from_server_type` is the type this run set: a server of any third type was
+        changed by another run meanwhile and is only powered on ("kept_other_change").
+
         An upgraded disk cannot shrink (Hetzner), so a server whose disk grew stays on
         the new type and is only powered on again: "kept_new_type" says so.
         """
         server = await self._get(request.server_id)
         outcome = "unchanged"
-        if server.server_type != request.server_type:
+        if request.from_server_type and server.server_type not in (
+            request.server_type,
+            request.from_server_type,
+        ):
+            # Another run changed it to a third type: that change is not ours to undo.
+            outcome = "kept_other_change"
+        elif server.server_type != request.server_type:
             wanted = await self._call(self._provider.get_server_type(request.server_type))
             if wanted is not None and wanted.disk_gb >= server.disk_gb:
                 await self._stop(request.server_id)

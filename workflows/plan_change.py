@@ -185,7 +185,9 @@ class PlanChange:
 
     async def _change(self, request: PlanChangeRequest, check: PlanChangeCheck) -> PlanChangeResult:
         tenant, server_id = request.tenant_id, check.server_id
-        back = ServerTypeChange(tenant, server_id, check.from_server_type, upgrade_disk=False)
+        back = ServerTypeChange(
+            tenant, server_id, check.from_server_type, False, check.to_server_type
+        )
         self.undo.add("restore_server_type", lambda: self._restore(back))
         stopped: StoppedServer = await self.steps.run(
             "stop_server",
@@ -196,7 +198,9 @@ class PlanChange:
         disk_gb: int = await self.steps.run(
             "change_server_type",
             PlanChangeActivities.change_server_type,
-            ServerTypeChange(tenant, server_id, check.to_server_type, check.upgrade_disk),
+            ServerTypeChange(
+                tenant, server_id, check.to_server_type, check.upgrade_disk, check.from_server_type
+            ),
             CHANGE_TYPE,
         )
         healthy: MailuHealthy = await self.steps.run(

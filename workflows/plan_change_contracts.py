@@ -147,6 +147,9 @@ class ServerTypeChange:
     server_id: int
     server_type: str
     upgrade_disk: bool
+    # The type the server must have now for this change to go ahead ("" = any): a
+    # server of a third type was changed by another run, which is not undone or redone.
+    from_server_type: str = ""
 
 
 @dataclass(frozen=True)

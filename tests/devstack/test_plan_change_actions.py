@@ -288,3 +288,22 @@ async def test_check_reads_the_server_from_our_records_and_refuses_before_touchi
         assert refused.value.details[0]["field"] == "plan"
     after = await server_json(world, server["id"])
     assert (after["status"], after["server_type"]["name"]) == ("running", "cx23")
+
+
+@pytest.mark.asyncio
+async def test_a_change_that_met_another_runs_type_neither_changes_nor_undoes_it(
+    world: World,
+) -> None:
+    """Two plan changes of one tenant racing: the one that finds a third type refuses
+    (PlanChangeRaced) and its compensation leaves the other run's type in place."""
+    env = ActivityEnvironment()
+    server_id = await create(world, "cx23", start=False)
+    assert await change(world, server_id, "cpx22", upgrade_disk=False) == "success"
+    mine = ServerTypeChange("t1", server_id, "cx33", False, from_server_type="cx23")
+    with pytest.raises(ApplicationError) as raced:
+        await env.run(world.activities.change_server_type, mine)
+    assert (raced.value.type, raced.value.non_retryable) == ("PlanChangeRaced", True)
+    back = ServerTypeChange("t1", server_id, "cx23", False, from_server_type="cx33")
+    assert await env.run(world.activities.restore_server_type, back) == "kept_other_change"
+    after = await server_json(world, server_id)
+    assert (after["server_type"]["name"], after["status"]) == ("cpx22", "running")
