@@ -24,6 +24,7 @@ from activities.credentials import read_admin_credentials
 from activities.vault import Vault
 from devstack.stack import StackInfo
 from tests.e2e.conftest import CloudControl
+from tests.e2e.test_leak_scan import count, history_blobs
 from tests.e2e.test_purchase_end_to_end import audit_rows, provision
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
@@ -80,6 +81,19 @@ async def test_an_upgrade_reboots_into_the_bigger_type_and_the_way_back_is_refus
     [row] = audit_rows(info, plan_change_workflow_id(tenant, "up-1"))
     assert row.event == "mail_plan_changed"
     assert row.details["downtime_seconds"] == str(changed.downtime_seconds)
+    # The password the change proved (the reader role decrypts it) is nowhere else: not
+    # in the run's history, stored or codec-decoded, nor in the audit database.
+    proven = read_admin_credentials(reader_vault, tenant).password
+    blobs = {
+        **history_blobs(info, plan_change_workflow_id(tenant, "up-1")),
+        # SQLite may hold recent rows in its write-ahead log beside the file.
+        "audit db": b"".join(
+            path.read_bytes()
+            for path in (info.audit_db, info.audit_db.with_name(info.audit_db.name + "-wal"))
+            if path.exists()
+        ),
+    }
+    assert {name: count(blob, [proven]) for name, blob in blobs.items()} == dict.fromkeys(blobs, 0)
 
     down = PlanChangeRequest(tenant, "down-1", "starter", "e2e-tests")
     with pytest.raises(WorkflowFailureError) as refused:
