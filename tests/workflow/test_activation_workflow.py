@@ -278,3 +278,24 @@ async def test_the_purchase_start_is_idempotent_and_a_removal_cancels_the_wait(
         assert await cancel_activation(client, TENANT) is False
         assert await cancel_activation(client, "never-bought") is False
     assert world.checks == 0 and world.audit == []
+
+
+async def test_signals_in_a_loop_cost_one_check_a_minute(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    from workflows.activation import SIGNAL_CHECK_GAP
+
+    env = time_skipping_env
+    world = DnsWorld([False, False, True])
+    worker, handle = await start(env, world)
+    async with worker:
+        await handle.signal(DNS_PUBLISHED_SIGNAL)
+        while world.checks < 1 or (await status_of(handle)).state != "waiting_for_dns":
+            await env.sleep(1)
+        for _ in range(5):
+            await handle.signal(DNS_PUBLISHED_SIGNAL)
+        await env.sleep(SIGNAL_CHECK_GAP.total_seconds() / 2)
+        assert world.checks == 1  # the signals wait for the gap
+        result = await handle.result()
+    # The five signals made one check, after the gap; the next check was a scheduled one.
+    assert (result.outcome, result.checks, world.checks) == ("dns_verified", 3, 3)
