@@ -55,7 +55,7 @@ async def take_tenant_claim(
     if records is not None:
         # Before the claim: a claim taken and then refused would name this run as the
         # holder of a purchase whose server belongs to an earlier run.
-        await _refuse_if_records_disagree(records, request.tenant_id, holder, holder_run, claim_id)
+        await _refuse_if_records_disagree(records, request.tenant_id, holder, claim_id)
     try:
         handle = await client.start_workflow(
             TENANT_CLAIM_TYPE,
@@ -96,12 +96,12 @@ async def take_tenant_claim(
 
 
 async def _refuse_if_records_disagree(
-    records: WorldRecords, tenant_id: str, holder: str, holder_run: str, claim_id: str
+    records: WorldRecords, tenant_id: str, holder: str, claim_id: str
 ) -> None:
-    """TenantAlreadyProvisioned if a server of this purchase or the tenant's record
-    exists, unless this very run holds the claim (a retried attempt of its admission)."""
-    claim = await WorldRecords.claim_of(activity.client(), tenant_id)
-    if claim is not None and (claim.holder, claim.holder_run_id) == (holder, holder_run):
+    """When no claim is held: TenantAlreadyProvisioned if a server of this purchase or
+    the tenant's current record exists (a held claim decides by itself, naming its
+    holder, an earlier run of this purchase included)."""
+    if await WorldRecords.claim_of(activity.client(), tenant_id) is not None:
         return
     purchase_id = purchase_id_of(holder)
     if purchase_id is not None:
@@ -117,8 +117,8 @@ async def _refuse_if_records_disagree(
     if await records.vault_version(tenant_id) is not None:
         raise _refused(
             tenant_id,
-            f"tenant {tenant_id!r} has current credentials in Vault (a mail server); "
-            "its claim is missing: run `starter.py check-world`",
+            f"tenant {tenant_id!r} already has a mail server (its Vault record is current) "
+            "but no claim: run `starter.py check-world`",
             claim_id,
             "(tenant's Vault record)",
         )
