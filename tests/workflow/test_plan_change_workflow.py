@@ -18,10 +18,14 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import WorkflowFailureError
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
+from temporalio.runtime import MetricBuffer, Runtime, TelemetryConfig
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from devstack.stack import tool
+from worker import worker_interceptors
 from workflows.contracts import AuditEvent, MailuTarget
+from workflows.metrics import PLAN_CHANGE_DOWNTIME
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
     MailuHealthy,
@@ -277,3 +281,38 @@ async def test_a_non_json_payload_is_refused_not_a_stuck_task(
     assert failure_of(err).type == "InvalidPlanChangeRequest"
     assert failure_of(err).details[0]["field"] == "(input)"
     assert world.calls == []
+
+
+async def test_the_downtime_is_recorded_as_a_metric_once() -> None:
+    """The worker's own interceptors on the run: mailprov_plan_change_downtime_seconds
+    gets the measured downtime (workflows/metrics.py), and the run completes."""
+    buffer = MetricBuffer(1000)
+    runtime = Runtime(telemetry=TelemetryConfig(metrics=buffer))
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=tool("temporal-test-server"), runtime=runtime
+    )
+    try:
+        world = World()
+        task_queue = f"plan-metrics-{uuid.uuid4().hex[:8]}"
+        async with Worker(
+            env.client,
+            task_queue=task_queue,
+            workflows=[ProvisionMailTenant],
+            activities=world.activities(),
+            interceptors=worker_interceptors(),
+        ):
+            result = await env.client.execute_workflow(
+                PLAN_CHANGE_WORKFLOW_TYPE,
+                REQUEST,
+                id=plan_change_workflow_id(REQUEST.tenant_id, REQUEST.request_id),
+                task_queue=task_queue,
+                result_type=PlanChangeResult,
+            )
+    finally:
+        await env.shutdown()
+    downtimes = [
+        update.value
+        for update in buffer.retrieve_updates()
+        if update.metric.name == PLAN_CHANGE_DOWNTIME
+    ]
+    assert downtimes == [result.downtime_seconds] == [192.5]
