@@ -22,7 +22,6 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.crypto import (
-    EnvelopeError,
     generate_password,
     open_envelope,
     parse_envelope,
@@ -253,16 +252,15 @@ def read_admin_credentials(vault: Vault, tenant_id: str) -> AdminCredentials:
     """Read a tenant's record and open its envelope (needs the reader role's token).
 
     Raises CredentialsNotFound, EnvelopeError (tampered or another tenant's
-    envelope), or VaultError (e.g. permission denied).
+    envelope; TenantKeyDestroyed once the tenant was deprovisioned), or VaultError
+    (e.g. permission denied).
     """
     record = vault.read_credentials(tenant_id)
     if record is None:
         raise CredentialsNotFound(f"no credentials stored for tenant {tenant_id!r}")
     vault_path = vault.record_path(tenant_id)
     envelope = parse_envelope(record.data["password"])
-    if envelope.kek != vault.kek:
-        raise EnvelopeError(f"envelope key {envelope.kek!r} is not this Vault's {vault.kek!r}")
-    data_key = vault.unwrap_data_key(tenant_id, envelope.wrapped_key)
+    data_key = vault.unwrap_data_key(tenant_id, envelope.kek, envelope.wrapped_key)
     return AdminCredentials(
         username=record.data["username"],
         password=open_envelope(envelope, data_key, tenant_id, vault_path),

@@ -1,13 +1,17 @@
 """The admin password and its envelope: AES-256-GCM under a per-tenant data key.
 
 Envelope encryption: a fresh 256-bit data key per password, generated and wrapped
-by Vault Transit with the tenant id as derivation context, so the master key never
-leaves Vault and one tenant's wrapped key cannot be unwrapped as another's. The
-associated data binds the ciphertext to its tenant and Vault path, so an envelope
-copied to another tenant's record fails to open even with a valid data key.
+by the tenant's own Vault Transit key (`transit/mail-credentials-{tenant}`), which
+never leaves Vault; deprovisioning deletes that key, so every envelope of the tenant,
+old backups included, can no longer be opened (crypto-shredding). The associated data
+binds the ciphertext to its tenant and Vault path, so an envelope copied to another
+tenant's record fails to open even with a valid data key.
 
 The envelope is a self-describing, versioned string:
-`mpenc:v1:` + base64url(JSON{alg, kek, wrapped_key, nonce, ciphertext}).
+`mpenc:v2:` + base64url(JSON{alg, kek, wrapped_key, nonce, ciphertext}), `kek` naming
+the Transit key that wrapped the data key. v1 (one shared key derived per tenant,
+which nothing per tenant could destroy) is no longer read: the product had no release
+with it, and a rotation re-wraps a tenant's password under v2 without reading it.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PASSWORD_BYTES = 32
-ENVELOPE_PREFIX = "mpenc:v1:"
+ENVELOPE_PREFIX = "mpenc:v2:"
 ALGORITHM = "AES-256-GCM"
 NONCE_BYTES = 12
 
@@ -42,7 +46,7 @@ class DataKey:
 
     plaintext: bytes
     wrapped: str
-    kek: str  # which Transit key wrapped it, e.g. "transit/mail-credentials"
+    kek: str  # which Transit key wrapped it, e.g. "transit/mail-credentials-acme"
 
 
 @dataclass(frozen=True)

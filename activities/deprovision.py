@@ -147,9 +147,25 @@ class DeprovisionActivities:
     @activity.defn(name="destroy_tenant_credentials")
     async def destroy_tenant_credentials(self, request: DestroyCredentialsRequest) -> int:
         """Destroy smtp/{tenant}/admin: every version and its metadata (KV v2 metadata
-        delete). Returns how many versions the record had (0: none, already destroyed)."""
+        delete), then the tenant's Transit key `mail-credentials-{tenant}` (every key
+        version), so a copy of the record in an old Vault backup can no longer be opened
+        (crypto-shredding, docs/security.md). Returns how many versions the record had
+        (0: none, already destroyed); a repeat finds neither and succeeds.
+        """
         await _refuse_if_reclaimed(request.tenant_id, request.claim_run_id)
-        return int(await self._vault_call(self._vault.destroy_record, request.tenant_id))
+        versions = int(await self._vault_call(self._vault.destroy_record, request.tenant_id))
+        key_deleted = bool(
+            await self._vault_call(self._vault.destroy_tenant_key, request.tenant_id)
+        )
+        activity.logger.info(
+            "tenant credentials destroyed",
+            extra={
+                "vault_versions": versions,
+                "transit_key": self._vault.tenant_key(request.tenant_id),
+                "transit_key_deleted": key_deleted,
+            },
+        )
+        return versions
 
     # ------------------------------------------------------------------ claim
 

@@ -166,40 +166,127 @@ class Vault:
         """The full path of a tenant's record, e.g. `smtp/acme/admin`: bound into the envelope."""
         return f"{self.settings.kv_mount}/{vault_secret_path_for(tenant_id)}"
 
+    def tenant_key(self, tenant_id: str) -> str:
+        """The tenant's own Transit key, e.g. `mail-credentials-acme`.
+
+        One key per tenant, so deprovisioning can delete it (crypto-shredding): every
+        envelope it ever wrapped, in Vault's backups too, then stays closed. The policies
+        grant Transit only on `{transit_key}-*` (deploy/vault/policies/).
+        """
+        return f"{self.settings.transit_key}-{tenant_id}"
+
+    def tenant_kek(self, tenant_id: str) -> str:
+        """How an envelope names the key wrapping its data key: `transit/mail-credentials-acme`."""
+        return f"{self.settings.transit_mount}/{self.tenant_key(tenant_id)}"
+
     @property
-    def kek(self) -> str:
-        return f"{self.settings.transit_mount}/{self.settings.transit_key}"
+    def startup_check_key(self) -> str:
+        """The key check_ready uses: `_` is in no tenant id, so it is no tenant's key."""
+        return f"{self.settings.transit_key}-_startup-check"
 
     def generate_data_key(self, tenant_id: str) -> DataKey:
-        """A fresh AES-256 key, returned in plaintext and wrapped under the tenant's derived key."""
-        response = self._call(
+        """A fresh AES-256 key, in plaintext and wrapped under the tenant's own Transit key.
+
+        The tenant's first data key creates its key (Transit `datakey` never creates
+        one; OpenBao 2.7.2 answers 400 "encryption key not found"): create is
+        idempotent, so two first attempts racing each other both succeed.
+        """
+        return self._data_key(self.tenant_key(tenant_id), self.tenant_kek(tenant_id))
+
+    def _data_key(self, key: str, kek: str) -> DataKey:
+        try:
+            data = self._datakey(key)
+        except hvac.exceptions.InvalidRequest as err:
+            if "not found" not in str(err):
+                raise VaultError(f"transit datakey {key}: {err}", retryable=False) from None
+            self._create_key(key)
+            data = self._datakey(key)
+        return DataKey(base64.b64decode(data["plaintext"]), data["ciphertext"], kek)
+
+    def _datakey(self, key: str) -> Any:
+        return self._call(
             "transit datakey",
             self._client.secrets.transit.generate_data_key,
-            name=self.settings.transit_key,
+            name=key,
             key_type="plaintext",
-            context=_context(tenant_id),
             bits=256,
             mount_point=self.settings.transit_mount,
-        )
-        data = response["data"]
-        return DataKey(base64.b64decode(data["plaintext"]), data["ciphertext"], self.kek)
+        )["data"]
 
-    def unwrap_data_key(self, tenant_id: str, wrapped: str) -> bytes:
+    def _create_key(self, key: str) -> None:
+        """A non-exportable AES-256-GCM key with no plaintext backup: it never leaves Vault."""
+        self._call(
+            "transit create key",
+            self._client.secrets.transit.create_key,
+            name=key,
+            key_type="aes256-gcm96",
+            exportable=False,
+            allow_plaintext_backup=False,
+            mount_point=self.settings.transit_mount,
+        )
+
+    def unwrap_data_key(self, tenant_id: str, kek: str, wrapped: str) -> bytes:
+        """Unwrap with the key the envelope names, which must be this tenant's own.
+
+        An envelope naming another tenant's key (copied or tampered with) is refused
+        before Vault is asked; one whose key was destroyed (a deprovisioned tenant, or
+        its old backup) fails with TenantKeyDestroyed.
+        """
+        expected = self.tenant_kek(tenant_id)
+        if kek != expected:
+            raise EnvelopeError(f"envelope key {kek!r} is not tenant {tenant_id!r}'s {expected!r}")
         try:
             response = self._call(
                 "transit decrypt",
                 self._client.secrets.transit.decrypt_data,
-                name=self.settings.transit_key,
+                name=self.tenant_key(tenant_id),
                 ciphertext=wrapped,
-                context=_context(tenant_id),
                 mount_point=self.settings.transit_mount,
             )
-        except hvac.exceptions.InvalidRequest:
-            # Transit answers 400 when the derived key (tenant context) does not fit.
+        except hvac.exceptions.InvalidRequest as err:
+            if "not found" in str(err):
+                raise TenantKeyDestroyed(
+                    f"Transit key {expected!r} does not exist: tenant {tenant_id!r} was "
+                    "deprovisioned (its key destroyed) or never had one"
+                ) from None
             raise EnvelopeError(
-                f"data key does not unwrap for tenant {tenant_id!r}: tampered or another tenant's"
+                f"data key does not unwrap under {expected!r}: tampered or another key's"
             ) from None
         return base64.b64decode(response["data"]["plaintext"])
+
+    def destroy_tenant_key(self, tenant_id: str) -> bool:
+        """Delete the tenant's Transit key and all its versions: crypto-shredding.
+
+        Transit refuses to delete a key until its config says `deletion_allowed`, so that
+        is set first (two calls; a retry after either is fine). True if a key was
+        deleted, False if there was none (a repeat: idempotent).
+        """
+        key = self.tenant_key(tenant_id)
+        try:
+            self._call(
+                "transit allow deletion",
+                self._client.secrets.transit.update_key_configuration,
+                name=key,
+                deletion_allowed=True,
+                mount_point=self.settings.transit_mount,
+            )
+        except hvac.exceptions.InvalidRequest as err:
+            # OpenBao 2.7.2: 400 "no existing key named ... could be found".
+            if "no existing key" in str(err):
+                return False
+            raise VaultError(f"transit config {key}: {err}", retryable=False) from None
+        try:
+            self._call(
+                "transit delete key",
+                self._client.secrets.transit.delete_key,
+                name=key,
+                mount_point=self.settings.transit_mount,
+            )
+        except hvac.exceptions.InvalidRequest as err:
+            # 400 "could not delete key; not found": an earlier attempt deleted it.
+            if "not found" not in str(err):
+                raise VaultError(f"transit delete {key}: {err}", retryable=False) from None
+        return True
 
     def read_credentials(self, tenant_id: str) -> CredentialsRecord | None:
         """The current record, or None if there is none (never written, or withdrawn)."""
@@ -341,23 +428,26 @@ class Vault:
 
         First whether Vault answers at all (VaultUnavailable: start or unseal it, the
         bootstrap would not help), then, with only what the worker's policy allows, what
-        the bootstrap sets up: a data key for a throwaway context (proves the Transit
-        mount, the key and the permission; nothing is stored) and a read of a record
-        that does not exist (proves the KV v2 mount).
+        the bootstrap sets up: a data key under the check key `{transit_key}-_startup-check`,
+        created by the first start (proves the Transit mount and the permission to create
+        and use per-tenant keys; no tenant id has `_`, so it is no tenant's key) and a
+        read of a record that does not exist (proves the KV v2 mount).
         """
         self._check_available()
         try:
-            self.generate_data_key("startup-check")
+            self._data_key(self.startup_check_key, self.settings.transit_mount)
         except VaultError as err:
             if err.degraded != "denied":
                 # Sealed, unreachable or failing since the health check: not a set-up gap.
                 raise VaultUnavailable(f"Vault at {self.settings.url} failed: {err}") from None
             raise VaultNotReady(
-                f"Transit key {self.kek!r} is not usable: {err}; run deploy/vault_bootstrap.py"
+                f"Transit keys {self.tenant_key('*')!r} are not usable: {err}; "
+                "run deploy/vault_bootstrap.py"
             ) from None
         except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest):
             raise VaultNotReady(
-                f"Transit key {self.kek!r} does not exist; run deploy/vault_bootstrap.py"
+                f"Transit mount {self.settings.transit_mount!r} does not exist; "
+                "run deploy/vault_bootstrap.py"
             ) from None
         try:
             self._call(
@@ -520,12 +610,12 @@ class Vault:
             ) from None
 
 
-def _context(tenant_id: str) -> str:
-    return _b64(tenant_id.encode())
-
-
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+class TenantKeyDestroyed(EnvelopeError):
+    """The tenant's Transit key is gone (deprovisioned): its envelopes cannot be opened."""
 
 
 class VaultNotReady(Exception):

@@ -1,7 +1,9 @@
 """Prepare a Vault (or OpenBao) for mail-provisioning; safe to run again.
 
-Enables KV v2 at `smtp` and Transit, creates the derived Transit key whose
-per-tenant keys wrap every data key, and for the audit chain the Transit HMAC key
+Enables KV v2 at `smtp` and Transit (each tenant's key `mail-credentials-{tenant}` is
+created by the worker with the tenant's first data key and deleted when the tenant is
+deprovisioned; a shared `mail-credentials` key left by an earlier version is unused and
+may be deleted), and for the audit chain the Transit HMAC key
 `mail-audit` (not exportable) and KV v2 at `audit-chain` (its anchored head and checkpoint);
 installs the three policies from deploy/vault/policies/, sets up the worker's AppRole
 (role id + a secret id: the worker logs in, renews and logs in again by itself) and
@@ -30,7 +32,6 @@ READER_POLICY = "mail-credentials-reader"
 AUDITOR_POLICY = "mail-audit-verifier"
 KV_MOUNT = "smtp"
 TRANSIT_MOUNT = "transit"
-TRANSIT_KEY = "mail-credentials"
 APPROLE_MOUNT = "approle"
 WORKER_ROLE = "mail-provisioning-worker"
 
@@ -52,13 +53,6 @@ def bootstrap(client: hvac.Client, ttl: str = "768h", worker_token_ttl: str = "1
             client.sys.enable_secrets_engine("kv", path=kv_mount, options={"version": "2"})
     if f"{TRANSIT_MOUNT}/" not in mounts:
         client.sys.enable_secrets_engine("transit", path=TRANSIT_MOUNT)
-    try:
-        client.secrets.transit.read_key(name=TRANSIT_KEY, mount_point=TRANSIT_MOUNT)
-    except hvac.exceptions.InvalidPath:
-        # derived=True: every tenant id (the context) gets its own key under the master.
-        client.secrets.transit.create_key(
-            name=TRANSIT_KEY, key_type="aes256-gcm96", derived=True, mount_point=TRANSIT_MOUNT
-        )
     try:
         client.secrets.transit.read_key(name=AUDIT_HMAC_KEY, mount_point=TRANSIT_MOUNT)
     except hvac.exceptions.InvalidPath:

@@ -265,7 +265,8 @@ def write_only_token(info: StackInfo, tmp_path: Path) -> Path:
     root.sys.create_or_update_policy(
         "leak-scan-no-kv",
         (
-            'path "transit/datakey/plaintext/mail-credentials" { capabilities = ["update"] }\n'
+            'path "transit/keys/mail-credentials-*" { capabilities = ["update"] }\n'
+            'path "transit/datakey/plaintext/mail-credentials-*" { capabilities = ["update"] }\n'
             'path "smtp/data/+/admin" { capabilities = ["read"] }\n'
             # The audit chain as the worker's policy has it: compensation is audited.
             'path "transit/hmac/mail-audit" { capabilities = ["update"] }\n'

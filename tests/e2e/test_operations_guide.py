@@ -213,7 +213,7 @@ def test_the_lines_make_up_prints_decode_every_payload(shell: OperatorShell) -> 
     assert "purchase-p-1" in shell.ok(listing)
     shown = shell.ok(detailed)
     # Input, activity arguments and results, and the result: all readable.
-    for text in ("acme.example", "mail-acme-", "smtp/acme/admin", "mpenc:v1:"):
+    for text in ("acme.example", "mail-acme-", "smtp/acme/admin", "mpenc:v2:"):
         assert text in shown
     exported = json.loads(shell.ok(as_json))
     assert ENCODING not in payload_encodings(exported)

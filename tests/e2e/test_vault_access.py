@@ -1,7 +1,9 @@
 """Least privilege and read-back against the real OpenBao server.
 
-The worker may write records and get wrapped data keys, nothing more: it can never
-decrypt. The reader (the mail-sending side) may read and decrypt, nothing more. For
+The worker may write records, create each tenant's Transit key `mail-credentials-{tenant}`,
+get wrapped data keys and delete a deprovisioned tenant's key, nothing more: it can never
+decrypt nor export. The reader (the mail-sending side) may read and decrypt with tenant
+keys, nothing more. For
 the audit chain the worker may MAC rows and move the anchored head, never export the
 key nor touch the auditor's checkpoint; the auditor may check MACs, read the head and
 write the checkpoint, never make a MAC nor move the head.
@@ -34,7 +36,7 @@ from workflows.contracts import (
 )
 
 TENANT = "policy-tenant"
-CONTEXT = base64.b64encode(TENANT.encode()).decode()
+KEY = f"mail-credentials-{TENANT}"
 
 
 def client(info: StackInfo, token_file: str) -> hvac.Client:
@@ -83,25 +85,53 @@ def kv_read(c: hvac.Client, path: str = f"{TENANT}/admin") -> Any:
     )
 
 
-def datakey(c: hvac.Client, key: str = "mail-credentials") -> Any:
-    return c.secrets.transit.generate_data_key(name=key, key_type="plaintext", context=CONTEXT)
+def datakey(c: hvac.Client, key: str = KEY) -> Any:
+    return c.secrets.transit.generate_data_key(name=key, key_type="plaintext")
 
 
-def decrypt(c: hvac.Client, wrapped: str) -> Any:
-    return c.secrets.transit.decrypt_data(
-        name="mail-credentials", ciphertext=wrapped, context=CONTEXT
-    )
+def decrypt(c: hvac.Client, wrapped: str, key: str = KEY) -> Any:
+    return c.secrets.transit.decrypt_data(name=key, ciphertext=wrapped)
+
+
+def create_key(c: hvac.Client, key: str = KEY) -> Any:
+    return c.secrets.transit.create_key(name=key, key_type="aes256-gcm96")
+
+
+def delete_key(c: hvac.Client, key: str = KEY) -> Any:
+    """Crypto-shredding as deprovisioning does it: allow deletion, then delete."""
+    c.secrets.transit.update_key_configuration(name=key, deletion_allowed=True)
+    return c.secrets.transit.delete_key(name=key)
 
 
 @pytest.fixture(scope="module")
 def wrapped_key(root: hvac.Client) -> str:
+    create_key(root)
     return str(datakey(root)["data"]["ciphertext"])
 
 
-def test_worker_allowed_capabilities(worker: hvac.Client, root: hvac.Client) -> None:
+def test_worker_allowed_capabilities(worker: hvac.Client, wrapped_key: str) -> None:
     assert kv_write(worker)["data"]["version"] >= 1
     assert kv_read(worker)["data"]["data"]["rotation_policy"] == "180_days"
     assert datakey(worker)["data"]["ciphertext"].startswith("vault:v")
+    # A new tenant's first data key: the worker creates the tenant's key (again: no-op).
+    fresh = f"mail-credentials-fresh-{secrets.token_hex(4)}"
+    create_key(worker, fresh)
+    create_key(worker, fresh)
+    assert datakey(worker, fresh)["data"]["ciphertext"].startswith("vault:v1:")
+
+
+def test_worker_may_delete_a_tenant_key_for_deprovisioning(
+    worker: hvac.Client, root: hvac.Client
+) -> None:
+    """Deprovisioning destroys the tenant's Transit key: its envelopes stay closed."""
+    key = f"mail-credentials-shred-{secrets.token_hex(4)}"
+    create_key(root, key)
+    wrapped = datakey(root, key)["data"]["ciphertext"]
+    delete_key(worker, key)
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.secrets.transit.read_key(name=key)
+    with pytest.raises(hvac.exceptions.InvalidRequest, match="not found"):
+        decrypt(root, wrapped, key)
 
 
 def test_worker_may_destroy_a_tenant_record_for_deprovisioning(
@@ -118,13 +148,16 @@ def test_worker_may_destroy_a_tenant_record_for_deprovisioning(
 
 DENIED_FOR_WORKER: dict[str, Callable[[hvac.Client, str], Any]] = {
     "transit decrypt": lambda c, w: decrypt(c, w),
-    "transit encrypt": lambda c, w: c.secrets.transit.encrypt_data(
-        name="mail-credentials", plaintext="eA==", context=CONTEXT
-    ),
+    "transit encrypt": lambda c, w: c.secrets.transit.encrypt_data(name=KEY, plaintext="eA=="),
     "datakey of another key": lambda c, w: datakey(c, "other-key"),
     "transit key export": lambda c, w: c.secrets.transit.export_key(
-        name="mail-credentials", key_type="encryption-key"
+        name=KEY, key_type="encryption-key"
     ),
+    "transit key backup": lambda c, w: c.secrets.transit.backup_key(name=KEY),
+    "transit key read": lambda c, w: c.secrets.transit.read_key(name=KEY),
+    "transit key list": lambda c, w: c.secrets.transit.list_keys(),
+    "create a key outside mail-credentials-*": lambda c, w: create_key(c, "other-key"),
+    "delete the audit key": lambda c, w: c.secrets.transit.delete_key(name="mail-audit"),
     "kv write outside tenant/admin": lambda c, w: kv_write(c, f"{TENANT}/other"),
     "kv read outside tenant/admin": lambda c, w: kv_read(c, f"{TENANT}/other"),
     "kv delete": lambda c, w: c.secrets.kv.v2.delete_latest_version_of_secret(
@@ -170,8 +203,14 @@ DENIED_FOR_READER: dict[str, Callable[[hvac.Client], Any]] = {
     ),
     "kv list tenants": lambda c: c.secrets.kv.v2.list_secrets(path="", mount_point="smtp"),
     "transit key export": lambda c: c.secrets.transit.export_key(
-        name="mail-credentials", key_type="encryption-key"
+        name=KEY, key_type="encryption-key"
     ),
+    "transit key create": lambda c: create_key(c, f"mail-credentials-{secrets.token_hex(4)}"),
+    "transit key delete": delete_key,
+    "transit key config": lambda c: c.secrets.transit.update_key_configuration(
+        name=KEY, deletion_allowed=True
+    ),
+    "decrypt with a key outside mail-credentials-*": lambda c: decrypt(c, "vault:v1:x", "other"),
     "create tokens": lambda c: c.auth.token.create(policies=["mail-provisioning-worker"]),
     "audit hmac": lambda c: audit_hmac(c),
     "audit anchor write": lambda c: head_write(c, "head"),
@@ -287,9 +326,7 @@ DENIED_FOR_AUDITOR: dict[str, Callable[[hvac.Client], Any]] = {
         path=f"checkpoint/{AUDIT_CHAIN}", mount_point="audit-chain"
     ),
     "kv read credentials": lambda c: kv_read(c),
-    "transit decrypt": lambda c: c.secrets.transit.decrypt_data(
-        name="mail-credentials", ciphertext="vault:v1:x", context=CONTEXT
-    ),
+    "transit decrypt": lambda c: decrypt(c, "vault:v1:x"),
     "datakey": datakey,
     "create tokens": lambda c: c.auth.token.create(policies=["mail-provisioning-worker"]),
 }
@@ -306,13 +343,10 @@ def test_auditor_denied_capabilities(auditor: hvac.Client, capability: str) -> N
 
 def store_envelope(root: hvac.Client, tenant: str, password: str, for_tenant: str) -> str:
     """Seal `password` the way the worker does, for `for_tenant`, into `tenant`'s record."""
-    context = base64.b64encode(for_tenant.encode()).decode()
-    data = root.secrets.transit.generate_data_key(
-        name="mail-credentials", key_type="plaintext", context=context
-    )["data"]
-    key = DataKey(
-        base64.b64decode(data["plaintext"]), data["ciphertext"], "transit/mail-credentials"
-    )
+    name = f"mail-credentials-{for_tenant}"
+    create_key(root, name)
+    data = datakey(root, name)["data"]
+    key = DataKey(base64.b64decode(data["plaintext"]), data["ciphertext"], f"transit/{name}")
     envelope = seal(password, key, for_tenant, f"smtp/{for_tenant}/admin")
     root.secrets.kv.v2.create_or_update_secret(
         path=f"{tenant}/admin", secret=record(envelope), mount_point="smtp"
@@ -347,8 +381,33 @@ def test_read_back_missing_tenant(reader_vault: Vault) -> None:
 
 def test_read_back_refuses_another_tenants_envelope(root: hvac.Client, reader_vault: Vault) -> None:
     store_envelope(root, "rb-victim", "pw", for_tenant="rb-attacker")
-    with pytest.raises(EnvelopeError):
+    with pytest.raises(EnvelopeError, match="not tenant 'rb-victim'"):
         read_admin_credentials(reader_vault, "rb-victim")
+
+
+def test_another_tenants_key_cannot_open_an_envelope(
+    root: hvac.Client, reader_vault: Vault
+) -> None:
+    # The attacker's data key, sealed for the victim's path and relabelled with the
+    # victim's key name: the victim's key does not unwrap it.
+    create_key(root, "mail-credentials-rb-victim2")
+    create_key(root, "mail-credentials-rb-attacker2")
+    data = datakey(root, "mail-credentials-rb-attacker2")
+    envelope = seal(
+        "pw",
+        DataKey(
+            base64.b64decode(data["data"]["plaintext"]),
+            data["data"]["ciphertext"],
+            "transit/mail-credentials-rb-victim2",
+        ),
+        "rb-victim2",
+        "smtp/rb-victim2/admin",
+    )
+    root.secrets.kv.v2.create_or_update_secret(
+        path="rb-victim2/admin", secret=record(envelope), mount_point="smtp"
+    )
+    with pytest.raises(EnvelopeError, match="does not unwrap"):
+        read_admin_credentials(reader_vault, "rb-victim2")
 
 
 @pytest.mark.parametrize(
@@ -379,11 +438,7 @@ def test_read_back_refuses_an_envelope_moved_to_another_path(
     envelope = store_envelope(root, "rb-moved", "pw", "rb-moved")
     body = json.loads(base64.urlsafe_b64decode(envelope[len(ENVELOPE_PREFIX) :]))
     key = base64.b64decode(
-        root.secrets.transit.decrypt_data(
-            name="mail-credentials",
-            ciphertext=body["wrapped_key"],
-            context=base64.b64encode(b"rb-moved").decode(),
-        )["data"]["plaintext"]
+        decrypt(root, body["wrapped_key"], "mail-credentials-rb-moved")["data"]["plaintext"]
     )
     moved = seal(
         "pw", DataKey(key, body["wrapped_key"], body["kek"]), "rb-moved", "smtp/rb-moved/elsewhere"
@@ -401,7 +456,7 @@ def test_read_back_refuses_an_unknown_envelope_version(
     envelope = store_envelope(root, "rb-version", "pw", "rb-version")
     root.secrets.kv.v2.create_or_update_secret(
         path="rb-version/admin",
-        secret=record(envelope.replace("mpenc:v1:", "mpenc:v9:")),
+        secret=record(envelope.replace(ENVELOPE_PREFIX, "mpenc:v9:")),
         mount_point="smtp",
     )
     with pytest.raises(EnvelopeError, match="'v9'"):

@@ -1,8 +1,9 @@
 """Vault's life cycle on the stack's real OpenBao (raft storage, unsealed by the stack).
 
-A restart keeps every record, the Transit key, the policies and the AppRole; the
-worker logs in with AppRole, renews its token, logs in again when the token is
-gone, and refuses to start against a Vault that lacks what it needs.
+A restart keeps every record, the tenants' Transit keys, the policies and the AppRole;
+the worker logs in with AppRole, renews its token, logs in again when the token is
+gone, and refuses to start against a Vault that lacks what it needs. Deprovisioning
+destroys a tenant's Transit key, so an old copy of its record no longer opens.
 """
 
 from __future__ import annotations
@@ -18,12 +19,14 @@ import pytest
 from temporalio.client import Client
 
 from activities.credentials import read_admin_credentials
-from activities.crypto import seal
-from activities.vault import Vault, VaultSettings
+from activities.crypto import EnvelopeError, parse_envelope, seal
+from activities.vault import TenantKeyDestroyed, Vault, VaultSettings
 from devstack.stack import Stack, StackInfo
-from starter import start_purchase
+from starter import start_deprovision, start_purchase
 from tests.e2e.conftest import new_request
+from tests.e2e.test_purchase_end_to_end import provision
 from worker import ConfigError, Settings, build_activities
+from workflows.deprovision_contracts import DeprovisionRequest
 
 
 def vault_file(info: StackInfo, name: str) -> str:
@@ -155,8 +158,8 @@ def test_the_token_is_renewed_before_it_expires(info: StackInfo) -> None:
     ("override", "message"),
     [
         (
-            {"MAILPROV_TRANSIT_KEY": "absent-key"},
-            r"Transit key 'transit/absent-key' does not exist",
+            {"MAILPROV_TRANSIT_MOUNT": "absent-transit"},
+            r"Transit mount 'absent-transit' does not exist",
         ),
         ({"MAILPROV_KV_MOUNT": "absent-kv"}, r"KV v2 mount 'absent-kv' does not exist"),
     ],
@@ -181,6 +184,59 @@ async def test_worker_refuses_a_token_without_the_policy(info: StackInfo, tmp_pa
     env = {**info.worker_env, "VAULT_TOKEN_FILE": str(tmp_path / "token")}
     env.pop("VAULT_ROLE_ID_FILE")
     settings = Settings.from_env(env)
-    with pytest.raises(ConfigError, match=r"Transit key .* not usable: .*permission denied"):
+    with pytest.raises(ConfigError, match=r"Transit keys .* not usable: .*permission denied"):
         async with build_activities(settings):
             pass
+
+
+async def test_deprovisioning_shreds_the_tenants_key_so_a_backup_stays_closed(
+    client: Client, info: StackInfo, reader_vault: Vault, purchase: dict[str, Any]
+) -> None:
+    """purchase -> the reader opens the record -> a copy of the KV version is kept (as a
+    Vault backup would hold it) -> deprovision -> the copy, restored, no longer opens
+    (the tenant's Transit key is gone) -> the same tenant buys again with a fresh key,
+    which opens the new record but not the old copy.
+    """
+    tenant = purchase["tenant_id"]
+    root = hvac.Client(url=info.vault_addr, token=vault_file(info, "root.token"))
+    key = f"mail-credentials-{tenant}"
+    await provision(client, purchase)
+    first = read_admin_credentials(reader_vault, tenant)
+    backup = dict(
+        root.secrets.kv.v2.read_secret_version(
+            path=f"{tenant}/admin", mount_point="smtp", raise_on_deleted_version=True
+        )["data"]["data"]
+    )
+    assert parse_envelope(backup["password"]).kek == f"transit/{key}"
+    assert root.secrets.transit.read_key(name=key)["data"]["exportable"] is False
+
+    handle = await start_deprovision(
+        client, DeprovisionRequest(tenant, "e2e-shredding"), info_task_queue(info)
+    )
+    assert (await handle.result()).outcome == "deprovisioned"
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.secrets.transit.read_key(name=key)
+
+    # The backup restored into Vault: the reader finds the record but cannot open it.
+    root.secrets.kv.v2.create_or_update_secret(
+        path=f"{tenant}/admin", secret=backup, mount_point="smtp"
+    )
+    with pytest.raises(TenantKeyDestroyed):
+        read_admin_credentials(reader_vault, tenant)
+    root.secrets.kv.v2.delete_metadata_and_all_versions(path=f"{tenant}/admin", mount_point="smtp")
+
+    # The same tenant buys again: a fresh key, which does not open the old copy.
+    await provision(client, {**purchase, "purchase_id": f"{purchase['purchase_id']}-again"})
+    second = read_admin_credentials(reader_vault, tenant)
+    assert second.password != first.password
+    old = parse_envelope(backup["password"])
+    with pytest.raises(EnvelopeError, match="does not unwrap"):
+        reader_vault.unwrap_data_key(tenant, old.kek, old.wrapped_key)
+
+    # Clean-up through the same door; the new key goes too.
+    handle = await start_deprovision(
+        client, DeprovisionRequest(tenant, "e2e-cleanup"), info_task_queue(info)
+    )
+    assert (await handle.result()).outcome == "deprovisioned"
+    with pytest.raises(hvac.exceptions.InvalidPath):
+        root.secrets.transit.read_key(name=key)

@@ -304,7 +304,7 @@ def test_the_worker_uses_vault_over_tls_with_its_client_certificate(
     vault.check_ready()  # mounts, Transit key, the worker's permissions: over mTLS
     key = vault.generate_data_key("tls-tenant")
     reader = Vault(replace(settings.vault, token=openbao.tokens.reader))
-    assert reader.unwrap_data_key("tls-tenant", key.wrapped) == key.plaintext
+    assert reader.unwrap_data_key("tls-tenant", key.kek, key.wrapped) == key.plaintext
 
 
 def test_vault_namespace_selects_where_the_worker_works(openbao: TlsOpenBao, pki: Pki) -> None:

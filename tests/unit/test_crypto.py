@@ -18,7 +18,7 @@ from activities.crypto import (
     seal,
 )
 
-KEY = DataKey(secrets.token_bytes(32), "vault:v1:wrapped", "transit/mail-credentials")
+KEY = DataKey(secrets.token_bytes(32), "vault:v1:wrapped", "transit/mail-credentials-acme")
 PATH = "smtp/acme/admin"
 
 
@@ -66,7 +66,7 @@ def test_tampered_ciphertext_or_nonce_fails_authentication(field: str) -> None:
 
 @pytest.mark.parametrize(
     "envelope",
-    ["", "plaintext-password", "mpenc:v2:abc", "mpenc:v1:!!!", "mpenc:v1:" + "e30="],
+    ["", "plaintext-password", "mpenc:v3:abc", "mpenc:v2:!!!", "mpenc:v2:" + "e30="],
 )
 def test_malformed_or_unknown_version_is_rejected_clearly(envelope: str) -> None:
     with pytest.raises(EnvelopeError):
@@ -81,3 +81,20 @@ def test_wrong_algorithm_is_rejected() -> None:
 def test_data_key_repr_does_not_show_the_key() -> None:
     assert KEY.plaintext.hex() not in repr(KEY)
     assert str(list(KEY.plaintext)) not in repr(KEY)
+
+
+def test_the_envelope_names_the_tenants_own_key() -> None:
+    envelope = seal("pw", KEY, "acme", PATH)
+    assert envelope.startswith("mpenc:v2:")
+    assert parse_envelope(envelope).kek == "transit/mail-credentials-acme"
+
+
+def test_a_v1_envelope_of_the_shared_key_is_no_longer_read() -> None:
+    """v1 wrapped under one shared key nothing per tenant could destroy (crypto.py)."""
+    body = json.loads(
+        base64.urlsafe_b64decode(seal("pw", KEY, "acme", PATH)[len(ENVELOPE_PREFIX) :])
+    )
+    body["kek"] = "transit/mail-credentials"
+    v1 = "mpenc:v1:" + base64.urlsafe_b64encode(json.dumps(body).encode()).decode()
+    with pytest.raises(EnvelopeError, match="'v1'"):
+        parse_envelope(v1)

@@ -1,9 +1,11 @@
-# The mail-sending side: read a tenant's record and unwrap its data key.
+# The mail-sending side: read a tenant's record and unwrap its data key with that
+# tenant's own Transit key (`mail-credentials-{tenant}`); the reader checks that the
+# envelope names the key of the tenant whose record it is. No key management, no export.
 path "smtp/data/+/admin" {
   capabilities = ["read"]
 }
 
-path "transit/decrypt/mail-credentials" {
+path "transit/decrypt/mail-credentials-*" {
   capabilities = ["update"]
 }
 

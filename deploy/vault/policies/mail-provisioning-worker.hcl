@@ -18,7 +18,19 @@ path "smtp/metadata/+/admin" {
   capabilities = ["delete"]
 }
 
-path "transit/datakey/plaintext/mail-credentials" {
+# Each tenant's own Transit key, `mail-credentials-{tenant}` (activities/vault.py): the
+# tenant's first data key creates it (Transit create is `update` on keys/<name>: OpenBao
+# has no existence check there), deprovisioning deletes it (config deletion_allowed, then
+# delete): crypto-shredding. The glob also reaches the key's rotate/trim/config/
+# soft-delete endpoints (a policy cannot carve them out: a `+` deny ranks below this
+# glob); with them the worker can only make a tenant's key unusable, which it can do
+# anyway by destroying the record. No decrypt, no export or backup (other paths), so
+# the worker still never opens an envelope.
+path "transit/keys/mail-credentials-*" {
+  capabilities = ["update", "delete"]
+}
+
+path "transit/datakey/plaintext/mail-credentials-*" {
   capabilities = ["update"]
 }
 
