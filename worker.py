@@ -48,6 +48,7 @@ from activities.connections import (
 )
 from activities.credentials import CredentialsActivities
 from activities.deprovision import DeprovisionActivities
+from activities.dns_check import RESOLVERS_ENV, resolver_from_env
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities, NotifyPolicy
 from activities.plan_change import PlanChangeActivities
@@ -364,7 +365,12 @@ async def build_activities(
     claims = TenantClaimActivities(records)
     plan_change = PlanChangeActivities(provider, vault, access, settings.plans)
     deprovision = DeprovisionActivities(vault, provider, vps, records)
-    activation = ActivationActivities(vault, provider, access)
+    try:
+        # Set: checked now (a typo refuses the start); unset: the system's, at first use.
+        resolver = resolver_from_env() if os.environ.get(RESOLVERS_ENV, "").strip() else None
+    except ValueError as err:
+        raise ConfigError(f"{RESOLVERS_ENV}: {err}") from None
+    activation = ActivationActivities(vault, provider, access, resolver)
     try:
         await _check_provider(settings.plans, provider)
         yield [

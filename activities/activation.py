@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 
 import dns.asyncresolver
+import dns.resolver
 from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy
@@ -92,13 +93,20 @@ class ActivationActivities:
         self._vault = vault
         self._provider = provider
         self._access = access
-        self._resolver = resolver or resolver_from_env()
+        # Built at the first check, not here: a machine without /etc/resolv.conf must
+        # not keep the worker from starting (its checks then fail and are retried).
+        self._resolver = resolver
         self._mailu_settings = mailu_settings or MailuSettings()
 
     @activity.defn(name="check_mail_dns")
     async def check_mail_dns(self, request: DnsCheckRequest) -> DnsCheck:
         """Which of the records we handed out are not published as handed out."""
         domain, records = await self.expected_records(request.tenant_id)
+        if self._resolver is None:
+            try:
+                self._resolver = resolver_from_env()
+            except (ValueError, dns.resolver.NoResolverConfiguration) as err:
+                raise ApplicationError(f"no DNS resolver: {err}", type="NoResolver") from None
         missing = await missing_records(self._resolver, records)
         activity.logger.info("DNS check", extra={"records": len(records), "missing": len(missing)})
         return DnsCheck(request.tenant_id, domain, len(records), missing)
