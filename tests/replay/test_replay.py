@@ -29,6 +29,7 @@ from devstack.stack import ROOT
 from runtime.codec import ENCODING, KeyRing
 from starter import StarterError, replay_history
 from tests.helpers import payload_encodings
+from tests.replay.record_activation_histories import WORKFLOW_ID as ACTIVATION_WORKFLOW_ID
 from tests.replay.record_plan_change_histories import WORKFLOW_ID as PLAN_CHANGE_WORKFLOW_ID
 from workflows.deprovision_contracts import deprovision_workflow_id
 from workflows.provision import ProvisionMailTenant
@@ -253,5 +254,25 @@ async def test_plan_change_history_replays_deterministically(path: Path) -> None
     """Scripted plan changes (tests.replay.record_plan_change_histories), no codec."""
     # The run checks its own workflow id (change-plan-{tenant}-{request}): replay under it.
     history = WorkflowHistory.from_json(PLAN_CHANGE_WORKFLOW_ID, path.read_text())
+    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
+    assert result.replay_failure is None
+
+
+ACTIVATION_HISTORIES = sorted((HISTORY_DIR / "activation").glob("*.json"))
+
+
+def test_the_activation_scenarios_are_committed() -> None:
+    assert {p.stem for p in ACTIVATION_HISTORIES} >= {
+        "signalled_then_verified",
+        "gave_up",
+        "tenant_gone",
+    }
+
+
+@pytest.mark.parametrize("path", ACTIVATION_HISTORIES, ids=[p.stem for p in ACTIVATION_HISTORIES])
+async def test_activation_history_replays_deterministically(path: Path) -> None:
+    """Scripted activations (tests.replay.record_activation_histories), no codec."""
+    # The run checks its own workflow id (activate-{tenant}): replay under it.
+    history = WorkflowHistory.from_json(ACTIVATION_WORKFLOW_ID, path.read_text())
     result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
     assert result.replay_failure is None
