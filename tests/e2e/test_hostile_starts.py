@@ -39,6 +39,7 @@ from runtime.codec import KeyRing, data_converter
 from tests.e2e.conftest import CloudControl
 from tests.workflow.test_deprovision_workflow import DEPROVISION_CORPUS
 from tests.workflow.test_hostile_starts_workflow import ROTATION_CORPUS, RawStart
+from workflows.activation_contracts import DNS_PUBLISHED_SIGNAL
 from workflows.claim_contracts import HOLDER_MEMO, TENANT_CLAIM_TYPE, tenant_claim_id
 from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
 from workflows.contracts import UNDECODABLE_ENCODING as UNDECODABLE
@@ -678,7 +679,14 @@ def hostile_payloads() -> dict[str, list[Payload]]:
 
 
 # Signal and query names a client can try on any run: ours, the SDK's, made up.
-HOSTILE_SIGNALS = ("release", "provisioned", "status", "cancel", "x" * 300)
+HOSTILE_SIGNALS = (
+    "release",
+    "provisioned",
+    DNS_PUBLISHED_SIGNAL,
+    "status",
+    "cancel",
+    "x" * 300,
+)
 HOSTILE_QUERIES = ("status", "claim", "statuss", "x" * 300)
 
 
