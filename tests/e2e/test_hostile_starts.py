@@ -39,7 +39,11 @@ from runtime.codec import KeyRing, data_converter
 from tests.e2e.conftest import CloudControl
 from tests.workflow.test_deprovision_workflow import DEPROVISION_CORPUS
 from tests.workflow.test_hostile_starts_workflow import ROTATION_CORPUS, RawStart
-from workflows.activation_contracts import DNS_PUBLISHED_SIGNAL
+from workflows.activation_contracts import (
+    ACTIVATION_WORKFLOW_TYPE,
+    DNS_PUBLISHED_SIGNAL,
+    activation_workflow_id,
+)
 from workflows.claim_contracts import HOLDER_MEMO, TENANT_CLAIM_TYPE, tenant_claim_id
 from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
 from workflows.contracts import UNDECODABLE_ENCODING as UNDECODABLE
@@ -853,10 +857,10 @@ async def activities_scheduled(client: Client, workflow_id: str) -> int:
 async def test_hostile_starts_of_every_other_workflow_type_end_quickly_creating_nothing(
     client: Client, info: StackInfo, cloud: CloudControl
 ) -> None:
-    """ReconcileOrphans and ChangeMailPlan refuse every start that is not a request before
-    looking anything up; a TenantClaim started by a client on a fresh tenant id ends instead
-    of holding the tenant; CheckWorld, read-only, ends whatever it is sent (issue 17 items
-    5 and 6). No run is left retrying a failed workflow task."""
+    """ReconcileOrphans, ChangeMailPlan and ActivateMailDomain refuse every start that is
+    not a request before looking anything up; a TenantClaim started by a client on a fresh
+    tenant id ends instead of holding the tenant; CheckWorld, read-only, ends whatever it
+    is sent (issue 17 items 5 and 6). No run is left retrying a failed workflow task."""
     batch = uuid.uuid4().hex[:6]
     before = await snapshot(info, cloud, client)
     schedules_before = await schedule_ids(client)
@@ -898,6 +902,15 @@ async def test_hostile_starts_of_every_other_workflow_type_end_quickly_creating_
             task_queue=QUEUE,
         )
         plan_changes.append((handle.id, start))
+    activations = []
+    for i, start in enumerate(ANY_ARGUMENTS):
+        handle = await client.start_workflow(
+            ACTIVATION_WORKFLOW_TYPE,
+            args=raw(start),
+            id=activation_workflow_id(f"hostile-{batch}-{i}"),
+            task_queue=QUEUE,
+        )
+        activations.append((handle.id, start))
     world_checks = []
     for i, start in enumerate(ANY_ARGUMENTS):
         handle = await client.start_workflow(
@@ -911,6 +924,13 @@ async def test_hostile_starts_of_every_other_workflow_type_end_quickly_creating_
     for workflow_id, start in plan_changes:
         refused = Case(
             "plan change", start.name, lambda pid: [], start.expect, "InvalidPlanChangeRequest"
+        )
+        await expect_refused(client, workflow_id, refused)
+        assert await workflow_task_failures(client, workflow_id) == 0, start.name
+        assert await activities_scheduled(client, workflow_id) == 0, start.name
+    for workflow_id, start in activations:
+        refused = Case(
+            "activation", start.name, lambda pid: [], start.expect, "InvalidActivationRequest"
         )
         await expect_refused(client, workflow_id, refused)
         assert await workflow_task_failures(client, workflow_id) == 0, start.name
