@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import structlog
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -172,6 +173,9 @@ class TenantClaimActivities:
         """
         info = activity.info()
         tenant_id = tenant_of_claim_id(info.workflow_id or "")
+        # The argument names no tenant, so the log context (runtime/logs.py) could not:
+        # every activity log line names its tenant.
+        structlog.contextvars.bind_contextvars(tenant_id=tenant_id)
         if tenant_id is None or self._records is None or info.workflow_id is None:
             return ClaimVerdict(False, "not a tenant claim started by admission")
         client = activity.client()
