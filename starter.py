@@ -106,11 +106,9 @@ from workflows.contracts import (
     DEFAULT_TASK_QUEUE,
     STEPS,
     WORKFLOW_TYPE,
-    InvalidPurchaseRequest,
     ProvisionResult,
     ProvisionStatus,
     PurchaseRequest,
-    decode_purchase_json,
     workflow_id_for,
 )
 from workflows.deprovision_contracts import (
@@ -121,6 +119,7 @@ from workflows.deprovision_contracts import (
     deprovision_workflow_id,
 )
 from workflows.failures import cancelled_message
+from workflows.input_rules import InvalidPurchaseRequest, decode_purchase_json
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
     InvalidPlanChangeRequest,

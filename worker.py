@@ -487,12 +487,14 @@ PASSED_THROUGH = (
     "workflows.contracts",
     "workflows.deprovision_contracts",
     "workflows.failures",
+    "workflows.input_rules",
     "workflows.plan_change_contracts",
     "workflows.policies",
     "workflows.reconcile_contracts",
     "workflows.rotation_contracts",
     "workflows.saga",
     "workflows.steps",
+    "workflows.url_policy",
     "workflows.world_check_contracts",
 )
 # Third-party libraries those modules import: pure functions over static data, so they

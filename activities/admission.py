@@ -29,7 +29,8 @@ from activities.notify import (
 from activities.plans import plan_for
 from activities.tenant_claims import take_tenant_claim
 from workflows.claim_contracts import TenantClaimRequest
-from workflows.contracts import Admission, AdmissionRequest, InvalidPurchaseRequest, Plan
+from workflows.contracts import Admission, AdmissionRequest, Plan
+from workflows.input_rules import InvalidPurchaseRequest
 
 ClaimTaker = Callable[[TenantClaimRequest], Awaitable[str]]
 

@@ -42,14 +42,9 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from workflows.contracts import (
-    InvalidPurchaseRequest,
-    Notification,
-    NotifyTarget,
-    NotifyUrlCheck,
-    address_problem,
-    parse_notify_url,
-)
+from workflows.contracts import Notification, NotifyUrlCheck
+from workflows.input_rules import InvalidPurchaseRequest
+from workflows.url_policy import NotifyTarget, address_problem, parse_notify_url
 
 # Statuses another attempt may fix; every other 4xx means the request itself is wrong.
 RETRYABLE_STATUSES = frozenset({408, 409, 425, 429})

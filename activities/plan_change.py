@@ -56,7 +56,8 @@ from activities.vps_provider import (
     VpsProvider,
     provider_failure,
 )
-from workflows.contracts import InvalidPurchaseRequest, Plan, ServerHandle
+from workflows.contracts import Plan, ServerHandle
+from workflows.input_rules import InvalidPurchaseRequest
 from workflows.plan_change_contracts import (
     PLAN_LABEL,
     MailuHealthy,

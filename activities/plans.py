@@ -23,7 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from activities.cloud_init import DockerInstallError, check_docker_install
-from workflows.contracts import PLAN_NAME_RULE, InvalidPurchaseRequest, Plan
+from workflows.contracts import Plan
+from workflows.input_rules import PLAN_NAME_RULE, InvalidPurchaseRequest
 
 # The catalog shipped with the product (Hetzner names, as of 2026): every plan dual-stack,
 # Docker from Docker's apt repository on Debian 12. The cost-optimised CX gen-3 types

@@ -27,14 +27,13 @@ from dataclasses import dataclass
 from activities.ssh import SshIdentity, host_key_files
 from activities.vps_provider import MANAGED_BY_SELECTOR, PURCHASE_LABEL, Server
 from workflows.contracts import (
-    InvalidPurchaseRequest,
     MailuTarget,
     admin_username_for,
     mail_hostname_for,
     server_name_of,
-    validate_domain,
     webmail_url_for,
 )
+from workflows.input_rules import InvalidPurchaseRequest, validate_domain
 
 TENANT_LABEL = "tenant"
 # The host key generation a completed purchase's server presents (activities/ssh.py).

@@ -57,7 +57,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 
-from workflows.contracts import UNDECODABLE_ENCODING
+from workflows.input_rules import UNDECODABLE_ENCODING
 
 ENCODING = b"binary/encrypted"
 KEY_ID_METADATA = "encryption-key-id"

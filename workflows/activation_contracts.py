@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from workflows.contracts import (
+from workflows.contracts import StepProgress
+from workflows.input_rules import (
     TENANT_ID_RULE,
     InvalidPurchaseRequest,
-    StepProgress,
     json_type_name,
     purchase_input_from_payloads,
 )

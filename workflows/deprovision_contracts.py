@@ -10,11 +10,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workflows.contracts import (
+from workflows.contracts import StepProgress
+from workflows.input_rules import (
     MAX_REQUESTED_BY,
     TENANT_ID_RULE,
     InvalidPurchaseRequest,
-    StepProgress,
     json_type_name,
     purchase_input_from_payloads,
 )

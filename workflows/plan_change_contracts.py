@@ -9,14 +9,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from workflows.contracts import (
+from workflows.contracts import MailuTarget, StepProgress
+from workflows.input_rules import (
     MAX_REQUESTED_BY,
     PLAN_NAME_RULE,
     PURCHASE_ID_RULE,
     TENANT_ID_RULE,
     InvalidPurchaseRequest,
-    MailuTarget,
-    StepProgress,
     json_type_name,
     purchase_input_from_payloads,
 )

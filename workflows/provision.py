@@ -46,7 +46,6 @@ from workflows.contracts import (
     AdmissionRequest,
     AuditEvent,
     DnsRecordsRequest,
-    InvalidPurchaseRequest,
     MailuTarget,
     Notification,
     ProvisionResult,
@@ -59,7 +58,6 @@ from workflows.contracts import (
     StoreCredentialsRequest,
     StoredCredentials,
     mail_hostname_for,
-    purchase_input_from_payloads,
     server_name_for,
     webmail_url_for,
     workflow_id_for,
@@ -73,6 +71,7 @@ from workflows.failures import (
     raise_if_refused,
     reason,
 )
+from workflows.input_rules import InvalidPurchaseRequest, purchase_input_from_payloads
 from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE
 from workflows.policies import (
     ADMIT_PURCHASE,

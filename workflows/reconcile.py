@@ -37,14 +37,8 @@ from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
 from workflows.claim_contracts import TenantClaimRequest
-from workflows.contracts import (
-    AuditEvent,
-    InvalidPurchaseRequest,
-    RemoveCredentialsRequest,
-    ServerHandle,
-    purchase_input_from_payloads,
-    workflow_id_for,
-)
+from workflows.contracts import AuditEvent, RemoveCredentialsRequest, ServerHandle, workflow_id_for
+from workflows.input_rules import InvalidPurchaseRequest, purchase_input_from_payloads
 from workflows.reconcile_contracts import (
     ORPHANED,
     RECONCILE_WORKFLOW,

@@ -7,7 +7,8 @@ purchase contract a back end uses.
 from dataclasses import dataclass, field
 from typing import Any
 
-from workflows.contracts import InvalidPurchaseRequest, workflow_id_for
+from workflows.contracts import workflow_id_for
+from workflows.input_rules import InvalidPurchaseRequest
 
 RECONCILE_WORKFLOW = "ReconcileOrphans"
 RECONCILE_SCHEDULE_ID = "mail-provisioning-reconciler"

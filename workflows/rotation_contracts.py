@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from workflows.contracts import (
+from workflows.contracts import MailuTarget
+from workflows.input_rules import (
     TENANT_ID_RULE,
     InvalidPurchaseRequest,
-    MailuTarget,
     json_type_name,
     purchase_input_from_payloads,
 )
@@ -73,7 +73,7 @@ class RotationRequest:
 def rotation_request_from_payloads(payloads: Sequence[tuple[bytes, bytes]]) -> RotationRequest:
     """The raw start arguments, as (encoding, data) pairs, into a RotationRequest.
 
-    Decoded as the purchase's are (workflows/contracts.py: one argument, JSON only,
+    Decoded as the purchase's are (workflows/input_rules.py: one argument, JSON only,
     bounded size and depth, no duplicate keys), so a bad or missing argument ends the
     run at once with InvalidRotationRequest instead of failing the workflow task forever.
     """

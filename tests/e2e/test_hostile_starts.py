@@ -45,9 +45,10 @@ from workflows.activation_contracts import (
     activation_workflow_id,
 )
 from workflows.claim_contracts import HOLDER_MEMO, TENANT_CLAIM_TYPE, tenant_claim_id
-from workflows.contracts import MAX_INPUT_BYTES, WORKFLOW_TYPE, workflow_id_for
-from workflows.contracts import UNDECODABLE_ENCODING as UNDECODABLE
+from workflows.contracts import WORKFLOW_TYPE, workflow_id_for
 from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE, deprovision_workflow_id
+from workflows.input_rules import MAX_INPUT_BYTES
+from workflows.input_rules import UNDECODABLE_ENCODING as UNDECODABLE
 from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE, plan_change_workflow_id
 from workflows.reconcile_contracts import RECONCILE_WORKFLOW
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE, rotation_schedule_id

@@ -14,7 +14,8 @@ from activities.admission import AdmissionActivities
 from activities.notify import IpAddress, NotifyPolicy
 from activities.plans import DEFAULT_CATALOG
 from workflows.claim_contracts import TenantClaimRequest
-from workflows.contracts import Admission, AdmissionRequest, InvalidPurchaseRequest
+from workflows.contracts import Admission, AdmissionRequest
+from workflows.input_rules import InvalidPurchaseRequest
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -94,7 +95,7 @@ def test_the_failure_of_an_invalid_request_is_made_in_one_place() -> None:
                 and node.value.value == "InvalidPurchaseRequest"
             ):
                 makers.append(f"{path.relative_to(ROOT)}:{node.value.lineno}")
-    assert len(makers) == 1 and makers[0].startswith("workflows/contracts.py:"), makers
+    assert len(makers) == 1 and makers[0].startswith("workflows/input_rules.py:"), makers
 
 
 def test_admission_calls_no_activity_as_a_function() -> None:

@@ -26,7 +26,7 @@ from runtime.codec import (
     keys_in_identity,
     worker_identity,
 )
-from workflows.contracts import UNDECODABLE_ENCODING
+from workflows.input_rules import UNDECODABLE_ENCODING
 
 SECRETISH = b'"envelope-or-anything-else"'
 

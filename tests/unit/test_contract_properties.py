@@ -17,6 +17,12 @@ from hypothesis import strategies as st
 
 from devstack.hetzner import is_valid_hostname, validate_labels
 from workflows.contracts import (
+    PurchaseRequest,
+    admin_username_for,
+    mail_hostname_for,
+    server_name_for,
+)
+from workflows.input_rules import (
     ADMIN_LOCALPART,
     MAILU_LOCALPART_RULE,
     MAX_DNS_NAME,
@@ -24,15 +30,10 @@ from workflows.contracts import (
     MAX_EMAIL,
     MAX_LOCALPART,
     InvalidPurchaseRequest,
-    PurchaseRequest,
-    address_problem,
-    admin_username_for,
     decode_purchase_json,
-    mail_hostname_for,
-    parse_notify_url,
     purchase_input_from_payloads,
-    server_name_for,
 )
+from workflows.url_policy import address_problem, parse_notify_url
 
 # python-validators 0.28.1 `domain()` as MailU 2024.06's API applies it.
 MAILU_DOMAIN = re.compile(

@@ -6,12 +6,8 @@ import re
 
 import pytest
 
-from workflows.contracts import (
-    InvalidPurchaseRequest,
-    PurchaseRequest,
-    server_name_for,
-    validate_domain,
-)
+from workflows.contracts import PurchaseRequest, server_name_for
+from workflows.input_rules import InvalidPurchaseRequest, validate_domain
 
 HOSTNAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 

@@ -23,6 +23,9 @@ SOURCE_DIRECTORIES = (
 )  # fmt: skip
 PROGRAMS = ("worker", "starter", "codec_server")
 
+# The rules the data shapes are checked by: on the contracts' floor with them.
+CONTRACT_RULES = frozenset({"input_rules", "url_policy"})
+
 # room -> the rooms it may import (besides itself), floor by floor from the bottom.
 ALLOWED: dict[str, frozenset[str]] = {
     "contracts": frozenset(),
@@ -55,7 +58,7 @@ def room_of(module: str) -> str | None:
     top, _, rest = module.partition(".")
     first = rest.split(".")[0]
     if top == "workflows":
-        if first.endswith("contracts"):
+        if first.endswith("contracts") or first in CONTRACT_RULES:
             return "contracts"
         return "activity_refs" if first == "activity_refs" else "workflows"
     if top == "activities":

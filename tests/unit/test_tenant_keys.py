@@ -18,7 +18,7 @@ import pytest
 
 from activities.crypto import EnvelopeError
 from activities.vault import TenantKeyDestroyed, Vault, VaultSettings
-from workflows.contracts import TENANT_ID_RULE
+from workflows.input_rules import TENANT_ID_RULE
 
 
 class FakeTransit:

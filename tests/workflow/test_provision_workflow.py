@@ -31,7 +31,6 @@ from workflows.contracts import (
     AuditEvent,
     DnsRecord,
     DnsRecordsRequest,
-    InvalidPurchaseRequest,
     MailuTarget,
     Notification,
     ProvisionResult,
@@ -46,6 +45,7 @@ from workflows.contracts import (
     StoredCredentials,
     workflow_id_for,
 )
+from workflows.input_rules import InvalidPurchaseRequest
 from workflows.rotation_contracts import RotationRequest, RotationScheduleRequest
 
 ENVELOPE = "mpenc:v1:ZmFrZS1lbnZlbG9wZQ=="
