@@ -13,7 +13,7 @@ the activity that generates it; what travels is the encrypted envelope.
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 from workflows.input_rules import (
     MAX_REQUESTED_BY,
@@ -31,6 +31,18 @@ DEFAULT_TASK_QUEUE = "mail-provisioning"
 VAULT_KV_MOUNT = "smtp"
 ROTATION_POLICY = "180_days"
 AUDIT_USER_ID = "system"
+
+
+class OneOf:
+    """The values a `str` field of a contract can hold, as `Annotated[str, OneOf(...)]`.
+
+    Read by workflows/contract_schema.py into a JSON Schema `enum` (and so into the
+    TypeScript package's string unions); Temporal's converter and mypy see a plain `str`,
+    so a value outside the list still decodes (the workflow validates where it matters).
+    """
+
+    def __init__(self, *values: str) -> None:
+        self.values = values
 
 
 def workflow_id_for(purchase_id: str) -> str:
@@ -406,7 +418,8 @@ STEPS: tuple[str, ...] = (
 @dataclass
 class StepProgress:
     name: str
-    state: str  # "running" | "done" | "failed" | "skipped"
+    # `interrupted`: it was running when the server terminated the run or timed it out.
+    state: Annotated[str, OneOf("running", "done", "failed", "skipped", "interrupted")]
     started_at: str
     finished_at: str | None = None
 
@@ -420,7 +433,12 @@ class ProvisionStatus:
     # "running" | "compensating" | "completed" | "failed" | "cancelled"; a client that
     # sees the server report the run closed says "terminated" or "timed_out" instead
     # (the query answers from the history up to the end, where the code was still running).
-    state: str
+    state: Annotated[
+        str,
+        OneOf(
+            "running", "compensating", "completed", "failed", "cancelled", "terminated", "timed_out"
+        ),
+    ]
     current_step: str | None
     steps: list[StepProgress] = field(default_factory=list)
     error: str | None = None

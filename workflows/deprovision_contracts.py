@@ -8,9 +8,9 @@ record, the rotation schedule, the tenant's claim), never taken from a client.
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from workflows.contracts import StepProgress
+from workflows.contracts import OneOf, StepProgress
 from workflows.input_rules import (
     MAX_REQUESTED_BY,
     TENANT_ID_RULE,
@@ -188,8 +188,8 @@ class ReleaseClaimRequest:
 @dataclass(frozen=True)
 class DeprovisionResult:
     tenant_id: str
-    # "deprovisioned" | "nothing_found" (an earlier run removed everything already)
-    outcome: str
+    # "nothing_found": an earlier run (or nobody) left nothing of the tenant.
+    outcome: Annotated[str, OneOf("deprovisioned", "nothing_found")]
     servers_deleted: list[int] = field(default_factory=list)
     vault_versions_destroyed: int = 0
     rotation_schedule_removed: bool = False

@@ -7,9 +7,9 @@ inside which the new password lives and dies (activities/credentials.py).
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
-from workflows.contracts import MailuTarget, StepProgress
+from workflows.contracts import MailuTarget, OneOf, StepProgress
 from workflows.input_rules import (
     MAX_REQUESTED_BY,
     PLAN_NAME_RULE,
@@ -192,7 +192,7 @@ class PlanChangeResult:
     disk_gb: int
     # From the stop request to MailU healthy again, as the worker measured it.
     downtime_seconds: float
-    stopped_how: str
+    stopped_how: Annotated[str, OneOf("shutdown", "poweroff", "already_off")]
     vault_version: int  # the admin credentials proven (rotated) after the change
 
 

@@ -303,6 +303,32 @@ def test_the_package_packs_its_built_code_and_types_and_takes_any_plan_name(
     assert compiled.returncode == 0, compiled.stdout + compiled.stderr
 
 
+def test_the_build_refuses_generated_contract_types_that_differ_from_the_schema(
+    ts_client_cli: Path, tmp_path: Path
+) -> None:
+    """The package's types are generated from schema/contracts.json (the Python contracts'
+    export, tests/unit/test_contract_schema.py): the committed src/generated/contracts.ts is
+    exactly the generator's output, and the check the build runs first fails once they
+    differ (here: a field renamed in a copy of the schema), naming the command to run."""
+    generator = ["node", "scripts/generate-contracts.mjs", "--check"]
+    fresh = subprocess.run(
+        generator, cwd=PACKAGE, capture_output=True, text=True, timeout=NODE_TIMEOUT, check=False
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    copy = tmp_path / "package"
+    for part in ("scripts", "schema", "src/generated"):
+        shutil.copytree(PACKAGE / part, copy / part)
+    schema = copy / "schema" / "contracts.json"
+    schema.write_text(schema.read_text().replace('"zone_line"', '"zone_lines"'))
+    stale = subprocess.run(
+        generator, cwd=copy, capture_output=True, text=True, timeout=NODE_TIMEOUT, check=False
+    )
+    assert stale.returncode == 1
+    assert "npm run generate" in stale.stderr
+    subprocess.run(["node", "scripts/generate-contracts.mjs"], cwd=copy, check=True)
+    assert "zone_lines: string;" in (copy / "src" / "generated" / "contracts.ts").read_text()
+
+
 async def test_payloads_round_trip_between_the_python_and_typescript_codecs(
     ts_client_cli: Path, info: StackInfo, tmp_path: Path
 ) -> None:
