@@ -566,6 +566,9 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
         )
     except ConnectionConfigError as err:
         raise ConfigError(str(err)) from None
+    # Names the ring's key ids, which `starter.py switch-codec-key` checks; /readyz looks
+    # for this identity (not the client's) among the task queue's pollers.
+    identity = worker_identity(f"{os.getpid()}@{socket.gethostname()}", keyring)
     async with build_activities(settings, client) as activities:
         worker = Worker(
             client,
@@ -576,11 +579,12 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             workflow_runner=workflow_runner(),
             max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
-            # Names the ring's key ids, which `starter.py switch-codec-key` checks.
-            identity=worker_identity(f"{os.getpid()}@{socket.gethostname()}", keyring),
+            identity=identity,
         )
         # /readyz answers 503 from the moment `stop` is set: no new traffic while draining.
-        health = await serve_health(settings.health_bind, client, settings.task_queue, stop)
+        health = await serve_health(
+            settings.health_bind, client, settings.task_queue, identity, stop
+        )
         if stale := stale_workflow_bytecode():
             log.warning(
                 "workflow_bytecode_stale: every run compiles these from source",

@@ -27,8 +27,13 @@ from temporalio.service import RPCError
 POLL_FRESHNESS = timedelta(seconds=90)
 
 
-async def polling_state(client: Client, task_queue: str) -> tuple[bool, str]:
-    """(polling, reason) for this client's identity on the task queue's workflow pollers."""
+async def polling_state(client: Client, task_queue: str, identity: str) -> tuple[bool, str]:
+    """(polling, reason) for the worker `identity` on the task queue's workflow pollers.
+
+    The identity is the Worker's, not the client's: the worker names its codec key ids
+    in it (runtime/codec.py worker_identity), so the two differ and matching the client's
+    would never find this worker.
+    """
     try:
         response = await client.workflow_service.describe_task_queue(
             DescribeTaskQueueRequest(
@@ -42,7 +47,7 @@ async def polling_state(client: Client, task_queue: str) -> tuple[bool, str]:
         return False, f"temporal unreachable: {err.status.name}"
     now = datetime.now(UTC)
     for poller in response.pollers:
-        if poller.identity == client.identity:
+        if poller.identity == identity:
             age = now - poller.last_access_time.ToDatetime(tzinfo=UTC)
             if age <= POLL_FRESHNESS:
                 return True, f"polling {task_queue}"
@@ -53,9 +58,12 @@ async def polling_state(client: Client, task_queue: str) -> tuple[bool, str]:
 class HealthServer:
     """A minimal HTTP/1.1 server on the worker's event loop (no thread, no framework)."""
 
-    def __init__(self, client: Client, task_queue: str, draining: asyncio.Event) -> None:
+    def __init__(
+        self, client: Client, task_queue: str, identity: str, draining: asyncio.Event
+    ) -> None:
         self._client = client
         self._task_queue = task_queue
+        self._identity = identity
         self._draining = draining
         self._server: asyncio.Server | None = None
 
@@ -100,17 +108,20 @@ class HealthServer:
             return "404 Not Found", {"error": "try /livez or /readyz"}
         if self._draining.is_set():
             return "503 Service Unavailable", {"polling": False, "reason": "draining"}
-        polling, reason = await polling_state(self._client, self._task_queue)
+        polling, reason = await polling_state(self._client, self._task_queue, self._identity)
         status = "200 OK" if polling else "503 Service Unavailable"
         return status, {"polling": polling, "reason": reason, "task_queue": self._task_queue}
 
 
 async def serve_health(
-    bind: str | None, client: Client, task_queue: str, draining: asyncio.Event
+    bind: str | None, client: Client, task_queue: str, identity: str, draining: asyncio.Event
 ) -> HealthServer | None:
-    """Start the endpoint if MAILPROV_HEALTH_BIND is set; `draining` is the stop signal."""
+    """Start the endpoint if MAILPROV_HEALTH_BIND is set; `draining` is the stop signal.
+
+    `identity` is the one the Worker polls with (Worker(identity=...)).
+    """
     if not bind:
         return None
-    server = HealthServer(client, task_queue, draining)
+    server = HealthServer(client, task_queue, identity, draining)
     await server.start(bind)
     return server

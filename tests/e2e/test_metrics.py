@@ -56,7 +56,9 @@ async def wait_ready(port: int) -> object:
 
 async def test_health_says_not_ready_while_draining_or_not_polling(client: Client) -> None:
     draining = asyncio.Event()
-    server = HealthServer(client, f"nobody-polls-{uuid.uuid4().hex[:6]}", draining)
+    server = HealthServer(
+        client, f"nobody-polls-{uuid.uuid4().hex[:6]}", "no-such-worker", draining
+    )
     port = free_port()
     await server.start(f"127.0.0.1:{port}")
     try:
