@@ -2,7 +2,8 @@
 
 worker.run_worker (the production entry point's body) runs in-process with a
 metrics address, on its own task queue, against the real stack: one purchase
-completes, one rotation runs through the tenant's schedule, one purchase fails
+completes, one rotation runs through the tenant's schedule, its plan is upgraded,
+it is deprovisioned and its activation then ends `tenant_gone`, one purchase fails
 at reverse DNS (a provider error) and is compensated. The scrape must show each.
 """
 
@@ -12,7 +13,7 @@ import asyncio
 import re
 import socket
 import uuid
-from dataclasses import replace
+from dataclasses import asdict, replace
 
 import httpx
 from temporalio.client import Client, WorkflowFailureError
@@ -20,12 +21,20 @@ from temporalio.client import Client, WorkflowFailureError
 from activities.rotation_schedule import rotate_now
 from devstack.stack import StackInfo
 from runtime.worker_health import HealthServer
-from starter import check_world, start_deprovision, start_purchase
+from starter import activate, check_world, start_deprovision, start_purchase
 from tests.e2e.conftest import CloudControl, claim_released, new_request
 from tests.e2e.test_compensation import fail_reverse_dns, server_of
 from tests.integration.test_observability import referenced_metric_names
 from worker import Settings, run_worker
+from workflows.activation_contracts import ActivationResult
 from workflows.deprovision_contracts import DeprovisionRequest
+from workflows.metrics import ACTIVATIONS, PLAN_CHANGE_DOWNTIME
+from workflows.plan_change_contracts import (
+    PLAN_CHANGE_WORKFLOW_TYPE,
+    PlanChangeRequest,
+    PlanChangeResult,
+    plan_change_workflow_id,
+)
 from workflows.rotation_contracts import RotationResult
 from workflows.world_check_contracts import KINDS, WORLD_CHECKED, WORLD_DISAGREEMENTS
 
@@ -122,11 +131,28 @@ async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider
         run_id = await rotate_now(client, ok.tenant_id)
         rotated = await client.get_workflow_handle(run_id, result_type=RotationResult).result()
         assert rotated.outcome == "rotated"
+        # An upgrade (starter -> business): its downtime is a histogram on this worker.
+        upgrade = PlanChangeRequest(ok.tenant_id, "metrics-up", "business", "e2e-metrics")
+        changed: PlanChangeResult = await client.execute_workflow(
+            PLAN_CHANGE_WORKFLOW_TYPE,
+            asdict(upgrade),
+            id=plan_change_workflow_id(upgrade.tenant_id, upgrade.request_id),
+            task_queue=task_queue,
+            result_type=PlanChangeResult,
+        )
+        assert changed.downtime_seconds > 0
         # The customer cancels: the tenant is removed (on this worker: its claim runs here).
         cancelled = await start_deprovision(
             client, DeprovisionRequest(ok.tenant_id, "e2e-metrics"), task_queue
         )
         assert (await cancelled.result()).outcome == "deprovisioned"
+        # The back end says "DNS published" for the removed tenant: the activation's check
+        # finds the tenant gone and ends with that outcome (counted by outcome).
+        activation = await activate(client, ok.tenant_id, task_queue, dns_published=True)
+        gone = await client.get_workflow_handle(
+            activation.id, result_type=ActivationResult
+        ).result()
+        assert gone.outcome == "tenant_gone"
 
         failing = new_request(info)
         handle, _ = await start_purchase(client, failing, task_queue)
@@ -159,6 +185,8 @@ async def test_scrape_shows_purchases_steps_rotations_compensations_and_provider
     assert total(scraped, "mailprov_workflow_completed", workflow="RotateSmtpCredentials") == 1
     assert total(scraped, "mailprov_deprovisions", outcome="deprovisioned") == 1
     assert total(scraped, "mailprov_workflow_completed", workflow="DeprovisionMailTenant") == 1
+    assert total(scraped, f"{PLAN_CHANGE_DOWNTIME}_count") == 1
+    assert total(scraped, ACTIVATIONS, outcome="tenant_gone") == 1
     # Duration per step: one histogram series per activity and outcome.
     for step in ("create_server", "set_up_mailu", "rotate_admin_credentials", "delete_server"):
         count = total(
