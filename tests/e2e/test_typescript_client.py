@@ -13,6 +13,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -265,6 +266,54 @@ async def test_node_back_end_gets_the_holder_the_cancel_and_the_terminate(
     assert len(cloud.servers_of(stopped.purchase_id)) == 1  # nothing undone, as it says
     await reconcile_now(client)
     assert cloud.servers_of(stopped.purchase_id) == []
+
+
+async def test_node_watch_shows_each_steps_duration_and_what_a_long_step_waits_for(
+    ts_client_cli: Path, info: StackInfo, client: Client, cloud: CloudControl
+) -> None:
+    """`mailprov-client watch` as `starter.py start --wait`: ended steps with their duration
+    (from the history), a long step's attempt and last failure (from a describe, decoded
+    with the codec), then the result or the typed error on stdout."""
+    # Held in bring_up_server: the provider refuses reverse DNS a while, attempts retry.
+    request, handle = await held_in_reverse_dns(client, cloud, info)
+    watching = await asyncio.create_subprocess_exec(
+        "node",
+        str(ts_client_cli),
+        "watch",
+        request.purchase_id,
+        "--progress-every",
+        "1",
+        env={
+            **os.environ,
+            "TEMPORAL_ADDRESS": info.temporal_address,
+            "MAILPROV_CODEC_KEYS_FILE": str(info.codec_keys_file),
+        },
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    assert watching.stderr is not None
+    lines: list[str] = []
+    waiting = re.compile(r"^  bring_up_server +(waiting: .*; )?attempt \d+, last: .+")
+    try:
+        while not any(waiting.search(line) for line in lines):
+            line = (await asyncio.wait_for(watching.stderr.readline(), NODE_TIMEOUT)).decode()
+            assert line, "watch ended without saying what bring_up_server waits for:\n" + "".join(
+                lines
+            )
+            lines.append(line)
+        await handle.cancel()
+        out, rest = await asyncio.wait_for(watching.communicate(), NODE_TIMEOUT)
+        lines += rest.decode().splitlines(keepends=True)
+    finally:
+        if watching.returncode is None:
+            watching.kill()
+    output = "".join(lines)
+    # Steps that ended show how long they took (scheduled to ended, from the history).
+    assert re.search(r"^  admit_purchase +done \(\d+\.\d s\)$", output, re.M), output
+    assert re.search(r"^  create_server +done \(\d+\.\d s\)$", output, re.M), output
+    assert watching.returncode == 1
+    error = json.loads(out)["error"]
+    assert (error["name"], error["step"]) == ("PurchaseCancelledError", "wait_for_server")
 
 
 def test_the_package_packs_its_built_code_and_types_and_takes_any_plan_name(

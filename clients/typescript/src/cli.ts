@@ -5,6 +5,8 @@
  *   echo '{"purchase_id": ...}' | mailprov-client start     -> {"workflowId", "runId"}
  *   mailprov-client status PURCHASE_ID                       -> the status query's answer
  *   mailprov-client result PURCHASE_ID                       -> the result, or {"error": {...}} (exit 1)
+ *   mailprov-client watch PURCHASE_ID [--progress-every S]   -> as `result`, and on stderr each step
+ *                     with its duration and what a long step waits for (starter.py start --wait)
  *   mailprov-client deprovision TENANT_ID [REQUESTED_BY]     -> the result, or {"error": {...}} (exit 1)
  *   mailprov-client change-plan TENANT_ID PLAN REQUEST_ID [REQUESTED_BY]
  *                                                            -> the result, or {"error": {...}} (exit 1)
@@ -29,6 +31,7 @@ import {
 } from './client';
 import { EncryptionCodec } from './codec';
 import { temporalConfigFromEnv } from './connection';
+import { DEFAULT_REPORT_EVERY_MS, progressLine } from './progress';
 
 /** Protobuf JSON of a Payload (as the codec server protocol and `temporal ... -o json` use). */
 interface PayloadJson {
@@ -121,6 +124,18 @@ async function main(argv: string[]): Promise<number> {
         print({ error: errorJson(err) });
         return 1;
       }
+    case 'watch':
+      try {
+        const every = argv[2] === '--progress-every' ? Number(argv[3]) * 1000 : DEFAULT_REPORT_EVERY_MS;
+        if (!(every > 0)) throw new Error('--progress-every takes a number of seconds > 0');
+        const show = (event: Parameters<typeof progressLine>[0]) =>
+          process.stderr.write(progressLine(event) + '\n');
+        print(await withClient((client) => client.watch(argument, show, every)));
+        return 0;
+      } catch (err) {
+        print({ error: errorJson(err) });
+        return 1;
+      }
     case 'deprovision':
       try {
         print(await withClient((client) => client.deprovision(argument, argv[2] ?? 'mailprov-client')));
@@ -156,7 +171,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      process.stderr.write('usage: mailprov-client start|status ID|result ID|deprovision TENANT|change-plan TENANT PLAN REQUEST_ID|encode|decode\n');
+      process.stderr.write('usage: mailprov-client start|status ID|result ID|watch ID [--progress-every S]|deprovision TENANT|change-plan TENANT PLAN REQUEST_ID|encode|decode\n');
       return 2;
   }
 }

@@ -23,6 +23,7 @@ import {
 } from '@temporalio/common';
 import { EncryptionCodec, readKeyRing } from './codec';
 import { DEFAULT_ADDRESS } from './connection';
+import { DEFAULT_REPORT_EVERY_MS, ProgressEvent, watchProgress } from './progress';
 import {
   DEFAULT_TASK_QUEUE,
   DEPROVISION_WORKFLOW_TYPE,
@@ -303,6 +304,18 @@ export class MailProvisioningClient {
     const answer = await handle.query<ProvisionStatus>(STATUS_QUERY);
     const description = await handle.describe();
     return settleStatus({ ...answer, stopped_at: answer.stopped_at ?? null }, description.status.name);
+  }
+
+  /** `result()`, showing the run's progress on the way: each step as it starts and ends
+   * with its duration, and what a long step waits for (its heartbeat details, attempt and
+   * last failure, looked up every `reportEveryMs`), as `starter.py start --wait` does. */
+  async watch(
+    purchaseId: string,
+    onEvent: (event: ProgressEvent) => void,
+    reportEveryMs: number = DEFAULT_REPORT_EVERY_MS,
+  ): Promise<ProvisionResult> {
+    await watchProgress(this.client, workflowIdFor(purchaseId), onEvent, reportEveryMs);
+    return this.result(purchaseId);
   }
 
   /** Waits for the run; throws InvalidPurchaseRequestError, TenantAlreadyProvisionedError,
