@@ -118,6 +118,7 @@ from workflows.deprovision_contracts import (
     InvalidDeprovisionRequest,
     deprovision_workflow_id,
 )
+from workflows.dispatch import ProvisionMailTenant
 from workflows.failures import cancelled_message
 from workflows.input_rules import InvalidPurchaseRequest, decode_purchase_json
 from workflows.plan_change_contracts import (
@@ -128,7 +129,6 @@ from workflows.plan_change_contracts import (
     PlanChangeStatus,
     plan_change_workflow_id,
 )
-from workflows.provision import ProvisionMailTenant
 from workflows.reconcile_contracts import (
     RECONCILE_SCHEDULE_ID,
     RECONCILE_WORKFLOW,

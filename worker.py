@@ -89,7 +89,9 @@ from runtime.worker_health import serve_health
 from workflows.activation import Activation
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.deprovision import Deprovision
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
+from workflows.plan_change import PlanChange
+from workflows.provision import Purchase
 from workflows.reconcile import ReconcileOrphans
 from workflows.rotation import Rotation
 from workflows.tenant_claim import TenantClaim
@@ -98,13 +100,12 @@ from workflows.world_check import CheckWorld
 log = get_logger("worker")
 # Every workflow a worker of the task queue hosts: ProvisionMailTenant is the queue's
 # dynamic workflow, so a type missing here would be answered as UnknownWorkflowType;
-# it also runs RotateSmtpCredentials (workflows/rotation.py), DeprovisionMailTenant
-# (workflows/deprovision.py) and ActivateMailDomain (workflows/activation.py), whose
-# arguments must arrive raw.
+# it also runs RotateSmtpCredentials, ChangeMailPlan, DeprovisionMailTenant and
+# ActivateMailDomain, whose arguments must arrive raw (workflows/dispatch.py).
 WORKFLOWS = [ProvisionMailTenant, TenantClaim, ReconcileOrphans, CheckWorld]
 # Workflow code the dynamic workflow runs for other types: re-executed per run like a
 # workflow module, so held to the same sandbox rules and bytecode check.
-DISPATCHED = [Rotation, Deprovision, Activation]
+DISPATCHED = [Purchase, Rotation, PlanChange, Deprovision, Activation]
 
 # Every activity is a coroutine, so a slot is a sleeping task, not a thread: a server's
 # boot is waited for inside one activity (wait_for_server), and the SDK default of 100

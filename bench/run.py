@@ -71,7 +71,7 @@ from starter import watch
 from worker import DEFAULT_MAX_CONCURRENT_ACTIVITIES, worker_interceptors, workflow_runner
 from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import WORKFLOW_TYPE, workflow_id_for
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 from workflows.tenant_claim import TenantClaim
 
 # Billable on Temporal Cloud and visible in history: a start, each scheduled activity

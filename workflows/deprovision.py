@@ -26,7 +26,7 @@ refuse instead of cancelling it: the back end decides what a cancelled half-made
 purchase means to the customer; a refusal with a clear reason costs one activity.
 
 Like the rotation, the argument arrives raw through the queue's dynamic workflow
-(ProvisionMailTenant in workflows/provision.py), so a bad argument ends the run at once
+(ProvisionMailTenant in workflows/dispatch.py), so a bad argument ends the run at once
 with InvalidDeprovisionRequest naming the field, with nothing touched.
 """
 

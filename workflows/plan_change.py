@@ -20,7 +20,7 @@ reported in the result and the audit row.
 Started by a back end or `starter.py change-plan`; any client of the namespace can
 start it, so the argument names only the tenant, the request and the plan: the server
 is read from our records (activities/rotation_target.py). The argument arrives raw
-through the queue's dynamic workflow (workflows/provision.py), as rotation's does.
+through the queue's dynamic workflow (workflows/dispatch.py), as rotation's does.
 """
 
 from __future__ import annotations

@@ -32,13 +32,11 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from dataclasses import asdict, replace
-from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue
 from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
 
-from workflows.activation_contracts import ACTIVATION_WORKFLOW_TYPE, DNS_PUBLISHED_SIGNAL
 from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
     WORKFLOW_TYPE,
@@ -62,7 +60,6 @@ from workflows.contracts import (
     webmail_url_for,
     workflow_id_for,
 )
-from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE
 from workflows.failures import (
     cancel_requested,
     cancelled_at,
@@ -72,7 +69,6 @@ from workflows.failures import (
     reason,
 )
 from workflows.input_rules import InvalidPurchaseRequest, purchase_input_from_payloads
-from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE
 from workflows.policies import (
     ADMIT_PURCHASE,
     AUDIT,
@@ -89,11 +85,7 @@ from workflows.policies import (
     TENANT_CLAIM_RELEASE,
     WAIT_FOR_SERVER,
 )
-from workflows.rotation_contracts import (
-    ROTATION_WORKFLOW_TYPE,
-    RotationRequest,
-    RotationScheduleRequest,
-)
+from workflows.rotation_contracts import RotationRequest, RotationScheduleRequest
 from workflows.saga import Saga
 from workflows.steps import StepTracker
 
@@ -114,83 +106,6 @@ with workflow.unsafe.imports_passed_through():
 
 # What ends the story early: a step's final failure, or a cancel of the run.
 STOPPED = (ActivityError, CancelledError, asyncio.CancelledError)
-
-
-@workflow.defn(dynamic=True)
-class ProvisionMailTenant:
-    """Workflow type ProvisionMailTenant; dynamic only so that it receives raw arguments.
-
-    Only the queue's one dynamic workflow gets every start argument undecoded (the SDK
-    decodes a named workflow's arguments before its code runs, and a bad one fails the
-    workflow task forever), so it also runs the other types any client may start with
-    anything: RotateSmtpCredentials (workflows/rotation.py), ChangeMailPlan
-    (workflows/plan_change.py), DeprovisionMailTenant (workflows/deprovision.py),
-    ActivateMailDomain (workflows/activation.py). A start
-    of any type the worker does not know (a typo, a retired name) ends with
-    UnknownWorkflowType at once.
-
-    The class is a thin shell around Purchase: the sandbox re-executes this module for
-    every run, and the SDK then inspects every member of a workflow class (a runtime
-    protocol check each), so the steps live on a plain class (docs/PERFORMANCE.md).
-    """
-
-    def __init__(self) -> None:
-        self._purchase = Purchase()
-        self._rotation: Any = None
-        # `dns_published` signals received (ActivateMailDomain reads the count; a
-        # signal may arrive before its run has begun, and on any other type it is
-        # counted and ignored).
-        self._dns_published = 0
-
-    @workflow.signal(name=DNS_PUBLISHED_SIGNAL)
-    def dns_published(self) -> None:
-        """The back end says the customer published the records: check at once."""
-        self._dns_published += 1
-
-    @workflow.query(name="status")
-    def status(self) -> Any:
-        """ProvisionStatus, RotationStatus on a RotateSmtpCredentials run, PlanChangeStatus
-        on a ChangeMailPlan run, DeprovisionStatus on a DeprovisionMailTenant run,
-        ActivationStatus on an ActivateMailDomain run."""
-        return self._purchase.status if self._rotation is None else self._rotation.status
-
-    @workflow.run
-    async def run(self, args: Sequence[RawValue]) -> Any:
-        if workflow.info().workflow_type == ACTIVATION_WORKFLOW_TYPE:
-            with workflow.unsafe.sandbox_import_notification_policy(
-                workflow.SandboxImportNotificationPolicy.SILENT
-            ):
-                from workflows.activation import Activation, run_activation
-
-            self._rotation = Activation(lambda: self._dns_published)
-            return await run_activation(self._rotation, args)
-        if workflow.info().workflow_type == PLAN_CHANGE_WORKFLOW_TYPE:
-            with workflow.unsafe.sandbox_import_notification_policy(
-                workflow.SandboxImportNotificationPolicy.SILENT
-            ):
-                from workflows.plan_change import PlanChange
-
-            self._rotation = PlanChange()
-            return await self._rotation.run(args)
-        if workflow.info().workflow_type == DEPROVISION_WORKFLOW_TYPE:
-            with workflow.unsafe.sandbox_import_notification_policy(
-                workflow.SandboxImportNotificationPolicy.SILENT
-            ):
-                from workflows.deprovision import Deprovision
-
-            self._rotation = Deprovision()
-            return await self._rotation.run(args)
-        if workflow.info().workflow_type == ROTATION_WORKFLOW_TYPE:
-            # Imported here, on purpose (so without the sandbox's warning about a late
-            # import): a purchase run's sandbox never loads the rotation module.
-            with workflow.unsafe.sandbox_import_notification_policy(
-                workflow.SandboxImportNotificationPolicy.SILENT
-            ):
-                from workflows.rotation import Rotation
-
-            self._rotation = Rotation()
-            return await self._rotation.run(args)
-        return await self._purchase.run(args)
 
 
 class Purchase:

@@ -14,7 +14,7 @@ pinned host key and the admin mailbox come from the provider's labels, the worke
 own key derivation and the Vault record (activities/rotation_target.py).
 
 The argument arrives raw: the queue's dynamic workflow (ProvisionMailTenant in
-workflows/provision.py) hands this type's runs to `Rotation`, because only a
+workflows/dispatch.py) hands this type's runs to `Rotation`, because only a
 dynamic workflow gets every start argument undecoded; a bad or missing argument
 then ends the run at once with InvalidRotationRequest instead of failing the
 workflow task forever.

@@ -24,7 +24,7 @@ from workflows.activation_contracts import (
     DNS_PUBLISHED_SIGNAL,
     activation_workflow_id,
 )
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 
 ACTIVATION_HISTORIES = Path(__file__).parent / "histories" / "activation"
 WORKFLOW_ID = activation_workflow_id(TENANT)

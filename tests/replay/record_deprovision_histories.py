@@ -24,7 +24,7 @@ from workflows.deprovision_contracts import (
     TenantServer,
     deprovision_workflow_id,
 )
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 
 DEPROVISION_HISTORIES = Path(__file__).parent / "histories" / "deprovision"
 

@@ -19,8 +19,8 @@ from temporalio.worker import Worker
 
 from devstack.stack import tool
 from tests.workflow.test_plan_change_workflow import REQUEST, World
+from workflows.dispatch import ProvisionMailTenant
 from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE, plan_change_workflow_id
-from workflows.provision import ProvisionMailTenant
 
 PLAN_CHANGE_HISTORIES = Path(__file__).parent / "histories" / "plan_change"
 WORKFLOW_ID = plan_change_workflow_id(REQUEST.tenant_id, REQUEST.request_id)

@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 
 from devstack.stack import tool
 from tests.workflow.test_rotation_workflow import REQUEST, RotationWorld
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
 
 ROTATION_HISTORIES = Path(__file__).parent / "histories" / "rotation"

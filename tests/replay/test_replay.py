@@ -32,7 +32,7 @@ from tests.helpers import payload_encodings
 from tests.replay.record_activation_histories import WORKFLOW_ID as ACTIVATION_WORKFLOW_ID
 from tests.replay.record_plan_change_histories import WORKFLOW_ID as PLAN_CHANGE_WORKFLOW_ID
 from workflows.deprovision_contracts import deprovision_workflow_id
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 
 HISTORY_DIR = Path(__file__).parent / "histories"
 HISTORIES = [p for p in sorted(HISTORY_DIR.glob("*.json")) if not p.name.startswith("TEST-ONLY")]

@@ -18,7 +18,7 @@ from worker import (
     WORKFLOWS,
     stale_workflow_bytecode,
 )
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 
 ROOT = Path(__file__).resolve().parents[2]
 

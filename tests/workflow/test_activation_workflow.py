@@ -35,7 +35,7 @@ from workflows.activation_contracts import (
     check_intervals,
 )
 from workflows.contracts import AuditEvent
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 
 TENANT = "acme"
 DOMAIN = "acme.example"

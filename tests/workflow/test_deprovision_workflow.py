@@ -40,7 +40,7 @@ from workflows.deprovision_contracts import (
     TenantServer,
     deprovision_workflow_id,
 )
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 from workflows.rotation_contracts import RotationRequest
 
 TENANT = "acme"

@@ -27,8 +27,8 @@ from temporalio.worker import Worker
 from tests.workflow.test_provision_workflow import Harness, ScriptedWorld, purchase
 from tests.workflow.test_rotation_workflow import RotationWorld
 from workflows.contracts import workflow_id_for
+from workflows.dispatch import ProvisionMailTenant
 from workflows.input_rules import MAX_INPUT_BYTES, UNDECODABLE_ENCODING
-from workflows.provision import ProvisionMailTenant
 from workflows.rotation_contracts import ROTATION_WORKFLOW_TYPE
 
 

@@ -25,6 +25,7 @@ from temporalio.worker import Worker
 from devstack.stack import tool
 from worker import worker_interceptors
 from workflows.contracts import AuditEvent, MailuTarget
+from workflows.dispatch import ProvisionMailTenant
 from workflows.metrics import PLAN_CHANGE_DOWNTIME
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
@@ -38,7 +39,6 @@ from workflows.plan_change_contracts import (
     StoppedServer,
     plan_change_workflow_id,
 )
-from workflows.provision import ProvisionMailTenant
 from workflows.rotation_contracts import RotatedCredentials, RotationRequest
 
 REQUEST = PlanChangeRequest("acme", "r-1", "business", "ops@example.com")

@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from workflows.contracts import AuditEvent
-from workflows.provision import ProvisionMailTenant
+from workflows.dispatch import ProvisionMailTenant
 from workflows.rotation_contracts import (
     ROTATION_WORKFLOW_TYPE,
     RotatedCredentials,
