@@ -25,6 +25,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import (
     Client,
+    WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowQueryFailedError,
 )
@@ -952,3 +953,51 @@ async def test_hostile_starts_of_every_other_workflow_type_end_quickly_creating_
     assert after.servers <= before.servers
     assert (after.vault_records, after.audit_rows) == (before.vault_records, before.audit_rows)
     assert await schedule_ids(client) <= schedules_before
+
+
+async def settled(client: Client, workflow_id: str, signals: int) -> None:
+    """Until the run has seen `signals` signals and has no workflow task or activity pending."""
+    handle = client.get_workflow_handle(workflow_id)
+    signalled = EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    for _ in range(RUN_TIMEOUT * 5):
+        description = (await handle.describe()).raw_description
+        seen = [e async for e in handle.fetch_history_events() if e.event_type == signalled]
+        idle = not description.HasField("pending_workflow_task") and not list(
+            description.pending_activities
+        )
+        if len(seen) == signals and idle:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{workflow_id} did not settle after {signals} signals")
+
+
+async def test_hostile_signals_and_queries_leave_a_completed_purchases_claim_held(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    """The claim of a tenant that has its server: `release` from any client (with a reason
+    or with junk), `provisioned` with arguments, made-up names, bad payloads: the claim
+    stays held, no workflow task fails, queries are answered or refused (issue 17 item 5)."""
+    handle = await client.start_workflow(
+        WORKFLOW_TYPE, purchase, id=workflow_id_for(purchase["purchase_id"]), task_queue=QUEUE
+    )
+    await asyncio.wait_for(handle.result(), 600)
+    claim_id = tenant_claim_id(purchase["tenant_id"])
+    before = await snapshot(info, cloud, client)
+
+    sent = await send_hostile_signals(client, claim_id)
+    await settled(client, claim_id, sent)
+
+    claim = client.get_workflow_handle(claim_id)
+    assert (await claim.describe()).status == WorkflowExecutionStatus.RUNNING
+    assert await workflow_task_failures(client, claim_id) == 0
+    state = await claim.query("claim")
+    assert state["holder"] == handle.id and state["state"] in ("held", "provisioned"), state
+    outcome = await hostile_queries(client, claim_id)
+    assert outcome["refused"] > 0
+    assert len(cloud.servers(label_selector=f"tenant={purchase['tenant_id']}")) == 1
+    after = await snapshot(info, cloud, client)
+    assert (after.servers, after.vault_records, after.audit_rows) == (
+        before.servers,
+        before.vault_records,
+        before.audit_rows,
+    )
