@@ -143,7 +143,8 @@ class TenantClaimActivities:
     async def release_tenant_claim(self, request: TenantClaimRequest) -> None:
         """Compensation: ask this purchase's claim run to end so the tenant can buy again.
 
-        The claim ends only if its owner check agrees (the holder has no server left).
+        The claim ends only if its owner check agrees (the holder has no server left),
+        which it decides once this run has closed (it looks again 15 s, 30 s, 1 min on).
         Without a run id (a purchase whose admission ran out of retries, which never
         learnt it), the open claim is asked only if this very run holds it.
         """
@@ -184,14 +185,8 @@ class TenantClaimActivities:
         ).describe()
         holder = await _memo_str(description, HOLDER_MEMO)
         holder_run = await _memo_str(description, HOLDER_RUN_MEMO)
-        return await self._records.assess_holder(
-            client, tenant_id, holder, holder_run, release_requested=check.release_requested
-        )
-
-    @activity.defn(name="confirm_tenant_claim")
-    async def confirm_tenant_claim(self, request: TenantClaimRequest) -> None:
-        """The purchase completed: the claim stays, marked provisioned."""
-        await self._signal(request, "provisioned")
+        structlog.contextvars.bind_contextvars(release_requested=check.release_requested)
+        return await self._records.assess_holder(client, tenant_id, holder, holder_run)
 
     @staticmethod
     async def _signal(request: TenantClaimRequest, signal: str, *args: str) -> None:

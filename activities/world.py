@@ -168,16 +168,15 @@ class WorldRecords:
         tenant_id: str,
         holder: str | None,
         holder_run_id: str | None,
-        *,
-        release_requested: bool,
     ) -> ClaimVerdict:
         """Does the claim's holder still have a right to the tenant? (the owner check)
 
         Keep while the holder purchase has a server of this tenant (the reconciler
-        decides what becomes of it), while it provisions (unless a release was asked
-        for), and when it completed and the tenant's credentials are current, also if
-        Temporal has forgotten the run. Anything else, a claim nobody's admission took
-        included, is released.
+        decides what becomes of it), while its run is open (whoever asked for a release:
+        its own compensation asks before the run closes, so a `release` proves nothing;
+        the claim looks again once it has closed), and when it completed and the
+        tenant's credentials are current, also if Temporal has forgotten the run.
+        Anything else, a claim nobody's admission took included, is released.
         """
         purchase_id = purchase_id_of(holder)
         if purchase_id is None or not holder_run_id:
@@ -190,11 +189,14 @@ class WorldRecords:
             started_for = await self.purchase_tenant(client, holder, holder_run_id)
             if started_for != tenant_id:
                 return ClaimVerdict(False, f"holder {holder} is not a purchase of this tenant")
+        running = run.status == WorkflowExecutionStatus.RUNNING.name
         servers = await self.purchase_servers(purchase_id, tenant_id)
         if servers:
-            return ClaimVerdict(True, f"holder's server {servers[0].name} exists")
-        if run.status == WorkflowExecutionStatus.RUNNING.name and not release_requested:
-            return ClaimVerdict(True, "holder is provisioning")
+            return ClaimVerdict(
+                True, f"holder's server {servers[0].name} exists", holder_running=running
+            )
+        if running:
+            return ClaimVerdict(True, "holder is provisioning", holder_running=True)
         completed = run.status in (WorkflowExecutionStatus.COMPLETED.name, NOT_FOUND)
         if completed and await self.vault_version(tenant_id) is not None:
             return ClaimVerdict(True, "holder completed and the tenant's record is current")
@@ -280,7 +282,6 @@ class WorldActivities:
                 tenant_id,
                 await _memo_str(execution, HOLDER_MEMO),
                 await _memo_str(execution, HOLDER_RUN_MEMO),
-                release_requested=False,
             )
             if verdict.keep:
                 continue
@@ -376,7 +377,6 @@ class WorldActivities:
                 tenant_id,
                 record.holder,
                 record.holder_run_id,
-                release_requested=False,
             )
             view.claim_keep, view.claim_reason = verdict.keep, verdict.reason
         for server in own:

@@ -23,6 +23,10 @@ HOLDER_CHECK_INTERVALS = (
     timedelta(days=1),
     timedelta(days=7),
 )
+# After a `release` found the holder run still open (the purchase's compensation sends it
+# before its run closes; a stranger may send it any time): look again this soon, each
+# a timer and one activity, until the holder has closed; then HOLDER_CHECK_INTERVALS.
+RELEASE_FOLLOW_UPS = (timedelta(seconds=15), timedelta(seconds=30), timedelta(minutes=1))
 
 
 def tenant_claim_id(tenant_id: str) -> str:
@@ -44,7 +48,7 @@ class TenantClaimState:
     """Answer of the `claim` query: who holds the tenant, and whether it still does."""
 
     holder: str
-    # "held" | "released"; "provisioned" on claims confirmed by older purchases
+    # "held" | "released"
     state: str
     release_reason: str | None = None
     holder_run_id: str | None = None
@@ -58,7 +62,8 @@ class ClaimHolderCheck:
 
     The claim's tenant, holder and holder run are read by the activity from the claim
     workflow itself (its id and memo), never taken from here: only whether a release
-    was asked for is.
+    was asked for is, and it is only logged: anyone can send `release`, so the verdict
+    never depends on it.
     """
 
     release_requested: bool = False
@@ -68,3 +73,5 @@ class ClaimHolderCheck:
 class ClaimVerdict:
     keep: bool
     reason: str
+    # The holder run is open: whatever a `release` says, the claim stays until it closes.
+    holder_running: bool = False

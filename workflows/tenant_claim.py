@@ -14,24 +14,37 @@ retention period, freeing its id; an open one is not). Its memo names the purcha
 run that took it. Any client can start or signal a workflow, so the claim trusts
 neither: it ends only when its owner check (the `check_claim_holder` activity, which
 reads our records: the holder run, the provider's servers, the tenant's Vault record)
-says the holder has no right to it any more. The check runs when the claim starts (a
-claim nobody's admission took ends at once), when a `release` signal asks for it (the
-purchase's compensation, the reconciler, an operator after deleting a server), and
-on a durable timer (10 min, 1 h, 6 h, 1 day, then weekly: 3 billable actions each), so
-a purchase terminated during admission does not block its tenant for ever. A
-completed purchase keeps its claim for as long as it has its server or its tenant's
-record is current. By hand, after deleting a tenant's server and withdrawing its record:
+says the holder has no right to it any more. While the holder run is open the claim is
+kept, whoever asks: its own compensation sends `release` while it still runs, so a
+`release` cannot tell the purchase from a stranger. The check runs when the claim
+starts (a claim nobody's admission took ends at once), when a `release` signal asks for
+it (the purchase's compensation, the reconciler, deprovisioning, an operator after
+deleting a server), on a durable timer (10 min, 1 h, 6 h, 1 day, then weekly: 3
+billable actions each), so a purchase terminated during admission does not block its
+tenant for ever, and, after a `release` that found the holder run open, again after
+15 s, 30 s and 1 min (RELEASE_FOLLOW_UPS) until the holder has closed: a failed
+purchase's claim ends within about a minute of its compensation, and a stranger's
+`release` to a live purchase changes nothing (it costs the signal, one look and at
+most 3 follow-up looks; more `release`s during the follow-ups add only the signal).
+Once the holder has closed, its status and our records decide (a server or a current
+Vault record keeps the claim). A completed purchase keeps its
+claim for as long as it has its server or its tenant's record is current. By hand,
+after deleting a tenant's server and withdrawing its record:
 
     temporal workflow signal --workflow-id tenant-acme --name release --input '"deleted"'
 
+Every signal lands in one dynamic handler that takes its arguments raw, so no name,
+argument count or encoding can fail the claim; names other than `release` are dropped.
 The run takes its argument raw, and a start the SDK cannot decode at all (more than
 one argument, an encoding no converter reads) fails the run at once instead of the
-workflow task for ever (failure_exception_types).
+workflow task for ever (failure_exception_types): only a new run can get such a start,
+never a held claim.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -44,6 +57,7 @@ from workflows.claim_contracts import (
     HOLDER_CHECK_INTERVALS,
     HOLDER_MEMO,
     HOLDER_RUN_MEMO,
+    RELEASE_FOLLOW_UPS,
     TENANT_CLAIM_TYPE,
     ClaimHolderCheck,
     ClaimVerdict,
@@ -77,6 +91,9 @@ class TenantClaim:
         self._release_reason: str | None = None
         self._release_requested = False
         self._last_check: str | None = None
+        # Looks still due soon: set when a release was asked for while the holder run was
+        # open, cleared once the holder is closed or the looks are used up.
+        self._follow_ups: list[timedelta] = []
 
     @workflow.run
     async def run(self, holder: RawValue = _NO_ARGUMENT) -> str:
@@ -90,9 +107,20 @@ class TenantClaim:
             verdict = await self._check(asked)
             if not verdict.keep:
                 self._state = "released"
-                asked_for = f"{self._release_reason}; " if asked else ""
+                asked_for = f"{self._release_reason}; " if self._release_reason else ""
                 self._release_reason = f"{asked_for}{verdict.reason}"
                 return f"released: {self._release_reason}"
+            if not verdict.holder_running:
+                self._follow_ups = []
+            elif asked and not self._follow_ups:
+                # A release asked for while the holder run is open is never granted then
+                # (anyone can send it); the claim looks again soon, and decides once the
+                # holder has closed: a failed purchase's claim ends within about a minute
+                # of its compensation's request (15 s when its run closes at once).
+                self._follow_ups = list(RELEASE_FOLLOW_UPS)
+            if self._follow_ups:
+                await workflow.sleep(self._follow_ups.pop(0))
+                continue
             interval = intervals.pop(0) if len(intervals) > 1 else intervals[0]
             with contextlib.suppress(TimeoutError):
                 await workflow.wait_condition(lambda: self._release_requested, timeout=interval)
@@ -110,16 +138,17 @@ class TenantClaim:
         self._last_check = verdict.reason
         return verdict
 
-    @workflow.signal(name="provisioned")
-    def provisioned(self, *_: RawValue) -> None:
-        """Sent by an earlier purchase sequence; no purchase sends it any more."""
-        if self._state == "held":
-            self._state = "provisioned"
+    @workflow.signal(dynamic=True)
+    def _signal(self, name: str, args: Sequence[RawValue]) -> None:
+        """Every signal, whatever its name, argument count or encoding, lands here raw.
 
-    @workflow.signal(name="release")
-    def release(self, reason: RawValue = _NO_ARGUMENT) -> None:
-        """A request, not an order: the owner check decides (see the module docstring)."""
-        self._release_reason = _reason_text(reason.payload)
+        Only `release` means anything: a request, not an order (the owner check decides,
+        see the module docstring). Any other name is dropped. Nothing here can raise, so
+        no client's signal can fail the claim (failure_exception_types).
+        """
+        if name != "release" or self._state != "held":
+            return
+        self._release_reason = _reason_text(args[0].payload) if args else None
         self._release_requested = True
 
     @workflow.query(name="claim")
