@@ -15,7 +15,12 @@ against what the design promises:
     compensated  no server, no current Vault record, one `provisioning_failed` row
     reconciled   (terminated runs) as compensated, after the reconciler ran
 
-A purchase that does not match is *lost*; the problems are printed. One table row per
+The `plan_change` and `deprovision` scenarios (devstack/faults_lifecycle.py) buy their
+tenants the same way, then run ChangeMailPlan or DeprovisionMailTenant on them under
+faults and check each run as well (completed or compensated; nothing left without a
+tenant, server or claim owner).
+
+A purchase (or run) that does not match is *lost*; the problems are printed. One table row per
 scenario (injected faults, purchases survived / lost, slowest recovery), then the line
 `faults: <injected> injected, <survived> survived, <lost> lost`. Then `check-world`
 compares every record of the stack (servers, Vault records, claims, rotation
@@ -44,6 +49,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +66,13 @@ from runtime.codec import KeyRing, data_converter
 from starter import (
     check_world,
     print_world_report,
-    query_status,
     run_reconciler,
     start_deprovision,
     start_purchase,
 )
 from workflows.contracts import (
     ProvisionResult,
+    ProvisionStatus,
     PurchaseRequest,
 )
 from workflows.deprovision_contracts import DeprovisionRequest
@@ -85,6 +91,8 @@ SCENARIOS = (
     "mailu_unhealthy",
     "terminate",
     "burst",
+    "plan_change",
+    "deprovision",
 )
 
 
@@ -189,11 +197,21 @@ class FaultRun:
 
         await asyncio.gather(*(one(p) for p in purchases if p.expect != "reconciled"))
 
-    async def progress(self, purchase: Purchase) -> tuple[int, str] | None:
+    @staticmethod
+    def handles(purchases: list[Purchase]) -> dict[str, WorkflowHandle[Any, Any]]:
+        return {p.request.purchase_id: p.handle for p in purchases}
+
+    async def progress(
+        self, handle: WorkflowHandle[Any, Any], status_type: type[Any] = ProvisionStatus
+    ) -> tuple[int, str] | None:
         """Steps finished so far and the current one; None once the run is closed (or
-        unanswerable)."""
+        unanswerable). `status_type`: the run's `status` answer (every workflow of the
+        queue answers with `state`, `current_step` and `steps`)."""
         try:
-            status = await asyncio.wait_for(query_status(purchase.handle), 5)
+            status = await asyncio.wait_for(
+                handle.query("status", result_type=status_type, rpc_timeout=timedelta(seconds=5)),
+                5,
+            )
         except Exception:  # a query fails while workers or Temporal are down
             return None
         if status.state not in ("running", "compensating"):
@@ -201,39 +219,38 @@ class FaultRun:
         done = sum(1 for step in status.steps if step.state == "done")
         return done, status.current_step or "-"
 
-    async def snapshot(self, purchases: list[Purchase]) -> dict[str, tuple[int, str]]:
-        found = await asyncio.gather(*(self.progress(p) for p in purchases))
-        return {
-            p.request.purchase_id: progress
-            for p, progress in zip(purchases, found, strict=True)
-            if progress is not None
-        }
+    async def snapshot(
+        self, runs: dict[str, WorkflowHandle[Any, Any]], status_type: type[Any] = ProvisionStatus
+    ) -> dict[str, tuple[int, str]]:
+        found = await asyncio.gather(*(self.progress(h, status_type) for h in runs.values()))
+        return {key: progress for key, progress in zip(runs, found, strict=True) if progress}
 
     async def recovery(
         self,
-        purchases: list[Purchase],
+        runs: dict[str, WorkflowHandle[Any, Any]],
         before: dict[str, tuple[int, str]],
         restored_at: float,
+        status_type: type[Any] = ProvisionStatus,
     ) -> list[tuple[float, str]]:
-        """Seconds from `restored_at` until each in-flight purchase finished a new step,
+        """Seconds from `restored_at` until each in-flight run finished a new step,
         with the step it was in when the fault hit."""
-        pending = {p.request.purchase_id: p for p in purchases if p.request.purchase_id in before}
+        pending = {key: handle for key, handle in runs.items() if key in before}
         times: list[tuple[float, str]] = []
         deadline = time.monotonic() + RUN_TIMEOUT
         while pending and time.monotonic() < deadline:
-            for purchase_id, purchase in list(pending.items()):
-                now = await self.progress(purchase)
-                closed = now is None and await self._closed(purchase)
-                done_before, step = before[purchase_id]
+            for key, handle in list(pending.items()):
+                now = await self.progress(handle, status_type)
+                closed = now is None and await self._closed(handle)
+                done_before, step = before[key]
                 if closed or (now is not None and now[0] > done_before):
                     times.append((time.monotonic() - restored_at, step))
-                    del pending[purchase_id]
+                    del pending[key]
             await asyncio.sleep(0.5)
         return times
 
-    async def _closed(self, purchase: Purchase) -> bool:
+    async def _closed(self, handle: WorkflowHandle[Any, Any]) -> bool:
         with contextlib.suppress(Exception):
-            return (await purchase.handle.describe()).close_time is not None
+            return (await handle.describe()).close_time is not None
         return False
 
     # ------------------------------------------------------------------ checks
@@ -338,15 +355,18 @@ class FaultRun:
 
     async def outage(
         self,
-        purchases: list[Purchase],
+        runs: list[Purchase] | dict[str, WorkflowHandle[Any, Any]],
         result: ScenarioResult,
         fault: Callable[[], Awaitable[None]],
+        status_type: type[Any] = ProvisionStatus,
     ) -> None:
-        """Inject `fault` (it returns once the service is back) and measure the recovery."""
-        before = await self.snapshot(purchases)
+        """Inject `fault` (it returns once the service is back) and measure the recovery
+        of the runs (purchases, or other workflows' handles by key) in flight."""
+        handles = self.handles(runs) if isinstance(runs, list) else runs
+        before = await self.snapshot(handles, status_type)
         await fault()
         result.injected += 1
-        result.recoveries += await self.recovery(purchases, before, time.monotonic())
+        result.recoveries += await self.recovery(handles, before, time.monotonic(), status_type)
 
     # ------------------------------------------------------------------ fault tools
 
@@ -602,7 +622,11 @@ async def run_on(
     stack: Stack, client: Client, names: list[str], purchases: int, burst: int
 ) -> list[ScenarioResult]:
     """Run the named scenarios on a running stack (also used by the test suite)."""
-    faults = FaultRun(stack, client)
+    # The scenarios of the later workflows extend FaultRun (devstack/faults_lifecycle.py,
+    # which imports this module, hence here).
+    from devstack.faults_lifecycle import LifecycleFaultRun
+
+    faults = LifecycleFaultRun(stack, client)
     sizes = {
         "worker_kill": purchases,
         "temporal_restart": max(2, purchases // 4),
@@ -612,6 +636,9 @@ async def run_on(
         "mailu_unhealthy": max(2, purchases // 5),
         "terminate": max(2, purchases // 5),
         "burst": burst,
+        # Each buys its tenants first, then runs the workflow on them under faults.
+        "plan_change": max(2, purchases // 10),
+        "deprovision": max(2, purchases // 10),
     }
     results = []
     try:
