@@ -291,6 +291,8 @@ def our_activities(
             take_tenant_claim if real_claims else noop_take_claim,
         ).admit_purchase,
         claims.release_tenant_claim,
+        # The real claims' owner check runs on this worker too (workflows/tenant_claim.py).
+        *([claims.check_claim_holder] if real_claims else []),
         noop.ensure_rotation_schedule,
         noop.create_server,
         bring_up,

@@ -57,9 +57,16 @@ class CloudControl:
         )
 
     def servers(self, **params: str) -> list[dict[str, Any]]:
-        response = self.api.get("servers", params=params)
-        response.raise_for_status()
-        return list(response.json()["servers"])
+        """Every page (the API pages its lists: 25 a page unless asked otherwise)."""
+        servers: list[dict[str, Any]] = []
+        page: int | None = 1
+        while page is not None:
+            response = self.api.get("servers", params={**params, "page": page, "per_page": 50})
+            response.raise_for_status()
+            body = response.json()
+            servers += body["servers"]
+            page = body.get("meta", {}).get("pagination", {}).get("next_page")
+        return servers
 
     def servers_of(self, purchase_id: str) -> list[dict[str, Any]]:
         return self.servers(label_selector=f"purchase={purchase_id}")
