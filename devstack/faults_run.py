@@ -256,9 +256,22 @@ class FaultRun:
     # ------------------------------------------------------------------ checks
 
     async def servers_of(self, purchase_id: str) -> list[dict[str, Any]]:
-        response = await self.api.get(
-            "servers", params={"label_selector": f"purchase={purchase_id}"}
-        )
+        """The purchase's servers, as the provider lists them.
+
+        The checks share the project's rate limit with the workers (Hetzner's 3600
+        requests an hour, one more each second), and a burst of purchases empties it:
+        an observer waits for the bucket like any client (up to about five minutes)
+        instead of failing the run on a 429.
+        """
+        delay = 1.0
+        for _ in range(40):
+            response = await self.api.get(
+                "servers", params={"label_selector": f"purchase={purchase_id}"}
+            )
+            if response.status_code != 429:
+                break
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
         response.raise_for_status()
         return list(response.json()["servers"])
 
