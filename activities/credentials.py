@@ -29,10 +29,8 @@ from activities.crypto import (
 )
 from activities.mailu import MailuHost
 from activities.rotation_target import (
-    RecordsDisagree,
-    TenantGone,
     TenantRecords,
-    rotation_target,
+    target_or_refusal,
     tenant_server_selector,
 )
 from activities.smtp_proof import prove_smtp_login
@@ -143,19 +141,11 @@ class CredentialsActivities:
             )
         except ProviderError as err:
             raise provider_failure(err) from None
-        try:
-            return rotation_target(
-                TenantRecords(tenant_id, servers, current, version), self._access.identity
-            )
-        except TenantGone as err:
-            raise ApplicationError(str(err), type=err.error_type, non_retryable=True) from None
-        except RecordsDisagree as err:
-            raise ApplicationError(
-                str(err),
-                {"field": err.field, "rule": err.rule},
-                type="RotationRecordsDisagree",
-                non_retryable=True,
-            ) from None
+        return target_or_refusal(
+            TenantRecords(tenant_id, servers, current, version),
+            self._access.identity,
+            "RotationRecordsDisagree",
+        )
 
     async def _check_still_latest(self, tenant_id: str, written: int) -> None:
         try:

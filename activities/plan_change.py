@@ -39,10 +39,8 @@ from temporalio.exceptions import ApplicationError
 from activities.mailu import MailuHost, MailuSettings
 from activities.plans import plan_for
 from activities.rotation_target import (
-    RecordsDisagree,
-    TenantGone,
     TenantRecords,
-    rotation_target,
+    target_or_refusal,
     tenant_server_selector,
 )
 from activities.ssh import RemoteCommandError, ServerAccess, command_failure
@@ -218,19 +216,11 @@ class PlanChangeActivities:
         servers = await self._call(
             self._provider.find_servers(label_selector=tenant_server_selector(request.tenant_id))
         )
-        try:
-            target = rotation_target(
-                TenantRecords(request.tenant_id, servers, record, version), self._access.identity
-            )
-        except TenantGone as err:
-            raise ApplicationError(str(err), type=err.error_type, non_retryable=True) from None
-        except RecordsDisagree as err:
-            raise ApplicationError(
-                str(err),
-                {"field": err.field, "rule": err.rule},
-                type="PlanChangeRecordsDisagree",
-                non_retryable=True,
-            ) from None
+        target = target_or_refusal(
+            TenantRecords(request.tenant_id, servers, record, version),
+            self._access.identity,
+            "PlanChangeRecordsDisagree",
+        )
         [server] = servers
         wanted = await self._call(self._provider.get_server_type(plan.server_type))
         current = await self._call(self._provider.get_server_type(server.server_type))

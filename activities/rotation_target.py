@@ -24,6 +24,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from temporalio.exceptions import ApplicationError
+
 from activities.ssh import SshIdentity, host_key_files
 from activities.vps_provider import MANAGED_BY_SELECTOR, PURCHASE_LABEL, Server
 from workflows.contracts import (
@@ -111,6 +113,24 @@ def rotation_target(records: TenantRecords, identity: SshIdentity) -> MailuTarge
         identity.host_key_for(server.name, PROVISIONED_HOST_KEY_GENERATION)
     )
     return MailuTarget(tenant, domain, server.name, address, host_public)
+
+
+def target_or_refusal(
+    records: TenantRecords, identity: SshIdentity, disagreement_type: str
+) -> MailuTarget:
+    """rotation_target as an activity reports it: a gone tenant and records that disagree
+    are final (non-retryable), the latter under the calling workflow's own error type."""
+    try:
+        return rotation_target(records, identity)
+    except TenantGone as err:
+        raise ApplicationError(str(err), type=err.error_type, non_retryable=True) from None
+    except RecordsDisagree as err:
+        raise ApplicationError(
+            str(err),
+            {"field": err.field, "rule": err.rule},
+            type=disagreement_type,
+            non_retryable=True,
+        ) from None
 
 
 def _domain(records: TenantRecords, server: Server, ptr: str | None) -> str:
