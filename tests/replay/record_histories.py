@@ -1,7 +1,11 @@
 """Record the histories tests/replay replays: `.venv/bin/python -m tests.replay.record_histories`.
 
-Each scenario is a real run on the local stack (Temporal dev server, worker process,
-OpenBao, local cloud and VPS), exported as an operator would export it:
+`python -m tests.replay.record_histories [NAME ...]`: NAME is a purchase scenario below or
+a scripted workflow's directory (rotation, deprovision, plan_change, activation); none
+means all of them.
+
+Purchases (ProvisionMailTenant): each scenario is a real run on the local stack (Temporal
+dev server, worker process, OpenBao, local cloud and VPS), exported as an operator would export it:
 `temporal workflow show -o json`, i.e. *encrypted* by the payload codec, exactly what
 the server stores. The stack's key ring is the committed test-only ring
 (tests/replay/histories/TEST-ONLY-codec-keys.json), so CI can decrypt them.
@@ -14,6 +18,10 @@ Re-run it after a change to workflows/ that is *meant* to change the command seq
 then commit the new files; from the first release on, such a change is versioned
 instead (docs/VERSIONING.md). It takes about a minute and needs nothing but
 `make install`.
+
+The other workflows: scripted runs on the time-skipping server, from the table in
+tests/replay/scripted.py (a new scenario is one row there); only missing files are
+recorded, existing ones stand for runs in flight.
 """
 
 from __future__ import annotations
@@ -29,17 +37,22 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
 
-from devstack.stack import Stack, StackInfo
+from devstack.stack import Stack, StackInfo, tool
 from runtime.codec import KeyRing, data_converter
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl, new_request
+from tests.replay.scripted import SCRIPTED, ScriptedWorkflow
 from workflows.contracts import ProvisionStatus, PurchaseRequest
+from workflows.dispatch import ProvisionMailTenant
 
 HISTORIES = Path(__file__).parent / "histories"
 TEST_KEYS = HISTORIES / "TEST-ONLY-codec-keys.json"
 TEST_KEY_ID = "replay-TEST-ONLY-not-a-production-key"
 STEP_WAIT_SECONDS = 300
+PURCHASE_SCENARIOS = ("happy", "retried", "compensated", "cancelled")
 
 
 def test_keyring() -> KeyRing:
@@ -131,7 +144,44 @@ class Recorder:
         return await self.run("compensated")
 
 
-async def record(only: set[str] | None) -> None:
+async def record_scripted(workflows: list[ScriptedWorkflow]) -> None:
+    """Each missing history of `workflows`, run against its scripted world."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=tool("temporal-test-server")
+    )
+    try:
+        for scripted in workflows:
+            scripted.path.mkdir(parents=True, exist_ok=True)
+            for name, scenario in scripted.scenarios().items():
+                path = scripted.path / f"{name}.json"
+                if path.exists():
+                    continue
+                task_queue = f"replay-{scripted.directory}-{name}"
+                async with Worker(
+                    env.client,
+                    task_queue=task_queue,
+                    workflows=[ProvisionMailTenant],
+                    activities=scenario.world.activities(),
+                ):
+                    handle = await env.client.start_workflow(
+                        scripted.workflow_type,
+                        scripted.argument,
+                        id=scripted.workflow_id(name),
+                        task_queue=task_queue,
+                        start_signal=scenario.start_signal,
+                    )
+                    try:
+                        outcome = f"completed {await handle.result()}"
+                    except Exception as err:  # refusals and failures are scenarios too
+                        outcome = f"ended with {type(err).__name__}"
+                history = await handle.fetch_history()
+                path.write_text(json.dumps(json.loads(history.to_json()), indent=1) + "\n")
+                print(f"{scripted.directory} {name}: {outcome} -> {path}", flush=True)
+    finally:
+        await env.shutdown()
+
+
+async def record_purchases(only: set[str] | None) -> None:
     keyring = test_keyring()
     with tempfile.TemporaryDirectory(prefix="mailprov-record-") as directory:
         state = Path(directory)
@@ -145,11 +195,24 @@ async def record(only: set[str] | None) -> None:
             await Recorder(info, client).record_all(only)
 
 
+async def record(names: set[str]) -> None:
+    purchases = names & set(PURCHASE_SCENARIOS) if names else set(PURCHASE_SCENARIOS)
+    scripted = [s for s in SCRIPTED if not names or s.directory in names]
+    if scripted:
+        await record_scripted(scripted)
+    if purchases:
+        await record_purchases(purchases)
+
+
 def main() -> int:
+    known = [*PURCHASE_SCENARIOS, *(s.directory for s in SCRIPTED)]
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("scenario", nargs="*", help="default: all of them")
+    # Not `choices=`: Python 3.11's argparse rejects an empty `nargs="*"` list against it.
+    parser.add_argument("name", nargs="*", help=f"one of {', '.join(known)}; default: all")
     args = parser.parse_args()
-    asyncio.run(record(set(args.scenario) or None))
+    if unknown := set(args.name) - set(known):
+        parser.error(f"unknown: {', '.join(sorted(unknown))} (choose from {', '.join(known)})")
+    asyncio.run(record(set(args.name)))
     return 0
 
 

@@ -29,9 +29,7 @@ from devstack.stack import ROOT
 from runtime.codec import ENCODING, KeyRing
 from starter import StarterError, replay_history
 from tests.helpers import payload_encodings
-from tests.replay.record_activation_histories import WORKFLOW_ID as ACTIVATION_WORKFLOW_ID
-from tests.replay.record_plan_change_histories import WORKFLOW_ID as PLAN_CHANGE_WORKFLOW_ID
-from workflows.deprovision_contracts import deprovision_workflow_id
+from tests.replay.scripted import SCRIPTED, ScriptedWorkflow
 from workflows.dispatch import ProvisionMailTenant
 
 HISTORY_DIR = Path(__file__).parent / "histories"
@@ -128,21 +126,6 @@ def test_operator_command_replays_a_downloaded_history() -> None:
     assert "replays on the current code" in ok.stderr
 
 
-ROTATION_HISTORIES = sorted((HISTORY_DIR / "rotation").glob("*.json"))
-
-
-def test_the_rotation_scenarios_are_committed() -> None:
-    assert {p.stem for p in ROTATION_HISTORIES} >= {"rotated", "failed", "server_gone"}
-
-
-@pytest.mark.parametrize("path", ROTATION_HISTORIES, ids=[p.stem for p in ROTATION_HISTORIES])
-async def test_rotation_history_replays_deterministically(path: Path) -> None:
-    """Scripted rotation runs (tests.replay.record_rotation_histories), without the codec."""
-    history = WorkflowHistory.from_json(f"rotate-replay-{path.stem}", path.read_text())
-    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
-    assert result.replay_failure is None
-
-
 def tampered(change: Callable[[list[dict[str, Any]]], None]) -> str:
     """A copy of the happy history with `change` applied to its events."""
     history = json.loads((HISTORY_DIR / "happy.json").read_text())
@@ -221,58 +204,25 @@ def test_the_operator_command_names_each_verdict_and_keeps_stdout_for_results(
             assert "WARN" in done.stderr and "Nondeterminism" in done.stderr
 
 
-DEPROVISION_HISTORIES = sorted((HISTORY_DIR / "deprovision").glob("*.json"))
+@pytest.mark.parametrize("scripted", SCRIPTED, ids=[s.directory for s in SCRIPTED])
+def test_every_scripted_scenario_is_committed(scripted: ScriptedWorkflow) -> None:
+    """The table's scenarios are on disk (the recorder only adds missing ones)."""
+    assert {p.stem for p in scripted.histories()} >= set(scripted.scenarios())
 
 
-def test_the_deprovision_scenarios_are_committed() -> None:
-    assert {p.stem for p in DEPROVISION_HISTORIES} >= {
-        "deprovisioned",
-        "second_pass",
-        "nothing_found",
-        "refused",
-    }
+SCRIPTED_HISTORIES = [(s, p) for s in SCRIPTED for p in s.histories()]
 
 
-@pytest.mark.parametrize("path", DEPROVISION_HISTORIES, ids=[p.stem for p in DEPROVISION_HISTORIES])
-async def test_deprovision_history_replays_deterministically(path: Path) -> None:
-    """Scripted deprovisioning runs (tests.replay.record_deprovision_histories), no codec."""
-    # The run checks its own workflow id (deprovision-{tenant}): replay under the recorded one.
-    history = WorkflowHistory.from_json(deprovision_workflow_id("acme"), path.read_text())
-    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
-    assert result.replay_failure is None
-
-
-PLAN_CHANGE_HISTORIES = sorted((HISTORY_DIR / "plan_change").glob("*.json"))
-
-
-def test_the_plan_change_scenarios_are_committed() -> None:
-    assert {p.stem for p in PLAN_CHANGE_HISTORIES} >= {"changed", "refused", "restored"}
-
-
-@pytest.mark.parametrize("path", PLAN_CHANGE_HISTORIES, ids=[p.stem for p in PLAN_CHANGE_HISTORIES])
-async def test_plan_change_history_replays_deterministically(path: Path) -> None:
-    """Scripted plan changes (tests.replay.record_plan_change_histories), no codec."""
-    # The run checks its own workflow id (change-plan-{tenant}-{request}): replay under it.
-    history = WorkflowHistory.from_json(PLAN_CHANGE_WORKFLOW_ID, path.read_text())
-    result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
-    assert result.replay_failure is None
-
-
-ACTIVATION_HISTORIES = sorted((HISTORY_DIR / "activation").glob("*.json"))
-
-
-def test_the_activation_scenarios_are_committed() -> None:
-    assert {p.stem for p in ACTIVATION_HISTORIES} >= {
-        "signalled_then_verified",
-        "gave_up",
-        "tenant_gone",
-    }
-
-
-@pytest.mark.parametrize("path", ACTIVATION_HISTORIES, ids=[p.stem for p in ACTIVATION_HISTORIES])
-async def test_activation_history_replays_deterministically(path: Path) -> None:
-    """Scripted activations (tests.replay.record_activation_histories), no codec."""
-    # The run checks its own workflow id (activate-{tenant}): replay under it.
-    history = WorkflowHistory.from_json(ACTIVATION_WORKFLOW_ID, path.read_text())
+@pytest.mark.parametrize(
+    ("scripted", "path"),
+    SCRIPTED_HISTORIES,
+    ids=[f"{s.directory}/{p.stem}" for s, p in SCRIPTED_HISTORIES],
+)
+async def test_scripted_history_replays_deterministically(
+    scripted: ScriptedWorkflow, path: Path
+) -> None:
+    """Scripted runs of the other workflows (tests/replay/scripted.py), without the codec."""
+    # Each run checks its own workflow id: replay under the one it was recorded with.
+    history = WorkflowHistory.from_json(scripted.workflow_id(path.stem), path.read_text())
     result = await Replayer(workflows=[ProvisionMailTenant]).replay_workflow(history)
     assert result.replay_failure is None
