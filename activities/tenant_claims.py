@@ -17,11 +17,13 @@ no current Vault record (a tenant whose claim was lost keeps its one server).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
+from datetime import timedelta
 
 import structlog
 from temporalio import activity
-from temporalio.client import WorkflowExecutionStatus
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
@@ -36,6 +38,12 @@ from workflows.claim_contracts import (
     TenantClaimRequest,
     tenant_claim_id,
 )
+
+# How long an owner check that a `release` asked for waits for the holder run to close,
+# and how often it looks meanwhile (see _wait_for_run_to_close).
+HOLDER_CLOSE_WAIT = timedelta(seconds=10)
+HOLDER_CLOSE_POLL = timedelta(milliseconds=250)
+_RUNNING = WorkflowExecutionStatus.RUNNING.name  # as RunFacts names statuses
 
 
 async def take_tenant_claim(
@@ -126,9 +134,12 @@ async def _refuse_if_records_disagree(
 
 
 class TenantClaimActivities:
-    def __init__(self, records: WorldRecords | None = None) -> None:
+    def __init__(
+        self, records: WorldRecords | None = None, holder_close_wait: timedelta = HOLDER_CLOSE_WAIT
+    ) -> None:
         # Without records (unit tests) the claim alone decides.
         self._records = records
+        self._holder_close_wait = holder_close_wait
 
     async def take(self, request: TenantClaimRequest) -> str:
         """take_tenant_claim with this worker's records (admission's claim taker)."""
@@ -144,7 +155,8 @@ class TenantClaimActivities:
         """Compensation: ask this purchase's claim run to end so the tenant can buy again.
 
         The claim ends only if its owner check agrees (the holder has no server left),
-        which it decides once this run has closed (it looks again 15 s, 30 s, 1 min on).
+        which it decides once this run has closed (the check this signal asks for waits
+        up to HOLDER_CLOSE_WAIT for that; else it looks again 15 s, 30 s, 1 min on).
         Without a run id (a purchase whose admission ran out of retries, which never
         learnt it), the open claim is asked only if this very run holds it.
         """
@@ -186,6 +198,10 @@ class TenantClaimActivities:
         holder = await _memo_str(description, HOLDER_MEMO)
         holder_run = await _memo_str(description, HOLDER_RUN_MEMO)
         structlog.contextvars.bind_contextvars(release_requested=check.release_requested)
+        if check.release_requested and holder and holder_run:
+            await _wait_for_holder_to_close(
+                self._records, client, holder, holder_run, self._holder_close_wait
+            )
         return await self._records.assess_holder(client, tenant_id, holder, holder_run)
 
     @staticmethod
@@ -199,6 +215,27 @@ class TenantClaimActivities:
             if err.status != RPCStatusCode.NOT_FOUND:
                 raise
             # Already ended (a retried release): nothing left to do.
+
+
+async def _wait_for_holder_to_close(
+    records: WorldRecords, client: Client, holder: str, holder_run: str, patience: timedelta
+) -> None:
+    """Give a holder that asked for its own release a moment to close.
+
+    A purchase's compensation sends `release` as its last undo step, a fraction of a
+    second before its run closes; a check made at once would find it open and the claim
+    would end only at its first follow-up look (15 s on). Looking a few times within
+    `patience` ends a failed purchase's claim within about a second instead, so no claim
+    outlives the purchase's result by more than that. A stranger's `release` to a live
+    purchase costs this wait once per follow-up series and changes nothing.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + patience.total_seconds()
+    while (await records.run_of(client, holder, holder_run)).status == _RUNNING:
+        if loop.time() >= deadline:
+            return
+        activity.heartbeat()
+        await asyncio.sleep(HOLDER_CLOSE_POLL.total_seconds())
 
 
 def _refused(tenant_id: str, message: str, claim_id: str, holder: str) -> ApplicationError:

@@ -21,11 +21,13 @@ starts (a claim nobody's admission took ends at once), when a `release` signal a
 it (the purchase's compensation, the reconciler, deprovisioning, an operator after
 deleting a server), on a durable timer (10 min, 1 h, 6 h, 1 day, then weekly: 3
 billable actions each), so a purchase terminated during admission does not block its
-tenant for ever, and, after a `release` that found the holder run open, again after
-15 s, 30 s and 1 min (RELEASE_FOLLOW_UPS) until the holder has closed: a failed
-purchase's claim ends within about a minute of its compensation, and a stranger's
-`release` to a live purchase changes nothing (it costs the signal, one look and at
-most 3 follow-up looks; more `release`s during the follow-ups add only the signal).
+tenant for ever. The check a `release` asks for first waits up to 10 s for an open
+holder run to close (a purchase's compensation asks a moment before its run closes,
+so its claim ends about a second after the purchase's result); a holder still open
+then is looked at again after 15 s, 30 s and 1 min (RELEASE_FOLLOW_UPS) until it has
+closed, and a stranger's `release` to a live purchase changes nothing (it costs the
+signal, one look that waits 10 s and at most 3 follow-up looks; more `release`s during
+the follow-ups add only the signal).
 Once the holder has closed, its status and our records decide (a server or a current
 Vault record keeps the claim). A completed purchase keeps its
 claim for as long as it has its server or its tenant's record is current. By hand,
@@ -115,8 +117,8 @@ class TenantClaim:
             elif asked and not self._follow_ups:
                 # A release asked for while the holder run is open is never granted then
                 # (anyone can send it); the claim looks again soon, and decides once the
-                # holder has closed: a failed purchase's claim ends within about a minute
-                # of its compensation's request (15 s when its run closes at once).
+                # holder has closed (a failed purchase's run closes during the check's
+                # own wait, so its claim rarely needs these looks).
                 self._follow_ups = list(RELEASE_FOLLOW_UPS)
             if self._follow_ups:
                 await workflow.sleep(self._follow_ups.pop(0))

@@ -8,6 +8,8 @@ scripted records: the holder purchase's run status, no servers, no Vault record.
   failure_exception_types turned into a FAILED claim).
 - A `release` while the holder run is open never ends the claim (anyone can send it);
   once the holder has closed, the claim's next short follow-up look ends it.
+- A purchase's compensation asks a moment before its run closes: the check it asks for
+  waits for that close and ends the claim itself, with no follow-up look.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from activities.world import RunFacts, WorldRecords
 from workflows.claim_contracts import (
     HOLDER_MEMO,
     HOLDER_RUN_MEMO,
+    RELEASE_FOLLOW_UPS,
     TENANT_CLAIM_TYPE,
     TenantClaimState,
 )
@@ -45,16 +48,20 @@ class ScriptedRecords(WorldRecords):
     def __init__(self, tenant_id: str) -> None:
         self.tenant_id = tenant_id
         self.holder_status = WorkflowExecutionStatus.RUNNING.name
-        self.looks = 0
+        self.looks = 0  # owner checks that reached a verdict on a purchase holder
+        self.status_reads = 0  # every read of the holder run's status
         self._looked = asyncio.Condition()
 
     async def run_of(self, client: Client, workflow_id: str, run_id: str | None) -> RunFacts:  # type: ignore[override]
         async with self._looked:
-            self.looks += 1
+            self.status_reads += 1
             self._looked.notify_all()
         return RunFacts(self.holder_status, WORKFLOW_TYPE, None, run_id)
 
     async def purchase_tenant(self, client: Client, workflow_id: str, run_id: str) -> str | None:  # type: ignore[override]
+        async with self._looked:
+            self.looks += 1
+            self._looked.notify_all()
         return self.tenant_id
 
     async def purchase_servers(self, purchase_id: str, tenant_id: str) -> list[Server]:
@@ -67,12 +74,20 @@ class ScriptedRecords(WorldRecords):
         async with self._looked:
             await self._looked.wait_for(lambda: self.looks >= looks)
 
+    async def wait_for_status_reads(self, reads: int) -> None:
+        async with self._looked:
+            await self._looked.wait_for(lambda: self.status_reads >= reads)
+
 
 @asynccontextmanager
 async def held_claim(
-    env: WorkflowEnvironment,
+    env: WorkflowEnvironment, holder_close_wait: timedelta = timedelta(seconds=1)
 ) -> AsyncIterator[tuple[WorkflowHandle[Any, Any], ScriptedRecords]]:
-    """A claim taken by a running purchase, after its first owner check kept it."""
+    """A claim taken by a running purchase, after its first owner check kept it.
+
+    The check a `release` asks for waits `holder_close_wait` (real time: activities run
+    outside the skipped clock) for the holder to close.
+    """
     tenant_id = f"t{uuid.uuid4().hex[:8]}"
     records = ScriptedRecords(tenant_id)
     task_queue = f"tq-{uuid.uuid4().hex[:8]}"
@@ -81,7 +96,7 @@ async def held_claim(
         env.client,
         task_queue=task_queue,
         workflows=[TenantClaim],
-        activities=[TenantClaimActivities(records).check_claim_holder],
+        activities=[TenantClaimActivities(records, holder_close_wait).check_claim_holder],
     ):
         handle: WorkflowHandle[Any, Any] = await env.client.start_workflow(
             TENANT_CLAIM_TYPE,
@@ -161,3 +176,30 @@ async def test_a_release_while_the_holder_runs_is_not_granted_until_it_closes(
         result = await handle.result()
         assert result == "released: purchase compensated; holder run failed and has no server"
         assert records.looks == 7
+
+
+async def test_a_compensations_release_ends_the_claim_at_the_check_it_asks_for(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    # A wait far longer than the test needs, so the holder surely closes within it.
+    async with held_claim(time_skipping_env, holder_close_wait=timedelta(minutes=1)) as (
+        handle,
+        records,
+    ):
+        reads = records.status_reads
+        await handle.signal("release", "purchase compensated")
+        # The asked-for check has found the holder open; the run closes a moment later.
+        await records.wait_for_status_reads(reads + 1)
+        records.holder_status = WorkflowExecutionStatus.CANCELED.name
+        result = await handle.result()
+        assert result == "released: purchase compensated; holder run canceled and has no server"
+        assert records.looks == 2  # the start's check and the asked-for one: no follow-up
+        follow_up = RELEASE_FOLLOW_UPS[0]
+        follow_up_sleeps = [
+            event
+            async for event in handle.fetch_history_events()
+            if event.event_type == EventType.EVENT_TYPE_TIMER_STARTED
+            and event.timer_started_event_attributes.start_to_fire_timeout.ToTimedelta()
+            == follow_up
+        ]
+        assert follow_up_sleeps == []
