@@ -12,12 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from workflows.contracts import StepProgress
-from workflows.input_rules import (
-    TENANT_ID_RULE,
-    InvalidPurchaseRequest,
-    json_type_name,
-    purchase_input_from_payloads,
-)
+from workflows.input_rules import check_tenant_id, json_object, start_argument, string_field
 
 ACTIVATION_WORKFLOW_TYPE = "ActivateMailDomain"
 DNS_PUBLISHED_SIGNAL = "dns_published"
@@ -78,23 +73,9 @@ class ActivationRequest:
 
     @classmethod
     def parse(cls, raw: Any) -> "ActivationRequest":
-        if not isinstance(raw, dict):
-            raise InvalidActivationRequest(
-                "(input)", f"must be a JSON object, got {json_type_name(raw)}"
-            )
-        unknown = sorted(str(key) for key in raw if key != "tenant_id")
-        if unknown:
-            raise InvalidActivationRequest(repr(unknown[0][:60])[1:-1], "is not a known field")
-        tenant = raw.get("tenant_id")
-        if tenant is None:
-            raise InvalidActivationRequest("tenant_id", "is required")
-        if not isinstance(tenant, str):
-            raise InvalidActivationRequest("tenant_id", "must be a string")
-        if not TENANT_ID_RULE.fullmatch(tenant):
-            raise InvalidActivationRequest(
-                "tenant_id",
-                "must be 1-63 characters of [a-z0-9-], starting and ending with [a-z0-9]",
-            )
+        fields = json_object(raw, {"tenant_id"}, InvalidActivationRequest)
+        tenant = string_field(fields, "tenant_id", InvalidActivationRequest)
+        check_tenant_id(tenant, InvalidActivationRequest)
         return cls(tenant)
 
 
@@ -103,15 +84,8 @@ def activation_request_from_payloads(
 ) -> ActivationRequest:
     """The raw start arguments decoded as the purchase's are (one argument, JSON only,
     bounded size and depth, no duplicate keys): a bad one ends the run at once."""
-    if len(payloads) != 1:
-        raise InvalidActivationRequest(
-            "(input)", f'must be exactly one argument, {{"tenant_id": ...}} (got {len(payloads)})'
-        )
-    try:
-        raw = purchase_input_from_payloads(payloads)
-    except InvalidPurchaseRequest as err:
-        raise InvalidActivationRequest(err.field, err.rule) from None
-    return ActivationRequest.parse(raw)
+    expected = ', {"tenant_id": ...}'
+    return ActivationRequest.parse(start_argument(payloads, InvalidActivationRequest, expected))
 
 
 @dataclass(frozen=True)

@@ -17,11 +17,14 @@ from typing import Annotated, Any
 
 from workflows.input_rules import (
     MAX_REQUESTED_BY,
-    PLAN_NAME_RULE,
-    PURCHASE_ID_RULE,
-    TENANT_ID_RULE,
     InvalidPurchaseRequest,
-    json_type_name,
+    check_plan_name,
+    check_request_id,
+    check_tenant_id,
+    check_text,
+    json_object,
+    optional_string_field,
+    string_field,
     validate_domain,
 )
 from workflows.url_policy import validate_notify_url
@@ -94,51 +97,27 @@ class PurchaseRequest:
 
         Raises InvalidPurchaseRequest naming the first field that breaks a rule.
         """
-        if not isinstance(raw, dict):
-            raise InvalidPurchaseRequest(
-                "(input)", f"must be a JSON object, got {json_type_name(raw)}"
-            )
         strings = {"purchase_id", "tenant_id", "domain", "plan", "requested_by", "notify_url"}
-        unknown = sorted(str(key) for key in set(raw) - strings)
-        if unknown:
-            raise InvalidPurchaseRequest(repr(unknown[0][:60])[1:-1], "is not a known field")
-        values: dict[str, str | None] = {}
-        for name in sorted(strings):
-            value = raw.get(name)
-            if value is None and name == "notify_url":
-                values[name] = None
-                continue
-            if value is None:
-                raise InvalidPurchaseRequest(name, "is required")
-            if not isinstance(value, str):
-                raise InvalidPurchaseRequest(name, "must be a string")
-            values[name] = value
+        fields = json_object(raw, strings, InvalidPurchaseRequest)
+        values: dict[str, str | None] = {
+            name: (optional_string_field if name == "notify_url" else string_field)(
+                fields, name, InvalidPurchaseRequest
+            )
+            for name in sorted(strings)
+        }
         request = cls(**values)  # type: ignore[arg-type]
         request.validate()
         return request
 
     def validate(self) -> None:
         """Check every rule; the order is the order of the fields in the contract."""
-        if not PURCHASE_ID_RULE.fullmatch(self.purchase_id):
-            raise InvalidPurchaseRequest(
-                "purchase_id",
-                "must be 1-63 characters of [A-Za-z0-9_.-], starting and ending alphanumeric",
-            )
-        if not TENANT_ID_RULE.fullmatch(self.tenant_id):
-            raise InvalidPurchaseRequest(
-                "tenant_id",
-                "must be 1-63 characters of [a-z0-9-], starting and ending with [a-z0-9]",
-            )
+        refuse = InvalidPurchaseRequest
+        check_request_id(self.purchase_id, "purchase_id", refuse)
+        check_tenant_id(self.tenant_id, refuse)
         validate_domain(self.domain)
-        if not PLAN_NAME_RULE.fullmatch(self.plan):
-            # Membership in the operator's catalog is checked by the resolve_plan step.
-            raise InvalidPurchaseRequest("plan", "must match [a-z0-9][a-z0-9_-]{0,62}")
-        if not self.requested_by.strip() or len(self.requested_by) > MAX_REQUESTED_BY:
-            raise InvalidPurchaseRequest(
-                "requested_by", f"must be 1-{MAX_REQUESTED_BY} characters, not blank"
-            )
-        if any(not ch.isprintable() for ch in self.requested_by):
-            raise InvalidPurchaseRequest("requested_by", "must not contain control characters")
+        # Membership in the operator's catalog is checked by the admission step.
+        check_plan_name(self.plan, refuse)
+        check_text(self.requested_by, "requested_by", MAX_REQUESTED_BY, refuse)
         if self.notify_url is not None:
             validate_notify_url(self.notify_url)
 

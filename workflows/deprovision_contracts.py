@@ -13,10 +13,12 @@ from typing import Annotated, Any
 from workflows.contracts import OneOf, StepProgress
 from workflows.input_rules import (
     MAX_REQUESTED_BY,
-    TENANT_ID_RULE,
-    InvalidPurchaseRequest,
-    json_type_name,
-    purchase_input_from_payloads,
+    check_tenant_id,
+    check_text,
+    json_object,
+    optional_string_field,
+    start_argument,
+    string_field,
 )
 
 DEPROVISION_WORKFLOW_TYPE = "DeprovisionMailTenant"
@@ -57,42 +59,16 @@ class DeprovisionRequest:
 
     @classmethod
     def parse(cls, raw: Any) -> "DeprovisionRequest":
-        if not isinstance(raw, dict):
-            raise InvalidDeprovisionRequest(
-                "(input)", f"must be a JSON object, got {json_type_name(raw)}"
-            )
-        known = {"tenant_id", "requested_by", "reason"}
-        unknown = sorted(str(key) for key in raw if key not in known)
-        if unknown:
-            raise InvalidDeprovisionRequest(repr(unknown[0][:60])[1:-1], "is not a known field")
-        tenant = raw.get("tenant_id")
-        if tenant is None:
-            raise InvalidDeprovisionRequest("tenant_id", "is required")
-        if not isinstance(tenant, str):
-            raise InvalidDeprovisionRequest("tenant_id", "must be a string")
-        if not TENANT_ID_RULE.fullmatch(tenant):
-            raise InvalidDeprovisionRequest(
-                "tenant_id",
-                "must be 1-63 characters of [a-z0-9-], starting and ending with [a-z0-9]",
-            )
-        requested_by = _text(raw, "requested_by", MAX_REQUESTED_BY, required=True)
-        assert requested_by is not None
-        return cls(tenant, requested_by, _text(raw, "reason", MAX_REASON, required=False))
-
-
-def _text(raw: dict[str, Any], name: str, limit: int, *, required: bool) -> str | None:
-    value = raw.get(name)
-    if value is None:
-        if required:
-            raise InvalidDeprovisionRequest(name, "is required")
-        return None
-    if not isinstance(value, str):
-        raise InvalidDeprovisionRequest(name, "must be a string")
-    if not value.strip() or len(value) > limit:
-        raise InvalidDeprovisionRequest(name, f"must be 1-{limit} characters, not blank")
-    if any(not ch.isprintable() for ch in value):
-        raise InvalidDeprovisionRequest(name, "must not contain control characters")
-    return value
+        refuse = InvalidDeprovisionRequest
+        fields = json_object(raw, {"tenant_id", "requested_by", "reason"}, refuse)
+        tenant = string_field(fields, "tenant_id", refuse)
+        check_tenant_id(tenant, refuse)
+        requested_by = string_field(fields, "requested_by", refuse)
+        check_text(requested_by, "requested_by", MAX_REQUESTED_BY, refuse)
+        reason = optional_string_field(fields, "reason", refuse)
+        if reason is not None:
+            check_text(reason, "reason", MAX_REASON, refuse)
+        return cls(tenant, requested_by, reason)
 
 
 def deprovision_request_from_payloads(
@@ -101,17 +77,8 @@ def deprovision_request_from_payloads(
     """The raw start arguments into a DeprovisionRequest, decoded as the purchase's are
     (one argument, JSON only, bounded size and depth, no duplicate keys), so a bad or
     missing argument ends the run at once instead of failing the workflow task forever."""
-    if len(payloads) != 1:
-        raise InvalidDeprovisionRequest(
-            "(input)",
-            f'must be exactly one argument, {{"tenant_id": ..., "requested_by": ...}} '
-            f"(got {len(payloads)})",
-        )
-    try:
-        raw = purchase_input_from_payloads(payloads)
-    except InvalidPurchaseRequest as err:
-        raise InvalidDeprovisionRequest(err.field, err.rule) from None
-    return DeprovisionRequest.parse(raw)
+    expected = ', {"tenant_id": ..., "requested_by": ...}'
+    return DeprovisionRequest.parse(start_argument(payloads, InvalidDeprovisionRequest, expected))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ notify URL policy in workflows/url_policy.py.
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 # IDNA 2008 (RFC 5890-5893), the rules registries and MailU's own `idna` use; the
@@ -182,6 +182,83 @@ def json_type_name(value: Any) -> str:
 
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
+
+
+# --------------------------------------------------------------------------- start arguments
+#
+# Every workflow's start argument is one JSON object of strings, read and checked by the
+# same rules; each workflow refuses it with its own error type (InvalidPurchaseRequest,
+# InvalidRotationRequest, ...), all built as `Error(field, rule)`.
+
+Refuse = Callable[[str, str], Exception]
+
+
+def start_argument(payloads: Sequence[tuple[bytes, bytes]], refuse: Refuse, expected: str) -> Any:
+    """The one JSON value of another workflow's start, decoded as a purchase's is (one
+    argument, JSON only, bounded size and depth, no duplicate keys) but refused with the
+    workflow's own error; `expected` names the argument in the "exactly one" message."""
+    if len(payloads) != 1:
+        raise refuse("(input)", f"must be exactly one argument{expected} (got {len(payloads)})")
+    try:
+        return purchase_input_from_payloads(payloads)
+    except InvalidPurchaseRequest as err:
+        raise refuse(err.field, err.rule) from None
+
+
+def json_object(raw: Any, known: Collection[str], refuse: Refuse) -> dict[str, Any]:
+    """`raw` as a JSON object holding only `known` fields (the first unknown one named)."""
+    if not isinstance(raw, dict):
+        raise refuse("(input)", f"must be a JSON object, got {json_type_name(raw)}")
+    unknown = sorted(str(key) for key in raw if key not in known)
+    if unknown:
+        raise refuse(repr(unknown[0][:60])[1:-1], "is not a known field")
+    return raw
+
+
+def string_field(fields: dict[str, Any], name: str, refuse: Refuse) -> str:
+    """A required string field (JSON null counts as missing)."""
+    value = optional_string_field(fields, name, refuse)
+    if value is None:
+        raise refuse(name, "is required")
+    return value
+
+
+def optional_string_field(fields: dict[str, Any], name: str, refuse: Refuse) -> str | None:
+    value = fields.get(name)
+    if value is not None and not isinstance(value, str):
+        raise refuse(name, "must be a string")
+    return value
+
+
+def check_tenant_id(tenant_id: str, refuse: Refuse) -> None:
+    if not TENANT_ID_RULE.fullmatch(tenant_id):
+        raise refuse(
+            "tenant_id", "must be 1-63 characters of [a-z0-9-], starting and ending with [a-z0-9]"
+        )
+
+
+def check_request_id(value: str, field_name: str, refuse: Refuse) -> None:
+    """A purchase id, or an id that follows its rule (a plan change's request id)."""
+    if not PURCHASE_ID_RULE.fullmatch(value):
+        raise refuse(
+            field_name,
+            "must be 1-63 characters of [A-Za-z0-9_.-], starting and ending alphanumeric",
+        )
+
+
+def check_plan_name(plan: str, refuse: Refuse) -> None:
+    """The name's form only; the operator's catalog decides whether it exists."""
+    if not PLAN_NAME_RULE.fullmatch(plan):
+        raise refuse("plan", "must match [a-z0-9][a-z0-9_-]{0,62}")
+
+
+def check_text(value: str, field_name: str, limit: int, refuse: Refuse) -> None:
+    """Free text that reaches audit rows and logs (requested_by, a reason): bounded,
+    not blank, no control characters."""
+    if not value.strip() or len(value) > limit:
+        raise refuse(field_name, f"must be 1-{limit} characters, not blank")
+    if any(not ch.isprintable() for ch in value):
+        raise refuse(field_name, "must not contain control characters")
 
 
 def validate_domain(domain: str) -> None:

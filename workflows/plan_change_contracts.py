@@ -12,12 +12,13 @@ from typing import Annotated, Any
 from workflows.contracts import MailuTarget, OneOf, StepProgress
 from workflows.input_rules import (
     MAX_REQUESTED_BY,
-    PLAN_NAME_RULE,
-    PURCHASE_ID_RULE,
-    TENANT_ID_RULE,
-    InvalidPurchaseRequest,
-    json_type_name,
-    purchase_input_from_payloads,
+    check_plan_name,
+    check_request_id,
+    check_tenant_id,
+    check_text,
+    json_object,
+    start_argument,
+    string_field,
 )
 
 PLAN_CHANGE_WORKFLOW_TYPE = "ChangeMailPlan"
@@ -56,44 +57,18 @@ class PlanChangeRequest:
 
     @classmethod
     def parse(cls, raw: Any) -> "PlanChangeRequest":
-        if not isinstance(raw, dict):
-            raise InvalidPlanChangeRequest(
-                "(input)", f"must be a JSON object, got {json_type_name(raw)}"
-            )
-        unknown = sorted(str(key) for key in raw if key not in _FIELDS)
-        if unknown:
-            raise InvalidPlanChangeRequest(repr(unknown[0][:60])[1:-1], "is not a known field")
-        values: dict[str, str] = {}
-        for name in _FIELDS:
-            value = raw.get(name)
-            if value is None:
-                raise InvalidPlanChangeRequest(name, "is required")
-            if not isinstance(value, str):
-                raise InvalidPlanChangeRequest(name, "must be a string")
-            values[name] = value
+        fields = json_object(raw, _FIELDS, InvalidPlanChangeRequest)
+        values = {name: string_field(fields, name, InvalidPlanChangeRequest) for name in _FIELDS}
         request = cls(**values)
         request.validate()
         return request
 
     def validate(self) -> None:
-        if not TENANT_ID_RULE.fullmatch(self.tenant_id):
-            raise InvalidPlanChangeRequest(
-                "tenant_id",
-                "must be 1-63 characters of [a-z0-9-], starting and ending with [a-z0-9]",
-            )
-        if not PURCHASE_ID_RULE.fullmatch(self.request_id):
-            raise InvalidPlanChangeRequest(
-                "request_id",
-                "must be 1-63 characters of [A-Za-z0-9_.-], starting and ending alphanumeric",
-            )
-        if not PLAN_NAME_RULE.fullmatch(self.plan):
-            raise InvalidPlanChangeRequest("plan", "must match [a-z0-9][a-z0-9_-]{0,62}")
-        if not self.requested_by.strip() or len(self.requested_by) > MAX_REQUESTED_BY:
-            raise InvalidPlanChangeRequest(
-                "requested_by", f"must be 1-{MAX_REQUESTED_BY} characters, not blank"
-            )
-        if any(not ch.isprintable() for ch in self.requested_by):
-            raise InvalidPlanChangeRequest("requested_by", "must not contain control characters")
+        refuse = InvalidPlanChangeRequest
+        check_tenant_id(self.tenant_id, refuse)
+        check_request_id(self.request_id, "request_id", refuse)
+        check_plan_name(self.plan, refuse)
+        check_text(self.requested_by, "requested_by", MAX_REQUESTED_BY, refuse)
 
 
 def plan_change_request_from_payloads(
@@ -105,15 +80,7 @@ def plan_change_request_from_payloads(
     duplicate keys); the workflow id must be the one the request derives, so a client
     cannot run two changes of one request under different ids.
     """
-    if len(payloads) != 1:
-        raise InvalidPlanChangeRequest(
-            "(input)", f"must be exactly one argument (got {len(payloads)})"
-        )
-    try:
-        raw = purchase_input_from_payloads(payloads)
-    except InvalidPurchaseRequest as err:
-        raise InvalidPlanChangeRequest(err.field, err.rule) from None
-    request = PlanChangeRequest.parse(raw)
+    request = PlanChangeRequest.parse(start_argument(payloads, InvalidPlanChangeRequest, ""))
     expected = plan_change_workflow_id(request.tenant_id, request.request_id)
     if workflow_id != expected:
         raise InvalidPlanChangeRequest(

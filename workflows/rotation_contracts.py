@@ -12,12 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from workflows.contracts import MailuTarget
-from workflows.input_rules import (
-    TENANT_ID_RULE,
-    InvalidPurchaseRequest,
-    json_type_name,
-    purchase_input_from_payloads,
-)
+from workflows.input_rules import check_tenant_id, json_object, start_argument, string_field
 
 ROTATION_WORKFLOW_TYPE = "RotateSmtpCredentials"
 # A schedule that missed its time (Temporal server down, schedule paused) still runs
@@ -50,23 +45,9 @@ class RotationRequest:
 
     @classmethod
     def parse(cls, raw: Any) -> "RotationRequest":
-        if not isinstance(raw, dict):
-            raise InvalidRotationRequest(
-                "(input)", f"must be a JSON object, got {json_type_name(raw)}"
-            )
-        unknown = sorted(str(key) for key in raw if key != "tenant_id")
-        if unknown:
-            raise InvalidRotationRequest(repr(unknown[0][:60])[1:-1], "is not a known field")
-        tenant = raw.get("tenant_id")
-        if tenant is None:
-            raise InvalidRotationRequest("tenant_id", "is required")
-        if not isinstance(tenant, str):
-            raise InvalidRotationRequest("tenant_id", "must be a string")
-        if not TENANT_ID_RULE.fullmatch(tenant):
-            raise InvalidRotationRequest(
-                "tenant_id",
-                "must be 1-63 characters of [a-z0-9-], starting and ending with [a-z0-9]",
-            )
+        fields = json_object(raw, {"tenant_id"}, InvalidRotationRequest)
+        tenant = string_field(fields, "tenant_id", InvalidRotationRequest)
+        check_tenant_id(tenant, InvalidRotationRequest)
         return cls(tenant)
 
 
@@ -77,16 +58,8 @@ def rotation_request_from_payloads(payloads: Sequence[tuple[bytes, bytes]]) -> R
     bounded size and depth, no duplicate keys), so a bad or missing argument ends the
     run at once with InvalidRotationRequest instead of failing the workflow task forever.
     """
-    if len(payloads) != 1:
-        raise InvalidRotationRequest(
-            "(input)",
-            f'must be exactly one argument, {{"tenant_id": ...}} (got {len(payloads)})',
-        )
-    try:
-        raw = purchase_input_from_payloads(payloads)
-    except InvalidPurchaseRequest as err:
-        raise InvalidRotationRequest(err.field, err.rule) from None
-    return RotationRequest.parse(raw)
+    expected = ', {"tenant_id": ...}'
+    return RotationRequest.parse(start_argument(payloads, InvalidRotationRequest, expected))
 
 
 def rotation_schedule_id(tenant_id: str) -> str:
