@@ -94,6 +94,7 @@ from runtime.codec import (
     data_converter,
     keys_in_identity,
 )
+from runtime.exit import exit_without_teardown
 from workflows.activation_contracts import (
     ACTIVATION_WORKFLOW_TYPE,
     DNS_PUBLISHED_SIGNAL,
@@ -1368,10 +1369,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown: the Temporal client's Rust threads can abort a
-    # finishing short-lived process (temporalio/sdk-python#300), turning a clean exit
-    # code into SIGABRT. Output is flushed above; nothing else needs tearing down.
-    os._exit(code)
+    # The exit code is the CLI's contract: no SIGABRT from teardown (runtime/exit.py).
+    exit_without_teardown(main())

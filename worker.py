@@ -82,6 +82,7 @@ from runtime.codec import (
     data_converter,
     worker_identity,
 )
+from runtime.exit import exit_without_teardown
 from runtime.heartbeat import HeartbeatInterceptor
 from runtime.logs import LogContextInterceptor, configure_logging, get_logger
 from runtime.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
@@ -634,9 +635,5 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Skip interpreter teardown: the Temporal client's Rust threads can abort a process
-    # while it finalizes (temporalio/sdk-python#300), turning a clean drain into SIGABRT.
-    os._exit(code)
+    # A drained worker must not turn its exit code into SIGABRT (runtime/exit.py).
+    exit_without_teardown(main())

@@ -21,6 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.rotation_schedule import rotation_schedule_exists
 from activities.rotation_target import TENANT_LABEL, tenant_server_selector
 from activities.vault import Vault, VaultError, vault_failure
 from activities.vps_provider import (
@@ -100,7 +101,7 @@ class DeprovisionActivities:
             servers=servers,
             vault_version=version,
             vault_current=data is not None,
-            rotation_schedule=await _schedule_exists(client, tenant),
+            rotation_schedule=await rotation_schedule_exists(client, tenant),
             claim_run_id=claim_run_id,
             claim_holder=holder,
         )
@@ -223,7 +224,7 @@ class DeprovisionActivities:
         _, version = await self._vault_call(self._vault.latest, tenant)
         if version:
             left.append(f"Vault record version {version}")
-        if await _schedule_exists(client, tenant):
+        if await rotation_schedule_exists(client, tenant):
             left.append(f"rotation schedule {rotation_schedule_id(tenant)}")
         return left
 
@@ -259,16 +260,6 @@ async def _claim(client: Client, tenant: str) -> tuple[str | None, str | None]:
 async def _running(client: Client, workflow_id: str) -> bool:
     facts = await WorldRecords.run_of(client, workflow_id, None)
     return facts.status == WorkflowExecutionStatus.RUNNING.name
-
-
-async def _schedule_exists(client: Client, tenant: str) -> bool:
-    try:
-        await client.get_schedule_handle(rotation_schedule_id(tenant)).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
 
 
 async def _refuse_if_reclaimed(tenant: str, claim_run_id: str | None) -> None:

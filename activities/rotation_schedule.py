@@ -191,6 +191,17 @@ def _workflow_id(action: ScheduleActionExecution) -> str:
     return action.workflow_id
 
 
+async def rotation_schedule_exists(client: Client, tenant_id: str) -> bool:
+    """Whether the tenant's rotation schedule is there (deprovisioning, its tests)."""
+    try:
+        await client.get_schedule_handle(rotation_schedule_id(tenant_id)).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 async def _describe(client: Client, tenant_id: str) -> ScheduleDescription:
     try:
         return await client.get_schedule_handle(rotation_schedule_id(tenant_id)).describe()

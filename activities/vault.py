@@ -437,13 +437,7 @@ class Vault:
         try:
             self._data_key(self.startup_check_key, self.settings.transit_mount)
         except VaultError as err:
-            if err.degraded != "denied":
-                # Sealed, unreachable or failing since the health check: not a set-up gap.
-                raise VaultUnavailable(f"Vault at {self.settings.url} failed: {err}") from None
-            raise VaultNotReady(
-                f"Transit keys {self.tenant_key('*')!r} are not usable: {err}; "
-                "run deploy/vault_bootstrap.py"
-            ) from None
+            raise self._startup_failure(err, f"Transit keys {self.tenant_key('*')!r}") from None
         except (hvac.exceptions.InvalidPath, hvac.exceptions.InvalidRequest):
             raise VaultNotReady(
                 f"Transit mount {self.settings.transit_mount!r} does not exist; "
@@ -465,12 +459,14 @@ class Vault:
                     "run deploy/vault_bootstrap.py"
                 ) from None
         except VaultError as err:
-            if err.degraded != "denied":
-                raise VaultUnavailable(f"Vault at {self.settings.url} failed: {err}") from None
-            raise VaultNotReady(
-                f"KV mount {self.settings.kv_mount!r} is not usable: {err}; "
-                "run deploy/vault_bootstrap.py"
-            ) from None
+            raise self._startup_failure(err, f"KV mount {self.settings.kv_mount!r}") from None
+
+    def _startup_failure(self, err: VaultError, what: str) -> VaultUnavailable | VaultNotReady:
+        """A denied start-up check is a set-up gap the bootstrap closes; sealed,
+        unreachable or failing since the health check is an outage, not a set-up gap."""
+        if err.degraded != "denied":
+            return VaultUnavailable(f"Vault at {self.settings.url} failed: {err}")
+        return VaultNotReady(f"{what} is not usable: {err}; run deploy/vault_bootstrap.py")
 
     def _check_available(self) -> None:
         """VaultUnavailable unless Vault answers, is initialised and unsealed.

@@ -3,8 +3,6 @@ markers every test gets from the directory it lives in."""
 
 from __future__ import annotations
 
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -12,6 +10,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from devstack.stack import tool
+from runtime.exit import exit_without_teardown
 
 TESTS = Path(__file__).parent
 
@@ -74,6 +73,4 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     (temporalio/sdk-python#300): a green run would then exit with SIGABRT. Every
     fixture has stopped its processes by now, and the report is written.
     """
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_exit_status)
+    exit_without_teardown(_exit_status)

@@ -23,6 +23,7 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.exceptions import ActivityError, ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.rotation_schedule import rotation_schedule_exists
 from devstack.stack import StackInfo
 from starter import check_world, query_status, start_deprovision, start_purchase
 from tests.e2e.conftest import CloudControl
@@ -42,7 +43,6 @@ from workflows.plan_change_contracts import (
     PlanChangeStatus,
     plan_change_workflow_id,
 )
-from workflows.rotation_contracts import rotation_schedule_id
 
 QUEUE = "mail-provisioning"
 
@@ -73,16 +73,6 @@ async def claim_running(client: Client, tenant: str) -> bool:
     return description.status == WorkflowExecutionStatus.RUNNING
 
 
-async def schedule_exists(client: Client, tenant: str) -> bool:
-    try:
-        await client.get_schedule_handle(rotation_schedule_id(tenant)).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
-
-
 async def activation_state(client: Client, tenant: str) -> WorkflowExecutionStatus | None:
     """The status of the tenant's latest ActivateMailDomain run (None: never started)."""
     try:
@@ -104,7 +94,7 @@ async def assert_nothing_left(client: Client, info: StackInfo, cloud: CloudContr
     assert cloud.servers(label_selector=f"tenant={t}") == []
     assert ssh_keys(cloud, t) == []
     assert vault_metadata(info, t) is None
-    assert not await schedule_exists(client, t)
+    assert not await rotation_schedule_exists(client, t)
     assert not await claim_running(client, t)
     report = await check_world(client, QUEUE, uuid.uuid4().hex[:8])
     mine = [d for d in report.disagreements if t in d.subject or t in d.detail]
@@ -118,7 +108,7 @@ async def test_a_deprovisioned_tenant_is_gone_everywhere_and_buys_again(
     first = await provision(client, purchase)
     [server] = cloud.servers(label_selector=f"tenant={tenant}")
     assert len(ssh_keys(cloud, tenant)) == 1
-    assert await schedule_exists(client, tenant) and await claim_running(client, tenant)
+    assert await rotation_schedule_exists(client, tenant) and await claim_running(client, tenant)
     # The completed purchase started the wait for the customer's DNS.
     assert await activation_state(client, tenant) == WorkflowExecutionStatus.RUNNING
 

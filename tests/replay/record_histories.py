@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import sys
 import tempfile
 import uuid
 from collections.abc import Awaitable, Callable
@@ -42,6 +41,7 @@ from temporalio.worker import Worker
 
 from devstack.stack import Stack, StackInfo, tool
 from runtime.codec import KeyRing, data_converter
+from runtime.exit import exit_without_teardown
 from starter import start_purchase
 from tests.e2e.conftest import CloudControl, new_request
 from tests.replay.scripted import SCRIPTED, ScriptedWorkflow
@@ -217,4 +217,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_without_teardown(main())

@@ -10,7 +10,14 @@ import pytest
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.vault import VaultError, vault_failure
+from activities.vault import (
+    Vault,
+    VaultError,
+    VaultNotReady,
+    VaultSettings,
+    VaultUnavailable,
+    vault_failure,
+)
 from worker import ConfigError, Settings
 
 BASE_ENV = {
@@ -80,3 +87,38 @@ def test_approle_settings_from_files(tmp_path: Path) -> None:
 def test_approle_needs_its_secret_id() -> None:
     with pytest.raises(ConfigError, match="VAULT_SECRET_ID or VAULT_SECRET_ID_FILE"):
         Settings.from_env({**BASE_ENV, "VAULT_ROLE_ID": "r"})
+
+
+@pytest.mark.parametrize("failing", ["transit", "kv"])
+@pytest.mark.parametrize("kind", ["denied", "sealed"])
+def test_the_start_up_check_tells_a_set_up_gap_from_an_outage(
+    monkeypatch: pytest.MonkeyPatch, failing: str, kind: str
+) -> None:
+    """Denied: the bootstrap's policies are missing (VaultNotReady, run the bootstrap);
+    sealed or failing: an outage (VaultUnavailable), whichever check met it."""
+    vault = Vault(VaultSettings(url="http://vault.invalid", token="t"))
+    refused = VaultError("permission denied", retryable=True, degraded=kind)
+
+    def data_key(*_: object) -> object:
+        if failing == "transit":
+            raise refused
+        return None
+
+    def call(*_: object, **__: object) -> object:
+        raise refused
+
+    monkeypatch.setattr(vault, "_check_available", lambda: None)
+    monkeypatch.setattr(vault, "_data_key", data_key)
+    monkeypatch.setattr(vault, "_call", call)
+    with pytest.raises(VaultNotReady) as err:
+        vault.check_ready()
+    if kind == "sealed":
+        assert isinstance(err.value, VaultUnavailable)
+        assert str(err.value) == "Vault at http://vault.invalid failed: permission denied"
+    else:
+        assert not isinstance(err.value, VaultUnavailable)
+        transit = f"Transit keys {vault.tenant_key('*')!r}"
+        what = transit if failing == "transit" else f"KV mount {vault.settings.kv_mount!r}"
+        assert str(err.value) == (
+            f"{what} is not usable: permission denied; run deploy/vault_bootstrap.py"
+        )
