@@ -52,6 +52,7 @@ from activities.dns_check import RESOLVERS_ENV, resolver_from_env
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities, NotifyPolicy
 from activities.plan_change import PlanChangeActivities
+from activities.plan_change_guard import TenantRuns
 from activities.plans import CatalogError, load_catalog
 from activities.provider_registry import DEFAULT_PROVIDER, UnknownProvider, provider_entry
 from activities.rotation_schedule import RotationScheduleActivities
@@ -92,6 +93,7 @@ from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.deprovision import Deprovision
 from workflows.dispatch import ProvisionMailTenant
 from workflows.plan_change import PlanChange
+from workflows.plan_change_lock import PlanChangeLock
 from workflows.provision import Purchase
 from workflows.reconcile import ReconcileOrphans
 from workflows.rotation import Rotation
@@ -103,7 +105,7 @@ log = get_logger("worker")
 # dynamic workflow, so a type missing here would be answered as UnknownWorkflowType;
 # it also runs RotateSmtpCredentials, ChangeMailPlan, DeprovisionMailTenant and
 # ActivateMailDomain, whose arguments must arrive raw (workflows/dispatch.py).
-WORKFLOWS = [ProvisionMailTenant, TenantClaim, ReconcileOrphans, CheckWorld]
+WORKFLOWS = [ProvisionMailTenant, TenantClaim, PlanChangeLock, ReconcileOrphans, CheckWorld]
 # Workflow code the dynamic workflow runs for other types: re-executed per run like a
 # workflow module, so held to the same sandbox rules and bytecode check.
 DISPATCHED = [Purchase, Rotation, PlanChange, Deprovision, Activation]
@@ -360,7 +362,8 @@ async def build_activities(
     firewall = FirewallPolicy(settings.ssh_source_networks, settings.ssh_port)
     vps = VpsActivities(provider, identity, firewall)
     vault_activities = VaultActivities(vault)
-    credentials = CredentialsActivities(vault, access, provider)
+    # A rotation writes nothing while another run's plan change has the server down.
+    credentials = CredentialsActivities(vault, access, provider, TenantRuns())
     schedules = RotationScheduleActivities(vault)
     notify = NotifyActivities(settings.notify_policy)
     records = WorldRecords(vault, provider)
@@ -399,6 +402,7 @@ async def build_activities(
             notify.notify_customer,
             vps.delete_purchase_servers,
             vps.list_managed_servers,
+            plan_change.plan_change_lock_holder,
             plan_change.check_plan_change,
             plan_change.stop_server,
             plan_change.change_server_type,

@@ -28,6 +28,7 @@ from activities.crypto import (
     seal,
 )
 from activities.mailu import MailuHost
+from activities.plan_change_guard import TenantRuns
 from activities.rotation_target import (
     TenantRecords,
     target_or_refusal,
@@ -49,12 +50,20 @@ from workflows.rotation_contracts import RotatedCredentials, RotationRequest
 
 class CredentialsActivities:
     def __init__(
-        self, vault: Vault, access: ServerAccess, provider: VpsProvider | None = None
+        self,
+        vault: Vault,
+        access: ServerAccess,
+        provider: VpsProvider | None = None,
+        runs: TenantRuns | None = None,
     ) -> None:
         self._vault = vault
         self._access = access
         # Only rotation reads the provider (where the tenant's server is).
         self._provider = provider
+        # The worker's: a rotation waits while another run's plan change holds the
+        # tenant's lock (its server is down). Tests of the Vault/MailU logic alone pass
+        # none.
+        self._runs = runs
 
     @activity.defn(name="create_admin_credentials")
     async def create_admin_credentials(self, target: MailuTarget) -> SealedCredentials:
@@ -95,6 +104,12 @@ class CredentialsActivities:
         """
         tenant = request.tenant_id
         vault_path = self._vault.record_path(tenant)
+        if self._runs is not None:
+            # Before any write: a plan change of another run has the server stopped, so
+            # MailU cannot take a password now; PlanChangeInProgress is retried (the
+            # rotation's own retries wait the change out) with nothing written. The plan
+            # change's own login proof (this activity, called by the lock's holder) passes.
+            await self._runs.refuse_if_changing_plan(tenant, activity.info().workflow_id)
         try:
             current, version = await asyncio.to_thread(self._vault.latest, tenant)
             target = await self._target(tenant, current, version)

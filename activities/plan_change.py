@@ -37,6 +37,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.mailu import MailuHost, MailuSettings
+from activities.plan_change_guard import TenantRuns, tenant_deprovisioned
 from activities.plans import plan_for
 from activities.rotation_target import (
     TenantRecords,
@@ -60,6 +61,8 @@ from workflows.plan_change_contracts import (
     PLAN_LABEL,
     MailuHealthy,
     PlanChangeCheck,
+    PlanChangeLockHolder,
+    PlanChangeLockRequest,
     PlanChangeRequest,
     PlanLabelRequest,
     ServerPowerRequest,
@@ -187,8 +190,11 @@ class PlanChangeActivities:
         catalog: Mapping[str, Plan],
         settings: PlanChangeSettings | None = None,
         mailu_settings: MailuSettings | None = None,
+        runs: TenantRuns | None = None,
     ) -> None:
         self._provider = provider
+        # The tenant's deprovisioning and plan-change lock, as Temporal knows them.
+        self._runs = runs or TenantRuns()
         self._vault = vault
         self._access = access
         self._catalog = catalog
@@ -209,6 +215,7 @@ class PlanChangeActivities:
                 type="InvalidPlanChangeRequest",
                 non_retryable=True,
             ) from None
+        await self._refuse_if_deprovisioning(request.tenant_id)
         try:
             record, version = await asyncio.to_thread(self._vault.latest, request.tenant_id)
         except VaultError as err:
@@ -258,9 +265,23 @@ class PlanChangeActivities:
             previous_plan=server.labels.get(PLAN_LABEL),
         )
 
+    @activity.defn(name="plan_change_lock_holder")
+    async def plan_change_lock_holder(self, request: PlanChangeLockRequest) -> PlanChangeLockHolder:
+        """Who holds the tenant's plan-change lock (the workflow could not start it).
+
+        A lock whose plan change has closed is stale (Temporal ends it through the parent
+        close policy, moments later): it is ended here, so the caller can take it now.
+        """
+        held = await self._runs.lock_holder(request.tenant_id)
+        freed = await self._runs.end_stale_lock(held)
+        return PlanChangeLockHolder(
+            held.lock_workflow_id, held.holder, held.holder_running, freed_stale=freed
+        )
+
     @activity.defn(name="stop_server")
     async def stop_server(self, request: ServerPowerRequest) -> StoppedServer:
         """Shut down cleanly (ACPI), then power off after the grace; idempotent."""
+        await self._refuse_if_deprovisioning(request.tenant_id)
         return await self._stop(request.server_id)
 
     async def _stop(self, server_id: int) -> StoppedServer:
@@ -288,6 +309,7 @@ class PlanChangeActivities:
     async def change_server_type(self, request: ServerTypeChange) -> int:
         """change_type to `server_type`; returns the disk size after. Idempotent: a
         server already of that type (an earlier attempt's answer was lost) is done."""
+        await self._refuse_if_deprovisioning(request.tenant_id)
         server = await self._get(request.server_id)
         if request.from_server_type and server.server_type not in (
             request.server_type,
@@ -324,6 +346,7 @@ class PlanChangeActivities:
         """Power on (unless change_type already started it), wait until running, then
         until MailU's admin container is healthy over the pinned SSH connection (its
         containers restart with Docker at boot)."""
+        await self._refuse_if_deprovisioning(check.tenant_id)
         await self._power_on(check.server_id)
         handle = ServerHandle(
             check.tenant_id,
@@ -350,8 +373,29 @@ class PlanChangeActivities:
 
         An upgraded disk cannot shrink (Hetzner), so a server whose disk grew stays on
         the new type and is only powered on again: "kept_new_type" says so.
+
+        A tenant being deprovisioned is left alone ("tenant_deprovisioned"): nothing is
+        changed back or powered on for a tenant that is leaving; a server deleted under
+        the restore is the same outcome when a deprovisioning of the tenant ran, else
+        "server_gone". Neither is an error: there is nothing left to bring back.
         """
-        server = await self._get(request.server_id)
+        tenant = request.tenant_id
+        if await self._runs.deprovisioning(tenant) is not None:
+            return "tenant_deprovisioned"
+        try:
+            return await self._restore(request)
+        except ApplicationError as err:
+            if err.type != "ServerGone":
+                raise
+        if await self._runs.deprovisioned(tenant) is not None:
+            return "tenant_deprovisioned"
+        return "server_gone"
+
+    async def _restore(self, request: ServerTypeChange) -> str:
+        # A change_type still migrating (its step was cancelled or timed out while the
+        # action ran: Hetzner's action cannot be cancelled) ends first, and a server
+        # booting or stopping settles: only then is its type the one to judge.
+        server = await self._settled(request.server_id)
         outcome = "unchanged"
         if request.from_server_type and server.server_type not in (
             request.server_type,
@@ -374,6 +418,7 @@ class PlanChangeActivities:
     @activity.defn(name="label_server_plan")
     async def label_server_plan(self, request: PlanLabelRequest) -> None:
         """The server's `plan` label names its plan (labels are replaced whole)."""
+        await self._refuse_if_deprovisioning(request.tenant_id)
         server = await self._get(request.server_id)
         if server.labels.get(PLAN_LABEL) == request.plan:
             return
@@ -396,6 +441,20 @@ class PlanChangeActivities:
                 type="ServerGone",
                 non_retryable=True,
             )
+        return server
+
+    async def _refuse_if_deprovisioning(self, tenant_id: str) -> None:
+        """TenantDeprovisioned (final) while DeprovisionMailTenant of the tenant runs: it
+        deletes the server, so stopping, changing or starting it is wasted or worse."""
+        by = await self._runs.deprovisioning(tenant_id)
+        if by is not None:
+            raise tenant_deprovisioned(tenant_id, by)
+
+    async def _settled(self, server_id: int) -> Server:
+        """The server once it is neither migrating, booting nor stopping."""
+        while (server := await self._get(server_id)).status not in ("running", "off"):
+            activity.heartbeat(f"waiting for the server to settle ({server.status})")
+            await asyncio.sleep(self._settings.poll_seconds)
         return server
 
     async def _wait_status(self, server_id: int, status: str) -> None:

@@ -13,6 +13,14 @@ Source: Hetzner Cloud API reference, Server Actions, "Change the Type of a Serve
   deprecated"; per-location availability since 2025-09-24 (devstack/hetzner.py).
 The HTTP status of both codes is not documented; 422 like Hetzner's other
 "valid request, wrong state" codes (devstack/hetzner.py ERROR_STATUS).
+Checked again (issue 20) against the reference's text as SDK generators reproduce it
+(the "Call specific error codes" table: `invalid_server_type`, `server_not_stopped`
+"The action requires a stopped server") and hetznercloud/hcloud-python
+hcloud/servers/client.py `change_type` ("If false, do not upgrade the disk. This allows
+downgrading the server type later."). Which code refuses a disk too small for the
+server's is not documented: `invalid_server_type` ("does not fit for the given
+server") is this stand-in's reading. `storage_type` crossing is documented but not
+modelled: every type of this catalog has local storage.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """ChangeMailPlan: a tenant's mail server moved to another plan of the catalog.
 
     decode {"tenant_id", "request_id", "plan", "requested_by"}
+        ─► take the tenant's plan-change lock (child PlanChangeLock `plan-change-lock-
+            {tenant}`, workflows/plan_change_lock.py; held: PlanChangeInProgress)
         ─► check_plan_change (server from our records; Hetzner's rules; touches nothing)
         ─► stop_server (ACPI shutdown, poweroff after a grace)
         ─► change_server_type (change_type, upgrade_disk when the new disk is bigger)
@@ -12,7 +14,14 @@
     impossible change ─► the run fails at once, nothing touched (PlanUnchanged,
         PlanChangeImpossible, PlanChangeUnavailable, InvalidPlanChangeRequest, ...)
     any failure (or cancel) after the stop ─► restore_server_type (old type, powered
-        on) ─► audit mail_plan_change_failed ─► PlanChangeFailed
+        on) ─► audit mail_plan_change_failed ─► PlanChangeFailed (a cancel: CANCELLED)
+    the tenant deprovisioned under the change ─► restore touches nothing ─► audit
+        mail_plan_change_failed ─► TenantDeprovisioned
+
+A cancel before the stop ends the run CANCELLED with nothing touched. The steps that act
+on the server (stop, change_type, start) are waited for on a cancel until their attempt
+has stopped, and the restore waits for a change_type action still under way (Hetzner's
+actions cannot be cancelled) before it judges the server's type.
 
 Downtime is measured by the worker, from the stop request to MailU healthy again, and
 reported in the result and the audit row.
@@ -32,14 +41,24 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import ActivityError, ApplicationError, CancelledError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    CancelledError,
+    WorkflowAlreadyStartedError,
+)
 
 from workflows.contracts import AuditEvent
-from workflows.failures import error_type, innermost, reason
+from workflows.failures import cancel_requested, error_type, innermost, reason
 from workflows.plan_change_contracts import (
+    PLAN_CHANGE_IN_PROGRESS,
+    PLAN_CHANGE_LOCK_TYPE,
+    TENANT_DEPROVISIONED,
     InvalidPlanChangeRequest,
     MailuHealthy,
     PlanChangeCheck,
+    PlanChangeLockHolder,
+    PlanChangeLockRequest,
     PlanChangeRequest,
     PlanChangeResult,
     PlanChangeStatus,
@@ -47,9 +66,10 @@ from workflows.plan_change_contracts import (
     ServerPowerRequest,
     ServerTypeChange,
     StoppedServer,
+    plan_change_lock_id,
     plan_change_request_from_payloads,
 )
-from workflows.policies import AUDIT, policy
+from workflows.policies import AUDIT, WAIT_FOR_THE_ATTEMPT, policy
 from workflows.rotation_contracts import RotatedCredentials, RotationRequest
 from workflows.saga import Saga
 from workflows.steps import StepTracker
@@ -71,9 +91,19 @@ REFUSALS = (
     "PlanChangeRecordsDisagree",
     "ServerGone",
     "CredentialsWithdrawn",
+    TENANT_DEPROVISIONED,
+    PLAN_CHANGE_IN_PROGRESS,
 )
 STOPPED = (ActivityError, CancelledError, asyncio.CancelledError)
 
+# Looking up the lock's holder (Temporal reads; a stale lock ended): brief retries.
+LOCK_HOLDER: dict[str, Any] = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(minutes=5),
+    retry_policy=policy(1, 30),
+)
+# How often a stale lock (its plan change closed moments ago) is ended and tried again.
+LOCK_TRIES = 3
 # Provider reads only: retried briefly, refusals are final.
 CHECK: dict[str, Any] = dict(
     start_to_close_timeout=timedelta(seconds=60),
@@ -86,6 +116,7 @@ STOP: dict[str, Any] = dict(
     heartbeat_timeout=timedelta(seconds=30),
     schedule_to_close_timeout=timedelta(minutes=20),
     retry_policy=policy(3, 60),
+    cancellation_type=WAIT_FOR_THE_ATTEMPT,
 )
 # Hetzner: "Upgrading a server takes 160 seconds on average, upgrading the disk should
 # take more time" (ansible-collections/hetzner.hcloud, plugins/modules/server.py waits
@@ -95,6 +126,7 @@ CHANGE_TYPE: dict[str, Any] = dict(
     heartbeat_timeout=timedelta(seconds=30),
     schedule_to_close_timeout=timedelta(minutes=45),
     retry_policy=policy(5, 60),
+    cancellation_type=WAIT_FOR_THE_ATTEMPT,
 )
 # Boot, then MailU's containers restart (minutes on a real server); SSH may refuse
 # while sshd starts, so bounded by time, not attempts.
@@ -103,6 +135,7 @@ START: dict[str, Any] = dict(
     heartbeat_timeout=timedelta(seconds=60),
     schedule_to_close_timeout=timedelta(minutes=30),
     retry_policy=policy(5, 60, final=("HostKeyMismatch", "ServerGone")),
+    cancellation_type=WAIT_FOR_THE_ATTEMPT,
 )
 # The rotation activity's own options (workflows/rotation.py), bounded tighter: the
 # customer's mail is up already, a failure here is compensated.
@@ -136,9 +169,12 @@ class PlanChange:
         self.steps = StepTracker(PlanChangeStatus(tenant_id=None, request_id=None, state="running"))
         self.status = self.steps.status
         self.undo = Saga()
+        # What the restore did ("not_run" until it runs; see restore_server_type).
+        self.restored = "not_run"
 
     async def run(self, args: Sequence[RawValue]) -> PlanChangeResult:
         request = self._validate(args)
+        await self._lock(request)
         check = await self._check(request)
         try:
             result = await self._change(request, check)
@@ -168,12 +204,74 @@ class PlanChange:
         self.steps.end(started, "done")
         return request
 
+    async def _lock(self, request: PlanChangeRequest) -> None:
+        """Hold the tenant's plan-change lock for the rest of this run, or refuse.
+
+        The lock is a child workflow with a fixed id and parent close policy TERMINATE:
+        Temporal starts at most one per id and ends it when this run closes, however it
+        closes (workflows/plan_change_lock.py says why this and not another lock).
+        """
+        started = self.steps.begin("take_plan_change_lock")
+        lock_id = plan_change_lock_id(request.tenant_id)
+        held: PlanChangeLockHolder | None = None
+        try:
+            for _ in range(LOCK_TRIES):
+                try:
+                    await workflow.start_child_workflow(
+                        PLAN_CHANGE_LOCK_TYPE,
+                        id=lock_id,
+                        parent_close_policy=workflow.ParentClosePolicy.TERMINATE,
+                        static_summary=f"plan change lock of tenant {request.tenant_id}",
+                    )
+                    self.steps.end(started, "done")
+                    return
+                except WorkflowAlreadyStartedError:
+                    pass
+                found: PlanChangeLockHolder = await workflow.execute_activity_method(
+                    PlanChangeActivities.plan_change_lock_holder,
+                    PlanChangeLockRequest(request.tenant_id),
+                    **LOCK_HOLDER,
+                )
+                held = found
+                if not found.freed_stale and found.holder is not None:
+                    break  # a live holder (or a squatter): refused
+        except STOPPED as err:
+            self.steps.end(started, "failed", error=reason(err))
+            if cancel_requested():
+                self.steps.finish("cancelled")
+                raise CancelledError(
+                    "plan change cancelled before the server was touched"
+                ) from None
+            self.steps.finish("failed")
+            raise ApplicationError(reason(err), type=error_type(err), non_retryable=True) from None
+        holder = held.holder if held is not None and held.holder else "another run"
+        message = (
+            f"another plan change of tenant {request.tenant_id} is running ({holder}); "
+            "nothing was touched: ask again once it has finished"
+        )
+        self.steps.end(started, "failed", error=message)
+        self.steps.finish("refused")
+        raise ApplicationError(
+            message,
+            {"holder": holder, "lock_workflow_id": lock_id},
+            type=PLAN_CHANGE_IN_PROGRESS,
+            non_retryable=True,
+        )
+
     async def _check(self, request: PlanChangeRequest) -> PlanChangeCheck:
         try:
             check: PlanChangeCheck = await self.steps.run(
                 "check_plan_change", PlanChangeActivities.check_plan_change, request, CHECK
             )
-        except ActivityError as err:
+        except STOPPED as err:
+            if cancel_requested():
+                # Before the stop: nothing was touched, nothing to undo or audit.
+                self.steps.finish("cancelled")
+                raise CancelledError(
+                    "plan change cancelled before the server was touched"
+                ) from None
+            if not isinstance(err, ActivityError):
+                raise
             self.steps.finish("refused" if error_type(err) in REFUSALS else "failed")
             # The activity's own details ({field, rule}) reach the back end unchanged.
             inner = innermost(err)
@@ -266,7 +364,7 @@ class PlanChange:
         self, request: PlanChangeRequest, check: PlanChangeCheck, err: BaseException
     ) -> Exception:
         step = self.status.current_step or "unknown"
-        self.restored = "not_run"
+        cancelled = cancel_requested()
         self.steps.compensate(reason(err))
         await self.undo.compensate()
         await self.steps.run(
@@ -287,11 +385,28 @@ class PlanChange:
             ),
             AUDIT,
         )
+        details = {"step": step, "error_type": error_type(err), "restored": self.restored}
+        if self.restored == "tenant_deprovisioned" or error_type(err) == TENANT_DEPROVISIONED:
+            # The back end asked for both; the deprovisioning wins and says so.
+            self.steps.finish("failed")
+            return ApplicationError(
+                f"tenant {request.tenant_id} was deprovisioned during the plan change (at "
+                f"{step}): nothing was restored or restarted",
+                details,
+                type=TENANT_DEPROVISIONED,
+                non_retryable=True,
+            )
+        if cancelled:
+            self.steps.finish("cancelled")
+            return CancelledError(
+                f"plan change cancelled at {step}; server {self.restored} on "
+                f"{check.from_server_type}"
+            )
         self.steps.finish("failed")
         return ApplicationError(
             f"plan change failed at {step}: {reason(err)}; server {self.restored} "
             f"on {check.from_server_type}",
-            {"step": step, "error_type": error_type(err), "restored": self.restored},
+            details,
             type="PlanChangeFailed",
             non_retryable=True,
         )

@@ -22,6 +22,13 @@ from workflows.input_rules import (
 )
 
 PLAN_CHANGE_WORKFLOW_TYPE = "ChangeMailPlan"
+# The per-tenant lock a plan change holds while it runs (workflows/plan_change_lock.py).
+PLAN_CHANGE_LOCK_TYPE = "PlanChangeLock"
+# Error types the back end can tell apart.
+# Another plan change of the tenant holds its lock: refused before anything is touched.
+PLAN_CHANGE_IN_PROGRESS = "PlanChangeInProgress"
+# DeprovisionMailTenant removed the tenant under the change: nothing restored or restarted.
+TENANT_DEPROVISIONED = "TenantDeprovisioned"
 # The provider label that names the plan a server runs on (set by each plan change;
 # a server bought before this label existed has none until its first change).
 PLAN_LABEL = "plan"
@@ -40,6 +47,11 @@ class InvalidPlanChangeRequest(ValueError):
 def plan_change_workflow_id(tenant_id: str, request_id: str) -> str:
     """One run per back-end request: a repeated start joins it, never changes twice."""
     return f"change-plan-{tenant_id}-{request_id}"
+
+
+def plan_change_lock_id(tenant_id: str) -> str:
+    """The tenant's plan-change lock: one open workflow per id, so one change at a time."""
+    return f"plan-change-lock-{tenant_id}"
 
 
 @dataclass(frozen=True)
@@ -119,6 +131,23 @@ class ServerTypeChange:
 
 
 @dataclass(frozen=True)
+class PlanChangeLockRequest:
+    tenant_id: str
+
+
+@dataclass(frozen=True)
+class PlanChangeLockHolder:
+    """Who holds the tenant's plan-change lock, as plan_change_lock_holder found it."""
+
+    lock_workflow_id: str
+    # The plan change holding it (or a description of a run squatting its id); None: free.
+    holder: str | None
+    holder_running: bool
+    # The holder had closed and the lock not yet ended: the activity ended it.
+    freed_stale: bool = False
+
+
+@dataclass(frozen=True)
 class ServerPowerRequest:
     tenant_id: str
     server_id: int
@@ -169,7 +198,8 @@ class PlanChangeStatus:
 
     tenant_id: str | None
     request_id: str | None
-    state: str  # "running" | "completed" | "refused" | "failed" | "compensating"
+    # "running" | "completed" | "refused" | "failed" | "compensating" | "cancelled"
+    state: str
     current_step: str | None = None
     steps: list[StepProgress] = field(default_factory=list)
     error: str | None = None

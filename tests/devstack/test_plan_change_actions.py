@@ -18,11 +18,13 @@ from typing import Any, cast
 import httpx
 import pytest
 import pytest_asyncio
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.hetzner import HetznerClient
 from activities.plan_change import PlanChangeActivities, PlanChangeSettings
+from activities.plan_change_guard import TenantRuns
 from activities.plans import DEFAULT_CATALOG
 from activities.ssh import ServerAccess, SshIdentity
 from activities.vault import Vault
@@ -41,12 +43,25 @@ TOKEN = "plan-change-token"
 LABELS = {"managed-by": "mail-provisioning", "purchase": "p1", "tenant": "t1"}
 
 
+class ScriptedRuns(TenantRuns):
+    """Temporal's answer about the tenant's other runs, as the test sets it: workflow id
+    -> status (none: Temporal knows no such run)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.statuses: dict[str, WorkflowExecutionStatus] = {}
+
+    async def _status(self, workflow_id: str) -> WorkflowExecutionStatus | None:
+        return self.statuses.get(workflow_id)
+
+
 @dataclass
 class World:
     cloud: LocalCloud
     api: httpx.AsyncClient
     client: HetznerClient
     activities: PlanChangeActivities
+    runs: ScriptedRuns
 
 
 @pytest_asyncio.fixture
@@ -58,15 +73,17 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     )
     client = HetznerClient(TOKEN, base)
     # The activities under test here never read Vault (check_plan_change does).
+    runs = ScriptedRuns()
     activities = PlanChangeActivities(
         client,
         cast(Vault, None),
         ServerAccess(SshIdentity.generate()),
         DEFAULT_CATALOG,
         PlanChangeSettings(shutdown_grace_seconds=1.0, poll_seconds=0.05),
+        runs=runs,
     )
     try:
-        yield World(cloud, api, client, activities)
+        yield World(cloud, api, client, activities, runs)
     finally:
         await client.aclose()
         await api.aclose()
@@ -265,6 +282,7 @@ async def test_check_reads_the_server_from_our_records_and_refuses_before_touchi
         cast(Vault, RecordOnly(record)),
         ServerAccess(SshIdentity.generate()),
         DEFAULT_CATALOG,
+        runs=world.runs,
     )
     env = ActivityEnvironment()
     check = await env.run(
@@ -307,3 +325,61 @@ async def test_a_change_that_met_another_runs_type_neither_changes_nor_undoes_it
     assert await env.run(world.activities.restore_server_type, back) == "kept_other_change"
     after = await server_json(world, server_id)
     assert (after["server_type"]["name"], after["status"]) == ("cpx22", "running")
+
+
+@pytest.mark.asyncio
+async def test_restore_waits_for_a_change_type_still_migrating_and_undoes_it(
+    world: World,
+) -> None:
+    """A change_type step cancelled (or timed out) while Hetzner's action runs: the
+    action cannot be cancelled, so the restore waits for the migration to end, then
+    changes the type back and powers the server on."""
+    env = ActivityEnvironment()
+    world.cloud.change_type_seconds = 1.0
+    server_id = await create(world, "cx23", start=False)
+    await world.client.change_server_type(server_id, "cx33", False)
+    assert (await server_json(world, server_id))["status"] == "migrating"
+    back = ServerTypeChange("t1", server_id, "cx23", False, from_server_type="cx33")
+    assert await env.run(world.activities.restore_server_type, back) == "restored"
+    after = await server_json(world, server_id)
+    assert (after["server_type"]["name"], after["status"]) == ("cx23", "running")
+
+
+@pytest.mark.asyncio
+async def test_a_tenant_being_deprovisioned_is_neither_touched_nor_restored(
+    world: World,
+) -> None:
+    """While DeprovisionMailTenant of the tenant runs, every step that would touch the
+    server refuses (TenantDeprovisioned) and the restore changes and starts nothing."""
+    env = ActivityEnvironment()
+    server_id = await create(world, "cx23", start=True)
+    await wait_running(world, server_id)
+    world.runs.statuses["deprovision-t1"] = WorkflowExecutionStatus.RUNNING
+    with pytest.raises(ApplicationError) as refused:
+        await env.run(world.activities.stop_server, ServerPowerRequest("t1", server_id))
+    assert (refused.value.type, refused.value.non_retryable) == ("TenantDeprovisioned", True)
+    assert refused.value.details[0] == {"deprovisioned_by": "deprovision-t1"}
+    await world.client.poweroff_server(server_id)
+    while (await server_json(world, server_id))["status"] != "off":
+        await asyncio.sleep(0.05)
+    back = ServerTypeChange("t1", server_id, "cx23", False, from_server_type="cx33")
+    assert await env.run(world.activities.restore_server_type, back) == "tenant_deprovisioned"
+    assert (await server_json(world, server_id))["status"] == "off"
+
+
+@pytest.mark.asyncio
+async def test_a_server_deleted_under_the_restore_is_an_outcome_not_a_failure(
+    world: World,
+) -> None:
+    """The deprovisioning deleted the server: the restore reports it (no ServerGone
+    failure that would skip the failure's audit row), and says who deleted it."""
+    env = ActivityEnvironment()
+    server_id = await create(world, "cx23", start=False)
+    response = await world.api.delete(f"servers/{server_id}")
+    assert response.status_code == 200, response.text
+    while (await world.api.get(f"servers/{server_id}")).status_code != 404:
+        await asyncio.sleep(0.05)
+    back = ServerTypeChange("t1", server_id, "cx23", False, from_server_type="cx33")
+    assert await env.run(world.activities.restore_server_type, back) == "server_gone"
+    world.runs.statuses["deprovision-t1"] = WorkflowExecutionStatus.COMPLETED
+    assert await env.run(world.activities.restore_server_type, back) == "tenant_deprovisioned"

@@ -20,7 +20,7 @@ from typing import Any
 import hvac
 import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.rotation_schedule import rotation_schedule_exists
@@ -39,6 +39,7 @@ from workflows.deprovision_contracts import (
 )
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
+    TENANT_DEPROVISIONED,
     PlanChangeRequest,
     PlanChangeStatus,
     plan_change_workflow_id,
@@ -198,8 +199,9 @@ async def test_a_plan_change_racing_the_deprovisioning_is_harmless(
     client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
 ) -> None:
     """The customer cancels while a plan change has stopped the server: the server is
-    deleted under it, the plan change ends failed (ServerGone, its restore finds no
-    server) without recreating or re-storing anything, and nothing of the tenant is left."""
+    deleted under it, and the plan change ends with TenantDeprovisioned ("deprovisioned
+    during the plan change") and its mail_plan_change_failed audit row, having restarted,
+    recreated or stored nothing; nothing of the tenant is left."""
     tenant = purchase["tenant_id"]
     await provision(client, purchase)
     change = await client.start_workflow(
@@ -220,10 +222,12 @@ async def test_a_plan_change_racing_the_deprovisioning_is_harmless(
     assert result.outcome == "deprovisioned"
     with pytest.raises(WorkflowFailureError) as failure:
         await change.result()
-    # Whichever step met the deleted server (the change or its restore), it is ServerGone.
     cause = failure.value.cause
-    while isinstance(cause, ActivityError) and cause.cause is not None:
-        cause = cause.cause
     assert isinstance(cause, ApplicationError), cause
-    assert (cause.type, "no longer exists" in cause.message) == ("ServerGone", True)
+    assert (cause.type, cause.non_retryable) == (TENANT_DEPROVISIONED, True)
+    assert "deprovisioned during the plan change" in cause.message
+    assert cause.details[0]["restored"] == "tenant_deprovisioned"
+    [row] = audit_rows(info, plan_change_workflow_id(tenant, "race-1"))
+    assert row.event == "mail_plan_change_failed"
+    assert row.details["restored"] == "tenant_deprovisioned"
     await assert_nothing_left(client, info, cloud, tenant)

@@ -47,6 +47,7 @@ from tests.e2e.conftest import CloudControl, new_request
 from tests.replay.scripted import SCRIPTED, ScriptedWorkflow
 from workflows.contracts import ProvisionStatus, PurchaseRequest
 from workflows.dispatch import ProvisionMailTenant
+from workflows.plan_change_lock import PlanChangeLock
 
 HISTORIES = Path(__file__).parent / "histories"
 TEST_KEYS = HISTORIES / "TEST-ONLY-codec-keys.json"
@@ -160,7 +161,8 @@ async def record_scripted(workflows: list[ScriptedWorkflow]) -> None:
                 async with Worker(
                     env.client,
                     task_queue=task_queue,
-                    workflows=[ProvisionMailTenant],
+                    # PlanChangeLock: the child every plan change starts.
+                    workflows=[ProvisionMailTenant, PlanChangeLock],
                     activities=scenario.world.activities(),
                 ):
                     handle = await env.client.start_workflow(

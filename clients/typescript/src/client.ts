@@ -252,9 +252,12 @@ export class MailProvisioningClient {
    * server is stopped, changed, started, MailU proven again). A repeated request id
    * joins the running change; a finished one is never rerun (as starter.py
    * change-plan). Throws `PlanChangeError`: `type` `PlanChangeImpossible`,
-   * `PlanUnchanged`, `PlanChangeUnavailable`, `ServerBusy` or
-   * `InvalidPlanChangeRequest` before anything is touched; `PlanChangeFailed` after
-   * the server was brought back up on its old type. */
+   * `PlanUnchanged`, `PlanChangeUnavailable`, `ServerBusy`, `InvalidPlanChangeRequest`
+   * or `PlanChangeInProgress` (another change of the tenant runs; `details.holder`
+   * names it) before anything is touched; `PlanChangeFailed` after the server was
+   * brought back up on its old type; `TenantDeprovisioned` when the tenant was
+   * deprovisioned during the change (nothing restored or restarted). A cancelled
+   * change rejects with the SDK's WorkflowFailedError (CancelledFailure). */
   async changePlan(
     tenantId: string,
     plan: string,
@@ -287,7 +290,11 @@ export class MailProvisioningClient {
       return (await handle.result()) as PlanChangeResult;
     } catch (err) {
       if (err instanceof WorkflowFailedError && err.cause instanceof ApplicationFailure) {
-        throw new PlanChangeError(err.cause.message, err.cause.type ?? 'ApplicationFailure');
+        throw new PlanChangeError(
+          err.cause.message,
+          err.cause.type ?? 'ApplicationFailure',
+          err.cause.details?.[0],
+        );
       }
       throw err;
     }
@@ -414,11 +421,14 @@ export class DeprovisionError extends Error {
   }
 }
 
-/** A plan change that ended failed or refused: `type` is the workflow's error type. */
+/** A plan change that ended failed or refused: `type` is the workflow's error type,
+ * `details` its first detail (e.g. `{holder, lock_workflow_id}` for
+ * PlanChangeInProgress, `{step, error_type, restored}` after the server was touched). */
 export class PlanChangeError extends Error {
   constructor(
     message: string,
     readonly type: string,
+    readonly details: unknown = undefined,
   ) {
     super(message);
     this.name = 'PlanChangeError';
