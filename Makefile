@@ -1,7 +1,7 @@
 # The two commands of the README, plus helpers. Needs python3 >= 3.11. As root on
-# Debian (CI), `make test` also apt-installs cloud-init, openssh-server, gpg and prometheus,
-# whose real `cloud-init schema`, `sshd -t` and `promtool` check our artefacts
-# (devstack/test_tools.py).
+# Debian (CI), `make test` also apt-installs the Debian packages whose real tools check
+# our artefacts or serve the tests (devstack/test_tools.py TOOLS; README.md lists the
+# tests that skip without them).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python

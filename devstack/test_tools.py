@@ -1,12 +1,14 @@
 """Install the Debian packages whose real tools `make test` runs, where the machine allows.
 
-The tests check our artefacts with the real consumers: `cloud-init schema` (package
-cloud-init) for the user_data, and `sshd -t` (package openssh-server) for the host keys
-we install. CI runs as root on Debian, so `make test` installs them there; on a
+The tests check our artefacts with the real consumers (`cloud-init schema` for the
+user_data, `sshd -t` for the host keys we install, promtool, gpg, a Docker engine) and
+run real servers the stand-ins cannot replace (nginx, PostgreSQL with TLS, knotd): the
+table TOOLS below. CI runs as root on Debian, so `make test` installs them there; on a
 machine where that is impossible this says why, and the tests that need a tool skip
-with that reason (or fail, under CI=true, so CI can never pass without them).
+with that reason (or fail, under CI=true, so CI can never pass without them); README.md
+lists them.
 
-Idempotent and quick: nothing is done when both tools are already present.
+Idempotent and quick: nothing is done when every tool is already present.
 """
 
 from __future__ import annotations
