@@ -150,34 +150,45 @@ def raw_args(start: RawStart) -> list[RawValue]:
     return [RawValue(Payload(metadata={"encoding": e}, data=d)) for e, d in start.payloads]
 
 
-@pytest.mark.parametrize("start", ROTATION_CORPUS, ids=lambda start: start.name)
-async def test_a_hostile_rotation_start_ends_at_once_with_nothing_touched(
-    time_skipping_env: WorkflowEnvironment, start: RawStart
-) -> None:
-    client = time_skipping_env.client
-    world = RotationWorld()
-    task_queue = f"hostile-rot-{uuid.uuid4().hex[:8]}"
+async def refused_at_once(
+    env: WorkflowEnvironment,
+    activities: list[Any],
+    workflow_type: str,
+    workflow_id: str,
+    start: RawStart,
+) -> ApplicationError:
+    """Start `workflow_type` with the raw `start`: the run must fail in its first workflow
+    task, never fail a task (which would retry forever) nor schedule an activity, with a
+    final ApplicationError naming `start.expect`; returned for the caller's checks."""
+    task_queue = f"hostile-{uuid.uuid4().hex[:8]}"
     async with Worker(
-        client,
-        task_queue=task_queue,
-        workflows=[ProvisionMailTenant],
-        activities=world.activities(),
+        env.client, task_queue=task_queue, workflows=[ProvisionMailTenant], activities=activities
     ):
-        handle = await client.start_workflow(
-            ROTATION_WORKFLOW_TYPE,
-            args=raw_args(start),
-            id=f"rotate-hostile-{uuid.uuid4().hex[:8]}",
-            task_queue=task_queue,
+        handle = await env.client.start_workflow(
+            workflow_type, args=raw_args(start), id=workflow_id, task_queue=task_queue
         )
         with pytest.raises(WorkflowFailureError) as failure:
             await handle.result()
     cause = failure.value.cause
     assert isinstance(cause, ApplicationError), cause
-    assert (cause.type, cause.non_retryable) == ("InvalidRotationRequest", True)
-    assert "invalid rotation request: field" in cause.message
+    assert cause.non_retryable
     assert start.expect in cause.message, cause.message
     events = [event.event_type async for event in handle.fetch_history_events()]
     assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in events
     assert events.count(EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED) == 1
     assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED not in events
+    return cause
+
+
+@pytest.mark.parametrize("start", ROTATION_CORPUS, ids=lambda start: start.name)
+async def test_a_hostile_rotation_start_ends_at_once_with_nothing_touched(
+    time_skipping_env: WorkflowEnvironment, start: RawStart
+) -> None:
+    world = RotationWorld()
+    workflow_id = f"rotate-hostile-{uuid.uuid4().hex[:8]}"
+    cause = await refused_at_once(
+        time_skipping_env, world.activities(), ROTATION_WORKFLOW_TYPE, workflow_id, start
+    )
+    assert cause.type == "InvalidRotationRequest"
+    assert "invalid rotation request: field" in cause.message
     assert (world.rotations, world.audit, world.removed_schedules) == (0, [], [])
