@@ -17,7 +17,7 @@ from activities.audit import AuditChainBusy, Head, PostgresAuditStore, open_audi
 from activities.audit_vault import AuditSettings, open_audit_log, verify_audit_log
 from activities.vault import Vault, VaultSettings
 from tests.integration.openbao_dev import DevOpenBao
-from workflows.contracts import AuditEvent
+from tests.integration.test_audit_chain import event
 
 
 @pytest.fixture
@@ -27,15 +27,6 @@ def dsn(postgres_uri: str) -> str:
     with psycopg.connect(postgres_uri, autocommit=True) as admin:
         admin.execute(f'CREATE DATABASE "{name}"')
     return postgres_uri.replace("/postgres?", f"/{name}?")
-
-
-def event(key: str) -> AuditEvent:
-    return AuditEvent(
-        key,
-        "smtp_credentials_stored",
-        "acme",
-        {"username": "admin@acme.example", "webmail_url": "https://mail.acme.example"},
-    )
 
 
 def test_dsn_selects_the_postgres_store(dsn: str) -> None:

@@ -104,6 +104,12 @@ def proxy(
         yield address
 
 
+def changed(env: dict[str, str], changes: dict[str, str | None]) -> dict[str, str]:
+    """`env` with each change applied: a value sets the variable, None removes it."""
+    kept = {name: value for name, value in env.items() if name not in changes}
+    return kept | {name: value for name, value in changes.items() if value is not None}
+
+
 def temporal_env(proxy: str, pki: Pki, **changes: str | None) -> dict[str, str]:
     """The TEMPORAL_* variables a production worker gets; None removes one."""
     env = {
@@ -115,12 +121,7 @@ def temporal_env(proxy: str, pki: Pki, **changes: str | None) -> dict[str, str]:
         "TEMPORAL_TLS_CLIENT_KEY_PATH": str(pki.client.key),
         "MAILPROV_REQUIRE_TLS": "true",
     }
-    for name, value in changes.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    return env
+    return changed(env, changes)
 
 
 # Unsandboxed: this test module imports the worker and drivers the sandbox would re-import.
@@ -279,12 +280,7 @@ def vault_env(bao: TlsOpenBao, pki: Pki, **changes: str | None) -> dict[str, str
         "VAULT_CLIENT_KEY": str(pki.client.key),
         "MAILPROV_REQUIRE_TLS": "true",
     }
-    for name, value in changes.items():
-        if value is None:
-            env.pop(name, None)
-        else:
-            env[name] = value
-    return env
+    return changed(env, changes)
 
 
 def vault_from_env(env: dict[str, str], token: str) -> Vault:
