@@ -240,24 +240,51 @@ class BootFailed(Exception):
 
 
 class RateLimiter:
-    """Hetzner's bucket: 3600 requests, one more every second, per token."""
+    """Hetzner's bucket: 3600 requests, one more every second, per project (this cloud).
+
+    docs.hetzner.cloud, "Rate Limiting": "The default limit is 3600 requests per hour
+    and per Project. The number of remaining requests increases gradually. For example,
+    when your limit is 3600 requests per hour, the number of remaining requests will
+    increase by 1 every second." Every token of the project draws on the one bucket.
+    """
 
     def __init__(self, limit: int = hetzner.RATE_LIMIT) -> None:
         self.limit = limit
         self._remaining = float(limit)
         self._last = time.monotonic()
+        # Bookkeeping for tests (GET /_devstack/rate-limit), not part of Hetzner's API:
+        # requests the bucket let through, and requests it refused with 429.
+        self.served = 0
+        self.refused = 0
+        self.served_by_route: dict[str, int] = {}
 
     def _refill(self) -> None:
         now = time.monotonic()
         self._remaining = min(float(self.limit), self._remaining + (now - self._last))
         self._last = now
 
-    def consume(self) -> bool:
+    def consume(self, route: str = "") -> bool:
+        """Take one request from the bucket; `route` ("GET /v1/servers/{id}") counts it."""
         self._refill()
         if self._remaining < 1:
+            self.refused += 1
             return False
         self._remaining -= 1
+        self.served += 1
+        self.served_by_route[route] = self.served_by_route.get(route, 0) + 1
         return True
+
+    def usage(self) -> dict[str, Any]:
+        """What the bucket has let through (in all and per route) and refused so far,
+        and what is left now."""
+        self._refill()
+        return {
+            "limit": self.limit,
+            "remaining": int(self._remaining),
+            "served": self.served,
+            "refused": self.refused,
+            "served_by_route": dict(sorted(self.served_by_route.items())),
+        }
 
     def headers(self) -> dict[str, str]:
         self._refill()
@@ -450,7 +477,9 @@ class LocalCloud:
             # Hetzner's error table: token_readonly (403), "The token is only allowed to
             # perform GET requests"; checked before the request body is read.
             raise ApiError("token_readonly", "The token is only allowed to perform GET requests")
-        if not self._rate.consume():
+        route = request.match_info.route.resource
+        template = route.canonical if route is not None else request.path
+        if not self._rate.consume(f"{request.method} {template}"):
             raise ApiError("rate_limit_exceeded", "limit of 3600 requests per hour reached")
         return await handler(request)
 
@@ -483,6 +512,7 @@ class LocalCloud:
         app.router.add_get("/_devstack/faults", self._list_faults)
         app.router.add_delete("/_devstack/faults", self._clear_faults)
         app.router.add_post("/_devstack/boot-failures", self._add_boot_failures)
+        app.router.add_get("/_devstack/rate-limit", self._rate_limit_usage)
         app.router.add_post("/_devstack/retired", self._retire)
         app.router.add_delete("/_devstack/retired", self._unretire)
         app.router.add_post("/_devstack/notify/{name}", self._notify)
@@ -1085,6 +1115,11 @@ class LocalCloud:
     async def _unretire(self, request: web.Request) -> web.Response:
         self.retired.clear()
         return web.json_response({"retired": []})
+
+    async def _rate_limit_usage(self, request: web.Request) -> web.Response:
+        """The project's bucket: how many API requests it served and refused (429) since
+        the cloud started, and what remains; `make faults` sizes its runs by it."""
+        return web.json_response(self._rate.usage())
 
     async def _add_boot_failures(self, request: web.Request) -> web.Response:
         body = await self._json_body(request)

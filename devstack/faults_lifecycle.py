@@ -140,7 +140,7 @@ class LifecycleFaultRun(FaultRun):
             self.count(result, f"plan change of {purchase.request.tenant_id}", problem)
         result.injected += armed - await self.unused_rule_uses()
         await self.devstack.delete("faults")
-        await self.release(purchases)
+        await self.release(purchases, result)
         return result
 
     async def _plan_change_problem(

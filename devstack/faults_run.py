@@ -15,10 +15,11 @@ against what the design promises:
     compensated  no server, no current Vault record, one `provisioning_failed` row
     reconciled   (terminated runs) as compensated, after the reconciler ran
 
-The `plan_change` and `deprovision` scenarios (devstack/faults_lifecycle.py) buy their
-tenants the same way, then run ChangeMailPlan or DeprovisionMailTenant on them under
-faults and check each run as well (completed or compensated; nothing left without a
-tenant, server or claim owner).
+The `plan_change` and `deprovision` scenarios (devstack/faults_lifecycle.py), and the
+`rotation` and `activation` ones (devstack/faults_rotation_activation.py), buy their
+tenants the same way, then run ChangeMailPlan, DeprovisionMailTenant,
+RotateSmtpCredentials or ActivateMailDomain on them under faults and check each run as
+well (completed or compensated; nothing left without a tenant, server or claim owner).
 
 A purchase (or run) that does not match is *lost*; the problems are printed. One table row per
 scenario (injected faults, purchases survived / lost, slowest recovery), then the line
@@ -51,7 +52,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
@@ -60,6 +61,7 @@ from activities.audit import SqliteAuditStore
 from activities.credentials import read_admin_credentials
 from activities.vault import Vault, VaultSettings
 from devstack.demo import smtp_login
+from devstack.hetzner import RATE_LIMIT
 from devstack.mail_login import certificate_after_dns
 from devstack.stack import Stack, StackInfo
 from runtime.codec import KeyRing, data_converter
@@ -79,9 +81,23 @@ from workflows.deprovision_contracts import DeprovisionRequest
 from workflows.reconcile_contracts import ReconcileRequest
 from workflows.world_check_contracts import WorldReport
 
+T = TypeVar("T")
+
 TASK_QUEUE = "mail-provisioning"
 WORKERS = 2
 RUN_TIMEOUT = 900.0
+# The `status` query's states of a run that has not ended (purchases, plan changes,
+# deprovisions, rotations: running / compensating; an activation: waiting or checking).
+RUNNING_STATES = frozenset({"running", "compensating", "waiting_for_dns", "checking"})
+# Clean-up deprovisions at most this many tenants at once (each DeprovisionMailTenant
+# run is a handful of API calls and waits); the project's rate limit, not the workers,
+# bounds how fast they can go.
+CLEANUP_IN_FLIGHT = 20
+# How often a long wait says how far it has got.
+PROGRESS_EVERY_SECONDS = 15.0
+# Purchases named in one label-selector look-up (`purchase in (...)`), so a look-up
+# stays one request per page, and the URL short.
+SELECTOR_CHUNK = 40
 SCENARIOS = (
     "worker_kill",
     "temporal_restart",
@@ -93,6 +109,8 @@ SCENARIOS = (
     "burst",
     "plan_change",
     "deprovision",
+    "rotation",
+    "activation",
 )
 
 
@@ -114,6 +132,9 @@ class ScenarioResult:
     # (seconds, the step the purchase was in when the fault hit)
     recoveries: list[tuple[float, str]] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
+    # Hetzner API requests the project's bucket served / refused (429) in the scenario.
+    api_requests: int = 0
+    api_refused: int = 0
 
     @property
     def slowest_recovery(self) -> str:
@@ -140,6 +161,18 @@ async def freeze(pid: int, seconds: float) -> None:
 
 def say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+async def with_progress(runs: list[Awaitable[T]], progress: Callable[[], str]) -> list[T]:
+    """Await all of `runs` together, saying `progress()` every PROGRESS_EVERY_SECONDS
+    until they have all ended (a long wait that shows it is not stuck)."""
+    started = time.monotonic()
+    together = asyncio.ensure_future(asyncio.gather(*runs))
+    while True:
+        done, _ = await asyncio.wait({together}, timeout=PROGRESS_EVERY_SECONDS)
+        if done:
+            return together.result()
+        say(f"  {progress()} ({time.monotonic() - started:.0f} s)")
 
 
 class FaultRun:
@@ -189,13 +222,20 @@ class FaultRun:
         return purchases
 
     async def finish(self, purchases: list[Purchase]) -> None:
+        """Wait for every purchase that is to end by itself (progress on a long wait)."""
+        awaited = [p for p in purchases if p.expect != "reconciled"]
+        ended: list[Purchase] = []
+
         async def one(purchase: Purchase) -> None:
             try:
                 purchase.result = await asyncio.wait_for(purchase.handle.result(), RUN_TIMEOUT)
             except (WorkflowFailureError, TimeoutError) as err:
                 purchase.failure = err
+            ended.append(purchase)
 
-        await asyncio.gather(*(one(p) for p in purchases if p.expect != "reconciled"))
+        await with_progress(
+            [one(p) for p in awaited], lambda: f"purchases: {len(ended)}/{len(awaited)} ended"
+        )
 
     @staticmethod
     def handles(purchases: list[Purchase]) -> dict[str, WorkflowHandle[Any, Any]]:
@@ -206,7 +246,7 @@ class FaultRun:
     ) -> tuple[int, str] | None:
         """Steps finished so far and the current one; None once the run is closed (or
         unanswerable). `status_type`: the run's `status` answer (every workflow of the
-        queue answers with `state`, `current_step` and `steps`)."""
+        queue answers with `state`; all but the rotation with `current_step` and `steps`)."""
         try:
             status = await asyncio.wait_for(
                 handle.query("status", result_type=status_type, rpc_timeout=timedelta(seconds=5)),
@@ -214,10 +254,13 @@ class FaultRun:
             )
         except Exception:  # a query fails while workers or Temporal are down
             return None
-        if status.state not in ("running", "compensating"):
+        if status.state not in RUNNING_STATES:
             return None
-        done = sum(1 for step in status.steps if step.state == "done")
-        return done, status.current_step or "-"
+        # A rotation's status has no steps (one activity); an activation names no step
+        # while it checks: its state says what it does.
+        steps = getattr(status, "steps", [])
+        done = sum(1 for step in steps if step.state == "done")
+        return done, getattr(status, "current_step", None) or status.state
 
     async def snapshot(
         self, runs: dict[str, WorkflowHandle[Any, Any]], status_type: type[Any] = ProvisionStatus
@@ -256,40 +299,74 @@ class FaultRun:
     # ------------------------------------------------------------------ checks
 
     async def servers_of(self, purchase_id: str) -> list[dict[str, Any]]:
-        """The purchase's servers, as the provider lists them.
+        """The purchase's servers, as the provider lists them."""
+        return (await self.servers_by_purchase([purchase_id]))[purchase_id]
+
+    async def servers_by_purchase(self, purchase_ids: list[str]) -> dict[str, list[dict[str, Any]]]:
+        """Each purchase's servers, as the provider lists them: one label-selector
+        look-up (`purchase in (...)`) per SELECTOR_CHUNK purchases and page, so that
+        checking a burst costs a few requests, not one per purchase."""
+        found: dict[str, list[dict[str, Any]]] = {purchase_id: [] for purchase_id in purchase_ids}
+        for start in range(0, len(purchase_ids), SELECTOR_CHUNK):
+            chunk = purchase_ids[start : start + SELECTOR_CHUNK]
+            page: int | None = 1
+            while page is not None:
+                body = await self.api_get(
+                    "servers",
+                    {
+                        "label_selector": f"purchase in ({','.join(chunk)})",
+                        "per_page": 50,
+                        "page": page,
+                    },
+                )
+                for server in body["servers"]:
+                    found[server["labels"]["purchase"]].append(server)
+                page = body["meta"]["pagination"]["next_page"]
+        return found
+
+    async def api_get(self, path: str, params: dict[str, Any]) -> dict[str, Any]:
+        """One GET of the Hetzner API, as the runner's own checks make it.
 
         The checks share the project's rate limit with the workers (Hetzner's 3600
-        requests an hour, one more each second), and a burst of purchases empties it:
-        an observer waits for the bucket like any client (up to about five minutes)
-        instead of failing the run on a 429.
+        requests an hour, one more each second): an observer that finds the bucket
+        empty waits for it like any client (up to about five minutes) instead of
+        failing the run on a 429.
         """
         delay = 1.0
         for _ in range(40):
-            response = await self.api.get(
-                "servers", params={"label_selector": f"purchase={purchase_id}"}
-            )
+            response = await self.api.get(path, params=params)
             if response.status_code != 429:
                 break
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
         response.raise_for_status()
-        return list(response.json()["servers"])
+        body: dict[str, Any] = response.json()
+        return body
+
+    async def api_usage(self) -> dict[str, Any]:
+        """The cloud's bucket: requests served and refused so far (devstack/cloud.py)."""
+        response = await self.devstack.get("rate-limit")
+        response.raise_for_status()
+        usage: dict[str, Any] = response.json()
+        return usage
 
     async def verify(self, purchases: list[Purchase], result: ScenarioResult) -> None:
         rows = SqliteAuditStore(self.info.audit_db).rows()
+        servers = await self.servers_by_purchase([p.request.purchase_id for p in purchases])
         for purchase in purchases:
-            problem = await self._problem(purchase, rows)
+            problem = await self._problem(purchase, rows, servers[purchase.request.purchase_id])
             if problem is None:
                 result.survived += 1
             else:
                 result.lost += 1
                 result.problems.append(f"{purchase.request.purchase_id}: {problem}")
 
-    async def _problem(self, purchase: Purchase, rows: list[Any]) -> str | None:
+    async def _problem(
+        self, purchase: Purchase, rows: list[Any], servers: list[dict[str, Any]]
+    ) -> str | None:
         request = purchase.request
         prefix = purchase.handle.id + "/"
         events = [row.event for row in rows if row.event_key.startswith(prefix)]
-        servers = await self.servers_of(request.purchase_id)
         record = await asyncio.to_thread(self.reader.read_credentials, request.tenant_id)
         if purchase.expect == "completed":
             if purchase.result is None:
@@ -316,41 +393,77 @@ class FaultRun:
         return None
 
     async def _smtp_problem(self, result: ProvisionResult) -> str | None:
+        """None when the credentials Vault holds now log in over SMTP on the server."""
         credentials = await asyncio.to_thread(read_admin_credentials, self.reader, result.tenant_id)
+        try:
+            reply = await self.smtp_login(result, credentials.username, credentials.password)
+        except OSError as err:  # smtplib's errors, a refused login (535) among them
+            return f"SMTP login failed: {err}"
+        return None if reply.startswith("235") else f"SMTP login refused: {reply}"
+
+    async def smtp_login(self, result: ProvisionResult, username: str, password: str) -> str:
+        """One SMTP AUTH on the purchase's server (submissions, implicit TLS); its reply.
+        Raises smtplib.SMTPAuthenticationError when MailU refuses the password."""
         server = await self.devstack.get(f"servers/{result.server_id}")
         server.raise_for_status()
         state_dir = Path(server.json()["server"]["state_dir"])
         cafile = self.info.state_dir / f"faults-{result.server_id}-cert.pem"
         # MailU has a certificate only once the customer's DNS points at the server.
         cafile.write_text(await asyncio.to_thread(certificate_after_dns, state_dir))
-        try:
-            reply = await asyncio.to_thread(
-                smtp_login,
-                str(result.ipv4),
-                self.info.smtp_port,
-                cafile,
-                credentials.username,
-                credentials.password,
-            )
-        except OSError as err:
-            return f"SMTP login failed: {err}"
-        return None if reply.startswith("235") else f"SMTP login refused: {reply}"
+        reply: str = await asyncio.to_thread(
+            smtp_login, str(result.ipv4), self.info.smtp_port, cafile, username, password
+        )
+        return reply
 
-    async def release(self, purchases: list[Purchase]) -> None:
+    async def release(self, purchases: list[Purchase], result: ScenarioResult) -> None:
         """Deprovision the verified tenants so later scenarios do not carry their
         processes, as a cancelled customer's tenant is (DeprovisionMailTenant,
-        docs/OPERATIONS.md): server, login key, Vault record, rotation schedule, claim,
-        so that check-world finds a world that agrees at the end."""
-        for purchase in purchases:
-            purchase_id, tenant = purchase.request.purchase_id, purchase.request.tenant_id
-            if not await self.servers_of(purchase_id):
-                continue  # compensated or reconciled: nothing of it is left
-            handle = await start_deprovision(
-                self.client,
-                DeprovisionRequest(tenant, "faults", "tenant released after its scenario"),
-                TASK_QUEUE,
+        docs/OPERATIONS.md): server, login key, Vault record, rotation schedule,
+        activation, claim, so that check-world finds a world that agrees at the end.
+
+        The runs go at once, at most CLEANUP_IN_FLIGHT at a time (each mostly waits: for
+        its server's delete action, for the claim to end); a run that does not end
+        `deprovisioned` counts the tenant as lost in `result`.
+        """
+        servers = await self.servers_by_purchase([p.request.purchase_id for p in purchases])
+        # Compensated or reconciled purchases have nothing left to remove.
+        tenants = [p.request.tenant_id for p in purchases if servers[p.request.purchase_id]]
+        for problem in await self.deprovision_all(tenants, "tenant released after its scenario"):
+            result.lost += 1
+            result.problems.append(problem)
+
+    async def deprovision_all(self, tenants: list[str], reason: str) -> list[str]:
+        """DeprovisionMailTenant for each tenant, CLEANUP_IN_FLIGHT at a time, waiting for
+        all (progress every PROGRESS_EVERY_SECONDS); the problems, one per tenant whose
+        run did not end `deprovisioned` with its claim released."""
+        if not tenants:
+            return []
+        in_flight = asyncio.Semaphore(CLEANUP_IN_FLIGHT)
+        ended: list[str] = []
+
+        async def one(tenant: str) -> str | None:
+            async with in_flight:
+                try:
+                    handle = await start_deprovision(
+                        self.client, DeprovisionRequest(tenant, "faults", reason), TASK_QUEUE
+                    )
+                    done = await asyncio.wait_for(handle.result(), RUN_TIMEOUT)
+                except Exception as err:  # failed, timed out, or not started: lost, shown
+                    return f"clean-up of {tenant}: {getattr(err, 'cause', None) or err!r}"
+                finally:
+                    ended.append(tenant)
+            if done.outcome != "deprovisioned" or not done.claim_released:
+                return f"clean-up of {tenant}: {done}"
+            return None
+
+        return [
+            problem
+            for problem in await with_progress(
+                [one(tenant) for tenant in tenants],
+                lambda: f"clean-up: {len(ended)}/{len(tenants)} tenants deprovisioned",
             )
-            await handle.result()
+            if problem is not None
+        ]
 
     async def settle(
         self,
@@ -363,7 +476,7 @@ class FaultRun:
         await self.verify(purchases, result)
         if count_unused is not None:
             result.injected -= await count_unused()
-        await self.release(purchases)
+        await self.release(purchases, result)
         return result
 
     async def outage(
@@ -411,12 +524,13 @@ class FaultRun:
         waiting = {p.request.purchase_id for p in purchases}
         deadline = time.monotonic() + 120
         while waiting and time.monotonic() < deadline:
-            for purchase_id in list(waiting):
-                servers = await self.servers_of(purchase_id)
+            # One look-up for all of them per round: polling each purchase every 0.1 s
+            # drew hundreds of requests a minute from the project's bucket in a burst.
+            for purchase_id, servers in (await self.servers_by_purchase(sorted(waiting))).items():
                 if servers:
                     await arm(int(servers[0]["id"]))
                     waiting.discard(purchase_id)
-            await asyncio.sleep(0.1)
+            await asyncio.sleep(0.5)
 
     async def vps_fault(self, server_id: int, kind: str, body: dict[str, Any]) -> None:
         response = await self.devstack.post(f"servers/{server_id}/{kind}", json=body)
@@ -424,8 +538,9 @@ class FaultRun:
 
     async def unused_vps_faults(self, purchases: list[Purchase], kind: str) -> int:
         unused = 0
-        for purchase in purchases:
-            for server in await self.servers_of(purchase.request.purchase_id):
+        found = await self.servers_by_purchase([p.request.purchase_id for p in purchases])
+        for servers in found.values():
+            for server in servers:
                 response = await self.devstack.get(f"servers/{server['id']}/{kind}")
                 if response.status_code == 200:
                     faults = response.json()[kind.replace("-", "_")]
@@ -611,7 +726,12 @@ class FaultRun:
         )
 
 
-DEFAULT_SIZES = {"purchases": 20, "burst": 200}
+# A tenant bought and deprovisioned costs about 23 Hetzner API requests (measured with
+# GET /_devstack/rate-limit): a burst of 100 (about 2300) and the other scenarios fit a
+# real project's bucket over the run (3600 requests, one more each second: Hetzner
+# Cloud API reference, "Rate Limiting", docs.hetzner.cloud/#rate-limiting); a burst of
+# 200 emptied it, and the run then crawled at one request a second (docs/RELIABILITY.md).
+DEFAULT_SIZES = {"purchases": 20, "burst": 100}
 
 
 async def run(
@@ -635,11 +755,11 @@ async def run_on(
     stack: Stack, client: Client, names: list[str], purchases: int, burst: int
 ) -> list[ScenarioResult]:
     """Run the named scenarios on a running stack (also used by the test suite)."""
-    # The scenarios of the later workflows extend FaultRun (devstack/faults_lifecycle.py,
-    # which imports this module, hence here).
-    from devstack.faults_lifecycle import LifecycleFaultRun
+    # The scenarios of the later workflows extend FaultRun (devstack/faults_lifecycle.py
+    # and devstack/faults_rotation_activation.py, which import this module, hence here).
+    from devstack.faults_rotation_activation import RotationActivationFaultRun
 
-    faults = LifecycleFaultRun(stack, client)
+    faults = RotationActivationFaultRun(stack, client)
     sizes = {
         "worker_kill": purchases,
         "temporal_restart": max(2, purchases // 4),
@@ -652,17 +772,25 @@ async def run_on(
         # Each buys its tenants first, then runs the workflow on them under faults.
         "plan_change": max(2, purchases // 10),
         "deprovision": max(2, purchases // 10),
+        "rotation": max(2, purchases // 10),
+        "activation": max(2, purchases // 10),
     }
     results = []
     try:
         for name in names:
             say(f"scenario {name}: {sizes[name]} purchases")
-            started = time.monotonic()
+            started, before = time.monotonic(), await faults.api_usage()
             result = await getattr(faults, name)(sizes[name])
+            after = await faults.api_usage()
+            result.api_requests = after["served"] - before["served"]
+            result.api_refused = after["refused"] - before["refused"]
             say(
                 f"  done in {time.monotonic() - started:.0f} s: "
-                f"{result.survived} survived, {result.lost} lost"
+                f"{result.survived} survived, {result.lost} lost; cloud API "
+                f"{result.api_requests} requests, {result.api_refused} refused (429), "
+                f"{after['remaining']} left in the bucket"
             )
+            say(f"  cloud API by route: {route_delta(before, after)}")
             for problem in result.problems:
                 say(f"  LOST {problem}")
             results.append(result)
@@ -671,10 +799,31 @@ async def run_on(
     return results
 
 
+def route_delta(before: dict[str, Any], after: dict[str, Any]) -> str:
+    """The requests each API route served between two readings of the bucket, most first."""
+    old = before.get("served_by_route", {})
+    delta = {
+        route: count - old.get(route, 0)
+        for route, count in after.get("served_by_route", {}).items()
+        if count > old.get(route, 0)
+    }
+    return ", ".join(
+        f"{route} {count}" for route, count in sorted(delta.items(), key=lambda kv: -kv[1])
+    )
+
+
 def table(results: list[ScenarioResult]) -> str:
-    header = ("scenario", "injected", "survived", "lost", "slowest recovery s")
+    header = ("scenario", "injected", "survived", "lost", "slowest recovery s", "API req (429)")
     rows = [header] + [
-        (r.name, str(r.injected), str(r.survived), str(r.lost), r.slowest_recovery) for r in results
+        (
+            r.name,
+            str(r.injected),
+            str(r.survived),
+            str(r.lost),
+            r.slowest_recovery,
+            f"{r.api_requests} ({r.api_refused})",
+        )
+        for r in results
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(len(header))]
     lines = [
@@ -694,6 +843,18 @@ def recovery_by_step(results: list[ScenarioResult]) -> str:
             steps = ", ".join(f"{step} {seconds:.1f}" for step, seconds in sorted(slowest.items()))
             lines.append(f"slowest recovery by step, {result.name}: {steps}")
     return "\n".join(lines)
+
+
+def api_budget(results: list[ScenarioResult], wall_seconds: float) -> str:
+    """The scenarios' Hetzner API requests against what a real project's bucket allows
+    over the run: 3600, plus one a second (docs.hetzner.cloud, "Rate Limiting")."""
+    requests = sum(r.api_requests for r in results)
+    refused = sum(r.api_refused for r in results)
+    allowed = RATE_LIMIT + int(wall_seconds)
+    return (
+        f"cloud API: {requests} requests, {refused} refused (429); a Hetzner project's "
+        f"bucket allows {allowed} in {wall_seconds:.0f} s ({RATE_LIMIT} + 1/s)"
+    )
 
 
 def summary(results: list[ScenarioResult]) -> str:
@@ -734,7 +895,9 @@ def main(argv: list[str] | None = None) -> int:
         results, world = asyncio.run(run(names, args.purchases, args.burst, Path(directory)))
     print(table(results))
     print(recovery_by_step(results))
-    print(f"wall time: {time.monotonic() - started:.0f} s")
+    wall = time.monotonic() - started
+    print(f"wall time: {wall:.0f} s")
+    print(api_budget(results, wall))
     print(summary(results))
     print_world_report(world)
     print(f"check-world: {len(world.disagreements)} disagreements")

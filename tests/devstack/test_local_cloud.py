@@ -30,7 +30,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.cloud_init import DOCKER_PACKAGES, docker_cloud_config, wait_for_cloud_init
 from activities.ssh import run_remote_heartbeating
 from devstack import ipv6
-from devstack.cloud import LocalCloud
+from devstack.cloud import LocalCloud, RateLimiter
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.mail_login import certificate_after_dns
 from devstack.processes import free_port
@@ -483,6 +483,47 @@ async def test_bad_token_is_unauthorized_and_rate_headers_are_always_sent(env: E
         assert int(r.headers["RateLimit-Reset"]) >= asked_at
     unknown = await env.api.get("nothing/here")
     assert unknown.status_code == 404 and unknown.json()["error"]["code"] == "not_found"
+
+
+def test_the_bucket_counts_what_it_served_and_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    # A frozen clock: no refill between the calls, so the fourth request of a 3-request
+    # bucket is refused whatever the machine's speed.
+    monkeypatch.setattr("devstack.cloud.time.monotonic", lambda: 1000.0)
+    bucket = RateLimiter(limit=3)
+    assert [bucket.consume() for _ in range(4)] == [True, True, True, False]
+    assert bucket.usage() == {
+        "limit": 3,
+        "remaining": 0,
+        "served": 3,
+        "refused": 1,
+        "served_by_route": {"": 3},
+    }
+    # One request more every second (Hetzner's refill).
+    monkeypatch.setattr("devstack.cloud.time.monotonic", lambda: 1001.0)
+    assert bucket.consume("GET /v1/servers") and not bucket.consume("GET /v1/servers")
+    assert bucket.usage() == {
+        "limit": 3,
+        "remaining": 0,
+        "served": 4,
+        "refused": 2,
+        "served_by_route": {"": 3, "GET /v1/servers": 1},
+    }
+
+
+@pytest.mark.asyncio
+async def test_rate_limit_usage_counts_api_requests_and_not_its_own(env: Env) -> None:
+    before = (await env.dev.get("rate-limit")).json()
+    assert (await env.api.get("servers")).status_code == 200
+    assert (await env.api.get("servers/12345")).status_code == 404
+    after = (await env.dev.get("rate-limit")).json()
+    # The API requests drew on the bucket, counted by route; the /_devstack look-ups
+    # did not.
+    assert after["served"] == before["served"] + 2
+    routes = after["served_by_route"]
+    assert routes["GET /v1/servers"] == before["served_by_route"].get("GET /v1/servers", 0) + 1
+    assert routes["GET /v1/servers/{id}"] == 1
+    assert after["refused"] == before["refused"] == 0
+    assert after["limit"] == 3600 and 0 <= after["remaining"] <= 3600
 
 
 @pytest.mark.asyncio

@@ -1,0 +1,41 @@
+"""`make faults`' rotation and activation scenarios at a small size, on the session's
+stack: two tenants' passwords rotated while workers are SIGKILLed, OpenBao is frozen,
+MailU refuses the first import and the server list answers 503; two tenants' DNS
+checks (records served by a real Knot DNS server) under the same kinds of fault. Each
+run must end as the design promises (devstack/faults_rotation_activation.py), and the
+tenants are deprovisioned after, leaving nothing behind.
+"""
+
+from __future__ import annotations
+
+from temporalio.client import Client
+
+from devstack.faults_run import run_on, summary, table
+from devstack.stack import Stack
+
+
+async def test_rotations_and_dns_checks_under_faults_lose_nothing(
+    stack: Stack, client: Client
+) -> None:
+    results = await run_on(stack, client, ["rotation", "activation"], purchases=2, burst=0)
+    report = (
+        table(results)
+        + "\n"
+        + summary(results)
+        + "\n"
+        + "\n".join(problem for r in results for problem in r.problems)
+    )
+    assert [r.lost for r in results] == [0, 0], report
+    # Each: 2 purchases, then the 2 runs of the workflow.
+    assert [r.survived for r in results] == [4, 4], report
+    # At least the SIGKILL of all workers (a run is caught at once: each starts with its
+    # only activity, or its check) and one armed provider or MailU fault were consumed.
+    assert all(r.injected >= 2 for r in results), report
+    # Recoveries name what the run was doing when the fault hit: a rotation's state
+    # (it has no steps), an activation's check.
+    assert {step for _, step in results[0].recoveries} <= {"running"}, report
+    assert {step for _, step in results[1].recoveries} <= {
+        "checking",
+        "waiting_for_dns",
+        "audit",
+    }, report
