@@ -21,9 +21,15 @@ CHECK_TESTS := not stack and not integration
 check: lint            ## lint, then the unit, workflow and replay tests (under 2 minutes)
 	$(PY) -m pytest -q -m "$(CHECK_TESTS)"
 
+# Modules run whole on TEST_WORKERS parallel workers, each with its own stack (free
+# ports, own temp dirs): the suite mostly waits on boots, retries and SSH, so 4 workers
+# on 2 cores overlap the waits (tests/conftest.py hands out the longest modules first).
+# TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 4
+
 test: install          ## every test: unit, workflow (time-skipping), end to end, replay
 	$(PY) -m devstack.test_tools
-	$(PY) -m pytest --durations=15
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 faults: install        ## break the local stack on purpose; prints the table and "faults: ... lost"
 	$(PY) -m devstack.faults_run $(FAULTS_ARGS)

@@ -338,11 +338,16 @@ def _module_uses_stack(request: pytest.FixtureRequest) -> bool:
     )
 
 
+# (kind, subject) of every disagreement check-world found after this process's last
+# e2e module that used the stack (None before the first).
+_world_after_last_module: set[tuple[str, str]] | None = None
+
+
 @pytest.fixture(scope="module", autouse=True)
 def _world_agrees_after_each_module(request: pytest.FixtureRequest) -> Iterator[None]:
-    """`starter.py check-world` before and after every module that uses the stack: a
-    disagreement the module leaves behind that was not there before fails it (at
-    teardown), named with its fix.
+    """`starter.py check-world` after every module that uses the stack (and before the
+    first): a disagreement the module leaves behind that was not there before fails it
+    (at teardown), named with its fix.
 
     A module that breaks the world on purpose repairs it before it ends; the only
     tolerance is a module attribute CHECK_WORLD_TOLERATES (kinds, with the reason in
@@ -352,31 +357,40 @@ def _world_agrees_after_each_module(request: pytest.FixtureRequest) -> Iterator[
     if not _module_uses_stack(request):
         yield
         return
+    global _world_after_last_module
     info: StackInfo = request.getfixturevalue("info")
-    before = {(d["kind"], d["subject"]) for d in _check_world(info)}
+    # Nothing but an e2e module touches this process's stack, so the world the previous
+    # one left (and was judged on) is the world this one starts from: one CLI run per
+    # module instead of two.
+    before = _world_after_last_module
+    if before is None:
+        before = {(d["kind"], d["subject"]) for d in _check_world(info)}
     yield
     tolerated = set(getattr(request.module, "CHECK_WORLD_TOLERATES", ()))
-
-    def new_disagreements() -> list[dict[str, str]]:
-        return [
-            d
-            for d in _check_world(info)
-            if (d["kind"], d["subject"]) not in before and d["kind"] not in tolerated
-        ]
-
-    new = new_disagreements()
+    after = _check_world(info)
+    new = _left_behind(after, before, tolerated)
     if new:
         # The world is judged settled: a run the module's last test cancelled may still be
         # closing, and its claim ends about a second after (activities/tenant_claims.py).
         # What the product ends itself is gone at one more look SETTLE later; anything
         # still there then is left behind.
         time.sleep(SETTLE.total_seconds())
-        new = new_disagreements()
+        after = _check_world(info)
+        new = _left_behind(after, before, tolerated)
+    _world_after_last_module = {(d["kind"], d["subject"]) for d in after}
     if new:
         lines = "\n".join(
             f"{d['kind']}: {d['subject']}: {d['detail']} (fix: {d['fix']})" for d in new
         )
         pytest.fail(f"check-world: {len(new)} new disagreement(s) after this module:\n{lines}")
+
+
+def _left_behind(
+    after: list[dict[str, str]], before: set[tuple[str, str]], tolerated: set[str]
+) -> list[dict[str, str]]:
+    return [
+        d for d in after if (d["kind"], d["subject"]) not in before and d["kind"] not in tolerated
+    ]
 
 
 def _check_world(info: StackInfo) -> list[dict[str, str]]:
