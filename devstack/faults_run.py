@@ -93,6 +93,8 @@ RUNNING_STATES = frozenset({"running", "compensating", "waiting_for_dns", "check
 # run is a handful of API calls and waits); the project's rate limit, not the workers,
 # bounds how fast they can go.
 CLEANUP_IN_FLIGHT = 20
+# What check-world counts that no tenant may keep after its deprovision.
+LEFT_BEHIND = ("servers", "vault_records", "claims", "rotation_schedules")
 # How often a long wait says how far it has got.
 PROGRESS_EVERY_SECONDS = 15.0
 # Purchases named in one label-selector look-up (`purchase in (...)`), so a look-up
@@ -857,6 +859,13 @@ def api_budget(results: list[ScenarioResult], wall_seconds: float) -> str:
     )
 
 
+def left_behind(world: WorldReport) -> dict[str, int]:
+    """What check-world still found of any tenant once every scenario cleaned up after
+    itself: each scenario deprovisions what it bought, so any server, Vault record,
+    claim or rotation schedule left is one a tenant should no longer have."""
+    return {kind: world.checked[kind] for kind in LEFT_BEHIND if world.checked.get(kind)}
+
+
 def summary(results: list[ScenarioResult]) -> str:
     injected = sum(r.injected for r in results)
     survived = sum(r.survived for r in results)
@@ -901,7 +910,9 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(results))
     print_world_report(world)
     print(f"check-world: {len(world.disagreements)} disagreements")
-    return 1 if any(r.lost for r in results) or world.disagreements else 0
+    left = left_behind(world)
+    print(f"left behind: {', '.join(f'{n} {kind}' for kind, n in left.items()) or 'nothing'}")
+    return 1 if any(r.lost for r in results) or world.disagreements or left else 0
 
 
 if __name__ == "__main__":

@@ -16,8 +16,9 @@ from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 
 from devstack import faults_run
-from devstack.faults_run import CLEANUP_IN_FLIGHT, FaultRun
+from devstack.faults_run import CLEANUP_IN_FLIGHT, FaultRun, left_behind
 from workflows.deprovision_contracts import DeprovisionRequest, DeprovisionResult
+from workflows.world_check_contracts import WorldReport
 
 
 class Runs:
@@ -81,3 +82,12 @@ async def test_clean_up_of_nothing_starts_nothing(monkeypatch: pytest.MonkeyPatc
     faults = FaultRun.__new__(FaultRun)
     assert await faults.deprovision_all([], "nothing") == []
     assert runs.started == []
+
+
+def test_anything_a_tenant_could_keep_is_left_behind_after_the_clean_up() -> None:
+    looked_at = {"audit_rows": 40, "completed_purchases": 20, "tenants": 20}
+    assert left_behind(WorldReport([], {**looked_at, "servers": 0, "claims": 0})) == {}
+    world = WorldReport([], {**looked_at, "servers": 1, "vault_records": 2, "claims": 0})
+    # Agreeing records (no disagreement) are still left behind after every deprovision.
+    assert left_behind(world) == {"servers": 1, "vault_records": 2}
+    assert left_behind(WorldReport([], {"rotation_schedules": 1})) == {"rotation_schedules": 1}
