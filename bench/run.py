@@ -15,7 +15,9 @@
 
 The bench process is worker and client at once, so "worker CPU" is this process's
 CPU (user + system, Rust core threads included); the server's CPU is shown beside it.
-Prints one table, writes it as JSON, and ends with `overhead ratio: <x>`.
+Prints one table, writes it as JSON, and ends with the overhead part's two ratios, each
+the median of paired per-trial ratios with its 95% interval (bench/stats.py):
+`overhead ratio: <x> (95% interval <lo>-<hi>, <n> paired trials)` and `worker CPU ratio: ...`.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -63,8 +65,9 @@ from bench.fakes import (
     public_dns,
     purchase,
 )
-from bench.procfs import all_processes
+from bench.procfs import all_processes, process_stat
 from bench.real import real_purchases
+from bench.stats import describe, median_interval
 from devstack.stack import tool
 from runtime.codec import KeyRing, data_converter
 from starter import watch
@@ -87,15 +90,45 @@ ACTION_EVENTS = {
 
 @dataclass(frozen=True)
 class Sizes:
-    purchases: int
-    trials: int
+    purchases: int  # per overhead batch (one batch of each workflow per trial)
+    trials: int  # the fewest paired overhead trials
+    max_trials: int
+    overhead_seconds: float  # no new overhead trial is begun after this
+    warmup: int  # overhead trials run first and discarded (imports, caches, the JIT-less
+    # first-run costs of the sandbox): the figures are those of a running worker
     boots: tuple[float, ...]
     scale_purchases: int
     scale_boot: float
 
 
-FULL = Sizes(purchases=100, trials=3, boots=(0, 60, 120), scale_purchases=500, scale_boot=20)
-SMOKE = Sizes(purchases=3, trials=1, boots=(0, 3), scale_purchases=4, scale_boot=2)
+# Small batches, many of them: a shared machine's bursts then land in few pairs, and the
+# median of the paired ratios with its interval (bench/stats.py) needs trials, not size.
+FULL = Sizes(
+    purchases=20,
+    trials=12,
+    max_trials=60,
+    overhead_seconds=140,
+    warmup=1,
+    boots=(0, 60, 120),
+    scale_purchases=500,
+    scale_boot=20,
+)
+SMOKE = Sizes(
+    purchases=2,
+    trials=2,
+    max_trials=2,
+    overhead_seconds=0,
+    warmup=0,
+    boots=(0, 3),
+    scale_purchases=4,
+    scale_boot=2,
+)
+
+# The goals of issue 18, and so the widths the overhead intervals must get under: an
+# interval wider than the distance from parity to the goal cannot tell the two apart.
+THROUGHPUT_GOAL = 0.97  # ours / bare, purchases per second
+CPU_GOAL = 1.08  # ours / bare, worker CPU per purchase
+INTERVAL_LEVEL = 0.95
 
 
 SECTIONS = ("overhead", "cost", "scale", "real")
@@ -139,10 +172,22 @@ def process_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def children_cpu_seconds() -> float:
-    """CPU of our child processes still running (the dev server), from /proc."""
+def child_pids() -> list[int]:
+    """Our child processes (the dev server), found once: scanning /proc for every batch
+    would count a scan of every process on the machine as the batch's own CPU."""
     me = os.getpid()
-    return sum(cpu for parent, cpu in all_processes().values() if parent == me)
+    return [pid for pid, (parent, _) in all_processes().items() if parent == me]
+
+
+def children_cpu_seconds(pids: Sequence[int]) -> float:
+    """CPU of those child processes that are still running, from /proc."""
+    total = 0.0
+    for pid in pids:
+        try:
+            total += process_stat(pid)[1]
+        except OSError:
+            continue
+    return total
 
 
 def rss_bytes() -> int:
@@ -216,12 +261,13 @@ class Server:
     metrics_url: str
     plain: Client
     ours: Client
+    pids: list[int] = field(default_factory=list)  # the dev server's processes
 
     def in_namespace(self, namespace: str) -> Server:
         """The same server, our clients bound to another namespace."""
         config = self.ours.config()
         config["namespace"] = namespace
-        return Server(self.env, self.metrics_url, self.plain, Client(**config))
+        return Server(self.env, self.metrics_url, self.plain, Client(**config), self.pids)
 
     async def actions(self) -> dict[str, float]:
         """The `action` counter once it stops moving: the server reports it with a lag."""
@@ -262,7 +308,13 @@ async def dev_server() -> AsyncIterator[Server]:
     try:
         config = env.client.config()
         config["data_converter"] = data_converter(KeyRing.generate("bench"))
-        yield Server(env, f"http://127.0.0.1:{metrics_port}/metrics", env.client, Client(**config))
+        yield Server(
+            env,
+            f"http://127.0.0.1:{metrics_port}/metrics",
+            env.client,
+            Client(**config),
+            child_pids(),
+        )
     finally:
         await env.shutdown()
 
@@ -365,23 +417,35 @@ async def run_batch(
     start: Callable[[Server, str], Any],
     purchases: int,
 ) -> Batch:
-    """Starts `purchases` runs at once on a running worker; waits for all results."""
+    """Starts the worker, runs one batch on it (measure_batch), stops it."""
     async with worker:
-        rss_before = rss_bytes()
-        cpu, server_cpu, began = process_cpu_seconds(), children_cpu_seconds(), time.monotonic()
-        with RssPeak() as rss:
-            handles = await asyncio.gather(
-                *(start(server, worker.task_queue) for _ in range(purchases))
-            )
-            await asyncio.gather(*(handle.result() for handle in handles))
-        return Batch(
-            wall=time.monotonic() - began,
-            cpu=process_cpu_seconds() - cpu,
-            server_cpu=children_cpu_seconds() - server_cpu,
-            purchases=purchases,
-            rss_peak=rss.peak,
-            rss_before=rss_before,
+        return await measure_batch(server, worker, start, purchases)
+
+
+async def measure_batch(
+    server: Server,
+    worker: Worker,
+    start: Callable[[Server, str], Any],
+    purchases: int,
+) -> Batch:
+    """Starts `purchases` runs at once on a running worker; waits for all results."""
+    rss_before = rss_bytes()
+    server_cpu = children_cpu_seconds(server.pids)
+    began, cpu = time.monotonic(), process_cpu_seconds()
+    with RssPeak() as rss:
+        handles = await asyncio.gather(
+            *(start(server, worker.task_queue) for _ in range(purchases))
         )
+        await asyncio.gather(*(handle.result() for handle in handles))
+    cpu, wall = process_cpu_seconds() - cpu, time.monotonic() - began
+    return Batch(
+        wall=wall,
+        cpu=cpu,
+        server_cpu=children_cpu_seconds(server.pids) - server_cpu,
+        purchases=purchases,
+        rss_peak=rss.peak,
+        rss_before=rss_before,
+    )
 
 
 async def history_actions(handle: WorkflowHandle[Any, Any]) -> int:
@@ -397,6 +461,27 @@ async def history_actions(handle: WorkflowHandle[Any, Any]) -> int:
 # ------------------------------------------------------------------ the three parts
 
 
+@dataclass(frozen=True)
+class Overhead:
+    """The overhead part's answer: per trial, ours / bare for throughput and CPU."""
+
+    throughput: list[float]
+    cpu: list[float]
+
+    def lines(self) -> list[str]:
+        return [
+            describe("overhead ratio", self.throughput, INTERVAL_LEVEL),
+            describe("worker CPU ratio", self.cpu, INTERVAL_LEVEL),
+        ]
+
+
+def narrow_enough(throughput: Sequence[float], cpu: Sequence[float]) -> bool:
+    """Both intervals narrower than the distance from parity to their goal."""
+    wanted = ((throughput, 1 - THROUGHPUT_GOAL), (cpu, CPU_GOAL - 1))
+    intervals = [(median_interval(values, INTERVAL_LEVEL), width) for values, width in wanted]
+    return all(interval is not None and interval.width < width for interval, width in intervals)
+
+
 async def overhead(
     server: Server,
     sizes: Sizes,
@@ -404,24 +489,54 @@ async def overhead(
     report: dict[str, Any],
     *,
     with_sdk_default: bool = False,
-) -> float:
-    configs: dict[str, Callable[[str], tuple[Worker, Callable[[Server, str], Any]]]] = {
-        "bare": lambda tq: (
-            Worker(server.plain, task_queue=tq, workflows=[BareSameShape], activities=[bare_step]),
+) -> Overhead:
+    """Paired, interleaved trials: each runs a batch of bare and of ours back to back
+    (the order alternating), on workers that run for the whole part, so a trial costs
+    seconds and a burst of other work on the machine lands in few pairs. Trials are
+    added until both intervals are narrower than their goal's margin (or the time or
+    trial budget is spent): the stopping rule looks at the widths only, never at where
+    the ratios lie."""
+    configs: dict[str, tuple[Worker, Callable[[Server, str], Any]]] = {
+        "bare": (
+            Worker(
+                server.plain,
+                task_queue=f"tq-{uuid.uuid4().hex[:8]}",
+                workflows=[BareSameShape],
+                activities=[bare_step],
+            ),
             start_bare,
         ),
     }
     if with_sdk_default:
-        configs["ours, SDK default sandbox and slots"] = lambda tq: (
-            our_worker(server, tq, BootingProvider(), tuned=False),
+        configs["ours, SDK default sandbox and slots"] = (
+            our_worker(server, f"tq-{uuid.uuid4().hex[:8]}", BootingProvider(), tuned=False),
             start_ours,
         )
-    configs["ours"] = lambda tq: (our_worker(server, tq, BootingProvider()), start_ours)
-    batches: dict[str, list[Batch]] = {name: [] for name in configs}
-    for _ in range(sizes.trials):  # interleaved, so drift on a shared machine hits all alike
-        for name, make in configs.items():
-            worker, start = make(f"tq-{uuid.uuid4().hex[:8]}")
-            batches[name].append(await run_batch(server, worker, start, sizes.purchases))
+    configs["ours"] = (
+        our_worker(server, f"tq-{uuid.uuid4().hex[:8]}", BootingProvider()),
+        start_ours,
+    )
+    names = list(configs)
+    batches: dict[str, list[Batch]] = {name: [] for name in names}
+    began = time.monotonic()
+    async with AsyncExitStack() as running:
+        for worker, _ in configs.values():
+            await running.enter_async_context(worker)
+        for _ in range(sizes.warmup):
+            for worker, start in configs.values():
+                await measure_batch(server, worker, start, sizes.purchases)
+        trials = 0
+        while trials < sizes.max_trials:
+            # Alternate who goes first, so a drift within a trial favours neither side.
+            for name in names if trials % 2 == 0 else reversed(names):
+                worker, start = configs[name]
+                batches[name].append(await measure_batch(server, worker, start, sizes.purchases))
+            trials += 1
+            throughput, cpu = _ratios(batches["bare"], batches["ours"])
+            if trials >= sizes.trials and (
+                narrow_enough(throughput, cpu) or time.monotonic() - began >= sizes.overhead_seconds
+            ):
+                break
     for name, runs in batches.items():
         table.add("overhead", f"{name}: purchases/s", [b.rate for b in runs], "1/s")
         table.add(
@@ -436,21 +551,40 @@ async def overhead(
             [1000 * b.server_cpu / b.purchases for b in runs],
             "ms",
         )
-    bare = batches["bare"]
-    for name in list(configs)[1:]:
-        ratios = [ours.rate / base.rate for ours, base in zip(batches[name], bare, strict=True)]
-        cpu = [
-            (ours.cpu / ours.purchases) / (base.cpu / base.purchases)
-            for ours, base in zip(batches[name], bare, strict=True)
-        ]
-        table.add("overhead", f"{name}: throughput ratio vs bare", ratios)
+    for name in names[1:]:
+        throughput, cpu = _ratios(batches["bare"], batches[name])
+        table.add("overhead", f"{name}: throughput ratio vs bare", throughput)
         table.add("overhead", f"{name}: CPU ratio vs bare", cpu)
-    after = list(configs)[-1]
-    ratio = statistics.median(
-        ours.rate / base.rate for ours, base in zip(batches[after], bare, strict=True)
+    result = Overhead(*_ratios(batches["bare"], batches["ours"]))
+    report["overhead_ratio"] = statistics.median(result.throughput)
+    report["overhead"] = {
+        "method": (
+            f"median of paired per-trial ratios (ours / bare), {INTERVAL_LEVEL:.0%} "
+            "distribution-free order-statistic interval (bench/stats.py)"
+        ),
+        "purchases_per_batch": sizes.purchases,
+        "warmup_trials": sizes.warmup,
+        "seconds": time.monotonic() - began,
+        "narrower_than_goal_margin": narrow_enough(result.throughput, result.cpu),
+        "throughput": _interval_report(result.throughput),
+        "cpu": _interval_report(result.cpu),
+        "lines": result.lines(),
+    }
+    return result
+
+
+def _ratios(bare: Sequence[Batch], ours: Sequence[Batch]) -> tuple[list[float], list[float]]:
+    """Per trial, ours / bare: purchases per second, and worker CPU per purchase."""
+    pairs = list(zip(ours, bare, strict=True))
+    return (
+        [o.rate / b.rate for o, b in pairs],
+        [(o.cpu / o.purchases) / (b.cpu / b.purchases) for o, b in pairs],
     )
-    report["overhead_ratio"] = ratio
-    return ratio
+
+
+def _interval_report(values: Sequence[float]) -> dict[str, Any]:
+    interval = median_interval(values, INTERVAL_LEVEL)
+    return {"samples": list(values), **(interval.__dict__ if interval else {})}
 
 
 async def cost(server: Server, sizes: Sizes, table: Table, report: dict[str, Any]) -> None:
@@ -586,9 +720,9 @@ async def main(argv: Sequence[str] | None = None) -> int:
     }
     began = time.monotonic()
     async with dev_server() as server:
-        ratio = float("nan")
+        result = Overhead([], [])
         if "overhead" in parts:
-            ratio = await overhead(
+            result = await overhead(
                 server, sizes, table, report, with_sdk_default=args.with_sdk_default
             )
         if "scale" in parts:
@@ -606,7 +740,16 @@ async def main(argv: Sequence[str] | None = None) -> int:
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     table.print()
     print(f"json: {args.json}  ({report['wall_seconds']:.0f} s)")
-    print(f"overhead ratio: {ratio:.2f}")
+    if "overhead" in parts:
+        print(
+            f"overhead method: median of paired per-trial ratios, {INTERVAL_LEVEL:.0%} "
+            f"order-statistic interval; {sizes.purchases} purchases per batch; intervals "
+            f"narrower than the goals' margins ({1 - THROUGHPUT_GOAL:.2f} throughput, "
+            f"{CPU_GOAL - 1:.2f} CPU): "
+            f"{'yes' if report['overhead']['narrower_than_goal_margin'] else 'no'}"
+        )
+    for line in result.lines():
+        print(line)
     return 0
 
 

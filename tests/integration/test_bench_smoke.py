@@ -26,11 +26,20 @@ async def test_bench_smoke_prints_the_table_and_counts_actions(
     out = tmp_path / "bench.json"
     assert await main(["--smoke", "--json", str(out)]) == 0
     printed = capsys.readouterr().out
-    last = printed.strip().splitlines()[-1]
-    assert last.startswith("overhead ratio: ")
-    assert math.isfinite(float(last.split(": ")[1]))
+    throughput, cpu = printed.strip().splitlines()[-2:]
+    # Each the median of the paired per-trial ratios; the smoke's two trials are too few
+    # for a 95% interval (bench/stats.py), and the line says so.
+    assert throughput.startswith("overhead ratio: ")
+    assert cpu.startswith("worker CPU ratio: ")
+    for line in (throughput, cpu):
+        assert math.isfinite(float(line.split(": ", 1)[1].split()[0]))
+        assert line.endswith("(no 95% interval: 2 paired trials, it needs 6)")
     report = json.loads(out.read_text())
     rows = {row["metric"]: row for row in report["rows"]}
+    # The summary lines are those of the table's paired ratios, one per trial.
+    paired = rows["ours: throughput ratio vs bare"]["samples"]
+    assert report["overhead"]["throughput"]["samples"] == paired
+    assert len(paired) == len(report["overhead"]["cpu"]["samples"]) == 2
     assert {row["section"] for row in report["rows"]} == {"overhead", "cost", "scale"}
     # The heartbeating poll waits inside one attempt: a boot adds no history action.
     instant = rows["boot 0s: heartbeat poll, actions (history)"]["median"]
