@@ -15,6 +15,7 @@ from worker import (
     DISPATCHED,
     PASSED_THROUGH,
     PASSED_THROUGH_LIBRARIES,
+    PASSED_THROUGH_STORIES,
     WORKFLOWS,
     stale_workflow_bytecode,
 )
@@ -75,6 +76,60 @@ def test_a_passed_through_module_is_plain_data_and_stdlib(name: str) -> None:
             f"{name} imports {module}: a shared module may import only the standard "
             "library, temporalio, other shared modules and worker.PASSED_THROUGH_LIBRARIES"
         )
+
+
+# What a passed-through story may import from the standard library: pure helpers, no
+# clock, randomness, I/O or process state (the sandbox restricts those, but not in a
+# passed-through module).
+STORY_STDLIB = {"__future__", "asyncio", "collections.abc", "dataclasses", "typing"}
+# Builtins a passed-through story must not call: I/O and code loading.
+STORY_FORBIDDEN_CALLS = {"open", "print", "input", "exec", "eval", "compile", "__import__"}
+
+
+def _in_passed_through_block(tree: ast.Module) -> set[ast.AST]:
+    """Import statements inside `with workflow.unsafe.imports_passed_through():`."""
+    inside: set[ast.AST] = set()
+    for node in tree.body:
+        if isinstance(node, ast.With) and any(
+            "imports_passed_through" in ast.unparse(item.context_expr) for item in node.items
+        ):
+            inside.update(node.body)
+    return inside
+
+
+@pytest.mark.parametrize("name", PASSED_THROUGH_STORIES)
+def test_a_passed_through_story_keeps_the_sandbox_rules_statically(name: str) -> None:
+    """A passed-through story runs outside the sandbox's runtime restrictions, so it is
+    held to static ones: no import that could reach a clock, randomness or I/O (the
+    activities only by name, through activity_refs), no I/O builtin, no module state a
+    run could change for the next one."""
+    tree = ast.parse(_module_path(name).read_text())
+    passed_through_block = _in_passed_through_block(tree)
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            module = node.module
+        elif isinstance(node, ast.Import):
+            module = node.names[0].name
+        else:
+            continue
+        allowed = (
+            module in STORY_STDLIB
+            or module.split(".")[0] == "temporalio"
+            or module in PASSED_THROUGH
+            or (module == "workflows.activity_refs" and node in passed_through_block)
+        )
+        assert allowed, f"{name} imports {module}, which a passed-through story may not"
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            assert node.func.id not in STORY_FORBIDDEN_CALLS, f"{name} calls {node.func.id}()"
+    for node in tree.body:
+        if isinstance(node, ast.Assign | ast.AnnAssign | ast.AugAssign) and node.value:
+            assert not isinstance(
+                node.value, ast.List | ast.Dict | ast.Set | ast.ListComp | ast.DictComp
+            ), f"{name} keeps mutable module state: {ast.unparse(node)}"
+    assert not any(isinstance(node, ast.Global) for node in ast.walk(tree)), (
+        f"{name} rebinds module state from a function"
+    )
 
 
 def test_stale_workflow_bytecode_names_a_module_without_current_pyc(
