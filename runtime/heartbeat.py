@@ -2,13 +2,13 @@
 
 Without heartbeats Temporal learns that a worker died only when the attempt's
 start-to-close timeout expires (minutes for an SSH step). With this interceptor a
-running activity heartbeats from a side task, from half its heartbeat timeout on, every
+running activity heartbeats from event-loop timers, from half its heartbeat timeout on, every
 few seconds (the SDK sends at most one per 80% of that timeout), and the workflow
 gives each step a short heartbeat timeout (workflows/provision.py): a killed attempt
 is retried as soon as that timeout passes.
 
 Activities that report progress (e.g. configure_mailu's health polls) keep doing so;
-the side task re-sends their latest details, never blank ones, so a retry still
+the side beats re-send their latest details, never blank ones, so a retry still
 sees where the last attempt got to. A hung call is still bounded by the attempt's
 start-to-close timeout: heartbeats prove the process lives, not that it progresses.
 """
@@ -16,7 +16,6 @@ start-to-close timeout: heartbeats prove the process lives, not that it progress
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -61,20 +60,42 @@ class _Heartbeating(ActivityInboundInterceptor):
             return await self.next.execute_activity(input)
         # Start from the previous attempt's details, so a retry that has not reported
         # yet does not wipe them.
-        outbound.details = tuple(activity.info().heartbeat_details)
-        beat = asyncio.create_task(self._beat(outbound))
+        info = activity.info()
+        outbound.details = tuple(info.heartbeat_details)
+        beats = _Beats(outbound, self._interval)
+        beats.start(first_beat_delay(info.heartbeat_timeout, self._interval))
         try:
             return await self.next.execute_activity(input)
         finally:
-            beat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await beat
+            beats.stop()
 
-    async def _beat(self, outbound: _LastDetails) -> None:
-        await asyncio.sleep(first_beat_delay(activity.info().heartbeat_timeout, self._interval))
-        while True:
-            outbound.resend()
-            await asyncio.sleep(self._interval)
+
+class _Beats:
+    """The side beats of one attempt, as event-loop timers rather than a task.
+
+    Most attempts end long before their first beat is due; a timer costs one heap entry
+    to set and cancel, where a task cost a coroutine, a cancellation and an extra turn
+    of the event loop for every activity (docs/PERFORMANCE.md). A timer runs its
+    callback in a copy of the context it was set in: the attempt's, so the SDK's
+    heartbeat finds its activity.
+    """
+
+    def __init__(self, outbound: _LastDetails, interval: float) -> None:
+        self._outbound = outbound
+        self._interval = interval
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def start(self, delay: float) -> None:
+        self._timer = self._loop.call_later(delay, self._beat)
+
+    def _beat(self) -> None:
+        self._outbound.resend()
+        self._timer = self._loop.call_later(self._interval, self._beat)
+
+    def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
 
 
 def first_beat_delay(heartbeat_timeout: timedelta | None, interval: float) -> float:
