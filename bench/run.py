@@ -91,7 +91,8 @@ ACTION_EVENTS = {
 @dataclass(frozen=True)
 class Sizes:
     purchases: int  # per overhead batch (one batch of each workflow per trial)
-    trials: int  # the fewest paired overhead trials
+    trials: int  # the fewest paired overhead trials before narrow intervals may stop them
+    min_trials: int  # the fewest before the time budget may stop them
     max_trials: int
     overhead_seconds: float  # no new overhead trial is begun after this
     warmup: int  # overhead trials run first and discarded (imports, caches, the JIT-less
@@ -106,6 +107,7 @@ class Sizes:
 FULL = Sizes(
     purchases=20,
     trials=12,
+    min_trials=6,  # the fewest that give a 95% interval (bench/stats.py)
     max_trials=60,
     overhead_seconds=140,
     warmup=1,
@@ -116,6 +118,7 @@ FULL = Sizes(
 SMOKE = Sizes(
     purchases=2,
     trials=2,
+    min_trials=2,
     max_trials=2,
     overhead_seconds=0,
     warmup=0,
@@ -533,9 +536,9 @@ async def overhead(
                 batches[name].append(await measure_batch(server, worker, start, sizes.purchases))
             trials += 1
             throughput, cpu = _ratios(batches["bare"], batches["ours"])
-            if trials >= sizes.trials and (
-                narrow_enough(throughput, cpu) or time.monotonic() - began >= sizes.overhead_seconds
-            ):
+            narrow = trials >= sizes.trials and narrow_enough(throughput, cpu)
+            elapsed = time.monotonic() - began
+            if narrow or (trials >= sizes.min_trials and elapsed >= sizes.overhead_seconds):
                 break
     for name, runs in batches.items():
         table.add("overhead", f"{name}: purchases/s", [b.rate for b in runs], "1/s")
