@@ -70,6 +70,7 @@ from bench.real import real_purchases
 from bench.stats import describe, median_interval
 from devstack.stack import tool
 from runtime.codec import KeyRing, data_converter
+from runtime.exit import exit_without_teardown
 from starter import watch
 from worker import DEFAULT_MAX_CONCURRENT_ACTIVITIES, worker_interceptors, workflow_runner
 from workflows.claim_contracts import tenant_claim_id
@@ -760,4 +761,7 @@ if __name__ == "__main__":
     # The retry-per-look design logs a warning with a traceback per look (what
     # wait_for_server no longer does); the bench's output is the table.
     logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
-    sys.exit(asyncio.run(main()))
+    # The table is printed and the JSON written: exit without the interpreter teardown
+    # that sometimes aborts a process holding Temporal clients (runtime/exit.py), which
+    # turned a finished `make bench` into a failed make target.
+    exit_without_teardown(asyncio.run(main()))
