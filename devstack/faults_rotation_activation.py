@@ -226,14 +226,28 @@ class RotationActivationFaultRun(LifecycleFaultRun):
         )
         for handle in runs.values():
             await handle.signal(DNS_PUBLISHED_SIGNAL)
-        if await self.when_in(runs, ActivationStatus, {"checking"}):
+        if await self.when_checking(runs):
             await self.outage(
                 runs, result, functools.partial(self.kill_workers, None), ActivationStatus
             )
-        if await self.when_in(runs, ActivationStatus, {"checking"}):
+        if await self.when_checking(runs):
             await self.outage(runs, result, self.freeze_vault(), ActivationStatus)
         await self.past_dns(runs)
         return armed
+
+    async def when_checking(self, runs: Handles) -> bool:
+        """Wait until a run checks its DNS; False once none is at the DNS stage any more
+        (all verified, ended, or gone on to the later stages) or after WATCH_SECONDS."""
+        deadline = time.monotonic() + WATCH_SECONDS
+        while time.monotonic() < deadline:
+            states = [await self._state(handle) for handle in runs.values()]
+            if "checking" in states:
+                return True
+            # None: not answerable just now (a query needs a worker); keep watching.
+            if None not in states and not AT_DNS_STAGE.intersection(states):
+                return False
+            await asyncio.sleep(0.05)
+        return False
 
     async def past_dns(self, runs: Handles) -> None:
         """Until every run has got past the DNS stage (or WATCH_SECONDS): a run waiting
@@ -242,7 +256,8 @@ class RotationActivationFaultRun(LifecycleFaultRun):
         signalled = time.monotonic()
         while time.monotonic() < deadline:
             states = {key: await self._state(handle) for key, handle in runs.items()}
-            waiting = [key for key, state in states.items() if state in AT_DNS_STAGE]
+            # None: not answerable just now; asked again on the next round.
+            waiting = [key for key, state in states.items() if state in AT_DNS_STAGE | {None}]
             if not waiting:
                 return
             if time.monotonic() - signalled >= RESIGNAL_SECONDS:
