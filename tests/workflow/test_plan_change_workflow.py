@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -180,6 +181,22 @@ class World:
             restore_server_type,
             record_audit_event,
         ]
+
+
+@pytest.fixture(scope="module")
+async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """This module's own test server, not the session's (tests/conftest.py): after
+    test_a_cancel_during_change_type_waits_for_the_attempt_then_restores or
+    test_a_lock_started_by_a_client_holds_nothing, the shared server stopped skipping
+    time, so every later module's retries and timers ran in real time (`make check`
+    took 100 s longer; one 15-minute schedule-to-close test waited it out)."""
+    env = await WorkflowEnvironment.start_time_skipping(
+        test_server_existing_path=tool("temporal-test-server")
+    )
+    try:
+        yield env
+    finally:
+        await env.shutdown()
 
 
 async def run_change(
