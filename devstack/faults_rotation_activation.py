@@ -10,7 +10,7 @@ runs the workflow on them while it breaks the stack, then deprovisions them:
                   its target there); all workers SIGKILLed while the rotations run;
                   OpenBao frozen 10 s while they still run
     activation    the customers' records published on a real authoritative DNS server
-                  (Knot, tests/dns_server.py) the workers resolve through, then the back
+                  (Knot, devstack/dns_server.py) the workers resolve through, then the back
                   end's `dns_published` signal; around the DNS check: the provider's
                   server list answers 503 once per tenant, MailU's DNS export fails once
                   per server, all workers SIGKILLed while a run checks, OpenBao frozen
@@ -45,9 +45,9 @@ from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, Wor
 
 from activities.credentials import AdminCredentials, read_admin_credentials
 from activities.rotation_schedule import rotate_now
+from devstack.dns_server import knot_serving
 from devstack.faults_lifecycle import WATCH_SECONDS, Handles, LifecycleFaultRun
 from devstack.faults_run import Purchase, ScenarioResult, say
-from tests.dns_server import knot_serving
 from workflows.activation_contracts import (
     DNS_PUBLISHED_SIGNAL,
     DNS_VERIFIED_EVENT,
