@@ -46,6 +46,7 @@ def markers_for(path: Path) -> tuple[str, ...]:
 # the slowest), the directories below need a stack or outside programs, the rest
 # (unit, workflow, replay) are many short modules that fill the gaps at the end.
 LONGEST_MODULES = (
+    "e2e/test_faults_rotation_activation.py",
     "e2e/test_faults_small.py",
     "e2e/test_key_rotation.py",
     "e2e/test_hostile_starts.py",
