@@ -15,7 +15,7 @@ up: install            ## start the local stack (Web UI on) and keep it running
 	$(PY) -m devstack.demo --up
 
 # The inner loop: no stack, no outside program. pytest exits 5 when the selection is
-# empty and 4 on an unknown marker, so `check` cannot pass having run nothing.
+# empty and fails on an unknown marker, so `check` cannot pass having run nothing.
 CHECK_TESTS := not stack and not integration
 
 # On CHECK_WORKERS pytest-xdist workers (each its own time-skipping server): the tests
