@@ -285,13 +285,26 @@ class FaultRun:
         while pending and time.monotonic() < deadline:
             for key, handle in list(pending.items()):
                 now = await self.progress(handle, status_type)
-                closed = now is None and await self._closed(handle)
+                moved_on = now is None and await self._moved_on(handle, status_type)
                 done_before, step = before[key]
-                if closed or (now is not None and now[0] > done_before):
+                if moved_on or (now is not None and now[0] > done_before):
                     times.append((time.monotonic() - restored_at, step))
                     del pending[key]
             await asyncio.sleep(0.5)
         return times
+
+    async def _moved_on(self, handle: WorkflowHandle[Any, Any], status_type: type[Any]) -> bool:
+        """The run has ended, or answers with a state this runner does not watch (an
+        activation gone on from its DNS stage to the certificate stage): either way it
+        recovered from the fault. False while its status cannot be asked."""
+        with contextlib.suppress(Exception):
+            status = await asyncio.wait_for(
+                handle.query("status", result_type=status_type, rpc_timeout=timedelta(seconds=5)),
+                5,
+            )
+            if status.state not in RUNNING_STATES:
+                return True
+        return await self._closed(handle)
 
     async def _closed(self, handle: WorkflowHandle[Any, Any]) -> bool:
         with contextlib.suppress(Exception):
