@@ -27,6 +27,7 @@ from temporalio.worker import Worker
 
 from activities.plan_change_guard import TenantRuns
 from devstack.stack import tool
+from tests.conftest import time_skipping_server
 from worker import worker_interceptors
 from workflows.contracts import AuditEvent, MailuTarget
 from workflows.dispatch import ProvisionMailTenant
@@ -190,13 +191,8 @@ async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     test_a_lock_started_by_a_client_holds_nothing, the shared server stopped skipping
     time, so every later module's retries and timers ran in real time (`make check`
     took 100 s longer; one 15-minute schedule-to-close test waited it out)."""
-    env = await WorkflowEnvironment.start_time_skipping(
-        test_server_existing_path=tool("temporal-test-server")
-    )
-    try:
+    async with time_skipping_server() as env:
         yield env
-    finally:
-        await env.shutdown()
 
 
 async def run_change(
