@@ -87,17 +87,7 @@ class RotationActivationFaultRun(LifecycleFaultRun):
             )
             for p in purchases
         }
-        armed = await self.arm_each(
-            [
-                {
-                    "method": "GET",
-                    "path": "/v1/servers",
-                    "status": 503,
-                    "code": "unavailable",
-                    "times": len(purchases),
-                }
-            ]
-        )
+        armed = await self.server_list_down_once_each(purchases)
         armed += await self.on_each_bought_server(
             purchases,
             "command-faults",
@@ -203,12 +193,10 @@ class RotationActivationFaultRun(LifecycleFaultRun):
             self.count(result, f"activation of {tenant}", problems[tenant])
         return result
 
-    async def faulted_dns_checks(
-        self, purchases: list[Purchase], runs: Handles, result: ScenarioResult
-    ) -> int:
-        """Signal `dns_published` to every run and break the stack around its checks,
-        until every run is past DNS; the fault uses armed."""
-        armed = await self.arm_each(
+    async def server_list_down_once_each(self, purchases: list[Purchase]) -> int:
+        """The provider's server list answers 503 once per purchase (a look-up each run
+        makes meets it); returns how many faults were armed."""
+        return await self.arm_each(
             [
                 {
                     "method": "GET",
@@ -219,6 +207,13 @@ class RotationActivationFaultRun(LifecycleFaultRun):
                 }
             ]
         )
+
+    async def faulted_dns_checks(
+        self, purchases: list[Purchase], runs: Handles, result: ScenarioResult
+    ) -> int:
+        """Signal `dns_published` to every run and break the stack around its checks,
+        until every run is past DNS; the fault uses armed."""
+        armed = await self.server_list_down_once_each(purchases)
         armed += await self.on_each_bought_server(
             purchases,
             "command-faults",

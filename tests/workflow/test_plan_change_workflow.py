@@ -344,20 +344,26 @@ async def test_a_non_json_payload_is_refused_not_a_stuck_task(
     assert world.calls == []
 
 
+def heartbeating_worker(env: WorkflowEnvironment, world: World, task_queue: str) -> Worker:
+    """A worker of the plan change and its lock over `world`'s activities, whose
+    heartbeats go out at once: a cancel reaches a waiting activity with its next
+    heartbeat's answer."""
+    return Worker(
+        env.client,
+        task_queue=task_queue,
+        workflows=[ProvisionMailTenant, PlanChangeLock],
+        activities=world.activities(),
+        max_heartbeat_throttle_interval=timedelta(milliseconds=50),
+        default_heartbeat_throttle_interval=timedelta(milliseconds=50),
+    )
+
+
 async def cancel_when_blocked(
     env: WorkflowEnvironment, world: World
 ) -> tuple[WorkflowHandle[Any, Any], BaseException, PlanChangeStatus]:
     """Start a change, cancel it once `world.block_at` waits; the run's end and status."""
     task_queue = f"plan-cancel-{uuid.uuid4().hex[:8]}"
-    async with Worker(
-        env.client,
-        task_queue=task_queue,
-        workflows=[ProvisionMailTenant, PlanChangeLock],
-        activities=world.activities(),
-        # The cancel reaches a waiting activity with its next heartbeat's answer.
-        max_heartbeat_throttle_interval=timedelta(milliseconds=50),
-        default_heartbeat_throttle_interval=timedelta(milliseconds=50),
-    ):
+    async with heartbeating_worker(env, world, task_queue):
         handle = await env.client.start_workflow(
             PLAN_CHANGE_WORKFLOW_TYPE,
             REQUEST,
@@ -473,14 +479,7 @@ async def test_a_second_change_of_the_tenant_is_refused_naming_the_holder(
     task_queue = f"plan-lock-{uuid.uuid4().hex[:8]}"
     first_id = plan_change_workflow_id("acme", "r-1")
     second = PlanChangeRequest("acme", "r-2", "business", "ops@example.com")
-    async with Worker(
-        env.client,
-        task_queue=task_queue,
-        workflows=[ProvisionMailTenant, PlanChangeLock],
-        activities=world.activities(),
-        max_heartbeat_throttle_interval=timedelta(milliseconds=50),
-        default_heartbeat_throttle_interval=timedelta(milliseconds=50),
-    ):
+    async with heartbeating_worker(env, world, task_queue):
         first = await env.client.start_workflow(
             PLAN_CHANGE_WORKFLOW_TYPE, REQUEST, id=first_id, task_queue=task_queue
         )
