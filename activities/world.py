@@ -143,8 +143,8 @@ class WorldRecords:
         )
 
     @staticmethod
-    async def purchase_tenant(client: Client, workflow_id: str, run_id: str) -> str | None:
-        """The tenant_id a purchase run was started with (its first event), if readable."""
+    async def start_input(client: Client, workflow_id: str, run_id: str) -> object:
+        """The decoded start argument of that run (its first event), None if unreadable."""
         handle = client.get_workflow_handle(workflow_id, run_id=run_id)
         try:
             async for event in handle.fetch_history_events():
@@ -152,15 +152,21 @@ class WorldRecords:
                 if len(payloads) != 1:
                     return None
                 [value] = await client.data_converter.decode(list(payloads))
-                tenant = value.get("tenant_id") if isinstance(value, dict) else None
-                return tenant if isinstance(tenant, str) else None
+                return value
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 return None
             raise
-        except Exception:  # a hostile start's input: whatever it is, it names no tenant
+        except Exception:  # a hostile start's input: whatever it is, it is not readable
             return None
         return None
+
+    @staticmethod
+    async def purchase_tenant(client: Client, workflow_id: str, run_id: str) -> str | None:
+        """The tenant_id a purchase run was started with (its first event), if readable."""
+        value = await WorldRecords.start_input(client, workflow_id, run_id)
+        tenant = value.get("tenant_id") if isinstance(value, dict) else None
+        return tenant if isinstance(tenant, str) else None
 
     async def assess_holder(
         self,

@@ -65,6 +65,7 @@ IMAGES = {
     "webmail": f"ghcr.io/mailu/webmail:{MAILU_VERSION}",
 }
 HEALTHCHECKED = {"admin"}
+ServiceHook = Callable[[list[str]], Awaitable[None]]
 log = logging.getLogger("devstack.compose")
 DOCKER_DAEMON_JSON = "/etc/docker/daemon.json"
 # The stand-in's record of the compose projects that were up (dockerd's own state lives
@@ -290,8 +291,12 @@ class Shell:
         compose_version: str = COMPOSE_VERSION,
         auth_log: Path | None = None,
         addresses: list[str] | None = None,
+        on_start: ServiceHook | None = None,
     ) -> None:
         self.root = root
+        # Called with the services whose containers (re)started (up, restart): front's
+        # processes start over then (devstack/mailu_front.py).
+        self.on_start = on_start
         # None: a machine whose cloud-init is long done and which has Docker (unit tests).
         self.cloud_init = cloud_init
         self.compose_version = compose_version
@@ -423,7 +428,31 @@ class Shell:
             return self._ps(call)
         if call.subcommand == "exec":
             return await self._exec(call, read_stdin)
+        if call.subcommand == "restart":
+            return await self._restart(call)
         return _fail(f'unknown docker command: "compose {call.subcommand}"')
+
+    async def _restart(self, call: ComposeCall) -> ExecResult:
+        """`docker compose restart [SERVICE...]`: the running containers stop and start
+        again with their configuration unchanged (Compose v2 `restart`: "Restarts all
+        stopped and running services ... changes to the compose.yml are not reflected"),
+        reporting each as Restarting/Started on stderr; a project that is not up has
+        nothing to restart and says nothing."""
+        deployment = self.deployments.get(call.project)
+        selected = [a for a in call.args if not a.startswith("-")]
+        if deployment is None:
+            return ExecResult(0)
+        for name in selected:
+            if name not in deployment.services:
+                return _fail(f"no such service: {name}")
+        services = selected or list(deployment.services)
+        progress: list[str] = []
+        for s in services:
+            container = self._container(call.project, s)
+            progress += [f" Container {container}  Restarting", f" Container {container}  Started"]
+        if self.on_start is not None:
+            await self.on_start(services)
+        return ExecResult(0, "", "".join(f"{line}\n" for line in progress))
 
     # --- restart policy across reboots ------------------------------------------
 
@@ -499,7 +528,7 @@ class Shell:
         subcommand, rest = args[i], args[i + 1 :]
         if subcommand == "version":
             return ExecResult(0, f"Docker Compose version {self.compose_version}\n")
-        if subcommand not in ("up", "ps", "exec"):
+        if subcommand not in ("up", "ps", "exec", "restart"):
             return _fail(f'unknown docker command: "compose {subcommand}"')
 
         if files:
@@ -648,6 +677,8 @@ class Shell:
                     for s in services
                 },
             )
+            if self.on_start is not None:
+                await self.on_start(services)
         if "--wait" in flags:
             deployment = self.deployments[call.project]
             remaining = deployment.started + self.healthy_after - self.clock()

@@ -14,7 +14,7 @@ import ssl
 import time
 from pathlib import Path
 
-from devstack.vps import DNS_PUBLISHED
+from devstack.mailu_front import DNS_PUBLISHED
 
 CERT_WAIT_SECONDS = 30.0
 

@@ -38,6 +38,10 @@ TOOLS = {
     # A real authoritative DNS server serving the test zones on loopback: the
     # activation's DNS checks resolve against it (tests/dns_server.py).
     "knotd": "knot",
+    # Let's Encrypt's ACME test server as the CA, and Debian's certbot as MailU front's
+    # ACME client on the VPS stand-in (tests/acme_server.py, devstack/mailu_front.py).
+    "pebble": "pebble",
+    "certbot": "certbot",
 }
 SEARCH_PATH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin"])
 

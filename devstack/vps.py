@@ -19,9 +19,11 @@ It plays the machine a Hetzner server would be once cloud-init has run:
 * faults armed by the cloud in ``<state_dir>/faults.json`` (see
   :class:`devstack.faults.VpsFaults`): exec requests that fail without running, and
   TCP connections to the SSH port cut off at accept;
-* front's submissions port (aiosmtpd, implicit TLS, the cloud's ``smtp_port`` playing
-  465): closed until MailU's certbot has a certificate, which needs the customer's DNS
-  to point here (``<state_dir>/dns-published``) and TLS_FLAVOR=letsencrypt; then AUTH
+* MailU's front (:mod:`devstack.mailu_front`): no certificate until the customer's
+  DNS points here, then certbot's (real certbot against the world's ACME CA, or the
+  stand-in's own without one); dovecot's ports need front restarted once the first
+  certificate exists (Mailu/Mailu#3827). Its submissions port (aiosmtpd, implicit TLS,
+  the cloud's ``smtp_port`` playing 465) checks AUTH
   PLAIN/LOGIN checked against the MailU users (each attempt's
   login and outcome, never the password, in ``<state_dir>/smtp-auth.jsonl``, where
   MailU's own login check, ``/internal/auth/email`` in the admin container, logs too);
@@ -69,6 +71,7 @@ from devstack.cloudinit import CloudInitRun
 from devstack.compose import COMPOSE_VERSION, Shell, read_env_file
 from devstack.faults import CommandFault, VpsFaults
 from devstack.mailu import ExecResult, MailuStore
+from devstack.mailu_front import LETSENCRYPT_DIR, MAILU_ENV, Front
 
 log = logging.getLogger("devstack.vps")
 
@@ -82,11 +85,6 @@ SSH_UNIT_NAMES = ("ssh", "sshd")  # Debian's ssh.service and its alias
 DEFAULT_CLOUD_INIT_SECONDS = 2.0
 CLOUD_INIT_RELEASE = "cloud-init.release"  # created by a test: the installs end now
 SMTP_AUTH_LOG = "smtp-auth.jsonl"  # one line per AUTH attempt: login, mechanism, success
-# The customer's DNS points at this server (written by devstack/mail_login.py).
-DNS_PUBLISHED = "dns-published"
-MAILU_ENV = "/mailu/mailu.env"
-LETSENCRYPT_LIVE = "/mailu/certs/letsencrypt/live/mailu"
-CERTBOT_POLL_SECONDS = 0.1
 EXPIRED_LOGIN_NOTICE = (
     "WARNING: Your password has expired.\nPassword change required but no TTY available.\n"
 )
@@ -437,6 +435,7 @@ class Machine:
             units=dict.fromkeys(SSH_UNIT_NAMES, self._reload_sshd),
             cloud_init=self.cloud_init,
             compose_version=str(config.get("compose_version") or COMPOSE_VERSION),
+            on_start=self._front_started,
         )
         self.commands = CommandLog(self.state_dir / "commands.jsonl")
         self.faults = VpsFaults(self.state_dir)
@@ -446,8 +445,14 @@ class Machine:
         self._accept_tasks: list[asyncio.Task[None]] = []
         self._ssh_tasks: set[asyncio.Task[None]] = set()
         self._ssh_conns: set[asyncssh.SSHServerConnection] = set()
-        self._smtp: asyncio.AbstractServer | None = None
-        self._certbot_task: asyncio.Task[None] | None = None
+        self.front = Front(
+            letsencrypt_dir=self.shell.host_path(LETSENCRYPT_DIR),
+            state_dir=self.state_dir,
+            addresses=self.addresses,
+            env=lambda: read_env_file(self.shell.host_path(MAILU_ENV)),
+            serve_submissions=self._serve_submissions,
+            self_signed=self._self_signed,
+        )
 
     def _prepare_root(self) -> None:
         """Do cloud-init's part of the first boot; later boots find it done."""
@@ -518,67 +523,26 @@ class Machine:
         # A reboot (poweron after shutdown, e.g. a plan change): dockerd restarts the
         # compose projects that were up, with their health starting over.
         await self.shell.restart_at_boot()
-        self._certbot_task = asyncio.create_task(self._certbot())
 
-    # --- front's submissions port and its certificate -------------------------------------
+    # --- front: its certificate and its TLS ports (devstack/mailu_front.py) -------------
 
-    def _certificate_due(self) -> bool:
-        """Would MailU's certbot have a certificate now?
+    async def _front_started(self, services: list[str]) -> None:
+        """Compose (re)started these services' containers; front's processes start over."""
+        if "front" in services:
+            await self.front.restart()
 
-        TLS_FLAVOR=letsencrypt: front's letsencrypt.py polls
-        http://HOSTNAMES[0]/.well-known/acme-challenge/testing and runs certbot only
-        once that reaches this server, i.e. once the customer's DNS points here
-        (core/nginx/letsencrypt.py, tag 2024.06.57). The stand-in's "DNS points here"
-        is the DNS_PUBLISHED file in the state directory (devstack/mail_login.py
-        publish_dns); front must be running. A certificate on disk stays.
-        """
-        if self._cert_files()[0].is_file():
-            return True
-        if not (self.state_dir / DNS_PUBLISHED).is_file():
-            return False
-        for deployment in self.shell.deployments.values():
-            if "front" in deployment.services:
-                env = read_env_file(self.shell.host_path(MAILU_ENV))
-                return env.get("TLS_FLAVOR") in ("letsencrypt", "mail-letsencrypt")
-        return False
+    def _self_signed(self, hostname: str) -> tuple[bytes, bytes]:
+        """The world without a CA: a certificate naming the mail host and, so that tests
+        reaching the server by IP can check chain and name, its addresses too."""
+        cert_path, key_path = make_tls_certificate(
+            hostname, self.addresses, self.state_dir / "certbot"
+        )
+        return cert_path.read_bytes(), key_path.read_bytes()
 
-    def _cert_files(self) -> tuple[Path, Path]:
-        """certbot --config-dir /certs/letsencrypt --cert-name mailu (letsencrypt.py)."""
-        live = self.shell.host_path(LETSENCRYPT_LIVE)
-        return live / "fullchain.pem", live / "privkey.pem"
-
-    async def _certbot(self) -> None:
-        """Start front's submissions port (465, implicit TLS) once it has a certificate.
-
-        Without one, front's dovecot proxy, which serves 465/993/995/4190, does not
-        start at all: proxy.conf names the missing files (core/nginx/dovecot/proxy.conf
-        `ssl_cert = <...`; "doveconf: Fatal: ... ssl_cert: Can't open file
-        /certs/letsencrypt/live/mailu/nginx-chain.pem", Mailu/Mailu#3827), so the port
-        refuses connections. The stand-in polls faster than letsencrypt.py's 5 s.
-        """
-        while self._smtp is None:
-            if self._certificate_due():
-                await self._serve_submissions()
-                return
-            await asyncio.sleep(CERTBOT_POLL_SECONDS)
-
-    async def _serve_submissions(self) -> None:
-        fullchain, privkey = self._cert_files()
-        if not fullchain.is_file():
-            env = read_env_file(self.shell.host_path(MAILU_ENV))
-            hostname = env.get("HOSTNAMES", self.server_name).split(",")[0].strip()
-            # Names the mail host as Let's Encrypt would; the addresses are in it too
-            # so that tests reaching the server by IP can check the chain and name.
-            cert_path, key_path = make_tls_certificate(
-                hostname, self.addresses, self.state_dir / "certbot"
-            )
-            fullchain.parent.mkdir(parents=True, exist_ok=True)
-            _write_file(privkey, key_path.read_bytes(), 0o600)
-            _write_file(fullchain, cert_path.read_bytes(), 0o644)
-        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        tls.load_cert_chain(fullchain, privkey)
+    async def _serve_submissions(self, tls: ssl.SSLContext) -> asyncio.AbstractServer:
+        """465 (implicit TLS), as front's dovecot serves it, with MailU's logins."""
         loop = asyncio.get_running_loop()
-        self._smtp = await loop.create_server(
+        return await loop.create_server(
             lambda: SMTP(
                 _AcceptingHandler(),
                 hostname=self.server_name,
@@ -594,11 +558,6 @@ class Machine:
             reuse_address=True,
             ssl=tls,
         )
-        # Only now, with the port listening, the certificate is where the cloud's
-        # /_devstack/.../tls-cert serves it: a client that sees it can connect.
-        tls_dir = self.state_dir / "tls"
-        tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        _write_file(tls_dir / "cert.pem", fullchain.read_bytes(), 0o644)
 
     def _published_ports(self) -> dict[int, tuple[str, int]]:
         """Host ports a forward to 127.0.0.1 reaches: none that takes a login.
@@ -611,10 +570,7 @@ class Machine:
         return {}
 
     async def stop(self) -> None:
-        if self._certbot_task is not None:
-            self._certbot_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._certbot_task
+        await self.front.stop()
         for task in self._accept_tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -626,9 +582,6 @@ class Machine:
         for task in list(self._ssh_tasks):
             task.cancel()
         await asyncio.gather(*self._ssh_tasks, return_exceptions=True)
-        if self._smtp is not None:
-            self._smtp.close()
-            await self._smtp.wait_closed()
 
     # --- sshd ---------------------------------------------------------------------------
 

@@ -1,4 +1,5 @@
-"""Data contracts of ActivateMailDomain: a purchased mail domain waits for its DNS.
+"""Data contracts of ActivateMailDomain: a purchased mail domain waits for its DNS,
+then for its certificate and the TLS ports that serve it.
 
 Plain data and pure functions, importable by the workflow sandbox, the activities and
 the starter. The start argument names only the tenant: the records a check expects are
@@ -17,7 +18,11 @@ from workflows.input_rules import check_tenant_id, json_object, start_argument, 
 ACTIVATION_WORKFLOW_TYPE = "ActivateMailDomain"
 DNS_PUBLISHED_SIGNAL = "dns_published"
 DNS_VERIFIED_EVENT = "mail_domain_dns_verified"
+ACTIVATED_EVENT = "mail_domain_activated"
 GAVE_UP_EVENT = "mail_domain_activation_expired"
+# The webhook events, POSTed to the purchase's notify_url (with its SSRF policy).
+MAIL_ACTIVE_WEBHOOK = "mail_active"
+EXPIRED_WEBHOOK = "mail_activation_expired"
 
 # How long the customer has to publish the records: after that the run ends
 # `gave_up` (nothing is deleted; `starter.py activate TENANT --dns-published` on a new
@@ -27,6 +32,10 @@ DNS_WAIT_LIMIT = timedelta(days=30)
 # records with the purchase's notification); each next interval doubles up to a cap.
 FIRST_CHECK_AFTER = timedelta(minutes=5)
 LONGEST_CHECK_INTERVAL = timedelta(hours=6)
+# Once DNS is right, MailU's front polls every 5 s and runs certbot at once
+# (core/nginx/letsencrypt.py, 2024.06): the certificate is minutes away, so the TLS
+# checks start sooner and grow the same way (to the same cap, within the same bound).
+FIRST_TLS_CHECK_AFTER = timedelta(minutes=1)
 
 
 def check_intervals(
@@ -122,11 +131,17 @@ class DnsCheck:
 @dataclass(frozen=True)
 class ActivationResult:
     tenant_id: str
-    # "dns_verified" | "gave_up" | "tenant_gone"
+    # "active" | "gave_up" | "tenant_gone"
     outcome: str
     checks: int
     waited_seconds: float
     missing: list[RecordProblem] = field(default_factory=list)
+    # The stage reached: "dns" | "tls" (certificate and handshakes) | "active".
+    stage: str = "dns"
+    tls_missing: list[str] = field(default_factory=list)
+    certificate_not_after: str | None = None
+    front_restarted: bool = False
+    notified: bool = False
 
 
 @dataclass
@@ -134,8 +149,9 @@ class ActivationStatus:
     """Answer of the `status` query on an activation run."""
 
     tenant_id: str | None
-    # "waiting_for_dns" | "checking" | "dns_verified" | "gave_up" | "tenant_gone"
-    # | "refused" | "failed" | "cancelled"
+    # "waiting_for_dns" | "checking" | "waiting_for_tls" | "checking_tls"
+    # | "restarting_front" | "active" | "gave_up" | "tenant_gone" | "refused" | "failed"
+    # | "cancelled"
     state: str
     domain: str | None = None
     checks: int = 0
@@ -146,3 +162,64 @@ class ActivationStatus:
     current_step: str | None = None
     steps: list[StepProgress] = field(default_factory=list)
     error: str | None = None
+    # The certificate and TLS stage, once DNS is right.
+    dns_verified_at: str | None = None
+    tls_checks: int = 0
+    tls_missing: list[str] = field(default_factory=list)
+    certificate_not_after: str | None = None
+    front_restarts: int = 0
+    activated_at: str | None = None
+
+
+@dataclass(frozen=True)
+class ActivationContact:
+    """Where the activation's webhook goes: the notify_url of the purchase that holds the
+    tenant's claim (read by the worker from that purchase's start, never from the
+    activation's own input). None when the purchase named none or cannot be read."""
+
+    notify_url: str | None
+    purchase: str | None = None
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class CertificateFacts:
+    """The public facts of the certificate front's certbot holds (fullchain.pem's leaf)."""
+
+    names: list[str]
+    issuer: str
+    not_before: str
+    not_after: str
+    names_host: bool  # mail.{domain} is among its names
+
+
+@dataclass(frozen=True)
+class PortCheck:
+    """One TLS handshake: None when the chain validated for mail.{domain}."""
+
+    port: int
+    problem: str | None = None
+
+
+@dataclass(frozen=True)
+class TlsCheck:
+    """One check of the certificate and the TLS ports: public facts only."""
+
+    tenant_id: str
+    domain: str
+    certificate: CertificateFacts | None  # None: front's certbot has none yet
+    ports: list[PortCheck] = field(default_factory=list)
+    # Front holds both certificates but dovecot's ports refuse connections: MailU
+    # 2024.06 needs front restarted (Mailu/Mailu#3827).
+    front_restart_needed: bool = False
+    missing: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
+@dataclass(frozen=True)
+class FrontRestart:
+    restarted: bool
+    reason: str

@@ -29,8 +29,9 @@ from devstack.compose import Shell
 from devstack.mail_login import certificate_after_dns, publish_dns, submissions_login
 from devstack.mailu import MailuStore, hash_password
 from devstack.mailu_auth import RATE_LIMITED, AdminAuthEndpoint
+from devstack.mailu_front import REACH_POLL_SECONDS
 from devstack.processes import free_port
-from devstack.vps import CERTBOT_POLL_SECONDS, EXPIRED_LOGIN_NOTICE, SMTP_AUTH_LOG, Machine
+from devstack.vps import EXPIRED_LOGIN_NOTICE, SMTP_AUTH_LOG, Machine
 
 DOMAIN = "proof.example"
 ADMIN = f"admin@{DOMAIN}"
@@ -280,7 +281,7 @@ async def test_submissions_is_closed_until_dns_brings_a_certificate(
     publish_dns(state)  # DNS alone does nothing before MailU runs
     async with await vps.connect() as conn:
         for _ in range(3):  # several of the stand-in's certbot polls
-            await asyncio.sleep(CERTBOT_POLL_SECONDS)
+            await asyncio.sleep(REACH_POLL_SECONDS)
         assert not (state / "tls" / "cert.pem").exists()
         with pytest.raises(ConnectionRefusedError):
             await asyncio.open_connection(host, port)
