@@ -14,7 +14,7 @@
     python starter.py check-world          # read-only: do all records agree? exit 1 if not
     python starter.py change-plan acme business --wait  # ChangeMailPlan, downtime reported
     python starter.py deprovision acme --reason cancelled --wait  # DeprovisionMailTenant
-    python starter.py activation-status acme   # ActivateMailDomain: DNS records still missing
+    python starter.py activation-status acme   # ActivateMailDomain: what DNS/TLS still misses
     python starter.py activate acme --dns-published  # the customer says DNS is in: check now
 
 Human-readable progress goes to stderr; the result (JSON, never a secret) goes to
@@ -1283,7 +1283,8 @@ def build_parser() -> argparse.ArgumentParser:
     change.set_defaults(func=cmd_change_plan)
 
     activation = commands.add_parser(
-        "activation-status", help="a tenant's activation: DNS records still missing, checks"
+        "activation-status",
+        help="a tenant's activation: its stage (DNS, certificate/TLS, active), what is missing",
     )
     activation.add_argument("tenant_id")
     activation.set_defaults(func=cmd_activation_status)

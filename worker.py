@@ -48,7 +48,8 @@ from activities.connections import (
 )
 from activities.credentials import CredentialsActivities
 from activities.deprovision import DeprovisionActivities
-from activities.dns_check import RESOLVERS_ENV, resolver_from_env
+from activities.dns_check import RESOLVERS_ENV, resolver_from_setting
+from activities.mail_tls import TlsSettings
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities, NotifyPolicy
 from activities.plan_change import PlanChangeActivities
@@ -154,6 +155,10 @@ class Settings:
     # Refuse payloads that are not binary/encrypted (a codec-less client's start):
     # on in deploy/, so the server holds ciphertext only; off by default (docs/security.md).
     require_encrypted_payloads: bool = False
+    # The activation's DNS resolver (MAILPROV_DNS_RESOLVERS; "" = the system's) and its
+    # TLS handshakes' trust anchors and port map (activities/mail_tls.py).
+    dns_resolvers: str = ""
+    tls_check: TlsSettings = field(default_factory=TlsSettings)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -193,7 +198,16 @@ class Settings:
                 _int(env, "MAILPROV_UNKNOWN_KEY_GRACE_SECONDS", DEFAULT_UNKNOWN_KEY_GRACE_SECONDS)
             ),
             require_encrypted_payloads=_bool(env, "MAILPROV_REQUIRE_ENCRYPTED_PAYLOADS"),
+            dns_resolvers=env.get(RESOLVERS_ENV, "").strip(),
+            tls_check=_tls_check(env),
         )
+
+
+def _tls_check(env: Mapping[str, str]) -> TlsSettings:
+    try:
+        return TlsSettings.from_env(env)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
 
 
 def _provider(env: Mapping[str, str]) -> dict[str, Any]:
@@ -372,10 +386,10 @@ async def build_activities(
     deprovision = DeprovisionActivities(vault, provider, vps, records)
     try:
         # Set: checked now (a typo refuses the start); unset: the system's, at first use.
-        resolver = resolver_from_env() if os.environ.get(RESOLVERS_ENV, "").strip() else None
+        resolver = resolver_from_setting(settings.dns_resolvers) if settings.dns_resolvers else None
     except ValueError as err:
         raise ConfigError(f"{RESOLVERS_ENV}: {err}") from None
-    activation = ActivationActivities(vault, provider, access, resolver)
+    activation = ActivationActivities(vault, provider, access, resolver, tls=settings.tls_check)
     try:
         await _check_provider(settings.plans, provider)
         yield [
@@ -415,6 +429,9 @@ async def build_activities(
             deprovision.destroy_tenant_credentials,
             deprovision.release_deprovisioned_claim,
             activation.check_mail_dns,
+            activation.activation_contact,
+            activation.check_mail_tls,
+            activation.restart_mail_front,
         ]
     finally:
         await provider.aclose()

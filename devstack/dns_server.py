@@ -59,9 +59,13 @@ def zone_text(origin: str, lines: Sequence[str]) -> str:
 
 @contextmanager
 def knot_serving(
-    zones: Mapping[str, Sequence[str]], missing: Callable[[str], NoReturn] | None = None
+    zones: Mapping[str, Sequence[str]],
+    missing: Callable[[str], NoReturn] | None = None,
+    port: int = 0,
 ) -> Iterator[DnsServer]:
-    """knotd authoritative for each `origin -> record lines` on 127.0.0.1:<free port>.
+    """knotd authoritative for each `origin -> record lines` on 127.0.0.1:<port> (a free
+    one unless given: a test that changes the zones serves them again on the same port,
+    as a customer's DNS provider answers at the same address after an edit).
 
     Without knotd, `missing(reason)` (tests skip, or fail under CI) or KnotMissing.
     """
@@ -73,7 +77,7 @@ def knot_serving(
         raise KnotMissing(reason)
     with tempfile.TemporaryDirectory(prefix="mailprov-knot-") as tmp:
         directory = Path(tmp)
-        port = free_port()
+        port = port or free_port()
         zone_config = []
         for origin, lines in zones.items():
             (directory / f"{origin}.zone").write_text(zone_text(origin, lines))

@@ -13,6 +13,6 @@ __all__ = ["DnsServer", "knot_serving", "zone_text"]
 
 
 @contextmanager
-def knot_serving(zones: Mapping[str, Sequence[str]]) -> Iterator[DnsServer]:
-    with _knot_serving(zones, missing=unavailable) as server:
+def knot_serving(zones: Mapping[str, Sequence[str]], port: int = 0) -> Iterator[DnsServer]:
+    with _knot_serving(zones, missing=unavailable, port=port) as server:
         yield server

@@ -138,6 +138,7 @@ class ActivationResult:
     missing: list[RecordProblem] = field(default_factory=list)
     # The stage reached: "dns" | "tls" (certificate and handshakes) | "active".
     stage: str = "dns"
+    tls_checks: int = 0
     tls_missing: list[str] = field(default_factory=list)
     certificate_not_after: str | None = None
     front_restarted: bool = False

@@ -23,6 +23,7 @@ import typing
 from pathlib import Path
 from typing import Any
 
+from workflows.activation_contracts import ActivationResult, ActivationStatus
 from workflows.contracts import OneOf, ProvisionResult, ProvisionStatus, PurchaseRequest
 from workflows.deprovision_contracts import DeprovisionRequest, DeprovisionResult
 from workflows.plan_change_contracts import PlanChangeRequest, PlanChangeResult
@@ -33,7 +34,14 @@ SCHEMA_PATH = Path(__file__).resolve().parent.parent / "clients/typescript/schem
 INPUTS: tuple[type, ...] = (PurchaseRequest, DeprovisionRequest, PlanChangeRequest)
 # What a client receives: the worker's converter writes every field, defaults included,
 # so every field (and every field of a nested dataclass) is required.
-OUTPUTS: tuple[type, ...] = (ProvisionResult, ProvisionStatus, DeprovisionResult, PlanChangeResult)
+OUTPUTS: tuple[type, ...] = (
+    ProvisionResult,
+    ProvisionStatus,
+    DeprovisionResult,
+    PlanChangeResult,
+    ActivationResult,
+    ActivationStatus,
+)
 
 _SCALARS: dict[type, str] = {str: "string", int: "integer", float: "number", bool: "boolean"}
 

@@ -30,6 +30,7 @@ ROTATIONS = "mailprov_rotations"
 PLAN_CHANGE_DOWNTIME = "mailprov_plan_change_downtime_seconds"
 DEPROVISIONS = "mailprov_deprovisions"
 ACTIVATIONS = "mailprov_activations"
+ACTIVATION_FRONT_RESTARTS = "mailprov_activation_front_restarts"
 
 
 def failure_type(err: BaseException) -> str:
@@ -83,6 +84,13 @@ class WorkflowMetrics(WorkflowInboundInterceptor):
             ).with_additional_attributes({"outcome": result.outcome}).add(1)
         if workflow.info().workflow_type == ACTIVATION_WORKFLOW_TYPE:
             meter.create_counter(
-                ACTIVATIONS, "activation runs by outcome (dns_verified, gave_up, tenant_gone)"
-            ).with_additional_attributes({"outcome": result.outcome}).add(1)
+                ACTIVATIONS,
+                "activation runs by outcome (active, gave_up, tenant_gone) and the stage "
+                "reached (dns, tls, active)",
+            ).with_additional_attributes({"outcome": result.outcome, "stage": result.stage}).add(1)
+            if result.front_restarted:
+                # MailU 2024.06 needed front restarted for its first certificate (#3827).
+                meter.create_counter(
+                    ACTIVATION_FRONT_RESTARTS, "activations that restarted MailU's front"
+                ).add(1)
         return result

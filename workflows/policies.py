@@ -196,3 +196,24 @@ CHECK_MAIL_DNS: Options = dict(
     schedule_to_close_timeout=timedelta(minutes=10),
     retry_policy=policy(5, 60, 4),
 )
+# One TLS check: the same reads, two `cat`s over SSH and three handshakes of at most
+# 10 s each (activities/mail_tls.py). Like the DNS check, one that keeps failing only
+# means the run waits for its next check.
+CHECK_MAIL_TLS: Options = dict(
+    start_to_close_timeout=timedelta(minutes=3),
+    schedule_to_close_timeout=timedelta(minutes=15),
+    retry_policy=policy(5, 60, 4),
+)
+# `docker compose restart front` (MailU's own restart_policy brings it back; the
+# activity checks the need first, so a retry after a restart that worked does nothing).
+RESTART_MAIL_FRONT: Options = dict(
+    start_to_close_timeout=timedelta(minutes=5),
+    schedule_to_close_timeout=timedelta(minutes=20),
+    retry_policy=policy(10, 120, 3),
+)
+# Two Temporal reads (the claim, the purchase's first event).
+ACTIVATION_CONTACT: Options = dict(
+    start_to_close_timeout=timedelta(seconds=30),
+    schedule_to_close_timeout=timedelta(minutes=10),
+    retry_policy=policy(2, 60),
+)

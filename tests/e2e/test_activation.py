@@ -1,11 +1,17 @@
-"""ActivateMailDomain's check against the real stack: what it expects is read from our
+"""ActivateMailDomain against the real stack: what the DNS check expects is read from our
 own records (the local cloud's server, Vault, MailU's export over SSH on the VPS
 stand-in) and must be exactly what the purchase handed the customer; the records are
-resolved from a real Knot DNS server serving the customer's zone on loopback.
+resolved from a real Knot DNS server serving the customer's zone on loopback. The
+whole run then waits for MailU's certificate from a real CA (pebble, through Debian's
+certbot on the front stand-in) and for validating TLS handshakes on 443, 465 and 993.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +20,32 @@ from temporalio.testing import ActivityEnvironment
 
 from activities import hetzner
 from activities.activation import ActivationActivities
-from activities.dns_check import resolver_from_setting
+from activities.audit import SqliteAuditStore
+from activities.dns_check import RESOLVERS_ENV, resolver_from_setting
+from activities.mail_tls import CA_FILE_ENV, PORTS_ENV
 from activities.ssh import ServerAccess, SshIdentity
 from activities.vault import Vault
+from devstack.mailu_front import AcmeWorld
+from devstack.processes import free_port
 from devstack.stack import StackInfo
-from starter import start_deprovision
-from tests.dns_server import knot_serving
+from starter import StarterError, activation_status, start_deprovision
+from tests.acme_server import certbot_path, pebble_serving
+from tests.dns_server import DnsServer, knot_serving
+from tests.e2e.conftest import CloudControl, new_request, run_in_process_worker
 from tests.e2e.test_deprovision import QUEUE
 from tests.e2e.test_purchase_end_to_end import provision
-from workflows.activation_contracts import DnsCheck, DnsCheckRequest, RecordProblem
+from workflows.activation_contracts import (
+    ACTIVATED_EVENT,
+    DNS_PUBLISHED_SIGNAL,
+    MAIL_ACTIVE_WEBHOOK,
+    ActivationResult,
+    ActivationStatus,
+    DnsCheck,
+    DnsCheckRequest,
+    RecordProblem,
+    activation_workflow_id,
+)
+from workflows.contracts import ProvisionResult, workflow_id_for
 from workflows.deprovision_contracts import DeprovisionRequest
 
 
@@ -65,3 +88,172 @@ async def test_the_check_expects_what_the_purchase_handed_out_and_finds_what_is_
         await provider.aclose()
         handle = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-cleanup"), QUEUE)
         assert (await handle.result()).outcome == "deprovisioned"
+
+
+# --- the whole activation against the real outside world --------------------------------
+#
+# Knot DNS serves the customer's zone (empty at first, then the lines we handed out),
+# pebble is the CA, Debian's certbot runs on the MailU front stand-in
+# (devstack/mailu_front.py, MailU 2024.06's letsencrypt flavour), and the workflow runs
+# on an in-process worker whose resolver is that Knot, whose trust anchor is pebble's
+# root and whose 443/993 are the stand-in's host ports (activities/mail_tls.py).
+
+STATUS_POLLS = 600
+
+
+async def status_until(
+    client: Client, tenant: str, done: Callable[[ActivationStatus], bool]
+) -> ActivationStatus:
+    """The activation's status once `done` holds (polled; each poll a query)."""
+    for _ in range(STATUS_POLLS):
+        try:
+            status = await activation_status(client, tenant)
+        except StarterError:
+            status = None
+        if status is not None and done(status):
+            return status
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"activation of {tenant} never reached the expected state: {status}")
+
+
+def server_state_dir(cloud: CloudControl, purchase_id: str) -> Path:
+    [server] = cloud.servers_of(purchase_id)
+    response = cloud.devstack.get(f"servers/{server['id']}")
+    response.raise_for_status()
+    return Path(response.json()["server"]["state_dir"])
+
+
+def secret_texts(state_dir: Path) -> list[str]:
+    """The server's secrets of the ACME stage: certbot's account key and the certificates'
+    private keys, as the strings that would show if they leaked (PEM bodies, JWK fields)."""
+    root = state_dir / "root/mailu/certs/letsencrypt"
+    found: list[str] = []
+    for key in root.glob("live/*/privkey.pem"):
+        found += [line for line in key.read_text().splitlines() if not line.startswith("-----")]
+    for account in root.glob("accounts/**/private_key.json"):
+        jwk = json.loads(account.read_text())
+        found += [str(jwk[name]) for name in ("d", "p", "q") if name in jwk]
+    return [text for text in found if len(text) >= 16]
+
+
+async def test_the_activation_waits_for_dns_then_the_certificate_restarts_front_and_ends_active(
+    client: Client, info: StackInfo, cloud: CloudControl
+) -> None:
+    certbot_path()
+    request = new_request(info)
+    tenant, domain = request.tenant_id, request.domain
+    task_queue = f"activation-{uuid.uuid4().hex[:8]}"
+    dns_port, https, imaps = free_port(), free_port(), free_port()
+    world_dns = DnsServer("127.0.0.1", dns_port)
+    outcome: dict[str, Any] = {}
+
+    async def activation_story() -> None:
+        purchase = await client.get_workflow_handle(
+            workflow_id_for(request.purchase_id), result_type=ProvisionResult
+        ).result()
+        handed_out = [record.zone_line for record in purchase.dns_records]
+        state_dir = server_state_dir(cloud, request.purchase_id)
+        live = state_dir / "root/mailu/certs/letsencrypt/live"
+        handle = client.get_workflow_handle(activation_workflow_id(tenant))
+        try:
+            # 1. Nothing published yet: the check says what is missing, the wait goes on.
+            with knot_serving({domain: []}, port=dns_port):
+                await handle.signal(DNS_PUBLISHED_SIGNAL)
+                outcome["dns_wrong"] = await status_until(
+                    client, tenant, lambda s: s.checks >= 1 and s.state == "waiting_for_dns"
+                )
+            # 2. Published; the CA cannot be reached from the server yet (no world file):
+            #    DNS verified, no certificate, reported as what is missing.
+            with knot_serving({domain: handed_out}, port=dns_port):
+                await handle.signal(DNS_PUBLISHED_SIGNAL)
+                outcome["no_certificate"] = await status_until(
+                    client, tenant, lambda s: s.tls_checks >= 1 and s.state == "waiting_for_tls"
+                )
+                assert not live.exists()
+                # 3. The CA is there: front's certbot gets both certificates; the back
+                #    end says "check now" once they exist (as a customer's button would).
+                AcmeWorld(
+                    acme.directory_url,
+                    str(acme.listener_ca),
+                    acme.http_port,
+                    world_dns.resolver_setting,
+                    https,
+                    imaps,
+                ).write(state_dir)
+                deadline = asyncio.get_running_loop().time() + 180
+                while not (live / "mailu-ecdsa/fullchain.pem").is_file():
+                    assert asyncio.get_running_loop().time() < deadline, "certbot got nothing"
+                    await asyncio.sleep(0.5)
+                await handle.signal(DNS_PUBLISHED_SIGNAL)
+                outcome["result"] = await client.get_workflow_handle(
+                    activation_workflow_id(tenant), result_type=ActivationResult
+                ).result()
+                outcome["status"] = await activation_status(client, tenant)
+            outcome["secrets"] = secret_texts(state_dir)
+            [server] = cloud.servers_of(request.purchase_id)
+            outcome["commands"] = [c["command"] for c in cloud.commands(server["id"])]
+        finally:
+            done = await start_deprovision(
+                client, DeprovisionRequest(tenant, "e2e-cleanup"), task_queue
+            )
+            assert (await done.result()).outcome == "deprovisioned"
+
+    with pebble_serving(world_dns) as acme:
+        workflow_id, failure = await run_in_process_worker(
+            info,
+            client,
+            task_queue,
+            None,
+            request,
+            extra_env={
+                RESOLVERS_ENV: world_dns.resolver_setting,
+                CA_FILE_ENV: str(acme.root),
+                PORTS_ENV: f"443={https},465={info.smtp_port},993={imaps}",
+            },
+            after=activation_story,
+        )
+    assert failure is None
+
+    dns_wrong: ActivationStatus = outcome["dns_wrong"]
+    assert {(p.type, p.problem) for p in dns_wrong.missing} >= {("A", "absent"), ("MX", "absent")}
+    no_certificate: ActivationStatus = outcome["no_certificate"]
+    assert no_certificate.dns_verified_at is not None
+    assert no_certificate.tls_missing[0].startswith(f"no certificate for mail.{domain} yet")
+    assert any(m.startswith("465: connection refused") for m in no_certificate.tls_missing)
+
+    result: ActivationResult = outcome["result"]
+    assert (result.outcome, result.stage) == ("active", "active")
+    # MailU 2024.06: dovecot needed front restarted for the first certificate.
+    assert result.front_restarted and result.notified
+    assert result.certificate_not_after is not None
+    status: ActivationStatus = outcome["status"]
+    assert status.state == "active" and status.front_restarts == 1 and status.tls_missing == []
+
+    activated = [
+        row for row in SqliteAuditStore(info.audit_db).rows() if row.event == ACTIVATED_EVENT
+    ]
+    [row] = [r for r in activated if r.tenant_id == tenant]
+    assert row.details["tls_ports"] == "443,465,993" and row.details["front_restarted"] == "true"
+    assert row.details["certificate_issuer"].startswith("Pebble Intermediate CA")
+    hooks = [n["body"] for n in cloud.notifications() if n["body"].get("tenant_id") == tenant]
+    [active] = [body for body in hooks if body.get("event") == MAIL_ACTIVE_WEBHOOK]
+    assert active["webmail_url"] == f"https://mail.{domain}" and active["tls_ports"] == [
+        443,
+        465,
+        993,
+    ]
+
+    # The ACME account key and the certificates' private keys never left the server: the
+    # activation read the public chains only, and restarted front once.
+    commands = outcome["commands"]
+    assert not [c for c in commands if "privkey" in c or "accounts" in c]
+    assert any(c.endswith("live/mailu/fullchain.pem") for c in commands)
+    assert sum(c.endswith("restart front") for c in commands) == 1
+    secrets = outcome["secrets"]
+    assert len(secrets) >= 3
+    history = info.workflow_history(activation_workflow_id(tenant), decoded=True).decode()
+    audit = info.audit_db.read_bytes().decode("latin-1")
+    notified = json.dumps(hooks)
+    for secret in secrets:
+        assert secret not in history and secret not in audit and secret not in notified
+    assert workflow_id == workflow_id_for(request.purchase_id)

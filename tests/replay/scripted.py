@@ -120,9 +120,15 @@ def _activation_scenarios() -> dict[str, Scenario]:
     dns = activation.DnsWorld
     return {
         # The scripted DNS answers, and whether the back end signals at the start.
-        "signalled_then_verified": Scenario(dns([False, False, True]), DNS_PUBLISHED_SIGNAL),
+        # DNS right at the third check; no certificate at first, then front restarted
+        # for it (MailU 2024.06, Mailu/Mailu#3827); active, webhook sent.
+        "signalled_then_active": Scenario(
+            dns([False, False, True], tls=["none", "restart"]), DNS_PUBLISHED_SIGNAL
+        ),
         "gave_up": Scenario(dns()),
         "tenant_gone": Scenario(dns([False, gone])),
+        # DNS right at once, the certificate never: gave up at stage tls after 30 days.
+        "tls_gave_up": Scenario(dns([True], tls=["none"] * 1000), DNS_PUBLISHED_SIGNAL),
     }
 
 

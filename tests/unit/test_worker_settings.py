@@ -154,3 +154,23 @@ def test_the_unknown_key_grace_is_half_an_hour_unless_set() -> None:
     assert Settings.from_env(COMPLETE).unknown_key_grace_seconds == 1800
     env = {**COMPLETE, "MAILPROV_UNKNOWN_KEY_GRACE_SECONDS": "0"}
     assert Settings.from_env(env).unknown_key_grace_seconds == 0
+
+
+def test_the_activation_tls_settings_are_read_and_a_bad_port_map_refuses_the_start() -> None:
+    settings = Settings.from_env(
+        {
+            **COMPLETE,
+            "MAILPROV_TLS_CA_FILE": "/etc/mailprov/roots.pem",
+            "MAILPROV_TLS_CHECK_PORTS": "443=8443,993=9993",
+            "MAILPROV_DNS_RESOLVERS": "127.0.0.1:5353",
+        }
+    )
+    assert settings.tls_check.ca_file == "/etc/mailprov/roots.pem"
+    assert (settings.tls_check.connect_port(443), settings.tls_check.connect_port(465)) == (
+        8443,
+        465,
+    )
+    assert settings.dns_resolvers == "127.0.0.1:5353"
+    assert Settings.from_env(COMPLETE).tls_check.ca_file is None
+    with pytest.raises(ConfigError, match="MAILPROV_TLS_CHECK_PORTS: 25 is not one of"):
+        Settings.from_env({**COMPLETE, "MAILPROV_TLS_CHECK_PORTS": "25=2525"})

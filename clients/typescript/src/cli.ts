@@ -8,6 +8,8 @@
  *   mailprov-client watch PURCHASE_ID [--progress-every S]   -> as `result`, and on stderr each step
  *                     with its duration and what a long step waits for (starter.py start --wait)
  *   mailprov-client deprovision TENANT_ID [REQUESTED_BY]     -> the result, or {"error": {...}} (exit 1)
+ *   mailprov-client activation-status TENANT_ID              -> ActivationStatus (stage, what is missing)
+ *   mailprov-client dns-published TENANT_ID                  -> {"signalled": true}: the activation checks now
  *   mailprov-client change-plan TENANT_ID PLAN REQUEST_ID [REQUESTED_BY]
  *                                                            -> the result, or {"error": {...}} (exit 1)
  *   echo '<json value>' | mailprov-client encode             -> {"payloads": [...]} (protobuf JSON)
@@ -136,6 +138,23 @@ async function main(argv: string[]): Promise<number> {
         print({ error: errorJson(err) });
         return 1;
       }
+    case 'activation-status':
+      try {
+        print(await withClient((client) => client.activationStatus(argument)));
+        return 0;
+      } catch (err) {
+        print({ error: errorJson(err) });
+        return 1;
+      }
+    case 'dns-published':
+      try {
+        await withClient((client) => client.dnsPublished(argument));
+        print({ signalled: true });
+        return 0;
+      } catch (err) {
+        print({ error: errorJson(err) });
+        return 1;
+      }
     case 'deprovision':
       try {
         print(await withClient((client) => client.deprovision(argument, argv[2] ?? 'mailprov-client')));
@@ -171,7 +190,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      process.stderr.write('usage: mailprov-client start|status ID|result ID|watch ID [--progress-every S]|deprovision TENANT|change-plan TENANT PLAN REQUEST_ID|encode|decode\n');
+      process.stderr.write('usage: mailprov-client start|status ID|result ID|watch ID [--progress-every S]|deprovision TENANT|activation-status TENANT|dns-published TENANT|change-plan TENANT PLAN REQUEST_ID|encode|decode\n');
       return 2;
   }
 }

@@ -25,8 +25,11 @@ import { EncryptionCodec, readKeyRing } from './codec';
 import { DEFAULT_ADDRESS } from './connection';
 import { DEFAULT_REPORT_EVERY_MS, ProgressEvent, watchProgress } from './progress';
 import {
+  ActivationResult,
+  ActivationStatus,
   DEFAULT_TASK_QUEUE,
   DEPROVISION_WORKFLOW_TYPE,
+  DNS_PUBLISHED_SIGNAL,
   DeprovisionRequest,
   DeprovisionResult,
   PLAN_CHANGE_WORKFLOW_TYPE,
@@ -37,6 +40,7 @@ import {
   PurchaseRequest,
   STATUS_QUERY,
   WORKFLOW_TYPE,
+  activationWorkflowIdFor,
   deprovisionWorkflowIdFor,
   planChangeWorkflowIdFor,
   workflowIdFor,
@@ -298,6 +302,26 @@ export class MailProvisioningClient {
       }
       throw err;
     }
+  }
+
+  /** The tenant's activation as `starter.py activation-status` shows it: its stage
+   * (`state`), what DNS or TLS still misses (`missing`, `tls_missing`), the checks so far,
+   * the certificate's expiry, front restarts. Reads the latest run (a finished one too). */
+  async activationStatus(tenantId: string): Promise<ActivationStatus> {
+    const handle = this.client.workflow.getHandle(activationWorkflowIdFor(tenantId));
+    return handle.query<ActivationStatus>(STATUS_QUERY);
+  }
+
+  /** The customer says the records are published: the waiting activation checks now (at
+   * most one check a minute however often this is called). Throws if none is running. */
+  async dnsPublished(tenantId: string): Promise<void> {
+    await this.client.workflow.getHandle(activationWorkflowIdFor(tenantId)).signal(DNS_PUBLISHED_SIGNAL);
+  }
+
+  /** Waits for the activation's end: `outcome` `active`, `gave_up` (with `stage` and what
+   * is missing) or `tenant_gone`. */
+  async activationResult(tenantId: string): Promise<ActivationResult> {
+    return (await this.client.workflow.getHandle(activationWorkflowIdFor(tenantId)).result()) as ActivationResult;
   }
 
   private handle(purchaseId: string): WorkflowHandle {

@@ -1,6 +1,6 @@
 /**
- * The JSON contracts of the ProvisionMailTenant, DeprovisionMailTenant and ChangeMailPlan
- * workflows.
+ * The JSON contracts of the ProvisionMailTenant, DeprovisionMailTenant, ChangeMailPlan and
+ * ActivateMailDomain workflows.
  *
  * The types are generated (src/generated/contracts.ts) from schema/contracts.json, which
  * `python -m workflows.contract_schema` exports from the Python dataclasses in
@@ -19,6 +19,8 @@
  */
 
 export type {
+  ActivationResult,
+  ActivationStatus,
   DeprovisionRequest,
   DeprovisionResult,
   DnsRecord,
@@ -66,3 +68,20 @@ export function planChangeWorkflowIdFor(tenantId: string, requestId: string): st
   return `change-plan-${tenantId}-${requestId}`;
 }
 
+
+/**
+ * After a purchase: ActivateMailDomain (workflows/activation_contracts.py), started by the
+ * purchase itself. It waits for the customer's DNS, then for MailU's certificate and TLS on
+ * 443/465/993, and ends `active` (webhook `mail_active` to the purchase's notify_url) or
+ * `gave_up` after 30 days (webhook `mail_activation_expired`). Status `state` is one of
+ * `waiting_for_dns`, `checking`, `waiting_for_tls`, `checking_tls`, `restarting_front`,
+ * `active`, `gave_up`, `tenant_gone`, `refused`, `cancelled`.
+ */
+export const ACTIVATION_WORKFLOW_TYPE = 'ActivateMailDomain';
+/** The back end's "the customer says the records are published": check now. */
+export const DNS_PUBLISHED_SIGNAL = 'dns_published';
+
+/** One activation per tenant at a time: `activate-{tenant_id}`. */
+export function activationWorkflowIdFor(tenantId: string): string {
+  return `activate-${tenantId}`;
+}

@@ -2,6 +2,41 @@
 // `python -m workflows.contract_schema` exports from workflows/*contracts.py. Do not edit:
 // change the Python dataclass, re-export the schema, run `npm run generate`.
 
+export interface ActivationResult {
+  tenant_id: string;
+  outcome: string;
+  checks: number;
+  waited_seconds: number;
+  missing: RecordProblem[];
+  stage: string;
+  tls_checks: number;
+  tls_missing: string[];
+  certificate_not_after: string | null;
+  front_restarted: boolean;
+  notified: boolean;
+}
+
+/** Answer of the `status` query on an activation run. */
+export interface ActivationStatus {
+  tenant_id: string | null;
+  state: string;
+  domain: string | null;
+  checks: number;
+  last_checked_at: string | null;
+  next_check_at: string | null;
+  give_up_at: string | null;
+  missing: RecordProblem[];
+  current_step: string | null;
+  steps: StepProgress[];
+  error: string | null;
+  dns_verified_at: string | null;
+  tls_checks: number;
+  tls_missing: string[];
+  certificate_not_after: string | null;
+  front_restarts: number;
+  activated_at: string | null;
+}
+
 /** `{"tenant_id": "acme", "requested_by": "billing", "reason": "cancelled"}`. */
 export interface DeprovisionRequest {
   tenant_id: string;
@@ -85,6 +120,15 @@ export interface PurchaseRequest {
   plan: string;
   requested_by: string;
   notify_url?: string | null;
+}
+
+/** One record we handed out that the resolver does not give back as handed out. */
+export interface RecordProblem {
+  name: string;
+  type: string;
+  expected: string;
+  problem: string;
+  found: string[];
 }
 
 export interface StepProgress {
