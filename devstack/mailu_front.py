@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import os
@@ -248,7 +249,12 @@ class Front:
     async def _letsencrypt_loop(self) -> None:
         await asyncio.sleep(NGINX_START_WAIT)
         while True:
-            world, address = await self._wait_until_reachable()
+            try:
+                world, address = await self._wait_until_reachable()
+            except Exception:  # letsencrypt.py logs a failed poll and polls again
+                log.exception("letsencrypt: reachability poll failed")
+                await asyncio.sleep(REACH_POLL_SECONDS)
+                continue
             if world is None:
                 self._self_signed_shortcut()
                 await self.restart_soon()
@@ -290,14 +296,19 @@ class Front:
         resolver.nameserver_ports = {host.strip("[]"): int(port)}
         resolver.lifetime = 2.0
         found: list[str] = []
-        for rdtype in ("A", "AAAA"):
+        # AAAA first: Let's Encrypt's validation prefers IPv6 when the name has an AAAA
+        # record (letsencrypt.org/docs/ipv6-support), and pebble dials it (seen: "dial
+        # tcp [fd14:...]:PORT: connection refused" when certbot listened on IPv4 only),
+        # so certbot's standalone server listens where the CA will connect.
+        for rdtype in ("AAAA", "A"):
             try:
                 answer = await resolver.resolve(hostname, rdtype, raise_on_no_answer=False)
             except (dns.resolver.NXDOMAIN, dns.resolver.NoNameservers, dns.exception.Timeout):
                 continue
             if answer.rrset is not None:
                 found += [rdata.to_text() for rdata in answer]
-        here = [address for address in found if address in self.addresses]
+        mine = {ipaddress.ip_address(address) for address in self.addresses}
+        here = [address for address in found if ipaddress.ip_address(address) in mine]
         return here[0] if here else None
 
     def _hostnames(self) -> list[str]:

@@ -123,6 +123,15 @@ def server_state_dir(cloud: CloudControl, purchase_id: str) -> Path:
     return Path(response.json()["server"]["state_dir"])
 
 
+def front_logs(state_dir: Path) -> str:
+    """What the front stand-in and its certbot said (for a failure's message)."""
+    logs = [state_dir / "vps.log", state_dir / "certbot" / "certbot.log"]
+    return "\n".join(
+        f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}" if log.is_file() else ""
+        for log in logs
+    )
+
+
 def secret_texts(state_dir: Path) -> list[str]:
     """The server's secrets of the ACME stage: certbot's account key and the certificates'
     private keys, as the strings that would show if they leaked (PEM bodies, JWK fields)."""
@@ -182,7 +191,7 @@ async def test_the_activation_waits_for_dns_then_the_certificate_restarts_front_
                 ).write(state_dir)
                 deadline = asyncio.get_running_loop().time() + 180
                 while not (live / "mailu-ecdsa/fullchain.pem").is_file():
-                    assert asyncio.get_running_loop().time() < deadline, "certbot got nothing"
+                    assert asyncio.get_running_loop().time() < deadline, front_logs(state_dir)
                     await asyncio.sleep(0.5)
                 await handle.signal(DNS_PUBLISHED_SIGNAL)
                 outcome["result"] = await client.get_workflow_handle(
