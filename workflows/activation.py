@@ -72,7 +72,7 @@ from workflows.contracts import AuditEvent, Notification, StepProgress, mail_hos
 
 with workflow.unsafe.imports_passed_through():
     from workflows.activity_refs import ActivationActivities, AuditActivities, NotifyActivities
-    from workflows.failures import error_type, reason
+    from workflows.failures import cancel_requested, error_type, reason
     from workflows.policies import (
         ACTIVATION_CONTACT,
         AUDIT,
@@ -165,6 +165,7 @@ class Activation:
                 **ACTIVATION_CONTACT,
             )
         except ActivityError as err:
+            _raise_if_cancelled()
             workflow.logger.warning("notify_url not readable; no webhook will be sent")
             return ActivationContact(None, None, reason(err))
         return contact
@@ -235,6 +236,7 @@ class Activation:
                 method, DnsCheckRequest(request.tenant_id), **options
             )
         except ActivityError as err:
+            _raise_if_cancelled()
             if error_type(err) in TENANT_GONE_ERRORS:
                 self._finish("tenant_gone", reason(err))
                 raise _Gone(reason(err)) from None
@@ -423,6 +425,7 @@ class Activation:
             )
         except ActivityError:
             step.state, step.finished_at = "failed", _iso(workflow.now())
+            _raise_if_cancelled()
             workflow.logger.warning("activation webhook failed; the activation stands")
             return False
         step.state, step.finished_at = "done", _iso(workflow.now())
@@ -453,6 +456,13 @@ class Activation:
 
 class _Gone(Exception):
     pass
+
+
+def _raise_if_cancelled() -> None:
+    """An activity that failed because the run is being cancelled ends the run cancelled,
+    not as a check that could not run (which would wait on and swallow the cancel)."""
+    if cancel_requested():
+        raise asyncio.CancelledError()
 
 
 def _iso(moment: datetime) -> str:

@@ -8,6 +8,7 @@ certbot and the MailU front stand-in in tests/e2e/test_activation.py.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import uuid
 from dataclasses import dataclass, field
@@ -55,6 +56,8 @@ DKIM_MISSING = RecordProblem(
 
 
 HOOK = "https://backend.example/hooks/mail"
+# A check answer that never comes: the activity runs until it is cancelled.
+BLOCK = RuntimeError("blocks")
 CERT = CertificateFacts(
     [f"mail.{DOMAIN}"], "Pebble Intermediate CA", "2026-01-01T00:00:00+00:00",
     "2026-04-01T00:00:00+00:00", True,
@@ -89,6 +92,7 @@ class DnsWorld:
     restarts: int = 0
     notify_url: str | None = HOOK
     sent: list[Notification] = field(default_factory=list)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
 
     def activities(self) -> list[Any]:
         @activity.defn(name="activation_contact")
@@ -119,6 +123,8 @@ class DnsWorld:
             assert request.tenant_id == TENANT
             self.checks += 1
             answer = self.answers.pop(0) if self.answers else False
+            if answer is BLOCK:
+                await self.release.wait()  # the test lets it end once it cancelled the run
             if isinstance(answer, Exception):
                 raise answer
             return DnsCheck(TENANT, DOMAIN, 6, [] if answer else [DKIM_MISSING])
@@ -459,3 +465,23 @@ async def test_a_tls_check_that_cannot_run_waits_and_a_gone_tenant_ends_the_run(
         result = await handle.result()
     assert (result.outcome, result.stage, result.tls_checks) == ("tenant_gone", "tls", 2)
     assert [e.event for e in world.audit] == [DNS_VERIFIED_EVENT] and world.sent == []
+
+
+async def test_a_cancel_during_a_check_ends_the_run_cancelled_not_waiting(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    """The check's activity fails with the cancel: not a check that could not run (which
+    would wait on and swallow the cancel), the run ends CANCELLED."""
+    world = DnsWorld([BLOCK])
+    worker, handle = await start(time_skipping_env, world)
+    async with worker:
+        await handle.signal(DNS_PUBLISHED_SIGNAL)
+        while (await status_of(handle)).state != "checking":
+            await asyncio.sleep(0.05)
+        await handle.cancel()
+        world.release.set()  # the activity ends; its answer comes after the cancel
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        status = await status_of(handle)
+    assert isinstance(failure.value.cause, CancelledError)
+    assert status.state == "cancelled" and world.audit == [] and world.sent == []
