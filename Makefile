@@ -28,14 +28,16 @@ check: lint            ## lint, then the unit, workflow and replay tests (about 
 	$(PY) -m pytest -q -n $(CHECK_WORKERS) -m "$(CHECK_TESTS)"
 
 # Modules run whole on TEST_WORKERS parallel workers, each with its own stack (free
-# ports, own temp dirs): the suite mostly waits on boots, retries and SSH, so 4 workers
-# on 2 cores overlap the waits (tests/conftest.py hands out the longest modules first).
-# TEST_WORKERS=0 runs everything in this one process.
-TEST_WORKERS ?= 4
+# ports, own temp dirs): the suite mostly waits on boots, retries and SSH (a quiet
+# 4-worker run used 0.8 of the 2 cores), so 6 workers overlap the waits. Modules are
+# handed out in collection order, the longest first (tests/conftest.py); xdist's own
+# reordering (most tests first) put the long one-test fault runs last, where they ran
+# alone. TEST_WORKERS=0 runs everything in this one process.
+TEST_WORKERS ?= 6
 
 test: install          ## every test: unit, workflow (time-skipping), end to end, replay
 	$(PY) -m devstack.test_tools
-	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --durations=15
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=15
 
 faults: install        ## break the local stack on purpose; prints the table and "faults: ... lost"
 	$(PY) -m devstack.faults_run $(FAULTS_ARGS)
