@@ -24,6 +24,7 @@ from activities.vps_provider import (
     Action,
     Firewall,
     FirewallRule,
+    Image,
     ProviderError,
     Server,
     ServerTypeInfo,
@@ -139,6 +140,20 @@ def _ssh_key(data: dict[str, Any]) -> SshKey:
     )
 
 
+def _image(data: dict[str, Any]) -> Image:
+    size = data.get("image_size")
+    return Image(
+        id=int(data["id"]),
+        status=str(data["status"]),
+        description=str(data.get("description") or ""),
+        labels=dict(data.get("labels") or {}),
+        created=str(data.get("created") or ""),
+        created_from_server=int(data["created_from"]["id"]) if data.get("created_from") else None,
+        image_size_gb=float(size) if size is not None else None,
+        disk_size_gb=int(data.get("disk_size") or 0),
+    )
+
+
 def _action(data: dict[str, Any]) -> Action:
     error = data.get("error") or {}
     message = f"{error.get('code')}: {error.get('message')}" if error else None
@@ -225,6 +240,38 @@ class HetznerClient:
     async def delete_ssh_key(self, ssh_key_id: int) -> bool:
         try:
             await self._request("DELETE", f"ssh_keys/{ssh_key_id}")
+        except ProviderError as err:
+            if err.not_found:
+                return False
+            raise
+        return True
+
+    async def create_snapshot(
+        self, server_id: int, *, description: str, labels: dict[str, str]
+    ) -> tuple[Image, Action]:
+        """POST /servers/{id}/actions/create_image with type snapshot (API reference,
+        Server Actions, Create Image from a Server): the image answers `creating` and the
+        server stays locked until the action ends (devstack/images.py)."""
+        data = await self._request(
+            "POST",
+            f"servers/{server_id}/actions/create_image",
+            json={"type": "snapshot", "description": description, "labels": labels},
+        )
+        return _image(data["image"]), _action(data["action"])
+
+    async def find_snapshots(self, *, label_selector: str) -> list[Image]:
+        """GET /images?type=snapshot&label_selector=..., every page."""
+        params = {"type": "snapshot", "label_selector": label_selector}
+        return [_image(i) for i in await self._list("images", params)]
+
+    async def get_image(self, image_id: int) -> Image | None:
+        data = await self._get_or_none(f"images/{image_id}")
+        return _image(data["image"]) if data is not None else None
+
+    async def delete_image(self, image_id: int) -> bool:
+        """DELETE /images/{id}; False when it is already gone (not_found)."""
+        try:
+            await self._request("DELETE", f"images/{image_id}")
         except ProviderError as err:
             if err.not_found:
                 return False

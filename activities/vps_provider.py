@@ -186,6 +186,24 @@ class FirewallPolicy:
 
 
 @dataclass(frozen=True)
+class Image:
+    """A snapshot of a server's disk (Hetzner: an image of type `snapshot`).
+
+    `status` is "creating" until its create action succeeds, then "available";
+    `image_size` (GB, what a snapshot is billed by) is unknown until then.
+    """
+
+    id: int
+    status: str
+    description: str
+    labels: dict[str, str]
+    created: str = ""
+    created_from_server: int | None = None
+    image_size_gb: float | None = None
+    disk_size_gb: int = 0
+
+
+@dataclass(frozen=True)
 class Action:
     id: int
     command: str
@@ -254,6 +272,20 @@ class VpsProvider(Protocol):
     ) -> list[SshKey]: ...
 
     async def delete_ssh_key(self, ssh_key_id: int) -> bool:
+        """Delete; False when already gone."""
+        ...
+
+    async def create_snapshot(
+        self, server_id: int, *, description: str, labels: dict[str, str]
+    ) -> tuple[Image, Action]:
+        """An image of the server's disk that outlives the server (Hetzner create_image)."""
+        ...
+
+    async def find_snapshots(self, *, label_selector: str) -> list[Image]: ...
+
+    async def get_image(self, image_id: int) -> Image | None: ...
+
+    async def delete_image(self, image_id: int) -> bool:
         """Delete; False when already gone."""
         ...
 

@@ -45,6 +45,7 @@ from devstack import hetzner, ipv6, plan_change
 from devstack.faults import FaultBook, FaultRule, FaultSpecError, VpsFaults
 from devstack.firewalls import FirewallBook
 from devstack.hetzner import ApiError, invalid_input, iso
+from devstack.images import ImageBook, Snapshot, stored_size_gb
 from devstack.mailu import MailuStore
 from devstack.processes import die_with_parent, free_port
 from devstack.ssh_keys import SshKeyBook
@@ -54,6 +55,9 @@ log = logging.getLogger("devstack.cloud")
 VPS_READY_TIMEOUT = 30.0
 VPS_STOP_TIMEOUT = 5.0
 QUICK_ACTION_SECONDS = 0.2  # how long dns-ptr changes and deletes stay "running"
+# How long a create_image keeps the server locked and the image `creating` (Hetzner:
+# minutes, growing with the disk's data; devstack/images.py).
+IMAGE_SECONDS = 1.0
 _FIRST_SERVER_ID = 42_000_001
 _PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -179,6 +183,9 @@ class Server:
     # primary_disk_size: the type's disk at create; change_type with upgrade_disk
     # grows it to the new type's, and it never shrinks (devstack/plan_change.py).
     disk_gb: int = 0
+    # The running action that locks the server (create_image), None when unlocked: its
+    # `locked` field is true and other actions answer `locked` (devstack/images.py).
+    locked_by: int | None = None
 
     @property
     def ipv6(self) -> str | None:
@@ -221,7 +228,7 @@ class Server:
             "image": hetzner.image_json(self.image),
             "iso": None,
             "rescue_enabled": False,
-            "locked": False,
+            "locked": self.locked_by is not None,
             "backup_window": None,
             "outgoing_traffic": 0,
             "ingoing_traffic": 0,
@@ -339,6 +346,8 @@ class LocalCloud:
         self._notify_keys: set[str] = set()
         self.firewalls = FirewallBook()
         self.ssh_keys = SshKeyBook()
+        self.images = ImageBook()
+        self.image_seconds = IMAGE_SECONDS
         # server type -> locations where it is out of stock now (tests set it).
         self.out_of_stock: dict[str, set[str]] = {}
         # Servers whose OS ignores an ACPI shutdown (tests set it): only poweroff stops them.
@@ -498,8 +507,14 @@ class LocalCloud:
         app.router.add_put("/v1/servers/{id}", self._update_server)
         app.router.add_get("/v1/servers/{id}/actions/{action_id}", self._get_server_action)
         app.router.add_get("/v1/actions/{id}", self._get_action)
+        app.router.add_post("/v1/servers/{id}/actions/create_image", self._create_image)
         for kind in hetzner.CATALOG_KINDS:
-            app.router.add_get(f"/v1/{kind}", self._list_catalog)
+            if kind != "images":
+                app.router.add_get(f"/v1/{kind}", self._list_catalog)
+        app.router.add_get("/v1/images", self._list_images)
+        app.router.add_get("/v1/images/{id}", self._get_image)
+        app.router.add_put("/v1/images/{id}", self._update_image)
+        app.router.add_delete("/v1/images/{id}", self._delete_image)
         app.router.add_post("/v1/firewalls", self._create_firewall)
         app.router.add_get("/v1/firewalls", self._list_firewalls)
         app.router.add_get("/v1/firewalls/{id}", self._get_firewall)
@@ -688,6 +703,7 @@ class LocalCloud:
         server = self._server(request)
         if server.status == "deleting":
             raise ApiError("locked", "server is locked by a running delete_server action")
+        self._not_locked(server)
         server.status = "deleting"
         action = self._new_action("delete_server", server.id, QUICK_ACTION_SECONDS)
         self._spawn_task(self._finish_delete(server, action))
@@ -732,6 +748,7 @@ class LocalCloud:
             raise invalid_input(problems)
         if server.status == "deleting":
             raise ApiError("locked", "server is locked by a running delete_server action")
+        self._not_locked(server)
         assert isinstance(ip, str)
         if family == 6:
             # One PTR per address inside the /64; null removes it (Hetzner's docs).
@@ -750,6 +767,7 @@ class LocalCloud:
         server = self._server(request)
         if server.status == "deleting":
             raise ApiError("locked", "server is locked by a running delete_server action")
+        self._not_locked(server)
         action = self._new_action("start_server", server.id, self.boot_seconds)
         if server.status == "off" and (server.boot_task is None or server.boot_task.done()):
             server.status = "initializing"
@@ -764,6 +782,15 @@ class LocalCloud:
         if server.status in ("deleting", "migrating"):
             # Hetzner answers `locked` while another action holds the server.
             raise ApiError("locked", f"server is locked by a running action ({server.status})")
+        self._not_locked(server)
+
+    @staticmethod
+    def _not_locked(server: Server) -> None:
+        """A create_image in progress locks the server (devstack/images.py)."""
+        if server.locked_by is not None:
+            raise ApiError(
+                "locked", "cannot perform operation because server is locked (create_image)"
+            )
 
     async def _shutdown(self, request: web.Request) -> web.Response:
         """Server Actions, Shutdown a Server: sends the ACPI request; the action succeeds
@@ -853,6 +880,72 @@ class LocalCloud:
         if action is None or not raw_server.isdigit() or int(raw_server) not in action.resources:
             raise ApiError("not_found", f"action with ID '{raw}' not found")
         return web.json_response({"action": action.to_json()})
+
+    # --- images (devstack/images.py holds the rules) ---------------------------------------
+
+    async def _create_image(self, request: web.Request) -> web.Response:
+        server = self._server(request)
+        description, labels = self.images.create_input(await self._json_body(request))
+        if server.status == "deleting":
+            raise ApiError("locked", "server is locked by a running delete_server action")
+        self._not_busy(server)
+        snapshot = self.images.create(
+            description,
+            labels,
+            server.id,
+            server.name,
+            server.disk_gb or int(hetzner.SERVER_TYPES[server.server_type]["disk"]),
+            server.image,
+        )
+        action = self._new_action("create_image", server.id, self.image_seconds)
+        server.locked_by = action.id
+        self._spawn_task(self._finish_image(server, snapshot, action))
+        return web.json_response(
+            {"image": snapshot.to_json(), "action": action.to_json()}, status=201
+        )
+
+    async def _finish_image(self, server: Server, snapshot: Snapshot, action: Action) -> None:
+        try:
+            await asyncio.sleep(self.image_seconds)
+            size = await asyncio.to_thread(stored_size_gb, server.state_dir)
+            self.images.finish(snapshot, size)
+            action.succeed()
+        except Exception as exc:  # the action must end, never hang
+            self.images.drop(snapshot)
+            action.fail("action_failed", f"creating the image failed: {exc}")
+        finally:
+            if server.locked_by == action.id:
+                server.locked_by = None
+
+    async def _list_images(self, request: web.Request) -> web.Response:
+        retired = {name for kind, name in self.retired if kind == "images"}
+        entries = self.images.listing(
+            request.query.get("name"),
+            request.query.getall("type", []),
+            request.query.getall("status", []),
+            request.query.get("label_selector", "").strip(),
+            retired,
+        )
+        page, meta = hetzner.paginate(
+            entries, request.query.get("page"), request.query.get("per_page")
+        )
+        return web.json_response({"images": page, "meta": meta})
+
+    async def _get_image(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        for name, spec in hetzner.IMAGES.items():
+            if raw == str(spec["id"]):
+                return web.json_response({"image": hetzner.image_json(name)})
+        return web.json_response({"image": self.images.get(raw).to_json()})
+
+    async def _update_image(self, request: web.Request) -> web.Response:
+        body = await self._json_body(request)
+        snapshot = self.images.update(request.match_info["id"], body)
+        return web.json_response({"image": snapshot.to_json()})
+
+    async def _delete_image(self, request: web.Request) -> web.Response:
+        self.images.delete(request.match_info["id"])
+        return web.Response(status=204)
 
     # --- catalog and firewalls ------------------------------------------------------------
 

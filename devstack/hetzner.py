@@ -314,6 +314,16 @@ def image_json(name: str) -> dict[str, Any]:
         "rapid_deploy": True,
         "architecture": "x86",
         "labels": {},
+        # The fields hcloud-python 2.27's Image model names (images/domain.py): a system
+        # image has no stored size, is bound to nothing and made from no server; its
+        # disk is 5 GB (Hetzner's system images; the date is the stand-in's own).
+        "image_size": None,
+        "disk_size": 5,
+        "created": "2023-06-13T06:00:02+00:00",
+        "created_from": None,
+        "bound_to": None,
+        "protection": {"delete": False},
+        "deprecation": None,
     }
 
 

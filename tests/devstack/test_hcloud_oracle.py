@@ -21,7 +21,7 @@ import pytest_asyncio
 from hcloud import APIException, Client
 from hcloud.actions.domain import Action
 from hcloud.firewalls.domain import Firewall
-from hcloud.images import Image
+from hcloud.images import CreateImageResponse, Image
 from hcloud.locations.domain import Location
 from hcloud.server_types import ServerType
 from hcloud.server_types.domain import ServerTypeLocation
@@ -160,3 +160,86 @@ async def test_the_stand_in_neither_invents_nor_omits_a_field(
     error = (await api.post("ssh_keys", json={"name": "k", "public_key": public})).json()
     # hcloud-python raises APIException(code, message, details) from exactly these keys.
     assert set(error) == {"error"} and set(error["error"]) == {"code", "message", "details"}
+
+
+@pytest.mark.asyncio
+async def test_hcloud_python_reads_the_final_snapshot_answers(
+    cloud: tuple[LocalCloud, httpx.AsyncClient, Client],
+) -> None:
+    """create_image as Hetzner answers it: the image `creating` (no size yet) while the
+    server is locked, every other action on the server refused with `locked`, then
+    `available` with its size; found by type and label selector, labels replaced by an
+    update, a DELETE that is 404 once the image is gone."""
+    stand_in, api, hcloud = cloud
+    stand_in.image_seconds = 1.0
+    body = {"name": "snap-src", "server_type": "cx23", "image": "debian-12"}
+    created = (await api.post("servers", json=body)).json()
+    server_id = created["server"]["id"]
+    await official(
+        lambda: hcloud.actions.get_by_id(created["action"]["id"]).wait_until_finished(
+            max_retries=200
+        )
+    )
+    server = await official(lambda: hcloud.servers.get_by_id(server_id))
+    labels = {"managed-by": "mail-provisioning", "purpose": "final-snapshot", "tenant": "t1"}
+    made = await official(
+        lambda: server.create_image(description="final t1", type="snapshot", labels=labels)
+    )
+    assert made.image.status == "creating" and made.image.image_size is None
+    assert made.action.command == "create_image"
+    locked = await official(lambda: hcloud.servers.get_by_id(server_id))
+    assert locked.locked is True
+    for call in (lambda: locked.power_off(), lambda: hcloud.servers.delete(locked)):
+        with pytest.raises(APIException) as err:
+            await official(call)
+        assert err.value.code == "locked"
+    assert (await api.delete(f"images/{made.image.id}")).json()["error"]["code"] == "locked"
+    await official(lambda: made.action.wait_until_finished(max_retries=200))
+    image_id = made.image.id
+    assert image_id is not None
+    image = await official(lambda: hcloud.images.get_by_id(image_id))
+    assert (image.type, image.status, image.name) == ("snapshot", "available", None)
+    assert image.image_size is not None and image.disk_size == 40
+    assert image.created_from is not None and image.created_from.id == server_id
+    assert image.labels == labels and image.description == "final t1"
+    assert (await official(lambda: hcloud.servers.get_by_id(server_id))).locked is False
+    found = await official(
+        lambda: hcloud.images.get_all(
+            type=["snapshot"], label_selector="purpose=final-snapshot,tenant=t1"
+        )
+    )
+    assert [i.id for i in found] == [image.id]
+    assert await official(lambda: hcloud.images.get_all(label_selector="tenant=t2")) == []
+    systems = await official(lambda: hcloud.images.get_all(type=["system"]))
+    assert image.id not in {i.id for i in systems} and systems
+    # The snapshot outlives its server.
+    deleted = await official(lambda: hcloud.servers.delete(server))
+    await official(lambda: deleted.wait_until_finished(max_retries=200))
+    assert (await official(lambda: hcloud.images.get_by_id(image_id))).status == "available"
+    relabelled = await official(lambda: image.update(labels={**labels, "delete-after": "1"}))
+    assert relabelled.labels is not None and relabelled.labels["delete-after"] == "1"
+    assert await official(lambda: image.delete()) is True
+    with pytest.raises(APIException) as gone:
+        await official(lambda: image.delete())
+    assert gone.value.code == "not_found"
+
+
+@pytest.mark.asyncio
+async def test_the_image_answers_neither_invent_nor_omit_a_field(
+    cloud: tuple[LocalCloud, httpx.AsyncClient, Client],
+) -> None:
+    _, api, _ = cloud
+    body = {"name": "srv", "server_type": "cx23", "image": "debian-12"}
+    created = (await api.post("servers", json=body)).json()
+    fields_match(Image, created["server"]["image"])
+    [system] = (await api.get("images", params={"name": "debian-12"})).json()["images"]
+    fields_match(Image, system)
+    made = (
+        await api.post(
+            f"servers/{created['server']['id']}/actions/create_image",
+            json={"type": "snapshot", "labels": {"purpose": "final-snapshot"}},
+        )
+    ).json()
+    fields_match(CreateImageResponse, made)
+    fields_match(Image, made["image"])
+    fields_match(Action, made["action"])

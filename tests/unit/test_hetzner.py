@@ -142,6 +142,9 @@ async def test_not_found_on_get_and_delete_means_gone() -> None:
     body = {"error": {"code": "not_found", "message": "server not found", "details": {}}}
     assert await client_answering(404, body).get_server(5) is None
     assert await client_answering(404, body).delete_server(5) is None
+    image_gone = {"error": {"code": "not_found", "message": "image not found", "details": {}}}
+    assert await client_answering(404, image_gone).get_image(5) is None
+    assert await client_answering(404, image_gone).delete_image(5) is False
 
 
 async def test_network_timeout_is_retryable() -> None:
