@@ -13,6 +13,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -206,6 +207,32 @@ async def run_in_process_worker(
     purchase's claim is let end (its owner check is an activity on this worker), and
     `after` runs while the worker still serves the claim.
     """
+    async with in_process_worker(info, client, task_queue, vault_token_file, extra_env) as settings:
+        handle, _ = await start_purchase(client, request, task_queue)
+        if while_running is not None:
+            await while_running()
+        failure: BaseException | None = None
+        try:
+            await handle.result()
+        except WorkflowFailureError as err:
+            failure = err
+        if after is not None:
+            await after()
+        elif failure is not None and not settings.keep_failed_servers:
+            await claim_released(client, request.tenant_id, handle.id)
+    return handle.id, failure
+
+
+@asynccontextmanager
+async def in_process_worker(
+    info: StackInfo,
+    client: Client,
+    task_queue: str,
+    vault_token_file: Path | None = None,
+    extra_env: dict[str, str] | None = None,
+) -> AsyncIterator[Settings]:
+    """A worker of every workflow and activity on `task_queue`, configured as the stack's
+    worker plus `extra_env`, serving while the block runs (the test starts the runs)."""
     env = {**info.worker_env, **(extra_env or {})}
     if vault_token_file is not None:
         # A deliberately limited token: its refusals are final at once, not retried.
@@ -222,19 +249,7 @@ async def run_in_process_worker(
             interceptors=worker_interceptors(),
         )
         async with worker:
-            handle, _ = await start_purchase(client, request, task_queue)
-            if while_running is not None:
-                await while_running()
-            failure: BaseException | None = None
-            try:
-                await handle.result()
-            except WorkflowFailureError as err:
-                failure = err
-            if after is not None:
-                await after()
-            elif failure is not None and not settings.keep_failed_servers:
-                await claim_released(client, request.tenant_id, handle.id)
-    return handle.id, failure
+            yield settings
 
 
 async def claim_released(client: Client, tenant_id: str, holder: str) -> None:

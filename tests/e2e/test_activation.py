@@ -8,10 +8,8 @@ certbot on the front stand-in) and for validating TLS handshakes on 443, 465 and
 
 from __future__ import annotations
 
-import asyncio
 import json
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +19,18 @@ from temporalio.testing import ActivityEnvironment
 from activities import hetzner
 from activities.activation import ActivationActivities
 from activities.audit import SqliteAuditStore
-from activities.dns_check import RESOLVERS_ENV, resolver_from_setting
-from activities.mail_tls import CA_FILE_ENV, PORTS_ENV
+from activities.dns_check import resolver_from_setting
 from activities.ssh import ServerAccess, SshIdentity
 from activities.vault import Vault
-from devstack.mailu_front import AcmeWorld
-from devstack.processes import free_port
 from devstack.stack import StackInfo
-from starter import StarterError, activation_status, start_deprovision
-from tests.acme_server import certbot_path, pebble_serving
-from tests.dns_server import DnsServer, knot_serving
+from starter import activation_status, start_deprovision
+from tests.dns_server import knot_serving
+from tests.e2e.activation_world import (
+    activation_world,
+    secret_texts,
+    server_state_dir,
+    status_until,
+)
 from tests.e2e.conftest import CloudControl, new_request, run_in_process_worker
 from tests.e2e.test_deprovision import QUEUE
 from tests.e2e.test_purchase_end_to_end import provision
@@ -92,68 +92,17 @@ async def test_the_check_expects_what_the_purchase_handed_out_and_finds_what_is_
 
 # --- the whole activation against the real outside world --------------------------------
 #
-# Knot DNS serves the customer's zone (empty at first, then the lines we handed out),
-# pebble is the CA, Debian's certbot runs on the MailU front stand-in
-# (devstack/mailu_front.py, MailU 2024.06's letsencrypt flavour), and the workflow runs
-# on an in-process worker whose resolver is that Knot, whose trust anchor is pebble's
-# root and whose 443/993 are the stand-in's host ports (activities/mail_tls.py).
-
-STATUS_POLLS = 600
-
-
-async def status_until(
-    client: Client, tenant: str, done: Callable[[ActivationStatus], bool]
-) -> ActivationStatus:
-    """The activation's status once `done` holds (polled; each poll a query)."""
-    for _ in range(STATUS_POLLS):
-        try:
-            status = await activation_status(client, tenant)
-        except StarterError:
-            status = None
-        if status is not None and done(status):
-            return status
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"activation of {tenant} never reached the expected state: {status}")
-
-
-def server_state_dir(cloud: CloudControl, purchase_id: str) -> Path:
-    [server] = cloud.servers_of(purchase_id)
-    response = cloud.devstack.get(f"servers/{server['id']}")
-    response.raise_for_status()
-    return Path(response.json()["server"]["state_dir"])
-
-
-def front_logs(state_dir: Path) -> str:
-    """What the front stand-in and its certbot said (for a failure's message)."""
-    logs = [state_dir / "vps.log", state_dir / "certbot" / "certbot.log"]
-    return "\n".join(
-        f"--- {log.name}:\n{log.read_text(errors='replace')[-3000:]}" if log.is_file() else ""
-        for log in logs
-    )
-
-
-def secret_texts(state_dir: Path) -> list[str]:
-    """The server's secrets of the ACME stage: certbot's account key and the certificates'
-    private keys, as the strings that would show if they leaked (PEM bodies, JWK fields)."""
-    root = state_dir / "root/mailu/certs/letsencrypt"
-    found: list[str] = []
-    for key in root.glob("live/*/privkey.pem"):
-        found += [line for line in key.read_text().splitlines() if not line.startswith("-----")]
-    for account in root.glob("accounts/**/private_key.json"):
-        jwk = json.loads(account.read_text())
-        found += [str(jwk[name]) for name in ("d", "p", "q") if name in jwk]
-    return [text for text in found if len(text) >= 16]
+# tests/e2e/activation_world.py: Knot DNS serves the customer's zone (empty at first, then
+# the lines we handed out), pebble is the CA, Debian's certbot runs on the MailU front
+# stand-in, and the workflow runs on an in-process worker pointed at that world.
 
 
 async def test_the_activation_waits_for_dns_then_the_certificate_restarts_front_and_ends_active(
     client: Client, info: StackInfo, cloud: CloudControl
 ) -> None:
-    certbot_path()
     request = new_request(info)
     tenant, domain = request.tenant_id, request.domain
     task_queue = f"activation-{uuid.uuid4().hex[:8]}"
-    dns_port, https, imaps = free_port(), free_port(), free_port()
-    world_dns = DnsServer("127.0.0.1", dns_port)
     outcome: dict[str, Any] = {}
 
     async def activation_story() -> None:
@@ -166,14 +115,14 @@ async def test_the_activation_waits_for_dns_then_the_certificate_restarts_front_
         handle = client.get_workflow_handle(activation_workflow_id(tenant))
         try:
             # 1. Nothing published yet: the check says what is missing, the wait goes on.
-            with knot_serving({domain: []}, port=dns_port):
+            with world.customer_zone(domain, []):
                 await handle.signal(DNS_PUBLISHED_SIGNAL)
                 outcome["dns_wrong"] = await status_until(
                     client, tenant, lambda s: s.checks >= 1 and s.state == "waiting_for_dns"
                 )
             # 2. Published; the CA cannot be reached from the server yet (no world file):
             #    DNS verified, no certificate, reported as what is missing.
-            with knot_serving({domain: handed_out}, port=dns_port):
+            with world.customer_zone(domain, handed_out):
                 await handle.signal(DNS_PUBLISHED_SIGNAL)
                 outcome["no_certificate"] = await status_until(
                     client, tenant, lambda s: s.tls_checks >= 1 and s.state == "waiting_for_tls"
@@ -181,18 +130,8 @@ async def test_the_activation_waits_for_dns_then_the_certificate_restarts_front_
                 assert not live.exists()
                 # 3. The CA is there: front's certbot gets both certificates; the back
                 #    end says "check now" once they exist (as a customer's button would).
-                AcmeWorld(
-                    acme.directory_url,
-                    str(acme.listener_ca),
-                    acme.http_port,
-                    world_dns.resolver_setting,
-                    https,
-                    imaps,
-                ).write(state_dir)
-                deadline = asyncio.get_running_loop().time() + 180
-                while not (live / "mailu-ecdsa/fullchain.pem").is_file():
-                    assert asyncio.get_running_loop().time() < deadline, front_logs(state_dir)
-                    await asyncio.sleep(0.5)
+                world.let_front_reach_the_ca(state_dir)
+                await world.certificate_issued(state_dir)
                 await handle.signal(DNS_PUBLISHED_SIGNAL)
                 outcome["result"] = await client.get_workflow_handle(
                     activation_workflow_id(tenant), result_type=ActivationResult
@@ -207,18 +146,14 @@ async def test_the_activation_waits_for_dns_then_the_certificate_restarts_front_
             )
             assert (await done.result()).outcome == "deprovisioned"
 
-    with pebble_serving(world_dns) as acme:
+    with activation_world() as world:
         workflow_id, failure = await run_in_process_worker(
             info,
             client,
             task_queue,
             None,
             request,
-            extra_env={
-                RESOLVERS_ENV: world_dns.resolver_setting,
-                CA_FILE_ENV: str(acme.root),
-                PORTS_ENV: f"443={https},465={info.smtp_port},993={imaps}",
-            },
+            extra_env=world.worker_env(info),
             after=activation_story,
         )
     assert failure is None

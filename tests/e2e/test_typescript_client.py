@@ -18,24 +18,42 @@ import secrets
 import shutil
 import subprocess
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from google.protobuf import json_format
+from temporalio import workflow
 from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
 from temporalio.converter import DataConverter
 
+from activities.credentials import read_admin_credentials
+from activities.vault import Vault
 from devstack.stack import ROOT, StackInfo
 from runtime.codec import ENCODING, KeyRing, data_converter
-from starter import start_purchase
-from tests.e2e.conftest import CloudControl, held_in_notify, new_request
+from starter import start_deprovision, start_purchase
+from tests.e2e.activation_world import (
+    activation_world,
+    secret_texts,
+    server_state_dir,
+    status_until,
+)
+from tests.e2e.conftest import CloudControl, held_in_notify, in_process_worker, new_request
 from tests.e2e.test_operations_guide import held_in_reverse_dns
 from tests.e2e.test_run_outcomes import reconcile_now
+from workflows.activation_contracts import (
+    ACTIVATION_WORKFLOW_TYPE,
+    DNS_PUBLISHED_SIGNAL,
+    ActivationResult,
+    ActivationStatus,
+    activation_workflow_id,
+)
 from workflows.contracts import ProvisionResult, workflow_id_for
+from workflows.deprovision_contracts import DeprovisionRequest
+from workflows.dispatch import ProvisionMailTenant
 
 PACKAGE = ROOT / "clients" / "typescript"
 NODE_TIMEOUT = 300
@@ -60,13 +78,22 @@ def ts_client_cli() -> Path:
 
 
 def node(
-    cli: Path, info: StackInfo, *args: str, stdin: Any = None, keys_file: Path | None = None
+    cli: Path,
+    info: StackInfo,
+    *args: str,
+    stdin: Any = None,
+    keys_file: Path | None = None,
+    task_queue: str | None = None,
+    printed: list[str] | None = None,
 ) -> tuple[int, Any]:
+    """One CLI run; `printed` collects everything it wrote (stdout and stderr)."""
     env = {
         **os.environ,
         "TEMPORAL_ADDRESS": info.temporal_address,
         "MAILPROV_CODEC_KEYS_FILE": str(keys_file or info.codec_keys_file),
     }
+    if task_queue is not None:
+        env["MAILPROV_TASK_QUEUE"] = task_queue
     completed = subprocess.run(
         ["node", str(cli), *args],
         input=json.dumps(stdin) if stdin is not None else "",
@@ -76,6 +103,8 @@ def node(
         timeout=NODE_TIMEOUT,
         check=False,
     )
+    if printed is not None:
+        printed += [completed.stdout, completed.stderr]
     if not completed.stdout:  # the CLI reports failures to call the server on stderr
         assert completed.returncode != 0
         return completed.returncode, {"stderr": completed.stderr}
@@ -129,6 +158,158 @@ async def test_node_back_end_starts_joins_queries_and_reads_the_result(
     [payload] = start_event["input"]["payloads"]
     assert set(payload["metadata"]) == {"encoding", "encryption-key-id"}
     assert purchase["tenant_id"].encode() not in json.dumps(stored).encode()
+
+
+def activation_names_in_typescript(cli: Path) -> dict[str, str]:
+    """The names the package's activation methods send (exported by lib/index.js)."""
+    script = (
+        f"const c = require({json.dumps(str(cli.parent / 'index.js'))});"
+        "process.stdout.write(JSON.stringify({type: c.ACTIVATION_WORKFLOW_TYPE,"
+        " query: c.STATUS_QUERY, signal: c.DNS_PUBLISHED_SIGNAL,"
+        " id: c.activationWorkflowIdFor('acme')}));"
+    )
+    done = subprocess.run(
+        ["node", "-e", script], capture_output=True, text=True, check=True, timeout=NODE_TIMEOUT
+    )
+    names: dict[str, str] = json.loads(done.stdout)
+    return names
+
+
+def record_key(problem: dict[str, Any]) -> tuple[str, str]:
+    return problem["name"], problem["type"]
+
+
+async def signals_received(client: Client, workflow_id: str) -> list[str]:
+    """The names of the signals a run's history holds, in order."""
+    history = await client.get_workflow_handle(workflow_id).fetch_history()
+    return [
+        event.workflow_execution_signaled_event_attributes.signal_name
+        for event in history.events
+        if event.HasField("workflow_execution_signaled_event_attributes")
+    ]
+
+
+async def test_node_back_end_buys_then_follows_the_activation_until_mail_is_active(
+    ts_client_cli: Path, info: StackInfo, client: Client, cloud: CloudControl, reader_vault: Vault
+) -> None:
+    """A purchase from Node, then its ActivateMailDomain run from Node as a back end
+    follows it: activationStatus shows the wait for DNS and what is missing, the records
+    are published in a real Knot zone (pebble the CA, certbot on the front stand-in,
+    tests/e2e/activation_world.py), dnsPublished makes it check at once, activationResult
+    returns the active result. Nothing secret is in anything the CLI printed."""
+    # The names the TypeScript methods send are the ones the Python workflow answers.
+    definition = workflow._Definition.must_from_class(ProvisionMailTenant)
+    assert activation_names_in_typescript(ts_client_cli) == {
+        "type": ACTIVATION_WORKFLOW_TYPE,
+        "query": next(iter(definition.queries)),
+        "signal": DNS_PUBLISHED_SIGNAL,
+        "id": activation_workflow_id("acme"),
+    }
+    assert (set(definition.queries), set(definition.signals)) == (
+        {"status"},
+        {DNS_PUBLISHED_SIGNAL},
+    )
+
+    request = new_request(info)
+    tenant, domain = request.tenant_id, request.domain
+    task_queue = f"ts-activation-{uuid.uuid4().hex[:8]}"
+    printed: list[str] = []
+
+    async def ts(*args: str, stdin: Any = None) -> tuple[int, Any]:
+        return await asyncio.to_thread(
+            node, ts_client_cli, info, *args, stdin=stdin, task_queue=task_queue, printed=printed
+        )
+
+    with activation_world() as world:
+        async with in_process_worker(info, client, task_queue, extra_env=world.worker_env(info)):
+            code, started = await ts("start", stdin=asdict(request))
+            assert code == 0, started
+            try:
+                code, bought = await ts("result", request.purchase_id)
+                assert code == 0, bought
+                state_dir = server_state_dir(cloud, request.purchase_id)
+                activation_id = activation_workflow_id(tenant)
+                # The purchase started the activation; nothing checked yet, the first
+                # scheduled check minutes away.
+                before = await status_until(client, tenant, lambda s: s.give_up_at is not None)
+                assert (before.state, before.checks) == ("waiting_for_dns", 0), before
+                with world.customer_zone(domain, []):
+                    code, signalled = await ts("dns-published", tenant)
+                    assert (code, signalled) == (0, {"signalled": True})
+                    assert await signals_received(client, activation_id) == [DNS_PUBLISHED_SIGNAL]
+                    await status_until(client, tenant, lambda s: s.checks >= 1)
+                    code, waiting = await ts("activation-status", tenant)
+                assert code == 0, waiting
+                handed_out = [record["zone_line"] for record in bought["dns_records"]]
+                with world.customer_zone(domain, handed_out):
+                    world.let_front_reach_the_ca(state_dir)
+                    await world.certificate_issued(state_dir)
+                    code, _ = await ts("dns-published", tenant)
+                    assert code == 0
+                    code, active = await ts("activation-result", tenant)
+                    assert code == 0, active
+                    code, after = await ts("activation-status", tenant)
+                    assert code == 0, after
+                python_result = await client.get_workflow_handle(
+                    activation_id, result_type=ActivationResult
+                ).result()
+                secrets = secret_texts(state_dir)
+                secrets.append(read_admin_credentials(reader_vault, tenant).password)
+            finally:
+                done = await start_deprovision(
+                    client, DeprovisionRequest(tenant, "e2e-cleanup"), task_queue
+                )
+                assert (await done.result()).outcome == "deprovisioned"
+
+    # Waiting for DNS: the status names every record handed out, each absent, and when
+    # the run checks again and gives up; the check came from the signal, before the
+    # first scheduled one.
+    assert set(waiting) == {f.name for f in fields(ActivationStatus)}
+    assert (waiting["tenant_id"], waiting["domain"], waiting["state"]) == (
+        tenant,
+        domain,
+        "waiting_for_dns",
+    )
+    assert waiting["checks"] == 1 and waiting["last_checked_at"] < before.next_check_at
+    absent = [
+        {
+            "name": r["name"],
+            "type": r["type"],
+            "expected": r["value"],
+            "problem": "absent",
+            "found": [],
+        }
+        for r in bought["dns_records"]
+    ]
+    assert sorted(waiting["missing"], key=record_key) == sorted(absent, key=record_key)
+    assert waiting["next_check_at"] is not None and waiting["give_up_at"] == before.give_up_at
+    assert (waiting["dns_verified_at"], waiting["tls_checks"], waiting["tls_missing"]) == (
+        None,
+        0,
+        [],
+    )
+    assert (waiting["certificate_not_after"], waiting["front_restarts"]) == (None, 0)
+    assert (waiting["activated_at"], waiting["error"]) == (None, None)
+
+    # Active: the result Node read is the run's result, field for field.
+    assert active == json.loads(json.dumps(asdict(python_result)))
+    assert (active["tenant_id"], active["outcome"], active["stage"]) == (tenant, "active", "active")
+    assert (active["missing"], active["tls_missing"]) == ([], [])
+    assert active["checks"] >= 2 and active["tls_checks"] >= 1
+    # MailU 2024.06: dovecot needed front restarted for the first certificate.
+    assert (active["front_restarted"], active["notified"]) == (True, True)
+    assert active["certificate_not_after"] == after["certificate_not_after"] is not None
+    assert (after["state"], after["front_restarts"], after["missing"]) == ("active", 1, [])
+    assert after["activated_at"] is not None and after["dns_verified_at"] is not None
+
+    # Nothing secret in what Node printed: not the admin password (the purchase proved
+    # it, Vault holds it), not the ACME account or certificate keys, not the codec keys.
+    keyring = KeyRing.from_file(info.codec_keys_file)
+    secrets += [base64.b64encode(key).decode() for key in keyring.keys.values()]
+    secrets += [key.hex() for key in keyring.keys.values()]
+    output = "".join(printed)
+    assert len(secrets) >= 4 and output
+    assert [secret for secret in secrets if secret in output] == []
 
 
 async def node_error(cli: Path, info: StackInfo, request: dict[str, Any]) -> dict[str, Any]:

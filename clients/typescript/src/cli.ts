@@ -10,6 +10,8 @@
  *   mailprov-client deprovision TENANT_ID [REQUESTED_BY]     -> the result, or {"error": {...}} (exit 1)
  *   mailprov-client activation-status TENANT_ID              -> ActivationStatus (stage, what is missing)
  *   mailprov-client dns-published TENANT_ID                  -> {"signalled": true}: the activation checks now
+ *   mailprov-client activation-result TENANT_ID              -> ActivationResult once it ended (waits), or
+ *                                                               {"error": {...}} (exit 1)
  *   mailprov-client change-plan TENANT_ID PLAN REQUEST_ID [REQUESTED_BY]
  *                                                            -> the result, or {"error": {...}} (exit 1)
  *   echo '<json value>' | mailprov-client encode             -> {"payloads": [...]} (protobuf JSON)
@@ -146,6 +148,14 @@ async function main(argv: string[]): Promise<number> {
         print({ error: errorJson(err) });
         return 1;
       }
+    case 'activation-result':
+      try {
+        print(await withClient((client) => client.activationResult(argument)));
+        return 0;
+      } catch (err) {
+        print({ error: errorJson(err) });
+        return 1;
+      }
     case 'dns-published':
       try {
         await withClient((client) => client.dnsPublished(argument));
@@ -190,7 +200,7 @@ async function main(argv: string[]): Promise<number> {
       return 0;
     }
     default:
-      process.stderr.write('usage: mailprov-client start|status ID|result ID|watch ID [--progress-every S]|deprovision TENANT|activation-status TENANT|dns-published TENANT|change-plan TENANT PLAN REQUEST_ID|encode|decode\n');
+      process.stderr.write('usage: mailprov-client start|status ID|result ID|watch ID [--progress-every S]|deprovision TENANT|activation-status TENANT|dns-published TENANT|activation-result TENANT|change-plan TENANT PLAN REQUEST_ID|encode|decode\n');
       return 2;
   }
 }
