@@ -14,14 +14,27 @@ import asyncio
 import json
 import subprocess
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import pytest
-from temporalio.client import Client, WorkflowFailureError
-from temporalio.exceptions import ApplicationError
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
+from temporalio.exceptions import ApplicationError, CancelledError
+from temporalio.testing import ActivityEnvironment
 
+from activities import hetzner
 from activities.credentials import read_admin_credentials
+from activities.mailu import MailuHost
+from activities.rotation_target import TenantRecords, rotation_target, tenant_server_selector
+from activities.ssh import ServerAccess, SshIdentity
 from activities.vault import Vault
+from devstack.demo import smtp_login
 from devstack.stack import StackInfo
 from tests.e2e.conftest import CloudControl
 from tests.e2e.test_leak_scan import count, history_blobs
@@ -30,6 +43,8 @@ from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
     PlanChangeRequest,
     PlanChangeResult,
+    PlanChangeStatus,
+    plan_change_lock_id,
     plan_change_workflow_id,
 )
 
@@ -194,3 +209,189 @@ async def test_starter_change_plan_waits_shows_the_steps_and_prints_the_result(
     )
     assert again.returncode == 1
     assert "PlanChangeImpossible" in again.stderr or "cannot shrink" in again.stderr
+
+
+# --- cancel semantics on the real stack (docs/OPERATIONS.md "Plan change", Cancel) -------
+#
+# A step is held by the local cloud's fault rules (devstack/faults.py): the provider keeps
+# answering a retryable error, so the step's activity retries under its policy until the
+# test cancels the run. The test cancels only once the step has failed twice and waits
+# for its next attempt (the pending activity's state in a describe), so the cancel finds
+# no attempt running: Temporal cancels a retrying activity at once.
+
+# Far more answers than the attempts a held step makes before the test cancels it.
+HOLD_TIMES = 500
+POLLS = 1500
+
+
+async def start_change(
+    client: Client, request: PlanChangeRequest
+) -> WorkflowHandle[Any, PlanChangeResult]:
+    return await client.start_workflow(
+        PLAN_CHANGE_WORKFLOW_TYPE,
+        asdict(request),
+        id=plan_change_workflow_id(request.tenant_id, request.request_id),
+        task_queue="mail-provisioning",
+        result_type=PlanChangeResult,
+    )
+
+
+async def held_between_attempts(
+    client: Client, handle: WorkflowHandle[Any, Any], activity: str
+) -> str:
+    """Until `activity` has failed at least twice and waits for its next attempt; returns
+    its last failure's message (decoded: failures go through the codec too)."""
+    for _ in range(POLLS):
+        description = await handle.describe()
+        assert description.status == WorkflowExecutionStatus.RUNNING, description.status
+        for pending in description.raw_description.pending_activities:
+            if (
+                pending.activity_type.name == activity
+                and pending.attempt >= 3
+                and pending.state == PendingActivityState.PENDING_ACTIVITY_STATE_SCHEDULED
+            ):
+                return str(await client.data_converter.decode_failure(pending.last_failure))
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{handle.id} never retried {activity}")
+
+
+async def cancelled(handle: WorkflowHandle[Any, Any]) -> PlanChangeStatus:
+    """Cancel the run; its end must be CANCELLED. Returns its final status query."""
+    await handle.cancel()
+    with pytest.raises(WorkflowFailureError) as ended:
+        await handle.result()
+    assert isinstance(ended.value.cause, CancelledError), ended.value.cause
+    assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    status: PlanChangeStatus = await handle.query("status", result_type=PlanChangeStatus)
+    return status
+
+
+async def lock_end(client: Client, tenant: str) -> WorkflowExecutionStatus | None:
+    """How the tenant's plan-change lock ended, once it has (Temporal terminates it when
+    its plan change closes, moments after)."""
+    lock = client.get_workflow_handle(plan_change_lock_id(tenant))
+    for _ in range(POLLS):
+        status = (await lock.describe()).status
+        if status != WorkflowExecutionStatus.RUNNING:
+            return status
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{lock.id} still running after its plan change closed")
+
+
+def vps_pid(cloud: CloudControl, server_id: int) -> int | None:
+    """The stand-in server's process: a new one after every power cycle."""
+    response = cloud.devstack.get(f"servers/{server_id}")
+    response.raise_for_status()
+    pid: int | None = response.json()["server"]["pid"]
+    return pid
+
+
+async def mailu_admin_healthy(info: StackInfo, worker_vault: Vault, tenant: str) -> None:
+    """Until MailU's admin container is healthy on the tenant's server, asked as the
+    plan change's own start step asks (docker compose ps over the pinned SSH key)."""
+    provider = hetzner.from_settings(
+        {"token": (info.state_dir / "cloud.token").read_text().strip(), "api_url": info.cloud_url}
+    )
+    identity = SshIdentity.from_file(Path(info.worker_env["MAILPROV_SSH_KEY_FILE"]))
+    try:
+        servers = await provider.find_servers(label_selector=tenant_server_selector(tenant))
+    finally:
+        await provider.aclose()
+    record, version = worker_vault.latest(tenant)
+    target = rotation_target(TenantRecords(tenant, servers, record, version), identity)
+    async with await ServerAccess(identity, port=info.ssh_port).open(target) as conn:
+        await ActivityEnvironment().run(MailuHost(conn).wait_admin_healthy)
+
+
+async def test_a_cancel_touches_nothing_before_the_stop_and_brings_the_old_type_back_after_it(
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    worker_vault: Vault,
+    purchase: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    bought = await provision(client, purchase)
+    tenant, server_id = purchase["tenant_id"], bought.server_id
+    pid = vps_pid(cloud, server_id)
+
+    # 1. Cancelled in check_plan_change (the provider's catalog answers 503): nothing
+    #    touched, no audit row, the lock released.
+    cloud.inject(
+        method="GET", path="/v1/server_types", status=503, code="unavailable", times=HOLD_TIMES
+    )
+    before = await start_change(client, PlanChangeRequest(tenant, "cancel-1", "business", "e2e"))
+    assert "unavailable" in await held_between_attempts(client, before, "check_plan_change")
+    status = await cancelled(before)
+    cloud.clear_faults()
+    assert (status.state, status.current_step) == ("cancelled", None)
+    assert [step.name for step in status.steps] == [
+        "validate_input",
+        "take_plan_change_lock",
+        "check_plan_change",
+    ]
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
+        "running",
+        "cx23",
+        40,
+    )
+    assert "plan" not in server["labels"]
+    assert vps_pid(cloud, server_id) == pid  # never powered down
+    assert audit_rows(info, before.id) == []
+    assert await lock_end(client, tenant) == WorkflowExecutionStatus.TERMINATED
+
+    # 2. Cancelled after the stop, in change_server_type (change_type answers `locked`, as
+    #    Hetzner does while another action holds the server): the server back up on its
+    #    old type, MailU healthy, the stored admin login works, the cancel audited.
+    cloud.inject(
+        method="POST",
+        path=f"/v1/servers/{server_id}/actions/change_type",
+        status=423,
+        code="locked",
+        message="server is locked by a running action",
+        times=HOLD_TIMES,
+    )
+    after = await start_change(client, PlanChangeRequest(tenant, "cancel-2", "business", "e2e"))
+    assert "locked" in await held_between_attempts(client, after, "change_server_type")
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert server["status"] == "off"
+    status = await cancelled(after)
+    cloud.clear_faults()
+    assert status.state == "cancelled"
+    assert {step.name: step.state for step in status.steps}.items() >= {
+        "stop_server": "done",
+        "restore_server_type": "done",
+        "audit_failure": "done",
+    }.items()
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
+        "running",
+        "cx23",
+        40,
+    )
+    assert "plan" not in server["labels"]
+    [row] = audit_rows(info, after.id)
+    assert row.event == "mail_plan_change_failed"
+    assert {k: row.details[k] for k in ("step", "error_type", "reason", "restored")} == {
+        "step": "change_server_type",
+        "error_type": "CancelledError",
+        "reason": "workflow cancelled",
+        "restored": "unchanged",
+    }
+    assert (row.details["server_type"], row.details["plan"]) == ("cx23", "business")
+    assert await lock_end(client, tenant) == WorkflowExecutionStatus.TERMINATED
+
+    await mailu_admin_healthy(info, worker_vault, tenant)
+    # The cancelled change set no password: Vault's record is the purchase's, and it
+    # logs in to MailU after the reboot.
+    assert reader_vault.latest(tenant)[1] == bought.vault_version
+    credentials = read_admin_credentials(reader_vault, tenant)
+    cafile = tmp_path / "vps-cert.pem"
+    cafile.write_text(cloud.tls_cert(server_id))
+    assert bought.ipv4 is not None
+    reply = smtp_login(
+        bought.ipv4, info.smtp_port, cafile, credentials.username, credentials.password
+    )
+    assert reply.startswith("235 ")
