@@ -190,9 +190,13 @@ RELEASE_DEPROVISIONED_CLAIM: Options = dict(
 # ---------------------------------------------------------------- activation
 # One DNS check (workflows/activation.py): a provider read, a Vault read, one SSH
 # command (MailU's export) and about six lookups. A check that still fails after a few
-# tries is not an error: the run waits for its next check.
+# tries is not an error: the run waits for its next check. The stage's steps heartbeat
+# like the others (HEARTBEAT): a worker killed mid-check or mid-restart was otherwise
+# noticed only at the attempt's start-to-close, 3 or 5 minutes later (make faults'
+# activation_tls).
 CHECK_MAIL_DNS: Options = dict(
     start_to_close_timeout=timedelta(minutes=2),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(minutes=10),
     retry_policy=policy(5, 60, 4),
 )
@@ -201,6 +205,7 @@ CHECK_MAIL_DNS: Options = dict(
 # means the run waits for its next check.
 CHECK_MAIL_TLS: Options = dict(
     start_to_close_timeout=timedelta(minutes=3),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(minutes=15),
     retry_policy=policy(5, 60, 4),
 )
@@ -208,6 +213,7 @@ CHECK_MAIL_TLS: Options = dict(
 # activity checks the need first, so a retry after a restart that worked does nothing).
 RESTART_MAIL_FRONT: Options = dict(
     start_to_close_timeout=timedelta(minutes=5),
+    heartbeat_timeout=HEARTBEAT,
     schedule_to_close_timeout=timedelta(minutes=20),
     retry_policy=policy(10, 120, 3),
 )
