@@ -288,10 +288,14 @@ class Activation:
         restart: FrontRestart | None = await self._activity(
             ActivationActivities.restart_mail_front, request, RESTART_MAIL_FRONT
         )
-        if restart is None or not restart.restarted:
+        if restart is None:
             return False
-        self._restarted = True
-        self.status.front_restarts += 1
+        if restart.restarted:
+            self._restarted = True
+            self.status.front_restarts += 1
+        # Checked again even when the restart found it not needed: a retry after an
+        # attempt whose worker died once front had restarted finds every port up (the
+        # run would otherwise wait a whole interval for the check that says so).
         check = await self._tls_check(request)
         return check is not None and check.complete
 

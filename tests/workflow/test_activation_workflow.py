@@ -90,6 +90,9 @@ class DnsWorld:
     tls: list[str | Exception] = field(default_factory=list)
     tls_checks: int = 0
     restarts: int = 0
+    # What restart_mail_front answers: restarted (True), or found it not needed (False:
+    # an earlier attempt's restart worked before its worker died); once used up: True.
+    restart_answers: list[bool] = field(default_factory=list)
     notify_url: str | None = HOOK
     sent: list[Notification] = field(default_factory=list)
     release: asyncio.Event = field(default_factory=asyncio.Event)
@@ -112,6 +115,8 @@ class DnsWorld:
         @activity.defn(name="restart_mail_front")
         async def restart_mail_front(request: DnsCheckRequest) -> FrontRestart:
             self.restarts += 1
+            if self.restart_answers and not self.restart_answers.pop(0):
+                return FrontRestart(False, "not needed: TLS is up")
             return FrontRestart(True, "dovecot's ports refused")
 
         @activity.defn(name="notify_customer")
@@ -411,6 +416,25 @@ async def test_the_certificate_comes_front_restarts_once_and_the_domain_is_activ
     assert active.url == HOOK and active.payload["event"] == MAIL_ACTIVE_WEBHOOK
     assert active.payload["webmail_url"] == f"https://mail.{DOMAIN}"
     assert active.idempotency_key.endswith(f"/{MAIL_ACTIVE_WEBHOOK}")
+
+
+async def test_a_restart_found_done_already_is_checked_at_once_not_an_interval_later(
+    time_skipping_env: WorkflowEnvironment,
+) -> None:
+    """The worker died after `docker compose restart front` ran: the retried
+    restart_mail_front finds it not needed (every port up); the run checks again at
+    once and is active, instead of waiting FIRST_TLS_CHECK_AFTER for that check."""
+    world = DnsWorld([True], tls=["restart"], restart_answers=[False])
+    worker, handle = await start(time_skipping_env, world)
+    async with worker:
+        await handle.signal(DNS_PUBLISHED_SIGNAL)
+        result = await handle.result()
+        status = await status_of(handle)
+    assert (result.outcome, result.tls_checks, world.restarts) == ("active", 2, 1)
+    assert result.waited_seconds < FIRST_TLS_CHECK_AFTER.total_seconds()
+    # This run restarted nothing itself: the audit row says so.
+    assert not result.front_restarted and status.front_restarts == 0
+    assert world.audit[-1].details["front_restarted"] == "false"
 
 
 async def test_tls_never_up_gives_up_at_the_same_bound_naming_what_is_missing(
