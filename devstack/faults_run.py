@@ -15,11 +15,13 @@ against what the design promises:
     compensated  no server, no current Vault record, one `provisioning_failed` row
     reconciled   (terminated runs) as compensated, after the reconciler ran
 
-The `plan_change` and `deprovision` scenarios (devstack/faults_lifecycle.py), and the
-`rotation` and `activation` ones (devstack/faults_rotation_activation.py), buy their
-tenants the same way, then run ChangeMailPlan, DeprovisionMailTenant,
-RotateSmtpCredentials or ActivateMailDomain on them under faults and check each run as
-well (completed or compensated; nothing left without a tenant, server or claim owner).
+The `plan_change` and `deprovision` scenarios (devstack/faults_lifecycle.py), the
+`rotation` and `activation` ones (devstack/faults_rotation_activation.py) and
+`activation_tls` (devstack/faults_activation_tls.py: the certificate stage against a
+real Knot, pebble and certbot) buy their tenants the same way, then run
+ChangeMailPlan, DeprovisionMailTenant, RotateSmtpCredentials or ActivateMailDomain on
+them under faults and check each run as well (completed or compensated; nothing left
+without a tenant, server or claim owner).
 
 A purchase (or run) that does not match is *lost*; the problems are printed. One table row per
 scenario (injected faults, purchases survived / lost, slowest recovery), then the line
@@ -113,6 +115,7 @@ SCENARIOS = (
     "deprovision",
     "rotation",
     "activation",
+    "activation_tls",
 )
 
 
@@ -770,11 +773,12 @@ async def run_on(
     stack: Stack, client: Client, names: list[str], purchases: int, burst: int
 ) -> list[ScenarioResult]:
     """Run the named scenarios on a running stack (also used by the test suite)."""
-    # The scenarios of the later workflows extend FaultRun (devstack/faults_lifecycle.py
-    # and devstack/faults_rotation_activation.py, which import this module, hence here).
-    from devstack.faults_rotation_activation import RotationActivationFaultRun
+    # The scenarios of the later workflows extend FaultRun (devstack/faults_lifecycle.py,
+    # devstack/faults_rotation_activation.py and devstack/faults_activation_tls.py, which
+    # import this module, hence here).
+    from devstack.faults_activation_tls import ActivationTlsFaultRun
 
-    faults = RotationActivationFaultRun(stack, client)
+    faults = ActivationTlsFaultRun(stack, client)
     sizes = {
         "worker_kill": purchases,
         "temporal_restart": max(2, purchases // 4),
@@ -789,6 +793,9 @@ async def run_on(
         "deprovision": max(2, purchases // 10),
         "rotation": max(2, purchases // 10),
         "activation": max(2, purchases // 10),
+        # One tenant per fault group (devstack/faults_activation_tls.GROUPS) by default;
+        # a single tenant (make test's small run) meets the worker kills only.
+        "activation_tls": max(1, purchases // 5),
     }
     results = []
     try:

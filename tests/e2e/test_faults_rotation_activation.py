@@ -8,10 +8,16 @@ tenants are deprovisioned after, leaving nothing behind.
 
 from __future__ import annotations
 
+import shutil
+
 from temporalio.client import Client
 
+from devstack.acme_server import PEBBLE
+from devstack.dns_server import KNOTD
 from devstack.faults_run import run_on, summary, table
 from devstack.stack import Stack
+from devstack.test_tools import SEARCH_PATH
+from tests.helpers import unavailable
 
 
 async def test_rotations_and_dns_checks_under_faults_lose_nothing(
@@ -39,3 +45,23 @@ async def test_rotations_and_dns_checks_under_faults_lose_nothing(
         "waiting_for_dns",
         "audit",
     }, report
+
+
+async def test_the_certificate_stage_under_worker_kills_loses_nothing(
+    stack: Stack, client: Client
+) -> None:
+    """make faults' `activation_tls` at its smallest: one tenant whose front already has
+    its certificates (pebble, through Debian's certbot) when the back end signals; all
+    workers SIGKILLed while the run checks TLS and again while it restarts front. The
+    run must end active with one certificate per lineage and one real front restart
+    (devstack/faults_activation_tls.py); the heavier groups (CA down, restart not
+    taken, DNS removed) run in make faults only."""
+    for tool in (KNOTD, PEBBLE, "certbot"):
+        if shutil.which(tool, path=SEARCH_PATH) is None:
+            unavailable(f"{tool} not installed (devstack/test_tools.py)")
+    [result] = await run_on(stack, client, ["activation_tls"], purchases=2, burst=0)
+    report = table([result]) + "\n" + "\n".join(result.problems)
+    assert (result.lost, result.survived) == (0, 2), report
+    # Both kills landed: while the run checked TLS and while it restarted front.
+    assert result.injected >= 2, report
+    assert {step for _, step in result.recoveries} <= {"checking_tls", "restarting_front"}, report
