@@ -354,6 +354,11 @@ class LocalCloud:
         self.acpi_ignored: set[int] = set()
         # How long a change_type keeps a server "migrating" (Hetzner: 160 s on average).
         self.change_type_seconds = QUICK_ACTION_SECONDS
+        # Servers whose change_type migrations a test holds (/_devstack/servers/{id}/
+        # migration-hold): "migrating" until released, as a real migration takes minutes
+        # ("Upgrading a server takes 160 seconds on average, upgrading the disk should
+        # take more time": ansible-collections/hetzner.hcloud plugins/modules/server.py).
+        self._migration_holds: dict[int, asyncio.Event] = {}
         # Catalog entries Hetzner has "retired" in this cloud (kind, name): tests model a
         # provider whose catalog lacks what a plan names.
         self.retired: set[tuple[str, str]] = set()
@@ -536,6 +541,8 @@ class LocalCloud:
         app.router.add_get("/_devstack/servers/{id}/commands", self._dev_commands)
         app.router.add_get("/_devstack/servers/{id}/tls-cert", self._dev_tls_cert)
         app.router.add_get("/_devstack/servers/{id}/mailu", self._dev_mailu)
+        app.router.add_post("/_devstack/servers/{id}/migration-hold", self._hold_migrations)
+        app.router.add_delete("/_devstack/servers/{id}/migration-hold", self._release_migrations)
         for kind in ("command-faults", "ssh-faults"):
             path = f"/_devstack/servers/{{id}}/{kind}"
             app.router.add_post(path, self._add_vps_fault)
@@ -845,6 +852,9 @@ class LocalCloud:
         self, server: Server, new_type: str, upgrade_disk: bool, action: Action
     ) -> None:
         await asyncio.sleep(self.change_type_seconds)
+        hold = self._migration_holds.get(server.id)
+        if hold is not None:
+            await hold.wait()
         server.disk_gb = plan_change.disk_after(server.disk_gb, new_type, upgrade_disk)
         server.server_type = new_type
         action.succeed()
@@ -1156,9 +1166,28 @@ class LocalCloud:
 
     async def _clear_faults(self, request: web.Request) -> web.Response:
         self.faults.clear()
+        for server_id in list(self._migration_holds):
+            self._release_migration(server_id)
         for server in self._servers.values():
             VpsFaults(server.state_dir).clear()
         return web.json_response({"faults": [], "boot_failures": 0})
+
+    async def _hold_migrations(self, request: web.Request) -> web.Response:
+        """From now on the server's change_type migrations (and one running now) stay
+        `migrating`, their action running, until DELETE (or DELETE /_devstack/faults, as
+        every test ends) releases them."""
+        server = self._server(request)
+        self._migration_holds.setdefault(server.id, asyncio.Event())
+        return web.json_response({"migrations_held": True}, status=201)
+
+    async def _release_migrations(self, request: web.Request) -> web.Response:
+        self._release_migration(self._server(request).id)
+        return web.json_response({"migrations_held": False})
+
+    def _release_migration(self, server_id: int) -> None:
+        hold = self._migration_holds.pop(server_id, None)
+        if hold is not None:
+            hold.set()
 
     @staticmethod
     def _vps_fault_kind(request: web.Request) -> str:

@@ -346,6 +346,33 @@ async def test_restore_waits_for_a_change_type_still_migrating_and_undoes_it(
 
 
 @pytest.mark.asyncio
+async def test_a_held_migration_stays_migrating_until_released(world: World) -> None:
+    """/_devstack/servers/{id}/migration-hold (for tests that act during a migration):
+    the change_type action keeps running and the server `migrating` however often it is
+    asked, until released; then the change completes as any other."""
+    world.cloud.change_type_seconds = 0.0
+    server_id = await create(world, "cx23", start=False)
+    hold = (
+        str(world.api.base_url).removesuffix("v1/")
+        + f"_devstack/servers/{server_id}/migration-hold"
+    )
+    assert (await world.api.post(hold)).status_code == 201
+    action = await world.client.change_server_type(server_id, "cx33", True)
+    # Each look is a round trip through the cloud's event loop: a migration not held
+    # (zero seconds here) would have ended at the first.
+    for _ in range(20):
+        assert (await world.client.get_action(action.id)).status == "running"
+        assert (await server_json(world, server_id))["status"] == "migrating"
+    assert (await world.api.delete(hold)).status_code == 200
+    while (action := await world.client.get_action(action.id)).status == "running":
+        await asyncio.sleep(0.05)
+    assert action.status == "success"
+    after = await server_json(world, server_id)
+    assert (after["server_type"]["name"], after["primary_disk_size"]) == ("cx33", 80)
+    await wait_running(world, server_id)
+
+
+@pytest.mark.asyncio
 async def test_a_tenant_being_deprovisioned_is_neither_touched_nor_restored(
     world: World,
 ) -> None:
