@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,7 @@ from devstack.stack import StackInfo
 from tests.e2e.conftest import CloudControl
 from tests.e2e.test_leak_scan import count, history_blobs
 from tests.e2e.test_purchase_end_to_end import audit_rows, provision
+from workflows.contracts import ProvisionResult
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
     PlanChangeRequest,
@@ -258,6 +260,11 @@ async def held_between_attempts(
 async def cancelled(handle: WorkflowHandle[Any, Any]) -> PlanChangeStatus:
     """Cancel the run; its end must be CANCELLED. Returns its final status query."""
     await handle.cancel()
+    return await ended_cancelled(handle)
+
+
+async def ended_cancelled(handle: WorkflowHandle[Any, Any]) -> PlanChangeStatus:
+    """The run's end, which must be CANCELLED; its final status query."""
     with pytest.raises(WorkflowFailureError) as ended:
         await handle.result()
     assert isinstance(ended.value.cause, CancelledError), ended.value.cause
@@ -383,13 +390,91 @@ async def test_a_cancel_touches_nothing_before_the_stop_and_brings_the_old_type_
     assert (row.details["server_type"], row.details["plan"]) == ("cx23", "business")
     assert await lock_end(client, tenant) == WorkflowExecutionStatus.TERMINATED
 
+    await mail_works_as_bought(info, cloud, reader_vault, worker_vault, bought, tmp_path)
+
+
+async def test_a_cancel_during_the_migration_waits_for_it_and_keeps_the_grown_disk(
+    client: Client,
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    worker_vault: Vault,
+    purchase: dict[str, Any],
+    tmp_path: Path,
+) -> None:
+    """Cancelled while Hetzner's change_type action migrates the server (held by the
+    stand-in's migration hold): the action cannot be cancelled, so the restore waits for
+    it to end; the disk it grew cannot shrink, so the server stays on the new type and
+    runs again (`restored: kept_new_type`), as docs/OPERATIONS.md says."""
+    bought = await provision(client, purchase)
+    tenant, server_id = purchase["tenant_id"], bought.server_id
+    hold = f"servers/{server_id}/migration-hold"
+    cloud.devstack.post(hold).raise_for_status()
+    handle = await start_change(client, PlanChangeRequest(tenant, "cancel-3", "business", "e2e"))
+    await server_status(cloud, purchase["purchase_id"], "migrating")
+    await handle.cancel()
+    restoring = await status_when(handle, lambda s: s.current_step == "restore_server_type")
+    assert restoring.state == "compensating"
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert server["status"] == "migrating"  # the restore waits for Hetzner's action
+    cloud.devstack.delete(hold).raise_for_status()
+    status = await ended_cancelled(handle)
+    assert status.state == "cancelled"
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
+        "running",
+        "cx33",
+        80,
+    )
+    assert "plan" not in server["labels"]
+    [row] = audit_rows(info, handle.id)
+    assert row.event == "mail_plan_change_failed"
+    assert {k: row.details[k] for k in ("step", "error_type", "reason", "restored")} == {
+        "step": "change_server_type",
+        "error_type": "CancelledError",
+        "reason": "workflow cancelled",
+        "restored": "kept_new_type",
+    }
+    assert await lock_end(client, tenant) == WorkflowExecutionStatus.TERMINATED
+    await mail_works_as_bought(info, cloud, reader_vault, worker_vault, bought, tmp_path)
+
+
+async def server_status(cloud: CloudControl, purchase_id: str, wanted: str) -> None:
+    for _ in range(POLLS):
+        [server] = cloud.servers_of(purchase_id)
+        if server["status"] == wanted:
+            return
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"the server of {purchase_id} never became {wanted}")
+
+
+async def status_when(
+    handle: WorkflowHandle[Any, Any], done: Callable[[PlanChangeStatus], bool]
+) -> PlanChangeStatus:
+    for _ in range(POLLS):
+        status: PlanChangeStatus = await handle.query("status", result_type=PlanChangeStatus)
+        if done(status):
+            return status
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"{handle.id} never reached the expected state: {status}")
+
+
+async def mail_works_as_bought(
+    info: StackInfo,
+    cloud: CloudControl,
+    reader_vault: Vault,
+    worker_vault: Vault,
+    bought: ProvisionResult,
+    tmp_path: Path,
+) -> None:
+    """After a cancelled change: MailU's admin container healthy again, and the admin
+    login Vault holds (the purchase's: a cancelled change sets no password) works."""
+    tenant = bought.tenant_id
     await mailu_admin_healthy(info, worker_vault, tenant)
-    # The cancelled change set no password: Vault's record is the purchase's, and it
-    # logs in to MailU after the reboot.
     assert reader_vault.latest(tenant)[1] == bought.vault_version
     credentials = read_admin_credentials(reader_vault, tenant)
     cafile = tmp_path / "vps-cert.pem"
-    cafile.write_text(cloud.tls_cert(server_id))
+    cafile.write_text(cloud.tls_cert(bought.server_id))
     assert bought.ipv4 is not None
     reply = smtp_login(
         bought.ipv4, info.smtp_port, cafile, credentials.username, credentials.password
