@@ -129,14 +129,19 @@ class ActivationActivities:
     async def check_mail_dns(self, request: DnsCheckRequest) -> DnsCheck:
         """Which of the records we handed out are not published as handed out."""
         domain, records = await self.expected_records(request.tenant_id)
-        if self._resolver is None:
-            try:
-                self._resolver = resolver_from_env()
-            except (ValueError, dns.resolver.NoResolverConfiguration) as err:
-                raise ApplicationError(f"no DNS resolver: {err}", type="NoResolver") from None
-        missing = await missing_records(self._resolver, records)
+        try:
+            resolver = self._dns_resolver()
+        except (ValueError, dns.resolver.NoResolverConfiguration) as err:
+            raise ApplicationError(f"no DNS resolver: {err}", type="NoResolver") from None
+        missing = await missing_records(resolver, records)
         activity.logger.info("DNS check", extra={"records": len(records), "missing": len(missing)})
         return DnsCheck(request.tenant_id, domain, len(records), missing)
+
+    def _dns_resolver(self) -> dns.asyncresolver.Resolver:
+        """The worker's resolver (MAILPROV_DNS_RESOLVERS), built at its first use."""
+        if self._resolver is None:
+            self._resolver = resolver_from_env()
+        return self._resolver
 
     async def expected_records(self, tenant_id: str) -> tuple[str, list[DnsRecord]]:
         """The tenant's domain and its records, from the provider, Vault and MailU."""
@@ -220,6 +225,7 @@ class ActivationActivities:
                 f"no certificate for {host} yet: front's certbot has none "
                 "(it asks the CA once DNS points at the server)"
             )
+            missing += await self._address_problems(target.domain, server)
         elif not certificate.names_host:
             missing.append(f"the certificate names {', '.join(certificate.names)}, not {host}")
         both = all(c is not None and c.names_host for c in certificates.values())
@@ -240,6 +246,23 @@ class ActivationActivities:
             front_restart_needed=both and refused,
             missing=missing,
         )
+
+    async def _address_problems(self, domain: str, server: Server) -> list[str]:
+        """Why front's certbot may not be asking: the A/AAAA of mail.{domain} no longer
+        lead to the server (the customer changed them after the DNS stage passed; the
+        run does not check DNS again, workflows/activation.py). Nothing when the worker
+        has no resolver: this only explains a missing certificate."""
+        try:
+            resolver = self._dns_resolver()
+        except (ValueError, dns.resolver.NoResolverConfiguration):
+            return []
+        records = address_records(domain, server.ipv4, server.ipv6)
+        return [
+            f"{p.type} {p.name.rstrip('.')} {p.problem}"
+            + (f" ({', '.join(p.found)})" if p.found else "")
+            + ": front's certbot asks the CA only once it points at the server"
+            for p in await missing_records(resolver, records)
+        ]
 
     # --- the webhook's address ---------------------------------------------------
 

@@ -34,7 +34,8 @@ the cheap one make test runs):
                        never reaches itself, certbot never runs (Mailu/Mailu#3827's log:
                        "Exception while fetching http://.../.well-known/acme-challenge/
                        testing"), the run keeps waiting at stage tls saying "no
-                       certificate ... yet"; records back: certificate, activation
+                       certificate ... yet" and that the A record is absent; records
+                       back: certificate, activation
 
 Every run must end `active` (the faults clear), with one mail_domain_dns_verified and
 one mail_domain_activated row and no expiry row, one certificate issued per lineage
@@ -409,7 +410,7 @@ class ActivationTlsFaultRun(RotationActivationFaultRun):
                 tenant.problems.append(f"no TLS check while the records were gone: {status}")
             elif not any(
                 m.startswith(f"no certificate for {tenant.mail_host}") for m in status.tls_missing
-            ):
+            ) or not any(m.startswith(f"A {tenant.mail_host} absent") for m in status.tls_missing):
                 tenant.problems.append(f"records gone, yet: {status.tls_missing}")
             if tenant.issued(CERT_NAMES[0][0]) or tenant.certbot_said(REQUESTING_MARK):
                 tenant.problems.append("front's certbot asked the CA while the records were gone")

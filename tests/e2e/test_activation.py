@@ -43,6 +43,7 @@ from workflows.activation_contracts import (
     DnsCheck,
     DnsCheckRequest,
     RecordProblem,
+    TlsCheck,
     activation_workflow_id,
 )
 from workflows.contracts import ProvisionResult, workflow_id_for
@@ -84,6 +85,25 @@ async def test_the_check_expects_what_the_purchase_handed_out_and_finds_what_is_
                 DnsCheckRequest(tenant),
             )
         assert partial.missing == [RecordProblem(dkim.name, "TXT", dkim.value, "absent")]
+        # The TLS stage, once the customer removed the mail host's A/AAAA again: no
+        # certificate (front's certbot never reached itself), and the check says why.
+        host = f"mail.{domain}"
+        without_host = [
+            r.zone_line
+            for r in result.dns_records
+            if not (r.type in ("A", "AAAA") and r.name.rstrip(".") == host)
+        ]
+        with knot_serving({domain: without_host}) as knot:
+            tls: TlsCheck = await ActivityEnvironment().run(
+                ActivationActivities(
+                    worker_vault, provider, access, resolver_from_setting(knot.resolver_setting)
+                ).check_mail_tls,
+                DnsCheckRequest(tenant),
+            )
+        assert tls.certificate is None and not tls.front_restart_needed
+        assert tls.missing[0].startswith(f"no certificate for {host} yet")
+        because = ": front's certbot asks the CA only once it points at the server"
+        assert f"A {host} absent{because}" in tls.missing
     finally:
         await provider.aclose()
         handle = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-cleanup"), QUEUE)
