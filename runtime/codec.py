@@ -57,6 +57,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from temporalio.api.common.v1 import Payload
 
+from runtime.json_converter import ContractPayloadConverter
 from workflows.input_rules import UNDECODABLE_ENCODING
 
 ENCODING = b"binary/encrypted"
@@ -337,7 +338,9 @@ def data_converter(
     require_encrypted: bool = False,
 ) -> temporalio.converter.DataConverter:
     """The converter of worker, starter and codec server; the worker marks undecodables
-    (after the grace, for a key id it lacks) and, if required, unencrypted payloads."""
+    (after the grace, for a key id it lacks) and, if required, unencrypted payloads.
+    JSON as the SDK's default converter writes and reads it, with the dataclass work
+    cached per class (runtime/json_converter.py)."""
     codec = EncryptionCodec(
         keyring,
         mark_undecodable=mark_undecodable,
@@ -346,6 +349,7 @@ def data_converter(
     )
     return dataclasses.replace(
         temporalio.converter.default(),
+        payload_converter_class=ContractPayloadConverter,
         payload_codec=codec,
         failure_converter_class=temporalio.converter.DefaultFailureConverterWithEncodedAttributes,
     )
