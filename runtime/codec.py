@@ -48,6 +48,7 @@ import secrets
 import sys
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -154,7 +155,8 @@ class NonceSource:
     fetching: one os.urandom call per payload releases and re-takes the GIL, which on a
     busy worker (core's threads, activity threads) cost more than the encryption itself
     (docs/PERFORMANCE.md). Each nonce is still unpredictable and used once; a forked
-    child drops the parent's buffer, so the two can never hand out the same bytes.
+    child drops the parent's buffer (an at-fork hook, rather than a getpid() system call
+    per nonce), so the two can never hand out the same bytes.
     """
 
     def __init__(self, batch: int = 256) -> None:
@@ -162,17 +164,34 @@ class NonceSource:
         self._lock = threading.Lock()
         self._buffer = b""
         self._offset = 0
-        self._pid = os.getpid()
+        _NONCE_SOURCES.add(self)
 
     def take(self) -> bytes:
         with self._lock:
-            if self._offset >= len(self._buffer) or self._pid != os.getpid():
+            if self._offset >= len(self._buffer):
                 self._buffer = os.urandom(NONCE_BYTES * self._batch)
                 self._offset = 0
-                self._pid = os.getpid()
             nonce = self._buffer[self._offset : self._offset + NONCE_BYTES]
             self._offset += NONCE_BYTES
             return nonce
+
+    def _forget_after_fork(self) -> None:
+        """In a forked child: the parent's buffer is the parent's (and a lock another
+        thread held at the fork would stay held for ever)."""
+        self._lock = threading.Lock()
+        self._buffer = b""
+        self._offset = 0
+
+
+_NONCE_SOURCES: weakref.WeakSet[NonceSource] = weakref.WeakSet()
+
+
+def _forget_nonces_after_fork() -> None:
+    for source in list(_NONCE_SOURCES):
+        source._forget_after_fork()
+
+
+os.register_at_fork(after_in_child=_forget_nonces_after_fork)
 
 
 def worker_identity(base: str, keyring: KeyRing) -> str:
@@ -257,30 +276,35 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
         # the key schedule is the same each time.
         self._aeads = {key_id: AESGCM(key) for key_id, key in keyring.keys.items()}
         self._nonces = NonceSource()
+        # The metadata of every payload this codec writes, built once: copying it costs a
+        # third of building the protobuf map from a dict for each payload.
+        self._encrypted = Payload(
+            metadata={"encoding": ENCODING, KEY_ID_METADATA: keyring.current_id.encode()}
+        )
 
     async def encode(self, payloads: Sequence[Payload]) -> list[Payload]:
-        key_id = self._keyring.current_id
-        aead = self._aeads[key_id]
+        aead = self._aeads[self._keyring.current_id]
         encoded = []
         for payload in payloads:
             nonce = self._nonces.take()
             # No associated data: the samples' codecs (TypeScript, Go, Python) bind none,
             # and every other language's back end must be able to open our payloads.
             ciphertext = aead.encrypt(nonce, payload.SerializeToString(), None)
-            encoded.append(
-                Payload(
-                    metadata={"encoding": ENCODING, KEY_ID_METADATA: key_id.encode()},
-                    data=nonce + ciphertext,
-                )
-            )
+            encrypted = Payload()
+            encrypted.CopyFrom(self._encrypted)
+            encrypted.data = nonce + ciphertext
+            encoded.append(encrypted)
         return encoded
 
     async def decode(self, payloads: Sequence[Payload]) -> list[Payload]:
         return [self._decode_or_mark(payload) for payload in payloads]
 
     def _decode_or_mark(self, payload: Payload) -> Payload:
-        if self._require_encrypted and payload.metadata.get("encoding") != ENCODING:
-            shown = payload.metadata.get("encoding", b"").decode("ascii", "replace")[:60]
+        encoding = payload.metadata.get("encoding")
+        if encoding != ENCODING:
+            if not self._require_encrypted:
+                return payload  # written before encryption was on, or by a codec-less client
+            shown = (encoding or b"").decode("ascii", "replace")[:60]
             refused = CodecKeyError(
                 f"payload not encrypted (encoding {shown!r}); this worker accepts only "
                 "binary/encrypted payloads (MAILPROV_REQUIRE_ENCRYPTED_PAYLOADS): start it "
@@ -290,9 +314,9 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
                 raise refused
             return self._marker(refused)
         if not self._mark_undecodable:
-            return self._decode_one(payload)
+            return self._decrypt(payload)
         try:
-            return self._decode_one(payload)
+            return self._decrypt(payload)
         except UnknownKeyId as err:
             if self._grace is not None and self._grace.still_waiting(err.key_id):
                 raise  # the task fails and is retried: the key may be on its way
@@ -304,9 +328,8 @@ class EncryptionCodec(temporalio.converter.PayloadCodec):
     def _marker(err: CodecKeyError) -> Payload:
         return Payload(metadata={"encoding": UNDECODABLE_ENCODING}, data=str(err).encode())
 
-    def _decode_one(self, payload: Payload) -> Payload:
-        if payload.metadata.get("encoding") != ENCODING:
-            return payload  # written before encryption was on, or by a codec-less client
+    def _decrypt(self, payload: Payload) -> Payload:
+        """A `binary/encrypted` payload opened, or CodecKeyError."""
         key_id = payload.metadata.get(KEY_ID_METADATA, b"").decode("utf-8", "replace")
         aead = self._aeads.get(key_id)
         if aead is None:

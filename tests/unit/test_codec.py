@@ -233,6 +233,30 @@ def test_a_forked_child_does_not_reuse_the_parents_buffered_nonces() -> None:
     assert from_child != source.take()
 
 
+def test_a_child_forked_while_a_nonce_is_taken_can_take_nonces() -> None:
+    """A fork while another thread holds the source's lock (a worker encodes on its event
+    loop while anything forks) must not leave the child's lock held for ever."""
+    source = NonceSource(batch=64)
+    source.take()
+    read, write = os.pipe()
+    with source._lock:  # as another thread inside take() at the moment of the fork
+        child = os.fork()
+        if child == 0:  # the child: report whether its lock is free, then its nonce
+            free = source._lock.acquire(blocking=False)
+            if free:
+                source._lock.release()
+                os.write(write, b"free" + source.take())
+            else:
+                os.write(write, b"held")
+            os._exit(0)
+    os.close(write)
+    answer = os.read(read, 16)
+    os.close(read)
+    os.waitpid(child, 0)
+    assert answer[:4] == b"free"
+    assert len(answer[4:]) == 12 and answer[4:] != source.take()
+
+
 async def test_a_worker_requiring_encryption_marks_plaintext_and_reads_ciphertext() -> None:
     ring = KeyRing.generate("k1")
     [sealed] = await EncryptionCodec(ring).encode([payload()])
