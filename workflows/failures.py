@@ -29,11 +29,15 @@ def innermost(err: BaseException) -> BaseException:
     return err
 
 
+# The reason of every failure that is a cancel (status, audit rows).
+CANCELLED = "workflow cancelled"
+
+
 def reason(err: BaseException) -> str:
     """The innermost message: for an ActivityError, the activity's own error."""
     inner = innermost(err)
     if isinstance(inner, asyncio.CancelledError | CancelledError):
-        return "workflow cancelled"
+        return CANCELLED
     if isinstance(inner, FailureError):
         return inner.message or type(inner).__name__
     return str(inner) or type(inner).__name__

@@ -89,6 +89,10 @@ class World:
     restore_outcome: str = "restored"
     # Looks at a held lock (plan_change_lock_holder), which touch no server.
     lock_looks: int = 0
+    # start_mail_server's first attempt waits (not heartbeating, so it never hears of a
+    # cancel) until this is set, then fails retryably: an attempt that ends on its own
+    # after the run was cancelled.
+    start_fails_after: asyncio.Event | None = None
 
     async def _maybe_block(self, step: str) -> None:
         if self.block_at != step:
@@ -141,6 +145,10 @@ class World:
         async def start_mail_server(check: PlanChangeCheck) -> MailuHealthy:
             self.calls.append("start")
             await self._maybe_block("start")
+            if self.start_fails_after is not None and activity.info().attempt == 1:
+                self.entered.set()
+                await self.start_fails_after.wait()
+                raise ApplicationError("admin container still 'starting'", type="MailuNotHealthy")
             if self.start_errors:
                 raise self.start_errors.pop(0)
             self.running = True
@@ -431,6 +439,53 @@ async def test_a_cancel_during_change_type_waits_for_the_attempt_then_restores(
     [event] = world.audit
     assert (event.event, event.details["step"]) == ("mail_plan_change_failed", "change_server_type")
     assert status.state == "cancelled"
+
+
+async def test_a_cancel_the_step_hears_of_only_by_failing_is_audited_as_the_cancel() -> None:
+    """The cancel reaches the server while a start attempt runs that has not heartbeated
+    since; the attempt then fails on its own (retryably). Temporal retries no activity
+    whose cancel was requested, so the step ends with the attempt's error, yet the run was
+    cancelled: it ends CANCELLED and is audited as the cancel (docs/OPERATIONS.md), the
+    attempt's error beside it.
+
+    On a real dev server: the time-skipping test server retries that attempt instead."""
+    world = World(start_fails_after=asyncio.Event())
+    task_queue = f"plan-cancel-{uuid.uuid4().hex[:8]}"
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=tool("temporal"))
+    try:
+        async with heartbeating_worker(env, world, task_queue):
+            handle = await env.client.start_workflow(
+                PLAN_CHANGE_WORKFLOW_TYPE,
+                REQUEST,
+                id=plan_change_workflow_id(REQUEST.tenant_id, REQUEST.request_id),
+                task_queue=task_queue,
+            )
+            await world.entered.wait()
+            await handle.cancel()
+            # The attempt fails only once the server has asked for the activity's cancel.
+            while not any(
+                event.HasField("activity_task_cancel_requested_event_attributes")
+                for event in (await handle.fetch_history()).events
+            ):
+                await asyncio.sleep(0.05)
+            assert world.start_fails_after is not None
+            world.start_fails_after.set()
+            with pytest.raises(WorkflowFailureError) as ended:
+                await handle.result()
+            assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+            status = await handle.query("status", result_type=PlanChangeStatus)
+    finally:
+        await env.shutdown()
+    assert isinstance(ended.value.cause, CancelledError), ended.value.cause
+    assert world.calls == ["check", "stop", "change:cx33:True", "start", "restore:cx23"]
+    [event] = world.audit
+    assert (event.event, event.details["step"]) == ("mail_plan_change_failed", "start_mail_server")
+    assert {k: event.details[k] for k in ("error_type", "reason", "step_error")} == {
+        "error_type": "CancelledError",
+        "reason": "workflow cancelled",
+        "step_error": "MailuNotHealthy: admin container still 'starting'",
+    }
+    assert (status.state, status.error) == ("cancelled", "workflow cancelled")
 
 
 async def test_a_tenant_deprovisioned_under_the_change_ends_typed_and_audited(
