@@ -56,6 +56,23 @@ def cancel_requested() -> bool:
     return workflow.cancellation_reason() is not None
 
 
+def stop_cause(err: BaseException) -> dict[str, str]:
+    """Why a run stopped, for its failure audit row: `error_type` and `reason`.
+
+    A requested cancel is the cause even when the step it met then ended with its own
+    error: Temporal retries no activity whose cancel was requested, so an attempt that
+    fails after the cancel reaches the workflow as that failure. The step's own error is
+    kept beside the cancel as `step_error`.
+    """
+    own = {"error_type": error_type(err), "reason": reason(err)}
+    if not cancel_requested():
+        return own
+    cause = {"error_type": "CancelledError", "reason": CANCELLED}
+    if own != cause:
+        cause["step_error"] = f"{own['error_type']}: {own['reason']}"
+    return cause
+
+
 def raise_if_refused(err: ActivityError) -> None:
     """Bad input or a tenant that has a server: the run ends at once, nothing bought."""
     cause = innermost(err)

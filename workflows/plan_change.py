@@ -49,7 +49,7 @@ from temporalio.exceptions import (
 )
 
 from workflows.contracts import AuditEvent
-from workflows.failures import CANCELLED, cancel_requested, error_type, innermost, reason
+from workflows.failures import cancel_requested, error_type, innermost, reason, stop_cause
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_IN_PROGRESS,
     PLAN_CHANGE_LOCK_TYPE,
@@ -364,27 +364,17 @@ class PlanChange:
         self, request: PlanChangeRequest, check: PlanChangeCheck, err: BaseException
     ) -> Exception:
         step = self.status.current_step or "unknown"
-        cancelled = cancel_requested()
-        # A cancel ends the run even when the step it met ended with its own error: an
-        # attempt that fails after the server asked for its cancel is not retried
-        # (Temporal retries no activity whose cancel was requested), so the cancel, not
-        # that error, is why the run stopped; the step's error is kept beside it.
-        ended_by, why = (
-            ("CancelledError", CANCELLED) if cancelled else (error_type(err), reason(err))
-        )
-        self.steps.compensate(why)
+        cause = stop_cause(err)
+        self.steps.compensate(cause["reason"])
         await self.undo.compensate()
         audited = {
             "plan": request.plan,
             "server_type": check.from_server_type,
             "step": step,
-            "error_type": ended_by,
-            "reason": why,
+            **cause,
             "restored": self.restored,
             "requested_by": request.requested_by,
         }
-        if (ended_by, why) != (error_type(err), reason(err)):
-            audited["step_error"] = f"{error_type(err)}: {reason(err)}"
         await self.steps.run(
             "audit_failure",
             AuditActivities.record_audit_event,
@@ -402,7 +392,7 @@ class PlanChange:
                 type=TENANT_DEPROVISIONED,
                 non_retryable=True,
             )
-        if cancelled:
+        if cancel_requested():
             self.steps.finish("cancelled")
             return CancelledError(
                 f"plan change cancelled at {step}; server {self.restored} on "

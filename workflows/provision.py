@@ -63,10 +63,9 @@ from workflows.contracts import (
 from workflows.failures import (
     cancel_requested,
     cancelled_at,
-    error_type,
     provisioning_failed,
     raise_if_refused,
-    reason,
+    stop_cause,
 )
 from workflows.input_rules import InvalidPurchaseRequest, purchase_input_from_payloads
 from workflows.policies import (
@@ -305,7 +304,7 @@ class Purchase:
         cancelled = cancel_requested()
         self.failure = (step, err)
         self.status.stopped_at = step
-        self.steps.compensate(reason(err))
+        self.steps.compensate(stop_cause(err)["reason"])
         await self.undo.compensate()
         self.steps.finish("cancelled" if cancelled else "failed")
         return cancelled_at(step) if cancelled else provisioning_failed(step, err)
@@ -357,8 +356,7 @@ class Purchase:
         kept = self.keep_failed_servers and self.server is not None
         details = {
             "step": step,
-            "error_type": error_type(err),
-            "reason": reason(err),
+            **stop_cause(err),
             "server_name": server_name,
             "server_kept": str(kept).lower(),
             **self.audit_extra,

@@ -24,11 +24,12 @@ from typing import Any
 import pytest
 from temporalio import activity
 from temporalio.client import WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.exceptions import CancelledError
+from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from activities.vault import VaultActivities
+from devstack.stack import tool
 from runtime.heartbeat import HeartbeatInterceptor
 from starter import start_purchase
 from tests.workflow.test_provision_workflow import ENVELOPE, Harness, ScriptedWorld, purchase
@@ -188,3 +189,50 @@ async def test_a_vault_write_that_lands_after_the_cancel_is_withdrawn(
     assert vault.current() is None
     assert ENVELOPE not in str(failure.value)
     assert world.deleted == [42]
+
+
+@dataclass
+class FailsAfterCancelWorld(LateWorld):
+    """The `late` activity fails on its own (retryably) once the cancel was requested: it
+    never heartbeats, so it does not hear of the cancel, as a Vault write that meets a
+    sealed Vault does."""
+
+    def _completes_after_cancel(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(fn, updated=())
+        async def fails(arg: Any) -> Any:
+            self.started.set()
+            await self.cancel_sent.wait()
+            raise ApplicationError("Vault is sealed", type="VaultSealed")
+
+        return activity.defn(name=self.late)(fails)
+
+
+async def test_a_cancel_the_step_hears_of_only_by_failing_is_audited_as_the_cancel() -> None:
+    """Temporal retries no activity whose cancel was requested, so the step ends with
+    its attempt's own error although the run was cancelled: the run ends CANCELLED and
+    its provisioning_failed row names the cancel (docs/OPERATIONS.md), the step's error
+    beside it. On a real dev server: the time-skipping server retries that attempt."""
+    # A step the cancel waits for (WAIT_CANCELLATION_COMPLETED); one it abandons ends
+    # with the cancel itself.
+    world = FailsAfterCancelWorld(late="store_credentials")
+    env = await WorkflowEnvironment.start_local(dev_server_existing_path=tool("temporal"))
+    try:
+        harness = Harness(env, world)
+        async with harness.worker():
+            handle, _ = await start_purchase(
+                env.client, PurchaseRequest.parse(purchase()), harness.task_queue
+            )
+            cause = await cancel_once_started(handle, world.started, world.cancel_sent)
+            assert (await handle.describe()).status == WorkflowExecutionStatus.CANCELED
+    finally:
+        await env.shutdown()
+    assert isinstance(cause, CancelledError), cause
+    assert world.deleted == [42]
+    [event] = world.audit
+    assert event.event == "provisioning_failed"
+    assert {k: event.details[k] for k in ("step", "error_type", "reason", "step_error")} == {
+        "step": "store_credentials",
+        "error_type": "CancelledError",
+        "reason": "workflow cancelled",
+        "step_error": "VaultSealed: Vault is sealed",
+    }
