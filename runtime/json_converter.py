@@ -36,7 +36,7 @@ import types
 import typing
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, cast
+from typing import Any, Self, cast
 
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
@@ -48,6 +48,8 @@ from temporalio.converter import (
     EncodingPayloadConverter,
     JSONPlainPayloadConverter,
     JSONTypeConverter,
+    SerializationContext,
+    WithSerializationContext,
     value_to_type,
 )
 
@@ -237,14 +239,29 @@ _CONVERTERS: tuple[EncodingPayloadConverter, ...] = tuple(
 )
 
 
+# None of these takes a serialization context (the SDK's own do not); checked here once.
+_TAKES_CONTEXT = any(isinstance(c, WithSerializationContext) for c in _CONVERTERS)
+_BY_ENCODING: Mapping[bytes, EncodingPayloadConverter] = types.MappingProxyType(
+    {converter.encoding.encode(): converter for converter in _CONVERTERS}
+)
+
+
 class ContractPayloadConverter(CompositePayloadConverter):
     """The SDK's default converters, its `json/plain` one with the classes above.
 
-    The SDK makes a new instance for every serialization context (several per workflow
-    task), so the converters are made once, above, as DefaultPayloadConverter's are."""
+    The SDK makes a new instance for every workflow task's data converter and asks it
+    for a copy per serialization context (for each payload sequence it visits), so the
+    converters are made once, above, and shared, and with no converter taking a
+    context the copy is this instance (as CompositePayloadConverter would find out,
+    with an isinstance per converter on every new instance)."""
 
     def __init__(self) -> None:
-        super().__init__(*_CONVERTERS)
+        self.converters = _BY_ENCODING
+
+    def with_context(self, context: SerializationContext) -> Self:
+        if _TAKES_CONTEXT:
+            return super().with_context(context)
+        return self
 
     def to_payloads(self, values: Sequence[Any]) -> list[Payload]:
         if all(_direct_json(value) for value in values):

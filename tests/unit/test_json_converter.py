@@ -30,6 +30,7 @@ from worker import PASSED_THROUGH
 
 SDK = temporalio.converter.default().payload_converter
 OURS = data_converter(KeyRing.generate("k1")).payload_converter
+SDK_CONVERTERS = temporalio.converter.DefaultPayloadConverter()
 
 
 def contract_types() -> list[type]:
@@ -218,3 +219,27 @@ def test_a_class_made_per_run_is_not_kept() -> None:
     gc.collect()
     for plans in (json_converter._ENCODINGS, json_converter._DECODINGS):
         assert not [cls for cls in plans if cls.__name__ == "PerRun"]
+
+
+def test_a_serialization_context_costs_no_copy() -> None:
+    """The SDK asks for a copy per serialization context for every payload sequence of
+    every workflow task; none of our converters takes a context, so it is this one, and
+    every instance shares the one set of converters."""
+    context = temporalio.converter.WorkflowSerializationContext(namespace="n", workflow_id="w")
+    first, second = (
+        json_converter.ContractPayloadConverter(),
+        json_converter.ContractPayloadConverter(),
+    )
+    assert first.with_context(context) is first
+    assert first.converters is second.converters
+    assert list(first.converters) == list(SDK_CONVERTERS.converters)
+
+
+def test_the_converters_are_the_sdks_but_for_json() -> None:
+    ours = json_converter.ContractPayloadConverter().converters
+    for encoding, converter in SDK_CONVERTERS.converters.items():
+        if encoding == b"json/plain":
+            assert type(ours[encoding]) is type(converter)
+            assert ours[encoding] is not converter
+        else:
+            assert ours[encoding] is converter
