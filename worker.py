@@ -49,12 +49,17 @@ from activities.connections import (
 from activities.credentials import CredentialsActivities
 from activities.deprovision import DeprovisionActivities
 from activities.dns_check import RESOLVERS_ENV, resolver_from_setting
+from activities.final_snapshot import (
+    DEFAULT_RETENTION_SECONDS,
+    FinalSnapshotActivities,
+    FinalSnapshotPolicy,
+)
 from activities.mail_tls import TlsSettings
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities, NotifyPolicy
 from activities.plan_change import PlanChangeActivities
 from activities.plan_change_guard import TenantRuns
-from activities.plans import CatalogError, load_catalog
+from activities.plans import CatalogError, load_backup_promises, load_catalog
 from activities.provider_registry import DEFAULT_PROVIDER, UnknownProvider, provider_entry
 from activities.rotation_schedule import RotationScheduleActivities
 from activities.ssh import ServerAccess, SshIdentity, SshTrustActivities
@@ -93,6 +98,7 @@ from workflows.activation import Activation
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.deprovision import Deprovision
 from workflows.dispatch import ProvisionMailTenant
+from workflows.final_snapshot_expiry import ExpireFinalSnapshot
 from workflows.plan_change import PlanChange
 from workflows.plan_change_lock import PlanChangeLock
 from workflows.provision import Purchase
@@ -106,7 +112,14 @@ log = get_logger("worker")
 # dynamic workflow, so a type missing here would be answered as UnknownWorkflowType;
 # it also runs RotateSmtpCredentials, ChangeMailPlan, DeprovisionMailTenant and
 # ActivateMailDomain, whose arguments must arrive raw (workflows/dispatch.py).
-WORKFLOWS = [ProvisionMailTenant, TenantClaim, PlanChangeLock, ReconcileOrphans, CheckWorld]
+WORKFLOWS = [
+    ProvisionMailTenant,
+    TenantClaim,
+    PlanChangeLock,
+    ReconcileOrphans,
+    CheckWorld,
+    ExpireFinalSnapshot,
+]
 # Workflow code the dynamic workflow runs for other types: re-executed per run like a
 # workflow module, so held to the same sandbox rules and bytecode check.
 DISPATCHED = [Purchase, Rotation, PlanChange, Deprovision, Activation]
@@ -159,6 +172,10 @@ class Settings:
     # TLS handshakes' trust anchors and port map (activities/mail_tls.py).
     dns_resolvers: str = ""
     tls_check: TlsSettings = field(default_factory=TlsSettings)
+    # Plans that promise backups and how long their final snapshot is kept: the
+    # catalog's `backups` / `final_snapshot_retention_days`, else
+    # MAILPROV_FINAL_SNAPSHOT_RETENTION_SECONDS (activities/final_snapshot.py).
+    final_snapshots: FinalSnapshotPolicy = field(default_factory=FinalSnapshotPolicy)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] = os.environ) -> Settings:
@@ -185,7 +202,7 @@ class Settings:
             codec_keys_file=Path(_required(env, "MAILPROV_CODEC_KEYS_FILE")),
             metrics_bind=env.get("MAILPROV_METRICS_BIND") or None,
             drain_seconds=float(_int(env, "MAILPROV_DRAIN_SECONDS", 60)),
-            plans=_plans(env),
+            plans=(plans := _plans(env)),
             ssh_source_networks=_networks(env, "MAILPROV_SSH_SOURCE_NETWORKS", ANYWHERE),
             notify_policy=_notify_policy(env),
             health_bind=env.get("MAILPROV_HEALTH_BIND") or None,
@@ -200,6 +217,7 @@ class Settings:
             require_encrypted_payloads=_bool(env, "MAILPROV_REQUIRE_ENCRYPTED_PAYLOADS"),
             dns_resolvers=env.get(RESOLVERS_ENV, "").strip(),
             tls_check=_tls_check(env),
+            final_snapshots=_final_snapshots(env, plans),
         )
 
 
@@ -279,6 +297,18 @@ def _plans(env: Mapping[str, str]) -> dict[str, Plan]:
         return load_catalog(Path(path) if path else None)
     except CatalogError as err:
         raise ConfigError(str(err)) from None
+
+
+def _final_snapshots(env: Mapping[str, str], plans: dict[str, Plan]) -> FinalSnapshotPolicy:
+    path = env.get("MAILPROV_PLANS_FILE", "").strip()
+    default = _int(env, "MAILPROV_FINAL_SNAPSHOT_RETENTION_SECONDS", DEFAULT_RETENTION_SECONDS)
+    if default < 1:
+        raise ConfigError("MAILPROV_FINAL_SNAPSHOT_RETENTION_SECONDS: must be >= 1")
+    try:
+        promises = load_backup_promises(Path(path) if path else None)
+    except CatalogError as err:
+        raise ConfigError(str(err)) from None
+    return FinalSnapshotPolicy.from_catalog(plans, promises, default)
 
 
 def _networks(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
@@ -383,7 +413,7 @@ async def build_activities(
     records = WorldRecords(vault, provider)
     claims = TenantClaimActivities(records)
     plan_change = PlanChangeActivities(provider, vault, access, settings.plans)
-    deprovision = DeprovisionActivities(vault, provider, vps, records)
+    deprovision = DeprovisionActivities(vault, provider, vps, records, settings.final_snapshots)
     try:
         # Set: checked now (a typo refuses the start); unset: the system's, at first use.
         resolver = resolver_from_setting(settings.dns_resolvers) if settings.dns_resolvers else None
@@ -428,6 +458,8 @@ async def build_activities(
             deprovision.delete_tenant_servers,
             deprovision.destroy_tenant_credentials,
             deprovision.release_deprovisioned_claim,
+            deprovision.take_final_snapshot,
+            FinalSnapshotActivities(provider).expire_final_snapshot,
             activation.check_mail_dns,
             activation.activation_contact,
             activation.check_mail_tls,
@@ -510,6 +542,7 @@ PASSED_THROUGH = (
     "workflows.contracts",
     "workflows.deprovision_contracts",
     "workflows.failures",
+    "workflows.final_snapshot_contracts",
     "workflows.input_rules",
     "workflows.plan_change_contracts",
     "workflows.policies",

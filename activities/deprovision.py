@@ -21,6 +21,7 @@ from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.final_snapshot import FinalSnapshotPolicy, FinalSnapshots
 from activities.rotation_schedule import rotation_schedule_exists
 from activities.rotation_target import TENANT_LABEL, tenant_server_selector
 from activities.vault import Vault, VaultError, vault_failure
@@ -47,6 +48,7 @@ from workflows.deprovision_contracts import (
     TenantHoldings,
     TenantServer,
 )
+from workflows.final_snapshot_contracts import FinalSnapshot, FinalSnapshotRequest
 from workflows.rotation_contracts import rotation_schedule_id
 
 # How long one attempt of release_claim watches the claim end after asking it to; the
@@ -57,11 +59,19 @@ CLAIM_POLL_SECONDS = 0.5
 
 class DeprovisionActivities:
     def __init__(
-        self, vault: Vault, provider: VpsProvider, vps: VpsActivities, records: WorldRecords
+        self,
+        vault: Vault,
+        provider: VpsProvider,
+        vps: VpsActivities,
+        records: WorldRecords,
+        final_snapshots: FinalSnapshotPolicy | None = None,
     ) -> None:
         self._vault = vault
         self._provider = provider
         self._records = records
+        # Which plans promise backups (the worker's catalog), never a client's say.
+        self._snapshot_policy = final_snapshots or FinalSnapshotPolicy()
+        self._snapshots = FinalSnapshots(provider)
         # Server deletion as the purchase's compensation does it (server, then its login
         # key and the firewall once no server uses it): one implementation.
         self._vps = vps
@@ -79,6 +89,7 @@ class DeprovisionActivities:
                 server.name,
                 server.labels.get(PURCHASE_LABEL, ""),
                 server.firewall_ids[0] if server.firewall_ids else None,
+                self._snapshot_policy.retention_for(server.labels, server.server_type),
             )
             for server in await self._find_servers(tenant)
         ]
@@ -107,6 +118,14 @@ class DeprovisionActivities:
         )
 
     # ------------------------------------------------------------------ servers
+
+    @activity.defn(name="take_final_snapshot")
+    async def take_final_snapshot(self, request: FinalSnapshotRequest) -> FinalSnapshot | None:
+        """The server's final snapshot, available (activities/final_snapshot.py); None
+        when the server is already gone. Only for a plan that promises backups: the
+        retention in the request was read by inspect_tenant from the worker's catalog."""
+        await _refuse_if_reclaimed(request.tenant_id, request.claim_run_id)
+        return await self._snapshots.take(request)
 
     @activity.defn(name="delete_tenant_servers")
     async def delete_tenant_servers(self, request: DeleteServersRequest) -> DeletedServers:

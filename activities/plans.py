@@ -12,6 +12,12 @@ at deploy time, not a purchase that fails after money was spent.
 The workflow sees a plan only through the `admit_purchase` activity: workflow code
 must not read files, and the activity's answer is recorded in history, so a replay
 uses the plan the run really got even after the operator changed the catalog.
+
+A plan may promise backups (`backups = true`): when such a tenant is deprovisioned,
+a final snapshot of its server is kept for `final_snapshot_retention_days` (or the
+worker's MAILPROV_FINAL_SNAPSHOT_RETENTION_SECONDS) and then deleted
+(activities/final_snapshot.py). That promise is read by the worker only
+(`load_backup_promises`), never taken from a request.
 """
 
 from __future__ import annotations
@@ -37,7 +43,19 @@ DEFAULT_CATALOG: dict[str, Plan] = {
     "enterprise": Plan(server_type="cx43", image="debian-12", locations=["hel1", "fsn1"]),
 }
 
-_FIELDS = {"server_type", "image", "location", "locations", "docker_install", "network"}
+# Plans whose tenants are promised backups in the shipped catalog (None: the worker's
+# default retention for the final snapshot).
+DEFAULT_BACKUP_PROMISES: dict[str, int | None] = {"enterprise": None}
+_BACKUP_FIELDS = {"backups", "final_snapshot_retention_days"}
+_FIELDS = {
+    "server_type",
+    "image",
+    "location",
+    "locations",
+    "docker_install",
+    "network",
+    *_BACKUP_FIELDS,
+}
 _NETWORK_FIELDS = {"ipv4", "ipv6"}
 
 
@@ -104,6 +122,7 @@ def _parse_plan(raw: Mapping[str, Any], where: str) -> Plan:
     if not (ipv4 or ipv6):
         # A server without public addresses cannot be reached to install MailU.
         raise CatalogError(f"{where}.network: needs at least one of ipv4 or ipv6")
+    _backup_promise(raw, where)
     return Plan(
         server_type=values["server_type"],
         image=values["image"],
@@ -114,10 +133,52 @@ def _parse_plan(raw: Mapping[str, Any], where: str) -> Plan:
     )
 
 
+def _backup_promise(raw: Mapping[str, Any], where: str) -> tuple[bool, int | None]:
+    """`backups` (a boolean, default false) and `final_snapshot_retention_days` (a
+    whole number of days >= 1, only beside `backups = true`)."""
+    backups = raw.get("backups", False)
+    if not isinstance(backups, bool):
+        raise CatalogError(f"{where}.backups: must be true or false")
+    days = raw.get("final_snapshot_retention_days")
+    if days is None:
+        return backups, None
+    if not backups:
+        raise CatalogError(f"{where}.final_snapshot_retention_days: needs backups = true")
+    if not isinstance(days, int) or isinstance(days, bool) or days < 1:
+        raise CatalogError(f"{where}.final_snapshot_retention_days: a whole number >= 1")
+    return backups, days
+
+
+def parse_backup_promises(
+    document: Mapping[str, Any], source: str = "catalog"
+) -> dict[str, int | None]:
+    """The plans that promise backups: plan -> its own retention in days, or None for
+    the worker's default. Call after parse_catalog accepted the document."""
+    promises: dict[str, int | None] = {}
+    for name, raw in document["plans"].items():
+        backups, days = _backup_promise(raw, f"{source}: plans.{name}")
+        if backups:
+            promises[name] = days
+    return promises
+
+
 def load_catalog(path: Path | None) -> dict[str, Plan]:
     """The catalog from a .json or .toml file, or the shipped default when path is None."""
     if path is None:
         return dict(DEFAULT_CATALOG)
+    return parse_catalog(_read_document(path), str(path))
+
+
+def load_backup_promises(path: Path | None) -> dict[str, int | None]:
+    """Which plans of that catalog file (or of the shipped one) promise backups."""
+    if path is None:
+        return dict(DEFAULT_BACKUP_PROMISES)
+    document = _read_document(path)
+    parse_catalog(document, str(path))
+    return parse_backup_promises(document, str(path))
+
+
+def _read_document(path: Path) -> Any:
     try:
         raw = path.read_bytes()
     except OSError as err:
@@ -133,7 +194,7 @@ def load_catalog(path: Path | None) -> dict[str, Plan]:
         raise CatalogError(
             f"MAILPROV_PLANS_FILE={path}: not valid {path.suffix[1:]}: {err}"
         ) from None
-    return parse_catalog(document, str(path))
+    return document
 
 
 def plan_for(catalog: Mapping[str, Plan], name: str) -> Plan:

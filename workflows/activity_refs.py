@@ -13,6 +13,7 @@ from activities.admission import AdmissionActivities
 from activities.audit import AuditActivities
 from activities.credentials import CredentialsActivities
 from activities.deprovision import DeprovisionActivities
+from activities.final_snapshot import FinalSnapshotActivities
 from activities.mailu import MailuActivities
 from activities.notify import NotifyActivities
 from activities.plan_change import PlanChangeActivities
@@ -30,6 +31,7 @@ __all__ = [
     "AuditActivities",
     "CredentialsActivities",
     "DeprovisionActivities",
+    "FinalSnapshotActivities",
     "MailuActivities",
     "NotifyActivities",
     "PlanChangeActivities",

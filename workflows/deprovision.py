@@ -2,6 +2,8 @@
 
     decode {"tenant_id", "requested_by", "reason"?} ─► inspect_tenant (our records;
         refused while a purchase of the tenant runs) ─► remove_rotation_schedule
+        ─► take_final_snapshot (only a plan that promises backups; waits until it is
+           available) ─► start ExpireFinalSnapshot (a child that outlives this run)
         ─► delete_tenant_servers (each with its login key; the firewall once unused)
         ─► destroy_tenant_credentials (every version and the metadata)
         ─► release_deprovisioned_claim (verifies nothing is left first)
@@ -25,6 +27,13 @@ PurchaseInProgress (cancel the purchase first: its own compensation undoes it). 
 refuse instead of cancelling it: the back end decides what a cancelled half-made
 purchase means to the customer; a refusal with a clear reason costs one activity.
 
+A plan of the worker's catalog with `backups = true` gets a final snapshot of each
+server before it is deleted (activities/final_snapshot.py): labelled with the tenant,
+the server and when it may be deleted, found again by those labels on a retry, so a
+resumed run never takes two. Its timer `final-snapshot-expiry-{image_id}` is started as
+a child with ParentClosePolicy.ABANDON: this run ends at once, the timer deletes the
+snapshot after the retention (workflows/final_snapshot_expiry.py).
+
 Like the rotation, the argument arrives raw through the queue's dynamic workflow
 (ProvisionMailTenant in workflows/dispatch.py), so a bad argument ends the run at once
 with InvalidDeprovisionRequest naming the field, with nothing touched.
@@ -32,12 +41,17 @@ with InvalidDeprovisionRequest naming the field, with nothing touched.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import ActivityError, ApplicationError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    WorkflowAlreadyStartedError,
+)
 
 from workflows.contracts import (
     VAULT_KV_MOUNT,
@@ -63,6 +77,12 @@ from workflows.deprovision_contracts import (
     deprovision_request_from_payloads,
     deprovision_workflow_id,
 )
+from workflows.final_snapshot_contracts import (
+    EXPIRY_WORKFLOW_TYPE,
+    FinalSnapshot,
+    FinalSnapshotRequest,
+    expiry_workflow_id,
+)
 from workflows.rotation_contracts import RotationRequest
 
 with workflow.unsafe.imports_passed_through():
@@ -79,6 +99,7 @@ with workflow.unsafe.imports_passed_through():
         INSPECT_TENANT,
         RELEASE_DEPROVISIONED_CLAIM,
         REMOVE_SCHEDULE,
+        TAKE_FINAL_SNAPSHOT,
     )
 
 
@@ -137,6 +158,7 @@ class Deprovision:
         servers_deleted: list[int] = []
         firewalls: list[int] = []
         ssh_keys: list[str] = []
+        snapshots: list[FinalSnapshot] = []
         versions = 0
         schedule_removed = claim_released = False
         for passes in range(1, MAX_PASSES + 1):
@@ -158,6 +180,7 @@ class Deprovision:
                 )
                 schedule_removed = True
             if holdings.servers:
+                snapshots += await self._final_snapshots(holdings)
                 deleted: DeletedServers = await self._step(
                     "delete_tenant_servers",
                     DeprovisionActivities.delete_tenant_servers,
@@ -202,8 +225,11 @@ class Deprovision:
                 rotation_schedule_removed=schedule_removed,
                 claim_released=claim_released,
                 passes=passes,
+                final_snapshots=[s.image_id for s in snapshots],
             )
-            await self._audit(request, result, sorted(set(ssh_keys)), sorted(set(firewalls)))
+            await self._audit(
+                request, result, sorted(set(ssh_keys)), sorted(set(firewalls)), snapshots
+            )
             return result
         raise ApplicationError(  # not reached: the last pass returns or raises
             f"tenant {tenant} still has records after {MAX_PASSES} passes",
@@ -211,12 +237,46 @@ class Deprovision:
             non_retryable=True,
         )
 
+    async def _final_snapshots(self, holdings: TenantHoldings) -> list[FinalSnapshot]:
+        """A final snapshot of each server whose plan promises backups, each with its
+        expiry timer started; none for the others (retention 0, read by the worker)."""
+        taken: list[FinalSnapshot] = []
+        for server in holdings.servers:
+            if server.final_snapshot_retention_seconds <= 0:
+                continue
+            snapshot: FinalSnapshot | None = await self._step(
+                "take_final_snapshot",
+                DeprovisionActivities.take_final_snapshot,
+                FinalSnapshotRequest(
+                    holdings.tenant_id,
+                    server.server_id,
+                    server.name,
+                    server.purchase_id,
+                    holdings.claim_run_id,
+                    server.final_snapshot_retention_seconds,
+                    int(workflow.now().timestamp()),
+                ),
+                TAKE_FINAL_SNAPSHOT,
+            )
+            if snapshot is None:
+                continue  # the server was gone already: nothing to keep
+            # An earlier run of this tenant may have started its timer already.
+            with contextlib.suppress(WorkflowAlreadyStartedError):
+                await workflow.start_child_workflow(
+                    EXPIRY_WORKFLOW_TYPE,
+                    id=expiry_workflow_id(snapshot.image_id),
+                    parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+                )
+            taken.append(snapshot)
+        return taken
+
     async def _audit(
         self,
         request: DeprovisionRequest,
         result: DeprovisionResult,
         ssh_keys: list[str],
         firewalls: list[int],
+        snapshots: list[FinalSnapshot],
     ) -> None:
         info = workflow.info()
         details = {
@@ -232,6 +292,8 @@ class Deprovision:
                 else ""
             ),
             "rotation_schedule_removed": str(result.rotation_schedule_removed).lower(),
+            # image id:delete-after (UNIX seconds) of each final snapshot kept.
+            "final_snapshots": ",".join(f"{s.image_id}:{s.delete_after}" for s in snapshots),
             "claim_released": str(result.claim_released).lower(),
         }
         event = AuditEvent(

@@ -89,6 +89,9 @@ class TenantServer:
     name: str
     purchase_id: str
     firewall_id: int | None = None
+    # How long a final snapshot of it is kept, from the worker's catalog by the server's
+    # plan (activities/final_snapshot.py); 0: its plan promises no backups, none taken.
+    final_snapshot_retention_seconds: int = 0
 
 
 @dataclass(frozen=True)
@@ -162,6 +165,9 @@ class DeprovisionResult:
     rotation_schedule_removed: bool = False
     claim_released: bool = False
     passes: int = 1
+    # The final snapshots kept for a plan that promises backups (image ids), each
+    # deleted by its ExpireFinalSnapshot timer (workflows/final_snapshot_expiry.py).
+    final_snapshots: list[int] = field(default_factory=list)
 
 
 @dataclass

@@ -187,6 +187,25 @@ RELEASE_DEPROVISIONED_CLAIM: Options = dict(
     retry_policy=policy(2, 60),
 )
 
+# A final snapshot for a plan that promises backups (activities/final_snapshot.py):
+# creating the image takes minutes, growing with the disk's data, and the server stays
+# locked meanwhile. One attempt waits for it, heartbeating as the boot wait does (90 s
+# timeout: a 10-minute snapshot costs about 8 heartbeats); a retry finds its own image
+# by label. Like deletion it must finish, or the server is never deleted.
+TAKE_FINAL_SNAPSHOT: Options = dict(
+    start_to_close_timeout=timedelta(hours=2),
+    heartbeat_timeout=timedelta(seconds=90),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=policy(5, 300),
+)
+# The expiry timer's look-and-delete: two provider calls; retried for a day, then the
+# run fails and check-world reports the snapshot past its expiry.
+EXPIRE_FINAL_SNAPSHOT: Options = dict(
+    start_to_close_timeout=timedelta(seconds=60),
+    schedule_to_close_timeout=timedelta(days=1),
+    retry_policy=policy(5, 300),
+)
+
 # ---------------------------------------------------------------- activation
 # One DNS check (workflows/activation.py): a provider read, a Vault read, one SSH
 # command (MailU's export) and about six lookups. A check that still fails after a few

@@ -386,6 +386,9 @@ class Purchase:
                 "purchase": request.purchase_id,
                 "tenant": request.tenant_id,
                 "managed-by": "mail-provisioning",
+                # The plan it runs on (each plan change relabels it): deprovisioning
+                # reads from it whether the plan promises a final snapshot.
+                "plan": request.plan,
             },
         )
 

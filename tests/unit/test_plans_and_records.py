@@ -15,7 +15,13 @@ from temporalio.testing import ActivityEnvironment
 
 from activities.dns_records import DnsExportError, address_records, domain_records
 from activities.hetzner import HetznerClient
-from activities.plans import DEFAULT_CATALOG, CatalogError, load_catalog, parse_catalog
+from activities.plans import (
+    DEFAULT_CATALOG,
+    CatalogError,
+    load_backup_promises,
+    load_catalog,
+    parse_catalog,
+)
 from activities.ssh import SshIdentity
 from activities.vps_provider import VpsActivities
 from devstack.mailu_export import domain_dns, generate_dkim_key
@@ -82,6 +88,29 @@ def test_toml_and_json_catalogs_load_the_same_plans(tmp_path: Path) -> None:
             "plans.p.network",
         ),
         ({"server_type": "cx22", "image": "debian-12", "location": "a", "x": 1}, "plans.p.x"),
+        (
+            {"server_type": "cx22", "image": "debian-12", "location": "a", "backups": "yes"},
+            "plans.p.backups",
+        ),
+        (
+            {
+                "server_type": "cx22",
+                "image": "debian-12",
+                "location": "a",
+                "final_snapshot_retention_days": 30,
+            },
+            "plans.p.final_snapshot_retention_days",
+        ),
+        (
+            {
+                "server_type": "cx22",
+                "image": "debian-12",
+                "location": "a",
+                "backups": True,
+                "final_snapshot_retention_days": 0,
+            },
+            "plans.p.final_snapshot_retention_days",
+        ),
     ],
 )
 def test_each_catalog_mistake_names_plan_and_field(plan: dict[str, Any], where: str) -> None:
@@ -224,3 +253,19 @@ async def test_a_refused_create_stays_the_answer_when_removing_its_key_fails() -
     with pytest.raises(ApplicationError) as err:
         await ActivityEnvironment().run(activities.create_server, spec)
     assert err.value.type == "Provider.resource_limit_exceeded" and err.value.non_retryable
+
+
+def test_backup_promises_come_from_the_catalog_only(tmp_path: Path) -> None:
+    """Which plans promise a final snapshot: `backups = true`, with the plan's own
+    retention or (None) the worker's default; the shipped catalog promises enterprise."""
+    assert load_backup_promises(None) == {"enterprise": None}
+    path = tmp_path / "plans.toml"
+    path.write_text(
+        "[plans.basic]\nserver_type = 'cx23'\nimage = 'debian-12'\nlocation = 'fsn1'\n"
+        "[plans.safe]\nserver_type = 'cx33'\nimage = 'debian-12'\nlocation = 'fsn1'\n"
+        "backups = true\n"
+        "[plans.vault]\nserver_type = 'cx43'\nimage = 'debian-12'\nlocation = 'fsn1'\n"
+        "backups = true\nfinal_snapshot_retention_days = 90\n"
+    )
+    assert sorted(load_catalog(path)) == ["basic", "safe", "vault"]
+    assert load_backup_promises(path) == {"safe": None, "vault": 90}

@@ -66,6 +66,12 @@ def test_plans_file_and_ssh_networks_settings(tmp_path: Path) -> None:
     assert chosen.ssh_source_networks == ("203.0.113.0/24", "2001:db8:42::/48")
     with pytest.raises(ConfigError, match=r"MAILPROV_SSH_SOURCE_NETWORKS: '203\.0\.113\.7/24'"):
         Settings.from_env({**COMPLETE, "MAILPROV_SSH_SOURCE_NETWORKS": "203.0.113.7/24"})
+    # The shipped catalog promises enterprise a final snapshot, kept 30 days by default.
+    assert settings.final_snapshots.retention_seconds == {"enterprise": 30 * 86400}
+    short = {**COMPLETE, "MAILPROV_FINAL_SNAPSHOT_RETENTION_SECONDS": "120"}
+    assert Settings.from_env(short).final_snapshots.retention_seconds == {"enterprise": 120}
+    with pytest.raises(ConfigError, match="MAILPROV_FINAL_SNAPSHOT_RETENTION_SECONDS"):
+        Settings.from_env({**COMPLETE, "MAILPROV_FINAL_SNAPSHOT_RETENTION_SECONDS": "0"})
     yaml = tmp_path / "plans.yaml"
     yaml.write_text("plans: {}\n")
     with pytest.raises(ConfigError, match=r"MAILPROV_PLANS_FILE=.*must end in \.json or \.toml"):

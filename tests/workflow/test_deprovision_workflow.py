@@ -217,6 +217,7 @@ async def test_a_tenant_is_removed_step_by_step_and_audited(
         "firewalls_deleted": "7",
         "vault_record_destroyed": "smtp/acme/admin: 3 versions and metadata",
         "rotation_schedule_removed": "true",
+        "final_snapshots": "",
         "claim_released": "true",
     }
     assert (status.state, status.current_step, status.error) == ("deprovisioned", None, None)

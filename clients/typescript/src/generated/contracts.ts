@@ -52,6 +52,7 @@ export interface DeprovisionResult {
   rotation_schedule_removed: boolean;
   claim_released: boolean;
   passes: number;
+  final_snapshots: number[];
 }
 
 /** One record the customer publishes. Public data only (never a private key). */
