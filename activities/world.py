@@ -26,7 +26,13 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.audit import AuditStore
 from activities.vault import Vault
-from activities.vps_provider import MANAGED_BY_SELECTOR, PURCHASE_LABEL, Server, VpsProvider
+from activities.vps_provider import (
+    MANAGED_BY_SELECTOR,
+    PURCHASE_LABEL,
+    Image,
+    Server,
+    VpsProvider,
+)
 from workflows.claim_contracts import (
     CLAIM_ID_PREFIX,
     HOLDER_MEMO,
@@ -36,6 +42,13 @@ from workflows.claim_contracts import (
     tenant_claim_id,
 )
 from workflows.contracts import WORKFLOW_TYPE, workflow_id_for
+from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE, deprovision_workflow_id
+from workflows.final_snapshot_contracts import (
+    DELETE_AFTER_LABEL,
+    EXPIRY_WORKFLOW_TYPE,
+    FINAL_SNAPSHOT_SELECTOR,
+    image_id_of_expiry,
+)
 from workflows.reconcile_contracts import (
     ManagedServer,
     PurchaseRun,
@@ -48,6 +61,7 @@ from workflows.world_check_contracts import (
     WORLD_CHECKED,
     WORLD_DISAGREEMENTS,
     CompletedPurchase,
+    FinalSnapshotView,
     TenantView,
     WorldReport,
     count_by_kind,
@@ -98,6 +112,9 @@ class WorldRecords:
         """The tenant's current record version; None if there is none (or it is withdrawn)."""
         data, version = await asyncio.to_thread(self._vault.latest, tenant_id)
         return version if data is not None else None
+
+    async def final_snapshots(self, label_selector: str) -> list[Image]:
+        return await self._provider.find_snapshots(label_selector=label_selector)
 
     async def managed_servers(self, selector: str = "") -> list[Server]:
         label_selector = f"{MANAGED_BY_SELECTOR},{selector or PURCHASE_LABEL}"
@@ -352,7 +369,9 @@ class WorldActivities:
         views = []
         for record in await self.tenant_records(tenant_ids):
             views.append(await self._view(record, servers, schedules, running_purchases, claims))
+        snapshots = await self._final_snapshots()
         checked = {
+            "final_snapshots": len(snapshots),
             "servers": len(servers),
             "tenants": len(tenant_ids),
             "claims": len(claims),
@@ -361,7 +380,43 @@ class WorldActivities:
             "completed_purchases": len(completed),
             "audit_rows": len(rows),
         }
-        return WorldReport(disagreements(views, completed), checked)
+        found = disagreements(views, completed, snapshots, int(time.time()))
+        return WorldReport(found, checked)
+
+    async def _final_snapshots(self) -> list[FinalSnapshotView]:
+        """The final snapshots deprovisionings kept, each with whether its expiry timer
+        (or the deprovisioning taking it) still runs."""
+        selector = f"{MANAGED_BY_SELECTOR},{FINAL_SNAPSHOT_SELECTOR}"
+        images = await self._records.final_snapshots(selector)
+        if not images:
+            return []
+        timers = {
+            image_id
+            async for execution in self._client.list_workflows(
+                f"WorkflowType = '{EXPIRY_WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
+            )
+            if (image_id := image_id_of_expiry(execution.id)) is not None
+        }
+        deprovisioning = {
+            execution.id
+            async for execution in self._client.list_workflows(
+                f"WorkflowType = '{DEPROVISION_WORKFLOW_TYPE}' AND ExecutionStatus = 'Running'"
+            )
+        }
+        views = []
+        for image in images:
+            tenant = image.labels.get("tenant", "")
+            raw = image.labels.get(DELETE_AFTER_LABEL, "")
+            views.append(
+                FinalSnapshotView(
+                    image.id,
+                    tenant,
+                    int(raw) if raw.isdigit() else 0,
+                    image.id in timers,
+                    deprovision_workflow_id(tenant) in deprovisioning,
+                )
+            )
+        return views
 
     async def _view(
         self,

@@ -472,6 +472,9 @@ class FaultRun:
                     ended.append(tenant)
             if done.outcome != "deprovisioned" or not done.claim_released:
                 return f"clean-up of {tenant}: {done}"
+            if done.final_snapshots:
+                # A plan that promises backups: kept until its expiry timer deletes it.
+                say(f"clean-up of {tenant}: final snapshot(s) {done.final_snapshots} kept")
             return None
 
         return [

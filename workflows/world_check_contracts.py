@@ -9,6 +9,11 @@ operator applies (docs/OPERATIONS.md, "check-world").
 
 from dataclasses import dataclass, field
 
+from workflows.final_snapshot_contracts import (
+    EXPIRY_GRACE_SECONDS,
+    EXPIRY_ID_PREFIX,
+    EXPIRY_WORKFLOW_TYPE,
+)
 from workflows.reconcile_contracts import ManagedServer, TenantRecord
 
 WORLD_CHECK_WORKFLOW = "CheckWorld"
@@ -30,6 +35,8 @@ KINDS = (
     "live_tenant_without_rotation_schedule",
     "rotation_schedule_without_server",
     "completed_purchase_without_audit_row",
+    "final_snapshot_without_timer",
+    "final_snapshot_past_expiry",
 )
 
 
@@ -44,6 +51,17 @@ class TenantView:
     orphan_evidence: dict[int, str] = field(default_factory=dict)
     rotation_schedule: bool = False
     in_flight: bool = False  # a purchase of this tenant is running: mid-way is fine
+
+
+@dataclass(frozen=True)
+class FinalSnapshotView:
+    """A final snapshot a deprovisioning kept (workflows/final_snapshot_contracts.py)."""
+
+    image_id: int
+    tenant_id: str
+    delete_after: int  # UNIX seconds, its label (0: unreadable)
+    timer_running: bool  # its ExpireFinalSnapshot run is open
+    deprovision_running: bool  # the tenant's deprovisioning is still taking it
 
 
 @dataclass(frozen=True)
@@ -70,12 +88,17 @@ class WorldReport:
 
 
 def disagreements(
-    tenants: list[TenantView], completed: list[CompletedPurchase]
+    tenants: list[TenantView],
+    completed: list[CompletedPurchase],
+    snapshots: list[FinalSnapshotView] | None = None,
+    now: int = 0,
 ) -> list[Disagreement]:
     found: list[Disagreement] = []
     for tenant in tenants:
         if not tenant.in_flight:
             found.extend(_tenant_disagreements(tenant))
+    for snapshot in snapshots or []:
+        found.extend(_snapshot_disagreements(snapshot, now))
     for run in completed:
         if not run.audited:
             found.append(
@@ -174,6 +197,40 @@ def _tenant_disagreements(tenant: TenantView) -> list[Disagreement]:
             "a live tenant's credentials are never rotated",
             f"recreate it: `starter.py rotate {t}` needs it; re-run the purchase's "
             "schedule_rotation step (docs/OPERATIONS.md)",
+        )
+    return found
+
+
+def _snapshot_disagreements(snapshot: FinalSnapshotView, now: int) -> list[Disagreement]:
+    """A final snapshot is expected while its expiry timer runs (or the deprovisioning
+    that takes it still does) and until its delete-after; past it by more than the
+    grace, its timer's delete is failing (or it has none)."""
+    subject = f"image-{snapshot.image_id}"
+    timer = f"{EXPIRY_ID_PREFIX}{snapshot.image_id}"
+    found: list[Disagreement] = []
+    if not snapshot.timer_running and not snapshot.deprovision_running:
+        found.append(
+            Disagreement(
+                "final_snapshot_without_timer",
+                subject,
+                f"final snapshot {snapshot.image_id} of tenant {snapshot.tenant_id} has no "
+                f"running {timer}: nothing will delete it (billed per GB-month)",
+                f"start it: `temporal workflow start --type {EXPIRY_WORKFLOW_TYPE} "
+                f"--task-queue mail-provisioning --workflow-id {timer}` (it reads the "
+                "image's delete-after label)",
+            )
+        )
+    if now > snapshot.delete_after + EXPIRY_GRACE_SECONDS:
+        found.append(
+            Disagreement(
+                "final_snapshot_past_expiry",
+                subject,
+                f"final snapshot {snapshot.image_id} of tenant {snapshot.tenant_id} is past "
+                f"its delete-after ({snapshot.delete_after}) by more than "
+                f"{EXPIRY_GRACE_SECONDS} s",
+                f"see why {timer} has not deleted it (`temporal workflow show -w {timer}`); "
+                "to keep it longer, relabel delete-after (docs/OPERATIONS.md)",
+            )
         )
     return found
 

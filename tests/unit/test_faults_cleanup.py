@@ -29,6 +29,7 @@ class Runs:
         self.started: list[str] = []
         self.in_flight = 0
         self.peak = 0
+        self.snapshots: dict[str, list[int]] = {}
 
     async def start(self, client: Any, request: DeprovisionRequest, queue: str) -> Any:
         assert (request.requested_by, queue) == ("faults", faults_run.TASK_QUEUE)
@@ -49,7 +50,12 @@ class Handle:
         outcome = self.runs.outcomes.get(self.tenant, "deprovisioned")
         if isinstance(outcome, BaseException):
             raise outcome
-        return DeprovisionResult(self.tenant, outcome, claim_released=outcome == "deprovisioned")
+        return DeprovisionResult(
+            self.tenant,
+            outcome,
+            claim_released=outcome == "deprovisioned",
+            final_snapshots=self.runs.snapshots.get(self.tenant, []),
+        )
 
 
 @pytest.mark.asyncio
@@ -91,3 +97,19 @@ def test_anything_a_tenant_could_keep_is_left_behind_after_the_clean_up() -> Non
     # Agreeing records (no disagreement) are still left behind after every deprovision.
     assert left_behind(world) == {"servers": 1, "vault_records": 2}
     assert left_behind(WorldReport([], {"rotation_schedules": 1})) == {"rotation_schedules": 1}
+
+
+@pytest.mark.asyncio
+async def test_clean_up_names_the_final_snapshots_a_backup_plan_kept(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    runs = Runs({})
+    runs.snapshots = {"t2": [900001]}
+    monkeypatch.setattr(faults_run, "start_deprovision", runs.start)
+    faults = FaultRun.__new__(FaultRun)
+    faults.client = None  # type: ignore[assignment]
+    assert await faults.deprovision_all(["t1", "t2"], "done") == []
+    printed = capsys.readouterr()
+    said = printed.out + printed.err
+    assert "clean-up of t2: final snapshot(s) [900001] kept" in said
+    assert "clean-up of t1: final" not in said

@@ -14,6 +14,7 @@ from workflows.reconcile_contracts import (
 from workflows.world_check_contracts import (
     KINDS,
     CompletedPurchase,
+    FinalSnapshotView,
     TenantView,
     count_by_kind,
     disagreements,
@@ -112,3 +113,31 @@ def test_a_tenant_in_flight_is_not_judged_mid_way() -> None:
 def test_counts_cover_every_kind() -> None:
     counts = count_by_kind([])
     assert set(counts) == set(KINDS) and set(counts.values()) == {0}
+
+
+@pytest.mark.parametrize(
+    ("timer", "deprovisioning", "now", "kinds"),
+    [
+        # Kept with its timer running, before its delete-after: expected.
+        (True, False, 1_000, []),
+        # Being taken: the deprovisioning starts its timer once it is available.
+        (False, True, 1_000, []),
+        # Nothing will delete it.
+        (False, False, 1_000, ["final_snapshot_without_timer"]),
+        # Its timer runs but has not deleted it long after its delete-after.
+        (True, False, 2_000 + 3_601, ["final_snapshot_past_expiry"]),
+        # Within the grace after delete-after: the timer is deleting it now.
+        (True, False, 2_000 + 3_600, []),
+        (False, False, 9_999, ["final_snapshot_without_timer", "final_snapshot_past_expiry"]),
+    ],
+)
+def test_a_final_snapshot_is_expected_only_with_its_timer_and_before_its_expiry(
+    timer: bool, deprovisioning: bool, now: int, kinds: list[str]
+) -> None:
+    snapshot = FinalSnapshotView(900_001, "acme", 2_000, timer, deprovisioning)
+    found = disagreements([], [], [snapshot], now)
+    assert [d.kind for d in found] == kinds
+    assert all(d.subject == "image-900001" and "acme" in d.detail for d in found)
+    assert all(kind in KINDS for kind in kinds)
+    if "final_snapshot_without_timer" in kinds:
+        assert "final-snapshot-expiry-900001" in found[0].fix
