@@ -29,14 +29,13 @@ converter for every dataclass of our contracts, and for payloads it rejects or c
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import types
 import typing
 import weakref
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any, Self, cast
+from typing import Any, Generic, Self, TypeVar, cast
 
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload
@@ -77,10 +76,46 @@ class _Decoding:
     fields: tuple[tuple[str, bool, Convert], ...] | None
 
 
-# Keyed weakly: a dataclass defined in a module the sandbox re-imports for every run is a
-# new class each run, and must not stay alive here after it.
-_ENCODINGS: weakref.WeakKeyDictionary[type, _Encoding] = weakref.WeakKeyDictionary()
-_DECODINGS: weakref.WeakKeyDictionary[type, _Decoding] = weakref.WeakKeyDictionary()
+P = TypeVar("P")
+
+
+class _PerClass(Generic[P]):
+    """A plan per class that does not keep the class alive: a dataclass defined in a
+    module the sandbox re-imports for every run is a new class each run. Keyed by id,
+    with the weak reference checked on lookup (an id may be reused once its class is
+    gone) and the entry dropped when the class goes; a WeakKeyDictionary would make a
+    weak reference for every lookup."""
+
+    def __init__(self) -> None:
+        self._plans: dict[int, tuple[weakref.ref[type], P]] = {}
+
+    def get(self, cls: type) -> P | None:
+        entry = self._plans.get(id(cls))
+        if entry is None or entry[0]() is not cls:
+            return None
+        return entry[1]
+
+    def put(self, cls: type, plan: P) -> None:
+        key, plans = id(cls), self._plans
+
+        def forget(ref: weakref.ref[type]) -> None:
+            if plans.get(key, (None,))[0] is ref:
+                del plans[key]
+
+        plans[key] = (weakref.ref(cls, forget), plan)
+
+    def __contains__(self, cls: type) -> bool:
+        return self.get(cls) is not None
+
+    def clear(self) -> None:
+        self._plans.clear()
+
+    def classes(self) -> list[type]:
+        return [cls for ref, _ in list(self._plans.values()) if (cls := ref()) is not None]
+
+
+_ENCODINGS: _PerClass[_Encoding] = _PerClass()
+_DECODINGS: _PerClass[_Decoding] = _PerClass()
 
 
 def _is_dataclass_class(cls: Any) -> bool:
@@ -98,7 +133,7 @@ def _encoding(cls: type) -> _Encoding | None:
             names=tuple(f.name for f in dataclasses.fields(cast(Any, cls))),
             direct_json=not issubclass(cls, (bytes, Message, RawValue)),
         )
-        _ENCODINGS[cls] = plan
+        _ENCODINGS.put(cls, plan)
     return plan
 
 
@@ -117,7 +152,7 @@ def _decoding(cls: type) -> _Decoding | None:
                     for f in dataclasses.fields(cast(Any, cls))
                 )
             )
-        _DECODINGS[cls] = plan
+        _DECODINGS.put(cls, plan)
     return plan
 
 
@@ -130,14 +165,24 @@ def _field_converter(hint: Any) -> Convert:
     converters = [_CONTRACTS]
     fast = _short_cut(hint)
 
-    def convert(value: Any) -> Any:
-        if fast is not None:
-            # _NotShortCut, or an error the SDK raises its own way below.
-            with contextlib.suppress(Exception):
-                return fast(value)
+    def by_the_sdk(value: Any) -> Any:
         return value_to_type(hint, value, converters)
 
-    return convert
+    if fast is None:
+        return by_the_sdk
+    short_cut: Convert = fast
+
+    def short_cut_first(value: Any) -> Any:
+        try:
+            result = short_cut(value)
+        except Exception:  # _NotShortCut, or an error the SDK raises its own way below
+            result = _NotShortCut
+        if result is _NotShortCut:
+            # Outside the except block, so the SDK's error has no short cut in its context.
+            return by_the_sdk(value)
+        return result
+
+    return short_cut_first
 
 
 def _short_cut(hint: Any) -> Convert | None:

@@ -218,7 +218,8 @@ def test_a_class_made_per_run_is_not_kept() -> None:
     del PerRun
     gc.collect()
     for plans in (json_converter._ENCODINGS, json_converter._DECODINGS):
-        assert not [cls for cls in plans if cls.__name__ == "PerRun"]
+        assert not [cls for cls in plans.classes() if cls.__name__ == "PerRun"]
+        assert not [key for key, (ref, _) in plans._plans.items() if ref() is None]
 
 
 def test_a_serialization_context_costs_no_copy() -> None:
