@@ -11,9 +11,10 @@ The scenario's tenants are dealt round-robin into these groups (size 1: `kill` o
 the cheap one make test runs):
 
     kill               front has its certificates when the back end signals (one TLS
-                       round: check, restart front, check); all workers SIGKILLed while
-                       the run restarts front (missed when a poll does not see it), and
-                       again while it checks TLS after
+                       round: check, restart front, check); the first `restart front` is
+                       refused by the engine (exit 1, docker/compose#739), and all
+                       workers are SIGKILLed while the run restarts front (the step lasts
+                       until its retry 10 s later)
     restart_not_taken  `docker compose restart front` answers 0 once without restarting
                        anything (front's dovecot still down: Mailu/Mailu#3827, dovecot
                        starts only with front; the real users' fix is another
@@ -99,6 +100,14 @@ TLS_ACTIVE = frozenset({"checking_tls", "restarting_front"})
 CERTIFICATE_WAIT_SECONDS = 180.0
 STAGE_WAIT_SECONDS = 600.0
 RESTART_FRONT = "restart front"
+# What Compose prints when the engine will not restart a container (docker/compose#739,
+# "Error response from daemon: Cannot restart container ...").
+DAEMON_REFUSED = (
+    "Error response from daemon: Cannot restart container mailu-front-1: "
+    "container is marked for removal and cannot be started\n"
+)
+# The `restart front` exec requests each group's server sees: (run, answered by a fault).
+RESTARTS = {"kill": (1, 1), "restart_not_taken": (1, 1)}
 LETSENCRYPT = "root/mailu/certs/letsencrypt"
 # What certbot logs when the CA is down (requests' ConnectionError) or refuses nonces.
 CA_REFUSED_MARK = "Connection refused"
@@ -262,7 +271,7 @@ class ActivationTlsFaultRun(RotationActivationFaultRun):
                         f"993={outside.imaps_port}",
                     }
                 )
-                armed = await self.restarts_not_taken(tenants)
+                armed = await self.restart_faults(tenants)
                 await self.tls_story(tenants, outside, result)
                 for tenant in tenants:
                     tenant.login = await self.login_problem(tenant, outside.ca_bundle)
@@ -310,11 +319,19 @@ class ActivationTlsFaultRun(RotationActivationFaultRun):
         response.raise_for_status()
         return Path(response.json()["server"]["state_dir"])
 
-    async def restarts_not_taken(self, tenants: list[TlsTenant]) -> int:
-        """`docker compose restart front` answers 0 once, restarting nothing."""
-        faulted = [t.purchase for t in tenants if t.group == "restart_not_taken"]
-        return await self.on_each_bought_server(
-            faulted, "command-faults", {"match": RESTART_FRONT, "exit_status": 0, "times": 1}
+    async def restart_faults(self, tenants: list[TlsTenant]) -> int:
+        """`docker compose restart front` answers 0 once, restarting nothing, on the
+        `restart_not_taken` servers; the daemon refuses it once on the `kill` servers
+        (so the run stays in restarting_front until the retry, where the kill lands)."""
+        armed = await self.on_each_bought_server(
+            [t.purchase for t in tenants if t.group == "restart_not_taken"],
+            "command-faults",
+            {"match": RESTART_FRONT, "exit_status": 0, "times": 1},
+        )
+        return armed + await self.on_each_bought_server(
+            [t.purchase for t in tenants if t.group == "kill"],
+            "command-faults",
+            {"match": RESTART_FRONT, "exit_status": 1, "stderr": DAEMON_REFUSED, "times": 1},
         )
 
     # ------------------------------------------------------------------ the story
@@ -352,21 +369,16 @@ class ActivationTlsFaultRun(RotationActivationFaultRun):
         )
 
     async def kills(self, tenants: list[TlsTenant], result: ScenarioResult) -> None:
-        """All workers SIGKILLed while a `kill` run restarts front (missed if the restart
-        was over before a poll saw it), while it checks TLS after that, and while a
-        `ca_down` run checks TLS (its certificate still being obtained)."""
-        for names, states in (
-            (("kill",), {"restarting_front"}),
-            (("kill",), {"checking_tls"}),
-            (("ca_down",), {"checking_tls"}),
-        ):
-            watched = _runs(_in_group(tenants, *names))
-            if watched and await self.when_state(watched, states):
-                await self.tls_outage(
-                    _runs(tenants),
-                    result,
-                    functools.partial(self.kill_workers, None),
-                )
+        """All workers SIGKILLed while a `kill` run restarts front (its first restart is
+        refused by the engine, so the step lasts until the retry 10 s later: a poll
+        sees it), and while a `ca_down` run checks TLS (its certificate still being
+        obtained)."""
+        measuring: list[asyncio.Future[None]] = []
+        kill = functools.partial(self.kill_workers, None)
+        for group, state in (("kill", "restarting_front"), ("ca_down", "checking_tls")):
+            if await self.when_state(_runs(_in_group(tenants, group)), {state}):
+                measuring.append(await self.tls_outage(_runs(tenants), result, kill))
+        await asyncio.gather(*measuring)
 
     async def ca_outage(self, tenants: list[TlsTenant], outside: AcmeWorldOutside) -> None:
         """The CA down until front's certbot failed on it, then refusing every nonce
@@ -458,22 +470,30 @@ class ActivationTlsFaultRun(RotationActivationFaultRun):
             return status
         return None
 
-    async def when_state(self, runs: Handles, states: set[str]) -> bool:
-        """Until a run is in one of `states`; False once all ended (or STAGE_WAIT_SECONDS)."""
+    async def when_state(self, runs: Handles, states: set[str]) -> str | None:
+        """Until a run is in one of `states` (which one); None once all ended (or
+        none got there within STAGE_WAIT_SECONDS)."""
+        if not runs:
+            return None
         deadline = time.monotonic() + STAGE_WAIT_SECONDS
         while time.monotonic() < deadline:
             found = [await self._state(handle) for handle in runs.values()]
-            if states.intersection(s for s in found if s is not None):
-                return True
+            for state in found:
+                if state in states:
+                    return state
             if all([await self._closed(h) for h in runs.values()]):
-                return False
+                return None
             await asyncio.sleep(0.05)
-        return False
+        return None
 
-    async def tls_outage(self, runs: Handles, result: ScenarioResult, fault: Any) -> None:
-        """Inject `fault`; for each run caught checking TLS or restarting front, the
-        seconds from the workers being back until the step it was in completed (its
-        status moved on: another state, one more TLS check or restart, or ended)."""
+    async def tls_outage(
+        self, runs: Handles, result: ScenarioResult, fault: Any
+    ) -> asyncio.Future[None]:
+        """Inject `fault` (returns once the workers are back); then, in the returned
+        task, for each run caught checking TLS or restarting front, the seconds until
+        the step it was in completed (its status moved on: another state, one more TLS
+        check or restart, or ended). Measured aside, so that the next fault's watch
+        starts at once (the step after a killed one is often seconds away)."""
         before = {}
         for key, handle in runs.items():
             status = await self.status(handle)
@@ -481,7 +501,15 @@ class ActivationTlsFaultRun(RotationActivationFaultRun):
                 before[key] = status
         await fault()
         result.injected += 1
-        restored = time.monotonic()
+        return asyncio.ensure_future(self._recovered(runs, before, result, time.monotonic()))
+
+    async def _recovered(
+        self,
+        runs: Handles,
+        before: dict[str, ActivationStatus],
+        result: ScenarioResult,
+        restored: float,
+    ) -> None:
         deadline = restored + STAGE_WAIT_SECONDS
         while before and time.monotonic() < deadline:
             for key, old in list(before.items()):
@@ -514,7 +542,7 @@ class ActivationTlsFaultRun(RotationActivationFaultRun):
         if any(len(issued) != 1 for issued in orders.values()):
             return f"certificates issued {orders}, expected one per lineage"
         restarts = tenant.front_restarts()
-        expected = (1, 1 if tenant.group == "restart_not_taken" else 0)
+        expected = RESTARTS.get(tenant.group, (1, 0))
         if restarts != expected:
             return f"front restarts (run, not taken) {restarts}, expected {expected}"
         if tenant.group == "ca_down" and not (
