@@ -5,7 +5,8 @@ purchase -> `starter.py deprovision TENANT --wait` -> nothing of the tenant is l
 schedule, claim) and check-world agrees -> the same tenant buys again (its record starts
 again at version 1: the old versions are gone) -> deprovisioned again. Also: a second
 deprovisioning finds nothing, and one started while a purchase runs is refused with
-nothing touched.
+nothing touched. A plan that promises backups keeps a labelled final snapshot of the
+server, which its expiry timer deletes after the (here shortened) retention.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import asyncio
 import json
 import subprocess
 import uuid
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import hvac
@@ -22,12 +23,14 @@ import pytest
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker
 
 from activities.rotation_schedule import rotation_schedule_exists
 from devstack.stack import StackInfo
 from starter import check_world, query_status, start_deprovision, start_purchase
 from tests.e2e.conftest import CloudControl
 from tests.e2e.test_purchase_end_to_end import audit_rows, provision
+from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.activation_contracts import activation_workflow_id
 from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import PurchaseRequest
@@ -37,6 +40,7 @@ from workflows.deprovision_contracts import (
     DeprovisionResult,
     deprovision_workflow_id,
 )
+from workflows.final_snapshot_contracts import expiry_workflow_id
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
     TENANT_DEPROVISIONED,
@@ -91,6 +95,13 @@ def ssh_keys(cloud: CloudControl, tenant: str) -> list[dict[str, Any]]:
     return list(response.json()["ssh_keys"])
 
 
+def final_snapshots(cloud: CloudControl, tenant: str) -> list[dict[str, Any]]:
+    selector = f"managed-by=mail-provisioning,purpose=final-snapshot,tenant={tenant}"
+    response = cloud.api.get("images", params={"type": "snapshot", "label_selector": selector})
+    response.raise_for_status()
+    return list(response.json()["images"])
+
+
 async def assert_nothing_left(client: Client, info: StackInfo, cloud: CloudControl, t: str) -> None:
     assert cloud.servers(label_selector=f"tenant={t}") == []
     assert ssh_keys(cloud, t) == []
@@ -133,6 +144,7 @@ async def test_a_deprovisioned_tenant_is_gone_everywhere_and_buys_again(
         "rotation_schedule_removed": True,
         "claim_released": True,
         "passes": 1,
+        "final_snapshots": [],  # the starter plan promises no backups
     }
     await assert_nothing_left(client, info, cloud, tenant)
     # ... and the deprovisioning cancelled it with the rotation schedule.
@@ -146,6 +158,8 @@ async def test_a_deprovisioned_tenant_is_gone_everywhere_and_buys_again(
     assert details["vault_record_destroyed"] == (
         f"smtp/{tenant}/admin: {first.vault_version} versions and metadata"
     )
+    assert details["final_snapshots"] == ""
+    assert final_snapshots(cloud, tenant) == []
 
     # A second run finds nothing and says so; no second audit row.
     handle = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-billing"), QUEUE)
@@ -230,4 +244,74 @@ async def test_a_plan_change_racing_the_deprovisioning_is_harmless(
     [row] = audit_rows(info, plan_change_workflow_id(tenant, "race-1"))
     assert row.event == "mail_plan_change_failed"
     assert row.details["restored"] == "tenant_deprovisioned"
+    await assert_nothing_left(client, info, cloud, tenant)
+
+
+# The final snapshot's retention on the test's worker: short, so its timer fires here.
+SHORT_RETENTION_SECONDS = 15
+
+
+async def test_a_backup_plan_keeps_a_final_snapshot_until_its_timer_deletes_it(
+    client: Client, info: StackInfo, cloud: CloudControl, purchase: dict[str, Any]
+) -> None:
+    """enterprise (the shipped catalog's plan that promises backups): the deprovisioning
+    snapshots the server before deleting it, labels the snapshot, ends, and the
+    snapshot's expiry timer deletes it after the worker's configured retention."""
+    tenant = purchase["tenant_id"]
+    bought = await provision(client, {**purchase, "plan": "enterprise"})
+    [server] = cloud.servers(label_selector=f"tenant={tenant}")
+    assert server["labels"]["plan"] == "enterprise"
+    queue = f"e2e-snapshot-{uuid.uuid4().hex[:8]}"
+    env = {
+        **info.worker_env,
+        "MAILPROV_FINAL_SNAPSHOT_RETENTION_SECONDS": str(SHORT_RETENTION_SECONDS),
+    }
+    settings = replace(Settings.from_env(env), task_queue=queue)
+    async with (
+        build_activities(settings) as activities,
+        Worker(
+            client,
+            task_queue=queue,
+            workflows=list(WORKFLOWS),
+            activities=activities,
+            interceptors=worker_interceptors(),
+        ),
+    ):
+        handle = await start_deprovision(
+            client, DeprovisionRequest(tenant, "e2e-billing", "cancelled"), queue
+        )
+        result: DeprovisionResult = await handle.result()
+        [image_id] = result.final_snapshots
+        assert result.servers_deleted == [bought.server_id]
+        # The snapshot outlives its server, labelled, available, with its size.
+        [image] = final_snapshots(cloud, tenant)
+        assert cloud.servers(label_selector=f"tenant={tenant}") == []
+        assert (image["id"], image["status"], image["type"]) == (
+            image_id,
+            "available",
+            "snapshot",
+        )
+        assert image["created_from"]["id"] == bought.server_id
+        assert image["image_size"] is not None
+        labels = image["labels"]
+        assert labels["purchase"] == purchase["purchase_id"]
+        assert labels["server"] == str(bought.server_id)
+        delete_after = int(labels["delete-after"])
+        [row] = audit_rows(info, deprovision_workflow_id(tenant))
+        assert row.details["final_snapshots"] == f"{image_id}:{delete_after}"
+        # Expected while its timer runs: check-world has nothing to say about it.
+        timer = client.get_workflow_handle(expiry_workflow_id(image_id))
+        assert (await timer.describe()).status == WorkflowExecutionStatus.RUNNING
+        report = await check_world(client, QUEUE, uuid.uuid4().hex[:8])
+        mine = [d for d in report.disagreements if tenant in d.detail or str(image_id) in d.subject]
+        assert mine == [], mine
+        # The timer deletes it once delete-after has passed.
+        outcome = await timer.result()
+        assert outcome["state"] == "deleted"
+        assert outcome["delete_after"] == delete_after
+    assert cloud.api.get(f"images/{image_id}").status_code == 404
+    assert final_snapshots(cloud, tenant) == []
+    [deleted] = audit_rows(info, expiry_workflow_id(image_id))
+    assert (deleted.event, deleted.tenant_id) == ("final_snapshot_deleted", tenant)
+    assert deleted.details["outcome"] == "deleted"
     await assert_nothing_left(client, info, cloud, tenant)
