@@ -47,6 +47,7 @@ from tests.e2e.conftest import CloudControl, new_request
 from tests.replay.scripted import SCRIPTED, ScriptedWorkflow
 from workflows.contracts import ProvisionStatus, PurchaseRequest
 from workflows.dispatch import ProvisionMailTenant
+from workflows.final_snapshot_expiry import ExpireFinalSnapshot
 from workflows.plan_change_lock import PlanChangeLock
 
 HISTORIES = Path(__file__).parent / "histories"
@@ -162,7 +163,7 @@ async def record_scripted(workflows: list[ScriptedWorkflow]) -> None:
                     env.client,
                     task_queue=task_queue,
                     # PlanChangeLock: the child every plan change starts.
-                    workflows=[ProvisionMailTenant, PlanChangeLock],
+                    workflows=[ProvisionMailTenant, PlanChangeLock, ExpireFinalSnapshot],
                     activities=scenario.world.activities(),
                 ):
                     handle = await env.client.start_workflow(

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 
 from tests.workflow import test_activation_workflow as activation
 from tests.workflow import test_deprovision_workflow as deprovision
+from tests.workflow import test_final_snapshot_workflow as final_snapshot
 from tests.workflow import test_plan_change_workflow as plan_change
 from tests.workflow import test_rotation_workflow as rotation
 from workflows.activation_contracts import (
@@ -95,6 +96,8 @@ def _deprovision_scenarios() -> dict[str, Scenario]:
         "second_pass": Scenario(world(appear_on_release=[TenantServer(42, "mail-acme-p1", "p1")])),
         "nothing_found": Scenario(world(servers=[], vault_version=0, schedule=False, claim=None)),
         "refused": Scenario(world(purchase_running=True)),
+        # A plan that promises backups: the snapshot, its expiry timer started as a child.
+        "final_snapshot": Scenario(final_snapshot.World(final_snapshot.SnapshotCloud())),
     }
 
 
