@@ -25,6 +25,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.rotation_target import TENANT_LABEL
+from activities.server_power import stop_cleanly
 from activities.vps_provider import (
     MANAGED_BY,
     MANAGED_BY_SELECTOR,
@@ -55,6 +56,10 @@ from workflows.plan_change_contracts import PLAN_LABEL
 T = TypeVar("T")
 # Kept when neither the plan nor the worker says otherwise.
 DEFAULT_RETENTION_SECONDS = 30 * 86400
+# The server is shut down before its disk is copied (activities/server_power.py): an
+# ACPI shutdown, a poweroff if it is not off after this long (as a plan change does).
+SHUTDOWN_GRACE_SECONDS = 120.0
+SHUTDOWN_POLL_SECONDS = 2.0
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,8 @@ class FinalSnapshots:
         """The server's final snapshot, available; None when the server is gone already.
 
         Looks for this server's snapshot by label first, so a retried attempt (a lost
-        answer, a worker that died mid-wait) never makes a second one; then waits until
+        answer, a worker that died mid-wait) never makes a second one; if there is none,
+        shuts the server down (ACPI, poweroff after the grace) and creates it; then waits until
         it is available, heartbeating the image and action ids, which a resumed attempt
         reads back to watch the same action. While the image is created the provider
         locks the server (a concurrent action answers `locked`, retried by the policy).
@@ -140,15 +146,26 @@ class FinalSnapshots:
             image = min(found, key=lambda i: i.id)
             activity.logger.info("final snapshot found", extra={"image_id": image.id})
         else:
-            if await self._call(self._provider.get_server(request.server_id)) is None:
-                return None
-            image, action = await self._call(
-                self._provider.create_snapshot(
+            # Hetzner recommends a stopped server for a consistent image; the server is
+            # deleted right after, so stopping it costs the customer nothing more.
+            stopped = await stop_cleanly(
+                self._provider,
+                request.server_id,
+                SHUTDOWN_GRACE_SECONDS,
+                SHUTDOWN_POLL_SECONDS,
+            )
+            if stopped is None:
+                return None  # gone already: nothing to keep
+            try:
+                image, action = await self._provider.create_snapshot(
                     request.server_id,
                     description=_description(request),
                     labels=_labels(request),
                 )
-            )
+            except ProviderError as err:
+                if err.not_found:
+                    return None  # deleted between the look and the create
+                raise provider_failure(err) from None
             action_id = action.id
             activity.logger.info("final snapshot started", extra={"image_id": image.id})
         image = await self._until_available(image, action_id)

@@ -44,6 +44,7 @@ from activities.rotation_target import (
     target_or_refusal,
     tenant_server_selector,
 )
+from activities.server_power import stop_cleanly
 from activities.ssh import RemoteCommandError, ServerAccess, command_failure
 from activities.vault import Vault, VaultError, vault_failure
 from activities.vps_provider import (
@@ -285,25 +286,16 @@ class PlanChangeActivities:
         return await self._stop(request.server_id)
 
     async def _stop(self, server_id: int) -> StoppedServer:
-        server = await self._get(server_id)
-        if server.status == "off":
-            return StoppedServer(server_id, "already_off", _now())
         requested_at = _now()
-        await self._finish(await self._call(self._provider.shutdown_server(server_id)))
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._settings.shutdown_grace_seconds
-        while loop.time() < deadline:
-            if (await self._get(server_id)).status == "off":
-                return StoppedServer(server_id, "shutdown", requested_at)
-            activity.heartbeat("waiting for the server to shut down")
-            await asyncio.sleep(self._settings.poll_seconds)
-        activity.logger.warning(
-            "server did not shut down within the grace; powering it off",
-            extra={"server_id": server_id},
+        how = await stop_cleanly(
+            self._provider,
+            server_id,
+            self._settings.shutdown_grace_seconds,
+            self._settings.poll_seconds,
         )
-        await self._finish(await self._call(self._provider.poweroff_server(server_id)))
-        await self._wait_status(server_id, "off")
-        return StoppedServer(server_id, "poweroff", requested_at)
+        if how is None:
+            await self._get(server_id)  # raises ServerGone
+        return StoppedServer(server_id, str(how), _now() if how == "already_off" else requested_at)
 
     @activity.defn(name="change_server_type")
     async def change_server_type(self, request: ServerTypeChange) -> int:
