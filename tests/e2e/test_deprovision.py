@@ -40,7 +40,7 @@ from workflows.deprovision_contracts import (
     DeprovisionResult,
     deprovision_workflow_id,
 )
-from workflows.final_snapshot_contracts import expiry_workflow_id
+from workflows.final_snapshot_contracts import EXPIRY_WORKFLOW_TYPE, expiry_workflow_id
 from workflows.plan_change_contracts import (
     PLAN_CHANGE_WORKFLOW_TYPE,
     TENANT_DEPROVISIONED,
@@ -305,8 +305,18 @@ async def test_a_backup_plan_keeps_a_final_snapshot_until_its_timer_deletes_it(
         report = await check_world(client, QUEUE, uuid.uuid4().hex[:8])
         mine = [d for d in report.disagreements if tenant in d.detail or str(image_id) in d.subject]
         assert mine == [], mine
+        # A snapshot whose timer is gone is a disagreement, and the fix check-world
+        # prints (start the timer again by its id: it reads the label) makes it agree.
+        await timer.terminate("e2e: a lost timer")
+        report = await check_world(client, QUEUE, uuid.uuid4().hex[:8])
+        [lost] = [d for d in report.disagreements if d.subject == f"image-{image_id}"]
+        assert lost.kind == "final_snapshot_without_timer"
+        assert f"--workflow-id {expiry_workflow_id(image_id)}" in lost.fix
+        await client.start_workflow(
+            EXPIRY_WORKFLOW_TYPE, id=expiry_workflow_id(image_id), task_queue=QUEUE
+        )
         # The timer deletes it once delete-after has passed.
-        outcome = await timer.result()
+        outcome = await client.get_workflow_handle(expiry_workflow_id(image_id)).result()
         assert outcome["state"] == "deleted"
         assert outcome["delete_after"] == delete_after
     assert cloud.api.get(f"images/{image_id}").status_code == 404
