@@ -15,8 +15,8 @@ looks again at the old time and sleeps on), and deletes early by deleting the im
 An image without our final-snapshot labels is never deleted (NotAFinalSnapshot, the
 run fails): a hand-started timer can expire only what a deprovisioning kept.
 
-Costs in billable actions: start 1, two looks 2, the timer 1, the audit 1 (plus one
-look and one timer per extension).
+Costs in billable actions: its start (the deprovisioning's child start), two looks,
+the timer, the audit row (plus one look and one timer per extension).
 """
 
 from __future__ import annotations
