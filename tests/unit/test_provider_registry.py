@@ -18,6 +18,7 @@ from activities.vps_provider import (
     Action,
     Firewall,
     FirewallRule,
+    Image,
     ProviderError,
     Server,
     ServerTypeInfo,
@@ -45,6 +46,7 @@ class MemoryProvider:
         self.servers: dict[int, Server] = {}
         self.keys: dict[int, SshKey] = {}
         self.firewalls: dict[int, Firewall] = {}
+        self.images: dict[int, Image] = {}
         self.created_with_keys: dict[int, list[int]] = {}
         self._ids = itertools.count(1)
 
@@ -139,6 +141,22 @@ class MemoryProvider:
 
     async def delete_ssh_key(self, ssh_key_id: int) -> bool:
         return self.keys.pop(ssh_key_id, None) is not None
+
+    async def create_snapshot(
+        self, server_id: int, *, description: str, labels: dict[str, str]
+    ) -> tuple[Image, Action]:
+        image = Image(next(self._ids), "available", description, dict(labels))
+        self.images[image.id] = image
+        return image, Action(next(self._ids), "create_image", "success")
+
+    async def find_snapshots(self, *, label_selector: str) -> list[Image]:
+        return list(self.images.values())
+
+    async def get_image(self, image_id: int) -> Image | None:
+        return self.images.get(image_id)
+
+    async def delete_image(self, image_id: int) -> bool:
+        return self.images.pop(image_id, None) is not None
 
     async def check_catalog(self, catalog: Mapping[str, Plan]) -> list[str]:
         for name, plan in catalog.items():
