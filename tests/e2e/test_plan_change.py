@@ -150,7 +150,7 @@ async def test_a_refused_change_type_after_the_stop_brings_the_old_type_back_up(
         "cx23",
         40,
     )
-    assert "plan" not in server["labels"]
+    assert server["labels"]["plan"] == "starter"  # the purchase's, untouched
     [row] = audit_rows(info, plan_change_workflow_id(tenant, "up-1"))
     assert row.event == "mail_plan_change_failed"
     assert (row.details["step"], row.details["restored"]) == ("change_server_type", "unchanged")
@@ -344,7 +344,7 @@ async def test_a_cancel_touches_nothing_before_the_stop_and_brings_the_old_type_
         "cx23",
         40,
     )
-    assert "plan" not in server["labels"]
+    assert server["labels"]["plan"] == "starter"  # the purchase's, untouched
     assert vps_pid(cloud, server_id) == pid  # never powered down
     assert audit_rows(info, before.id) == []
     assert await lock_end(client, tenant) == WorkflowExecutionStatus.TERMINATED
@@ -378,7 +378,7 @@ async def test_a_cancel_touches_nothing_before_the_stop_and_brings_the_old_type_
         "cx23",
         40,
     )
-    assert "plan" not in server["labels"]
+    assert server["labels"]["plan"] == "starter"  # the purchase's, untouched
     [row] = audit_rows(info, after.id)
     assert row.event == "mail_plan_change_failed"
     assert {k: row.details[k] for k in ("step", "error_type", "reason", "restored")} == {
@@ -426,7 +426,7 @@ async def test_a_cancel_during_the_migration_waits_for_it_and_keeps_the_grown_di
         "cx33",
         80,
     )
-    assert "plan" not in server["labels"]
+    assert server["labels"]["plan"] == "starter"  # the purchase's, untouched
     [row] = audit_rows(info, handle.id)
     assert row.event == "mail_plan_change_failed"
     assert {k: row.details[k] for k in ("step", "error_type", "reason", "restored")} == {
