@@ -62,6 +62,25 @@ async def change_plan(client: Client, request: PlanChangeRequest) -> PlanChangeR
     return result
 
 
+def server_of(cloud: CloudControl, purchase: dict[str, Any]) -> tuple[str, str, int, str | None]:
+    """The purchase's one server: status, type, disk (GB) and its `plan` label."""
+    [server] = cloud.servers_of(purchase["purchase_id"])
+    return (
+        server["status"],
+        server["server_type"]["name"],
+        server["primary_disk_size"],
+        server["labels"].get("plan"),
+    )
+
+
+def cancel_audited(info: StackInfo, workflow_id: str) -> dict[str, str]:
+    """The run's one audit row, a failed change: why it stopped and what was restored."""
+    [row] = audit_rows(info, workflow_id)
+    assert row.event == "mail_plan_change_failed"
+    keys = ("step", "error_type", "reason", "restored", "server_type", "plan")
+    return {k: row.details[k] for k in keys}
+
+
 async def test_an_upgrade_reboots_into_the_bigger_type_and_the_way_back_is_refused(
     client: Client,
     info: StackInfo,
@@ -144,13 +163,8 @@ async def test_a_refused_change_type_after_the_stop_brings_the_old_type_back_up(
     assert isinstance(cause, ApplicationError)
     assert cause.type == "PlanChangeFailed"
     assert cause.details[0]["step"] == "change_server_type"
-    [server] = cloud.servers_of(purchase["purchase_id"])
-    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
-        "running",
-        "cx23",
-        40,
-    )
-    assert server["labels"]["plan"] == "starter"  # the purchase's, untouched
+    # The purchase's plan label, untouched.
+    assert server_of(cloud, purchase) == ("running", "cx23", 40, "starter")
     [row] = audit_rows(info, plan_change_workflow_id(tenant, "up-1"))
     assert row.event == "mail_plan_change_failed"
     assert (row.details["step"], row.details["restored"]) == ("change_server_type", "unchanged")
@@ -338,13 +352,8 @@ async def test_a_cancel_touches_nothing_before_the_stop_and_brings_the_old_type_
         "take_plan_change_lock",
         "check_plan_change",
     ]
-    [server] = cloud.servers_of(purchase["purchase_id"])
-    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
-        "running",
-        "cx23",
-        40,
-    )
-    assert server["labels"]["plan"] == "starter"  # the purchase's, untouched
+    # The purchase's plan label, untouched.
+    assert server_of(cloud, purchase) == ("running", "cx23", 40, "starter")
     assert vps_pid(cloud, server_id) == pid  # never powered down
     assert audit_rows(info, before.id) == []
     assert await lock_end(client, tenant) == WorkflowExecutionStatus.TERMINATED
@@ -372,22 +381,16 @@ async def test_a_cancel_touches_nothing_before_the_stop_and_brings_the_old_type_
         "restore_server_type": "done",
         "audit_failure": "done",
     }.items()
-    [server] = cloud.servers_of(purchase["purchase_id"])
-    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
-        "running",
-        "cx23",
-        40,
-    )
-    assert server["labels"]["plan"] == "starter"  # the purchase's, untouched
-    [row] = audit_rows(info, after.id)
-    assert row.event == "mail_plan_change_failed"
-    assert {k: row.details[k] for k in ("step", "error_type", "reason", "restored")} == {
+    # The purchase's plan label, untouched.
+    assert server_of(cloud, purchase) == ("running", "cx23", 40, "starter")
+    assert cancel_audited(info, after.id) == {
         "step": "change_server_type",
         "error_type": "CancelledError",
         "reason": "workflow cancelled",
         "restored": "unchanged",
+        "server_type": "cx23",
+        "plan": "business",
     }
-    assert (row.details["server_type"], row.details["plan"]) == ("cx23", "business")
     assert await lock_end(client, tenant) == WorkflowExecutionStatus.TERMINATED
 
     await mail_works_as_bought(info, cloud, reader_vault, worker_vault, bought, tmp_path)
@@ -420,20 +423,15 @@ async def test_a_cancel_during_the_migration_waits_for_it_and_keeps_the_grown_di
     cloud.devstack.delete(hold).raise_for_status()
     status = await ended_cancelled(handle)
     assert status.state == "cancelled"
-    [server] = cloud.servers_of(purchase["purchase_id"])
-    assert (server["status"], server["server_type"]["name"], server["primary_disk_size"]) == (
-        "running",
-        "cx33",
-        80,
-    )
-    assert server["labels"]["plan"] == "starter"  # the purchase's, untouched
-    [row] = audit_rows(info, handle.id)
-    assert row.event == "mail_plan_change_failed"
-    assert {k: row.details[k] for k in ("step", "error_type", "reason", "restored")} == {
+    # The purchase's plan label, untouched.
+    assert server_of(cloud, purchase) == ("running", "cx33", 80, "starter")
+    assert cancel_audited(info, handle.id) == {
         "step": "change_server_type",
         "error_type": "CancelledError",
         "reason": "workflow cancelled",
         "restored": "kept_new_type",
+        "server_type": "cx23",
+        "plan": "business",
     }
     assert await lock_end(client, tenant) == WorkflowExecutionStatus.TERMINATED
     await mail_works_as_bought(info, cloud, reader_vault, worker_vault, bought, tmp_path)
