@@ -41,7 +41,10 @@ def expiry_workflow_id(image_id: int) -> str:
 def image_id_of_expiry(workflow_id: str) -> int | None:
     """`final-snapshot-expiry-{id}` -> id; None for any other workflow id."""
     raw = workflow_id.removeprefix(EXPIRY_ID_PREFIX)
-    if raw == workflow_id or not raw.isdigit() or len(raw) > 18 or raw.startswith("0"):
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    if raw == workflow_id or not (raw.isascii() and raw.isdigit()):
+        return None
+    if len(raw) > 18 or raw.startswith("0"):
         return None
     return int(raw)
 

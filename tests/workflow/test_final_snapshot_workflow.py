@@ -386,3 +386,37 @@ def test_the_retention_comes_from_the_plan_the_server_is_labelled_with() -> None
     # A server bought before the plan label: by type, the longest promise of that type.
     assert policy.retention_for({}, "cx43") == 90 * 86400
     assert policy.retention_for({}, "cx23") == 0
+
+
+HOSTILE_EXPIRY_IDS = [
+    "final-snapshot-expiry-\u00b2",  # isdigit() but not int()
+    "final-snapshot-expiry-\u0661\u0662",  # Arabic-Indic digits
+    "final-snapshot-expiry-",
+    "final-snapshot-expiry-007",
+    "final-snapshot-expiry--5",
+    "final-snapshot-expiry-" + "9" * 19,
+    "final-snapshot-expiry-5 ",
+    "expire-5",
+]
+
+
+@pytest.mark.parametrize("workflow_id", HOSTILE_EXPIRY_IDS)
+async def test_a_timer_started_under_any_other_id_ends_at_once_touching_nothing(
+    time_skipping_env: WorkflowEnvironment, workflow_id: str
+) -> None:
+    """A door: whatever the start carries, a run whose id names no image ends refused,
+    with no activity scheduled and no failed workflow task left retrying."""
+    cloud = SnapshotCloud()
+    async with serving(time_skipping_env, World(cloud)) as queue:
+        handle = await time_skipping_env.client.start_workflow(
+            EXPIRY_WORKFLOW_TYPE, {"image_id": 5}, id=workflow_id, task_queue=queue
+        )
+        with pytest.raises(WorkflowFailureError) as failure:
+            await handle.result()
+        events = (await handle.fetch_history()).events
+    cause = failure.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert (cause.type, cause.non_retryable) == ("InvalidExpiryRequest", True)
+    assert not any(e.HasField("activity_task_scheduled_event_attributes") for e in events)
+    assert not any(e.HasField("workflow_task_failed_event_attributes") for e in events)
+    assert cloud.deleted == []
