@@ -16,6 +16,8 @@ from pathlib import Path
 
 from devstack.mailu_front import DNS_PUBLISHED
 
+PEM_END = "-----END CERTIFICATE-----"
+
 CERT_WAIT_SECONDS = 30.0
 
 
@@ -29,11 +31,15 @@ def certificate_after_dns(state_dir: Path, wait: float = CERT_WAIT_SECONDS) -> s
     publish_dns(state_dir)
     cert = state_dir / "tls" / "cert.pem"
     deadline = time.monotonic() + wait
-    while not cert.is_file():
+    while True:
+        # A whole PEM, never just a file: ssl refuses an empty CA file
+        # (NO_CERTIFICATE_OR_CRL_FOUND), which is what a half-written one looks like.
+        pem = cert.read_text(encoding="ascii") if cert.is_file() else ""
+        if PEM_END in pem:
+            return pem
         if time.monotonic() > deadline:
             raise TimeoutError(f"no certificate in {cert.parent} {wait:.0f} s after DNS")
         time.sleep(0.05)
-    return cert.read_text(encoding="ascii")
 
 
 def submissions_login(host: str, port: int, cafile: Path, username: str, password: str) -> str:

@@ -223,7 +223,9 @@ class Front:
         # The cloud's /_devstack/servers/{id}/tls-cert serves what 465 presents.
         tls_dir = self.state_dir / "tls"
         tls_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        (tls_dir / "cert.pem").write_bytes((self.live("mailu") / "nginx-chain.pem").read_bytes())
+        write_atomically(
+            tls_dir / "cert.pem", (self.live("mailu") / "nginx-chain.pem").read_bytes(), 0o644
+        )
 
     async def _nginx(self, tls_ok: bool) -> None:
         """nginx.conf: `listen 443 ssl` only without TLS_ERROR; a reload re-reads the chain."""
@@ -374,8 +376,8 @@ class Front:
         for name, _ in CERT_NAMES:
             live = self.live(name)
             live.mkdir(parents=True, exist_ok=True)
-            _write(live / "privkey.pem", key, 0o600)
-            _write(live / "fullchain.pem", cert, 0o644)
+            write_atomically(live / "privkey.pem", key, 0o600)
+            write_atomically(live / "fullchain.pem", cert, 0o644)
 
 
 async def _greeting_server(
@@ -396,9 +398,16 @@ async def _greeting_server(
     )
 
 
-def _write(path: Path, data: bytes, mode: int) -> None:
+def write_atomically(path: Path, data: bytes, mode: int) -> None:
+    """Create or replace ``path`` in one rename, never more open than ``mode``.
+
+    Why: readers poll these files (the tests' certificate reader, certbot's lineage);
+    a truncate-then-write lets them read an empty file in between (a CI run's SMTP
+    check once loaded an empty CA file: NO_CERTIFICATE_OR_CRL_FOUND).
+    """
     tmp = path.with_name(path.name + ".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(data)
+    os.chmod(tmp, mode)
     os.replace(tmp, path)

@@ -71,7 +71,7 @@ from devstack.cloudinit import CloudInitRun
 from devstack.compose import COMPOSE_VERSION, Shell, read_env_file
 from devstack.faults import CommandFault, VpsFaults
 from devstack.mailu import ExecResult, MailuStore
-from devstack.mailu_front import LETSENCRYPT_DIR, MAILU_ENV, Front
+from devstack.mailu_front import LETSENCRYPT_DIR, MAILU_ENV, Front, write_atomically
 
 log = logging.getLogger("devstack.vps")
 
@@ -261,16 +261,11 @@ def make_tls_certificate(server_name: str, ips: list[str], tls_dir: Path) -> tup
     )
     cert_path = tls_dir / "cert.pem"
     key_path = tls_dir / "key.pem"
-    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    key_pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    write_atomically(key_path, key_pem, 0o600)
+    write_atomically(cert_path, cert.public_bytes(serialization.Encoding.PEM), 0o644)
     return cert_path, key_path
 
 
@@ -461,9 +456,9 @@ class Machine:
         if not sem.exists():
             key = self.shell.host_path(HOST_KEY_PATH)
             key.parent.mkdir(parents=True, exist_ok=True)
-            _write_file(key, self.cloud.host_key.export_private_key("openssh"), 0o600)
+            write_atomically(key, self.cloud.host_key.export_private_key("openssh"), 0o600)
             pub = self.shell.host_path(HOST_KEY_PUB_PATH)
-            _write_file(pub, (self.cloud.host_public_line + "\n").encode("ascii"), 0o644)
+            write_atomically(pub, (self.cloud.host_public_line + "\n").encode("ascii"), 0o644)
             sem.parent.mkdir(parents=True, exist_ok=True)
             sem.write_text(f"{dt.datetime.now(dt.UTC).isoformat()}\n", encoding="ascii")
         # Keep the accepted cloud-config for inspection minus the private host key.
@@ -758,16 +753,6 @@ class Machine:
         with (self.state_dir / SMTP_AUTH_LOG).open("a", encoding="utf-8") as handle:
             handle.write(json.dumps(entry) + "\n")
         return AuthResult(success=success, handled=False)
-
-
-def _write_file(path: Path, data: bytes, mode: int) -> None:
-    """Create (or replace) a file that is never more open than ``mode``, as cloud-init does."""
-    tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.chmod(tmp, mode)
-    os.replace(tmp, path)
 
 
 class _AcceptingHandler:
