@@ -29,16 +29,18 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowQueryFailedError,
 )
-from temporalio.common import RawValue
+from temporalio.common import RawValue, WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.audit import SqliteAuditStore
+from devstack import hetzner
 from devstack.processes import free_port
 from devstack.stack import NOTIFY_SINK_HOST, StackInfo
 from runtime.codec import KeyRing, data_converter
 from tests.e2e.conftest import CloudControl
 from tests.workflow.test_deprovision_workflow import DEPROVISION_CORPUS
+from tests.workflow.test_final_snapshot_workflow import HOSTILE_EXPIRY_IDS
 from tests.workflow.test_hostile_starts_workflow import ROTATION_CORPUS, RawStart
 from workflows.activation_contracts import (
     ACTIVATION_WORKFLOW_TYPE,
@@ -48,6 +50,11 @@ from workflows.activation_contracts import (
 from workflows.claim_contracts import HOLDER_MEMO, TENANT_CLAIM_TYPE, tenant_claim_id
 from workflows.contracts import WORKFLOW_TYPE, workflow_id_for
 from workflows.deprovision_contracts import DEPROVISION_WORKFLOW_TYPE, deprovision_workflow_id
+from workflows.final_snapshot_contracts import (
+    EXPIRY_WORKFLOW_TYPE,
+    NOT_A_FINAL_SNAPSHOT,
+    expiry_workflow_id,
+)
 from workflows.input_rules import MAX_INPUT_BYTES
 from workflows.input_rules import UNDECODABLE_ENCODING as UNDECODABLE
 from workflows.plan_change_contracts import PLAN_CHANGE_WORKFLOW_TYPE, plan_change_workflow_id
@@ -940,6 +947,88 @@ async def test_hostile_starts_of_every_other_workflow_type_end_quickly_creating_
     assert after.servers <= before.servers
     assert (after.vault_records, after.audit_rows) == (before.vault_records, before.audit_rows)
     assert await schedule_ids(client) <= schedules_before
+
+
+# Debian 12, a system image of the local cloud's catalog (devstack/hetzner.py IMAGES;
+# Hetzner's id): no timer may ever delete it.
+SYSTEM_IMAGE_ID = hetzner.IMAGES["debian-12"]["id"]
+
+
+async def test_hostile_expiry_starts_end_at_once_and_delete_no_image(
+    client: Client, info: StackInfo, cloud: CloudControl
+) -> None:
+    """ExpireFinalSnapshot, the door a deprovisioning's timer leaves open: an id that
+    names no image ends InvalidExpiryRequest before any look; any argument is ignored
+    and an image that does not exist ends the run `gone` with no audit row; a real
+    image that is not a final snapshot of ours (a system image) is refused
+    NotAFinalSnapshot and still exists; two arguments end the run at once (TypeError,
+    the SDK's, a failure type of the workflow's) before any look. No workflow task
+    fails; nothing is deleted."""
+    batch = uuid.uuid4().int % 10**9 + 10**9  # an image id the cloud never handed out
+    before = await snapshot(info, cloud, client)
+    one_or_none = [start for start in ANY_ARGUMENTS if len(start.payloads) <= 1]
+    refused = []
+    for i, workflow_id in enumerate(HOSTILE_EXPIRY_IDS):
+        start = one_or_none[i % len(one_or_none)]
+        # The ids are the workflow tests' corpus, verbatim (a suffix would change what is
+        # tested); each run ends at once, so a later session may start the same id again.
+        handle = await client.start_workflow(
+            EXPIRY_WORKFLOW_TYPE,
+            args=[RawValue(Payload(metadata={"encoding": e}, data=d)) for e, d in start.payloads],
+            id=workflow_id,
+            task_queue=QUEUE,
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+        )
+        refused.append(handle.id)
+    for workflow_id in refused:
+        case = Case(
+            "expiry", workflow_id, lambda pid: [], "workflow id must be", "InvalidExpiryRequest"
+        )
+        await expect_refused(client, workflow_id, case)
+        assert await workflow_task_failures(client, workflow_id) == 0, workflow_id
+        assert await activities_scheduled(client, workflow_id) == 0, workflow_id
+
+    missing = []
+    for i, start in enumerate(ANY_ARGUMENTS):
+        handle = await client.start_workflow(
+            EXPIRY_WORKFLOW_TYPE,
+            args=[RawValue(Payload(metadata={"encoding": e}, data=d)) for e, d in start.payloads],
+            id=expiry_workflow_id(batch + i),
+            task_queue=QUEUE,
+        )
+        missing.append((handle, start))
+    for handle, start in missing:
+        if len(start.payloads) > 1:
+            with pytest.raises(WorkflowFailureError) as failure:
+                await asyncio.wait_for(handle.result(), RUN_TIMEOUT)
+            cause = failure.value.cause
+            assert isinstance(cause, ApplicationError) and cause.type == "TypeError", cause
+            assert "positional argument" in cause.message, cause.message
+            assert await activities_scheduled(client, handle.id) == 0, start.name
+        else:
+            outcome = await asyncio.wait_for(handle.result(), RUN_TIMEOUT)
+            assert outcome["state"] == "gone", (start.name, outcome)
+        assert await workflow_task_failures(client, handle.id) == 0, start.name
+
+    system = await client.start_workflow(
+        EXPIRY_WORKFLOW_TYPE,
+        id=expiry_workflow_id(SYSTEM_IMAGE_ID),
+        task_queue=QUEUE,
+        id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE,
+    )
+    case = Case(
+        "expiry", "system image", lambda pid: [], "not a final snapshot", NOT_A_FINAL_SNAPSHOT
+    )
+    await expect_refused(client, system.id, case)
+    assert await workflow_task_failures(client, system.id) == 0
+    cloud.api.get(f"images/{SYSTEM_IMAGE_ID}").raise_for_status()
+
+    after = await snapshot(info, cloud, client)
+    assert (after.servers, after.vault_records, after.audit_rows) == (
+        before.servers,
+        before.vault_records,
+        before.audit_rows,
+    )
 
 
 async def settled(client: Client, workflow_id: str, signals: int) -> None:
