@@ -9,9 +9,10 @@ at once (the tenant may buy again, and a new `deprovision-{tenant}` can start) w
 this run sleeps for the retention (a Temporal timer, not a worker's sleep).
 
 The image id is read from the workflow id; a start argument, if any, is taken raw and
-ignored (two or more end the run at once, the SDK's TypeError), and when to delete is read from the snapshot's own `delete-after` label on every look,
-so an operator extends or shortens the retention by relabelling the image (the run
-looks again at the old time and sleeps on), and deletes early by deleting the image.
+ignored (two or more end the run at once, the SDK's TypeError), and when to delete is
+read from the snapshot's own `delete-after` label on every look, so an operator extends
+or shortens the retention by relabelling the image (the run looks again at the old
+time and sleeps on), and deletes early by deleting the image.
 An image without our final-snapshot labels is never deleted (NotAFinalSnapshot, the
 run fails): a hand-started timer can expire only what a deprovisioning kept.
 
