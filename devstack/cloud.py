@@ -359,6 +359,11 @@ class LocalCloud:
         # ("Upgrading a server takes 160 seconds on average, upgrading the disk should
         # take more time": ansible-collections/hetzner.hcloud plugins/modules/server.py).
         self._migration_holds: dict[int, asyncio.Event] = {}
+        # Servers whose create_image actions a test holds (/_devstack/servers/{id}/
+        # image-hold): the image `creating` and the server locked until released, as a
+        # real snapshot takes minutes (devstack/images.py), so a test can act while a
+        # client waits for one.
+        self._image_holds: dict[int, asyncio.Event] = {}
         # Catalog entries Hetzner has "retired" in this cloud (kind, name): tests model a
         # provider whose catalog lacks what a plan names.
         self.retired: set[tuple[str, str]] = set()
@@ -543,6 +548,9 @@ class LocalCloud:
         app.router.add_get("/_devstack/servers/{id}/mailu", self._dev_mailu)
         app.router.add_post("/_devstack/servers/{id}/migration-hold", self._hold_migrations)
         app.router.add_delete("/_devstack/servers/{id}/migration-hold", self._release_migrations)
+        app.router.add_post("/_devstack/servers/{id}/image-hold", self._hold_images)
+        app.router.add_delete("/_devstack/servers/{id}/image-hold", self._release_images)
+        app.router.add_get("/_devstack/images", self._image_history)
         for kind in ("command-faults", "ssh-faults"):
             path = f"/_devstack/servers/{{id}}/{kind}"
             app.router.add_post(path, self._add_vps_fault)
@@ -917,6 +925,9 @@ class LocalCloud:
     async def _finish_image(self, server: Server, snapshot: Snapshot, action: Action) -> None:
         try:
             await asyncio.sleep(self.image_seconds)
+            hold = self._image_holds.get(server.id)
+            if hold is not None:
+                await hold.wait()
             size = await asyncio.to_thread(stored_size_gb, server.state_dir)
             self.images.finish(snapshot, size)
             action.succeed()
@@ -1168,6 +1179,8 @@ class LocalCloud:
         self.faults.clear()
         for server_id in list(self._migration_holds):
             self._release_migration(server_id)
+        for server_id in list(self._image_holds):
+            self._release_image_hold(server_id)
         for server in self._servers.values():
             VpsFaults(server.state_dir).clear()
         return web.json_response({"faults": [], "boot_failures": 0})
@@ -1188,6 +1201,31 @@ class LocalCloud:
         hold = self._migration_holds.pop(server_id, None)
         if hold is not None:
             hold.set()
+
+    async def _hold_images(self, request: web.Request) -> web.Response:
+        """From now on the server's create_image actions (and one running now) stay
+        running, the image `creating` and the server locked, until DELETE (or DELETE
+        /_devstack/faults, as every test ends) releases them."""
+        server = self._server(request)
+        self._image_holds.setdefault(server.id, asyncio.Event())
+        return web.json_response({"images_held": True}, status=201)
+
+    async def _release_images(self, request: web.Request) -> web.Response:
+        raw = request.match_info["id"]
+        if raw.isdigit():  # the server may be gone by now; its hold is released anyway
+            self._release_image_hold(int(raw))
+        return web.json_response({"images_held": False})
+
+    def _release_image_hold(self, server_id: int) -> None:
+        hold = self._image_holds.pop(server_id, None)
+        if hold is not None:
+            hold.set()
+
+    async def _image_history(self, request: web.Request) -> web.Response:
+        """Every snapshot this cloud ever created (?label_selector=), deleted ones too,
+        each with `gone` (devstack/images.py `ImageBook.history`)."""
+        selector = request.query.get("label_selector", "").strip()
+        return web.json_response({"images": self.images.history(selector)})
 
     @staticmethod
     def _vps_fault_kind(request: web.Request) -> str:

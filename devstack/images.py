@@ -38,6 +38,10 @@ client meets:
   snapshots and backups can be deleted or updated ("Only images of type snapshot and
   backup can be deleted", hcloud-python images/client.py delete). A DELETE of a
   snapshot still `creating` is refused as ``locked`` here (unchecked).
+
+Not Hetzner's: the book remembers every snapshot it ever made, deleted ones too, with
+when and how each went (`history`, served as ``GET /_devstack/images``), so a test can
+count the snapshots a run really created, not only those still there.
 """
 
 from __future__ import annotations
@@ -104,6 +108,8 @@ class ImageBook:
     def __init__(self) -> None:
         self._snapshots: dict[int, Snapshot] = {}
         self._ids = itertools.count(_FIRST_IMAGE_ID)
+        # Snapshots no longer there: (snapshot, UNIX time it went, "deleted" | "failed").
+        self._gone: dict[int, tuple[Snapshot, float, str]] = {}
 
     def create_input(self, body: dict[str, Any]) -> tuple[str | None, dict[str, str]]:
         """A create_image body's description and labels; invalid_input names the fields."""
@@ -210,10 +216,30 @@ class ImageBook:
         if snapshot.status == "creating":
             raise ApiError("locked", "image is locked by a running create_image action")
         self._snapshots.pop(snapshot.id)
+        self._gone[snapshot.id] = (snapshot, time.time(), "deleted")
 
     def finish(self, snapshot: Snapshot, size_gb: float) -> None:
         snapshot.status, snapshot.image_size = "available", size_gb
 
     def drop(self, snapshot: Snapshot) -> None:
         """A failed create leaves no image (the stand-in's reading; unchecked)."""
-        self._snapshots.pop(snapshot.id, None)
+        if self._snapshots.pop(snapshot.id, None) is not None:
+            self._gone[snapshot.id] = (snapshot, time.time(), "failed")
+
+    def history(self, selector: str) -> list[dict[str, Any]]:
+        """Every snapshot ever created whose labels match `selector`, by id: as the API
+        shows it (its last state), plus `gone` (null while it exists, else
+        {"at": UNIX seconds, "how": "deleted" | "failed"})."""
+        try:
+            requirements = hetzner.parse_label_selector(selector) if selector else []
+        except hetzner.SelectorError as exc:
+            raise invalid_input({"label_selector": [str(exc)]}) from None
+        entries: list[tuple[Snapshot, dict[str, Any] | None]] = [
+            (s, None) for s in self._snapshots.values()
+        ]
+        entries += [(s, {"at": at, "how": how}) for s, at, how in self._gone.values()]
+        return [
+            {**snapshot.to_json(), "gone": gone}
+            for snapshot, gone in sorted(entries, key=lambda entry: entry[0].id)
+            if hetzner.selector_matches(requirements, snapshot.labels)
+        ]

@@ -582,6 +582,58 @@ async def test_after_effect_fault_loses_the_response_not_the_request(env: Env) -
 
 
 @pytest.mark.asyncio
+async def test_a_held_image_stays_creating_and_every_snapshot_is_remembered(env: Env) -> None:
+    """/_devstack/servers/{id}/image-hold (for tests that act while a client waits for a
+    snapshot): the create_image action keeps running, the image `creating` and the
+    server locked however often they are asked, until released. /_devstack/images lists
+    every snapshot ever made, by label, with when and how it went: one lost in a
+    create's lost answer counts as much as one the client saw."""
+    env.cloud.image_seconds = 0.0
+    server_id = (await create(env, "snap-src"))["server"]["id"]
+    assert (await env.dev.post(f"servers/{server_id}/image-hold")).status_code == 201
+    await env.dev.post(
+        "faults",
+        json={
+            "method": "POST",
+            "path": f"/v1/servers/{server_id}/actions/create_image",
+            "status": 504,
+            "code": "timeout",
+            "after_effect": True,
+        },
+    )
+    body = {"type": "snapshot", "labels": {"purchase": "p1"}}
+    lost = await env.api.post(f"servers/{server_id}/actions/create_image", json=body)
+    assert lost.status_code == 504
+    [made] = (await env.dev.get("images", params={"label_selector": "purchase=p1"})).json()[
+        "images"
+    ]
+    assert (made["status"], made["gone"]) == ("creating", None)
+    # Each look is a round trip through the cloud's event loop: a create not held
+    # (zero seconds here) would have ended at the first.
+    for _ in range(20):
+        image = (await env.api.get(f"images/{made['id']}")).json()["image"]
+        assert image["status"] == "creating"
+        server = (await env.api.get(f"servers/{server_id}")).json()["server"]
+        assert server["locked"] is True
+    assert (await env.dev.delete(f"servers/{server_id}/image-hold")).status_code == 200
+    while (await env.api.get(f"images/{made['id']}")).json()["image"]["status"] == "creating":
+        await asyncio.sleep(0.05)
+    deleting = time.time()
+    assert (await env.api.delete(f"images/{made['id']}")).status_code == 204
+    assert (await env.api.get(f"images/{made['id']}")).status_code == 404
+    [gone] = (await env.dev.get("images", params={"label_selector": "purchase=p1"})).json()[
+        "images"
+    ]
+    assert (gone["id"], gone["status"], gone["gone"]["how"]) == (made["id"], "available", "deleted")
+    assert gone["gone"]["at"] >= deleting
+    assert (await env.dev.get("images", params={"label_selector": "purchase=p2"})).json() == {
+        "images": []
+    }
+    bad = await env.dev.get("images", params={"label_selector": "purchase in ("})
+    assert bad.json()["error"]["code"] == "invalid_input"
+
+
+@pytest.mark.asyncio
 async def test_boot_failure_ends_the_action_in_error(env: Env) -> None:
     assert (await env.dev.post("boot-failures", json={"times": 1})).status_code == 200
     created = await create(env, "unlucky", new_keys())
