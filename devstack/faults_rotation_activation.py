@@ -304,17 +304,3 @@ class RotationActivationFaultRun(LifecycleFaultRun):
                 response.raise_for_status()
                 unused += sum(int(f["times"]) for f in response.json()[kind.replace("-", "_")])
         return unused
-
-    async def restart_workers(self, env: dict[str, str | None]) -> None:
-        """Stop every worker (SIGTERM: drained, not a fault) and start as many with
-        `env` changed in their settings (None: unset)."""
-        for name, value in env.items():
-            if value is None:
-                self.info.worker_env.pop(name, None)
-            else:
-                self.info.worker_env[name] = value
-        running = self.workers()
-        for worker in running:
-            self.stack.stop_process(worker)
-        for _ in running:
-            await self.stack.start_worker()

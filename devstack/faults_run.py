@@ -95,8 +95,10 @@ RUNNING_STATES = frozenset({"running", "compensating", "waiting_for_dns", "check
 # run is a handful of API calls and waits); the project's rate limit, not the workers,
 # bounds how fast they can go.
 CLEANUP_IN_FLIGHT = 20
-# What check-world counts that no tenant may keep after its deprovision.
-LEFT_BEHIND = ("servers", "vault_records", "claims", "rotation_schedules")
+# What check-world counts that no tenant may keep after its deprovision (a final
+# snapshot is kept until its expiry timer deletes it; the deprovision scenario awaits
+# those timers, so none may be left either).
+LEFT_BEHIND = ("servers", "vault_records", "claims", "rotation_schedules", "final_snapshots")
 # How often a long wait says how far it has got.
 PROGRESS_EVERY_SECONDS = 15.0
 # Purchases named in one label-selector look-up (`purchase in (...)`), so a look-up
@@ -208,7 +210,7 @@ class FaultRun:
 
     # ------------------------------------------------------------------ purchases
 
-    async def start(self, count: int, scenario: str) -> list[Purchase]:
+    async def start(self, count: int, scenario: str, plan: str = "starter") -> list[Purchase]:
         purchases = []
         for _ in range(count):
             suffix = uuid.uuid4().hex[:8]
@@ -217,7 +219,7 @@ class FaultRun:
                     "purchase_id": f"f-{scenario.replace('_', '-')}-{suffix}",
                     "tenant_id": f"f{suffix}",
                     "domain": f"f{suffix}.example",
-                    "plan": "starter",
+                    "plan": plan,
                     "requested_by": "faults",
                     "notify_url": self.info.notify_url,
                 }
@@ -793,19 +795,23 @@ async def run_on(
         "burst": burst,
         # Each buys its tenants first, then runs the workflow on them under faults.
         "plan_change": max(2, purchases // 10),
-        "deprovision": max(2, purchases // 10),
+        # Tenants on starter, plus `backups` (below) on the plan that promises backups.
+        "deprovision": max(2, purchases // 10) + purchases // 10,
         "rotation": max(2, purchases // 10),
         "activation": max(2, purchases // 10),
         # One tenant per fault group (devstack/faults_activation_tls.GROUPS) by default;
         # a single tenant (make test's small run) meets the worker kills only.
         "activation_tls": max(1, purchases // 5),
     }
+    # The deprovision scenario's tenants on the plan that promises backups (a final
+    # snapshot each, its expiry timer awaited: minutes, so none at make test's size).
+    options: dict[str, dict[str, int]] = {"deprovision": {"backups": purchases // 10}}
     results = []
     try:
         for name in names:
             say(f"scenario {name}: {sizes[name]} purchases")
             started, before = time.monotonic(), await faults.api_usage()
-            result = await getattr(faults, name)(sizes[name])
+            result = await getattr(faults, name)(sizes[name], **options.get(name, {}))
             after = await faults.api_usage()
             result.api_requests = after["served"] - before["served"]
             result.api_refused = after["refused"] - before["refused"]
@@ -885,7 +891,8 @@ def api_budget(results: list[ScenarioResult], wall_seconds: float) -> str:
 def left_behind(world: WorldReport) -> dict[str, int]:
     """What check-world still found of any tenant once every scenario cleaned up after
     itself: each scenario deprovisions what it bought, so any server, Vault record,
-    claim or rotation schedule left is one a tenant should no longer have."""
+    claim or rotation schedule left is one a tenant should no longer have, and any
+    final snapshot one whose expiry timer the deprovision scenario awaited in vain."""
     return {kind: world.checked[kind] for kind in LEFT_BEHIND if world.checked.get(kind)}
 
 

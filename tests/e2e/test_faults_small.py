@@ -3,8 +3,10 @@
 Three scenarios keep it short: workers SIGKILLed at random moments and all at once
 (recovery through heartbeat timeouts), OpenBao frozen then restarted on its storage,
 and two tenants deprovisioned while OpenBao is frozen, their servers' DELETE answers
-503/429/a lost answer and the workers are SIGKILLed mid-delete. The full set and
-default size run with `make faults` (docs/RELIABILITY.md).
+503/429/a lost answer and the workers are SIGKILLed mid-delete (at this size both on
+`starter`: the scenario's backup-plan tenants, whose snapshot timers take minutes, come
+with `--purchases` 10 or more). The full set and default size run with `make faults`
+(docs/RELIABILITY.md).
 """
 
 from __future__ import annotations
