@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.converter import DataConverter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Interceptor, Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
@@ -94,6 +95,7 @@ from runtime.heartbeat import HeartbeatInterceptor
 from runtime.logs import LogContextInterceptor, configure_logging, get_logger
 from runtime.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
 from runtime.worker_health import serve_health
+from runtime.workflow_runner import ContextFreeSandboxRunner, context_free
 from workflows.activation import Activation
 from workflows.contracts import DEFAULT_TASK_QUEUE, Plan
 from workflows.deprovision import Deprovision
@@ -568,9 +570,11 @@ PASSED_THROUGH_LIBRARIES = ("idna",)
 PASSED_THROUGH_STORIES = ("workflows.provision",)
 
 
-def workflow_runner() -> SandboxedWorkflowRunner:
+def workflow_runner(converter: DataConverter | None = None) -> SandboxedWorkflowRunner:
     """The workflow sandbox, told that our contract modules and the purchase story are
-    deterministic.
+    deterministic; given the worker's data converter, and that converter takes no
+    serialization context, one that does not ask the sandbox for a context per payload
+    sequence (runtime/workflow_runner.py).
 
     The sandbox re-executes every module that is not passed through for each run, and
     a dataclass costs a code generation each time; shared modules cut that out. The
@@ -579,11 +583,12 @@ def workflow_runner() -> SandboxedWorkflowRunner:
     (PASSED_THROUGH_STORIES) and runs under the SDK's default sandbox in the workflow
     tests.
     """
-    return SandboxedWorkflowRunner(
-        restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            *PASSED_THROUGH, *PASSED_THROUGH_LIBRARIES, *PASSED_THROUGH_STORIES
-        )
+    restrictions = SandboxRestrictions.default.with_passthrough_modules(
+        *PASSED_THROUGH, *PASSED_THROUGH_LIBRARIES, *PASSED_THROUGH_STORIES
     )
+    if converter is not None and context_free(converter):
+        return ContextFreeSandboxRunner(restrictions=restrictions)
+    return SandboxedWorkflowRunner(restrictions=restrictions)
 
 
 def stale_workflow_bytecode(
@@ -646,7 +651,7 @@ async def run_worker(settings: Settings, stop: asyncio.Event) -> None:
             workflows=WORKFLOWS,
             activities=activities,
             interceptors=worker_interceptors(),
-            workflow_runner=workflow_runner(),
+            workflow_runner=workflow_runner(client.data_converter),
             max_concurrent_activities=settings.max_concurrent_activities,
             graceful_shutdown_timeout=timedelta(seconds=settings.drain_seconds),
             identity=identity,

@@ -380,7 +380,9 @@ def our_worker(
         workflows=[ProvisionMailTenant, *([TenantClaim] if real_claims else [])],
         activities=our_activities(provider, heartbeat_poll=heartbeat_poll, real_claims=real_claims),
         interceptors=[*worker_interceptors(), *extra],
-        workflow_runner=workflow_runner() if tuned else SandboxedWorkflowRunner(),
+        workflow_runner=(
+            workflow_runner(server.ours.data_converter) if tuned else SandboxedWorkflowRunner()
+        ),
         max_concurrent_activities=DEFAULT_MAX_CONCURRENT_ACTIVITIES if tuned else 100,
     )
 
