@@ -49,6 +49,7 @@ from devstack.images import ImageBook, Snapshot, stored_size_gb
 from devstack.mailu import MailuStore
 from devstack.processes import die_with_parent, free_port
 from devstack.ssh_keys import SshKeyBook
+from devstack.tasks import cancel_and_wait
 
 log = logging.getLogger("devstack.cloud")
 
@@ -407,9 +408,7 @@ class LocalCloud:
             if server.boot_task is not None:
                 server.boot_task.cancel()
         await asyncio.gather(*(self._kill(s) for s in servers), return_exceptions=True)
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._tasks))
         # After every task ended: an address whose add or delete was cut short by a
         # cancel is still in the set, so nothing stays on lo.
         for address in sorted(self._lo_addresses):

@@ -53,6 +53,8 @@ import dns.asyncresolver
 import dns.exception
 import dns.resolver
 
+from devstack.tasks import cancel_and_wait
+
 log = logging.getLogger("devstack.front")
 
 WORLD_FILE = "acme-world.json"
@@ -199,9 +201,7 @@ class Front:
     async def stop(self) -> None:
         self.running = False
         if self._letsencrypt is not None:
-            self._letsencrypt.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._letsencrypt
+            await cancel_and_wait([self._letsencrypt])
             self._letsencrypt = None
         for server in self._servers.values():
             server.close()

@@ -72,6 +72,7 @@ from devstack.compose import COMPOSE_VERSION, Shell, read_env_file
 from devstack.faults import CommandFault, VpsFaults
 from devstack.mailu import ExecResult, MailuStore
 from devstack.mailu_front import LETSENCRYPT_DIR, MAILU_ENV, Front, write_atomically
+from devstack.tasks import cancel_and_wait
 
 log = logging.getLogger("devstack.vps")
 
@@ -566,17 +567,12 @@ class Machine:
 
     async def stop(self) -> None:
         await self.front.stop()
-        for task in self._accept_tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._accept_tasks)
         for listener in self._ssh_listeners:
             listener.close()
         for conn in list(self._ssh_conns):
             conn.close()
-        for task in list(self._ssh_tasks):
-            task.cancel()
-        await asyncio.gather(*self._ssh_tasks, return_exceptions=True)
+        await cancel_and_wait(list(self._ssh_tasks))
 
     # --- sshd ---------------------------------------------------------------------------
 

@@ -27,8 +27,8 @@ from temporalio.worker import Worker
 
 from activities.rotation_schedule import rotation_schedule_exists
 from devstack.stack import StackInfo
-from starter import check_world, query_status, start_deprovision, start_purchase
-from tests.e2e.conftest import CloudControl
+from starter import check_world, start_deprovision, start_purchase
+from tests.e2e.conftest import CloudControl, polled_status
 from tests.e2e.test_purchase_end_to_end import audit_rows, provision
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.activation_contracts import activation_workflow_id
@@ -189,7 +189,7 @@ async def test_a_deprovisioning_while_the_purchase_runs_is_refused_and_touches_n
     handle, _ = await start_purchase(client, PurchaseRequest.parse(purchase), QUEUE)
     # Past admission: the purchase holds the tenant's claim and is buying its server.
     while not any(
-        s.name == "wait_for_server" for s in (await query_status(handle)).steps
+        s.name == "wait_for_server" for s in (await polled_status(handle)).steps
     ):  # fmt: skip
         await asyncio.sleep(0.5)
     refused = await start_deprovision(client, DeprovisionRequest(tenant, "e2e-billing"), QUEUE)

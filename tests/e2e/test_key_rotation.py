@@ -29,8 +29,8 @@ from temporalio.worker import Worker
 
 from devstack.stack import ROOT, StackInfo
 from runtime.codec import KeyRing, UnknownKeyGrace, data_converter, worker_identity
-from starter import query_status, start_purchase
-from tests.e2e.conftest import new_request
+from starter import start_purchase
+from tests.e2e.conftest import new_request, polled_status
 from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
 from workflows.contracts import ProvisionResult
 
@@ -92,7 +92,7 @@ def switch(info: StackInfo, ring_file: Path, task_queue: str, key_id: str) -> An
 async def past_first_step(handle: WorkflowHandle[Any, Any]) -> None:
     """The worker has decoded the start and run at least one activity of it."""
     for _ in range(POLLS):
-        status = await query_status(handle)
+        status = await polled_status(handle)
         if any(step.state == "done" and step.name != "validate_input" for step in status.steps):
             return
         await asyncio.sleep(0.5)

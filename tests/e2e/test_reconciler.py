@@ -33,8 +33,8 @@ from temporalio.service import RPCError, RPCStatusCode
 from activities.audit import SqliteAuditStore
 from activities.vault import Vault
 from devstack.stack import StackInfo
-from starter import query_status, run_reconciler, schedule_reconciler, start_purchase
-from tests.e2e.conftest import CloudControl, customer_webhook, new_request
+from starter import run_reconciler, schedule_reconciler, start_purchase
+from tests.e2e.conftest import CloudControl, customer_webhook, new_request, polled_status
 from workflows.claim_contracts import (
     HOLDER_MEMO,
     HOLDER_RUN_MEMO,
@@ -55,7 +55,7 @@ TASK_QUEUE = "mail-provisioning"
 
 async def reach_step(handle: WorkflowHandle[Any, Any], step: str) -> None:
     for _ in range(600):
-        status = await query_status(handle)
+        status = await polled_status(handle)
         if status.current_step == step:
             return
         await asyncio.sleep(0.2)
