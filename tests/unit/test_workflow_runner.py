@@ -80,3 +80,21 @@ def test_a_converter_with_external_storage_keeps_the_sdk_sandbox() -> None:
 
 def test_without_a_converter_the_runner_is_the_sdk_sandbox() -> None:
     assert type(workflow_runner()) is SandboxedWorkflowRunner
+
+
+def test_the_wrapped_instance_forwards_every_method_the_sdk_defines() -> None:
+    """_ContextFreeInstance delegates by hand: a method a later SDK adds to
+    WorkflowInstance (abstract or with a default) must be forwarded too, or the
+    worker would silently get the default instead of the sandbox's answer. This
+    fails on such an upgrade, naming the method."""
+    from temporalio.worker import WorkflowInstance
+
+    from runtime.workflow_runner import _ContextFreeInstance
+
+    sdk_methods = {
+        name
+        for name, value in vars(WorkflowInstance).items()
+        if callable(value) and not name.startswith("_")
+    }
+    forwarded = {name for name in vars(_ContextFreeInstance) if not name.startswith("_")}
+    assert sdk_methods == forwarded, sorted(sdk_methods ^ forwarded)
