@@ -558,30 +558,35 @@ PASSED_THROUGH = (
 # Third-party libraries those modules import: pure functions over static data, so they
 # are deterministic too, and passed through rather than re-imported for every run.
 PASSED_THROUGH_LIBRARIES = ("idna",)
-# Workflow code run by every purchase, imported once per worker instead of once per run
-# (its import in the sandbox cost ~4 ms of CPU per purchase, the largest single share
-# of what our workflow costs more than a bare one; docs/PERFORMANCE.md, change 8).
-# Passed through, its code escapes the sandbox's runtime restrictions, so
-# tests/unit/test_worker_sandbox.py holds it to static ones instead: it imports nothing
-# but the SDK, a few pure standard-library modules and PASSED_THROUGH (activity_refs only
-# inside imports_passed_through), calls no I/O builtin, and keeps no mutable module
-# state; and the workflow tests run it under the SDK's default sandbox, which does
-# restrict it at run time.
-PASSED_THROUGH_STORIES = ("workflows.provision",)
+# Workflow code run by every purchase, imported once per worker instead of once per run:
+# the purchase story (its import in the sandbox cost ~4 ms of CPU per purchase, the
+# largest single share of what our workflow costs more than a bare one;
+# docs/PERFORMANCE.md, change 8) and the task queue's workflow class itself (the
+# sandbox's per-run import of it, `workflow.defn` and the handlers' decorators included,
+# cost ~1.3 ms of CPU per run warm, ~2 ms in the worker; change 10). The other stories
+# are imported inside their runs, through the sandbox's importer, and stay sandboxed.
+# Passed through, their code escapes the sandbox's runtime restrictions, so
+# tests/unit/test_worker_sandbox.py holds them to static ones instead: each imports
+# nothing but the SDK, a few pure standard-library modules and PASSED_THROUGH
+# (activity_refs only inside imports_passed_through; the dispatched stories only inside
+# the run, through the sandbox's importer), calls no I/O builtin, and keeps no mutable
+# module state; and the workflow tests run them under the SDK's default sandbox, which
+# does restrict them at run time.
+PASSED_THROUGH_STORIES = ("workflows.dispatch", "workflows.provision")
 
 
 def workflow_runner(converter: DataConverter | None = None) -> SandboxedWorkflowRunner:
-    """The workflow sandbox, told that our contract modules and the purchase story are
-    deterministic; given the worker's data converter, and that converter takes no
-    serialization context, one that does not ask the sandbox for a context per payload
-    sequence (runtime/workflow_runner.py).
+    """The workflow sandbox, told that our contract modules, the task queue's workflow
+    class and the purchase story are deterministic; given the worker's data converter,
+    and that converter takes no serialization context, one that does not ask the
+    sandbox for a context per payload sequence (runtime/workflow_runner.py).
 
     The sandbox re-executes every module that is not passed through for each run, and
     a dataclass costs a code generation each time; shared modules cut that out. The
-    sandbox itself stays on: the workflow module and the other stories still run under
-    its runtime restrictions; the purchase story is held to static ones
-    (PASSED_THROUGH_STORIES) and runs under the SDK's default sandbox in the workflow
-    tests.
+    sandbox itself stays on: the other workflows' modules and the other stories still
+    run under its runtime restrictions; the workflow class and the purchase story are
+    held to static ones (PASSED_THROUGH_STORIES) and run under the SDK's default
+    sandbox in the workflow tests.
     """
     restrictions = SandboxRestrictions.default.with_passthrough_modules(
         *PASSED_THROUGH, *PASSED_THROUGH_LIBRARIES, *PASSED_THROUGH_STORIES
