@@ -91,9 +91,9 @@ from runtime.codec import (
     worker_identity,
 )
 from runtime.exit import exit_without_teardown
-from runtime.heartbeat import HeartbeatInterceptor
-from runtime.logs import LogContextInterceptor, configure_logging, get_logger
-from runtime.metrics import HISTOGRAM_BUCKETS, MetricsInterceptor
+from runtime.interceptor import WorkerInterceptor
+from runtime.logs import configure_logging, get_logger
+from runtime.metrics import HISTOGRAM_BUCKETS
 from runtime.worker_health import serve_health
 from runtime.workflow_runner import ContextFreeSandboxRunner, context_free
 from workflows.activation import Activation
@@ -510,8 +510,9 @@ def _temporal_readers(
 
 def worker_interceptors() -> list[Interceptor]:
     """Log context on every activity line; heartbeats so a dead worker is seen in seconds;
-    our own metrics (purchases, steps, compensations, rotations, errors by code)."""
-    return [LogContextInterceptor(), HeartbeatInterceptor(), MetricsInterceptor()]
+    our own metrics (purchases, steps, compensations, rotations, errors by code): one
+    interceptor, new for each worker (runtime/interceptor.py)."""
+    return [WorkerInterceptor()]
 
 
 async def _check_provider(plans: dict[str, Plan], provider: VpsProvider) -> None:

@@ -34,7 +34,11 @@ HEARTBEAT_INTERVAL_SECONDS = 2.0
 
 
 class HeartbeatInterceptor(Interceptor):
-    """Heartbeats every `interval` seconds while any activity runs."""
+    """Heartbeats every `interval` seconds while any activity runs.
+
+    The worker installs the same beats through its one interceptor
+    (runtime/interceptor.py); this one is the heartbeats alone, for tests and workers
+    that want nothing else."""
 
     def __init__(self, interval: float = HEARTBEAT_INTERVAL_SECONDS) -> None:
         self._interval = interval
@@ -47,10 +51,10 @@ class _Heartbeating(ActivityInboundInterceptor):
     def __init__(self, next: ActivityInboundInterceptor, interval: float) -> None:
         super().__init__(next)
         self._interval = interval
-        self._outbound: _LastDetails | None = None
+        self._outbound: LastDetails | None = None
 
     def init(self, outbound: ActivityOutboundInterceptor) -> None:
-        self._outbound = _LastDetails(outbound)
+        self._outbound = LastDetails(outbound)
         super().init(self._outbound)
 
     async def execute_activity(self, input: ExecuteActivityInput) -> Any:
@@ -58,19 +62,14 @@ class _Heartbeating(ActivityInboundInterceptor):
         if outbound is None or input.executor is not None:
             # Only async activities (all of ours) run on the event loop we beat from.
             return await self.next.execute_activity(input)
-        # Start from the previous attempt's details, so a retry that has not reported
-        # yet does not wipe them.
-        info = activity.info()
-        outbound.details = tuple(info.heartbeat_details)
-        beats = _Beats(outbound, self._interval)
-        beats.start(first_beat_delay(info.heartbeat_timeout, self._interval))
+        beats = Beats.start_for(outbound, activity.info(), self._interval)
         try:
             return await self.next.execute_activity(input)
         finally:
             beats.stop()
 
 
-class _Beats:
+class Beats:
     """The side beats of one attempt, as event-loop timers rather than a task.
 
     Most attempts end long before their first beat is due; a timer costs one heap entry
@@ -80,11 +79,21 @@ class _Beats:
     heartbeat finds its activity.
     """
 
-    def __init__(self, outbound: _LastDetails, interval: float) -> None:
+    def __init__(self, outbound: LastDetails, interval: float) -> None:
         self._outbound = outbound
         self._interval = interval
         self._loop = asyncio.get_running_loop()
         self._timer: asyncio.TimerHandle | None = None
+
+    @classmethod
+    def start_for(cls, outbound: LastDetails, info: activity.Info, interval: float) -> Beats:
+        """The beats of the attempt `info` describes, started."""
+        # Start from the previous attempt's details, so a retry that has not reported
+        # yet does not wipe them.
+        outbound.details = tuple(info.heartbeat_details)
+        beats = cls(outbound, interval)
+        beats.start(first_beat_delay(info.heartbeat_timeout, interval))
+        return beats
 
     def start(self, delay: float) -> None:
         self._timer = self._loop.call_later(delay, self._beat)
@@ -112,7 +121,7 @@ def first_beat_delay(heartbeat_timeout: timedelta | None, interval: float) -> fl
     return heartbeat_timeout.total_seconds() / 2
 
 
-class _LastDetails(ActivityOutboundInterceptor):
+class LastDetails(ActivityOutboundInterceptor):
     """Remembers the activity's own latest heartbeat details, to re-send them."""
 
     details: Sequence[Any] = ()

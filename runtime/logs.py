@@ -11,12 +11,11 @@ from __future__ import annotations
 import logging
 import re
 import sys
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from typing import Any
 
 import structlog
 from temporalio import activity
-from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 SECRET_KEYS = frozenset(
     {"password", "secret", "secret_key", "token", "api_token", "plaintext", "data_key"}
@@ -56,32 +55,27 @@ def flatten_temporal_context(
     return event_dict
 
 
-class LogContextInterceptor(Interceptor):
-    """Binds workflow id, run id, activity and tenant to every log line of an activity.
+def tenant_of(args: Sequence[Any]) -> str | None:
+    """The tenant an activity attempt works for: every activity argument of ours carries
+    `tenant_id` (see workflows/contracts.py), so it is known before the activity runs."""
+    return next((arg.tenant_id for arg in args if hasattr(arg, "tenant_id")), None)
 
-    Each activity argument carries `tenant_id` (see workflows/contracts.py), so the
-    tenant is known before the activity's own code runs.
+
+def bind_activity_context(info: activity.Info, tenant: str | None) -> None:
+    """Bind workflow id, run id, activity, attempt and tenant to every log line of an
+    activity attempt (runtime/interceptor.py calls it before the activity's own code).
+
+    Each activity runs in its own asyncio task, i.e. its own context copy, so the
+    binding cannot leak into another activity; it is left in place on purpose so the
+    SDK's own "completing activity as failed" line after the attempt carries it too.
     """
-
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _ActivityLogContext(next)
-
-
-class _ActivityLogContext(ActivityInboundInterceptor):
-    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        info = activity.info()
-        tenant = next((arg.tenant_id for arg in input.args if hasattr(arg, "tenant_id")), None)
-        # Each activity runs in its own asyncio task, i.e. its own context copy, so the
-        # binding cannot leak into another activity; it is left in place on purpose so the
-        # SDK's own "completing activity as failed" line after us carries it too.
-        structlog.contextvars.bind_contextvars(
-            workflow_id=info.workflow_id,
-            run_id=info.workflow_run_id,
-            activity=info.activity_type,
-            attempt=info.attempt,
-            tenant_id=tenant,
-        )
-        return await self.next.execute_activity(input)
+    structlog.contextvars.bind_contextvars(
+        workflow_id=info.workflow_id,
+        run_id=info.workflow_run_id,
+        activity=info.activity_type,
+        attempt=info.attempt,
+        tenant_id=tenant,
+    )
 
 
 def configure_logging(level: int = logging.INFO, stream: Any = None) -> None:

@@ -2,8 +2,9 @@
 refused audit appends.
 
 Recorded through the activity metric meter, so they appear on the worker's
-Prometheus endpoint beside the SDK's own metrics. One interceptor covers every
-activity: no activity carries metric code of its own.
+Prometheus endpoint beside the SDK's own metrics. The worker's one interceptor
+(runtime/interceptor.py) records them for every activity: no activity carries metric
+code of its own.
 """
 
 from __future__ import annotations
@@ -12,19 +13,12 @@ import time
 from typing import Any
 
 from temporalio import activity
+from temporalio.common import MetricMeter
 from temporalio.exceptions import ApplicationError
-from temporalio.worker import (
-    ActivityInboundInterceptor,
-    ExecuteActivityInput,
-    Interceptor,
-    WorkflowInboundInterceptor,
-    WorkflowInterceptorClassInput,
-)
 
 from workflows import world_check_contracts
 from workflows.contracts import StoredCredentials
 from workflows.metrics import DURATION as WORKFLOW_DURATION
-from workflows.metrics import WorkflowMetrics
 from workflows.rotation_contracts import RotatedCredentials
 
 STEP_DURATION = "mailprov_activity_duration_seconds"
@@ -50,41 +44,53 @@ VAULT_ERROR_TYPES = {"VaultError", "CasConflict"}
 PROVIDER_PREFIX = "Provider."
 
 
-class MetricsInterceptor(Interceptor):
-    """Our metrics for every workflow and activity the worker runs."""
+class ActivityMeters:
+    """The activity metrics' instruments, made once per activity type, not per attempt.
 
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _ActivityMetrics(next)
+    `activity.metric_meter()` builds a meter with the attempt's namespace, task queue and
+    activity type for every attempt, and each `create_*` and `with_additional_attributes`
+    on a Prometheus-backed meter is a call into the SDK's core; the instruments and their
+    labels are the same for every attempt of a type, so they are kept here, keyed by
+    namespace, task queue and activity type. One instance per worker (the worker's
+    interceptor holds it; worker.worker_interceptors() makes a new one for each worker),
+    since the meter also carries the worker's runtime.
+    """
 
-    def workflow_interceptor_class(
-        self, input: WorkflowInterceptorClassInput
-    ) -> type[WorkflowInboundInterceptor]:
-        return WorkflowMetrics
+    def __init__(self) -> None:
+        self._by_type: dict[tuple[str, str, str], _TypeMeters] = {}
+
+    def of(self, info: activity.Info) -> _TypeMeters:
+        """The instruments of the current attempt's activity type (inside an activity)."""
+        key = (info.namespace, info.task_queue, info.activity_type)
+        meters = self._by_type.get(key)
+        if meters is None:
+            meters = self._by_type[key] = _TypeMeters(
+                activity.metric_meter().with_additional_attributes({"activity": info.activity_type})
+            )
+        return meters
 
 
-class _ActivityMetrics(ActivityInboundInterceptor):
-    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        meter = activity.metric_meter().with_additional_attributes(
-            {"activity": activity.info().activity_type}
-        )
-        started = time.monotonic()
-        outcome = "failed"
-        try:
-            result = await self.next.execute_activity(input)
-            outcome = "completed"
-        except ApplicationError as err:
-            _count_error(meter, err)
-            raise
-        finally:
-            meter.create_histogram_float(
-                STEP_DURATION, "activity attempt duration", "s"
-            ).with_additional_attributes({"outcome": outcome}).record(time.monotonic() - started)
-        if isinstance(result, (RotatedCredentials, StoredCredentials)):
-            tenant = next(a.tenant_id for a in input.args if hasattr(a, "tenant_id"))
-            meter.create_gauge(
+class _TypeMeters:
+    """One activity type's meter and its attempt-duration histogram per outcome."""
+
+    def __init__(self, meter: MetricMeter) -> None:
+        self.meter = meter
+        duration = meter.create_histogram_float(STEP_DURATION, "activity attempt duration", "s")
+        self.completed = duration.with_additional_attributes({"outcome": "completed"})
+        self.failed = duration.with_additional_attributes({"outcome": "failed"})
+
+    def record_failure(self, seconds: float, err: BaseException) -> None:
+        if isinstance(err, ApplicationError):
+            _count_error(self.meter, err)
+        self.failed.record(seconds)
+
+    def record_success(self, seconds: float, result: Any, tenant: str | None) -> None:
+        self.completed.record(seconds)
+        # The storing activities' arguments all name their tenant (workflows/contracts.py).
+        if tenant is not None and isinstance(result, (RotatedCredentials, StoredCredentials)):
+            self.meter.create_gauge(
                 LAST_ROTATED, "when the tenant's admin password was last set", "s"
             ).with_additional_attributes({"tenant": tenant}).set(int(time.time()))
-        return result
 
 
 def _count_error(meter: Any, err: ApplicationError) -> None:
