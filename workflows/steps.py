@@ -13,6 +13,7 @@ No I/O and no module state: the worker passes this module through the sandbox.
 
 import asyncio
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any, Generic, Protocol, TypeVar
 
 from temporalio import workflow
@@ -41,6 +42,9 @@ class StepTracker(Generic[S]):
         self.status = status
         # Set while undoing: compensation runs after a cancel and must not stop for it.
         self.compensating = False
+        # The last workflow time stamped, and its text (_now).
+        self._stamp_ns = -1
+        self._stamp = ""
 
     async def run(
         self,
@@ -84,7 +88,8 @@ class StepTracker(Generic[S]):
                 self.status.state = "failed"
 
     def skip(self, name: str) -> None:
-        self.status.steps.append(StepProgress(name, "skipped", self._now(), self._now()))
+        now = self._now()
+        self.status.steps.append(StepProgress(name, "skipped", now, now))
 
     def compensate(self, error: str) -> None:
         self.compensating = True
@@ -96,6 +101,12 @@ class StepTracker(Generic[S]):
         self.status.state = state
         self.status.current_step = None
 
-    @staticmethod
-    def _now() -> str:
-        return workflow.now().isoformat(timespec="seconds")
+    def _now(self) -> str:
+        """`workflow.now()` to the second, as ISO 8601: formatted once per workflow time,
+        which stands still within a workflow task, and a step usually ends and the next
+        begins in the same one (the same computation as `workflow.now()`)."""
+        now_ns = workflow.time_ns()
+        if now_ns != self._stamp_ns:
+            self._stamp_ns = now_ns
+            self._stamp = datetime.fromtimestamp(now_ns / 1e9, UTC).isoformat(timespec="seconds")
+        return self._stamp
