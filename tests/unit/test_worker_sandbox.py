@@ -179,7 +179,8 @@ def test_shared_contracts_keep_evaluated_annotations(name: str) -> None:
 
 
 def test_the_purchase_workflow_class_holds_only_its_entry_points() -> None:
-    """The sandbox re-runs workflow.defn for every run, which checks every member of the
+    """The SDK's default sandbox re-runs workflow.defn for every run (the worker's passes
+    the class through, docs/PERFORMANCE.md change 10), which checks every member of the
     class against a runtime protocol: the steps live on workflows.provision.Purchase.
     Entry points: the run, the `status` query, ActivateMailDomain's `dns_published`
     signal (a signal handler must be on the workflow class)."""
