@@ -43,7 +43,7 @@ def serve(**options: Any) -> Iterator[CodecServer]:
     server = CodecServer(
         ("127.0.0.1", 0), EncryptionCodec(KeyRing.generate("k1")), TOKEN, UI, **options
     )
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread = threading.Thread(target=server.serve_forever, args=(0.02,), daemon=True)
     thread.start()
     yield server
     server.shutdown()
