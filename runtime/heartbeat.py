@@ -1,11 +1,12 @@
 """Every activity heartbeats while it runs, so a dead worker is noticed in seconds.
 
 Without heartbeats Temporal learns that a worker died only when the attempt's
-start-to-close timeout expires (minutes for an SSH step). With this interceptor a
-running activity heartbeats from event-loop timers, from half its heartbeat timeout on, every
-few seconds (the SDK sends at most one per 80% of that timeout), and the workflow
-gives each step a short heartbeat timeout (workflows/provision.py): a killed attempt
-is retried as soon as that timeout passes.
+start-to-close timeout expires (minutes for an SSH step). Through the worker's
+interceptor (runtime/interceptor.py) a running activity heartbeats from event-loop
+timers, from half its heartbeat timeout on, every few seconds (the SDK sends at most
+one per 80% of that timeout), and the workflow gives each step a short heartbeat
+timeout (workflows/policies.py): a killed attempt is retried as soon as that timeout
+passes.
 
 Activities that report progress (e.g. configure_mailu's health polls) keep doing so;
 the side beats re-send their latest details, never blank ones, so a retry still
@@ -21,52 +22,11 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
-from temporalio.worker import (
-    ActivityInboundInterceptor,
-    ActivityOutboundInterceptor,
-    ExecuteActivityInput,
-    Interceptor,
-)
+from temporalio.worker import ActivityOutboundInterceptor
 
 # Often enough for a 15 s heartbeat timeout (the SDK sends at most one heartbeat per
 # 80% of that timeout anyway), rare enough to cost nothing.
 HEARTBEAT_INTERVAL_SECONDS = 2.0
-
-
-class HeartbeatInterceptor(Interceptor):
-    """Heartbeats every `interval` seconds while any activity runs.
-
-    The worker installs the same beats through its one interceptor
-    (runtime/interceptor.py); this one is the heartbeats alone, for tests and workers
-    that want nothing else."""
-
-    def __init__(self, interval: float = HEARTBEAT_INTERVAL_SECONDS) -> None:
-        self._interval = interval
-
-    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
-        return _Heartbeating(next, self._interval)
-
-
-class _Heartbeating(ActivityInboundInterceptor):
-    def __init__(self, next: ActivityInboundInterceptor, interval: float) -> None:
-        super().__init__(next)
-        self._interval = interval
-        self._outbound: LastDetails | None = None
-
-    def init(self, outbound: ActivityOutboundInterceptor) -> None:
-        self._outbound = LastDetails(outbound)
-        super().init(self._outbound)
-
-    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
-        outbound = self._outbound
-        if outbound is None or input.executor is not None:
-            # Only async activities (all of ours) run on the event loop we beat from.
-            return await self.next.execute_activity(input)
-        beats = Beats.start_for(outbound, activity.info(), self._interval)
-        try:
-            return await self.next.execute_activity(input)
-        finally:
-            beats.stop()
 
 
 class Beats:

@@ -19,7 +19,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, TimeoutError, TimeoutType
 from temporalio.worker import Interceptor, Worker
 
-from runtime.heartbeat import HeartbeatInterceptor
+from runtime.interceptor import WorkerInterceptor
 
 QUIET_SECONDS = 6.0
 HEARTBEAT_TIMEOUT = timedelta(seconds=2)
@@ -72,7 +72,7 @@ async def run_quiet_step(client: Client, mode: str, interceptors: list[Intercept
 
 
 async def test_the_interceptor_keeps_a_quiet_activity_alive(client: Client) -> None:
-    interceptors: list[Interceptor] = [HeartbeatInterceptor(interval=0.2)]
+    interceptors: list[Interceptor] = [WorkerInterceptor(heartbeat_interval=0.2)]
     assert await run_quiet_step(client, "quiet", interceptors) == ["survived"]
 
 
@@ -88,5 +88,5 @@ async def test_without_the_interceptor_a_quiet_activity_times_out(client: Client
 async def test_the_interceptor_keeps_the_activity_s_own_details(client: Client) -> None:
     # The side task re-sent heartbeats during the quiet spell; the retry still sees
     # the details the activity reported, not blank ones.
-    interceptors: list[Interceptor] = [HeartbeatInterceptor(interval=0.2)]
+    interceptors: list[Interceptor] = [WorkerInterceptor(heartbeat_interval=0.2)]
     assert await run_quiet_step(client, "report", interceptors) == ["progress-1"]

@@ -15,7 +15,8 @@ from temporalio.worker import (
     ExecuteActivityInput,
 )
 
-from runtime.heartbeat import HEARTBEAT_INTERVAL_SECONDS, HeartbeatInterceptor, first_beat_delay
+from runtime.heartbeat import HEARTBEAT_INTERVAL_SECONDS, first_beat_delay
+from runtime.interceptor import WorkerInterceptor
 from workflows.policies import HEARTBEAT, WAIT_FOR_SERVER
 
 # The SDK sends later heartbeats at most every 80% of the timeout.
@@ -66,7 +67,7 @@ async def _quick_attempt(monkeypatch: pytest.MonkeyPatch, outbound: _Outbound) -
         raise AssertionError("an attempt started a task for its heartbeats")
 
     monkeypatch.setattr(asyncio, "create_task", no_task)
-    heartbeating = HeartbeatInterceptor().intercept_activity(_Answer())
+    heartbeating = WorkerInterceptor().intercept_activity(_Answer())
     heartbeating.init(outbound)
     return await heartbeating.execute_activity(ExecuteActivityInput(_Answer, [], None, {}))
 

@@ -30,7 +30,7 @@ from temporalio.worker import Worker
 
 from activities.vault import VaultActivities
 from devstack.stack import tool
-from runtime.heartbeat import HeartbeatInterceptor
+from runtime.interceptor import WorkerInterceptor
 from starter import start_purchase
 from tests.workflow.test_provision_workflow import ENVELOPE, Harness, ScriptedWorld, purchase
 from worker import WORKFLOWS
@@ -173,7 +173,7 @@ async def test_a_vault_write_that_lands_after_the_cancel_is_withdrawn(
         workflows=list(WORKFLOWS),
         activities=[*scripted, real.store_credentials, real.remove_credentials],
         # As the worker runs it: heartbeats are how a running activity learns of a cancel.
-        interceptors=[HeartbeatInterceptor()],
+        interceptors=[WorkerInterceptor()],
     ):
         handle, _ = await start_purchase(
             time_skipping_env.client, PurchaseRequest.parse(raw), task_queue
