@@ -27,7 +27,7 @@ from activities.ssh import SshIdentity, connect_pinned
 from devstack.cloudinit import COMPOSE_PLUGIN, DOCKER_BIN, CloudInitRun
 from devstack.compose import Shell
 from devstack.mail_login import certificate_after_dns, publish_dns, submissions_login
-from devstack.mailu import MailuStore, hash_password
+from devstack.mailu import MailuStore, password_context
 from devstack.mailu_auth import RATE_LIMITED, AdminAuthEndpoint
 from devstack.mailu_front import REACH_POLL_SECONDS
 from devstack.processes import free_port
@@ -313,8 +313,12 @@ def login_headers(user: str, password: str, client_ip: str = "127.0.0.1") -> dic
 
 
 def store_with_admin(tmp_path: Path) -> MailuStore:
+    """The admin's hash at bcrypt's fewest rounds: the rate-limit tests below verify 50-60
+    wrong passwords, each a whole bcrypt at the stored hash's cost (12 rounds: ~0.3 s on
+    a loaded 2-core machine). Rounds below the default are not a deprecation, so no
+    login rewrites the hash; the scheme and the limiter are MailU's as before."""
     store = MailuStore(tmp_path / "mailu.json")
-    user = {ADMIN: {"password": hash_password(PASSWORD)}}
+    user = {ADMIN: {"password": password_context(rounds=4).hash(PASSWORD)}}
     store.save({"domain": {}, "user": user, "alias": {}, "relay": {}})
     return store
 
