@@ -254,7 +254,11 @@ async def test_guide_on_a_purchase_whose_webhook_is_down(
     webhook.fix()
     shell.ok(reset_activity, ACTIVITY_ID=line.split()[0])
     assert json.loads(shell.ok(wait_result))["notified"] is True
-    assert [n["key"] for n in webhook.received] == [workflow_id]
+    # At least once, always under the purchase's key: the scheduled retry (5 s, 10 s,
+    # 20 s, ... apart) may start just as the webhook is fixed, beside the reset's
+    # attempt (seen once at load 8: two deliveries, one key).
+    keys = [n["key"] for n in webhook.received]
+    assert keys and set(keys) == {workflow_id}, keys
     assert shell.ran_all("Retry a failed activity")
 
     # Now completed: the result commands answer at once.

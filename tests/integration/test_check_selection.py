@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -18,6 +19,9 @@ def pytest_subprocess(*args: str) -> subprocess.CompletedProcess[str]:
         text=True,
         check=False,
         timeout=300,
+        # The outer run's options (PYTEST_ADDOPTS="-v", say) would change what the
+        # collection prints.
+        env={k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"},
     )
 
 
