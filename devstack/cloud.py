@@ -1094,7 +1094,7 @@ class LocalCloud:
             "server_name": server.name,
             "image": server.image,
             "cloud_init_seconds": self.cloud_init_seconds,
-            # Honoured by devstack/vps.py (see /work/wt/brief/h6-to-h7.md): the keys
+            # Honoured by devstack/vps.py (docs/providers.md, the ssh_keys rows): the keys
             # Hetzner hands cloud-init as metadata, and whether root's password expired.
             "metadata_public_keys": server.metadata_public_keys,
             "root_password_expired": not server.metadata_public_keys,

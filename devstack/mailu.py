@@ -52,6 +52,12 @@ class ExecResult:
 
 SCHEME_PREFIXES = ("PBKDF2", "BLF-CRYPT", "SHA512-CRYPT", "SHA256-CRYPT", "MD5-CRYPT", "CRYPT")
 CREDENTIAL_ROUNDS = 12
+# The tests' local stacks hash at bcrypt's fewest rounds (Stack(mailu_hash_rounds=4) sets
+# this for the local cloud, whose VPS processes inherit it): one bcrypt at 12 rounds is
+# ~0.3 s of CPU, and the VPS stand-ins of one `make test` spent ~100 s of its CPU on
+# them. Only the cost changes: scheme, verification and rehashing are MailU's as above;
+# the demo and `make faults` keep 12.
+HASH_ROUNDS_VARIABLE = "DEVSTACK_MAILU_CREDENTIAL_ROUNDS"
 logging.getLogger("passlib").setLevel(logging.ERROR)  # bcrypt 4.1+ lacks __about__ (models.py)
 
 
@@ -75,8 +81,13 @@ def strip_scheme(hashed: str) -> str:
     return hashed[end + 1 :] if end >= 0 and hashed[1:end] in SCHEME_PREFIXES else hashed
 
 
+def configured_rounds() -> int:
+    """CREDENTIAL_ROUNDS, unless this process's stack asked for fewer (HASH_ROUNDS_VARIABLE)."""
+    return int(os.environ.get(HASH_ROUNDS_VARIABLE) or CREDENTIAL_ROUNDS)
+
+
 def hash_password(password: str) -> str:
-    return str(password_context().hash(password))
+    return str(password_context(configured_rounds()).hash(password))
 
 
 def verify_and_update(password: str, hashed: str) -> tuple[bool, str | None]:
@@ -84,7 +95,8 @@ def verify_and_update(password: str, hashed: str) -> tuple[bool, str | None]:
     if password == "":
         return False, None  # User.check_password refuses the empty password first
     try:
-        ok, new_hash = password_context().verify_and_update(password, strip_scheme(hashed))
+        context = password_context(configured_rounds())
+        ok, new_hash = context.verify_and_update(password, strip_scheme(hashed))
     except ValueError:  # "hash could not be identified": MailU's auth errors out
         return False, None
     return bool(ok), new_hash

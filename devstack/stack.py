@@ -34,6 +34,7 @@ from temporalio.client import Client
 
 from activities.ssh import SshIdentity
 from deploy.vault_bootstrap import bootstrap, credential_files
+from devstack.mailu import HASH_ROUNDS_VARIABLE
 from devstack.processes import die_with_parent, free_port
 from runtime.codec import KeyRing
 
@@ -191,10 +192,21 @@ def codec_server_env(
 class Stack:
     """`async with Stack(dir) as stack: await stack.start()`: stopped on any exit."""
 
-    def __init__(self, state_dir: Path, *, web_ui: bool = False, worker: bool = True) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        web_ui: bool = False,
+        worker: bool = True,
+        mailu_hash_rounds: int | None = None,
+    ) -> None:
+        """`mailu_hash_rounds`: the bcrypt cost of the MailU stand-ins' password hashes,
+        for test stacks that want it cheap (devstack/mailu.py HASH_ROUNDS_VARIABLE);
+        default MailU's own."""
         self.info = StackInfo(state_dir=state_dir.resolve())
         self._web_ui = web_ui
         self._with_worker = worker
+        self._mailu_hash_rounds = mailu_hash_rounds
         self._processes: list[Process] = []
         (self.info.state_dir / "logs").mkdir(parents=True, exist_ok=True)
 
@@ -361,6 +373,11 @@ class Stack:
                 str(free_port()),
             ],
             stdout=subprocess.PIPE,
+            env=(
+                {HASH_ROUNDS_VARIABLE: str(self._mailu_hash_rounds)}
+                if self._mailu_hash_rounds
+                else None
+            ),
         )
         assert process.popen.stdout is not None
         line = await asyncio.wait_for(asyncio.to_thread(process.popen.stdout.readline), 30)

@@ -27,7 +27,13 @@ from activities.ssh import SshIdentity, connect_pinned
 from devstack.cloudinit import COMPOSE_PLUGIN, DOCKER_BIN, CloudInitRun
 from devstack.compose import Shell
 from devstack.mail_login import certificate_after_dns, publish_dns, submissions_login
-from devstack.mailu import MailuStore, password_context
+from devstack.mailu import (
+    HASH_ROUNDS_VARIABLE,
+    MailuStore,
+    hash_password,
+    password_context,
+    verify_and_update,
+)
 from devstack.mailu_auth import RATE_LIMITED, AdminAuthEndpoint
 from devstack.mailu_front import REACH_POLL_SECONDS
 from devstack.processes import free_port
@@ -315,8 +321,8 @@ def login_headers(user: str, password: str, client_ip: str = "127.0.0.1") -> dic
 def store_with_admin(tmp_path: Path) -> MailuStore:
     """The admin's hash at bcrypt's fewest rounds: the rate-limit tests below verify 50-60
     wrong passwords, each a whole bcrypt at the stored hash's cost (12 rounds: ~0.3 s on
-    a loaded 2-core machine). Rounds below the default are not a deprecation, so no
-    login rewrites the hash; the scheme and the limiter are MailU's as before."""
+    a loaded 2-core machine). The scheme and the limiter are MailU's as before (a right
+    password rewrites the hash at 12 rounds, as MailU's passlib context would)."""
     store = MailuStore(tmp_path / "mailu.json")
     user = {ADMIN: {"password": password_context(rounds=4).hash(PASSWORD)}}
     store.save({"domain": {}, "user": user, "alias": {}, "relay": {}})
@@ -391,3 +397,21 @@ async def test_a_reboot_restarts_the_compose_project_with_its_health_starting_ov
     assert "starting" in json.loads((await rebooted.run(ps, no_stdin)).stdout)["Status"]
     clock[0] += rebooted.healthy_after
     assert "(healthy)" in json.loads((await rebooted.run(ps, no_stdin)).stdout)["Status"]
+
+
+def test_a_test_stack_hashes_cheaper_and_everything_else_at_mailus_cost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """MailU's cost (CREDENTIAL_ROUNDS 12) unless the stack asked for fewer. As in MailU
+    (passlib's needs_update), a login whose hash has other rounds than the configured
+    ones verifies and is rewritten at the configured cost."""
+    monkeypatch.delenv(HASH_ROUNDS_VARIABLE, raising=False)
+    expensive = hash_password(PASSWORD)
+    assert expensive.startswith("$bcrypt-sha256$v=2,t=2b,r=12$")
+    assert verify_and_update(PASSWORD, expensive) == (True, None)
+    monkeypatch.setenv(HASH_ROUNDS_VARIABLE, "4")
+    cheap = hash_password(PASSWORD)
+    assert cheap.startswith("$bcrypt-sha256$v=2,t=2b,r=4$")
+    assert verify_and_update(PASSWORD, cheap) == (True, None)
+    ok, rewritten = verify_and_update(PASSWORD, expensive)
+    assert ok and rewritten is not None and rewritten.startswith("$bcrypt-sha256$v=2,t=2b,r=4$")
