@@ -31,7 +31,7 @@ from devstack.stack import ROOT, StackInfo
 from runtime.codec import KeyRing, UnknownKeyGrace, data_converter, worker_identity
 from starter import start_purchase
 from tests.e2e.conftest import new_request, polled_status
-from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
+from worker import WORKFLOWS, Settings, build_activities, worker_interceptors, workflow_runner
 from workflows.contracts import ProvisionResult
 
 # This module's purchases run under rings (k1, k2, k3) that the check-world client of
@@ -64,6 +64,7 @@ async def worker_on(
             workflows=list(WORKFLOWS),
             activities=activities,
             interceptors=worker_interceptors(),
+            workflow_runner=workflow_runner(converter),
             identity=worker_identity(f"{name}@key-rotation-test", ring),
         )
         async with worker:
