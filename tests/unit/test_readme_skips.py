@@ -45,15 +45,25 @@ def skipping_test_modules() -> set[Path]:
         for path in TESTS.rglob("*.py")
         if path not in NOT_SKIPPING
     }
+    # Each function once, as (its module.name, what it can reach by name): walking every
+    # tree again on each round of the fixed point took seconds.
+    functions = [
+        (
+            (module, function.name),
+            {
+                reached
+                for name in _names_used(function)
+                for reached in ((module, name), imported.get(name))
+                if reached is not None
+            },
+        )
+        for module, (_, tree) in trees.items()
+        for imported in [_imported(tree)]
+        for function in _functions(tree)
+    ]
     skipping: set[tuple[str, str]] = {("tests.helpers", "unavailable")}
     while True:
-        found = set(skipping)
-        for module, (_, tree) in trees.items():
-            imported = _imported(tree)
-            for function in _functions(tree):
-                for name in _names_used(function):
-                    if (module, name) in skipping or imported.get(name) in skipping:
-                        found.add((module, function.name))
+        found = skipping | {key for key, reaches in functions if not reaches.isdisjoint(skipping)}
         if found == skipping:
             break
         skipping = found
