@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError, CancelledError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from tests.workflow.sandbox import restricted_sandbox
 from workflows.activation_contracts import (
     ACTIVATED_EVENT,
     ACTIVATION_WORKFLOW_TYPE,
@@ -158,6 +159,7 @@ async def start(
         env.client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     )
     handle = await env.client.start_workflow(
@@ -349,6 +351,7 @@ async def test_the_purchase_start_is_idempotent_and_a_removal_cancels_the_wait(
         client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     ):
         first = await start_activation(client, TENANT, task_queue)

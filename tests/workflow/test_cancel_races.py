@@ -32,6 +32,7 @@ from activities.vault import VaultActivities
 from devstack.stack import tool
 from runtime.interceptor import WorkerInterceptor
 from starter import start_purchase
+from tests.workflow.sandbox import restricted_sandbox
 from tests.workflow.test_provision_workflow import ENVELOPE, Harness, ScriptedWorld, purchase
 from worker import WORKFLOWS
 from workflows.contracts import PurchaseRequest
@@ -171,6 +172,7 @@ async def test_a_vault_write_that_lands_after_the_cancel_is_withdrawn(
         time_skipping_env.client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
+        workflow_runner=restricted_sandbox(),
         activities=[*scripted, real.store_credentials, real.remove_credentials],
         # As the worker runs it: heartbeats are how a running activity learns of a cancel.
         interceptors=[WorkerInterceptor()],

@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from tests.workflow.sandbox import restricted_sandbox
 from workflows.claim_contracts import TENANT_CLAIM_TYPE, ClaimHolderCheck, ClaimVerdict
 from workflows.reconcile import ReconcileOrphans
 from workflows.reconcile_contracts import (
@@ -88,6 +89,7 @@ async def run_workflow(
         env.client,
         task_queue=task_queue,
         workflows=[TenantClaim, ReconcileOrphans],
+        workflow_runner=restricted_sandbox(),
         activities=scripted.activities(),
     ):
         # On code that fails the workflow task for ever, the run times out instead of

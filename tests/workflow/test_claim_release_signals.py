@@ -32,6 +32,7 @@ from activities.tenant_claims import TenantClaimActivities
 from activities.vps_provider import Server
 from activities.world import RunFacts, WorldRecords
 from tests.conftest import time_skipping_server
+from tests.workflow.sandbox import restricted_sandbox
 from workflows.claim_contracts import (
     HOLDER_MEMO,
     HOLDER_RUN_MEMO,
@@ -97,6 +98,7 @@ async def held_claim(
         env.client,
         task_queue=task_queue,
         workflows=[TenantClaim],
+        workflow_runner=restricted_sandbox(),
         activities=[TenantClaimActivities(records, holder_close_wait).check_claim_holder],
     ):
         handle: WorkflowHandle[Any, Any] = await env.client.start_workflow(

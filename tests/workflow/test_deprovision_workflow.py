@@ -22,6 +22,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from tests.workflow.sandbox import restricted_sandbox
 from tests.workflow.test_hostile_starts_workflow import (
     ROTATION_CORPUS,
     RawStart,
@@ -173,6 +174,7 @@ async def run_deprovision(
         env.client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     ):
         handle = await env.client.start_workflow(

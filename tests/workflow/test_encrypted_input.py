@@ -17,6 +17,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from runtime.codec import KeyRing, data_converter
+from tests.workflow.sandbox import restricted_sandbox
 from tests.workflow.test_provision_workflow import ScriptedWorld, purchase
 from worker import WORKFLOWS
 from workflows.contracts import WORKFLOW_TYPE, ProvisionResult, workflow_id_for
@@ -46,6 +47,7 @@ async def test_a_codec_less_start_is_refused_only_where_encryption_is_required(
         worker_client,
         task_queue=task_queue,
         workflows=list(WORKFLOWS),
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     ):
         plain = purchase()

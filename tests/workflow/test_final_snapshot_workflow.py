@@ -33,6 +33,7 @@ from activities.final_snapshot import FinalSnapshotActivities, FinalSnapshotPoli
 from activities.vps_provider import Action, Image, Server
 from devstack.hetzner import parse_label_selector, selector_matches
 from tests.conftest import time_skipping_server
+from tests.workflow.sandbox import restricted_sandbox
 from tests.workflow.test_deprovision_workflow import REQUEST, SERVER, TENANT, TenantWorld
 from workflows.contracts import Plan
 from workflows.deprovision_contracts import (
@@ -180,6 +181,7 @@ async def serving(env: WorkflowEnvironment, world: World) -> AsyncIterator[str]:
         env.client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant, ExpireFinalSnapshot],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     ):
         try:

@@ -24,6 +24,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from tests.workflow.sandbox import restricted_sandbox
 from tests.workflow.test_provision_workflow import Harness, ScriptedWorld, purchase
 from tests.workflow.test_rotation_workflow import RotationWorld
 from workflows.contracts import workflow_id_for
@@ -162,7 +163,11 @@ async def refused_at_once(
     final ApplicationError naming `start.expect`; returned for the caller's checks."""
     task_queue = f"hostile-{uuid.uuid4().hex[:8]}"
     async with Worker(
-        env.client, task_queue=task_queue, workflows=[ProvisionMailTenant], activities=activities
+        env.client,
+        task_queue=task_queue,
+        workflows=[ProvisionMailTenant],
+        workflow_runner=restricted_sandbox(),
+        activities=activities,
     ):
         handle = await env.client.start_workflow(
             workflow_type, args=raw_args(start), id=workflow_id, task_queue=task_queue

@@ -28,6 +28,7 @@ from temporalio.worker import Worker
 from activities.plan_change_guard import TenantRuns
 from devstack.stack import tool
 from tests.conftest import time_skipping_server
+from tests.workflow.sandbox import restricted_sandbox
 from worker import worker_interceptors
 from workflows.contracts import AuditEvent, MailuTarget
 from workflows.dispatch import ProvisionMailTenant
@@ -214,6 +215,7 @@ async def run_change(
         env.client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant, PlanChangeLock],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     ):
         result: PlanChangeResult = await env.client.execute_workflow(
@@ -360,6 +362,7 @@ def heartbeating_worker(env: WorkflowEnvironment, world: World, task_queue: str)
         env.client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant, PlanChangeLock],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
         max_heartbeat_throttle_interval=timedelta(milliseconds=50),
         default_heartbeat_throttle_interval=timedelta(milliseconds=50),
@@ -593,6 +596,7 @@ async def test_a_lock_started_by_a_client_holds_nothing(
         env.client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant, PlanChangeLock],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     ):
         squat = await env.client.execute_workflow(
@@ -634,6 +638,7 @@ async def test_the_downtime_is_recorded_as_a_metric_once() -> None:
             env.client,
             task_queue=task_queue,
             workflows=[ProvisionMailTenant, PlanChangeLock],
+            workflow_runner=restricted_sandbox(),
             activities=world.activities(),
             interceptors=worker_interceptors(),
         ):

@@ -22,6 +22,7 @@ from temporalio.worker import Worker
 
 from activities.plans import DEFAULT_CATALOG, plan_for
 from starter import start_purchase
+from tests.workflow.sandbox import restricted_sandbox
 from worker import WORKFLOWS
 from workflows.claim_contracts import TenantClaimRequest
 from workflows.contracts import (
@@ -243,6 +244,7 @@ class Harness:
             self.env.client,
             task_queue=self.task_queue,
             workflows=list(WORKFLOWS),
+            workflow_runner=restricted_sandbox(),
             activities=self.world.activities(),
         )
 

@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from tests.workflow.sandbox import restricted_sandbox
 from workflows.contracts import AuditEvent
 from workflows.dispatch import ProvisionMailTenant
 from workflows.rotation_contracts import (
@@ -75,6 +76,7 @@ async def run_rotation(
         env.client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     ):
         result: RotationResult = await env.client.execute_workflow(
@@ -193,6 +195,7 @@ async def test_the_status_query_answers_for_the_rotation(
         time_skipping_env.client,
         task_queue=task_queue,
         workflows=[ProvisionMailTenant],
+        workflow_runner=restricted_sandbox(),
         activities=world.activities(),
     ):
         handle = await time_skipping_env.client.start_workflow(
