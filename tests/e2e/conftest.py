@@ -36,7 +36,7 @@ from devstack.mail_login import certificate_after_dns
 from devstack.stack import WEBHOOK_HOST, Stack, StackInfo
 from runtime.codec import KeyRing, data_converter
 from starter import query_status, start_purchase
-from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
+from worker import WORKFLOWS, Settings, build_activities, worker_interceptors, workflow_runner
 from workflows.claim_contracts import HOLDER_MEMO, tenant_claim_id
 from workflows.contracts import ProvisionStatus, PurchaseRequest
 
@@ -248,6 +248,7 @@ async def in_process_worker(
             workflows=list(WORKFLOWS),
             activities=acts,
             interceptors=worker_interceptors(),
+            workflow_runner=workflow_runner(client.data_converter),
         )
         async with worker:
             yield settings

@@ -30,7 +30,7 @@ from devstack.stack import StackInfo
 from starter import check_world, start_deprovision, start_purchase
 from tests.e2e.conftest import CloudControl, polled_status
 from tests.e2e.test_purchase_end_to_end import audit_rows, provision
-from worker import WORKFLOWS, Settings, build_activities, worker_interceptors
+from worker import WORKFLOWS, Settings, build_activities, worker_interceptors, workflow_runner
 from workflows.activation_contracts import activation_workflow_id
 from workflows.claim_contracts import tenant_claim_id
 from workflows.contracts import PurchaseRequest
@@ -275,6 +275,7 @@ async def test_a_backup_plan_keeps_a_final_snapshot_until_its_timer_deletes_it(
             workflows=list(WORKFLOWS),
             activities=activities,
             interceptors=worker_interceptors(),
+            workflow_runner=workflow_runner(client.data_converter),
         ),
     ):
         handle = await start_deprovision(

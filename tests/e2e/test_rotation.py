@@ -50,7 +50,7 @@ from tests.e2e.test_leak_scan import (
     vault_outside_envelope,
 )
 from tests.e2e.test_purchase_end_to_end import audit_rows, provision
-from worker import WORKFLOWS, Settings, build_activities
+from worker import WORKFLOWS, Settings, build_activities, workflow_runner
 from workflows.contracts import MailuTarget, ProvisionResult
 from workflows.rotation_contracts import (
     ROTATION_CATCHUP_WINDOW,
@@ -339,7 +339,13 @@ async def test_no_plaintext_password_anywhere_after_a_rotation_and_its_undone_at
     settings = replace(Settings.from_env(info.worker_env), task_queue=task_queue)
     async with (
         build_activities(settings) as acts,
-        Worker(client, task_queue=task_queue, workflows=WORKFLOWS, activities=acts),
+        Worker(
+            client,
+            task_queue=task_queue,
+            workflows=WORKFLOWS,
+            activities=acts,
+            workflow_runner=workflow_runner(client.data_converter),
+        ),
     ):
         handle, _ = await start_purchase(client, request, task_queue)
         result: ProvisionResult = await handle.result()
