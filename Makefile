@@ -20,11 +20,12 @@ CHECK_TESTS := not stack and not integration
 
 # On CHECK_WORKERS pytest-xdist workers (each its own time-skipping server). Two left
 # a fifth of the 2 cores idle while workflow tests wait on their server; on a quiet
-# 2-core machine pytest took 84 s on 2 workers, 66-73 s on 3, 76 s on 4.
+# 2-core machine pytest took 84 s on 2 workers, 66-73 s on 3, 76 s on 4 (before the
+# workflow tests' sandbox passed the contracts through: 55-63 s on 3 since).
 # CHECK_WORKERS=0 runs them in this one process.
 CHECK_WORKERS ?= 3
 
-check: lint            ## lint, then the unit, workflow and replay tests (about 2 minutes)
+check: lint            ## lint, then the unit, workflow and replay tests (under 2 minutes)
 	$(PY) -m pytest -q -n $(CHECK_WORKERS) -m "$(CHECK_TESTS)"
 
 # Modules run whole on TEST_WORKERS parallel workers, each with its own stack (free
