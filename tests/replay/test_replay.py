@@ -126,6 +126,40 @@ def test_operator_command_replays_a_downloaded_history() -> None:
     assert "replays on the current code" in ok.stderr
 
 
+# Run in a fresh interpreter, as `python starter.py replay` is: which modules are loaded
+# when the replayer starts.
+_MODULES_AT_REPLAY = """
+import asyncio, sys
+from pathlib import Path
+from temporalio.worker import Replayer
+import starter
+from runtime.codec import KeyRing
+
+async def replay_workflow(self, history, raise_on_replay_failure=True):
+    print(" ".join(sorted(sys.modules)))
+    raise SystemExit(0)
+
+Replayer.replay_workflow = replay_workflow
+asyncio.run(starter.replay_history(Path(sys.argv[1]).read_text(), KeyRing.from_file(Path(sys.argv[2]))))
+"""
+
+
+def test_the_replay_command_loads_the_activity_modules_before_it_replays() -> None:
+    """The workflows name activity classes passed through the sandbox: loaded on the
+    first activation instead (httpx, hvac, asyncssh), they count against the SDK's 2 s
+    deadlock limit, and on a loaded machine the replay failed as CORRUPTED."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", _MODULES_AT_REPLAY, str(HISTORY_DIR / "happy.json"), str(TEST_KEYS)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert loaded.returncode == 0, loaded.stderr
+    assert {"workflows.activity_refs", "activities.notify", "httpx"} <= set(loaded.stdout.split())
+
+
 def tampered(change: Callable[[list[dict[str, Any]]], None]) -> str:
     """A copy of the happy history with `change` applied to its events."""
     history = json.loads((HISTORY_DIR / "happy.json").read_text())
