@@ -846,11 +846,11 @@ async def replay_history(
         history = WorkflowHistory(workflow_id, history.events)
     from temporalio.worker import Replayer
 
-    # The activity classes the workflows name (workflows/activity_refs.py) are passed
-    # through the sandbox: imported here, not on the first activation, where importing
-    # httpx, hvac and asyncssh counts against the SDK's 2 s deadlock limit (a loaded
-    # machine passed it, and the replay failed as CORRUPTED).
-    import workflows.activity_refs  # noqa: F401
+    # The activity classes the stories name (through workflows/activity_refs.py) are
+    # passed through the sandbox: loaded here, with the purchase story, not on the first
+    # activation, where importing httpx, hvac and asyncssh counts against the SDK's 2 s
+    # deadlock limit (a loaded machine passed it, and the replay failed as CORRUPTED).
+    import workflows.provision  # noqa: F401
 
     replayer = Replayer(workflows=[ProvisionMailTenant], data_converter=converter)
     return history, await replayer.replay_workflow(history, raise_on_replay_failure=False)
