@@ -140,7 +140,8 @@ async def replay_workflow(self, history, raise_on_replay_failure=True):
     raise SystemExit(0)
 
 Replayer.replay_workflow = replay_workflow
-asyncio.run(starter.replay_history(Path(sys.argv[1]).read_text(), KeyRing.from_file(Path(sys.argv[2]))))
+history, keys = Path(sys.argv[1]).read_text(), KeyRing.from_file(Path(sys.argv[2]))
+asyncio.run(starter.replay_history(history, keys))
 """
 
 
