@@ -262,6 +262,11 @@ class Stack:
             str(port),
             "--db-filename",
             str(self.info.state_dir / "temporal.db"),
+            # No fsync per commit: a killed server (restart_temporal, make faults) still
+            # finds every committed write in the OS's cache; only a power cut would not.
+            # The server's CPU on make test's busiest stack: 28.0 -> 22.9 s.
+            "--sqlite-pragma",
+            "synchronous=OFF",
             "--log-level",
             "warn",
             "--http-port",
