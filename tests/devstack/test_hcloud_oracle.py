@@ -30,6 +30,7 @@ from hcloud.ssh_keys.domain import SSHKey
 
 from devstack.cloud import LocalCloud
 from devstack.processes import free_port
+from devstack.stack import shared_tls
 
 TOKEN = "oracle-token"
 T = TypeVar("T")
@@ -65,7 +66,10 @@ async def cloud(tmp_path: Path) -> AsyncIterator[tuple[LocalCloud, httpx.AsyncCl
     cloud = LocalCloud(tmp_path / "cloud", TOKEN, free_port(), free_port(), boot_seconds=0.2)
     base = await cloud.start()
     api = httpx.AsyncClient(
-        base_url=base + "/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
+        base_url=base + "/",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=20,
+        verify=shared_tls(),
     )
     try:
         yield cloud, api, Client(token=TOKEN, api_endpoint=base, poll_interval=0.1)

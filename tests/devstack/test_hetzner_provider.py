@@ -24,6 +24,7 @@ from activities.ssh import SshIdentity
 from activities.vps_provider import ProviderError, VpsActivities, ssh_key_name
 from devstack.cloud import LocalCloud
 from devstack.processes import free_port
+from devstack.stack import shared_tls
 from workflows.contracts import Plan, ServerSpec
 
 TOKEN = "provider-token"
@@ -51,7 +52,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     )
     base = await cloud.start()
     api = httpx.AsyncClient(
-        base_url=base + "/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
+        base_url=base + "/",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=20,
+        verify=shared_tls(),
     )
     client = HetznerClient(TOKEN, base)
     identity = SshIdentity.generate()

@@ -34,6 +34,7 @@ from devstack.cloud import LocalCloud, RateLimiter
 from devstack.hetzner import parse_label_selector, selector_matches
 from devstack.mail_login import certificate_after_dns
 from devstack.processes import free_port
+from devstack.stack import shared_tls
 from devstack.vps import CLOUD_INIT_RELEASE, EXPIRED_LOGIN_NOTICE
 from tests.helpers import unavailable
 
@@ -112,9 +113,14 @@ async def _env(tmp_path: Path, cloud_init_seconds: float) -> AsyncIterator[Env]:
     )
     base = await cloud.start()
     api = httpx.AsyncClient(
-        base_url=base + "/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
+        base_url=base + "/",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=20,
+        verify=shared_tls(),
     )
-    dev = httpx.AsyncClient(base_url=base.removesuffix("/v1") + "/_devstack/", timeout=20)
+    dev = httpx.AsyncClient(
+        base_url=base.removesuffix("/v1") + "/_devstack/", timeout=20, verify=shared_tls()
+    )
     try:
         yield Env(cloud, api, dev)
     finally:

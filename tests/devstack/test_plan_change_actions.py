@@ -31,6 +31,7 @@ from activities.vault import Vault
 from activities.vps_provider import ProviderError
 from devstack.cloud import LocalCloud
 from devstack.processes import free_port
+from devstack.stack import shared_tls
 from workflows.contracts import server_name_of
 from workflows.plan_change_contracts import (
     PlanChangeRequest,
@@ -69,7 +70,10 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     cloud = LocalCloud(tmp_path / "cloud", TOKEN, free_port(), free_port(), boot_seconds=0.2)
     base = await cloud.start()
     api = httpx.AsyncClient(
-        base_url=base + "/", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=20
+        base_url=base + "/",
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        timeout=20,
+        verify=shared_tls(),
     )
     client = HetznerClient(TOKEN, base)
     # The activities under test here never read Vault (check_plan_change does).
