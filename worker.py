@@ -366,7 +366,7 @@ def _int(env: Mapping[str, str], name: str, default: int) -> int:
     raw = env.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit():
+    if not (raw.isascii() and raw.isdigit()):  # isdigit() alone accepts "²"
         raise ConfigError(f"{name} must be a whole number, got {raw!r}")
     return int(raw)
 

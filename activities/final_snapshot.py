@@ -112,7 +112,8 @@ def final_snapshot_selector(tenant_id: str, server_id: int | None = None) -> str
 
 def delete_after_of(image: Image) -> int | None:
     raw = image.labels.get(DELETE_AFTER_LABEL, "")
-    return int(raw) if raw.isdigit() else None
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    return int(raw) if raw.isascii() and raw.isdigit() else None
 
 
 def is_final_snapshot(image: Image) -> bool:

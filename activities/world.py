@@ -411,7 +411,7 @@ class WorldActivities:
                 FinalSnapshotView(
                     image.id,
                     tenant,
-                    int(raw) if raw.isdigit() else 0,
+                    int(raw) if raw.isascii() and raw.isdigit() else 0,
                     image.id in timers,
                     deprovision_workflow_id(tenant) in deprovisioning,
                 )

@@ -70,7 +70,7 @@ class HealthServer:
     async def start(self, bind: str) -> None:
         """Listen on `host:port` (in a container, `0.0.0.0:8081` so the kubelet reaches it)."""
         host, _, port = bind.rpartition(":")
-        if not host or not port.isdigit():
+        if not host or not (port.isascii() and port.isdigit()):
             raise ValueError(f"MAILPROV_HEALTH_BIND must be host:port, got {bind!r}")
         self._server = await asyncio.start_server(self._handle, host, int(port))
 

@@ -46,6 +46,8 @@ def test_each_required_setting_is_named_when_missing(missing: str) -> None:
 def test_malformed_and_file_settings(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="MAILPROV_SSH_PORT must be a whole number"):
         Settings.from_env({**COMPLETE, "MAILPROV_SSH_PORT": "twenty-two"})
+    with pytest.raises(ConfigError, match="MAILPROV_SSH_PORT must be a whole number"):
+        Settings.from_env({**COMPLETE, "MAILPROV_SSH_PORT": "2²"})
     with pytest.raises(ConfigError, match=r"VAULT_TOKEN_FILE=.*No such file"):
         Settings.from_env({**COMPLETE, "VAULT_TOKEN_FILE": str(tmp_path / "absent")})
     token = tmp_path / "token"
