@@ -12,6 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from devstack.stack import tool
 from runtime.exit import exit_without_teardown
+from tests.rewrite_cache import warm
 
 TESTS = Path(__file__).parent
 
@@ -91,6 +92,13 @@ async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
     async with time_skipping_server() as env:
         yield env
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """In pytest-xdist's controller, before its workers start and each collects every
+    module: their assertion-rewritten bytecode, written once (tests/rewrite_cache.py)."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        warm(config, Path(__file__).parent)
 
 
 _exit_status = 0
