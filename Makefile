@@ -31,7 +31,8 @@ check: lint            ## lint, then the unit, workflow and replay tests (under 
 # Modules run whole on TEST_WORKERS parallel workers, each with its own stack (free
 # ports, own temp dirs): the suite mostly waits on boots, retries and SSH (a quiet
 # 4-worker run used 0.8 of the 2 cores), so 6 workers overlap the waits. Modules are
-# handed out in collection order, the longest first (tests/conftest.py); xdist's own
+# handed out in collection order, the longest first (tests/conftest.py), and a worker
+# still busy with a slow one is handed a short one (tests/scheduling.py); xdist's own
 # reordering (most tests first) put the long one-test fault runs last, where they ran
 # alone. TEST_WORKERS=0 runs everything in this one process.
 TEST_WORKERS ?= 6

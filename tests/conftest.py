@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
@@ -13,6 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 from devstack.stack import tool
 from runtime.exit import exit_without_teardown
 from tests.rewrite_cache import warm
+from tests.scheduling import SLOW_DIRECTORIES, LongModulesApart
 
 TESTS = Path(__file__).parent
 
@@ -42,21 +44,27 @@ def markers_for(path: Path) -> tuple[str, ...]:
 
 
 # `make test` runs modules on parallel workers (pytest-xdist, --dist loadfile), handing
-# them out in collection order: the longest first, so that no worker starts one of them
-# when the others are done. Only the order changes (each module stays whole, on one
-# worker, its tests in file order); these took 1.5-4 minutes each (`make test` prints
-# the slowest), the directories below need a stack or outside programs, the rest
-# (unit, workflow, replay) are many short modules that fill the gaps at the end.
+# them out in collection order, the longest first, so that no worker starts one of them
+# when the others are done (tests/scheduling.py keeps two long ones off one worker).
+# Only the order changes (each module stays whole, on one worker, its tests in file
+# order). The longest, by their time on a worker in a fresh-clone `make test -v` (the
+# first of each worker's includes its stack's start), 220 s down to 75 s; then the other
+# directories that need a stack or outside programs; the rest (unit, workflow, replay)
+# are many short modules that fill the gaps.
 LONGEST_MODULES = (
-    "e2e/test_faults_rotation_activation.py",
-    "e2e/test_faults_small.py",
-    "e2e/test_key_rotation.py",
-    "e2e/test_hostile_starts.py",
-    "e2e/test_purchase_end_to_end.py",
     "e2e/test_typescript_client.py",
+    "e2e/test_purchase_end_to_end.py",
+    "e2e/test_faults_small.py",
+    "e2e/test_faults_rotation_activation.py",
+    "e2e/test_key_rotation.py",
+    "e2e/test_activation.py",
+    "e2e/test_plan_change.py",
     "e2e/test_rotation.py",
+    "e2e/test_hostile_starts.py",
+    "integration/test_docker_relay.py",
+    "e2e/test_reconciler.py",
+    "e2e/test_deprovision.py",
 )
-SLOWER_DIRECTORIES = ("e2e", "devstack", "integration")
 
 
 def _run_order(item: pytest.Item) -> tuple[int, int]:
@@ -64,9 +72,16 @@ def _run_order(item: pytest.Item) -> tuple[int, int]:
     if relative in LONGEST_MODULES:
         return (0, LONGEST_MODULES.index(relative))
     directory = relative.split("/", 1)[0]
-    if directory in SLOWER_DIRECTORIES:
-        return (1, SLOWER_DIRECTORIES.index(directory))
+    if directory in SLOW_DIRECTORIES:
+        return (1, SLOW_DIRECTORIES.index(directory))
     return (2, 0)
+
+
+@pytest.hookimpl(optionalhook=True)  # pytest-xdist's hook; absent with -p no:xdist
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> LongModulesApart | None:
+    if config.getoption("dist") == "loadfile":
+        return LongModulesApart(config, log)
+    return None
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest's own -m selection reads the markers
