@@ -35,7 +35,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, cast
 
@@ -732,8 +732,18 @@ async def main(argv: Sequence[str] | None = None) -> int:
             "to see what ours costs beyond it (the goal's yardstick is the SDK's runner)"
         ),
     )
+    parser.add_argument(
+        "--overhead-seconds",
+        type=float,
+        help=(
+            "overhead: begin no trial after this many seconds (default "
+            f"{FULL.overhead_seconds:.0f}); longer beside a loaded machine, whose trials spread"
+        ),
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
+    if args.overhead_seconds is not None:
+        sizes = replace(sizes, overhead_seconds=args.overhead_seconds)
     parts = set(args.parts.split(",")) - ({"real"} if args.smoke else set())
     table = Table()
     report: dict[str, Any] = {
