@@ -17,9 +17,8 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-from bench.procfs import all_processes
+from bench.procfs import all_processes, command_line, descendants
 
 # (kind, pattern searched in the command line), first match wins.
 KINDS: tuple[tuple[str, str], ...] = (
@@ -49,27 +48,6 @@ def kind_of(command: str) -> str:
     return "other"
 
 
-def descendants(root: int, table: dict[int, tuple[int, float]]) -> set[int]:
-    """`root` and every process whose parent chain reaches it."""
-    children: dict[int, list[int]] = {}
-    for pid, (parent, _) in table.items():
-        children.setdefault(parent, []).append(pid)
-    found, todo = set(), [root]
-    while todo:
-        pid = todo.pop()
-        found.add(pid)
-        todo += children.get(pid, [])
-    return found
-
-
-def command_line(pid: int) -> str:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return ""
-    return raw.replace(b"\0", b" ").decode(errors="replace").strip()
-
-
 def run(command: list[str], interval: float) -> tuple[int, dict[int, tuple[str, float]], float]:
     """Runs `command`; returns its exit status, pid -> (command line, last CPU seen) and
     the CPU of all its descendants as the kernel counted it."""
@@ -80,7 +58,7 @@ def run(command: list[str], interval: float) -> tuple[int, dict[int, tuple[str, 
         table = all_processes()
         for pid in descendants(child.pid, table) - {child.pid}:
             known = seen.get(pid)
-            line = known[0] if known else command_line(pid)
+            line = known[0] if known else command_line(pid) or ""
             seen[pid] = (line, table[pid][1])
         time.sleep(interval)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)

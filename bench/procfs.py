@@ -25,3 +25,25 @@ def all_processes() -> dict[int, tuple[int, float]]:
             except OSError:
                 continue
     return found
+
+
+def descendants(root: int, table: dict[int, tuple[int, float]]) -> set[int]:
+    """`root` and every process of `table` (all_processes()) whose parent chain reaches it."""
+    children: dict[int, list[int]] = {}
+    for pid, (parent, _) in table.items():
+        children.setdefault(parent, []).append(pid)
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def command_line(pid: int) -> str | None:
+    """The process's command line, arguments joined by spaces; None once it is gone."""
+    try:
+        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return raw.replace(b"\0", b" ").decode(errors="replace").strip()

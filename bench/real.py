@@ -29,7 +29,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 
 from bench.fakes import purchase
-from bench.procfs import all_processes, process_stat
+from bench.procfs import all_processes, command_line, descendants, process_stat
 from devstack.stack import Stack
 from runtime.codec import KeyRing, data_converter
 from starter import STEP_OF_ACTIVITY, start_purchase
@@ -39,20 +39,13 @@ from workflows.contracts import PurchaseRequest
 def _descendants(root: int) -> dict[int, tuple[str, float]]:
     """pid -> (role, CPU seconds) for every process below `root`."""
     processes = all_processes()
-    found: dict[int, tuple[str, float]] = {}
-    for pid, (parent, cpu) in processes.items():
-        ancestor: int | None = parent
-        while ancestor and ancestor != root:
-            ancestor = processes.get(ancestor, (None, 0.0))[0]
-        if ancestor == root:
-            found[pid] = (_role(pid), cpu)
-    return found
+    below = descendants(root, processes) - {root}
+    return {pid: (_role(pid), processes[pid][1]) for pid in below}
 
 
 def _role(pid: int) -> str:
-    try:
-        command = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
+    command = command_line(pid)
+    if command is None:
         return "gone"
     for marker, role in (
         ("worker.py", "worker"),
