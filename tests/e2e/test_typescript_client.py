@@ -77,6 +77,7 @@ def ts_client_cli() -> Path:
         installed = PACKAGE / "node_modules" / ".mailprov-lock-sha256"
         built = PACKAGE / "node_modules" / ".mailprov-build-sha256"  # not in lib/: packed
         lock_hash = _digest([PACKAGE / "package-lock.json"])
+        sources_hash = _digest(_build_inputs())
         if not installed.exists() or installed.read_text() != lock_hash:
             subprocess.run(  # `prepare` builds too
                 [npm, "ci", "--no-audit", "--no-fund"],
@@ -88,10 +89,10 @@ def ts_client_cli() -> Path:
         elif (
             not (PACKAGE / "lib" / "cli.js").exists()
             or not built.exists()
-            or built.read_text() != _digest(_build_inputs())
+            or built.read_text() != sources_hash
         ):
             subprocess.run([npm, "run", "build"], cwd=PACKAGE, check=True, timeout=NODE_TIMEOUT)
-        built.write_text(_digest(_build_inputs()))
+        built.write_text(sources_hash)
     return PACKAGE / "lib" / "cli.js"
 
 
