@@ -1,4 +1,4 @@
-"""`make bench`: one in-memory Temporal dev server, no-op activities, three measurements.
+"""`make bench`: in-memory Temporal dev servers, no-op activities, five measurements.
 
 1. overhead: purchases/s and worker CPU per purchase of ProvisionMailTenant (our codec,
    interceptors, sandbox settings, worker slots) against BareSameShape, interleaved
@@ -12,6 +12,10 @@
    activities with one worker and then two, CPU per purchase of each stack process,
    each step's wall time, and the worker's CPU per step from purchases run one at a
    time. Runs beside part 2, which mostly sleeps through its boots.
+5. simultaneous (only when named in --parts; bench/simultaneous.py): bare and ours at
+   the same time, each on its own dev server in its own process, counted over the same
+   windows: part 1's figures for a machine whose load moves, such as one running the
+   test suite, where part 1's two halves of a pair see different loads.
 
 The bench process is worker and client at once, so "worker CPU" is this process's
 CPU (user + system, Rust core threads included); the server's CPU is shown beside it.
@@ -67,6 +71,7 @@ from bench.fakes import (
 )
 from bench.procfs import all_processes, process_stat
 from bench.real import real_purchases
+from bench.simultaneous import simultaneous
 from bench.stats import describe, median_interval
 from devstack.stack import tool
 from runtime.codec import KeyRing, data_converter
@@ -102,6 +107,8 @@ class Sizes:
     boots: tuple[float, ...]
     scale_purchases: int
     scale_boot: float
+    window: float  # simultaneous: seconds per counted window
+    windows: int  # simultaneous: counted windows (purchases in flight per side: `purchases`)
 
 
 # Small batches, many of them: a shared machine's bursts then land in few pairs, and the
@@ -116,6 +123,8 @@ FULL = Sizes(
     boots=(0, 60, 120),
     scale_purchases=500,
     scale_boot=20,
+    window=15,
+    windows=20,
 )
 SMOKE = Sizes(
     purchases=2,
@@ -127,6 +136,8 @@ SMOKE = Sizes(
     boots=(0, 3),
     scale_purchases=4,
     scale_boot=2,
+    window=3,
+    windows=2,
 )
 
 # The goals of issue 18, and so the widths the overhead intervals must get under: an
@@ -136,7 +147,7 @@ CPU_GOAL = 1.08  # ours / bare, worker CPU per purchase
 INTERVAL_LEVEL = 0.95
 
 
-SECTIONS = ("overhead", "cost", "scale", "real")
+SECTIONS = ("overhead", "simultaneous", "cost", "scale", "real")
 
 
 @dataclass
@@ -388,6 +399,26 @@ def our_worker(
     )
 
 
+def bare_worker(
+    server: Server,
+    task_queue: str,
+    *,
+    context_free: bool = False,
+    extra: Sequence[Interceptor] = (),
+) -> Worker:
+    """The yardstick's worker: the SDK's defaults (bench/bare.py)."""
+    return Worker(
+        server.plain,
+        task_queue=task_queue,
+        workflows=[BareSameShape],
+        activities=[bare_step],
+        interceptors=extra,
+        # The goal's yardstick keeps the SDK's runner; the context-free one answers the
+        # per-payload context questions as ours does (runtime/workflow_runner.py).
+        workflow_runner=ContextFreeSandboxRunner() if context_free else SandboxedWorkflowRunner(),
+    )
+
+
 async def start_ours(
     server: Server, task_queue: str, purchase_id: str | None = None
 ) -> WorkflowHandle[Any, Any]:
@@ -470,15 +501,17 @@ async def history_actions(handle: WorkflowHandle[Any, Any]) -> int:
 
 @dataclass(frozen=True)
 class Overhead:
-    """The overhead part's answer: per trial, ours / bare for throughput and CPU."""
+    """The overhead part's answer (and the simultaneous part's): per trial (window), ours /
+    bare for throughput and CPU."""
 
     throughput: list[float]
     cpu: list[float]
+    pairs: str = "paired trials"  # what gave each ratio
 
     def lines(self) -> list[str]:
         return [
-            describe("overhead ratio", self.throughput, INTERVAL_LEVEL),
-            describe("worker CPU ratio", self.cpu, INTERVAL_LEVEL),
+            describe("overhead ratio", self.throughput, INTERVAL_LEVEL, self.pairs),
+            describe("worker CPU ratio", self.cpu, INTERVAL_LEVEL, self.pairs),
         ]
 
 
@@ -506,17 +539,7 @@ async def overhead(
     the ratios lie."""
     configs: dict[str, tuple[Worker, Callable[[Server, str], Any]]] = {
         "bare": (
-            Worker(
-                server.plain,
-                task_queue=f"tq-{uuid.uuid4().hex[:8]}",
-                workflows=[BareSameShape],
-                activities=[bare_step],
-                # The goal's yardstick keeps the SDK's runner; this one answers the
-                # per-payload context questions as ours does (runtime/workflow_runner.py).
-                workflow_runner=(
-                    ContextFreeSandboxRunner() if bare_context_free else SandboxedWorkflowRunner()
-                ),
-            ),
+            bare_worker(server, f"tq-{uuid.uuid4().hex[:8]}", context_free=bare_context_free),
             start_bare,
         ),
     }
@@ -599,6 +622,53 @@ def _ratios(bare: Sequence[Batch], ours: Sequence[Batch]) -> tuple[list[float], 
 def _interval_report(values: Sequence[float]) -> dict[str, Any]:
     interval = median_interval(values, INTERVAL_LEVEL)
     return {"samples": list(values), **(interval.__dict__ if interval else {})}
+
+
+async def at_once(sizes: Sizes, table: Table, report: dict[str, Any]) -> Overhead:
+    """Bare and ours at the same time, each on its own server (bench/simultaneous.py):
+    the figure for a machine whose load moves under the overhead part's pairs."""
+    result = await simultaneous(
+        windows=sizes.windows,
+        window=sizes.window,
+        concurrency=sizes.purchases,
+        settle=min(5.0, sizes.window),
+    )
+    for name, side in result.sides.items():
+        table.add(
+            "simultaneous",
+            f"{name}: purchases/s",
+            [n / sizes.window for n in side.purchases],
+            "1/s",
+        )
+        table.add(
+            "simultaneous",
+            f"{name}: worker CPU/purchase",
+            [1000 * cpu / n for cpu, n in zip(side.worker_cpu, side.purchases, strict=True) if n],
+            "ms",
+        )
+        table.add(
+            "simultaneous",
+            f"{name}: server CPU/purchase",
+            [1000 * cpu / n for cpu, n in zip(side.server_cpu, side.purchases, strict=True) if n],
+            "ms",
+        )
+        table.add("simultaneous", f"{name}: activity retries", [side.retries])
+    if result.throughput:
+        table.add("simultaneous", "ours: throughput ratio vs bare", result.throughput)
+        table.add("simultaneous", "ours: CPU ratio vs bare", result.cpu)
+    answer = Overhead(result.throughput, result.cpu, "windows")
+    report["simultaneous"] = {
+        "method": (
+            f"both at once, each on its own dev server in its own process, {sizes.purchases} "
+            f"purchases in flight each; per {sizes.window:.0f} s window, ours / bare; median "
+            f"with its {INTERVAL_LEVEL:.0%} order-statistic interval (bench/stats.py)"
+        ),
+        "sides": {name: side.__dict__ for name, side in result.sides.items()},
+        "throughput": _interval_report(result.throughput),
+        "cpu": _interval_report(result.cpu),
+        "lines": answer.lines(),
+    }
+    return answer
 
 
 async def cost(server: Server, sizes: Sizes, table: Table, report: dict[str, Any]) -> None:
@@ -714,7 +784,10 @@ async def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--parts",
         default="overhead,cost,scale,real",
-        help="comma-separated subset to run (--smoke leaves out real: it starts the stack)",
+        help=(
+            "comma-separated subset to run (--smoke leaves out real: it starts the stack); "
+            "simultaneous, for a loaded machine, only when named"
+        ),
     )
     parser.add_argument(
         "--real-purchases", type=int, default=50, help="purchases at once in the real part"
@@ -740,10 +813,19 @@ async def main(argv: Sequence[str] | None = None) -> int:
             f"{FULL.overhead_seconds:.0f}); longer beside a loaded machine, whose trials spread"
         ),
     )
+    parser.add_argument(
+        "--windows",
+        type=int,
+        help=(
+            f"simultaneous: how many {FULL.window:.0f} s windows to count (default {FULL.windows})"
+        ),
+    )
     args = parser.parse_args(argv)
     sizes = SMOKE if args.smoke else FULL
     if args.overhead_seconds is not None:
         sizes = replace(sizes, overhead_seconds=args.overhead_seconds)
+    if args.windows is not None:
+        sizes = replace(sizes, windows=args.windows)
     parts = set(args.parts.split(",")) - ({"real"} if args.smoke else set())
     table = Table()
     report: dict[str, Any] = {
@@ -751,27 +833,32 @@ async def main(argv: Sequence[str] | None = None) -> int:
         "sizes": sizes.__dict__,
     }
     began = time.monotonic()
-    async with dev_server() as server:
-        result = Overhead([], [])
-        if "overhead" in parts:
-            result = await overhead(
-                server,
-                sizes,
-                table,
-                report,
-                with_sdk_default=args.with_sdk_default,
-                bare_context_free=args.bare_context_free,
-            )
-        if "scale" in parts:
-            await scale(server, sizes, table, report)
-        # Side by side: the cost part's six runs mostly sleep through their boots, in the
-        # in-memory server; the real part's figures are the stack's own processes.
-        # A task group: if one fails, the other is cancelled before the server stops.
-        async with asyncio.TaskGroup() as side_by_side:
-            if "cost" in parts:
-                side_by_side.create_task(cost(server, sizes, table, report))
-            if "real" in parts:
-                side_by_side.create_task(real(args.real_purchases, table, report))
+    together = Overhead([], [])
+    if "simultaneous" in parts:
+        # First, and alone: its two servers are the only ones on the machine of ours.
+        together = await at_once(sizes, table, report)
+    result = Overhead([], [])
+    if parts - {"simultaneous"}:
+        async with dev_server() as server:
+            if "overhead" in parts:
+                result = await overhead(
+                    server,
+                    sizes,
+                    table,
+                    report,
+                    with_sdk_default=args.with_sdk_default,
+                    bare_context_free=args.bare_context_free,
+                )
+            if "scale" in parts:
+                await scale(server, sizes, table, report)
+            # Side by side: the cost part's six runs mostly sleep through their boots, in the
+            # in-memory server; the real part's figures are the stack's own processes.
+            # A task group: if one fails, the other is cancelled before the server stops.
+            async with asyncio.TaskGroup() as side_by_side:
+                if "cost" in parts:
+                    side_by_side.create_task(cost(server, sizes, table, report))
+                if "real" in parts:
+                    side_by_side.create_task(real(args.real_purchases, table, report))
     report["rows"] = table.rows
     report["wall_seconds"] = time.monotonic() - began
     Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
@@ -785,10 +872,15 @@ async def main(argv: Sequence[str] | None = None) -> int:
             f"{CPU_GOAL - 1:.2f} CPU): "
             f"{'yes' if report['overhead']['narrower_than_goal_margin'] else 'no'}"
         )
+    if "simultaneous" in parts:
+        print(f"simultaneous method: {report['simultaneous']['method']}")
+        for line in together.lines():
+            print(f"simultaneous {line}")
     if "overhead" in parts and args.bare_context_free:
         print("yardstick: bare under the context-free runner (not the goal's, which is the SDK's)")
-    for line in result.lines():
-        print(line)
+    if "overhead" in parts:
+        for line in result.lines():
+            print(line)
     return 0
 
 

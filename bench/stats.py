@@ -56,18 +56,21 @@ def median_interval(values: Sequence[float], level: float = 0.95) -> MedianInter
     return MedianInterval(statistics.median(ordered), ordered[k - 1], ordered[n - k], coverage, n)
 
 
-def describe(name: str, values: Sequence[float], level: float = 0.95) -> str:
-    """`name: 0.98 (95% interval 0.96-0.99, 12 paired trials)`, the bench's summary line."""
+def describe(
+    name: str, values: Sequence[float], level: float = 0.95, pairs: str = "paired trials"
+) -> str:
+    """`name: 0.98 (95% interval 0.96-0.99, 12 paired trials)`, the bench's summary line
+    (`pairs` names what gave each ratio: trials, or the simultaneous part's windows)."""
     interval = median_interval(values, level)
     if interval is None:
         median = statistics.median(values) if values else float("nan")
         return (
-            f"{name}: {median:.2f} (no {level:.0%} interval: {len(values)} paired trials, "
+            f"{name}: {median:.2f} (no {level:.0%} interval: {len(values)} {pairs}, "
             f"it needs {min_trials(level)})"
         )
     return (
         f"{name}: {interval.median:.2f} ({level:.0%} interval {interval.low:.2f}-"
-        f"{interval.high:.2f}, {interval.trials} paired trials)"
+        f"{interval.high:.2f}, {interval.trials} {pairs})"
     )
 
 

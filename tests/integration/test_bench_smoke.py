@@ -64,3 +64,30 @@ async def test_bench_admission_asks_no_resolver(monkeypatch: pytest.MonkeyPatch)
     request = AdmissionRequest("t-p1", "starter", purchase("p1")["notify_url"], "purchase-p1")
     admitted = await ActivityEnvironment().run(admit, request)
     assert admitted.claim_run_id == "bench-claim-run"
+
+
+async def test_simultaneous_counts_both_sides_over_the_same_windows(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The part for a loaded machine: two processes, each its own dev server, one
+    workflow each, counted over the same windows; each window with purchases on both
+    sides gives one ratio, and no activity was retried on either side."""
+    out = tmp_path / "bench.json"
+    assert await main(["--smoke", "--parts", "simultaneous", "--json", str(out)]) == 0
+    throughput, cpu = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert throughput.startswith("simultaneous overhead ratio: ")
+    assert cpu.startswith("simultaneous worker CPU ratio: ")
+    report = json.loads(out.read_text())
+    assert {row["section"] for row in report["rows"]} == {"simultaneous"}
+    sides = report["simultaneous"]["sides"]
+    for side in ("bare", "ours"):
+        assert len(sides[side]["purchases"]) == len(sides[side]["worker_cpu"]) == 2
+        assert sum(sides[side]["purchases"]) > 0
+        assert sides[side]["retries"] == 0
+    both = [
+        o / b
+        for o, b in zip(sides["ours"]["purchases"], sides["bare"]["purchases"], strict=True)
+        if o and b
+    ]
+    assert report["simultaneous"]["throughput"]["samples"] == both
+    assert throughput.endswith(f"(no 95% interval: {len(both)} windows, it needs 6)")
