@@ -10,9 +10,15 @@ ends), and both are counted over the same time windows: whatever the suite does 
 window, it does to both sides. The two sides also compete with each other, for the
 same two cores, symmetrically (same server binary, same process layout).
 
-Per window: purchases completed in it (by each completion's time), this process's CPU
-(worker and client, as the overhead part's "worker CPU") and its server's; activity
-attempts after the first (a timeout under load would show there as retries).
+Throughput is counted in activities completed, divided by the activities one purchase
+runs (read from a finished purchase's history: 10 on both sides): with 20 purchases in
+flight a lane finishes one or two purchases in a 15 s window beside the suite, so whole
+purchases per window (kept beside it) carry a counting noise of ~10%, and the ratio of
+two such counts more; activities are ten times finer. In a closed loop every purchase
+started is one running through the same steps, so the two rates agree over a run.
+Per window also: this process's CPU (worker and client, as the overhead part's "worker
+CPU") and its server's; and over the run, activity attempts after the first (a timeout
+under load would show there as a retry).
 
 The parent (`simultaneous`) starts both sides, waits until each has finished a purchase
 (imports, the sandbox's first runs), then gives both the same start time, on the
@@ -37,6 +43,8 @@ from pathlib import Path
 from typing import Any
 
 from temporalio import activity
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHandle
 from temporalio.worker import ActivityInboundInterceptor, ExecuteActivityInput, Interceptor
 
 from bench.fakes import BootingProvider
@@ -49,16 +57,33 @@ SIDES = ("bare", "ours")
 class Windows:
     """One side's figures, per window."""
 
-    purchases: list[int]
+    steps: list[int]  # activities completed
+    purchases: list[int]  # purchases completed
     worker_cpu: list[float]  # seconds
     server_cpu: list[float]  # seconds
+    steps_per_purchase: int  # activities in a finished purchase's history
     retries: int  # activity attempts after the first, over the whole run
 
+    def rate(self, k: int) -> float:
+        """Purchases per window `k`, from its activities."""
+        return self.steps[k] / self.steps_per_purchase
 
-class RetryCounter(Interceptor):
-    """Counts activity attempts after the first."""
+
+def _bins(times: Sequence[float], began: float, window: float, count: int) -> list[int]:
+    """How many of `times` fall in each of `count` windows from `began`."""
+    bins = [0] * count
+    for t in times:
+        k = int((t - began) // window)
+        if 0 <= k < count:
+            bins[k] += 1
+    return bins
+
+
+class StepCounter(Interceptor):
+    """When each activity completed, and how many attempts came after a first."""
 
     def __init__(self) -> None:
+        self.completed: list[float] = []
         self.retries = 0
 
     def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
@@ -68,7 +93,9 @@ class RetryCounter(Interceptor):
             async def execute_activity(self, input: ExecuteActivityInput) -> Any:
                 if activity.info().attempt > 1:
                     counter.retries += 1
-                return await self.next.execute_activity(input)
+                result = await self.next.execute_activity(input)
+                counter.completed.append(time.monotonic())
+                return result
 
         return Counting(next)
 
@@ -90,8 +117,9 @@ async def run_side(side: str, concurrency: int, ready: Path, result: Path) -> No
         start_ours,
     )
 
-    counter = RetryCounter()
+    counter = StepCounter()
     completed: list[float] = []
+    finished: list[WorkflowHandle[Any, Any]] = []
     async with dev_server() as server:
         task_queue = f"tq-{uuid.uuid4().hex[:8]}"
         if side == "ours":
@@ -106,6 +134,7 @@ async def run_side(side: str, concurrency: int, ready: Path, result: Path) -> No
                 handle = await start(server, task_queue)
                 await handle.result()
                 completed.append(time.monotonic())
+                finished[:] = [handle]
 
         async with worker:
             lanes = [asyncio.create_task(lane()) for _ in range(concurrency)]
@@ -124,14 +153,16 @@ async def run_side(side: str, concurrency: int, ready: Path, result: Path) -> No
                 for task in lanes:
                     task.cancel()
                 await asyncio.gather(*lanes, return_exceptions=True)
-    purchases = [
-        sum(began + k * window <= t < began + (k + 1) * window for t in completed)
-        for k in range(count)
-    ]
+        steps_per_purchase = 0
+        async for event in finished[0].fetch_history_events():
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
+                steps_per_purchase += 1
     windows = Windows(
-        purchases=purchases,
+        steps=_bins(counter.completed, began, window, count),
+        purchases=_bins(completed, began, window, count),
         worker_cpu=[b - a for a, b in itertools.pairwise(worker_cpu)],
         server_cpu=[b - a for a, b in itertools.pairwise(server_cpu)],
+        steps_per_purchase=steps_per_purchase,
         retries=counter.retries,
     )
     result.write_text(json.dumps(windows.__dict__))
@@ -154,7 +185,8 @@ class SideFailed(RuntimeError):
 
 @dataclass(frozen=True)
 class Simultaneous:
-    """Per window, ours / bare: purchases completed, and worker CPU per purchase."""
+    """Per window, ours / bare: purchases per second (from activities), and worker CPU
+    per purchase."""
 
     throughput: list[float]
     cpu: list[float]
@@ -217,11 +249,9 @@ async def simultaneous(
     bare, ours = sides["bare"], sides["ours"]
     throughput, cpu = [], []
     for k in range(windows):
-        if bare.purchases[k] and ours.purchases[k]:
-            throughput.append(ours.purchases[k] / bare.purchases[k])
-            cpu.append(
-                (ours.worker_cpu[k] / ours.purchases[k]) / (bare.worker_cpu[k] / bare.purchases[k])
-            )
+        if bare.steps[k] and ours.steps[k]:
+            throughput.append(ours.rate(k) / bare.rate(k))
+            cpu.append((ours.worker_cpu[k] / ours.rate(k)) / (bare.worker_cpu[k] / bare.rate(k)))
     return Simultaneous(throughput, cpu, sides)
 
 

@@ -81,13 +81,12 @@ async def test_simultaneous_counts_both_sides_over_the_same_windows(
     assert {row["section"] for row in report["rows"]} == {"simultaneous"}
     sides = report["simultaneous"]["sides"]
     for side in ("bare", "ours"):
-        assert len(sides[side]["purchases"]) == len(sides[side]["worker_cpu"]) == 2
-        assert sum(sides[side]["purchases"]) > 0
+        assert len(sides[side]["steps"]) == len(sides[side]["worker_cpu"]) == 2
+        assert sum(sides[side]["steps"]) > 0
         assert sides[side]["retries"] == 0
-    both = [
-        o / b
-        for o, b in zip(sides["ours"]["purchases"], sides["bare"]["purchases"], strict=True)
-        if o and b
-    ]
-    assert report["simultaneous"]["throughput"]["samples"] == both
+        # Throughput is counted in activities: both workflows run ten per purchase.
+        assert sides[side]["steps_per_purchase"] == 10
+    ours, bare = sides["ours"]["steps"], sides["bare"]["steps"]
+    both = [o / b for o, b in zip(ours, bare, strict=True) if o and b]
+    assert report["simultaneous"]["throughput"]["samples"] == pytest.approx(both)
     assert throughput.endswith(f"(no 95% interval: {len(both)} windows, it needs 6)")
