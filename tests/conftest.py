@@ -103,8 +103,23 @@ async def time_skipping_server() -> AsyncIterator[WorkflowEnvironment]:
         await env.shutdown()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A test server of the test's own (0.13 s to start here), not one per session.
+
+    The Java test server counts locks on time skipping, and a lock that is never given
+    back stops its clock for every later test: the server takes one for each workflow
+    task and activity task it schedules (TestWorkflowMutableStateImpl's
+    `ctx.lockTimer(...)`, temporalio/sdk-java temporal-test-server), and the SDK gives
+    one up for each `handle.result()` and takes it back after (temporalio 1.35,
+    temporalio/testing/_workflow.py, `time_skipping_unlocked`). On a shared server,
+    first the plan change module's cancel tests left it locked (its later modules'
+    timers ran in real time), then a `make test` beside the bench hung for 15 minutes
+    in test_starter_activate_dns_published_starts_over_after_giving_up with no task
+    pending anywhere on the server: one lock too many, left by an earlier test; a
+    single UnlockTimeSkipping call set it going again. A server per test keeps what
+    one test leaves behind out of every other test.
+    """
     async with time_skipping_server() as env:
         yield env
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -27,7 +26,6 @@ from temporalio.worker import Worker
 
 from activities.plan_change_guard import TenantRuns
 from devstack.stack import tool
-from tests.conftest import time_skipping_server
 from tests.workflow.sandbox import restricted_sandbox
 from worker import worker_interceptors
 from workflows.contracts import AuditEvent, MailuTarget
@@ -191,17 +189,6 @@ class World:
             restore_server_type,
             record_audit_event,
         ]
-
-
-@pytest.fixture(scope="module")
-async def time_skipping_env() -> AsyncIterator[WorkflowEnvironment]:
-    """This module's own test server, not the session's (tests/conftest.py): after
-    test_a_cancel_during_change_type_waits_for_the_attempt_then_restores or
-    test_a_lock_started_by_a_client_holds_nothing, the shared server stopped skipping
-    time, so every later module's retries and timers ran in real time (`make check`
-    took 100 s longer; one 15-minute schedule-to-close test waited it out)."""
-    async with time_skipping_server() as env:
-        yield env
 
 
 async def run_change(
