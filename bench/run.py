@@ -666,6 +666,10 @@ async def at_once(sizes: Sizes, table: Table, report: dict[str, Any]) -> Overhea
                 f"{name}: whole purchases / purchases from activities, all windows",
                 [sum(side.purchases) / sum(side.rate(k) for k in windows)],
             )
+        table.add("simultaneous", f"{name}: history events per purchase", [side.history_events])
+        table.add(
+            "simultaneous", f"{name}: history size per purchase", [side.history_bytes], "bytes"
+        )
         table.add("simultaneous", f"{name}: activity retries", [side.retries])
     if result.throughput:
         table.add("simultaneous", "ours: throughput ratio vs bare", result.throughput)

@@ -62,6 +62,8 @@ class Windows:
     worker_cpu: list[float]  # seconds
     server_cpu: list[float]  # seconds
     steps_per_purchase: int  # activities in a finished purchase's history
+    history_events: int  # that history's length: the server's work per purchase
+    history_bytes: int
     retries: int  # activity attempts after the first, over the whole run
 
     def rate(self, k: int) -> float:
@@ -153,16 +155,17 @@ async def run_side(side: str, concurrency: int, ready: Path, result: Path) -> No
                 for task in lanes:
                     task.cancel()
                 await asyncio.gather(*lanes, return_exceptions=True)
-        steps_per_purchase = 0
-        async for event in finished[0].fetch_history_events():
-            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-                steps_per_purchase += 1
+        events = [event async for event in finished[0].fetch_history_events()]
     windows = Windows(
         steps=_bins(counter.completed, began, window, count),
         purchases=_bins(completed, began, window, count),
         worker_cpu=[b - a for a, b in itertools.pairwise(worker_cpu)],
         server_cpu=[b - a for a, b in itertools.pairwise(server_cpu)],
-        steps_per_purchase=steps_per_purchase,
+        steps_per_purchase=sum(
+            event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED for event in events
+        ),
+        history_events=len(events),
+        history_bytes=sum(event.ByteSize() for event in events),
         retries=counter.retries,
     )
     result.write_text(json.dumps(windows.__dict__))

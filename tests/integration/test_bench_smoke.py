@@ -86,6 +86,10 @@ async def test_simultaneous_counts_both_sides_over_the_same_windows(
         assert sides[side]["retries"] == 0
         # Throughput is counted in activities: both workflows run ten per purchase.
         assert sides[side]["steps_per_purchase"] == 10
+    # The yardstick is ours' shape: as many history events per purchase (the server's
+    # work), ours' only larger in bytes (encrypted, typed payloads).
+    assert sides["bare"]["history_events"] == sides["ours"]["history_events"]
+    assert sides["bare"]["history_bytes"] < sides["ours"]["history_bytes"]
     ours, bare = sides["ours"]["steps"], sides["bare"]["steps"]
     both = [o / b for o, b in zip(ours, bare, strict=True) if o and b]
     assert report["simultaneous"]["throughput"]["samples"] == pytest.approx(both)
