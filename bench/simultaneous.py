@@ -142,6 +142,7 @@ async def run_side(side: str, concurrency: int, ready: Path, result: Path) -> No
             lanes = [asyncio.create_task(lane()) for _ in range(concurrency)]
             try:
                 while not completed:
+                    _raise_if_failed(lanes)
                     await asyncio.sleep(0.05)
                 ready.touch()
                 line = await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
@@ -151,6 +152,7 @@ async def run_side(side: str, concurrency: int, ready: Path, result: Path) -> No
                     await asyncio.sleep(max(0.0, began + k * window - time.monotonic()))
                     worker_cpu.append(process_cpu_seconds())
                     server_cpu.append(children_cpu_seconds(server.pids))
+                _raise_if_failed(lanes)  # a lane that died would have lowered the rate
             finally:
                 for task in lanes:
                     task.cancel()
@@ -169,6 +171,13 @@ async def run_side(side: str, concurrency: int, ready: Path, result: Path) -> No
         retries=counter.retries,
     )
     result.write_text(json.dumps(windows.__dict__))
+
+
+def _raise_if_failed(lanes: Sequence[asyncio.Task[None]]) -> None:
+    """A lane ends only by failing (a purchase that did not complete): say so."""
+    for lane in lanes:
+        if lane.done():
+            lane.result()
 
 
 def _schedule(line: str) -> tuple[float, float, int]:
