@@ -634,7 +634,7 @@ async def at_once(sizes: Sizes, table: Table, report: dict[str, Any]) -> Overhea
         settle=min(5.0, sizes.window),
     )
     for name, side in result.sides.items():
-        windows = [k for k in range(sizes.windows) if side.steps[k]]
+        counted = [k for k in range(sizes.windows) if side.steps[k]]  # a rate to divide by
         table.add(
             "simultaneous",
             f"{name}: purchases/s (activities / {side.steps_per_purchase})",
@@ -647,24 +647,24 @@ async def at_once(sizes: Sizes, table: Table, report: dict[str, Any]) -> Overhea
             [n / sizes.window for n in side.purchases],
             "1/s",
         )
-        if windows:
+        if counted:
             table.add(
                 "simultaneous",
                 f"{name}: worker CPU/purchase",
-                [1000 * side.worker_cpu[k] / side.rate(k) for k in windows],
+                [1000 * side.worker_cpu[k] / side.rate(k) for k in counted],
                 "ms",
             )
             table.add(
                 "simultaneous",
                 f"{name}: server CPU/purchase",
-                [1000 * side.server_cpu[k] / side.rate(k) for k in windows],
+                [1000 * side.server_cpu[k] / side.rate(k) for k in counted],
                 "ms",
             )
             # The two ways of counting agree over a run (a check on the finer one).
             table.add(
                 "simultaneous",
                 f"{name}: whole purchases / purchases from activities, all windows",
-                [sum(side.purchases) / sum(side.rate(k) for k in windows)],
+                [sum(side.purchases) / sum(side.rate(k) for k in counted)],
             )
         table.add("simultaneous", f"{name}: history events per purchase", [side.history_events])
         table.add(

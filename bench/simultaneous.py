@@ -189,6 +189,31 @@ def _schedule(line: str) -> tuple[float, float, int]:
 # ------------------------------------------------------------------ both sides (the parent)
 
 
+def _start_side(side: str, concurrency: int, folder: Path) -> subprocess.Popen[str]:
+    """One side as a child process; its files (ready, result, log) in `folder`."""
+    # The dev server logs a failure for each poll cut short at the end: to a file, shown
+    # only when the side fails. The child holds its own copy of the descriptor.
+    with (folder / f"{side}.log").open("w") as log:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "bench.simultaneous",
+                side,
+                "--concurrency",
+                str(concurrency),
+                "--ready",
+                str(folder / f"{side}.ready"),
+                "--result",
+                str(folder / f"{side}.json"),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+            text=True,
+        )
+
+
 class SideFailed(RuntimeError):
     def __init__(self, side: str, code: int, folder: Path) -> None:
         log = (folder / f"{side}.log").read_text(errors="replace")
@@ -213,28 +238,7 @@ async def simultaneous(
     per-window ratios. A window in which either side completed nothing gives no ratio."""
     with tempfile.TemporaryDirectory(prefix="bench-simultaneous-") as scratch:
         folder = Path(scratch)
-        children = {
-            side: subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "bench.simultaneous",
-                    side,
-                    "--concurrency",
-                    str(concurrency),
-                    "--ready",
-                    str(folder / f"{side}.ready"),
-                    "--result",
-                    str(folder / f"{side}.json"),
-                ],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                # The dev server logs a failure for each poll cut short at the end.
-                stderr=(folder / f"{side}.log").open("w"),
-                text=True,
-            )
-            for side in SIDES
-        }
+        children = {side: _start_side(side, concurrency, folder) for side in SIDES}
         try:
             while not all((folder / f"{side}.ready").exists() for side in SIDES):
                 for side, child in children.items():
